@@ -1,0 +1,122 @@
+"""Array configuration: geometry, dataflow and partial-sum width of one systolic array."""
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CONFIG_VERSION = 1
+
+
+class Dataflow(str, enum.Enum):
+    """Which operand stays in the PEs (chip.md section 1, SCALE-Sim's convention)."""
+
+    WS = "ws"  # weight-stationary: rows hold K, columns hold N, M streams
+    OS = "os"  # output-stationary: rows hold M, columns hold N, K streams
+    IS = "is"  # input-stationary: rows hold K, columns hold M, N streams
+
+
+MIN_PSUM_BITS = 17  # a 16-bit product plus a sign bit must fit
+MAX_PSUM_BITS = 32
+
+
+def parse_array(text: str) -> tuple[int, int]:
+    """Parse ``"RxC"`` (rows x columns), e.g. ``"16x16"``, into ``(rows, cols)``."""
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"The array size must look like ROWSxCOLS, e.g. 16x16. Got {text!r} instead.")
+    rows, cols = (int(p) for p in parts)
+    if rows < 1 or cols < 1:
+        raise ValueError(f"The array size must have at least 1 row and 1 column. Got {text!r} instead.")
+    return rows, cols
+
+
+@dataclass(frozen=True)
+class ArrayConfig:
+    """One systolic array: ``rows`` x ``cols`` PEs, a dataflow, and the psum register width.
+
+    ``psum_bits`` is the width in bits of the in-array partial-sum/accumulator register
+    (two's complement, wraps on overflow); 32 is TPU-like, 20 Gemmini-like. ``bypass`` turns on
+    the fault-aware-pruning hardware: a faulty PE forwards its inputs and adds nothing.
+    """
+
+    rows: int
+    cols: int
+    dataflow: Dataflow | str = Dataflow.WS
+    psum_bits: int = 32
+    bypass: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("rows", "cols"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"The '{name}' of ArrayConfig must be a positive integer. Got {value!r} instead.")
+        try:
+            flow = Dataflow(str(getattr(self.dataflow, "value", self.dataflow)).lower())
+        except ValueError:
+            allowed = ", ".join(d.value for d in Dataflow)
+            raise ValueError(f"The 'dataflow' of ArrayConfig must be one of {allowed}. Got {self.dataflow!r} instead.") from None
+        object.__setattr__(self, "dataflow", flow)
+        pb = self.psum_bits
+        if isinstance(pb, bool) or not isinstance(pb, int) or not MIN_PSUM_BITS <= pb <= MAX_PSUM_BITS:
+            raise ValueError(
+                f"The 'psum_bits' of ArrayConfig must be an integer within {MIN_PSUM_BITS}..{MAX_PSUM_BITS}. Got {pb!r} instead."
+            )
+        if not isinstance(self.bypass, bool):
+            raise ValueError(f"The 'bypass' of ArrayConfig must be True or False. Got {self.bypass!r} instead.")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def n_pes(self) -> int:
+        return self.rows * self.cols
+
+    def replace(self, **changes: Any) -> "ArrayConfig":
+        """A copy with some fields changed (validated again)."""
+        return ArrayConfig(**{**self._fields(), **changes})
+
+    def _fields(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["dataflow"] = self.dataflow.value
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": CONFIG_VERSION, **self._fields()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ArrayConfig":
+        d = dict(d)
+        version = d.pop("version", CONFIG_VERSION)
+        if version != CONFIG_VERSION:
+            raise ValueError(f"ArrayConfig version {version!r} is not supported; this sysarray reads version {CONFIG_VERSION}.")
+        unknown = set(d) - {"rows", "cols", "dataflow", "psum_bits", "bypass"}
+        if unknown:
+            raise ValueError(f"ArrayConfig got unknown field(s) {sorted(unknown)}.")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **changes: Any) -> "ArrayConfig":
+        """A named array: ``gemmini16``, ``scale32``, ``scale32os``, ``tpu256`` (see ``PRESETS``)."""
+        try:
+            base = PRESETS[name]
+        except KeyError:
+            raise ValueError(f"Unknown array preset {name!r}. Known presets: {', '.join(sorted(PRESETS))}.") from None
+        return base.replace(**changes) if changes else base
+
+    def __str__(self) -> str:
+        extra = ", bypass" if self.bypass else ""
+        return f"{self.rows}x{self.cols} {self.dataflow.value.upper()}, {self.psum_bits}-bit psum{extra}"
+
+
+PRESETS: dict[str, ArrayConfig] = {
+    # Gemmini's default 16x16 mesh, weight-stationary, 20-bit accumulation inside the mesh.
+    "gemmini16": ArrayConfig(16, 16, Dataflow.WS, psum_bits=20),
+    # SCALE-Sim's 32x32 example arrays.
+    "scale32": ArrayConfig(32, 32, Dataflow.WS),
+    "scale32os": ArrayConfig(32, 32, Dataflow.OS),
+    "scale32is": ArrayConfig(32, 32, Dataflow.IS),
+    # TPU v1: 256x256 weight-stationary, 32-bit accumulators.
+    "tpu256": ArrayConfig(256, 256, Dataflow.WS),
+}

@@ -1,0 +1,258 @@
+"""FaultMap: the permanent stuck-at faults of one chip's PE array (chip.md sections 3-4).
+
+A fault is ``(row, col, register, bit, value)``: bit ``bit`` of register ``register`` in PE
+``(row, col)`` always reads ``value``. A map belongs to one array geometry ``rows x cols``.
+Generators live in :mod:`sysarray.faultgen`, the file format in :mod:`sysarray.faultio`.
+"""
+from __future__ import annotations
+
+import enum
+from typing import Iterable, Iterator, NamedTuple
+
+import numpy as np
+
+
+class Register(str, enum.Enum):
+    """The three registers of a PE that can hold stuck bits."""
+
+    WEIGHT = "weight"  # 8 bits
+    ACT = "act"  # 8 bits
+    PSUM = "psum"  # psum_bits bits (at most 32)
+
+    @property
+    def code(self) -> int:
+        return REGISTER_ORDER.index(self)
+
+    @property
+    def max_width(self) -> int:
+        return 32 if self is Register.PSUM else 8
+
+
+REGISTER_ORDER: tuple[Register, ...] = (Register.WEIGHT, Register.ACT, Register.PSUM)
+
+
+def as_register(name: "Register | str", where: str = "FaultMap") -> Register:
+    """Turn ``"weight"``/``"act"``/``"psum"`` (or a :class:`Register`) into a Register."""
+    try:
+        return Register(getattr(name, "value", name))
+    except ValueError:
+        allowed = ", ".join(r.value for r in Register)
+        raise ValueError(f"The register given to {where} must be one of {allowed}. Got {name!r} instead.") from None
+
+
+class Fault(NamedTuple):
+    row: int
+    col: int
+    register: Register
+    bit: int
+    value: int
+
+
+_DTYPE = np.dtype([("row", np.int32), ("col", np.int32), ("reg", np.int8), ("bit", np.int8), ("value", np.int8)])
+
+
+def _check_int(name: str, value: object, lo: int, hi: int, where: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"The '{name}' argument of {where} must be an integer. Got {value!r} instead.")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"The '{name}' argument of {where} must be within {lo}..{hi}. Got {value} instead.")
+    return int(value)
+
+
+class FaultMap:
+    """Stuck-at faults of an ``rows x cols`` PE array.
+
+    Faults are kept sorted by (row, col, register, bit); the same fault added twice is kept
+    once, and the same bit stuck at both 0 and 1 is refused.
+    """
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.rows = _check_int("rows", rows, 1, 1 << 20, "FaultMap")
+        self.cols = _check_int("cols", cols, 1, 1 << 20, "FaultMap")
+        self._faults = np.zeros(0, dtype=_DTYPE)
+
+    # ----------------------------------------------------------------- building
+    def add(self, row: int, col: int, register: "Register | str", bit: int, value: int) -> "FaultMap":
+        """Add one stuck bit; returns ``self`` so calls chain."""
+        reg = as_register(register, "FaultMap.add")
+        row = _check_int("row", row, 0, self.rows - 1, "FaultMap.add")
+        col = _check_int("col", col, 0, self.cols - 1, "FaultMap.add")
+        bit = _check_int("bit", bit, 0, reg.max_width - 1, f"FaultMap.add for register '{reg.value}'")
+        value = _check_int("value", value, 0, 1, "FaultMap.add")
+        rec = np.array([(row, col, reg.code, bit, value)], dtype=_DTYPE)
+        self._set(np.concatenate([self._faults, rec]))
+        return self
+
+    @classmethod
+    def from_records(cls, rows: int, cols: int, records: np.ndarray | Iterable) -> "FaultMap":
+        """A map from an (n, 5) integer array of ``row, col, register code, bit, value``.
+
+        Register codes: 0 weight, 1 act, 2 psum. Every field is validated.
+        """
+        fm = cls(rows, cols)
+        arr = np.asarray(list(records) if not isinstance(records, np.ndarray) else records)
+        if arr.size == 0:
+            return fm
+        if arr.ndim != 2 or arr.shape[1] != 5 or not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"Fault records must be an (n, 5) integer array. Got shape {arr.shape}, dtype {arr.dtype}.")
+        row, col, reg, bit, value = (arr[:, i].astype(np.int64) for i in range(5))
+        problems = [
+            ("row", row, 0, rows - 1),
+            ("col", col, 0, cols - 1),
+            ("register code", reg, 0, len(REGISTER_ORDER) - 1),
+            ("value", value, 0, 1),
+        ]
+        for name, vals, lo, hi in problems:
+            bad = (vals < lo) | (vals > hi)
+            if bad.any():
+                raise ValueError(f"Fault {name} must be within {lo}..{hi}. Got {vals[bad][0]} instead.")
+        widths = np.array([r.max_width for r in REGISTER_ORDER])[reg]
+        bad = (bit < 0) | (bit >= widths)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            name = REGISTER_ORDER[reg[i]].value
+            raise ValueError(f"Fault bit must be within 0..{widths[i] - 1} for register '{name}'. Got {bit[i]} instead.")
+        out = np.zeros(len(arr), dtype=_DTYPE)
+        for name, vals in zip(("row", "col", "reg", "bit", "value"), (row, col, reg, bit, value)):
+            out[name] = vals
+        fm._set(out)
+        return fm
+
+    def _set(self, faults: np.ndarray) -> None:
+        faults = np.unique(faults)  # sorts by (row, col, reg, bit, value) and drops repeats
+        key = faults[["row", "col", "reg", "bit"]]
+        clash = key[1:] == key[:-1]
+        if clash.any():
+            f = faults[1:][clash][0]
+            raise ValueError(
+                f"PE ({f['row']}, {f['col']}) register '{REGISTER_ORDER[f['reg']].value}' bit {f['bit']} "
+                "cannot be stuck at both 0 and 1."
+            )
+        self._faults = faults
+
+    def copy(self) -> "FaultMap":
+        fm = FaultMap(self.rows, self.cols)
+        fm._faults = self._faults.copy()
+        return fm
+
+    def union(self, *others: "FaultMap") -> "FaultMap":
+        """All faults of this map and the others (same geometry required)."""
+        parts = [self._faults]
+        for o in others:
+            self._check_same_shape(o, "union")
+            parts.append(o._faults)
+        fm = FaultMap(self.rows, self.cols)
+        fm._set(np.concatenate(parts))
+        return fm
+
+    __or__ = union
+
+    def _check_same_shape(self, other: "FaultMap", what: str) -> None:
+        if not isinstance(other, FaultMap):
+            raise TypeError(f"FaultMap.{what} needs FaultMap objects. Got {type(other).__name__} instead.")
+        if (other.rows, other.cols) != (self.rows, self.cols):
+            raise ValueError(
+                f"FaultMap.{what} needs maps of one array size: {self.rows}x{self.cols} vs {other.rows}x{other.cols}."
+            )
+
+    # ----------------------------------------------------------------- views
+    @property
+    def records(self) -> np.ndarray:
+        """(n, 5) int64 array: row, col, register code (0 weight, 1 act, 2 psum), bit, value."""
+        f = self._faults
+        return np.stack([f["row"], f["col"], f["reg"], f["bit"], f["value"]], axis=1).astype(np.int64).reshape(-1, 5)
+
+    def __iter__(self) -> Iterator[Fault]:
+        for r, c, g, b, v in self.records:
+            yield Fault(int(r), int(c), REGISTER_ORDER[g], int(b), int(v))
+
+    def __len__(self) -> int:
+        """Number of stuck bits."""
+        return len(self._faults)
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FaultMap):
+            return NotImplemented
+        return self.shape == other.shape and np.array_equal(self._faults, other._faults)
+
+    def __hash__(self) -> int:
+        return hash((self.shape, self._faults.tobytes()))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.rows, self.cols)
+
+    @property
+    def is_empty(self) -> bool:
+        return len(self._faults) == 0
+
+    def faulty_pes(self, register: "Register | str | None" = None) -> np.ndarray:
+        """(rows, cols) bool: PEs with at least one stuck bit (in ``register`` if given)."""
+        out = np.zeros((self.rows, self.cols), dtype=bool)
+        f = self._faults
+        if register is not None:
+            f = f[f["reg"] == as_register(register).code]
+        out[f["row"], f["col"]] = True
+        return out
+
+    @property
+    def n_faulty_pes(self) -> int:
+        return int(self.faulty_pes().sum())
+
+    @property
+    def pe_rate(self) -> float:
+        """Faulty PEs / all PEs (the eFAT/FAP convention)."""
+        return self.n_faulty_pes / (self.rows * self.cols)
+
+    def bit_error_rate(self, psum_bits: int = 32) -> float:
+        """Stuck bits / all register bits of the array (8 + 8 + psum_bits per PE)."""
+        return len(self) / (self.rows * self.cols * (16 + psum_bits))
+
+    def registers(self) -> tuple[Register, ...]:
+        """The registers that hold at least one stuck bit, in weight, act, psum order."""
+        return tuple(REGISTER_ORDER[g] for g in np.unique(self._faults["reg"]))
+
+    def masks(self, register: "Register | str") -> tuple[np.ndarray, np.ndarray]:
+        """Per-PE forcing masks of one register: ``(stuck, ones)``, each (rows, cols) int64.
+
+        ``stuck`` has a 1 at every stuck bit, ``ones`` at every bit stuck at 1, so a register
+        pattern ``x`` reads ``(x & ~stuck) | ones``.
+        """
+        code = as_register(register).code
+        f = self._faults[self._faults["reg"] == code]
+        stuck = np.zeros((self.rows, self.cols), dtype=np.int64)
+        ones = np.zeros((self.rows, self.cols), dtype=np.int64)
+        bits = np.left_shift(np.int64(1), f["bit"].astype(np.int64))
+        np.bitwise_or.at(stuck, (f["row"], f["col"]), bits)
+        np.bitwise_or.at(ones, (f["row"], f["col"]), bits * f["value"].astype(np.int64))
+        return stuck, ones
+
+    def max_bit(self, register: "Register | str") -> int:
+        """Highest stuck bit in ``register``, or -1 when it has none."""
+        f = self._faults[self._faults["reg"] == as_register(register).code]
+        return int(f["bit"].max()) if len(f) else -1
+
+    def check_fits(self, rows: int, cols: int, psum_bits: int = 32) -> None:
+        """Raise ValueError unless this map fits an ``rows x cols`` array with ``psum_bits``."""
+        if (self.rows, self.cols) != (rows, cols):
+            raise ValueError(
+                f"The fault map is for a {self.rows}x{self.cols} array but the array is {rows}x{cols}."
+            )
+        top = self.max_bit(Register.PSUM)
+        if top >= psum_bits:
+            raise ValueError(
+                f"The fault map has a psum fault on bit {top}, outside the {psum_bits}-bit psum register (bits 0..{psum_bits - 1})."
+            )
+
+    def summary(self) -> str:
+        regs = ", ".join(r.value for r in self.registers()) or "none"
+        return (
+            f"FaultMap {self.rows}x{self.cols}: {len(self)} stuck bit(s) in {self.n_faulty_pes} PE(s) "
+            f"(PE rate {self.pe_rate:.4g}); registers: {regs}"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{self.summary()}>"
