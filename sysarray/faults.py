@@ -247,6 +247,127 @@ class FaultMap:
                 f"The fault map has a psum fault on bit {top}, outside the {psum_bits}-bit psum register (bits 0..{psum_bits - 1})."
             )
 
+    # ----------------------------------------------------------------- generators (sysarray.faultgen)
+    @classmethod
+    def random(
+        cls,
+        geometry: object,
+        pe_rate: float,
+        *,
+        seed: object,
+        registers: object = None,
+        bits: object = None,
+        values: object = (0, 1),
+        exact: bool = True,
+        faults_per_pe: int = 1,
+        psum_bits: int | None = None,
+    ) -> "FaultMap":
+        """Faulty PEs at a PE fault rate; see :func:`sysarray.faultgen.by_pe_rate`.
+
+        ``geometry`` is an ArrayConfig, ``(rows, cols)`` or ``"RxC"``; ``exact=True`` gives exactly
+        ``round(pe_rate * rows * cols)`` faulty PEs, ``False`` independent Bernoulli PEs.
+        """
+        from sysarray import faultgen
+
+        return faultgen.by_pe_rate(
+            geometry, pe_rate, seed=seed, registers=registers, bits=bits, values=values,
+            exact=exact, faults_per_pe=faults_per_pe, psum_bits=psum_bits,
+        )
+
+    @classmethod
+    def random_ber(
+        cls,
+        geometry: object,
+        ber: float,
+        *,
+        seed: object,
+        registers: object = None,
+        bits: object = None,
+        values: object = (0, 1),
+        exact: bool = True,
+        psum_bits: int | None = None,
+    ) -> "FaultMap":
+        """Stuck bits at a bit error rate (stuck bits / all register bits); see :func:`sysarray.faultgen.by_ber`."""
+        from sysarray import faultgen
+
+        return faultgen.by_ber(
+            geometry, ber, seed=seed, registers=registers, bits=bits, values=values, exact=exact, psum_bits=psum_bits
+        )
+
+    @classmethod
+    def clustered(
+        cls,
+        geometry: object,
+        pe_rate: float,
+        *,
+        seed: object,
+        n_clusters: int = 3,
+        radius: float | None = None,
+        registers: object = None,
+        bits: object = None,
+        values: object = (0, 1),
+        exact: bool = True,
+        faults_per_pe: int = 1,
+        psum_bits: int | None = None,
+    ) -> "FaultMap":
+        """Faulty PEs in a few Gaussian blobs; see :func:`sysarray.faultgen.clustered`."""
+        from sysarray import faultgen
+
+        return faultgen.clustered(
+            geometry, pe_rate, seed=seed, n_clusters=n_clusters, radius=radius, registers=registers, bits=bits,
+            values=values, exact=exact, faults_per_pe=faults_per_pe, psum_bits=psum_bits,
+        )
+
+    # ----------------------------------------------------------------- files (sysarray.faultio)
+    def save(self, path: object, meta: dict | None = None) -> None:
+        """Write this map (and an optional JSON ``meta`` dict) atomically; see :mod:`sysarray.faultio`."""
+        from sysarray import faultio
+
+        faultio.save(self, path, meta=meta)
+
+    @classmethod
+    def load(
+        cls, path: object, *, rows: int | None = None, cols: int | None = None, psum_bits: int | None = None
+    ) -> "FaultMap":
+        """Read and validate a map file; with ``rows``/``cols``/``psum_bits`` it must fit that array."""
+        from sysarray import faultio
+
+        return faultio.load(path, rows=rows, cols=cols, psum_bits=psum_bits)
+
+    # ----------------------------------------------------------------- text
+    def picture(self) -> str:
+        """One character per PE, one line per row: '.' healthy, 'w'/'a'/'p' by register, '*' several."""
+        f = self._faults
+        regs = np.zeros((self.rows, self.cols), dtype=np.int64)  # bit g set: register code g is stuck
+        np.bitwise_or.at(regs, (f["row"], f["col"]), np.left_shift(1, f["reg"].astype(np.int64)))
+        chars = np.full(8, "*")
+        chars[0] = "."
+        for r in REGISTER_ORDER:
+            chars[1 << r.code] = r.value[0]
+        width = len(str(self.rows - 1))
+        head = " " * (width + 1) + "".join(str(c % 10) for c in range(self.cols))
+        lines = [f"{r:>{width}} " + "".join(chars[regs[r]]) for r in range(self.rows)]
+        return "\n".join([head] + lines)
+
+    def to_text(self, max_faults: int | None = None, picture_max_cols: int = 64) -> str:
+        """A readable listing: the summary, one line per stuck bit, and the :meth:`picture`.
+
+        ``max_faults`` limits the listed faults (None lists all); the picture is included when the
+        array has at most ``picture_max_cols`` columns.
+        """
+        lines = [self.summary()]
+        if len(self):
+            lines.append(f"{'row':>5} {'col':>5}  {'register':<8} {'bit':>3}  value")
+            shown = self.records if max_faults is None else self.records[:max_faults]
+            for r, c, g, b, v in shown:
+                lines.append(f"{r:>5} {c:>5}  {REGISTER_ORDER[g].value:<8} {b:>3}  {v}")
+            if len(shown) < len(self):
+                lines.append(f"... and {len(self) - len(shown)} more")
+        if self.cols <= picture_max_cols:
+            lines.append("")
+            lines.append(self.picture())
+        return "\n".join(lines)
+
     def summary(self) -> str:
         regs = ", ".join(r.value for r in self.registers()) or "none"
         return (
