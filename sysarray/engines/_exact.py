@@ -22,23 +22,37 @@ def _float_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def exact_matmul(a: torch.Tensor, b: torch.Tensor, max_abs_a: int, max_abs_b: int) -> torch.Tensor:
-    """``a @ b`` exactly, as int64, for integer-valued tensors (any leading batch dims).
+def float_dtype_for(device: torch.device) -> torch.dtype:
+    """The float dtype whose GEMMs ``exact_matmul`` uses on ``device``."""
+    return _float_dtype(device)
+
+
+def float_gemm_is_exact(k: int, max_abs_a: int, max_abs_b: int, dtype: torch.dtype) -> bool:
+    """True when a ``dtype`` GEMM with inner size ``k`` of such integers is exact."""
+    limit = _F32_LIMIT if dtype == torch.float32 else _F64_LIMIT
+    return k * max(1, int(max_abs_a)) * max(1, int(max_abs_b)) < limit
+
+
+def exact_matmul(a: torch.Tensor, b: torch.Tensor, max_abs_a: int, max_abs_b: int,
+                 keep_float: bool = False) -> torch.Tensor:
+    """``a @ b`` exactly for integer-valued tensors (any leading batch dims).
 
     a: (..., M, K), b: (..., K, N), any dtype holding integers with |a| <= max_abs_a and
-    |b| <= max_abs_b. Returns (..., M, N) int64.
+    |b| <= max_abs_b. Returns (..., M, N) int64, or with ``keep_float`` the float product
+    itself when one exact float GEMM suffices (its values are exact integers).
     """
     k = a.shape[-1]
     term = max(1, int(max_abs_a) * int(max_abs_b))
     dtype = _float_dtype(a.device)
     limit = _F32_LIMIT if dtype == torch.float32 else _F64_LIMIT
     chunk = max(1, (limit - 1) // term)
-    if chunk < 1 or term >= limit:
+    if term >= limit:
         raise OverflowError("exact_matmul: operands too large for an exact float product")
     af = a.to(dtype)
     bf = b.to(dtype)
     if k <= chunk:
-        return torch.matmul(af, bf).to(torch.int64)
+        out = torch.matmul(af, bf)
+        return out if keep_float else out.to(torch.int64)
     out = None
     for lo in range(0, k, chunk):
         part = torch.matmul(af[..., lo:lo + chunk], bf[..., lo:lo + chunk, :]).to(torch.int64)

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit
+from numba import njit, prange
 
 from sysarray.config import ArrayConfig, Dataflow
-from sysarray.engines._exact import exact_matmul, force, wrap
+from sysarray.engines._exact import exact_matmul, float_dtype_for, float_gemm_is_exact, force, wrap
 from sysarray.engines._prep import ChipMasks, RegisterMasks, chip_masks, compose
 from sysarray.faults import FaultMap
 
@@ -85,6 +85,8 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
         Wp[torch.from_numpy(np.tile(cm.bypassed, (Fr, Fc))).to(dev)] = 0
     smax = _operand_max(S, sreg)
     wmax = int(Wp.abs().max()) if Wp.numel() else 0
+    S_int = S
+    S = S.to(float_dtype_for(dev))  # converted once; every GEMM below reads exact float values
 
     # Streamed-register faults: one correction term per (row, interval of equal forcing).
     corr_rows, corr_lo, corr_hi, corr_delta = [], [], [], []
@@ -92,7 +94,7 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
         cols = np.flatnonzero(sreg.faulty[r])
         X = torch.zeros((T, Fr), dtype=torch.int64, device=dev)
         ks = np.arange(r, Kd, R)
-        X[:, : len(ks)] = S[:, torch.from_numpy(ks).to(dev)].to(torch.int64)
+        X[:, : len(ks)] = S_int[:, torch.from_numpy(ks).to(dev)].to(torch.int64)
         for lo, hi, stuck, ones in _row_intervals(cols, sreg.keep[r], sreg.ones[r], sreg.width, C):
             corr_rows.append(int(r))
             corr_lo.append(lo)
@@ -120,13 +122,14 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             Y = Y + exact_matmul(D, Wd.view(n_corr * Fr, Nd), dmax, wmax)
         Y = wrap(Y, 32)
     if len(chain_cols):
-        _replay_psum_chains(S, Wp, cfg, cm.psum, chain_cols, corr_rows, corr_lo, corr_hi, corr_delta,
-                            max(smax, dmax if n_corr else 0), wmax, Y)
+        _replay_psum_chains(S_int, Wp, cfg, cm.psum, chain_cols, corr_rows, corr_lo, corr_hi, corr_delta,
+                            max(smax, dmax if n_corr else 0), wmax, Y,
+                            linear_tail=pb == 32 and len(chain_cols) < C)
     return Y
 
 
 def _replay_psum_chains(S, Wp, cfg, preg: RegisterMasks, chain_cols, corr_rows, corr_lo, corr_hi,
-                        corr_delta, amax, wmax, Y) -> None:
+                        corr_delta, amax, wmax, Y, linear_tail: bool) -> None:
     """Overwrite the outputs of array columns ``chain_cols`` by replaying their psum chains.
 
     The K rows of a fold are cut after each faulty psum register; each segment's sum is one
@@ -142,47 +145,116 @@ def _replay_psum_chains(S, Wp, cfg, preg: RegisterMasks, chain_cols, corr_rows, 
     nch = len(chain_cols)
     fault_rows = [np.flatnonzero(preg.faulty[:, c]) for c in chain_cols]
     J = max(len(fr) for fr in fault_rows)
+    # Segment s of a column ends at its s-th faulty row; the last one (index J) is the
+    # healthy tail. ``linear_tail``: Y already holds the plain sums and the register is 32 bits
+    # wide, so the tail needs no replay (segment J is dropped from the GEMM).
+    S_n = J if linear_tail else J + 1
     seg_of_row = np.zeros((nch, R), dtype=np.int64)
-    keep = np.full((nch, J + 1), full, dtype=np.int64)
-    ones = np.zeros((nch, J + 1), dtype=np.int64)
+    keep = np.full((nch, S_n), full, dtype=np.int64)
+    ones = np.zeros((nch, S_n), dtype=np.int64)
     for i, (c, rows) in enumerate(zip(chain_cols, fault_rows)):
         for s, r in enumerate(rows):
             seg_of_row[i, r + 1:] = s + 1
             keep[i, s] = preg.keep[r, c]
             ones[i, s] = preg.ones[r, c]
+    n_idx = (torch.arange(Fc, device=dev).view(1, Fc) * C + torch.from_numpy(np.asarray(chain_cols)).to(dev).view(nch, 1))
+    valid = n_idx < Nd
     # Segment-selection weights: Wv[fr, r, i, fc, s] = Wp[fr*R + r, fc*C + c_i] if row r is in segment s.
     Wsel = Wp.view(Fr, R, Fc, C)[:, :, :, torch.from_numpy(chain_cols).to(dev)]  # (Fr, R, Fc, nch)
-    seg_mask = torch.nn.functional.one_hot(torch.from_numpy(seg_of_row).to(dev), J + 1)  # (nch, R, J+1)
-    Wv = Wsel.permute(0, 1, 3, 2).unsqueeze(-1) * seg_mask.permute(1, 0, 2).unsqueeze(2).unsqueeze(0)
-    # Wv: (Fr, R, nch, Fc, J+1)
-    V = nch * Fc * (J + 1)
+    seg_mask = torch.nn.functional.one_hot(torch.from_numpy(seg_of_row).to(dev), J + 1)[..., :S_n]  # (nch, R, S_n)
+    # Wv: (Fr, R, S_n, nch, Fc); segments outermost so the chain walks whole rows of outputs.
+    Wv = Wsel.permute(0, 1, 3, 2).unsqueeze(2) * seg_mask.permute(1, 2, 0).unsqueeze(-1).unsqueeze(0)
+    V = nch * Fc * S_n
     parts = [Wv.reshape(Fr, R, V)]
     if corr_rows:
         cc = torch.from_numpy(np.asarray(chain_cols)).to(dev)
         for r, lo, hi in zip(corr_rows, corr_lo, corr_hi):
-            in_iv = ((cc >= lo) & (cc < hi)).view(1, nch, 1, 1)
+            in_iv = ((cc >= lo) & (cc < hi)).view(1, 1, nch, 1)
             parts.append((Wv[:, r] * in_iv).reshape(Fr, 1, V))
     Wall = torch.cat(parts, dim=1)  # (Fr, R + n_corr, V)
-    keep_t = torch.from_numpy(keep).to(dev).view(1, 1, nch, 1, J + 1)
-    ones_t = torch.from_numpy(ones).to(dev).view(1, 1, nch, 1, J + 1)
+    # Per replayed output (segment, chain column, column fold) masks, in the order of V.
+    keep_v = np.ascontiguousarray(np.repeat(keep.T[:, :, None], Fc, axis=2).reshape(S_n, nch * Fc))
+    ones_v = np.ascontiguousarray(np.repeat(ones.T[:, :, None], Fc, axis=2).reshape(S_n, nch * Fc))
+    keep_t = torch.from_numpy(keep_v).to(dev).view(S_n, 1, 1, nch * Fc)
+    ones_t = torch.from_numpy(ones_v).to(dev).view(S_n, 1, 1, nch * Fc)
     sign = 1 << (pb - 1)
-    n_idx = (torch.arange(Fc, device=dev).view(1, Fc) * C + torch.from_numpy(np.asarray(chain_cols)).to(dev).view(nch, 1))
-    valid = n_idx < Nd
-    step = max(1, _SEG_BUDGET // max(1, Fr * V))
+    n_in = R + len(corr_rows)
+    fdt = float_dtype_for(dev)
+    if not float_gemm_is_exact(n_in, amax, wmax, fdt):
+        fdt = torch.int64  # exact_matmul below then chunks the inner dimension
+    Wall_f = Wall.to(fdt) if fdt != torch.int64 else Wall
+    Fr_full = Kd // R
+    step = max(1, _SEG_BUDGET // max(1, Fr * max(V, n_in)))
     for t0 in range(0, T, step):
         t1 = min(T, t0 + step)
-        Sp = torch.zeros((t1 - t0, Kp), dtype=S.dtype, device=dev)
-        Sp[:, :Kd] = S[t0:t1]
-        Sf = Sp.view(t1 - t0, Fr, R).permute(1, 0, 2)  # (Fr, t, R)
-        if corr_rows:
-            Df = torch.stack([d[t0:t1] for d in corr_delta], dim=2).permute(1, 0, 2)  # (Fr, t, n_corr)
-            Sf = torch.cat([Sf.to(torch.int64), Df], dim=2)
-        seg = exact_matmul(Sf, Wall, amax, wmax).view(Fr, t1 - t0, nch, Fc, J + 1)
-        p = torch.zeros((Fr, t1 - t0, nch, Fc), dtype=torch.int64, device=dev)
-        for s in range(J + 1):
-            p = force(p + seg[..., s], keep_t[..., s], ones_t[..., s], sign)
-        out = wrap(p.sum(dim=0), 32)  # (t, nch, Fc)
-        Y[t0:t1, n_idx[valid]] = out[:, valid]
+        # Fold-major stream (Fr, t, R) plus the act deltas as extra inputs: one batched GEMM.
+        x = torch.empty((Fr, t1 - t0, n_in), dtype=fdt, device=dev)
+        if Fr_full:
+            x[:Fr_full, :, :R] = S[t0:t1, :Fr_full * R].view(t1 - t0, Fr_full, R).permute(1, 0, 2)
+        if Kd > Fr_full * R:
+            x[Fr_full, :, :Kd - Fr_full * R] = S[t0:t1, Fr_full * R:]
+            x[Fr_full, :, Kd - Fr_full * R:R] = 0
+        for j, dl in enumerate(corr_delta):
+            x[:, :, R + j] = dl[t0:t1].t()
+        if fdt == torch.int64:
+            seg = exact_matmul(x, Wall, amax, wmax)
+        else:
+            seg = torch.bmm(x, Wall_f)
+        seg = seg.view(Fr, t1 - t0, S_n, nch * Fc)
+        if dev.type == "cpu":
+            out = torch.empty((t1 - t0, nch * Fc), dtype=torch.int64)
+            _psum_chains(seg.numpy(), keep_v, ones_v, sign, linear_tail, out.numpy())
+        else:
+            seg = seg.to(torch.int64)
+            p = torch.zeros((Fr, t1 - t0, nch * Fc), dtype=torch.int64, device=dev)
+            for s in range(S_n):
+                p = force(p + seg[:, :, s], keep_t[s], ones_t[s], sign)
+            if linear_tail:
+                p = p - seg.sum(dim=2)
+            out = wrap(p.sum(dim=0), 32)
+        out = out.view(t1 - t0, nch, Fc)
+        if linear_tail:
+            out = wrap(Y[t0:t1, n_idx[valid]] + out[:, valid], 32)
+        else:
+            out = out[:, valid]
+        Y[t0:t1, n_idx[valid]] = out
+
+
+@njit(cache=True, parallel=True)
+def _psum_chains(seg, keep, ones, sign, linear_tail, out):
+    """Replay psum chains: per fold ``p = force_s(p + seg_s)`` over the segments, summed over
+    folds with int32 wraparound; vectorised over the replayed outputs.
+
+    seg: (Fr, T, S, V) exact integers below 2**31 (float or int); keep/ones: (S, V) int64;
+    out: (T, V) int64. With ``linear_tail`` the segments stop at the last faulty row and
+    ``out`` gets ``sum_folds(p - sum(seg))``: the correction to add to the plain GEMM (exact
+    mod 2**32 when the psum register is 32 bits wide, so the healthy tail adds linearly).
+    """
+    Fr, T, S, V = seg.shape
+    block = 256
+    for b in prange((T + block - 1) // block):
+        p = np.empty(V, dtype=np.int64)
+        pre = np.empty(V, dtype=np.int64)
+        tot = np.empty(V, dtype=np.int64)
+        for t in range(b * block, min(T, (b + 1) * block)):
+            tot[:] = 0
+            for fr in range(Fr):
+                p[:] = 0
+                pre[:] = 0
+                for s in range(S):
+                    for v in range(V):
+                        x = np.int64(np.int32(seg[fr, t, s, v]))
+                        y = p[v] + x
+                        p[v] = (((y & keep[s, v]) | ones[s, v]) ^ sign) - sign
+                        pre[v] += x
+                if linear_tail:
+                    for v in range(V):
+                        tot[v] += p[v] - pre[v]
+                else:
+                    for v in range(V):
+                        tot[v] += p[v]
+            for v in range(V):
+                out[t, v] = ((tot[v] & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
 
 
 @njit(cache=True)
