@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sysarray.demo
+	$(VENV)/bin/sysarray demo
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q

@@ -111,8 +111,25 @@ def _cycles_table(run: CyclesRun) -> str:
 # ------------------------------------------------------------------------------------------- main
 
 
+# Packages above sysarray contribute their own subcommands (train, run, campaign, ...); the CLI is
+# the one place that looks upward, and only to collect parsers.
+PLUGIN_MODULES = ("accel_models.commands", "mitigation.commands")
+
+
+def _load_plugins() -> None:
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``sysarray`` parser with every registered subcommand."""
+    _load_plugins()
     parser = _Parser(
         prog=PROG,
         description="Exact simulation of systolic-array DNN accelerators with permanent PE faults.",

@@ -1,0 +1,388 @@
+"""The integer program: a list of integer-only ops, and its runner on a (faulty) chip.
+
+Values are 8-bit codes of affine-quantized tensors (see :mod:`accel_models.quant`), carried as
+int32 torch tensors between ops. Conv and Linear run on the chip as GEMMs (im2col, K order
+``(c, kh, kw)`` = ``weight.reshape(N, -1)``); everything else is the fault-free post-processing
+unit: bias add, requantization, activation clamps, pooling, residual add. The only floating-point
+step is the final dequantization of the last layer's int32 accumulators into logits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from accel_models.quant import QParams, requantize, rounding_divide
+
+ADD_SHIFT = 20  # fixed-point bits of the residual-add rescaling multipliers
+
+
+@dataclass
+class QuantizeInput:
+    """Float images -> 8-bit codes: ``q = clamp(round_half_up(x / scale) + zp)``."""
+
+    output: str
+    qp: QParams
+
+    def inputs(self) -> tuple[str, ...]:
+        return ()
+
+
+@dataclass
+class Gemm:
+    """A Conv2d or Linear layer on the chip, with its post-processing.
+
+    weight: int8 (N, C/groups, kh, kw) or (N, K); bias: int64 (N,) at scale ``s_in * s_w``
+    with the input zero point folded in (``- z_in * sum_k w``); m0/shift: (N,) int64 fixed-point
+    requantization multipliers; lo/hi: the output clamp in codes (ReLU, ReLU6, clipping and the
+    8-bit range in one). ``out_qp`` is None for the last layer, whose int32 accumulators are
+    dequantized with ``acc_scale`` (N,) into logits.
+    """
+
+    name: str
+    kind: str  # "conv" or "linear"
+    input: str
+    output: str
+    weight: torch.Tensor
+    bias: torch.Tensor
+    in_qp: QParams
+    out_qp: QParams | None
+    m0: torch.Tensor
+    shift: torch.Tensor
+    lo: int
+    hi: int
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+    acc_scale: torch.Tensor | None = None
+    # Float sources (BN folded) for the fake-quant twin and retraining.
+    float_weight: torch.Tensor | None = field(default=None, repr=False)
+    float_bias: torch.Tensor | None = field(default=None, repr=False)
+    activation: str = "none"  # what the clamp implements: none, relu, relu6, clip
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.weight.shape[0])
+
+
+@dataclass
+class MaxPool:
+    input: str
+    output: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+
+@dataclass
+class AvgPool:
+    """Average pool on codes: zero-point padding, integer sum, round-half-up division by the area."""
+
+    input: str
+    output: str
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    zero_point: int
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+
+@dataclass
+class Add:
+    """Residual add: ``q = clamp(round_half_up(((a-za)*Ma + (b-zb)*Mb) / 2**ADD_SHIFT) + z)``."""
+
+    a: str
+    b: str
+    output: str
+    za: int
+    zb: int
+    ma: int
+    mb: int
+    zero_point: int
+    lo: int
+    hi: int
+    activation: str = "none"
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.a, self.b)
+
+
+@dataclass
+class Clamp:
+    """A stand-alone ReLU/ReLU6/clip on codes (same quantization in and out)."""
+
+    input: str
+    output: str
+    lo: int
+    hi: int
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+
+@dataclass
+class Flatten:
+    input: str
+    output: str
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+
+Op = QuantizeInput | Gemm | MaxPool | AvgPool | Add | Clamp | Flatten
+
+
+@dataclass
+class LayerStats:
+    """One chip layer of a run: GEMM shape, timing (summed over batches) and fault effects."""
+
+    name: str
+    kind: str
+    m: int
+    k: int
+    n: int
+    macs: int
+    cycles: int
+    overall_util: float
+    mapping_efficiency: float
+    compute_util: float
+    changed: int | None  # GEMM outputs the faults changed (None: not counted)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class RunResult:
+    """logits: (N, classes) float64; predictions: (N,) int64; layers: per chip layer."""
+
+    logits: torch.Tensor
+    predictions: torch.Tensor
+    layers: list[LayerStats]
+
+    @property
+    def cycles(self) -> int:
+        return sum(l.cycles for l in self.layers)
+
+    @property
+    def macs(self) -> int:
+        return sum(l.macs for l in self.layers)
+
+    def overall_util(self, n_pes: int) -> float:
+        """Utilization of the whole run in percent: MACs / (cycles x PEs)."""
+        return 100.0 * self.macs / max(1, self.cycles * n_pes)
+
+    def accuracy(self, labels: torch.Tensor) -> float:
+        return float((self.predictions == labels.to(self.predictions.device)).double().mean())
+
+
+# --------------------------------------------------------------------------- integer kernels
+def quantize_input(x: torch.Tensor, qp: QParams) -> torch.Tensor:
+    """Float -> codes (round half up). The one place the program touches floats on the way in."""
+    q = torch.floor(x.double() / qp.scale + 0.5).to(torch.int64) + qp.zero_point
+    return q.clamp(qp.qmin, qp.qmax).to(torch.int32)
+
+
+def im2col(x: torch.Tensor, op: Gemm) -> torch.Tensor:
+    """Codes (B, C, H, W) -> GEMM operand (B*L, C*kh*kw), padding with the input zero point."""
+    kh, kw = op.weight.shape[2], op.weight.shape[3]
+    ph, pw = op.padding
+    xf = x.to(torch.float32)
+    if ph or pw:
+        xf = F.pad(xf, (pw, pw, ph, ph), value=float(op.in_qp.zero_point))
+    cols = F.unfold(xf, (kh, kw), stride=op.stride)  # (B, C*kh*kw, L), channel-major K order
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+
+
+def conv_out_size(op: Gemm, h: int, w: int) -> tuple[int, int]:
+    kh, kw = op.weight.shape[2], op.weight.shape[3]
+    return ((h + 2 * op.padding[0] - kh) // op.stride[0] + 1, (w + 2 * op.padding[1] - kw) // op.stride[1] + 1)
+
+
+GemmFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, object]]
+
+
+def postprocess(acc: torch.Tensor, op: Gemm) -> torch.Tensor:
+    """int32 accumulators (rows, N) -> output codes (or biased int64 accumulators for the last layer)."""
+    acc = acc.to(torch.int64) + op.bias.to(acc.device)
+    if op.out_qp is None:
+        return acc
+    q = requantize(acc, op.m0.to(acc.device), op.shift.to(acc.device)) + op.out_qp.zero_point
+    return q.clamp(op.lo, op.hi).to(torch.int32)
+
+
+def run_gemm_layer(x: torch.Tensor, op: Gemm, gemm: GemmFn):
+    """Run one Gemm op on codes ``x`` with ``gemm(A, W) -> (int32 (M, N), stats)``.
+
+    Returns ``(out, [(M, K, N, stats, A, W, Y) per group])`` so callers can count fault effects.
+    """
+    dtype = op.in_qp.torch_dtype
+    if op.kind == "linear":
+        a = x.reshape(x.shape[0], -1).to(dtype)
+        w = op.weight.t().contiguous()
+        y, st = gemm(a, w)
+        return postprocess(y, op), [(a.shape[0], a.shape[1], w.shape[1], st, a, w, y)]
+    B, _, H, W = x.shape
+    oh, ow = conv_out_size(op, H, W)
+    cols = im2col(x, op)
+    g = op.groups
+    ng = op.out_channels // g
+    kg = cols.shape[1] // g
+    outs, parts = [], []
+    for i in range(g):
+        a = cols[:, i * kg:(i + 1) * kg].to(dtype)
+        w = op.weight[i * ng:(i + 1) * ng].reshape(ng, -1).t().contiguous()
+        y, st = gemm(a, w)
+        outs.append(y)
+        parts.append((a.shape[0], a.shape[1], w.shape[1], st, a, w, y))
+    acc = outs[0] if g == 1 else torch.cat(outs, dim=1)
+    q = postprocess(acc, op)
+    return q.reshape(B, oh * ow, -1).transpose(1, 2).reshape(B, -1, oh, ow), parts
+
+
+def max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
+    y = F.max_pool2d(x.to(torch.float32), op.kernel, op.stride, op.padding)
+    return y.to(torch.int32)
+
+
+def avg_pool(x: torch.Tensor, op: AvgPool) -> torch.Tensor:
+    xf = x.to(torch.float32)
+    ph, pw = op.padding
+    if ph or pw:
+        xf = F.pad(xf, (pw, pw, ph, ph), value=float(op.zero_point))
+    sums = F.avg_pool2d(xf, op.kernel, op.stride, divisor_override=1).to(torch.int64)  # exact integers
+    return rounding_divide(sums, op.kernel[0] * op.kernel[1]).to(torch.int32)
+
+
+def add(a: torch.Tensor, b: torch.Tensor, op: Add) -> torch.Tensor:
+    t = (a.to(torch.int64) - op.za) * op.ma + (b.to(torch.int64) - op.zb) * op.mb
+    q = torch.bitwise_right_shift(t + (1 << (ADD_SHIFT - 1)), ADD_SHIFT) + op.zero_point
+    return q.clamp(op.lo, op.hi).to(torch.int32)
+
+
+# --------------------------------------------------------------------------- the program
+@dataclass
+class Program:
+    """An integer-only program lowered from a torch model (see :func:`accel_models.lower`)."""
+
+    ops: list
+    input_name: str
+    output_name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def gemms(self) -> list[Gemm]:
+        return [op for op in self.ops if isinstance(op, Gemm)]
+
+    def execute(self, images: torch.Tensor, gemm_for: Callable[[Gemm], GemmFn],
+                on_layer: Callable | None = None) -> torch.Tensor:
+        """Run every op; chip layers call ``gemm_for(op)(A, W)``. Returns the final int64
+        accumulators (N, classes); ``on_layer(op, parts)`` sees every chip layer."""
+        env: dict[str, torch.Tensor] = {}
+        for op in self.ops:
+            if isinstance(op, QuantizeInput):
+                env[op.output] = quantize_input(images, op.qp)
+            elif isinstance(op, Gemm):
+                out, parts = run_gemm_layer(env[op.input], op, gemm_for(op))
+                if on_layer is not None:
+                    on_layer(op, parts)
+                env[op.output] = out
+            elif isinstance(op, MaxPool):
+                env[op.output] = max_pool(env[op.input], op)
+            elif isinstance(op, AvgPool):
+                env[op.output] = avg_pool(env[op.input], op)
+            elif isinstance(op, Add):
+                env[op.output] = add(env[op.a], env[op.b], op)
+            elif isinstance(op, Clamp):
+                env[op.output] = env[op.input].clamp(op.lo, op.hi)
+            elif isinstance(op, Flatten):
+                x = env[op.input]
+                env[op.output] = x.reshape(x.shape[0], -1)
+            else:
+                raise TypeError(f"Unknown op {type(op).__name__}")
+        return env[self.output_name]
+
+    def logits_from(self, acc: torch.Tensor) -> torch.Tensor:
+        """Dequantize the last layer's accumulators: ``acc * s_in * s_w`` (float64)."""
+        last = self.gemms[-1]
+        return acc.double() * last.acc_scale.to(acc.device)
+
+    def check_images(self, images) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"Program.run needs a float torch tensor of images. Got {type(images).__name__} instead.")
+        if images.dim() == len(self.input_shape):
+            images = images.unsqueeze(0)
+        if tuple(images.shape[1:]) != tuple(self.input_shape) or not images.is_floating_point():
+            raise ValueError(
+                f"Program.run needs float images of shape (N, {', '.join(map(str, self.input_shape))}). "
+                f"Got {images.dtype} {tuple(images.shape)} instead."
+            )
+        return images
+
+    def run(self, images: torch.Tensor, cfg, faults=None, engine: str = "fast", *,
+            batch_size: int = 256, count_changes: bool = True, device=None) -> RunResult:
+        """Run ``images`` (N, C, H, W float) through the program on the chip ``cfg`` + ``faults``.
+
+        Each batch of ``batch_size`` images is one GEMM per layer (M = batch x output pixels);
+        layer statistics add up over batches. ``count_changes`` also runs each layer's GEMM
+        fault-free on the same inputs to count the outputs the faults changed.
+        """
+        import sysarray as sa
+        from sysarray.gemm import check_chip
+
+        check_chip(cfg, faults, "Program.run")
+        images = self.check_images(images)
+        if device is not None:
+            images = images.to(device)
+        faulty = faults is not None and not faults.is_empty
+        totals: dict[str, dict] = {}
+
+        def gemm_for(op):
+            def gemm(a, w):
+                return sa.simulate_gemm(a, w, cfg, faults=faults, engine=engine)
+            return gemm
+
+        def on_layer(op, parts):
+            t = totals.setdefault(op.name, dict(m=0, k=parts[0][1], macs=0, cycles=0, gemms=0, util=[], changed=0))
+            t["m"] += parts[0][0]  # the groups of a grouped conv share M
+            for m, k, n, st, a, w, y in parts:
+                t["macs"] += st.macs
+                t["cycles"] += st.cycles
+                t["gemms"] += 1
+                t["util"].append((st.cycles, st.mapping_efficiency, st.compute_util))
+                if faulty and count_changes:
+                    clean, _ = sa.simulate_gemm(a, w, cfg, faults=None, engine="fast")
+                    t["changed"] += int((clean != y.to(clean.device)).sum())
+
+        accs = []
+        for i in range(0, images.shape[0], batch_size):
+            accs.append(self.execute(images[i:i + batch_size], gemm_for, on_layer))
+        logits = self.logits_from(torch.cat(accs))
+        layers = []
+        n_pes = cfg.rows * cfg.cols
+        for op in self.gemms:
+            t = totals[op.name]
+            weights = np.array([u[0] for u in t["util"]], dtype=float)
+            layers.append(LayerStats(
+                name=op.name, kind=op.kind, m=t["m"], k=t["k"], n=op.out_channels, macs=t["macs"],
+                cycles=t["cycles"],
+                # SCALE-Sim's definition per GEMM (its total is cycles - 1), over all of them.
+                overall_util=100.0 * t["macs"] / max(1, (t["cycles"] - t["gemms"]) * n_pes),
+                mapping_efficiency=float(np.average([u[1] for u in t["util"]], weights=weights)),
+                compute_util=float(np.average([u[2] for u in t["util"]], weights=weights)),
+                changed=(t["changed"] if count_changes else None) if faulty else 0,
+            ))
+        return RunResult(logits=logits, predictions=logits.argmax(dim=1), layers=layers)

@@ -1,0 +1,31 @@
+"""The model zoo: plain float torch models, one per file, built by name.
+
+Every model uses only the layers the int8 lowering supports (Conv2d, Linear, BatchNorm2d, ReLU,
+MaxPool2d, AdaptiveAvgPool2d, Flatten / ``flatten(1)``, residual add, Dropout), traces with
+``torch.fx``, and adapts to the dataset's ``input_shape`` (C, H, W) and ``num_classes``.
+
+>>> model = build_model("lenet5", (1, 8, 8), 10)
+>>> model.arch["name"], model.arch["kwargs"]
+('lenet5', {'dropout': 0.0})
+"""
+from __future__ import annotations
+
+from ._registry import MODELS, build_model, model_names, register_model
+from .alexnet import AlexNet
+from .lenet5 import LeNet5
+from .mlp import MLP
+from .resnet20 import BasicBlock, ResNet20
+from .vgg11 import VGG11
+
+__all__ = [
+    "MODELS",
+    "build_model",
+    "model_names",
+    "register_model",
+    "MLP",
+    "LeNet5",
+    "VGG11",
+    "AlexNet",
+    "ResNet20",
+    "BasicBlock",
+]

@@ -1,0 +1,305 @@
+"""Helpers shared by the benchmarks: timing, machine description, JSON output and tables.
+
+Timing rules every benchmark follows: a warm-up call first (numba compiles, torch allocates;
+its time is kept apart as ``first_call_s``), then ``repeats`` timed calls with the garbage
+collector off, reported as the median (and min/max). Calls that are compared with each other
+are timed round-robin (one call of each per round), so a slow spell of a shared machine hits
+all of them alike instead of biasing one side of a ratio.
+"""
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+
+def summarize_times(times: Sequence[float], first_call_s: float | None = None) -> dict[str, Any]:
+    """Median, min and max (seconds) of repeated timings, with the raw list."""
+    ts = sorted(float(t) for t in times)
+    n = len(ts)
+    median = ts[n // 2] if n % 2 else 0.5 * (ts[n // 2 - 1] + ts[n // 2])
+    out: dict[str, Any] = {"median_s": median, "min_s": ts[0], "max_s": ts[-1], "repeats": n, "times_s": list(times)}
+    if first_call_s is not None:
+        out["first_call_s"] = float(first_call_s)
+    return out
+
+
+def time_round_robin(calls: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, dict[str, Any]]:
+    """Time every call ``repeats`` times, one call of each per round; returns ``summarize_times`` per name.
+
+    Each call first runs ``warmup`` times untimed (the first of those is reported as
+    ``first_call_s``: it includes any JIT compilation or cache load).
+    """
+    if repeats < 1:
+        raise ValueError(f"The 'repeats' argument of time_round_robin must be at least 1. Got {repeats} instead.")
+    first: dict[str, float] = {}
+    for name, fn in calls.items():
+        for i in range(warmup):
+            t0 = time.perf_counter()
+            fn()
+            if i == 0:
+                first[name] = time.perf_counter() - t0
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            for name, fn in calls.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return {name: summarize_times(times[name], first.get(name)) for name in calls}
+
+
+def time_once(fn: Callable[[], object]) -> tuple[float, object]:
+    """``(seconds, result)`` of one call."""
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def median(values: Sequence[float]) -> float:
+    return summarize_times(values)["median_s"]
+
+
+def use_fresh_numba_cache() -> str:
+    """Point numba's on-disk cache at a new empty folder, so the first calls really compile.
+
+    Must run before any ``cache=True`` kernel is defined (i.e. before ``sysarray.engines`` is
+    imported). Returns the folder; the caller removes it.
+    """
+    path = tempfile.mkdtemp(prefix="bench-numba-cache-")
+    os.environ["NUMBA_CACHE_DIR"] = path
+    if "numba" in sys.modules:
+        # Re-read the environment now: numba's compiler calls reload_config() and, on seeing a
+        # changed NUMBA_* variable, resets every setting from the environment, which would undo
+        # the threading layer sysarray.engines sets when it is imported after this.
+        from numba.core import config
+
+        config.reload_config()
+    return path
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    out: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            out[key.strip().lower()] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+class CpuMonitor:
+    """How much CPU other processes (and the hypervisor) took while this one was measuring.
+
+    ``other_frac`` = busy CPU time of the whole machine minus this process's own, divided by
+    wall time x cores; ``steal_frac`` = time the hypervisor gave our vCPUs to someone else.
+    Either well above 0 means the timings are slowed by work that is not ours.
+    """
+
+    def __init__(self) -> None:
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float, float] | None:
+        try:
+            fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        except (OSError, IndexError):
+            return None
+        v = [int(x) for x in fields]
+        hz = os.sysconf("SC_CLK_TCK")
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        steal = v[7] if len(v) > 7 else 0
+        busy = sum(v[:8]) - idle - steal
+        t = os.times()
+        return time.perf_counter(), busy / hz, steal / hz, t.user + t.system + t.children_user + t.children_system
+
+    def stop(self) -> dict[str, float] | None:
+        end = self._sample()
+        if self._start is None or end is None:
+            return None
+        wall = end[0] - self._start[0]
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        busy, steal, own = (end[i] - self._start[i] for i in (1, 2, 3))
+        return {
+            "wall_s": round(wall, 3),
+            "own_cpu_s": round(own, 3),
+            "other_frac": round(max(0.0, busy - own) / (wall * cores), 4),
+            "steal_frac": round(steal / (wall * cores), 4),
+        }
+
+
+def wait_for_idle(max_wait_s: float, threshold: float = 0.1, window_s: float = 2.0) -> float:
+    """Wait until other processes use less than ``threshold`` of the CPUs over ``window_s``.
+
+    Gives up after ``max_wait_s`` seconds; returns the seconds waited. For shared machines,
+    where someone else's job would slow one side of a comparison.
+    """
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < max_wait_s:
+        mon = CpuMonitor()
+        time.sleep(window_s)
+        got = mon.stop()
+        if got is None or got["other_frac"] + got["steal_frac"] < threshold:
+            break
+    return time.perf_counter() - t0
+
+
+def load_average() -> list[float] | None:
+    """1, 5 and 15 minute load averages (other work on a shared machine skews timings)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / (1 << 20), 2)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine_info(repo: Path | None = None) -> dict[str, Any]:
+    """CPU, cores, memory, library versions and thread settings of this run.
+
+    Call it after the measured kernels ran: numba's threading layer is only known once a
+    parallel kernel has launched its threads.
+    """
+    import numba
+    import numpy
+    import torch
+
+    try:
+        layer = numba.threading_layer()
+    except ValueError:  # no parallel kernel has run yet
+        layer = f"not launched (configured: {numba.config.THREADING_LAYER})"
+    cpu = _cpuinfo()
+    info: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_model": cpu.get("model name", platform.processor() or "unknown"),
+        "cpu_family_model": f"{cpu.get('cpu family', '?')}/{cpu.get('model', '?')}",
+        "cpu_mhz": cpu.get("cpu mhz"),
+        "simd": [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_int8")
+                 if f in cpu.get("flags", "").split()],
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "mem_total_gib": _mem_total_gib(),
+        "numpy": numpy.__version__,
+        "numba": numba.__version__,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "numba_threads": numba.get_num_threads(),
+        "numba_threading_layer": layer,
+        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+                                           "NUMBA_THREADING_LAYER") if k in os.environ},
+    }
+    try:
+        import sysarray
+
+        info["sysarray"] = sysarray.__version__
+    except ImportError:
+        pass
+    if repo is not None:
+        info["git_commit"] = _git(repo, "rev-parse", "HEAD")
+        status = _git(repo, "status", "--porcelain", "--untracked-files=no")
+        info["git_dirty"] = None if status is None else bool(status)
+    return info
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(x: Any) -> Any:
+    # numpy scalars and arrays, Paths, enums
+    if hasattr(x, "item") and getattr(x, "ndim", 1) == 0:
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    if hasattr(x, "value"):
+        return x.value
+    return str(x)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
+    """A plain-text table; numbers right-aligned, text left-aligned."""
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    numeric = [all(_is_num(row[i]) for row in rows) if rows else False for i in range(len(headers))]
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(r, widths, numeric)).rstrip()
+
+    out = []
+    if title:
+        out.append(title)
+    out.append(line(cells[0]))
+    out.append("  ".join("-" * w for w in widths))
+    out.extend(line(r) for r in cells[1:])
+    return "\n".join(out)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) or v is None
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float):
+        a = abs(v)
+        if a != 0 and (a >= 1e5 or a < 1e-3):
+            return f"{v:.3g}"
+        if a >= 100:
+            return f"{v:.0f}"
+        if a >= 10:
+            return f"{v:.1f}"
+        return f"{v:.3g}" if a < 1 else f"{v:.2f}"
+    return str(v)

@@ -1,0 +1,1 @@
+"""Mitigation methods: clipping, fault-aware training, eFAT, importance sampling, campaigns."""
