@@ -73,19 +73,18 @@ class FakeQuantProgram(nn.Module):
         b = self.biases[self.key(op)]
         b_codes = torch.round(b.detach().double() / acc_scale)
         bq = ste(b / acc_scale.float(), b_codes) - z_in * wq.reshape(wq.shape[0], -1).sum(dim=1)
-        if op.kind == "linear":
-            acc = x.reshape(x.shape[0], -1) @ wq.t()
-        else:
-            ph, pw = op.padding
-            xp = F.pad(x, (pw, pw, ph, ph), value=float(z_in)) if (ph or pw) else x
-            acc = F.conv2d(xp, wq, stride=op.stride, groups=op.groups)
-        acc = ste(acc, torch.round(acc.detach()))  # float32 sums of integers: snap tiny errors
+        bq = bq.to(torch.float64) if k_exceeds_f32(wq) else bq
+        acc = _integer_gemm(x, wq, op)
+        if k_exceeds_f32(wq):
+            # float32 could round these sums: carry on in float64 with the forward value of an
+            # exact float64 GEMM (the codes that leave this layer are float32 again).
+            acc = ste(acc.double(), _integer_gemm(x.detach().double(), wq.detach().double(), op))
         if hook is not None:
             acc = hook(op, x, wq, acc)
         shape = (1, -1) if op.kind == "linear" else (1, -1, 1, 1)
         acc = acc + bq.reshape(shape)
         if op.out_qp is None:
-            return acc * acc_scale.float().reshape(shape)  # logits
+            return acc.double() * acc_scale.reshape(shape)  # logits, float64
         mult = acc_scale / op.out_qp.scale
         mant, exp = torch.frexp(mult)
         m0 = torch.round(mant * 2.0**31).to(torch.int64)
@@ -93,8 +92,8 @@ class FakeQuantProgram(nn.Module):
         carry = m0 == (1 << 31)
         m0, shift = torch.where(carry, m0 // 2, m0), torch.where(carry, shift - 1, shift)
         q_int = requantize(acc.detach().round().to(torch.int64), m0.reshape(shape), shift.reshape(shape))
-        q = ste(acc * mult.float().reshape(shape), q_int) + op.out_qp.zero_point
-        return _clamp_ste(q, op.lo, op.hi)
+        q = ste(acc * mult.to(acc.dtype).reshape(shape), q_int) + op.out_qp.zero_point
+        return _clamp_ste(q, op.lo, op.hi).to(x.dtype)
 
     def forward(self, images: torch.Tensor, gemm_hook: GemmHook | None = None) -> torch.Tensor:
         """Float images (N, C, H, W) -> float logits (N, classes)."""
@@ -117,8 +116,12 @@ class FakeQuantProgram(nn.Module):
                 d = op.kernel[0] * op.kernel[1]
                 env[op.output] = floor_ste((2 * s + d) / (2 * d))
             elif isinstance(op, Add):
-                t = (env[op.a] - op.za) * op.ma + (env[op.b] - op.zb) * op.mb
-                q = floor_ste(t / (1 << ADD_SHIFT) + 0.5) + op.zero_point
+                a, b = env[op.a], env[op.b]
+                t = (a - op.za) * op.ma + (b - op.zb) * op.mb
+                # The rounding decision on exact int64 values (float32 loses bits above 2**24).
+                t_int = (a.detach().round().long() - op.za) * op.ma + (b.detach().round().long() - op.zb) * op.mb
+                q_int = torch.bitwise_right_shift(t_int + (1 << (ADD_SHIFT - 1)), ADD_SHIFT)
+                q = ste(t / (1 << ADD_SHIFT), q_int) + op.zero_point
                 env[op.output] = _clamp_ste(q, op.lo, op.hi)
             elif isinstance(op, Clamp):
                 env[op.output] = _clamp_ste(env[op.input], op.lo, op.hi)
@@ -144,7 +147,21 @@ class FakeQuantProgram(nn.Module):
                 ops.append(op)
         return Program(ops=ops, input_name=self.program.input_name, output_name=self.program.output_name,
                        input_shape=self.program.input_shape, num_classes=self.program.num_classes,
-                       meta=dict(self.program.meta))
+                       logit_repeat=self.program.logit_repeat, meta=dict(self.program.meta))
+
+
+def k_exceeds_f32(wq: torch.Tensor) -> bool:
+    """True when a float32 GEMM over this layer's inner size could round its integer sums."""
+    return wq[0].numel() * 255 * WEIGHT_QMAX >= 1 << 24
+
+
+def _integer_gemm(x: torch.Tensor, wq: torch.Tensor, op: Gemm) -> torch.Tensor:
+    """The layer's GEMM on codes (float tensors holding integers), zero-point padded."""
+    if op.kind == "linear":
+        return x.reshape(x.shape[0], -1) @ wq.t()
+    ph, pw = op.padding
+    xp = F.pad(x, (pw, pw, ph, ph), value=float(op.in_qp.zero_point)) if (ph or pw) else x
+    return F.conv2d(xp, wq, stride=op.stride, groups=op.groups)
 
 
 def _clamp_ste(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

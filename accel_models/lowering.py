@@ -132,6 +132,15 @@ def _is_passthrough(ctx: _Ctx, node: fx.Node) -> bool:
     return False
 
 
+def _activation_label(bounds) -> str:
+    """What a fused clamp implements: none, relu, relu6 or clip (any other upper bound)."""
+    if bounds is None:
+        return "none"
+    if bounds[1] is None:
+        return "relu"
+    return "relu6" if bounds[1] == 6.0 else "clip"
+
+
 def _clamp_codes(qp: QParams, bounds) -> tuple[int, int]:
     lo, hi = qp.qmin, qp.qmax
     if bounds is not None:
@@ -192,7 +201,7 @@ def _lower_gemm(ctx: _Ctx, node: fx.Node) -> None:
             raise UnsupportedModelError(f"Linear '{node.target}' needs a flattened (N, features) input.")
         geometry = {}
         kind = "linear"
-    activation = "none" if act is None else (type(ctx.module(act)).__name__.lower() if act.op == "call_module" else "relu")
+    activation = _activation_label(bounds)
     op = gemm_op(str(node.target), kind, in_value, out_node.name, in_qp, out_qp, m.weight, m.bias, bounds,
                  activation, **geometry)
     ctx.ops.append(op)
@@ -267,9 +276,10 @@ def _lower_add(ctx: _Ctx, node: fx.Node) -> None:
     qa, qb = ctx.qp[a], ctx.qp[b]
     ma = int(round(qa.scale / out_qp.scale * (1 << ADD_SHIFT)))
     mb = int(round(qb.scale / out_qp.scale * (1 << ADD_SHIFT)))
-    lo, hi = _clamp_codes(out_qp, _activation_bounds(ctx, act) if act is not None else None)
+    bounds = _activation_bounds(ctx, act) if act is not None else None
+    lo, hi = _clamp_codes(out_qp, bounds)
     ctx.ops.append(Add(a, b, out_node.name, qa.zero_point, qb.zero_point, ma, mb, out_qp.zero_point, lo, hi,
-                       activation="relu" if act is not None else "none"))
+                       activation=_activation_label(bounds)))
     ctx.qp[out_node.name] = out_qp
     if act is not None:
         ctx.consumed.add(act.name)
@@ -392,16 +402,17 @@ def lower(model: nn.Module, calibration: torch.Tensor, *, percentile: float | No
     if not isinstance(calibration, torch.Tensor) or calibration.dim() < 2 or not calibration.is_floating_point():
         raise ValueError("The 'calibration' argument of lower must be a float tensor of images (N, C, H, W).")
     model = copy.deepcopy(model).eval().cpu()
-    gm = fold_batchnorm(_trace(model))
+    gm = _trace(model)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(placeholders) != 1:
+        raise UnsupportedModelError(f"The model's forward must take exactly one tensor. Got {len(placeholders)}.")
+    gm = fold_batchnorm(gm)
     rec = _RangeRecorder(gm, percentile)
     with torch.no_grad():
         for i in range(0, calibration.shape[0], batch_size):
             rec.run(calibration[i:i + batch_size].float())
     rec.finish()
     ctx = _Ctx(gm=gm, ranges=rec.ranges, shapes=rec.shapes)
-    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    if len(placeholders) != 1:
-        raise UnsupportedModelError(f"The model's forward must take exactly one tensor. Got {len(placeholders)}.")
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             qp = ctx.calibrated(node)
@@ -427,10 +438,21 @@ def lower(model: nn.Module, calibration: torch.Tensor, *, percentile: float | No
     if not gemms:
         raise UnsupportedModelError("The model has no Conv2d or Linear layer to run on the chip.")
     last = gemms[-1]
-    if last.out_qp is not None or ctx.output_value != last.output:
+    out_node = [n for n in gm.graph.nodes if n.op == "output"][0].args[0]
+    out_shape = rec.shapes[out_node.name]
+    # The logits are the last layer's accumulators, possibly flattened (a conv classifier head).
+    value = ctx.output_value
+    tail = ctx.ops[ctx.ops.index(last) + 1:]
+    for op in reversed(tail):
+        if isinstance(op, Flatten) and op.output == value:
+            value = op.input
+    if last.out_qp is not None or value != last.output or any(not isinstance(op, Flatten) for op in tail):
         raise UnsupportedModelError("The model must end with a Linear or Conv2d layer whose output is the logits "
                                     "(no activation, pooling or add after it).")
-    out_shape = rec.shapes[[n for n in gm.graph.nodes if n.op == "output"][0].args[0].name]
+    if len(out_shape) != 2:
+        raise UnsupportedModelError(f"The model must return (N, classes) logits; it returns shape {tuple(out_shape)}. "
+                                    "Flatten the last layer's output.")
     return Program(ops=ctx.ops, input_name=placeholders[0].name, output_name=ctx.output_value,
                    input_shape=tuple(calibration.shape[1:]), num_classes=int(out_shape[-1]),
+                   logit_repeat=int(out_shape[1]) // last.out_channels,
                    meta={"percentile": percentile, "calibration_images": int(calibration.shape[0])})

@@ -281,6 +281,7 @@ class Program:
     output_name: str
     input_shape: tuple[int, ...]
     num_classes: int
+    logit_repeat: int = 1  # output positions per channel of a conv classifier head (flattened c, h, w)
     meta: dict = field(default_factory=dict)
 
     @property
@@ -317,8 +318,8 @@ class Program:
 
     def logits_from(self, acc: torch.Tensor) -> torch.Tensor:
         """Dequantize the last layer's accumulators: ``acc * s_in * s_w`` (float64)."""
-        last = self.gemms[-1]
-        return acc.double() * last.acc_scale.to(acc.device)
+        scale = self.gemms[-1].acc_scale.repeat_interleave(self.logit_repeat)
+        return acc.reshape(acc.shape[0], -1).double() * scale.to(acc.device)
 
     def check_images(self, images) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import sysarray as sa
 from accel_models.lowering import UnsupportedModelError, fold_batchnorm, lower, supported_layers
-from accel_models.program import Add, AvgPool, Clamp, Flatten, Gemm, MaxPool, QuantizeInput
+from accel_models.program import AvgPool, MaxPool, QuantizeInput
 from accel_models.quant import multiplier_value
 from tests.accel_models.conftest import MODEL_NAMES, LeNet, SmallResNet
 from tests.accel_models.numpy_program import numpy_run
@@ -103,8 +103,6 @@ def test_relu6_clamps_at_six(zoo):
     assert stem.activation == "relu6" and stem.hi == min(stem.out_qp.qmax, stem.out_qp.quantize_value(6.0))
 
 
-@pytest.mark.xfail(strict=True, reason="lowering.py labels every fused functional activation 'relu' "
-                   "(F.relu6 included), so Gemm.activation does not say what the clamp implements")
 def test_functional_relu6_is_labelled_relu6(zoo):
     assert zoo["mlp"].program.gemms[1].activation == "relu6"
 
@@ -354,11 +352,32 @@ def test_unsupported_construct_gives_a_clear_error(case, digits):
         assert word in msg, msg
 
 
-@pytest.mark.xfail(strict=True, reason="lower() runs the calibration pass before its one-input check, so a "
-                   "two-input forward fails inside torch.fx's Interpreter with a bare RuntimeError")
 def test_two_input_model_gives_a_clear_error(digits):
     with pytest.raises(UnsupportedModelError, match="exactly one tensor"):
         lower(_TwoInputs(), digits.train_x[:32])
+
+
+def test_conv_classifier_head_followed_by_flatten_lowers(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 10, 6), nn.Flatten()).eval()
+    program = lower(model, digits.train_x[:256])
+    assert program.num_classes == 10
+    res = program.run(digits.test_x[:16], sa.ArrayConfig(4, 4))
+    assert res.logits.shape == (16, 10)
+    np.testing.assert_array_equal(program.logits_from(torch.from_numpy(numpy_run(program, digits.test_x[:16]))).numpy(),
+                                  res.logits.numpy())
+
+
+def test_conv_classifier_head_without_flatten_is_refused_or_correct(digits):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 10, 6)).eval()
+    try:
+        program = lower(model, digits.train_x[:256])
+    except UnsupportedModelError:
+        return  # refusing it clearly is fine
+    assert program.num_classes == 10
+    res = program.run(digits.test_x[:16], sa.ArrayConfig(4, 4))
+    assert res.logits.shape == (16, 10) and res.predictions.shape == (16,)
 
 
 def test_bad_arguments_of_lower(digits):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import sysarray as sa
 from accel_models.fakequant import FakeQuantProgram
 from accel_models.lowering import gemm_op, lower
-from accel_models.program import Add, Gemm, Program, QuantizeInput
+from accel_models.program import Add, Program, QuantizeInput
 from accel_models.quant import QParams
 from sysarray import ArrayConfig, FaultMap
 from sysarray.timing import gemm_timing
@@ -195,8 +195,6 @@ def _add_program(ma: int, mb: int, za: int, zb: int) -> Program:
                    input_shape=(1,), num_classes=1)
 
 
-@pytest.mark.xfail(strict=True, reason="FakeQuantProgram evaluates the residual add's fixed-point sum in "
-                   "float32, which is inexact above 2**24 and flips round-half-up decisions")
 def test_twin_residual_add_rounds_like_the_program():
     # A plausible residual add (multipliers ~1.6 and ~1.0 in 20-bit fixed point): at code 117 the
     # exact sum 77*1683014 - 3*1079557 = 126353407 lies just below the half point 120.5 * 2**20,
@@ -211,8 +209,6 @@ def test_twin_residual_add_rounds_like_the_program():
     assert float(diff.max()) <= 1.0, f"{int((diff > 1).sum())} outputs off by up to {float(diff.max()):.0f} LSBs"
 
 
-@pytest.mark.xfail(strict=True, reason="FakeQuantProgram's GEMM forward sums integer codes in float32; "
-                   "accumulators above 2**24 are not exact, so the twin drifts from the program")
 def test_twin_gemm_exact_for_large_accumulators():
     # A legal model whose accumulators reach ~7e7 (> 2**24): uint8 inputs near the top of their range
     # times positive int8 weights over K = 4096.

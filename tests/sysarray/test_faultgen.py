@@ -67,7 +67,7 @@ def test_geometry_forms_agree():
 @pytest.mark.parametrize("rows, cols, rate", [(16, 16, 0.01), (16, 16, 0.5), (7, 9, 0.37), (32, 32, 1.0), (5, 5, 0.0), (3, 3, 0.5)])
 def test_exact_pe_count(rows, cols, rate):
     fm = FaultMap.random((rows, cols), rate, seed=0)
-    assert fm.n_faulty_pes == round(rate * rows * cols)
+    assert fm.n_faulty_pes == round(rate * (rows * cols))
     assert len(fm) == fm.n_faulty_pes  # one stuck bit per faulty PE by default
 
 
@@ -163,7 +163,7 @@ def test_pe_rate_property(rows, cols, rate, regs, bits, values, exact, k, seed):
     recs = fm.records
     assert fm.shape == (rows, cols)
     if exact:
-        assert fm.n_faulty_pes == round(rate * rows * cols)
+        assert fm.n_faulty_pes == round(rate * (rows * cols))
     assert len(fm) == fm.n_faulty_pes * k
     assert set(recs[:, 2]) <= {CODES[r] for r in regs}
     assert set(recs[:, 3]) <= set(bits)
@@ -301,7 +301,7 @@ def test_clustered_property(rows, cols, rate, n_clusters, radius, k, seed):
     fm = FaultMap.clustered(
         (rows, cols), rate, seed=seed, n_clusters=n_clusters, radius=radius, registers="psum", bits=[30, 31], values=(1,), faults_per_pe=k
     )
-    assert fm.n_faulty_pes == round(rate * rows * cols) and len(fm) == fm.n_faulty_pes * k
+    assert fm.n_faulty_pes == round(rate * (rows * cols)) and len(fm) == fm.n_faulty_pes * k
     recs = fm.records
     assert set(recs[:, 2]) <= {2} and set(recs[:, 3]) <= {30, 31} and set(recs[:, 4]) <= {1}
 
