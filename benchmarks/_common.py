@@ -162,6 +162,41 @@ def wait_for_idle(max_wait_s: float, threshold: float = 0.1, window_s: float = 2
     return time.perf_counter() - t0
 
 
+class IdleGate:
+    """Measure when the machine is quiet: wait for other work to stop, retry disturbed measurements.
+
+    ``budget_s`` is the total time the whole run may spend waiting (0: never wait nor retry).
+    :meth:`measure` waits (within the budget) until other processes use less than
+    ``threshold`` of the CPUs, runs the measurement under a :class:`CpuMonitor`, and runs it
+    again (at most ``retries`` more times) while other work took more than ``threshold``.
+    """
+
+    def __init__(self, budget_s: float, threshold: float = 0.05, retries: int = 2) -> None:
+        self.remaining = max(0.0, float(budget_s))
+        self.threshold = threshold
+        self.retries = retries
+        self.waited_s = 0.0
+
+    def wait(self) -> None:
+        if self.remaining > 0:
+            w = wait_for_idle(self.remaining, self.threshold)
+            self.remaining -= w
+            self.waited_s += w
+
+    def measure(self, fn: Callable[[], Any]) -> tuple[Any, dict[str, Any] | None]:
+        """``(fn(), contention)``; contention has CpuMonitor's fields plus ``attempts`` and ``clean``."""
+        attempts = 0
+        while True:
+            self.wait()
+            mon = CpuMonitor()
+            out = fn()
+            cont = mon.stop()
+            attempts += 1
+            clean = cont is None or cont["other_frac"] + cont["steal_frac"] < self.threshold
+            if clean or attempts > self.retries or self.remaining <= 0:
+                return out, None if cont is None else {**cont, "attempts": attempts, "clean": clean}
+
+
 def load_average() -> list[float] | None:
     """1, 5 and 15 minute load averages (other work on a shared machine skews timings)."""
     try:

@@ -45,8 +45,8 @@ from benchmarks._common import (  # noqa: E402
     median,
     time_once,
     time_round_robin,
+    IdleGate,
     use_fresh_numba_cache,
-    wait_for_idle,
     write_json,
 )
 
@@ -254,7 +254,7 @@ def bench_cycle(ctx, mode: str, repeats: int, seed: int) -> tuple[list[dict[str,
             "engine_fault_free_1thread": one_thread,
             "naive_fault_free": lambda: naive_ws_clock(a32, w32, R, R),
         }
-        t = time_round_robin(calls, repeats)
+        t, cont = ctx["gate"].measure(lambda: time_round_robin(calls, repeats))
         # Untimed checks: the naive loop, the engine and the plain GEMM agree; the faulty run
         # equals the fast engine; both loops count the same cycles.
         y_ff, st = sa.simulate_gemm(a, w, cfg, None, engine="cycle")
@@ -283,7 +283,7 @@ def bench_cycle(ctx, mode: str, repeats: int, seed: int) -> tuple[list[dict[str,
                 "faulty": t["naive_fault_free"]["median_s"] / t["engine_faulty"]["median_s"],
                 "fault_free_1thread": t["naive_fault_free"]["median_s"] / t["engine_fault_free_1thread"]["median_s"],
             },
-            "checks": checks,
+            "checks": checks, "contention": cont,
         })
         if R == 128:
             results[-1]["target_updates_per_s"] = CYCLE_TARGET_128
@@ -306,41 +306,40 @@ def bench_resnet(ctx, mode: str, repeats: int, seed: int) -> tuple[dict[str, Any
     data = [_operands(rng, L["M"], L["K"], L["N"]) for L in layers]
     fm = FaultMap.random(cfg, PE_RATE, registers=("psum", "act"), seed=seed)
     n_rep = 1 if mode == "quick" else min(3, repeats)
-    sa.simulate_gemm(data[-1][0], data[-1][1], cfg, fm, engine="cycle")  # warm-up (JIT is already done)
+    timing_cycles = [gemm_timing(L["M"], L["K"], L["N"], cfg).cycles for L in layers]
     variants: dict[str, Any] = {}
     ok = True
     for variant, faults in (("fault_free", None), ("faulty_1pct_psum_act", fm)):
         _log(f"ResNet-18 {image}x{image} on 32x32 WS, cycle engine, {variant}")
-        per_layer = [[] for _ in layers]
-        totals = []
-        cycles = None
-        for rep in range(n_rep):
-            tot = 0.0
-            cyc = []
-            for i, (a, w) in enumerate(data):
-                dt, (y, st) = time_once(lambda: sa.simulate_gemm(a, w, cfg, faults, engine="cycle"))
-                per_layer[i].append(dt)
-                tot += dt
-                cyc.append(st.cycles)
-                if rep == 0:  # untimed value check of every layer
-                    at, wt = torch.from_numpy(a), torch.from_numpy(w)
-                    if faults is None:
-                        ref = exact_matmul(at, wt, 255, 128).numpy()
-                    else:
-                        ref = fast_gemm(at, wt, cfg, faults).numpy()
-                    if not np.array_equal(y, ref):
-                        ok = False
-                        _log(f"  MISMATCH in layer {layers[i]['name']} ({variant})")
-            totals.append(tot)
-            cycles = cyc
-        timing_cycles = [gemm_timing(L["M"], L["K"], L["N"], cfg).cycles for L in layers]
-        ok &= cycles == timing_cycles
+        # Untimed pass (also the warm-up): every layer's values and cycles are checked.
+        cycles, good = [], True
+        for L, (a, w) in zip(layers, data):
+            y, st = sa.simulate_gemm(a, w, cfg, faults, engine="cycle")
+            at, wt = torch.from_numpy(a), torch.from_numpy(w)
+            ref = exact_matmul(at, wt, 255, 128).numpy() if faults is None else fast_gemm(at, wt, cfg, faults).numpy()
+            if not np.array_equal(y, ref):
+                good = False
+                _log(f"  MISMATCH in layer {L['name']} ({variant})")
+            cycles.append(st.cycles)
+        good &= cycles == timing_cycles
+        ok &= good
+
+        def passes():
+            per_layer = [[] for _ in layers]
+            for _ in range(n_rep):
+                for i, (a, w) in enumerate(data):
+                    dt, _ = time_once(lambda: sa.simulate_gemm(a, w, cfg, faults, engine="cycle"))
+                    per_layer[i].append(dt)
+            return per_layer
+
+        per_layer, cont = ctx["gate"].measure(passes)
+        totals = [sum(ts[r] for ts in per_layer) for r in range(n_rep)]
         total_cycles = int(sum(cycles))
         total_s = median(totals)
         variants[variant] = {
             "total_s": total_s, "total_s_runs": totals, "total_cycles": total_cycles,
             "pe_updates": total_cycles * cfg.n_pes, "updates_per_s": total_cycles * cfg.n_pes / total_s,
-            "cycles_match_timing_formulas": cycles == timing_cycles,
+            "cycles_match_timing_formulas": cycles == timing_cycles, "verified": good, "contention": cont,
             "layers": [{**L, "cycles": int(c), "median_s": median(ts)} for L, c, ts in zip(layers, cycles, per_layer)],
         }
     return {
@@ -378,7 +377,7 @@ def _fast_case(ctx, M, K, N, cfg, repeats, seeds, with_int_mm, data_seed, label)
         calls[f"d_fast_psum[{s}]"] = (lambda f: lambda: fast_gemm(at, wt, cfg, f))(fm_psum[s])
         calls[f"e_fast_all[{s}]"] = (lambda f: lambda: fast_gemm(at, wt, cfg, f))(fm_all[s])
     _log(f"{label}: GEMM M={M} K={K} N={N} on {cfg}")
-    t = time_round_robin(calls, repeats)
+    t, cont = ctx["gate"].measure(lambda: time_round_robin(calls, repeats))
 
     # Untimed checks: full-size fault-free results equal the integer GEMM (and _int_mm's, un-shifted);
     # a VERIFY_ROWS slice equals the cycle engine for every fault map.
@@ -416,7 +415,7 @@ def _fast_case(ctx, M, K, N, cfg, repeats, seeds, with_int_mm, data_seed, label)
         "ratios": {"d/a": ratio("d", "a"), "d/b": ratio("d", "b"), "c/a": ratio("c", "a"), "c/b": ratio("c", "b"),
                    "e/b": ratio("e", "b")},
         "timings": t,
-        "verify_rows": mv, "checks": checks, "verified": ok,
+        "verify_rows": mv, "checks": checks, "verified": ok, "contention": cont,
     }, ok
 
 
@@ -446,17 +445,23 @@ def _pct(d: dict[str, float] | None) -> str:
     return "n/a" if not d else f"{100 * (d['other_frac'] + d['steal_frac']):.0f}%"
 
 
+def _case_contentions(res: dict[str, Any]) -> list[dict[str, Any] | None]:
+    return ([r["contention"] for r in res["cycle"]] + [v["contention"] for v in res["resnet18"]["variants"].values()]
+            + [r["contention"] for r in res["fast"]] + [r["contention"] for r in res["dataflows"]])
+
+
 def _tables(res: dict[str, Any]) -> str:
     parts = []
     m = res["machine"]
     parts.append(f"bench_engines ({res['mode']}, {res['repeats']} repeats, median)  {m['date']}\n"
                  f"{m['cpu_model']}, {m['usable_cores']} cores; torch {m['torch']} ({m['torch_threads']} threads), "
                  f"numba {m['numba']} ({m['numba_threads']} threads, {m['numba_threading_layer']}), numpy {m['numpy']}\n"
-                 f"load average at start {res['load_average_start']}; CPU taken by other processes (+ steal) per "
-                 "section: " + ", ".join(f"{k} {_pct(v)}" for k, v in res["contention"].items()))
-    if any(v and v["other_frac"] + v["steal_frac"] > 0.05 for v in res["contention"].values()):
-        parts[-1] += ("\nWARNING: other work shared the CPUs during this run; its timings are slowed and noisy "
-                      "(rerun with --wait-idle 600 on a shared machine).")
+                 f"load average at start {res['load_average_start']}; waited {res['waited_for_idle_s']:.0f} s "
+                 f"for other work (budget {res['wait_idle_budget_s']:.0f} s); 'busy' = CPU share other processes took "
+                 "during a measurement")
+    if any(c and not c["clean"] for c in _case_contentions(res)):
+        parts[-1] += ("\nWARNING: other work shared the CPUs during some measurements (busy > 5%); those timings are "
+                      "slowed and noisy (on a shared machine rerun with --wait-idle 600).")
 
     rows = [[r["engine"], r["dataflow"], r["first_call_s"], r["second_call_s"]] for r in res["jit"]["calls"]]
     cache = "fresh numba cache: compile times" if res["jit"]["fresh_cache"] else "user numba cache: may be cache loads"
@@ -469,11 +474,11 @@ def _tables(res: dict[str, Any]) -> str:
         t = r["timings"]
         rows.append([f"{r['array']} ff", f"{r['M']}x{r['K']}x{r['N']}", r["cycles"], t["engine_fault_free"]["median_s"],
                      u["engine_fault_free"], u["engine_fault_free_1thread"], u["naive_fault_free"], sp["fault_free"],
-                     sp["fault_free_1thread"]])
+                     sp["fault_free_1thread"], _pct(r["contention"])])
         rows.append([f"{r['array']} 1% ps+act", "", None, t["engine_faulty"]["median_s"], u["engine_faulty"], None,
-                     None, sp["faulty"], None])
+                     None, sp["faulty"], None, ""])
     txt = format_table(["array", "MxKxN", "cycles", "engine s", "upd/s", "upd/s 1thr", "naive upd/s",
-                        "vs naive", "vs naive 1thr"], rows,
+                        "vs naive", "vs naive 1thr", "busy"], rows,
                        "1. Cycle engine, WS, PE-register updates/s (= cycles x R x C / s); naive = single-threaded njit loop")
     for r in res["cycle"]:
         if "target_updates_per_s" in r:
@@ -487,8 +492,8 @@ def _tables(res: dict[str, Any]) -> str:
     rn = res["resnet18"]
     rows = []
     for k, v in rn["variants"].items():
-        rows.append([k, v["total_s"], v["total_cycles"], v["updates_per_s"]])
-    txt = format_table(["variant", "total s", "total cycles", "upd/s"], rows,
+        rows.append([k, v["total_s"], v["total_cycles"], v["updates_per_s"], v["verified"], _pct(v["contention"])])
+    txt = format_table(["variant", "total s", "total cycles", "upd/s", "verified", "busy"], rows,
                        f"2. ResNet-18 {rn['image']}x{rn['image']} batch 1, {rn['n_gemms']} GEMMs, "
                        f"{rn['macs'] / 1e9:.3f} GMAC, 32x32 WS, cycle engine with values (median of {rn['repeats']})")
     if rn["scalesim_v2_reference_s"]:
@@ -504,11 +509,11 @@ def _tables(res: dict[str, Any]) -> str:
             s, q = r["seconds"], r["ratios"]
             head = [r["dataflow"]] if with_flow else []
             rows.append(head + [f"{r['M']}x{r['K']}x{r['N']}", s["a"], s["b"], s["c"], s["d"], s["e"], q["d/a"],
-                                q["d/b"], q["c/a"], q["c/b"], q["e/b"], r["verified"]])
+                                q["d/b"], q["c/a"], q["c/b"], q["e/b"], r["verified"], _pct(r["contention"])])
         return rows
 
     cols = ["MxKxN", "(a) int_mm s", "(b) exact s", "(c) ff s", "(d) psum s", "(e) all s", "d/a", "d/b",
-            "c/a", "c/b", "e/b", "verified"]
+            "c/a", "c/b", "e/b", "verified", "busy"]
     parts.append(format_table(cols, fast_rows(res["fast"], False),
                               f"3. Fast engine, 32x32 WS, uint8 x int8; (d)/(e): 1% faulty PEs, median over "
                               f"{len(res['fault_seeds'])} fault maps"))
@@ -526,8 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, default=None, help="fault maps per faulty measurement (default 5, quick 2)")
     p.add_argument("--seed", type=int, default=0, help="base seed of the random operands and fault maps")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
-                   help="before each section wait up to SECONDS until other processes use < 10%% of the CPUs "
-                        "(for shared machines; default 0: do not wait)")
+                   help="shared machines: before each measurement wait until other processes use < 5%% of the "
+                        "CPUs, and redo (up to twice) a measurement they disturbed; SECONDS caps the total "
+                        "waiting of the run (default 0: never wait)")
     p.add_argument("--jit-cache", choices=("fresh", "user"), default=None,
                    help="'fresh': an empty numba cache, so section 0 times real compilation (default for the full "
                         "run); 'user': the normal cache, first calls may be cache loads (default with --quick)")
@@ -545,14 +551,16 @@ def main(argv: list[str] | None = None) -> int:
         import sysarray.engines  # noqa: F401  (sets numba's threading layer before any kernel runs)
         from sysarray import ArrayConfig, FaultMap
 
-        ctx = {"sysarray": sysarray, "ArrayConfig": ArrayConfig, "FaultMap": FaultMap,
+        gate = IdleGate(args.wait_idle)
+        ctx = {"sysarray": sysarray, "ArrayConfig": ArrayConfig, "FaultMap": FaultMap, "gate": gate,
                "numba_cache_dir": cache_dir, "fresh_cache": cache_dir is not None}
         seeds = [args.seed + 100 + i for i in range(n_seeds)]
         t0 = time.perf_counter()
         _log(f"bench_engines {mode}: {repeats} repeats, fault seeds {seeds}")
         res: dict[str, Any] = {"benchmark": "bench_engines", "mode": mode, "repeats": repeats, "seed": args.seed,
                                "fault_seeds": seeds, "pe_rate": PE_RATE, "jit_cache": jit_cache,
-                               "load_average_start": load_average(), "contention": {}, "waited_for_idle_s": {}}
+                               "wait_idle_budget_s": args.wait_idle, "load_average_start": load_average(),
+                               "contention": {}}
         monitor = CpuMonitor()
         sections = [
             ("jit", lambda: (bench_jit(ctx), True)),
@@ -563,12 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         ]
         oks = {}
         for name, run in sections:
-            if args.wait_idle > 0:
-                waited = wait_for_idle(args.wait_idle)
-                res["waited_for_idle_s"][name] = round(waited, 1)
-                if waited > 1:
-                    _log(f"waited {waited:.0f} s for other work to finish")
             if name == "jit":
+                gate.wait()
                 _log("JIT / first calls")
             mon = CpuMonitor()
             res[name], oks[name] = run()
@@ -577,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         res["verified_parts"] = {k: v for k, v in oks.items() if k != "jit"}
         res["wall_s"] = time.perf_counter() - t0
         res["cpu_contention"] = monitor.stop()
+        res["waited_for_idle_s"] = round(gate.waited_s, 1)
         res["machine"] = machine_info(REPO)
         path = args.out / "bench_engines.json"
         res["json_path"] = str(path)
