@@ -1,7 +1,8 @@
 """The integer program: a list of integer-only ops, and its runner on a (faulty) chip.
 
 Values are 8-bit codes of affine-quantized tensors (see :mod:`accel_models.quant`), carried as
-int32 torch tensors between ops. Conv and Linear run on the chip as GEMMs (im2col, K order
+float32 torch tensors holding exact integers between ops (so im2col and the fast engine's float
+GEMMs need no conversions); every arithmetic step that rounds is done in int64. Conv and Linear run on the chip as GEMMs (im2col, K order
 ``(c, kh, kw)`` = ``weight.reshape(N, -1)``); everything else is the fault-free post-processing
 unit: bias add, requantization, activation clamps, pooling, residual add. The only floating-point
 step is the final dequantization of the last layer's int32 accumulators into logits.
@@ -191,18 +192,22 @@ class RunResult:
 def quantize_input(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Float -> codes (round half up). The one place the program touches floats on the way in."""
     q = torch.floor(x.double() / qp.scale + 0.5).to(torch.int64) + qp.zero_point
-    return q.clamp(qp.qmin, qp.qmax).to(torch.int32)
+    return q.clamp(qp.qmin, qp.qmax).to(torch.float32)
 
 
 def im2col(x: torch.Tensor, op: Gemm) -> torch.Tensor:
-    """Codes (B, C, H, W) -> GEMM operand (B*L, C*kh*kw), padding with the input zero point."""
+    """Codes (B, C, H, W) -> GEMM operand (B*L, C*kh*kw), padding with the input zero point;
+    K order (c, kh, kw), rows in (b, oh, ow) order.
+
+    Built from strided windows and one copy (torch's F.unfold is orders of magnitude slower here).
+    """
     kh, kw = op.weight.shape[2], op.weight.shape[3]
     ph, pw = op.padding
-    xf = x.to(torch.float32)
     if ph or pw:
-        xf = F.pad(xf, (pw, pw, ph, ph), value=float(op.in_qp.zero_point))
-    cols = F.unfold(xf, (kh, kw), stride=op.stride)  # (B, C*kh*kw, L), channel-major K order
-    return cols.transpose(1, 2).reshape(-1, cols.shape[1])
+        x = F.pad(x, (pw, pw, ph, ph), value=op.in_qp.zero_point)
+    win = x.unfold(2, kh, op.stride[0]).unfold(3, kw, op.stride[1])  # (B, C, oh, ow, kh, kw)
+    B, C, oh, ow = win.shape[:4]
+    return win.permute(0, 2, 3, 1, 4, 5).reshape(B * oh * ow, C * kh * kw)
 
 
 def conv_out_size(op: Gemm, h: int, w: int) -> tuple[int, int]:
@@ -211,6 +216,8 @@ def conv_out_size(op: Gemm, h: int, w: int) -> tuple[int, int]:
 
 
 GemmFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, object]]
+"""``gemm(A, W) -> (Y int32 (M, N), stats)`` with A (M, K) int8/uint8 codes and W (K, N) int8.
+A function with the attribute ``float_codes = True`` gets A as float32 codes instead (no copy)."""
 
 
 def postprocess(acc: torch.Tensor, op: Gemm) -> torch.Tensor:
@@ -219,7 +226,7 @@ def postprocess(acc: torch.Tensor, op: Gemm) -> torch.Tensor:
     if op.out_qp is None:
         return acc
     q = requantize(acc, op.m0.to(acc.device), op.shift.to(acc.device)) + op.out_qp.zero_point
-    return q.clamp(op.lo, op.hi).to(torch.int32)
+    return q.clamp(op.lo, op.hi).to(torch.float32)
 
 
 def run_gemm_layer(x: torch.Tensor, op: Gemm, gemm: GemmFn):
@@ -227,9 +234,9 @@ def run_gemm_layer(x: torch.Tensor, op: Gemm, gemm: GemmFn):
 
     Returns ``(out, [(M, K, N, stats, A, W, Y) per group])`` so callers can count fault effects.
     """
-    dtype = op.in_qp.torch_dtype
+    as_codes = (lambda t: t) if getattr(gemm, "float_codes", False) else (lambda t: t.to(op.in_qp.torch_dtype))
     if op.kind == "linear":
-        a = x.reshape(x.shape[0], -1).to(dtype)
+        a = as_codes(x.reshape(x.shape[0], -1))
         w = op.weight.t().contiguous()
         y, st = gemm(a, w)
         return postprocess(y, op), [(a.shape[0], a.shape[1], w.shape[1], st, a, w, y)]
@@ -241,7 +248,7 @@ def run_gemm_layer(x: torch.Tensor, op: Gemm, gemm: GemmFn):
     kg = cols.shape[1] // g
     outs, parts = [], []
     for i in range(g):
-        a = cols[:, i * kg:(i + 1) * kg].to(dtype)
+        a = as_codes(cols[:, i * kg:(i + 1) * kg] if g > 1 else cols)
         w = op.weight[i * ng:(i + 1) * ng].reshape(ng, -1).t().contiguous()
         y, st = gemm(a, w)
         outs.append(y)
@@ -252,23 +259,21 @@ def run_gemm_layer(x: torch.Tensor, op: Gemm, gemm: GemmFn):
 
 
 def max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
-    y = F.max_pool2d(x.to(torch.float32), op.kernel, op.stride, op.padding)
-    return y.to(torch.int32)
+    return F.max_pool2d(x, op.kernel, op.stride, op.padding)
 
 
 def avg_pool(x: torch.Tensor, op: AvgPool) -> torch.Tensor:
-    xf = x.to(torch.float32)
     ph, pw = op.padding
     if ph or pw:
-        xf = F.pad(xf, (pw, pw, ph, ph), value=float(op.zero_point))
-    sums = F.avg_pool2d(xf, op.kernel, op.stride, divisor_override=1).to(torch.int64)  # exact integers
-    return rounding_divide(sums, op.kernel[0] * op.kernel[1]).to(torch.int32)
+        x = F.pad(x, (pw, pw, ph, ph), value=float(op.zero_point))
+    sums = F.avg_pool2d(x, op.kernel, op.stride, divisor_override=1).to(torch.int64)  # exact integers
+    return rounding_divide(sums, op.kernel[0] * op.kernel[1]).to(torch.float32)
 
 
 def add(a: torch.Tensor, b: torch.Tensor, op: Add) -> torch.Tensor:
     t = (a.to(torch.int64) - op.za) * op.ma + (b.to(torch.int64) - op.zb) * op.mb
     q = torch.bitwise_right_shift(t + (1 << (ADD_SHIFT - 1)), ADD_SHIFT) + op.zero_point
-    return q.clamp(op.lo, op.hi).to(torch.int32)
+    return q.clamp(op.lo, op.hi).to(torch.float32)
 
 
 # --------------------------------------------------------------------------- the program
@@ -342,9 +347,12 @@ class Program:
         fault-free on the same inputs to count the outputs the faults changed.
         """
         import sysarray as sa
-        from sysarray.gemm import check_chip
+        from sysarray.engines.fast import fast_gemm
+        from sysarray.gemm import _as_engine, check_chip
+        from sysarray.timing import gemm_timing
 
         check_chip(cfg, faults, "Program.run")
+        engine = _as_engine(engine).value
         images = self.check_images(images)
         if device is not None:
             images = images.to(device)
@@ -352,8 +360,14 @@ class Program:
         totals: dict[str, dict] = {}
 
         def gemm_for(op):
+            signed = op.in_qp.signed
+
             def gemm(a, w):
-                return sa.simulate_gemm(a, w, cfg, faults=faults, engine=engine)
+                if engine == "fast":
+                    y = fast_gemm(a, w, cfg, faults, act_signed=signed)
+                    return y, gemm_timing(a.shape[0], a.shape[1], w.shape[1], cfg)
+                return sa.simulate_gemm(a.to(op.in_qp.torch_dtype), w, cfg, faults=faults, engine=engine)
+            gemm.float_codes = True
             return gemm
 
         def on_layer(op, parts):
@@ -365,7 +379,7 @@ class Program:
                 t["gemms"] += 1
                 t["util"].append((st.cycles, st.mapping_efficiency, st.compute_util))
                 if faulty and count_changes:
-                    clean, _ = sa.simulate_gemm(a, w, cfg, faults=None, engine="fast")
+                    clean = fast_gemm(a, w, cfg, None, act_signed=op.in_qp.signed)
                     t["changed"] += int((clean != y.to(clean.device)).sum())
 
         accs = []

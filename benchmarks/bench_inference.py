@@ -1,0 +1,83 @@
+"""Faulty-chip inference cost against float32 torch inference of the same model and batch.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_inference.py [--quick] [--repeats N] [--out DIR]
+
+For LeNet-5 and ResNet-20 on 32x32 inputs, batch 256 (untrained weights: the cost does not depend
+on them), it times round-robin, in one run:
+
+- float32 torch inference of the model (``torch.no_grad``, eval mode);
+- the integer program fault-free on a 32x32 WS chip (fast engine);
+- the integer program on a chip with 1% faulty PEs, psum faults on random bits (fast engine),
+  without the extra fault-free GEMMs that count changed outputs (``count_changes=False``).
+
+and reports the faulty / float ratio (target at most 2x). Writes ``OUT/bench_inference.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import format_table, machine_info, time_round_robin, write_json  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET = 2.0
+
+
+def measure(name: str, shape, batch: int, repeats: int, seed: int) -> dict:
+    import sysarray as sa
+    from accel_models.lowering import lower
+    from accel_models.zoo import build_model
+
+    torch.manual_seed(seed)
+    model = build_model(name, shape, 10).eval()
+    x = torch.rand(batch, *shape)
+    program = lower(model, x)
+    cfg = sa.ArrayConfig(32, 32, "ws")
+    fm = sa.FaultMap.random(cfg, pe_rate=0.01, registers=("psum",), seed=seed)
+
+    def float_run():
+        with torch.no_grad():
+            return model(x)
+
+    calls = {
+        "float32": float_run,
+        "int_fault_free": lambda: program.run(x, cfg, count_changes=False),
+        "int_faulty": lambda: program.run(x, cfg, faults=fm, count_changes=False),
+    }
+    t = time_round_robin(calls, repeats)
+    ratio = t["int_faulty"]["median_s"] / t["float32"]["median_s"]
+    return {"model": name, "input": list(shape), "batch": batch, "array": "32x32 ws", "faulty_pes": fm.n_faulty_pes,
+            "timings": t, "faulty_over_float": ratio,
+            "fault_free_over_float": t["int_fault_free"]["median_s"] / t["float32"]["median_s"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="batch 32 and 2 repeats (a smoke run)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    batch = 32 if args.quick else 256
+    repeats = 2 if args.quick else args.repeats
+    results = [measure(n, s, batch, repeats, args.seed) for n, s in (("lenet5", (1, 32, 32)), ("resnet20", (3, 32, 32)))]
+    rows = [(r["model"], r["batch"], r["timings"]["float32"]["median_s"] * 1e3,
+             r["timings"]["int_fault_free"]["median_s"] * 1e3, r["timings"]["int_faulty"]["median_s"] * 1e3,
+             round(r["faulty_over_float"], 2), TARGET) for r in results]
+    print(format_table(["model", "batch", "float32 ms", "int fault-free ms", "int 1% psum ms", "faulty/float", "target"],
+                       rows, title="Faulty-chip inference vs float32 torch (32x32 WS, fast engine)"))
+    write_json(Path(args.out) / "bench_inference.json",
+               {"benchmark": "bench_inference", "results": results, "machine": machine_info(REPO)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
