@@ -7,7 +7,10 @@ nothing. Set before any parallel kernel runs; a user's explicit NUMBA_THREADING_
 """
 import os
 
-import numba
+# Through the environment too: numba re-reads its whole config from the environment whenever a
+# NUMBA_* variable changes after import, which would silently undo a config-only setting.
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+import numba  # noqa: E402
+
+numba.config.THREADING_LAYER = os.environ["NUMBA_THREADING_LAYER"]

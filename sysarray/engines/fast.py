@@ -74,17 +74,19 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
     Fr, Fc = -(-Kd // R), -(-Nd // C)
     Kp, Np = Fr * R, Fc * C
 
-    # Stationary operand as latched by each PE (forced; gated off where bypassed).
-    Wp = torch.zeros((Kp, Np), dtype=torch.int64, device=dev)
-    Wp[:Kd, :Nd] = Wst.to(torch.int64)
+    # Stationary operand as latched by each PE (forced; gated off where bypassed), held as exact
+    # float values: it is a GEMM operand, and in IS it is the (large) activation matrix.
+    fdt = float_dtype_for(dev)
+    Wp = torch.zeros((Kp, Np), dtype=fdt, device=dev)
+    Wp[:Kd, :Nd] = Wst
     if treg.faulty.any():
         keep = torch.from_numpy(np.tile(treg.keep, (Fr, Fc))).to(dev)
         ones = torch.from_numpy(np.tile(treg.ones, (Fr, Fc))).to(dev)
-        Wp = force(Wp, keep, ones, treg.sign)
+        Wp = force(Wp.to(torch.int64), keep, ones, treg.sign).to(fdt)
     if cm.bypassed.any():
         Wp[torch.from_numpy(np.tile(cm.bypassed, (Fr, Fc))).to(dev)] = 0
     smax = _operand_max(S, sreg)
-    wmax = int(Wp.abs().max()) if Wp.numel() else 0
+    wmax = max(-int(Wp.min()), int(Wp.max())) if Wp.numel() else 0
     S_int = S
     S = S.to(float_dtype_for(dev))  # converted once; every GEMM below reads exact float values
 
