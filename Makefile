@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engines.py
+	$(PY) benchmarks/bench_inference.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
