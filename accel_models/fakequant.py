@@ -19,11 +19,6 @@ from accel_models.program import ADD_SHIFT, Add, AvgPool, Clamp, Flatten, Gemm, 
 from accel_models.quant import WEIGHT_QMAX, requantize
 
 
-def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round half up in the forward pass, identity gradient."""
-    return x + (torch.floor(x + 0.5) - x).detach()
-
-
 def ste(x: torch.Tensor, forward_value: torch.Tensor) -> torch.Tensor:
     """``forward_value`` in the forward pass, the gradient of ``x`` in the backward pass."""
     return x + (forward_value.to(x.dtype) - x).detach()

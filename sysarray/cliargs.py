@@ -7,7 +7,7 @@ import os
 import tempfile
 
 from sysarray.config import ArrayConfig, parse_array
-from sysarray.faults import FaultMap, Register, as_register
+from sysarray.faults import FaultMap, as_register
 
 
 def parse_bits(text: str) -> list[int]:
@@ -86,4 +86,4 @@ def write_json(path: str, obj) -> None:
         raise
 
 
-__all__ = ["Register", "add_chip_arguments", "chip_from_args", "parse_bits", "parse_registers", "parse_values", "write_json"]
+__all__ = ["add_chip_arguments", "chip_from_args", "parse_bits", "parse_registers", "parse_values", "write_json"]
