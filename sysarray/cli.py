@@ -113,7 +113,7 @@ def _cycles_table(run: CyclesRun) -> str:
 
 # Packages above sysarray contribute their own subcommands (train, run, campaign, ...); the CLI is
 # the one place that looks upward, and only to collect parsers.
-PLUGIN_MODULES = ("accel_models.commands", "mitigation.commands")
+PLUGIN_MODULES = ("sysarray.faults_commands", "accel_models.commands", "mitigation.commands")
 
 
 def _load_plugins() -> None:

@@ -1,0 +1,1 @@
+"""`sysarray` subcommands for the campaign methods (registered with `sysarray.cli.subcommand`)."""

@@ -1,0 +1,1 @@
+"""`sysarray` subcommands for the clip methods (registered with `sysarray.cli.subcommand`)."""

@@ -1,0 +1,6 @@
+"""The mitigation subcommands of ``sysarray`` (a CLI plugin, see ``sysarray.cli.PLUGIN_MODULES``).
+
+Each method family registers its own parsers in its own module; importing them here is what adds
+them to the ``sysarray`` command.
+"""
+from mitigation import campaign_commands, clip_commands, fat_commands  # noqa: F401  (registers subcommands)

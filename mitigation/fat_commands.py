@@ -1,0 +1,1 @@
+"""`sysarray` subcommands for the fat methods (registered with `sysarray.cli.subcommand`)."""

@@ -1,0 +1,1 @@
+"""``sysarray faults generate`` and ``sysarray faults show`` (registered with ``sysarray.cli.subcommand``)."""
