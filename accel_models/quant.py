@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numba import njit, prange
 
 WEIGHT_QMAX = 127
 
@@ -97,3 +98,69 @@ def rounding_divide(x: torch.Tensor, d: int) -> torch.Tensor:
 def multiplier_value(m0: int, shift: int) -> float:
     """The real number ``M0 * 2**-shift`` exactly as a float64."""
     return float(np.ldexp(float(m0), -int(shift)))
+
+
+def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor,
+                     zero_point: int, lo: int, hi: int) -> torch.Tensor:
+    """Output codes of a layer: ``clamp(requantize(acc + bias) + zero_point, lo, hi)``, float32.
+
+    acc: (M, N) or (B, N, ...) int32 accumulators (or floats holding them exactly), channels on
+    dim 1; bias, m0, shift: (N,) int64. Same integer arithmetic as :func:`requantize` (int64,
+    wrapping), fused into one pass on CPU.
+    """
+    if acc.device.type != "cpu":
+        shape = (1, -1) + (1,) * (acc.dim() - 2)
+        q = requantize(acc.to(torch.int64) + bias.to(acc.device).view(shape), m0.to(acc.device).view(shape),
+                       shift.to(acc.device).view(shape))
+        return (q + zero_point).clamp(lo, hi).to(torch.float32)
+    x = acc.contiguous()
+    x3 = x.view(x.shape[0], x.shape[1], -1)
+    out = torch.empty(x3.shape, dtype=torch.float32)
+    _requantize_clamp_kernel(x3.numpy(), bias.to(torch.int64).numpy(), m0.to(torch.int64).numpy(),
+                             shift.to(torch.int64).numpy(), int(zero_point), int(lo), int(hi), out.numpy())
+    return out.view(acc.shape)
+
+
+
+@njit(cache=True, parallel=True)
+def _requantize_clamp_kernel(acc, bias, m0, shift, zp, lo, hi, out):
+    """acc (B, N, L) exact integers; bias/m0/shift (N,) int64; out (B, N, L) float32."""
+    B, N, L = acc.shape
+    for bn in prange(B * N):
+        b = bn // N
+        n = bn % N
+        bi = bias[n]
+        m = m0[n]
+        sh = shift[n]
+        half = np.int64(1) << (sh - 1)
+        for i in range(L):
+            q = (((np.int64(acc[b, n, i]) + bi) * m + half) >> sh) + zp
+            out[b, n, i] = min(max(q, lo), hi)
+
+
+def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb: int, shift: int,
+                zero_point: int, lo: int, hi: int) -> torch.Tensor:
+    """Residual add of two code tensors (float32 holding integers, same shape):
+    ``clamp(((a - za) * ma + (b - zb) * mb + 2**(shift-1)) >> shift) + zero_point, lo, hi)`` in
+    int64, as float32 codes; fused into one pass on CPU."""
+    if a.device.type != "cpu":
+        t = (a.to(torch.int64) - za) * ma + (b.to(torch.int64) - zb) * mb
+        q = torch.bitwise_right_shift(t + (1 << (shift - 1)), shift) + zero_point
+        return q.clamp(lo, hi).to(torch.float32)
+    a, b = a.contiguous(), b.contiguous()
+    out = torch.empty(a.shape, dtype=torch.float32)
+    _rescale_add_kernel(a.view(-1).numpy(), b.view(-1).numpy(), za, ma, zb, mb, shift, zero_point, lo, hi,
+                        out.view(-1).numpy())
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _rescale_add_kernel(a, b, za, ma, zb, mb, shift, zp, lo, hi, out):
+    half = np.int64(1) << (shift - 1)
+    n = a.shape[0]
+    block = 1 << 14
+    for j in prange((n + block - 1) // block):
+        for i in range(j * block, min(n, (j + 1) * block)):
+            t = (np.int64(a[i]) - za) * ma + (np.int64(b[i]) - zb) * mb
+            q = ((t + half) >> shift) + zp
+            out[i] = min(max(q, lo), hi)

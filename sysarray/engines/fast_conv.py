@@ -1,0 +1,276 @@
+"""Convolutions on the faulty array without im2col: the fast engine's WS path in conv form.
+
+A convolution runs on the array as the im2col GEMM ``Y[M, N] = A[M, K] @ W[K, N]`` with
+``M = B*oh*ow``, ``K = Cin*kh*kw`` in PyTorch's ``(c, kh, kw)`` order and ``W = weight.reshape(N,
+K).t()`` (chip.md section 1). ``fast_conv2d`` returns exactly ``fast_gemm(im2col(x), W)`` (same
+bits, shown by the property tests) but computes it with convolutions, which is several times
+faster than materialising the ``M x K`` operand:
+
+- the stationary weights as latched by each PE (stuck bits applied, bypassed PEs zeroed) are a
+  modified conv weight, and the fault-free part of every output is one exact float convolution
+  (input channels split into chunks when a float32 sum could round);
+- a column with psum faults is cut at its faulty rows into segments (as in ``fast.py``); the
+  segment sums of fold ``fr`` only involve the ``R`` taps ``k = fr*R .. fr*R + R - 1``, i.e. a
+  few input channels, so they come from one small convolution per fold with masked weights;
+  the chain ``p = force(p + segment)`` is then replayed per output in a jitted kernel.
+
+Cases this form does not cover (stuck bits in the streamed ``act`` register, IS/OS dataflows,
+grouped convolutions, psum registers narrow enough for a fold to wrap) go through ``im2col`` and
+``fast_gemm``, which handle everything.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numba import njit, prange
+
+from sysarray.config import ArrayConfig, Dataflow
+from sysarray.engines._exact import force, wrap
+from sysarray.engines._prep import ChipMasks, chip_masks
+from sysarray.engines.fast import fast_gemm
+from sysarray.faults import FaultMap
+
+_F32_LIMIT = 1 << 24
+
+
+def im2col(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+           pad_value: float) -> torch.Tensor:
+    """Images (B, C, H, W) -> GEMM operand (B*oh*ow, C*kh*kw), padding with ``pad_value``;
+    K order (c, kh, kw), rows in (b, oh, ow) order.
+
+    Built from strided windows and one copy (torch's F.unfold is orders of magnitude slower here).
+    """
+    kh, kw = kernel
+    ph, pw = padding
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph), value=pad_value)
+    win = x.unfold(2, kh, stride[0]).unfold(3, kw, stride[1])  # (B, C, oh, ow, kh, kw)
+    B, C, oh, ow = win.shape[:4]
+    return win.permute(0, 2, 3, 1, 4, 5).reshape(B * oh * ow, C * kh * kw)
+
+
+def _conv_dtype(device: torch.device) -> torch.dtype:
+    # cuDNN may use TF32 (or other reduced-precision algorithms) for float32 convolutions.
+    return torch.float32 if device.type == "cpu" else torch.float64
+
+
+def _exact_conv(x: torch.Tensor, w: torch.Tensor, stride, padding, amax: int, wmax: int) -> torch.Tensor:
+    """``conv2d(x, w)`` exactly for integer-valued tensors (zero padding, groups 1).
+
+    Returns a float tensor of exact integers when one float32 convolution is exact, else int64:
+    input channels are split into chunks whose sums stay below 2**24 (float64 if one channel's
+    taps alone could round).
+    """
+    dtype = _conv_dtype(x.device)
+    taps = w.shape[2] * w.shape[3]
+    term = max(1, amax) * max(1, wmax)
+    if dtype == torch.float64 or taps * term >= _F32_LIMIT:
+        return F.conv2d(x.double(), w.double(), stride=stride, padding=padding).to(torch.int64)
+    if w.shape[1] * taps * term < _F32_LIMIT:
+        return F.conv2d(x, w.to(x.dtype), stride=stride, padding=padding)
+    chunk = max(1, (_F32_LIMIT - 1) // (taps * term))
+    out = None
+    for lo in range(0, w.shape[1], chunk):
+        part = F.conv2d(x[:, lo:lo + chunk], w[:, lo:lo + chunk].to(x.dtype), stride=stride,
+                        padding=padding).to(torch.int64)
+        out = part if out is None else out + part
+    return out
+
+
+def conv_native_ok(cfg: ArrayConfig, cm: ChipMasks, groups: int) -> bool:
+    """True when :func:`fast_conv2d` can skip im2col for this chip and layer."""
+    return cfg.dataflow is Dataflow.WS and groups == 1 and not cm.act.faulty.any()
+
+
+def fast_conv2d(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
+                stride=(1, 1), padding=(0, 0), pad_value: float = 0.0, groups: int = 1,
+                act_signed: bool = False) -> torch.Tensor:
+    """A convolution of 8-bit codes on the faulty array, exact.
+
+    x: (B, Cin, H, W) float tensor of activation codes (uint8 or int8 values, ``act_signed``);
+    weight: (N, Cin/groups, kh, kw) int8 codes; padding uses ``pad_value`` (the input zero point).
+    Returns (B, N, oh, ow) int32: for each group, ``fast_gemm(im2col(x_g), weight_g.reshape(N_g,
+    -1).t())`` laid out as a convolution output.
+    """
+    y = fast_conv2d_exact(x, weight, cfg, faults, stride=stride, padding=padding, pad_value=pad_value,
+                          groups=groups, act_signed=act_signed)
+    return y.to(torch.int32)
+
+
+def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
+                      stride=(1, 1), padding=(0, 0), pad_value: float = 0.0, groups: int = 1,
+                      act_signed: bool = False) -> torch.Tensor:
+    """:func:`fast_conv2d` without the final conversion: a float or integer tensor whose values
+    are the int32 results exactly (callers that post-process in one fused pass skip a copy)."""
+    cm = chip_masks(cfg, faults, act_signed=act_signed)
+    kh, kw = int(weight.shape[2]), int(weight.shape[3])
+    if not conv_native_ok(cfg, cm, groups):
+        return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed)
+    R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
+    N = int(weight.shape[0])
+    K = int(weight[0].numel())
+    Fr, Fc = -(-K // R), -(-N // C)
+    Wp = _latched_weights(weight.reshape(N, K).t(), cfg, cm, Fr, Fc)  # (Fr*R, Fc*C) int64
+    lo, hi = torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
+    amax = max(-int(lo), int(hi), abs(int(pad_value)) if any(padding) else 0)
+    wmax = int(Wp.abs().max()) if Wp.numel() else 0
+    if R * amax * wmax >= 1 << (pb - 1):
+        # A fold's partial sum could wrap inside the psum register: every column replays.
+        return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed)
+    # Zero padding is the convolution's own (no padded copy of the input).
+    ph, pw = padding
+    if pad_value == 0 or not (ph or pw):
+        xp, conv_pad = x, (ph, pw)
+    else:
+        xp, conv_pad = F.pad(x, (pw, pw, ph, ph), value=float(pad_value)), (0, 0)
+    w_conv = Wp[:K, :N].t().reshape(N, -1, kh, kw)
+    y = _exact_conv(xp, w_conv, stride, conv_pad, amax, wmax)
+    chain_cols = np.flatnonzero(cm.psum.faulty.any(axis=0))
+    if K * amax * wmax >= 1 << 31:
+        y = wrap(y.to(torch.int64), 32)
+    if len(chain_cols):
+        y = y.to(torch.int32)
+        _replay_conv_chains(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, y,
+                            linear_tail=pb == 32)
+    return y
+
+
+def _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed) -> torch.Tensor:
+    B = x.shape[0]
+    N, kh, kw = int(weight.shape[0]), int(weight.shape[2]), int(weight.shape[3])
+    cols = im2col(x, (kh, kw), stride, padding, pad_value)
+    oh = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
+    ng, kg = N // groups, cols.shape[1] // groups
+    outs = []
+    for g in range(groups):
+        a = cols[:, g * kg:(g + 1) * kg] if groups > 1 else cols
+        w = weight[g * ng:(g + 1) * ng].reshape(ng, -1).t().contiguous()
+        outs.append(fast_gemm(a, w, cfg, faults, act_signed=act_signed))
+    y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
+    return y.reshape(B, oh * ow, N).transpose(1, 2).reshape(B, N, oh, ow)
+
+
+def _latched_weights(Wst: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, Fr: int, Fc: int) -> torch.Tensor:
+    """(K, N) weights -> (Fr*R, Fc*C) int64 as every PE of every fold latches them: zero-padded,
+    forced through the PE's weight register, zero where the PE is bypassed."""
+    R, C = cfg.rows, cfg.cols
+    K, N = Wst.shape
+    dev = Wst.device
+    Wp = torch.zeros((Fr * R, Fc * C), dtype=torch.int64, device=dev)
+    Wp[:K, :N] = Wst.to(torch.int64)
+    reg = cm.weight
+    if reg.faulty.any():
+        keep = torch.from_numpy(np.tile(reg.keep, (Fr, Fc))).to(dev)
+        ones = torch.from_numpy(np.tile(reg.ones, (Fr, Fc))).to(dev)
+        Wp = force(Wp, keep, ones, reg.sign)
+    if cm.bypassed.any():
+        Wp[torch.from_numpy(np.tile(cm.bypassed, (Fr, Fc))).to(dev)] = 0
+    return Wp
+
+
+def _replay_conv_chains(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks,
+                        chain_cols: np.ndarray, kernel, stride, padding, amax: int, y: torch.Tensor,
+                        linear_tail: bool) -> None:
+    """Overwrite (or, with ``linear_tail``, correct) the outputs of the psum-faulty array columns
+    of ``y`` (B, N, oh, ow) int32, in place, by replaying their chains over per-fold segment sums."""
+    R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
+    dev = xp.device
+    kh, kw = kernel
+    taps = kh * kw
+    B, N = y.shape[0], y.shape[1]
+    K = xp.shape[1] * taps
+    Fr = Wp.shape[0] // R
+    preg = cm.psum
+    full = (1 << pb) - 1
+    # Replayed outputs: every output channel n whose array column n % C has psum faults.
+    outs = [(fc * C + int(c), int(c)) for fc in range(Wp.shape[1] // C) for c in chain_cols if fc * C + c < N]
+    if not outs:
+        return
+    n_idx = torch.tensor([n for n, _ in outs], dtype=torch.int64, device=dev)
+    O = len(outs)
+    fault_rows = {int(c): np.flatnonzero(preg.faulty[:, c]) for c in chain_cols}
+    J = max(len(r) for r in fault_rows.values())
+    S = J if linear_tail else J + 1
+    seg_of_row = np.zeros((O, R), dtype=np.int64)
+    keep = np.full((O, S), full, dtype=np.int64)
+    ones = np.zeros((O, S), dtype=np.int64)
+    for o, (_, c) in enumerate(outs):
+        for s, r in enumerate(fault_rows[c]):
+            seg_of_row[o, r + 1:] = s + 1
+            keep[o, s] = preg.keep[r, c]
+            ones[o, s] = preg.ones[r, c]
+    # Virtual filters: Wv[fr, o, s, r] = Wp[fr*R + r, n_o] when row r is in segment s of n_o's column.
+    seg_mask = F.one_hot(torch.from_numpy(seg_of_row).to(dev), J + 1)[..., :S]  # (O, R, S)
+    Wsel = Wp.view(Fr, R, -1)[:, :, n_idx]  # (Fr, R, O)
+    Wv = (Wsel.permute(0, 2, 1).unsqueeze(2) * seg_mask.permute(0, 2, 1).unsqueeze(0))  # (Fr, O, S, R)
+    wmax = int(Wv.abs().max()) if Wv.numel() else 0
+    sign = 1 << (pb - 1)
+    yv = y.view(B, N, -1)
+    tot = torch.zeros((B, O, yv.shape[2]), dtype=torch.int64, device=dev)
+    if dev.type != "cpu":
+        keep_t = torch.from_numpy(keep).to(dev).view(1, O, S, 1)
+        ones_t = torch.from_numpy(ones).to(dev).view(1, O, S, 1)
+    for fr in range(Fr):
+        k0, k1 = fr * R, min(K, fr * R + R)
+        c_lo, c_hi = k0 // taps, (k1 - 1) // taps
+        local = torch.zeros((O * S, (c_hi - c_lo + 1) * taps), dtype=torch.int64, device=dev)
+        local[:, k0 - c_lo * taps:k1 - c_lo * taps] = Wv[fr, :, :, :k1 - k0].reshape(O * S, -1)
+        w_fold = local.view(O * S, c_hi - c_lo + 1, kh, kw)
+        seg = _exact_conv(xp[:, c_lo:c_hi + 1], w_fold, stride, padding, amax, wmax)  # (B, O*S, oh, ow)
+        if dev.type == "cpu":
+            seg = seg.to(torch.float32).contiguous()
+            _fold_psum_chains(seg.view(B, O, S, -1).numpy(), keep, ones, sign, linear_tail, tot.numpy())
+        else:
+            seg = seg.to(torch.int64).view(B, O, S, -1)
+            p = torch.zeros_like(tot)
+            for s in range(S):
+                p = force(p + seg[:, :, s], keep_t[:, :, s], ones_t[:, :, s], sign)
+            tot += p - seg.sum(dim=2) if linear_tail else p
+    if dev.type == "cpu":
+        _finish_chains(yv.numpy(), n_idx.numpy(), tot.numpy(), linear_tail)
+    elif linear_tail:
+        yv[:, n_idx] = wrap(yv[:, n_idx].to(torch.int64) + tot, 32).to(yv.dtype)
+    else:
+        yv[:, n_idx] = wrap(tot, 32).to(yv.dtype)
+
+
+@njit(cache=True, parallel=True)
+def _fold_psum_chains(seg, keep, ones, sign, linear_tail, tot):
+    """One fold of the psum chains: ``p = force_s(p + seg_s)`` over the segments, added to ``tot``.
+
+    seg: (B, O, S, L) float32 exact integers; keep/ones: (O, S) int64; tot: (B, O, L) int64.
+    With ``linear_tail`` the segments stop at the last faulty row and ``tot`` gets ``p - sum(seg)``,
+    the correction to the plain sums (exact mod 2**32 when the psum register is 32 bits wide).
+    """
+    B, O, S, L = seg.shape
+    for bo in prange(B * O):
+        b = bo // O
+        o = bo % O
+        p = np.zeros(L, dtype=np.int64)
+        for s in range(S):
+            k = keep[o, s]
+            on = ones[o, s]
+            for i in range(L):
+                x = np.int64(seg[b, o, s, i])
+                q = p[i] + x
+                p[i] = (((q & k) | on) ^ sign) - sign
+                if linear_tail:
+                    tot[b, o, i] -= x
+        for i in range(L):
+            tot[b, o, i] += p[i]
+
+
+@njit(cache=True, parallel=True)
+def _finish_chains(y, n_idx, tot, linear_tail):
+    """Write the replayed outputs: ``y[:, n_idx[o]] = wrap32(y + tot)`` (``linear_tail``) or
+    ``wrap32(tot)``. y: (B, N, L) int32; tot: (B, O, L) int64."""
+    B, O, L = tot.shape
+    for bo in prange(B * O):
+        b = bo // O
+        o = bo % O
+        n = n_idx[o]
+        for i in range(L):
+            v = tot[b, o, i] + (np.int64(y[b, n, i]) if linear_tail else 0)
+            y[b, n, i] = ((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000

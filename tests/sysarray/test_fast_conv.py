@@ -1,0 +1,157 @@
+"""``fast_conv2d`` (convolutions without im2col) equals the fast and cycle engines on the im2col
+GEMM, bit for bit, over shapes, strides, paddings, registers, bits, stuck values and bypass."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sysarray as sa
+from sysarray.engines.fast_conv import fast_conv2d, im2col
+
+SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@dataclass
+class ConvCase:
+    x: torch.Tensor  # (B, Cin, H, W) float codes
+    w: torch.Tensor  # (N, Cin/groups, kh, kw) int8
+    cfg: sa.ArrayConfig
+    faults: sa.FaultMap
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    pad_value: int
+    groups: int
+    signed: bool
+
+    def __repr__(self) -> str:
+        return (f"ConvCase(cfg={self.cfg}, x{tuple(self.x.shape)} signed={self.signed}, w{tuple(self.w.shape)}, "
+                f"stride={self.stride}, padding={self.padding}, pad={self.pad_value}, groups={self.groups}, "
+                f"faults={list(self.faults)})")
+
+
+@st.composite
+def conv_cases(draw, registers=("weight", "psum", "act"), dataflows=("ws",), bypass=None) -> ConvCase:
+    """Small convolutions on small arrays; K spans several folds and N several column folds;
+    faults often share a column (chains with several faulty rows)."""
+    R, C = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    pb = draw(st.sampled_from([32, 32, 20, 17]))
+    byp = draw(st.booleans()) if bypass is None else bypass
+    cfg = sa.ArrayConfig(R, C, draw(st.sampled_from(dataflows)), psum_bits=pb, bypass=byp)
+    groups = draw(st.sampled_from([1, 1, 1, 2]))
+    cin = groups * draw(st.integers(1, 3))
+    n = groups * draw(st.integers(1, 7))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    H, W = draw(st.integers(kh, 7)), draw(st.integers(kw, 7))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 1)), draw(st.integers(0, 1)))
+    signed = draw(st.booleans())
+    style = draw(st.sampled_from(["uniform", "extreme", "small"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    lo, hi = (-128, 127) if signed else (0, 255)
+    if style == "extreme":
+        x = rng.choice(np.array([lo, hi, 0]), size=(2, cin, H, W))
+        w = rng.choice(np.array([-128, 127, 0, -1]), size=(n, cin // groups, kh, kw))
+    elif style == "small":
+        x = rng.integers(max(lo, -3), 4, size=(2, cin, H, W))
+        w = rng.integers(-3, 4, size=(n, cin // groups, kh, kw))
+    else:
+        x = rng.integers(lo, hi + 1, size=(2, cin, H, W))
+        w = rng.integers(-128, 128, size=(n, cin // groups, kh, kw))
+    fm = sa.FaultMap(R, C)
+    same_col = draw(st.booleans())
+    col = draw(st.integers(0, C - 1))
+    for _ in range(draw(st.integers(0, 8))):
+        reg = draw(st.sampled_from(registers))
+        width = pb if reg == "psum" else 8
+        bit = draw(st.one_of(st.sampled_from([0, width - 1, width - 2]), st.integers(0, width - 1)))
+        c = col if same_col else draw(st.integers(0, C - 1))
+        try:
+            fm.add(draw(st.integers(0, R - 1)), c, reg, bit, draw(st.integers(0, 1)))
+        except ValueError:
+            pass  # the same bit already stuck at the other value
+    return ConvCase(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(w.astype(np.int8)), cfg, fm,
+                    stride, padding, int(rng.integers(lo, hi + 1)), groups, signed)
+
+
+def im2col_gemms(case: ConvCase, engine: str) -> np.ndarray:
+    """The reference: im2col, one GEMM per group on ``engine``, laid out as (B, N, oh, ow)."""
+    kh, kw = case.w.shape[2:]
+    cols = im2col(case.x, (kh, kw), case.stride, case.padding, case.pad_value)
+    dtype = np.int8 if case.signed else np.uint8
+    N, g = case.w.shape[0], case.groups
+    ng, kg = N // g, cols.shape[1] // g
+    outs = []
+    for i in range(g):
+        a = cols[:, i * kg:(i + 1) * kg].numpy().astype(dtype)
+        w = case.w[i * ng:(i + 1) * ng].reshape(ng, -1).t().numpy()
+        outs.append(sa.simulate_gemm(a, w, case.cfg, faults=case.faults, engine=engine)[0])
+    y = np.concatenate(outs, axis=1)
+    B = case.x.shape[0]
+    oh = (case.x.shape[2] + 2 * case.padding[0] - kh) // case.stride[0] + 1
+    ow = (case.x.shape[3] + 2 * case.padding[1] - kw) // case.stride[1] + 1
+    return y.reshape(B, oh * ow, N).transpose(0, 2, 1).reshape(B, N, oh, ow)
+
+
+def conv(case: ConvCase) -> np.ndarray:
+    y = fast_conv2d(case.x, case.w, case.cfg, case.faults, stride=case.stride, padding=case.padding,
+                    pad_value=case.pad_value, groups=case.groups, act_signed=case.signed)
+    assert y.dtype == torch.int32
+    return y.numpy()
+
+
+@settings(max_examples=600, **SETTINGS)
+@given(conv_cases(registers=("weight", "psum")))
+def test_conv_native_equals_fast_gemm(case):
+    """Weight and psum faults take the im2col-free path (WS, groups 1)."""
+    np.testing.assert_array_equal(conv(case), im2col_gemms(case, "fast"))
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(conv_cases(dataflows=("ws", "is", "os")))
+def test_conv_equals_cycle_engine(case):
+    """Every register and dataflow, against the cycle-level reference directly."""
+    np.testing.assert_array_equal(conv(case), im2col_gemms(case, "cycle"))
+
+
+@settings(max_examples=100, **SETTINGS)
+@given(conv_cases(registers=("weight", "psum"), bypass=False))
+def test_conv_fault_free_equals_plain_convolution(case):
+    if case.cfg.psum_bits < 32:
+        return  # a narrow psum register may wrap fault-free too (docs/design.md "Overflow")
+    y = fast_conv2d(case.x, case.w, case.cfg, None, stride=case.stride, padding=case.padding,
+                    pad_value=case.pad_value, groups=case.groups, act_signed=case.signed)
+    ph, pw = case.padding
+    xp = torch.nn.functional.pad(case.x.double(), (pw, pw, ph, ph), value=case.pad_value)
+    ref = torch.nn.functional.conv2d(xp, case.w.double(), stride=case.stride, groups=case.groups)
+    np.testing.assert_array_equal(y.numpy(), ref.numpy().astype(np.int64))
+
+
+def test_wide_layer_splits_channels_exactly():
+    """K * 255 * 127 >= 2**24: the float32 convolution must be split (ResNet-20's 64-channel 3x3)."""
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.choice(np.array([0.0, 255.0], dtype=np.float32), size=(2, 64, 6, 6)))
+    w = torch.from_numpy(rng.choice(np.array([-127, 127], dtype=np.int8), size=(8, 64, 3, 3)))
+    cfg = sa.ArrayConfig(32, 4, "ws")
+    fm = sa.FaultMap(32, 4).add(5, 1, "psum", 30, 1).add(20, 3, "weight", 2, 0)
+    for faults in (None, fm):
+        y = fast_conv2d(x, w, cfg, faults, padding=(1, 1))
+        case = ConvCase(x, w, cfg, faults or sa.FaultMap(32, 4), (1, 1), (1, 1), 0, 1, False)
+        np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_conv_matches_cpu():
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.integers(0, 256, size=(4, 6, 9, 9)).astype(np.float32))
+    w = torch.from_numpy(rng.integers(-127, 128, size=(10, 6, 3, 3)).astype(np.int8))
+    cfg = sa.ArrayConfig(8, 4, "ws")
+    fm = sa.FaultMap.random(cfg, pe_rate=0.2, registers=("psum", "weight"), seed=0)
+    cpu = fast_conv2d(x, w, cfg, fm, padding=(1, 1), pad_value=3)
+    gpu = fast_conv2d(x.cuda(), w.cuda(), cfg, fm, padding=(1, 1), pad_value=3)
+    np.testing.assert_array_equal(gpu.cpu().numpy(), cpu.numpy())
