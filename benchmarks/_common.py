@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import gc
-import json
 import os
 import platform
 import subprocess
@@ -19,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from sysarray.atomic import write_json as atomic_write_json
 
 
 def summarize_times(times: Sequence[float], first_call_s: float | None = None) -> dict[str, Any]:
@@ -276,19 +277,7 @@ def machine_info(repo: Path | None = None) -> dict[str, Any]:
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_json(path, data, default=_json_default)
 
 
 def _json_default(x: Any) -> Any:

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import tempfile
 
+from sysarray.atomic import write_json
 from sysarray.config import ArrayConfig, parse_array
 from sysarray.faults import FaultMap, as_register
 
@@ -68,22 +66,6 @@ def chip_from_args(args: argparse.Namespace) -> tuple[ArrayConfig, FaultMap | No
     fm = FaultMap.random(cfg, pe_rate=args.pe_rate, registers=registers, bits=bits,
                          values=parse_values(args.value), seed=args.seed)
     return cfg, fm
-
-
-def write_json(path: str, obj) -> None:
-    """Write ``obj`` as JSON atomically (a temp file in the same directory, then a rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 __all__ = ["add_chip_arguments", "chip_from_args", "parse_bits", "parse_registers", "parse_values", "write_json"]

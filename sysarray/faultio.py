@@ -28,16 +28,15 @@ Files whose ``version`` is another number are refused; a reader of version ``v``
 """
 from __future__ import annotations
 
-import contextlib
 import enum
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any
 
 import numpy as np
 
+from sysarray.atomic import atomic_write
 from sysarray.faults import FaultMap
 
 FORMAT = "sysarray-faultmap"
@@ -85,20 +84,9 @@ def save(fm: FaultMap, path: "str | os.PathLike[str]", meta: dict | None = None)
 
 
 def _atomic_write(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write the npz to a temp file beside ``path``, fsync it, then ``os.replace`` it in."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    """Write the npz atomically (:func:`sysarray.atomic.atomic_write`), keeping an existing file's mode."""
+    mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays), binary=True, mode=mode)
 
 
 # --------------------------------------------------------------------------- load
