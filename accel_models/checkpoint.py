@@ -21,7 +21,9 @@ key                 value
 ``preprocessing``   what was done to the images (a dict; the dataset's ``preprocessing``)
 ``training``        the trainer's history (settings, per-epoch loss and accuracy), or ``{}``
 ``test_accuracy``   the float model's test accuracy (a fraction), or None
-``extra``           anything later stages add, e.g. clipping thresholds or calibration settings
+``extra``           anything later stages add, e.g. clipping thresholds or calibration settings;
+                    ``extra["clipping"]`` (a spec of ``accel_models.clipact``) makes ``load_checkpoint``
+                    swap the model's ReLUs for clipped ones before loading the weights
 ==================  ==========================================================================
 
 Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a
@@ -240,6 +242,14 @@ def load_checkpoint(
         )
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"Checkpoint '{path}' cannot rebuild its {name!r} model: {exc}") from None
+    clipping = ckpt.get("extra", {}).get("clipping") if isinstance(ckpt.get("extra"), dict) else None
+    if clipping is not None:  # a clipped model (sysarray clip): swap its ReLUs before loading the thresholds
+        from accel_models.clipact import apply_clipping
+
+        try:
+            apply_clipping(model, clipping)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"Checkpoint '{path}' has clipping thresholds that do not fit its {name!r} model: {exc}") from None
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from accel_models.program import ADD_SHIFT, Add, AvgPool, Clamp, Flatten, Gemm, MaxPool, Program, QuantizeInput
+from accel_models.program import ADD_SHIFT, Add, AvgPool, Clamp, Clip, Flatten, Gemm, MaxPool, Program, QuantizeInput
 from accel_models.quant import WEIGHT_QMAX, requantize
 
 
@@ -88,7 +88,10 @@ class FakeQuantProgram(nn.Module):
         m0, shift = torch.where(carry, m0 // 2, m0), torch.where(carry, shift - 1, shift)
         q_int = requantize(acc.detach().round().to(torch.int64), m0.reshape(shape), shift.reshape(shape))
         q = ste(acc * mult.to(acc.dtype).reshape(shape), q_int) + op.out_qp.zero_point
-        return _clamp_ste(q, op.lo, op.hi).to(x.dtype)
+        out = _clamp_ste(q, op.lo, op.hi)
+        if op.clip_codes is not None:
+            out = _clip_ste(q, out, op.clip_codes, op.clip_policy, op.out_qp.zero_point)
+        return out.to(x.dtype)
 
     def forward(self, images: torch.Tensor, gemm_hook: GemmHook | None = None) -> torch.Tensor:
         """Float images (N, C, H, W) -> float logits (N, classes)."""
@@ -120,6 +123,9 @@ class FakeQuantProgram(nn.Module):
                 env[op.output] = _clamp_ste(q, op.lo, op.hi)
             elif isinstance(op, Clamp):
                 env[op.output] = _clamp_ste(env[op.input], op.lo, op.hi)
+            elif isinstance(op, Clip):
+                x = env[op.input]
+                env[op.output] = _clip_ste(x, _clamp_ste(x, op.lo, op.hi), op.codes, op.policy, op.zero_point)
             elif isinstance(op, Flatten):
                 x = env[op.input]
                 env[op.output] = x.reshape(x.shape[0], -1)
@@ -137,6 +143,7 @@ class FakeQuantProgram(nn.Module):
                               self.weights[self.key(op)].detach().cpu(), self.biases[self.key(op)].detach().cpu(),
                               None, op.activation, **geometry)
                 new.lo, new.hi = op.lo, op.hi  # same activation clamp as before
+                new.clip_codes, new.clip_policy = op.clip_codes, op.clip_policy  # and the same thresholds
                 ops.append(new)
             else:
                 ops.append(op)
@@ -157,6 +164,16 @@ def _integer_gemm(x: torch.Tensor, wq: torch.Tensor, op: Gemm) -> torch.Tensor:
     ph, pw = op.padding
     xp = F.pad(x, (pw, pw, ph, ph), value=float(op.in_qp.zero_point)) if (ph or pw) else x
     return F.conv2d(xp, wq, stride=op.stride, groups=op.groups)
+
+
+def _clip_ste(raw: torch.Tensor, q: torch.Tensor, codes: torch.Tensor, policy: str, zero_point: int) -> torch.Tensor:
+    """The integer threshold step (``accel_models.program.apply_clip``) on (N, C, H, W) or (N, F)
+    codes: "clamp" ``min(q, t)`` (gradient of a min), "zero" ``q`` where the unsaturated ``raw <= t``
+    else the zero point (zero gradient there); ``codes`` broadcast against one sample."""
+    t = codes.to(device=q.device, dtype=q.dtype).unsqueeze(0)
+    if policy == "clamp":
+        return torch.minimum(q, t)
+    return torch.where(raw.detach() <= t, q, torch.full_like(q, float(zero_point)))
 
 
 def _clamp_ste(x: torch.Tensor, lo: int, hi: int) -> torch.Tensor:

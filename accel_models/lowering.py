@@ -19,7 +19,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from accel_models.program import ADD_SHIFT, Add, AvgPool, Clamp, Flatten, Gemm, MaxPool, Program, QuantizeInput
+from accel_models.clipact import ClippedReLU, threshold_codes, threshold_range
+from accel_models.program import ADD_SHIFT, Add, AvgPool, Clamp, Clip, Flatten, Gemm, MaxPool, Program, QuantizeInput
 from accel_models.quant import QParams, choose_qparams, quantize_multiplier, quantize_weight
 
 
@@ -104,6 +105,9 @@ class _Ctx:
 
     def calibrated(self, node: fx.Node) -> QParams:
         lo, hi = self.ranges[node.name]
+        clip = _clipped(self, node)
+        if clip is not None:  # a clipped activation's codes cover [0, max T], so every threshold code is exact
+            lo, hi = threshold_range(clip)
         return choose_qparams(lo, hi)
 
     def fusable_activation(self, node: fx.Node) -> fx.Node | None:
@@ -130,6 +134,13 @@ def _is_passthrough(ctx: _Ctx, node: fx.Node) -> bool:
     if node.op == "call_method":
         return node.target in ("flatten", "view", "reshape", "contiguous")
     return False
+
+
+def _clipped(ctx: _Ctx, node: fx.Node | None) -> ClippedReLU | None:
+    """The clipped activation module of ``node``, if it is one."""
+    if node is not None and node.op == "call_module" and isinstance(ctx.module(node), ClippedReLU):
+        return ctx.module(node)
+    return None
 
 
 def _activation_label(bounds) -> str:
@@ -204,13 +215,17 @@ def _lower_gemm(ctx: _Ctx, node: fx.Node) -> None:
     activation = _activation_label(bounds)
     op = gemm_op(str(node.target), kind, in_value, out_node.name, in_qp, out_qp, m.weight, m.bias, bounds,
                  activation, **geometry)
+    clip = _clipped(ctx, act)
+    if clip is not None:
+        op.clip_codes, op.clip_policy = threshold_codes(clip, out_qp, op.lo, op.hi), clip.inference_policy
+        op.activation = "clip"
     ctx.ops.append(op)
     ctx.qp[out_node.name] = out_qp if out_qp is not None else QParams(1.0, 0, True)
     if act is not None:
         ctx.consumed.add(act.name)
 
 
-@register_lowering(nn.ReLU, nn.ReLU6, nn.Hardtanh, F.relu, torch.relu, F.relu6, "relu")
+@register_lowering(nn.ReLU, nn.ReLU6, nn.Hardtanh, F.relu, torch.relu, F.relu6, "relu", ClippedReLU)
 def _lower_activation(ctx: _Ctx, node: fx.Node) -> None:
     bounds = _activation_bounds(ctx, node)
     if bounds is None:
@@ -218,7 +233,11 @@ def _lower_activation(ctx: _Ctx, node: fx.Node) -> None:
     src = ctx.value(node.args[0])
     qp = ctx.qp[src]
     lo, hi = _clamp_codes(qp, bounds)
-    ctx.ops.append(Clamp(src, node.name, lo, hi))
+    clip = _clipped(ctx, node)
+    if clip is not None:  # not fused (e.g. a pool in between): thresholds in the input's quantization
+        ctx.ops.append(Clip(src, node.name, lo, hi, threshold_codes(clip, qp, lo, hi), clip.inference_policy, qp.zero_point))
+    else:
+        ctx.ops.append(Clamp(src, node.name, lo, hi))
     ctx.qp[node.name] = qp
 
 
@@ -278,8 +297,17 @@ def _lower_add(ctx: _Ctx, node: fx.Node) -> None:
     mb = int(round(qb.scale / out_qp.scale * (1 << ADD_SHIFT)))
     bounds = _activation_bounds(ctx, act) if act is not None else None
     lo, hi = _clamp_codes(out_qp, bounds)
-    ctx.ops.append(Add(a, b, out_node.name, qa.zero_point, qb.zero_point, ma, mb, out_qp.zero_point, lo, hi,
-                       activation=_activation_label(bounds)))
+    clip = _clipped(ctx, act)
+    if clip is not None:
+        # The add writes unsaturated codes (hi = int32 max) so the clip that follows sees them (zero policy).
+        ctx.ops.append(Add(a, b, node.name, qa.zero_point, qb.zero_point, ma, mb, out_qp.zero_point, lo, (1 << 31) - 1,
+                           activation="relu"))
+        ctx.ops.append(Clip(node.name, out_node.name, lo, hi, threshold_codes(clip, out_qp, lo, hi),
+                            clip.inference_policy, out_qp.zero_point))
+        ctx.qp[node.name] = out_qp
+    else:
+        ctx.ops.append(Add(a, b, out_node.name, qa.zero_point, qb.zero_point, ma, mb, out_qp.zero_point, lo, hi,
+                           activation=_activation_label(bounds)))
     ctx.qp[out_node.name] = out_qp
     if act is not None:
         ctx.consumed.add(act.name)
@@ -363,9 +391,16 @@ class _RangeRecorder(fx.Interpreter):
                 self.ranges[name] = (float(np.percentile(v, 100 - self.percentile)), float(np.percentile(v, self.percentile)))
 
 
+class _Tracer(fx.Tracer):
+    """torch.fx's tracer, with clipped activations kept as leaf modules (lowered by their handler)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, ClippedReLU) or super().is_leaf_module(m, qualname)
+
+
 def _trace(model: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _Tracer().trace(model), type(model).__name__)
     except Exception as exc:  # torch.fx raises many kinds of errors on untraceable code
         raise UnsupportedModelError(f"torch.fx cannot trace {type(model).__name__}: {str(exc).splitlines()[0]}") from None
 

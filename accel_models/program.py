@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel_models.quant import QParams, requantize, rounding_divide
+from accel_models.quant import QParams, requantize_clamp, rescale_add, rounding_divide
 
 ADD_SHIFT = 20  # fixed-point bits of the residual-add rescaling multipliers
 
@@ -63,6 +63,11 @@ class Gemm:
     float_weight: torch.Tensor | None = field(default=None, repr=False)
     float_bias: torch.Tensor | None = field(default=None, repr=False)
     activation: str = "none"  # what the clamp implements: none, relu, relu6, clip
+    # Clipped activation (accel_models.clipact): int64 threshold codes broadcast against one
+    # sample's output, shape () layer-wise, (N, 1, 1) / (N,) per channel, (N, oh, ow) / (N,) per
+    # neuron; policy "clamp" (min(q, t)) or "zero" (q if the unsaturated code <= t else zero point).
+    clip_codes: torch.Tensor | None = None
+    clip_policy: str = "zero"
 
     def inputs(self) -> tuple[str, ...]:
         return (self.input,)
@@ -133,6 +138,25 @@ class Clamp:
 
 
 @dataclass
+class Clip:
+    """A stand-alone clipped activation on codes (same quantization in and out, see
+    :func:`apply_clip`): ``clamp(x, lo, hi)``, then the threshold codes ``codes`` (int64, broadcast
+    against one sample as :attr:`Gemm.clip_codes`) with ``policy`` "clamp" or "zero"; the zero
+    policy compares the unsaturated input ``x`` with the threshold and writes ``zero_point``."""
+
+    input: str
+    output: str
+    lo: int
+    hi: int
+    codes: torch.Tensor
+    policy: str
+    zero_point: int
+
+    def inputs(self) -> tuple[str, ...]:
+        return (self.input,)
+
+
+@dataclass
 class Flatten:
     input: str
     output: str
@@ -141,7 +165,7 @@ class Flatten:
         return (self.input,)
 
 
-Op = QuantizeInput | Gemm | MaxPool | AvgPool | Add | Clamp | Flatten
+Op = QuantizeInput | Gemm | MaxPool | AvgPool | Add | Clamp | Clip | Flatten
 
 
 @dataclass
@@ -196,18 +220,11 @@ def quantize_input(x: torch.Tensor, qp: QParams) -> torch.Tensor:
 
 
 def im2col(x: torch.Tensor, op: Gemm) -> torch.Tensor:
-    """Codes (B, C, H, W) -> GEMM operand (B*L, C*kh*kw), padding with the input zero point;
-    K order (c, kh, kw), rows in (b, oh, ow) order.
+    """Codes (B, C, H, W) -> GEMM operand (B*L, C*kh*kw), padded with the input zero point;
+    K order (c, kh, kw), rows in (b, oh, ow) order (:func:`sysarray.engines.fast_conv.im2col`)."""
+    from sysarray.engines.fast_conv import im2col as _im2col
 
-    Built from strided windows and one copy (torch's F.unfold is orders of magnitude slower here).
-    """
-    kh, kw = op.weight.shape[2], op.weight.shape[3]
-    ph, pw = op.padding
-    if ph or pw:
-        x = F.pad(x, (pw, pw, ph, ph), value=op.in_qp.zero_point)
-    win = x.unfold(2, kh, op.stride[0]).unfold(3, kw, op.stride[1])  # (B, C, oh, ow, kh, kw)
-    B, C, oh, ow = win.shape[:4]
-    return win.permute(0, 2, 3, 1, 4, 5).reshape(B * oh * ow, C * kh * kw)
+    return _im2col(x, tuple(op.weight.shape[2:]), op.stride, op.padding, op.in_qp.zero_point)
 
 
 def conv_out_size(op: Gemm, h: int, w: int) -> tuple[int, int]:
@@ -217,45 +234,68 @@ def conv_out_size(op: Gemm, h: int, w: int) -> tuple[int, int]:
 
 GemmFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, object]]
 """``gemm(A, W) -> (Y int32 (M, N), stats)`` with A (M, K) int8/uint8 codes and W (K, N) int8.
-A function with the attribute ``float_codes = True`` gets A as float32 codes instead (no copy)."""
+A function with the attribute ``float_codes = True`` gets A as float32 codes instead (no copy).
+A function with a ``conv`` attribute runs conv layers itself without im2col:
+``gemm.conv(x, op) -> (Y int32 (B, N, oh, ow), [stats per group])``."""
 
 
 def postprocess(acc: torch.Tensor, op: Gemm) -> torch.Tensor:
-    """int32 accumulators (rows, N) -> output codes (or biased int64 accumulators for the last layer)."""
-    acc = acc.to(torch.int64) + op.bias.to(acc.device)
+    """int32 accumulators (M, N) or (B, N, oh, ow), channels on dim 1 -> float32 output codes of
+    the same shape (int64 biased accumulators for the last layer)."""
     if op.out_qp is None:
-        return acc
-    q = requantize(acc, op.m0.to(acc.device), op.shift.to(acc.device)) + op.out_qp.zero_point
-    return q.clamp(op.lo, op.hi).to(torch.float32)
+        shape = (1, -1) + (1,) * (acc.dim() - 2)
+        return acc.to(torch.int64) + op.bias.to(acc.device).view(shape)
+    if op.clip_codes is not None:
+        # Clipped activation: the zero policy compares the unsaturated code with the threshold, so
+        # requantize without the 8-bit clamp first (float32 is exact up to 2**24, far above any threshold).
+        raw = requantize_clamp(acc, op.bias, op.m0, op.shift, op.out_qp.zero_point, -(1 << 31), (1 << 31) - 1)
+        return apply_clip(raw, raw.clamp(op.lo, op.hi), op.clip_codes, op.clip_policy, op.out_qp.zero_point)
+    return requantize_clamp(acc, op.bias, op.m0, op.shift, op.out_qp.zero_point, op.lo, op.hi)
+
+
+def apply_clip(raw: torch.Tensor, q: torch.Tensor, codes: torch.Tensor, policy: str, zero_point: int) -> torch.Tensor:
+    """Threshold codes on a batch of codes ``q`` (N, C, H, W) or (N, F), channels on dim 1;
+    ``codes`` (int64) broadcast against one sample. "clamp": ``min(q, t)``; "zero": ``q`` where the
+    unsaturated code ``raw <= t``, else ``zero_point`` (a value a fault pushed past the 8-bit maximum
+    is still recognised as above the threshold)."""
+    t = codes.to(device=q.device, dtype=q.dtype).unsqueeze(0)
+    if policy == "clamp":
+        return torch.minimum(q, t)
+    return torch.where(raw <= t, q, torch.full_like(q, float(zero_point)))
 
 
 def run_gemm_layer(x: torch.Tensor, op: Gemm, gemm: GemmFn):
     """Run one Gemm op on codes ``x`` with ``gemm(A, W) -> (int32 (M, N), stats)``.
 
-    Returns ``(out, [(M, K, N, stats, A, W, Y) per group])`` so callers can count fault effects.
+    Returns ``(out, [(M, K, N, stats) per group])``.
     """
     as_codes = (lambda t: t) if getattr(gemm, "float_codes", False) else (lambda t: t.to(op.in_qp.torch_dtype))
     if op.kind == "linear":
         a = as_codes(x.reshape(x.shape[0], -1))
         w = op.weight.t().contiguous()
         y, st = gemm(a, w)
-        return postprocess(y, op), [(a.shape[0], a.shape[1], w.shape[1], st, a, w, y)]
+        return postprocess(y, op), [(a.shape[0], a.shape[1], w.shape[1], st)]
     B, _, H, W = x.shape
     oh, ow = conv_out_size(op, H, W)
-    cols = im2col(x, op)
     g = op.groups
     ng = op.out_channels // g
-    kg = cols.shape[1] // g
-    outs, parts = [], []
-    for i in range(g):
-        a = as_codes(cols[:, i * kg:(i + 1) * kg] if g > 1 else cols)
-        w = op.weight[i * ng:(i + 1) * ng].reshape(ng, -1).t().contiguous()
-        y, st = gemm(a, w)
-        outs.append(y)
-        parts.append((a.shape[0], a.shape[1], w.shape[1], st, a, w, y))
-    acc = outs[0] if g == 1 else torch.cat(outs, dim=1)
-    q = postprocess(acc, op)
-    return q.reshape(B, oh * ow, -1).transpose(1, 2).reshape(B, -1, oh, ow), parts
+    kg = op.weight[0].numel()
+    conv = getattr(gemm, "conv", None)
+    if conv is not None:
+        acc, stats = conv(x, op)
+        parts = [(B * oh * ow, kg, ng, st) for st in stats]
+    else:
+        cols = im2col(x, op)
+        outs, parts = [], []
+        for i in range(g):
+            a = as_codes(cols[:, i * kg:(i + 1) * kg] if g > 1 else cols)
+            w = op.weight[i * ng:(i + 1) * ng].reshape(ng, -1).t().contiguous()
+            y, st = gemm(a, w)
+            outs.append(y)
+            parts.append((a.shape[0], a.shape[1], w.shape[1], st))
+        acc = outs[0] if g == 1 else torch.cat(outs, dim=1)
+        acc = acc.reshape(B, oh * ow, -1).transpose(1, 2).reshape(B, -1, oh, ow)
+    return postprocess(acc, op), parts
 
 
 def max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
@@ -271,9 +311,8 @@ def avg_pool(x: torch.Tensor, op: AvgPool) -> torch.Tensor:
 
 
 def add(a: torch.Tensor, b: torch.Tensor, op: Add) -> torch.Tensor:
-    t = (a.to(torch.int64) - op.za) * op.ma + (b.to(torch.int64) - op.zb) * op.mb
-    q = torch.bitwise_right_shift(t + (1 << (ADD_SHIFT - 1)), ADD_SHIFT) + op.zero_point
-    return q.clamp(op.lo, op.hi).to(torch.float32)
+    return rescale_add(a, b, int(op.za), int(op.ma), int(op.zb), int(op.mb), ADD_SHIFT, int(op.zero_point),
+                       int(op.lo), int(op.hi))
 
 
 # --------------------------------------------------------------------------- the program
@@ -314,6 +353,9 @@ class Program:
                 env[op.output] = add(env[op.a], env[op.b], op)
             elif isinstance(op, Clamp):
                 env[op.output] = env[op.input].clamp(op.lo, op.hi)
+            elif isinstance(op, Clip):
+                x = env[op.input]
+                env[op.output] = apply_clip(x, x.clamp(op.lo, op.hi), op.codes.to(x.device), op.policy, op.zero_point)
             elif isinstance(op, Flatten):
                 x = env[op.input]
                 env[op.output] = x.reshape(x.shape[0], -1)
@@ -348,6 +390,7 @@ class Program:
         """
         import sysarray as sa
         from sysarray.engines.fast import fast_gemm
+        from sysarray.engines.fast_conv import fast_conv2d_exact
         from sysarray.gemm import _as_engine, check_chip
         from sysarray.timing import gemm_timing
 
@@ -359,28 +402,47 @@ class Program:
         faulty = faults is not None and not faults.is_empty
         totals: dict[str, dict] = {}
 
+        changed: dict[str, int] = {}
+        count = faulty and count_changes
+
         def gemm_for(op):
             signed = op.in_qp.signed
 
             def gemm(a, w):
                 if engine == "fast":
                     y = fast_gemm(a, w, cfg, faults, act_signed=signed)
-                    return y, gemm_timing(a.shape[0], a.shape[1], w.shape[1], cfg)
-                return sa.simulate_gemm(a.to(op.in_qp.torch_dtype), w, cfg, faults=faults, engine=engine)
+                    st = gemm_timing(a.shape[0], a.shape[1], w.shape[1], cfg)
+                else:
+                    y, st = sa.simulate_gemm(a.to(op.in_qp.torch_dtype), w, cfg, faults=faults, engine=engine)
+                if count:
+                    clean = fast_gemm(a, w, cfg, None, act_signed=signed)
+                    changed[op.name] = changed.get(op.name, 0) + int((clean != y.to(clean.device)).sum())
+                return y, st
+
+            def conv(x, op):
+                kw = dict(stride=op.stride, padding=op.padding, pad_value=op.in_qp.zero_point, groups=op.groups,
+                          act_signed=signed)
+                y = fast_conv2d_exact(x, op.weight, cfg, faults, **kw)
+                if count:
+                    clean = fast_conv2d_exact(x, op.weight, cfg, None, **kw)
+                    changed[op.name] = changed.get(op.name, 0) + int((clean != y).sum())
+                B, _, oh, ow = y.shape
+                m, k, n = B * oh * ow, op.weight[0].numel(), op.out_channels // op.groups
+                return y, [gemm_timing(m, k, n, cfg)] * op.groups
+
             gemm.float_codes = True
+            if engine == "fast":
+                gemm.conv = conv
             return gemm
 
         def on_layer(op, parts):
-            t = totals.setdefault(op.name, dict(m=0, k=parts[0][1], macs=0, cycles=0, gemms=0, util=[], changed=0))
+            t = totals.setdefault(op.name, dict(m=0, k=parts[0][1], macs=0, cycles=0, gemms=0, util=[]))
             t["m"] += parts[0][0]  # the groups of a grouped conv share M
-            for m, k, n, st, a, w, y in parts:
+            for m, k, n, st in parts:
                 t["macs"] += st.macs
                 t["cycles"] += st.cycles
                 t["gemms"] += 1
                 t["util"].append((st.cycles, st.mapping_efficiency, st.compute_util))
-                if faulty and count_changes:
-                    clean = fast_gemm(a, w, cfg, None, act_signed=op.in_qp.signed)
-                    t["changed"] += int((clean != y.to(clean.device)).sum())
 
         accs = []
         for i in range(0, images.shape[0], batch_size):
@@ -398,6 +460,6 @@ class Program:
                 overall_util=100.0 * t["macs"] / max(1, (t["cycles"] - t["gemms"]) * n_pes),
                 mapping_efficiency=float(np.average([u[1] for u in t["util"]], weights=weights)),
                 compute_util=float(np.average([u[2] for u in t["util"]], weights=weights)),
-                changed=(t["changed"] if count_changes else None) if faulty else 0,
+                changed=(changed.get(op.name, 0) if count_changes else None) if faulty else 0,
             ))
         return RunResult(logits=logits, predictions=logits.argmax(dim=1), layers=layers)

@@ -12,7 +12,8 @@ on them), it times round-robin, in one run:
 - the integer program on a chip with 1% faulty PEs, psum faults on random bits (fast engine),
   without the extra fault-free GEMMs that count changed outputs (``count_changes=False``).
 
-and reports the faulty / float ratio (target at most 2x). Writes ``OUT/bench_inference.json``.
+and reports the faulty / float ratio (target at most 2x). Conv layers run on the fast engine's
+im2col-free path (``sysarray.engines.fast_conv``). Writes ``OUT/bench_inference.json``.
 """
 from __future__ import annotations
 

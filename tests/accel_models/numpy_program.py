@@ -19,6 +19,9 @@ Op semantics implemented here (codes are the 8-bit integers of ``x ~ scale * (q 
   ``d`` the kernel area (count_include_pad).
 - Add: ``clip((((a - za)*ma + (b - zb)*mb + 2**(SHIFT-1)) >> SHIFT) + z, lo, hi)``, SHIFT = 20.
 - Clamp: ``clip(x, lo, hi)``. Flatten: ``x.reshape(N, -1)`` (NCHW order).
+- Clipped activations (Gemm ``clip_codes``, the Clip op): threshold codes ``t`` broadcast against
+  one sample in NCHW layout; "clamp": ``min(q, t)``; "zero": ``q`` where the value before the 8-bit
+  clip is ``<= t``, else the zero point.
 """
 from __future__ import annotations
 
@@ -95,14 +98,27 @@ def gemm_layer(x: np.ndarray, op) -> np.ndarray:
         acc = np.concatenate(accs, axis=1)  # (B*OH*OW, N)
         out_shape = (B, oh, ow)
     acc = acc + bias[None, :]
+    raw = None
     if op.out_qp is not None:
         m0, shift = _np(op.m0)[None, :], _np(op.shift)[None, :]
-        q = ((acc * m0 + (np.int64(1) << (shift - 1))) >> shift) + op.out_qp.zero_point
-        acc = np.clip(q, op.lo, op.hi)
-    if out_shape is None:
-        return acc
-    B, oh, ow = out_shape
-    return acc.reshape(B, oh, ow, n).transpose(0, 3, 1, 2)
+        raw = ((acc * m0 + (np.int64(1) << (shift - 1))) >> shift) + op.out_qp.zero_point
+        acc = np.clip(raw, op.lo, op.hi)
+    if out_shape is not None:
+        B, oh, ow = out_shape
+        acc = acc.reshape(B, oh, ow, n).transpose(0, 3, 1, 2)
+        raw = None if raw is None else raw.reshape(B, oh, ow, n).transpose(0, 3, 1, 2)
+    if getattr(op, "clip_codes", None) is not None:
+        acc = threshold(raw, acc, op.clip_codes, op.clip_policy, op.out_qp.zero_point)
+    return acc
+
+
+def threshold(raw: np.ndarray, q: np.ndarray, codes, policy: str, zero_point: int) -> np.ndarray:
+    """Clipped activation on NCHW (or N x F) codes ``q`` whose unsaturated values are ``raw``."""
+    t = _np(codes)[None]
+    if policy == "clamp":
+        return np.minimum(q, t)
+    assert policy == "zero", policy
+    return np.where(raw <= t, q, zero_point)
 
 
 def max_pool(x: np.ndarray, op) -> np.ndarray:
@@ -148,6 +164,9 @@ def numpy_run(program, images, *, return_env: bool = False):
             env[op.output] = add(env[op.a], env[op.b], op)
         elif kind == "Clamp":
             env[op.output] = np.clip(env[op.input], op.lo, op.hi)
+        elif kind == "Clip":
+            x = env[op.input]
+            env[op.output] = threshold(x, np.clip(x, op.lo, op.hi), op.codes, op.policy, op.zero_point)
         elif kind == "Flatten":
             x = env[op.input]
             env[op.output] = x.reshape(x.shape[0], -1)

@@ -1,0 +1,197 @@
+"""Resilience of clipped activations: accuracy versus fault rate for no clipping, Ranger,
+FT-ClipAct, FitAct and ProAct, on faulty chips and under weight-memory bit flips.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_clipping.py [--quick] [--chips N] [--out DIR] [--skip-fashion]
+
+Models: LeNet-5 on ``digits`` (trained here, 40 epochs) and a VGG-11-style net (width 0.25) on
+Fashion-MNIST from /usr/share/datasets/fashion-mnist (skipped with a message when absent; trained
+here on a subset, evaluated on the first ``--fashion-test`` test images). Fault settings:
+
+(a) chip: 16x16 output-stationary array, psum (accumulator) bits 24-30 stuck at 1 in a share of
+    the PEs (``--pe-rates``), ``--chips`` seeded chips per rate;
+(b) memory: bit flips in the stored int8 weights and threshold codes at a bit error rate
+    (``--bers``), ``--chips`` seeded draws per rate;
+(c) chip, WS: the same faults on a weight-stationary array (a psum fault corrupts a whole output
+    column, including the logits'), for the record.
+
+FT-ClipAct searches with the fault site of the setting it is judged on ((a) chip, (b) memory), with
+small settings (2 repetitions, 128 scoring images). Writes OUT/bench_clipping.json and
+OUT/bench_clipping.png, and prints the tables (mean and worst accuracy over the chips, in %).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import format_table, machine_info, write_json  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+METHODS = ("none", "ranger", "ftclipact", "fitact", "proact")
+
+
+def train_model(name: str, data, epochs: int, cache: Path, **kw):
+    from accel_models.checkpoint import load_checkpoint, save_checkpoint
+    from accel_models.train import train_zoo_model
+
+    path = cache / f"{name}-{data.name}-{epochs}.pt"
+    if path.exists():
+        return load_checkpoint(path)[0]
+    model, history = train_zoo_model(name, data, epochs, 0, progress=True, **kw)
+    save_checkpoint(path, model, dataset=data, history=history)
+    return model
+
+
+def harden(model, data, args, chip_site, mem_site):
+    from mitigation.clipping import find_thresholds
+
+    ft = dict(calibration_images=128, min_rounds=1 if args.quick else 3, max_rounds=2 if args.quick else 4)
+    out = {}
+    for method, kw in [("ranger", {}), ("ftclipact-chip", dict(faults=chip_site, **ft)),
+                       ("ftclipact-memory", dict(faults=mem_site, **ft)), ("fitact", dict(epochs=args.fitact_epochs)),
+                       ("proact", {})]:
+        t0 = time.perf_counter()
+        res = find_thresholds(model, data, method.split("-")[0], progress=True, **kw)
+        out[method] = res
+        print(f"  {method}: {res.thresholds} thresholds ({res.overhead:.3%} of {res.model_parameters:,} parameters), "
+              f"{res.seconds:.1f} s (wall {time.perf_counter() - t0:.1f} s)", flush=True)
+    return out
+
+
+def evaluate(programs: dict, site, x, y) -> dict:
+    out = {}
+    for name, p in programs.items():
+        curve = site.curve(p, x, y) * 100  # (rates, chips)
+        out[name] = {"mean": curve.mean(1).tolist(), "worst": curve.min(1).tolist()}
+    return out
+
+
+def run_model(label, model, data, x, y, args):
+    import sysarray as sa
+    from mitigation.clipping import FaultSetting, lower_clipped
+
+    reps = args.chips
+    chip_site = FaultSetting.chip(rates=tuple(args.pe_rates), repetitions=reps, dataflow="os", seed=7)
+    ws_site = FaultSetting.chip(rates=(0.004, 0.01), repetitions=reps, dataflow="ws", seed=7)
+    mem_site = FaultSetting(rates=tuple(args.bers), repetitions=reps, seed=7)
+    ft_chip = FaultSetting.chip(rates=(args.pe_rates[1],), repetitions=2, dataflow="os", seed=99)
+    ft_mem = FaultSetting(rates=(args.bers[-2],), repetitions=2, seed=99)
+    print(f"{label}: hardening", flush=True)
+    results = harden(model, data, args, ft_chip, ft_mem)
+    programs = {"none": lower_clipped(model, data)}
+    programs.update({k: lower_clipped(r.model, data) for k, r in results.items()})
+    cfg = sa.ArrayConfig(16, 16, "os")
+    clean = {k: 100 * p.run(x, cfg).accuracy(y) for k, p in programs.items()}
+    print(f"{label}: evaluating", flush=True)
+    chip_programs = {k: v for k, v in programs.items() if k != "ftclipact-memory"}
+    mem_programs = {k: v for k, v in programs.items() if k != "ftclipact-chip"}
+    res = {
+        "clean": clean,
+        "chip_os": {"rates": chip_site.rates, **evaluate(chip_programs, chip_site, x, y)},
+        "memory": {"rates": mem_site.rates, **evaluate(mem_programs, mem_site, x, y)},
+        "chip_ws": {"rates": ws_site.rates, **evaluate({k: chip_programs[k] for k in ("none", "ranger")}, ws_site, x, y)},
+        "methods": {k: {"thresholds": r.thresholds, "overhead": r.overhead, "seconds": r.seconds,
+                        "model_parameters": r.model_parameters} for k, r in results.items()},
+        "images": int(len(x)), "chips_per_rate": reps,
+    }
+    return res
+
+
+def print_tables(label, r):
+    rows = [[k, v["thresholds"], f"{100 * v['overhead']:.3f}%", round(v["seconds"], 1), round(r["clean"][k], 2)]
+            for k, v in r["methods"].items()]
+    rows.insert(0, ["none", 0, "0%", 0.0, round(r["clean"]["none"], 2)])
+    print(format_table(["method", "thresholds", "of params", "find s", "fault-free %"], rows, title=f"\n{label}"))
+    for key, title in (("chip_os", "(a) 16x16 OS chip, psum bits 24-30 stuck at 1, PE rate"),
+                       ("memory", "(b) weight-memory bit flips, BER"), ("chip_ws", "(c) 16x16 WS chip, same faults, PE rate")):
+        sec = r[key]
+        head = ["method"] + [f"{rate:g} mean/worst" for rate in sec["rates"]]
+        rows = [[k] + [f"{m:.1f}/{w:.1f}" for m, w in zip(sec[k]["mean"], sec[k]["worst"])]
+                for k in sec if k != "rates"]
+        print(format_table(head, rows, title=f"{label} {title}"))
+
+
+def plot(all_results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(m, k) for m in all_results for k in ("chip_os", "memory")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (model, key) in zip(axes[0], panels):
+        sec = all_results[model][key]
+        for name in sec:
+            if name == "rates":
+                continue
+            line, = ax.plot(sec["rates"], sec[name]["mean"], marker="o", label=name)
+            ax.plot(sec["rates"], sec[name]["worst"], ls=":", color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_xlabel("PE fault rate" if key == "chip_os" else "bit error rate")
+        ax.set_ylabel("accuracy % (solid mean, dotted worst)")
+        ax.set_title(f"{model}: {'OS chip psum stuck-at-1' if key == 'chip_os' else 'weight-memory flips'}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer chips and shorter searches")
+    p.add_argument("--chips", type=int, help="chips (draws) per rate (default 10, quick 4)")
+    p.add_argument("--pe-rates", default="0.005,0.01,0.02,0.05")
+    p.add_argument("--bers", default="1e-3,1e-2,3e-2,5e-2")
+    p.add_argument("--fitact-epochs", type=int, default=10)
+    p.add_argument("--fashion-train", type=int, default=12000, help="Fashion-MNIST training images used")
+    p.add_argument("--fashion-test", type=int, default=1000, help="Fashion-MNIST test images evaluated")
+    p.add_argument("--fashion-epochs", type=int, default=4)
+    p.add_argument("--skip-fashion", action="store_true")
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+    args.chips = args.chips or (4 if args.quick else 10)
+    args.pe_rates = [float(r) for r in args.pe_rates.split(",")]
+    args.bers = [float(r) for r in args.bers.split(",")]
+    from accel_models.data import load_dataset
+
+    cache = REPO / ".cache" / "bench_clipping"
+    cache.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    all_results = {}
+    digits = load_dataset("digits")
+    lenet = train_model("lenet5", digits, 40, cache)
+    all_results["LeNet-5/digits"] = run_model("LeNet-5/digits", lenet, digits, digits.test_x, digits.test_y, args)
+    print_tables("LeNet-5/digits", all_results["LeNet-5/digits"])
+    if args.skip_fashion:
+        print("Fashion-MNIST: skipped (--skip-fashion)")
+    elif not os.path.isdir(FASHION_DIR):
+        print(f"Fashion-MNIST: skipped, no data at {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+    else:
+        fashion = load_dataset("fashion-mnist", FASHION_DIR, limit_train=args.fashion_train)
+        vgg = train_model("vgg11", fashion, args.fashion_epochs, cache)
+        n = min(args.fashion_test, len(fashion.test_x))
+        all_results["VGG-11/fashion"] = run_model("VGG-11/fashion", vgg, fashion, fashion.test_x[:n], fashion.test_y[:n], args)
+        print_tables("VGG-11/fashion", all_results["VGG-11/fashion"])
+    report = {"benchmark": "bench_clipping", "settings": {k: v for k, v in vars(args).items()},
+              "results": all_results, "seconds": time.perf_counter() - t0, "machine": machine_info(REPO)}
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "bench_clipping.json", report)
+    plot(all_results, out / "bench_clipping.png")
+    print(f"\nwrote {out / 'bench_clipping.json'} and {out / 'bench_clipping.png'} ({report['seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The four threshold methods (mitigation.clipping) on LeNet-5 / digits: thresholds checked against
+independent computations, fault-free cost, and resilience on a seeded population of faulty chips."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import sysarray as sa
+from accel_models.checkpoint import load_checkpoint
+from accel_models.clipact import ClippedReLU, clipped_modules
+from accel_models.zoo import build_model
+from mitigation.clipping import FaultSetting, clip_checkpoint, find_thresholds, lower_clipped
+
+# Chip faults: 16x16 output-stationary array, partial-sum (accumulator) bits 24-30 stuck at 1 in
+# 1% of the PEs (3 PEs). (With WS a psum fault corrupts a whole output column, and the logits'
+# columns have no activation to clip: see docs/clipping.md.)
+CHIP = sa.ArrayConfig(16, 16, "os")
+CHIPS = 6
+FAULTS = dict(pe_rate=0.01, registers=("psum",), bits=range(24, 31), values=(1,))
+FT_FAULTS = FaultSetting.chip(rates=(0.01,), repetitions=2, dataflow="os", seed=11)
+FT_OPTIONS = dict(faults=FT_FAULTS, calibration_images=128, min_rounds=1, max_rounds=2)
+
+
+@pytest.fixture(scope="module")
+def lenet(lenet_ckpt):
+    return load_checkpoint(lenet_ckpt)[0]
+
+
+@pytest.fixture(scope="module")
+def results(lenet, digits):
+    """Every method once, with small FT-ClipAct and ProAct settings to keep the suite fast."""
+    return {
+        "ranger": find_thresholds(lenet, digits, "ranger", progress=False),
+        "ftclipact": find_thresholds(lenet, digits, "ftclipact", progress=False, **FT_OPTIONS),
+        "fitact": find_thresholds(lenet, digits, "fitact", progress=False, epochs=5),
+        "proact": find_thresholds(lenet, digits, "proact", progress=False, weight_decays=(4e-5, 4e-7, 4e-9)),
+    }
+
+
+@pytest.fixture(scope="module")
+def chip_accuracy(lenet, digits, results):
+    """Mean accuracy (fraction) over the seeded chip population, per model, and fault-free."""
+    maps = sa.faultgen.population(CHIPS, CHIP, seed=2024, **FAULTS)
+    programs = {"none": lower_clipped(lenet, digits), **{k: lower_clipped(r.model, digits) for k, r in results.items()}}
+    out = {}
+    for name, p in programs.items():
+        clean = p.run(digits.test_x, CHIP).accuracy(digits.test_y)
+        faulty = [p.run(digits.test_x, CHIP, faults=fm, count_changes=False).accuracy(digits.test_y) for fm in maps]
+        out[name] = (clean, float(np.mean(faulty)))
+    return out
+
+
+def _relu_maxima_by_hand(model, x):
+    """LeNet-5's activations computed layer by layer, without hooks or accel_models code."""
+    f, c = model.features, model.classifier
+    h1 = torch.relu(f[0](x))
+    h2 = torch.relu(f[3](f[2](h1)))
+    h3 = torch.relu(c[1](f[5](h2).flatten(1)))
+    h4 = torch.relu(c[3](h3))
+    return {"features.1": h1, "features.4": h2, "classifier.2": h3, "classifier.4": h4}
+
+
+def test_ranger_thresholds_are_the_profiled_maxima(lenet, digits, results):
+    with torch.no_grad():
+        acts = _relu_maxima_by_hand(lenet, digits.train_x[:1024])
+    spec = results["ranger"].spec
+    assert [l["module"] for l in spec["layers"]] == list(acts)
+    for layer in spec["layers"]:
+        torch.testing.assert_close(layer["threshold"], acts[layer["module"]].max(), rtol=1e-6, atol=0)
+    neuron = find_thresholds(lenet, digits, "ranger", progress=False, granularity="neuron", calibration_images=300)
+    for layer in neuron.spec["layers"]:
+        with torch.no_grad():
+            want = _relu_maxima_by_hand(lenet, digits.train_x[:300])[layer["module"]].amax(0)
+        torch.testing.assert_close(layer["threshold"], want, rtol=1e-6, atol=0)
+
+
+def test_ftclipact_picks_the_best_candidate_of_its_grid(lenet, digits):
+    """A constructed score with a known optimum: minus the distance of each threshold to 37% of its maximum."""
+    with torch.no_grad():
+        maxima = {k: float(v.max()) for k, v in _relu_maxima_by_hand(lenet, digits.train_x[:1024]).items()}
+    target = {k: 0.37 * v for k, v in maxima.items()}
+
+    def scorer(model, program):
+        return -sum(abs(float(m.threshold.detach()) - target[n]) for n, m in clipped_modules(model).items())
+
+    res = find_thresholds(lenet, digits, "ftclipact", progress=False, scorer=scorer, tolerance=0.0)
+    for layer in res.spec["layers"]:
+        name, t = layer["module"], float(layer["threshold"])
+        rounds = res.history["layers"][name]["rounds"]
+        assert 3 <= len(rounds) <= 4
+        grid = [(s, c) for r in rounds for c, s in zip(r["candidates"], r["scores"])]
+        assert t == pytest.approx(max(grid)[1])  # the best candidate it evaluated
+        # 4 candidates per round, interval shrinking to the best one's neighbours: within max/4 * (1/2)^(rounds-1)
+        assert abs(t - target[name]) <= maxima[name] / 4 * 0.5 ** (len(rounds) - 1) + 1e-6
+        assert rounds[0]["candidates"] == pytest.approx([maxima[name] * i / 4 for i in (1, 2, 3, 4)], rel=1e-6)
+
+
+def _frozen_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if not k.endswith("threshold")}
+
+
+@pytest.mark.parametrize("method,options", [("fitact", dict(epochs=2)),
+                                            ("proact", dict(epochs=1, weight_decays=(4e-5, 4e-9)))])
+def test_fitact_and_proact_move_only_thresholds(digits, method, options):
+    torch.manual_seed(0)
+    model = build_model("vgg11", digits.input_shape, 10, width=0.125, hidden=32)
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        model.train()
+        model(digits.train_x[:256])
+    model.eval()
+    before = _frozen_state(model)
+    res = find_thresholds(model, digits, method, progress=False, lr=0.05, **options)
+    after = _frozen_state(res.model)
+    assert before.keys() == after.keys() and any("running_mean" in k for k in before)
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    profiled = find_thresholds(model, digits, "ranger", progress=False, granularity=res.spec["granularity"]).spec
+    moved = [not torch.equal(a["threshold"], b["threshold"]) for a, b in zip(res.spec["layers"], profiled["layers"])]
+    assert any(moved)
+    assert _frozen_state(model).keys() == before.keys()  # the input model was not touched
+    assert all(torch.equal(_frozen_state(model)[k], before[k]) for k in before)
+
+
+def test_fault_free_cost_is_at_most_one_point(chip_accuracy):
+    base = chip_accuracy["none"][0]
+    assert base > 0.9
+    for name, (clean, _) in chip_accuracy.items():
+        assert clean >= base - 0.01, name
+
+
+def test_every_method_recovers_half_of_the_chip_fault_loss(chip_accuracy):
+    clean, unprotected = chip_accuracy["none"]
+    loss = clean - unprotected
+    assert loss >= 0.30
+    for name in ("ranger", "ftclipact", "fitact", "proact"):
+        assert chip_accuracy[name][1] >= unprotected + loss / 2, (name, chip_accuracy[name])
+
+
+def test_proact_has_far_fewer_thresholds_than_fitact_and_is_as_resilient(results, chip_accuracy):
+    ratio = results["fitact"].thresholds / results["proact"].thresholds
+    assert results["fitact"].thresholds == 6 * 8 * 8 + 16 * 4 * 4 + 120 + 84
+    assert results["proact"].thresholds == 3 + 84
+    assert ratio > 9
+    assert chip_accuracy["proact"][1] >= chip_accuracy["fitact"][1] - 0.03
+    assert results["ranger"].overhead == pytest.approx(4 / results["ranger"].model_parameters)
+
+
+def test_chip_runs_the_torch_models_clipping(results, digits):
+    """Fault-free, the integer program's predictions agree with the clipped float model's."""
+    for name, res in results.items():
+        program = lower_clipped(res.model, digits)
+        with torch.no_grad():
+            float_pred = res.model(digits.test_x).argmax(1)
+        chip_pred = program.run(digits.test_x, CHIP).predictions
+        assert (chip_pred == float_pred).double().mean() >= 0.98, name
+
+
+def test_bad_input(lenet, lenet_ckpt, digits, results, tmp_path):
+    with pytest.raises(ValueError, match="Unknown clipping method 'bogus'.*ranger"):
+        find_thresholds(lenet, digits, "bogus")
+    no_relu = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    no_relu.arch = {"name": "linear", "input_shape": [1, 8, 8]}
+    with pytest.raises(ValueError, match="no nn.ReLU"):
+        find_thresholds(no_relu, digits, "ranger")
+    with pytest.raises(TypeError, match="epochs"):
+        find_thresholds(lenet, digits, "ranger", epochs=3)
+    with pytest.raises(ValueError, match="already clipped"):
+        find_thresholds(results["ranger"].model, digits, "ranger")
+    other = find_thresholds(build_model("mlp", digits.input_shape, 10), digits, "ranger", progress=False)
+    spec_file = tmp_path / "mlp-spec.pt"
+    torch.save(other.spec, spec_file)
+    with pytest.raises(ValueError, match="mlp"):
+        clip_checkpoint(lenet_ckpt, str(tmp_path / "x.pt"), None, thresholds=str(spec_file))
+    # and the same spec applies to the model it was made for
+    out = clip_checkpoint(lenet_ckpt, str(tmp_path / "ok.pt"), None, thresholds=str(_save_spec(results, tmp_path)))
+    assert isinstance(load_checkpoint(tmp_path / "ok.pt")[0].features[1], ClippedReLU) and out.thresholds == 4
+
+
+def _save_spec(results, tmp_path):
+    path = tmp_path / "ranger-spec.pt"
+    torch.save(copy.deepcopy(results["ranger"].spec), path)
+    return path
