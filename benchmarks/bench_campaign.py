@@ -1,0 +1,177 @@
+"""Fault-campaign throughput: chips per minute, cost per chip over one fault-free inference, and
+parallel efficiency on 2 workers.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_campaign.py [--quick] [--chips N] [--wait-idle SECONDS] [--out DIR]
+
+Two workloads, both on a 16x16 WS chip (fast engine), a population of chips with 1% faulty PEs,
+psum stuck-at faults on random bits and values (``RateGrid``, one rate):
+
+- LeNet-5 on the full ``digits`` test split (359 images); the model is untrained and seeded
+  (the cost does not depend on the weights), calibrated on the digits training images;
+- ResNet-20 on 1,000 random 3x32x32 images (uniform in [0, 1], seeded; CIFAR-10 is not needed),
+  untrained and seeded, calibrated on 256 other random images.
+
+For each it measures, in one run:
+
+- ``fault_free_s``: one fault-free inference of the same images in this process with one torch
+  thread (median of round-robin repeats) -- the unit of the cost ratio;
+- a campaign with 1 worker in this process (torch with 1 thread) and a campaign with 2 worker
+  processes (``run_campaign(workers=2)``: each worker uses 1 thread), each end to end (setup, one
+  fault-free run, the journal and result files included) in a fresh directory;
+- ``chips_per_min`` for both, ``cost_per_chip_over_fault_free`` = (1-worker wall / chips) /
+  ``fault_free_s`` (target at most 1.5), and ``parallel_efficiency`` = (1-worker wall / 2-worker
+  wall) / 2 (target at least 0.85). The 2-worker wall includes starting the worker processes;
+  ``parallel_efficiency_steady`` compares the chip rates after the first chip finished (workers
+  running). ``faulty_over_fault_free`` (the engine's faulty inference over the fault-free one, from
+  the per-chip times) and ``campaign_overhead`` (1-worker wall over the sum of per-chip times)
+  split the cost ratio into the engine's share and the campaign's own.
+
+Writes ``OUT/bench_campaign.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import (CpuMonitor, IdleGate, format_table, load_average, machine_info,  # noqa: E402
+                                time_round_robin, write_json)
+
+REPO = Path(__file__).resolve().parent.parent
+TARGET_COST = 1.5
+TARGET_EFFICIENCY = 0.85
+PE_RATE = 0.01
+
+
+def workload(name: str, seed: int, quick: bool):
+    """``(ProgramTask, description)``: an untrained seeded model lowered on calibration images."""
+    from accel_models.data import load_dataset
+    from accel_models.lowering import lower
+    from accel_models.zoo import build_model
+    from mitigation.campaign import ProgramTask
+
+    torch.manual_seed(seed)
+    if name == "lenet5":
+        data = load_dataset("digits")
+        model = build_model("lenet5", data.input_shape, 10).eval()
+        program = lower(model, data.train_x[:512])
+        images, labels = data.test_x, data.test_y
+        desc = f"LeNet-5 (untrained, seed {seed}), digits test split"
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        n = 200 if quick else 1000
+        model = build_model("resnet20", (3, 32, 32), 10).eval()
+        program = lower(model, torch.rand(256, 3, 32, 32, generator=gen))
+        images = torch.rand(n, 3, 32, 32, generator=gen)
+        labels = torch.randint(0, 10, (n,), generator=gen)
+        desc = f"ResNet-20 (untrained, seed {seed}), {n} random 3x32x32 images"
+    return ProgramTask(program, images, labels, name), f"{desc} ({len(labels)} images)"
+
+
+def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: IdleGate) -> dict:
+    import sysarray as sa
+    from mitigation.campaign import FaultGroup, RateGrid, run_campaign
+
+    task, desc = workload(name, seed, quick)
+    cfg = sa.ArrayConfig(16, 16, "ws")
+    population = RateGrid([PE_RATE], chips, seed, [FaultGroup(("psum",))])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        clean, cont_clean = gate.measure(lambda: time_round_robin(
+            {"fault_free": lambda: task.program.run(task.images, cfg, count_changes=False)}, repeats)["fault_free"])
+
+        def campaign(workers: int) -> dict:
+            folder = tempfile.mkdtemp(prefix=f"bench-campaign-{name}-")
+            try:
+                t0 = time.perf_counter()
+                run = run_campaign(task, population, folder + "/c", cfg, workers=workers)
+                wall = time.perf_counter() - t0
+                assert run.evaluated == chips
+                with open(folder + "/c/timings.csv") as f:
+                    chip_s = sum(float(line.split(",")[1]) for line in f.readlines()[1:])
+                # after the first chip: every worker is running (steady state)
+                steady = (chips - 1) / max(1e-9, run.seconds - run.setup_s - run.first_result_s)
+                return {"wall_s": wall, "setup_s": run.setup_s, "first_result_s": run.first_result_s,
+                        "chip_seconds_sum": chip_s, "steady_chips_per_s": steady}
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+
+        one_run, cont_one = gate.measure(lambda: campaign(1))
+        two_run, cont_two = gate.measure(lambda: campaign(2))
+    finally:
+        torch.set_num_threads(threads)
+    fault_free_s = clean["median_s"]
+    one, two = one_run["wall_s"], two_run["wall_s"]
+    return {
+        "campaign_1_worker": one_run, "campaign_2_workers": two_run,
+        "faulty_inference_mean_s": one_run["chip_seconds_sum"] / chips,
+        "faulty_over_fault_free": one_run["chip_seconds_sum"] / chips / fault_free_s,
+        "campaign_overhead": one / one_run["chip_seconds_sum"],
+        "parallel_efficiency_steady": two_run["steady_chips_per_s"] / one_run["steady_chips_per_s"] / 2.0,
+        "workload": name, "description": desc, "array": "16x16 ws", "pe_rate": PE_RATE, "fault_model": "psum, random bits/values",
+        "chips": chips, "fault_free": clean, "fault_free_s": fault_free_s,
+        "campaign_1_worker_s": one, "campaign_2_workers_s": two,
+        "chips_per_min_1_worker": 60.0 * chips / one, "chips_per_min_2_workers": 60.0 * chips / two,
+        "cost_per_chip_over_fault_free": (one / chips) / fault_free_s,
+        "parallel_efficiency": (one / two) / 2.0,
+        "contention": {"fault_free": cont_clean, "1_worker": cont_one, "2_workers": cont_two},
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a smoke run: few chips, 200 ResNet images")
+    ap.add_argument("--chips", type=int, help="chips per campaign (default 200 LeNet-5 / 40 ResNet-20; quick 16 / 4)")
+    ap.add_argument("--repeats", type=int, default=5, help="timed fault-free runs (default 5)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--workloads", default="lenet5,resnet20", help="comma-separated: lenet5, resnet20")
+    ap.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                    help="shared machines: wait (at most SECONDS over the run) until other processes use < 5%% of "
+                         "the CPUs before each measurement, and redo a disturbed one (default 0: never wait)")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    default_chips = {"lenet5": 16 if args.quick else 200, "resnet20": 4 if args.quick else 40}
+    gate = IdleGate(args.wait_idle)
+    monitor = CpuMonitor()
+    load_start = load_average()
+    results = []
+    for name in args.workloads.split(","):
+        if name not in default_chips:
+            ap.error(f"unknown workload {name!r}; choose lenet5 and/or resnet20")
+        results.append(measure(name, args.chips or default_chips[name], args.seed, args.quick, args.repeats, gate))
+    rows = [(r["workload"], r["chips"], r["fault_free_s"] * 1e3, r["faulty_inference_mean_s"] * 1e3,
+             r["campaign_1_worker_s"], r["campaign_2_workers_s"],
+             round(r["chips_per_min_1_worker"]), round(r["chips_per_min_2_workers"]),
+             round(r["cost_per_chip_over_fault_free"], 2), TARGET_COST, round(r["campaign_overhead"], 3),
+             round(r["parallel_efficiency"], 3), round(r["parallel_efficiency_steady"], 3), TARGET_EFFICIENCY)
+            for r in results]
+    print(format_table(["workload", "chips", "fault-free ms", "faulty ms", "1 worker s", "2 workers s", "chips/min 1w",
+                        "chips/min 2w", "cost/chip / fault-free", "target", "overhead", "efficiency 2w",
+                        "steady", "target"], rows,
+                       title=f"Fault campaigns, 16x16 WS, {PE_RATE:.0%} faulty PEs (psum), fast engine"))
+    cont = monitor.stop()
+    if cont and cont["other_frac"] + cont["steal_frac"] > 0.05:
+        print(f"warning: other processes took {cont['other_frac']:.0%} of the CPUs during the run; figures are "
+              "slowed and noisy (rerun with --wait-idle 600 on a shared machine)")
+    path = Path(args.out) / "bench_campaign.json"
+    write_json(path, {"benchmark": "bench_campaign", "mode": "quick" if args.quick else "full", "results": results,
+                      "targets": {"cost_per_chip_over_fault_free": TARGET_COST, "parallel_efficiency": TARGET_EFFICIENCY},
+                      "load_average_start": load_start, "cpu_contention": cont, "waited_for_idle_s": gate.waited_s,
+                      "machine": machine_info(REPO)})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Statistics of fault campaigns: confidence intervals and the statistical fault-injection sample size.
+
+- :func:`wilson_interval`: Wilson score interval of a proportion (share of critical chips).
+- :func:`bootstrap_interval`: percentile bootstrap of a statistic (mean, median, quartiles), seeded.
+- :func:`leveugle_sample_size`: how many chips / faults to inject for an error margin at a
+  confidence level (Leveugle, Calvez, Maistri, Vanhauwaert, "Statistical fault injection:
+  quantified error and confidence", DATE 2009, eq. 3).
+- :func:`aggregate`: the per-(group, rate) summary rows of a campaign.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from scipy import stats as _st
+
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def _check_confidence(confidence: object, where: str) -> float:
+    if isinstance(confidence, bool) or not isinstance(confidence, (int, float, np.floating)) or not 0 < confidence < 1:
+        raise ValueError(f"The 'confidence' argument of {where} must be within (0, 1), e.g. 0.95. Got {confidence!r} instead.")
+    return float(confidence)
+
+
+def z_value(confidence: float) -> float:
+    """The two-sided standard normal quantile ``t`` of a confidence level (1.96 for 0.95)."""
+    return float(_st.norm.ppf(0.5 + _check_confidence(confidence, "z_value") / 2))
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n``; ``(nan, nan)`` when ``n == 0``."""
+    if n < 0 or successes < 0 or successes > n:
+        raise ValueError(f"wilson_interval needs 0 <= successes <= n. Got successes={successes}, n={n} instead.")
+    if n == 0:
+        return (math.nan, math.nan)
+    z = z_value(confidence)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends: rounding must not exclude p
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return (lo, hi)
+
+
+def bootstrap_interval(values: Sequence[float], statistic: Callable[[np.ndarray], np.ndarray] | str = "mean",
+                       confidence: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES,
+                       seed: int | Sequence[int] = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic`` over ``values`` (1-D), deterministic given ``seed``.
+
+    ``statistic`` is ``"mean"``, ``"median"``, ``"q1"``, ``"q3"`` or a function mapping a (B, n)
+    array to (B,) along axis 1. One value gives a zero-width interval; none gives ``(nan, nan)``.
+    """
+    x = np.asarray(values, dtype=np.float64).reshape(-1)
+    conf = _check_confidence(confidence, "bootstrap_interval")
+    if x.size == 0:
+        return (math.nan, math.nan)
+    fn = _STATISTICS.get(statistic) if isinstance(statistic, str) else statistic
+    if fn is None:
+        raise ValueError(f"The 'statistic' argument of bootstrap_interval must be one of {', '.join(_STATISTICS)} "
+                         f"or a function. Got {statistic!r} instead.")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(int(resamples), x.size))
+    boot = np.sort(fn(x[idx]))
+    lo, hi = np.quantile(boot, [(1 - conf) / 2, (1 + conf) / 2], method="linear")
+    return (float(lo), float(hi))
+
+
+_STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "mean": lambda a: a.mean(axis=1),
+    "median": lambda a: np.median(a, axis=1),
+    "q1": lambda a: np.quantile(a, 0.25, axis=1),
+    "q3": lambda a: np.quantile(a, 0.75, axis=1),
+}
+
+
+def leveugle_sample_size(margin: float, confidence: float = 0.95, p: float = 0.5,
+                         population: int | None = None) -> int:
+    """Injections needed so that a proportion is known within ``+-margin`` at ``confidence``.
+
+    Leveugle et al. (DATE 2009), eq. 3: ``n = N / (1 + e^2 (N - 1) / (t^2 p (1 - p)))`` with
+    ``N`` the population (all possible faults or chips), ``e`` the margin, ``t`` the normal
+    quantile of the confidence and ``p`` the expected proportion (0.5 is the safe worst case).
+    ``population=None`` is an infinite population: ``n = t^2 p (1 - p) / e^2``. Rounded up.
+    """
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 < margin < 1:
+        raise ValueError(f"The 'margin' argument of leveugle_sample_size must be within (0, 1), e.g. 0.05. Got {margin!r} instead.")
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+        raise ValueError(f"The 'p' argument of leveugle_sample_size must be within (0, 1). Got {p!r} instead.")
+    t = z_value(confidence)
+    core = t * t * p * (1 - p)
+    if population is None:
+        return int(math.ceil(core / (margin * margin) - 1e-9))
+    if isinstance(population, bool) or not isinstance(population, (int, np.integer)) or population < 1:
+        raise ValueError(f"The 'population' argument of leveugle_sample_size must be a positive integer or None. "
+                         f"Got {population!r} instead.")
+    n_pop = int(population)
+    n = n_pop / (1 + margin * margin * (n_pop - 1) / core)
+    return min(n_pop, int(math.ceil(n - 1e-9)))
+
+
+def aggregate(rows: Iterable[dict], confidence: float = 0.95, seed: int = 0,
+              keys: tuple[str, ...] = ("group", "rate")) -> list[dict]:
+    """Summaries of result rows grouped by ``keys`` (in order of first appearance).
+
+    Each row needs ``accuracy``, ``drop``, ``sdc_rate`` (floats) and ``critical`` (0/1). Output
+    per group: ``chips``, mean/median/q1/q3 of the accuracy with bootstrap intervals
+    (``*_lo``/``*_hi``), ``worst_accuracy`` (the minimum; no interval), the mean drop and SDC
+    rate with bootstrap intervals, and ``critical_share`` with its Wilson interval. Bootstrap
+    seeds are ``(seed, group index)``, so the table is the same on every run.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for gi, (key, members) in enumerate(groups.items()):
+        acc = np.array([float(m["accuracy"]) for m in members])
+        drop = np.array([float(m["drop"]) for m in members])
+        sdc = np.array([float(m["sdc_rate"]) for m in members])
+        crit = int(sum(int(m["critical"]) for m in members))
+        row: dict = dict(zip(keys, key))
+        row["chips"] = len(members)
+        for name, values, stat in (("mean_accuracy", acc, "mean"), ("median_accuracy", acc, "median"),
+                                   ("q1_accuracy", acc, "q1"), ("q3_accuracy", acc, "q3"),
+                                   ("mean_drop", drop, "mean"), ("mean_sdc_rate", sdc, "mean")):
+            point = float(_STATISTICS[stat](values[None, :])[0])
+            lo, hi = bootstrap_interval(values, stat, confidence, seed=(int(seed), gi))
+            row[name], row[name + "_lo"], row[name + "_hi"] = point, lo, hi
+        row["worst_accuracy"] = float(acc.min())
+        row["critical_chips"] = crit
+        row["critical_share"] = crit / len(members)
+        row["critical_share_lo"], row["critical_share_hi"] = wilson_interval(crit, len(members), confidence)
+        out.append(row)
+    return out
+
+
+__all__ = ["aggregate", "bootstrap_interval", "leveugle_sample_size", "wilson_interval", "z_value"]

@@ -1,0 +1,40 @@
+"""Warm-up of the campaign fork server: imported (only) by the fork server that starts campaign workers.
+
+Importing this module runs a tiny faulty network once on every dataflow, so that torch initialises
+and numba loads its cached kernels in the fork server; every worker forked from it then starts
+warm instead of paying ~1 s on its first chip. Threads are limited to one *before* torch or numba
+start any thread pool, so the server forks from a single-threaded process (a fork of a process
+with live thread pools can hang or run slowly). This is the one module of the project with a side
+effect at import, because ``multiprocessing``'s fork-server preload can only import modules.
+"""
+from __future__ import annotations
+
+import os
+
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+
+def warm_up() -> None:
+    """Run small conv + linear programs (uint8 and int8 inputs) on faulty 4x4 chips of each dataflow."""
+    import torch
+    from torch import nn
+
+    torch.set_num_threads(1)
+    import sysarray as sa
+    from accel_models.lowering import lower
+
+    gen = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    x = torch.rand(8, 1, 6, 6, generator=gen)
+    for images in (x, x - 0.5):
+        program = lower(model, images)
+        for flow in ("ws", "os", "is"):
+            for pb in (32, 20):
+                cfg = sa.ArrayConfig(4, 4, flow, psum_bits=pb)
+                fm = sa.FaultMap(4, 4).add(0, 0, "psum", pb - 1, 1).add(1, 1, "act", 7, 1).add(2, 2, "weight", 6, 0)
+                program.run(images, cfg, count_changes=False)
+                program.run(images, cfg, faults=fm, count_changes=False)
+
+
+warm_up()

@@ -1,0 +1,262 @@
+"""Importance sampling of critical PE faults (mitigation.md section 5; ISimDL adapted to PEs).
+
+ISimDL (Sensitivity-based Importance Sampling for DL fault injection) samples faults in
+proportion to a gradient sensitivity, mixed with uniform sampling so every fault keeps a
+non-zero probability, and counts how many sampled faults are critical. On the chip a fault is
+``(PE row, PE column, register, bit, value)``:
+
+- PE sensitivity (:func:`pe_sensitivity`): one backward pass of the fake-quant twin over a
+  calibration batch; a PE's sensitivity is the sum over the weights mapped to it, across layers,
+  of ``|w * dL/dw|`` (``"wgrad"``) or ``|dL/dw|`` (``"grad"``). WS maps GEMM weight ``W[k, n]`` to
+  PE ``(k mod R, n mod C)``. IS streams ``W[k, n]`` along row ``k mod R`` and OS down column
+  ``n mod C``: there the row (column) total is spread evenly over the row (column).
+- Importance distribution (:func:`importance_distribution`): ``p_imp(pe, site) = s(pe) / sum(s) *
+  b(site)``, with the bit weight ``b`` uniform, linear (``bit + 1``) or exponential (``2^bit``),
+  normalised within each register, every register getting the same share and both stuck values
+  half of a bit's weight; ``q = (1 - mix) p_imp + mix / |F|`` (default ``mix = 0.1``).
+- Estimation (:func:`estimate_fraction`): draws are i.i.d. from ``q``; the critical fraction
+  ``F = |critical| / |F|`` is estimated without bias by ``mean(critical_i * p_u / q(f_i))`` with
+  ``p_u = 1 / |F|``, and a normal confidence interval from the sample variance (a uniform sample's
+  plain fraction gets a Wilson interval).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mitigation.campaign import SingleFaults, run_campaign
+from mitigation.campaign_stats import wilson_interval, z_value
+
+BIT_WEIGHTINGS = ("uniform", "linear", "exponential")
+SENSITIVITY_MODES = ("wgrad", "grad")
+DEFAULT_UNIFORM_MIX = 0.1
+RESULT_FILE = "importance.json"
+
+
+# ====================================================================== sensitivity
+def fold_to_array(s_kn: np.ndarray, cfg: Any) -> np.ndarray:
+    """(K, N) per-weight scores of one GEMM -> (R, C) per-PE sums for the dataflow of ``cfg``."""
+    R, C = cfg.rows, cfg.cols
+    K, N = s_kn.shape
+    padded = np.zeros((-(-K // R) * R, -(-N // C) * C))
+    padded[:K, :N] = s_kn
+    per_pe = padded.reshape(-1, R, padded.shape[1] // C, C).sum(axis=(0, 2))
+    flow = cfg.dataflow.value
+    if flow == "is":  # W[k, n] streams along row k mod R
+        return np.repeat(per_pe.sum(axis=1, keepdims=True) / C, C, axis=1)
+    if flow == "os":  # W[k, n] streams down column n mod C
+        return np.repeat(per_pe.sum(axis=0, keepdims=True) / R, R, axis=0)
+    return per_pe
+
+
+def pe_sensitivity(program: Any, images: Any, labels: Any, cfg: Any, mode: str = "wgrad",
+                   batch_size: int = 256) -> np.ndarray:
+    """(R, C) float64 sensitivity of every PE from one backward pass over ``images`` (N, C, H, W).
+
+    The loss is the mean cross-entropy of the fake-quant twin (its forward equals the integer
+    program's); see the module docstring for the mapping of weights to PEs.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from accel_models.fakequant import FakeQuantProgram
+
+    if mode not in SENSITIVITY_MODES:
+        raise ValueError(f"The sensitivity mode must be one of {', '.join(SENSITIVITY_MODES)}. Got {mode!r} instead.")
+    twin = FakeQuantProgram(program)
+    twin.zero_grad()
+    n = len(labels)
+    for i in range(0, n, batch_size):
+        logits = twin(images[i:i + batch_size])
+        loss = F.cross_entropy(logits.float(), labels[i:i + batch_size], reduction="sum") / n
+        loss.backward()
+    total = np.zeros((cfg.rows, cfg.cols))
+    with torch.no_grad():
+        for op in program.gemms:
+            w = twin.weights[twin.key(op)]
+            g = w.grad if w.grad is not None else torch.zeros_like(w)
+            score = (w * g).abs() if mode == "wgrad" else g.abs()
+            score = score.reshape(score.shape[0], -1).double().numpy()
+            groups = op.groups if op.kind == "conv" else 1
+            ng = score.shape[0] // groups
+            for gi in range(groups):
+                total += fold_to_array(score[gi * ng:(gi + 1) * ng].T, cfg)
+    return total
+
+
+# ====================================================================== the fault space
+@dataclass(frozen=True)
+class FaultSpace:
+    """All single faults ``(row, col, register, bit, value)`` allowed: fault ``f = pe * S + s``
+    with ``pe = row * cols + col`` and ``sites[s] = (register code, bit, value)``."""
+
+    rows: int
+    cols: int
+    sites: np.ndarray  # (S, 3) int64
+
+    @classmethod
+    def build(cls, cfg: Any, registers: Sequence[str], bits: Sequence[int] | None, values: Sequence[int]) -> "FaultSpace":
+        sites = SingleFaults._sites(registers, bits, values, cfg.psum_bits)
+        return cls(cfg.rows, cfg.cols, np.array(sites, dtype=np.int64).reshape(-1, 3))
+
+    @property
+    def size(self) -> int:
+        return self.rows * self.cols * len(self.sites)
+
+    def records(self, index: np.ndarray) -> np.ndarray:
+        """(n, 5) fault records of fault indices ``index`` (n,)."""
+        index = np.asarray(index, dtype=np.int64)
+        pe, s = np.divmod(index, len(self.sites))
+        return np.column_stack([pe // self.cols, pe % self.cols, self.sites[s]]).astype(np.int64)
+
+    def index_of(self, records: np.ndarray) -> np.ndarray:
+        """Fault indices of (n, 5) records (each must be in the space)."""
+        rec = np.asarray(records, dtype=np.int64).reshape(-1, 5)
+        lookup = {tuple(x): i for i, x in enumerate(self.sites.tolist())}
+        try:
+            s = np.array([lookup[(g, b, v)] for g, b, v in rec[:, 2:].tolist()], dtype=np.int64)
+        except KeyError as e:
+            raise ValueError(f"The fault site {e.args[0]} (register code, bit, value) is not in the fault space.") from None
+        return (rec[:, 0] * self.cols + rec[:, 1]) * len(self.sites) + s
+
+
+def site_weights(space: FaultSpace, bit_weighting: str) -> np.ndarray:
+    """(S,) probabilities of the sites under a bit weighting (see the module docstring)."""
+    if bit_weighting not in BIT_WEIGHTINGS:
+        raise ValueError(f"The bit weighting must be one of {', '.join(BIT_WEIGHTINGS)}. Got {bit_weighting!r} instead.")
+    bits = space.sites[:, 1].astype(np.float64)
+    raw = {"uniform": np.ones_like(bits), "linear": bits + 1.0, "exponential": np.exp2(bits)}[bit_weighting]
+    out = np.zeros_like(raw)
+    regs = np.unique(space.sites[:, 0])
+    for g in regs:
+        mask = space.sites[:, 0] == g
+        out[mask] = raw[mask] / raw[mask].sum() / len(regs)
+    return out / out.sum()
+
+
+def importance_distribution(sensitivity: np.ndarray, space: FaultSpace, bit_weighting: str = "exponential",
+                            uniform_mix: float = DEFAULT_UNIFORM_MIX) -> np.ndarray:
+    """(|F|,) float64 sampling probabilities ``q`` over the fault space (sums to 1)."""
+    s = np.asarray(sensitivity, dtype=np.float64)
+    if s.shape != (space.rows, space.cols):
+        raise ValueError(f"The sensitivity must be a ({space.rows}, {space.cols}) array. Got shape {s.shape} instead.")
+    if isinstance(uniform_mix, bool) or not isinstance(uniform_mix, (int, float)) or not 0 <= uniform_mix <= 1:
+        raise ValueError(f"The uniform mix must be within [0, 1] (0.1 keeps 10% uniform draws). Got {uniform_mix!r} instead.")
+    s = np.where(np.isfinite(s) & (s > 0), s, 0.0).ravel()
+    pe_p = s / s.sum() if s.sum() > 0 else np.full(s.size, 1.0 / s.size)
+    p_imp = np.outer(pe_p, site_weights(space, bit_weighting)).ravel()
+    q = (1.0 - uniform_mix) * p_imp + uniform_mix / space.size
+    return q / q.sum()
+
+
+# ====================================================================== sampling and estimation
+def draw(q: np.ndarray, budget: int, rng: np.random.Generator) -> np.ndarray:
+    """``budget`` i.i.d. fault indices from ``q`` (with replacement, so the estimator is unbiased)."""
+    return rng.choice(len(q), size=int(budget), replace=True, p=q)
+
+
+def estimate_fraction(critical: np.ndarray, weights: np.ndarray, confidence: float = 0.95) -> tuple[float, float, float]:
+    """``(estimate, lo, hi)`` of the critical fraction from draws with importance weights ``p_u / q``.
+
+    All weights 1 (a uniform sample): the plain fraction with a Wilson interval. Otherwise the
+    weighted mean with a normal interval from the sample standard deviation, clipped to [0, 1].
+    """
+    c = np.asarray(critical, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    n = len(c)
+    if n == 0:
+        return (math.nan, math.nan, math.nan)
+    if np.all(w == 1.0):
+        lo, hi = wilson_interval(int(c.sum()), n, confidence)
+        return (float(c.mean()), lo, hi)
+    terms = c * w
+    est = float(terms.mean())
+    half = z_value(confidence) * (float(terms.std(ddof=1)) / math.sqrt(n) if n > 1 else math.inf)
+    return (est, max(0.0, est - half), min(1.0, est + half))
+
+
+def summarize_draws(name: str, index: np.ndarray, critical_of: Callable[[np.ndarray], np.ndarray], q: np.ndarray,
+                    confidence: float = 0.95) -> dict:
+    """Precision, distinct critical faults found and the critical-fraction estimate of one sampler's draws."""
+    index = np.asarray(index, dtype=np.int64)
+    crit = np.asarray(critical_of(index), dtype=bool)
+    weights = np.full(len(index), 1.0) if name == "uniform" else (1.0 / len(q)) / q[index]
+    est, lo, hi = estimate_fraction(crit, weights, confidence)
+    return {"sampler": name, "draws": int(len(index)), "critical_draws": int(crit.sum()),
+            "precision": float(crit.mean()) if len(crit) else math.nan,
+            "distinct_faults": int(len(np.unique(index))), "distinct_critical": int(len(np.unique(index[crit]))),
+            "estimate": est, "estimate_lo": lo, "estimate_hi": hi}
+
+
+def compare_samplers(q: np.ndarray, critical_of: Callable[[np.ndarray], np.ndarray], budget: int, seed: int,
+                     confidence: float = 0.95) -> dict:
+    """Importance versus uniform sampling at the same ``budget`` (draws each).
+
+    The two samplers use ``SeedSequence(seed).spawn(2)``; ``critical_of(indices) -> bool array``.
+    Returns both summaries and ``precision_gain`` (importance precision / uniform precision).
+    """
+    imp_seq, uni_seq = np.random.SeedSequence(seed).spawn(2)
+    imp = draw(q, budget, np.random.default_rng(imp_seq))
+    uni = np.random.default_rng(uni_seq).integers(0, len(q), size=int(budget))
+    a = summarize_draws("importance", imp, critical_of, q, confidence)
+    b = summarize_draws("uniform", uni, critical_of, q, confidence)
+    gain = a["precision"] / b["precision"] if b["precision"] > 0 else math.inf
+    return {"importance": a, "uniform": b, "precision_gain": gain, "_draws": (imp, uni)}
+
+
+# ====================================================================== the end-to-end run
+def run_importance(task: Any, cfg: Any, out: str, registers: Sequence[str], bits: Sequence[int] | None = None,
+                   values: Sequence[int] = (0, 1), budget: int = 100, uniform_mix: float = DEFAULT_UNIFORM_MIX,
+                   bit_weighting: str = "exponential", sensitivity: str = "wgrad", calibration_images: int = 256,
+                   seed: int = 0, confidence: float = 0.95, **campaign_options: Any) -> dict:
+    """Draw ``budget`` faults by importance and ``budget`` uniformly, inject the distinct ones (a
+    resumable single-fault campaign in ``out``), and write ``out/importance.json``.
+
+    Returns the JSON-ready result: both samplers' precision and estimates, the precision gain, the
+    settings and the (R, C) PE sensitivity.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 2:
+        raise ValueError(f"The importance-sampling budget must be an integer of at least 2 draws. Got {budget!r} instead.")
+    space = FaultSpace.build(cfg, registers, bits, values)
+    program, _, _ = task.load()
+    cal_x, cal_y = task.calibration(calibration_images)
+    sens = pe_sensitivity(program, cal_x, cal_y, cfg, sensitivity)
+    q = importance_distribution(sens, space, bit_weighting, uniform_mix)
+    imp_seq, uni_seq = np.random.SeedSequence(seed).spawn(2)
+    imp = draw(q, budget, np.random.default_rng(imp_seq))
+    uni = np.random.default_rng(uni_seq).integers(0, len(q), size=budget)
+    distinct = np.unique(np.concatenate([imp, uni]))
+    settings = {"registers": list(registers), "bits": None if bits is None else [int(b) for b in bits],
+                "values": [int(v) for v in values], "budget": budget, "uniform_mix": float(uniform_mix),
+                "bit_weighting": bit_weighting, "sensitivity": sensitivity, "calibration_images": calibration_images,
+                "seed": seed}
+    population = SingleFaults(cfg.rows, cfg.cols, space.records(distinct), {"importance": settings})
+    options = {"confidence": confidence, **campaign_options}
+    run_campaign(task, population, out, cfg, **options)
+    from mitigation.campaign_store import read_results
+
+    _, rows = read_results(out)
+    crit_by_fault = dict(zip(distinct.tolist(), (int(r["critical"]) for r in rows)))
+
+    def critical_of(index: np.ndarray) -> np.ndarray:
+        return np.array([crit_by_fault[int(i)] for i in index], dtype=bool)
+
+    a = summarize_draws("importance", imp, critical_of, q, confidence)
+    b = summarize_draws("uniform", uni, critical_of, q, confidence)
+    result = {"settings": settings, "fault_space": space.size, "confidence": confidence, "importance": a, "uniform": b,
+              "precision_gain": a["precision"] / b["precision"] if b["precision"] > 0 else None,
+              "injected": int(len(distinct)), "sensitivity": sens.tolist()}
+    from mitigation.campaign_store import atomic_write_text
+
+    atomic_write_text(os.path.join(out, RESULT_FILE), json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+__all__ = ["BIT_WEIGHTINGS", "DEFAULT_UNIFORM_MIX", "FaultSpace", "compare_samplers", "draw", "estimate_fraction",
+           "fold_to_array", "importance_distribution", "pe_sensitivity", "run_importance", "site_weights",
+           "summarize_draws"]
