@@ -368,6 +368,13 @@ class Program:
         scale = self.gemms[-1].acc_scale.repeat_interleave(self.logit_repeat)
         return acc.reshape(acc.shape[0], -1).double() * scale.to(acc.device)
 
+    def auto_batch_size(self, budget: int = 1 << 24) -> int:
+        """Images per batch so that the widest conv output (channels x input pixels, an upper
+        bound) holds about ``budget`` values: few large batches keep per-call overheads small."""
+        pixels = int(np.prod(self.input_shape[1:])) if len(self.input_shape) > 1 else 1
+        widest = max([op.out_channels for op in self.gemms if op.kind == "conv"] or [1])
+        return max(1, budget // (widest * pixels))
+
     def check_images(self, images) -> torch.Tensor:
         if not isinstance(images, torch.Tensor):
             raise TypeError(f"Program.run needs a float torch tensor of images. Got {type(images).__name__} instead.")
@@ -381,20 +388,30 @@ class Program:
         return images
 
     def run(self, images: torch.Tensor, cfg, faults=None, engine: str = "fast", *,
-            batch_size: int = 256, count_changes: bool = True, device=None) -> RunResult:
+            batch_size: int | None = None, count_changes: bool = True, device=None) -> RunResult:
         """Run ``images`` (N, C, H, W float) through the program on the chip ``cfg`` + ``faults``.
 
-        Each batch of ``batch_size`` images is one GEMM per layer (M = batch x output pixels);
-        layer statistics add up over batches. ``count_changes`` also runs each layer's GEMM
-        fault-free on the same inputs to count the outputs the faults changed.
+        Each batch of ``batch_size`` images (default :meth:`auto_batch_size`) is one GEMM per
+        layer (M = batch x output pixels); layer statistics add up over batches. Outputs do not
+        depend on the batch size. ``count_changes`` also runs each layer's GEMM fault-free on the
+        same inputs to count the outputs the faults changed.
         """
+        from functools import lru_cache
+
         import sysarray as sa
+        from sysarray.engines._prep import chip_masks
         from sysarray.engines.fast import fast_gemm
         from sysarray.engines.fast_conv import fast_conv2d_exact
         from sysarray.gemm import _as_engine, check_chip
-        from sysarray.timing import gemm_timing
+        from sysarray.timing import gemm_timing as _timing
 
         check_chip(cfg, faults, "Program.run")
+        if batch_size is None:
+            batch_size = self.auto_batch_size()
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"The 'batch_size' argument of Program.run must be a positive integer. Got {batch_size!r} instead.")
+        gemm_timing = lru_cache(maxsize=None)(lambda m, k, n: _timing(m, k, n, cfg))
+        masks = {s: chip_masks(cfg, faults, act_signed=s) for s in (False, True)}
         engine = _as_engine(engine).value
         images = self.check_images(images)
         if device is not None:
@@ -410,8 +427,8 @@ class Program:
 
             def gemm(a, w):
                 if engine == "fast":
-                    y = fast_gemm(a, w, cfg, faults, act_signed=signed)
-                    st = gemm_timing(a.shape[0], a.shape[1], w.shape[1], cfg)
+                    y = fast_gemm(a, w, cfg, faults, act_signed=signed, masks=masks[signed])
+                    st = gemm_timing(a.shape[0], a.shape[1], w.shape[1])
                 else:
                     y, st = sa.simulate_gemm(a.to(op.in_qp.torch_dtype), w, cfg, faults=faults, engine=engine)
                 if count:
@@ -422,13 +439,13 @@ class Program:
             def conv(x, op):
                 kw = dict(stride=op.stride, padding=op.padding, pad_value=op.in_qp.zero_point, groups=op.groups,
                           act_signed=signed)
-                y = fast_conv2d_exact(x, op.weight, cfg, faults, **kw)
+                y = fast_conv2d_exact(x, op.weight, cfg, faults, masks=masks[signed], **kw)
                 if count:
                     clean = fast_conv2d_exact(x, op.weight, cfg, None, **kw)
                     changed[op.name] = changed.get(op.name, 0) + int((clean != y).sum())
                 B, _, oh, ow = y.shape
                 m, k, n = B * oh * ow, op.weight[0].numel(), op.out_channels // op.groups
-                return y, [gemm_timing(m, k, n, cfg)] * op.groups
+                return y, [gemm_timing(m, k, n)] * op.groups
 
             gemm.float_codes = True
             if engine == "fast":

@@ -362,14 +362,14 @@ class Evaluator:
     cfg: Any
     engine: str
     critical_drop: float
-    batch_size: int
+    batch_size: int | None
     clean_predictions: Any = None
     clean_correct: int = 0
 
     @classmethod
     def build(cls, program: Any, images: Any, labels: Any, cfg: Any, engine: str = "fast",
-              critical_drop: float = DEFAULT_CRITICAL_DROP, batch_size: int = 256) -> "Evaluator":
-        ev = cls(program, images, labels, cfg, engine, float(critical_drop), int(batch_size))
+              critical_drop: float = DEFAULT_CRITICAL_DROP, batch_size: int | None = None) -> "Evaluator":
+        ev = cls(program, images, labels, cfg, engine, float(critical_drop), None if batch_size is None else int(batch_size))
         clean = program.run(images, cfg, faults=None, engine=engine, batch_size=batch_size, count_changes=False)
         ev.clean_predictions = clean.predictions.cpu()
         ev.clean_correct = int((ev.clean_predictions == labels.cpu()).sum())
@@ -706,7 +706,7 @@ def campaign_config(task: Any, population: Population, cfg: Any, engine: str, cr
 
 def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out: str, cfg: Any, *,
                  engine: str = "fast", critical_drop: float = DEFAULT_CRITICAL_DROP, confidence: float = 0.95,
-                 workers: int | None = None, scheduler: Any = None, progress: bool = False, batch_size: int = 256,
+                 workers: int | None = None, scheduler: Any = None, progress: bool = False, batch_size: int | None = None,
                  chunk_size: int = 1) -> CampaignRun:
     """Evaluate every chip of ``population`` not yet in ``out`` and write its result files.
 

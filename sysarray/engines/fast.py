@@ -364,16 +364,18 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) 
 
 
 def fast_gemm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None,
-              act_signed: bool | None = None) -> torch.Tensor:
+              act_signed: bool | None = None, *, masks: ChipMasks | None = None) -> torch.Tensor:
     """``a @ w`` on the faulty array, exact; a: (M, K) int8/uint8, w: (K, N) int8 tensors on
     one device. Returns (M, N) int32 on that device.
 
     ``a`` may also be a float tensor holding 8-bit codes (callers that keep activations in float
     to save conversions); then ``act_signed`` says whether they are int8 or uint8 codes.
+    ``masks``: ``chip_masks(cfg, faults, act_signed)`` when the caller already has them (layers of
+    one network on one chip share them).
     """
     if act_signed is None:
         act_signed = a.dtype != torch.uint8
-    cm = chip_masks(cfg, faults, act_signed=act_signed)
+    cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     if cfg.dataflow is Dataflow.WS:
         y = _stationary_fast(a, w, cfg, cm.act, cm.weight, cm)
     elif cfg.dataflow is Dataflow.IS:

@@ -85,28 +85,29 @@ def conv_native_ok(cfg: ArrayConfig, cm: ChipMasks, groups: int) -> bool:
 
 def fast_conv2d(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
                 stride=(1, 1), padding=(0, 0), pad_value: float = 0.0, groups: int = 1,
-                act_signed: bool = False) -> torch.Tensor:
+                act_signed: bool = False, masks: ChipMasks | None = None) -> torch.Tensor:
     """A convolution of 8-bit codes on the faulty array, exact.
 
     x: (B, Cin, H, W) float tensor of activation codes (uint8 or int8 values, ``act_signed``);
     weight: (N, Cin/groups, kh, kw) int8 codes; padding uses ``pad_value`` (the input zero point).
     Returns (B, N, oh, ow) int32: for each group, ``fast_gemm(im2col(x_g), weight_g.reshape(N_g,
-    -1).t())`` laid out as a convolution output.
+    -1).t())`` laid out as a convolution output. ``masks``: ``chip_masks(cfg, faults, act_signed)``
+    when the caller already has them.
     """
     y = fast_conv2d_exact(x, weight, cfg, faults, stride=stride, padding=padding, pad_value=pad_value,
-                          groups=groups, act_signed=act_signed)
+                          groups=groups, act_signed=act_signed, masks=masks)
     return y.to(torch.int32)
 
 
 def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
                       stride=(1, 1), padding=(0, 0), pad_value: float = 0.0, groups: int = 1,
-                      act_signed: bool = False) -> torch.Tensor:
+                      act_signed: bool = False, masks: ChipMasks | None = None) -> torch.Tensor:
     """:func:`fast_conv2d` without the final conversion: a float or integer tensor whose values
     are the int32 results exactly (callers that post-process in one fused pass skip a copy)."""
-    cm = chip_masks(cfg, faults, act_signed=act_signed)
+    cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     kh, kw = int(weight.shape[2]), int(weight.shape[3])
     if not conv_native_ok(cfg, cm, groups):
-        return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed)
+        return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, cm)
     R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
     N = int(weight.shape[0])
     K = int(weight[0].numel())
@@ -117,7 +118,7 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
     wmax = int(Wp.abs().max()) if Wp.numel() else 0
     if R * amax * wmax >= 1 << (pb - 1):
         # A fold's partial sum could wrap inside the psum register: every column replays.
-        return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed)
+        return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, cm)
     # Zero padding is the convolution's own (no padded copy of the input).
     ph, pw = padding
     if pad_value == 0 or not (ph or pw):
@@ -136,7 +137,7 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
     return y
 
 
-def _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed) -> torch.Tensor:
+def _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks=None) -> torch.Tensor:
     B = x.shape[0]
     N, kh, kw = int(weight.shape[0]), int(weight.shape[2]), int(weight.shape[3])
     cols = im2col(x, (kh, kw), stride, padding, pad_value)
@@ -147,7 +148,7 @@ def _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, 
     for g in range(groups):
         a = cols[:, g * kg:(g + 1) * kg] if groups > 1 else cols
         w = weight[g * ng:(g + 1) * ng].reshape(ng, -1).t().contiguous()
-        outs.append(fast_gemm(a, w, cfg, faults, act_signed=act_signed))
+        outs.append(fast_gemm(a, w, cfg, faults, act_signed=act_signed, masks=masks))
     y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
     return y.reshape(B, oh * ow, N).transpose(1, 2).reshape(B, N, oh, ow)
 
