@@ -31,9 +31,10 @@ import io
 import json
 import math
 import os
-import tempfile
 import time
 from typing import Any, Iterable, Sequence
+
+from sysarray.atomic import write_text
 
 FORMAT = "sysarray-campaign"
 VERSION = 1
@@ -86,19 +87,7 @@ def csv_text(columns: Sequence[str], rows: Iterable[dict]) -> str:
 
 def atomic_write_text(path: str, text: str) -> None:
     """Write ``text`` to a temp file beside ``path``, fsync it, and rename it over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_text(path, text)
 
 
 def read_manifest(directory: str) -> dict:

@@ -40,3 +40,8 @@ def write_json(path: str | os.PathLike[str], obj: Any, default: Callable[[Any], 
         f.write("\n")
 
     atomic_write(path, dump)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write(path, lambda f: f.write(text))

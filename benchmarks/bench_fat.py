@@ -1,0 +1,185 @@
+"""Fault-aware training cost: eFAT against per-chip and conventional FAT, and the cost of one FAT epoch.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_fat.py [--quick] [--chips N] [--out DIR]
+
+For LeNet-5 on ``digits`` (and on Fashion-MNIST when it is present at
+/usr/share/datasets/fashion-mnist; skipped with a message otherwise) on a 16x16 WS array, in one run:
+
+- trains the base model (seeded), then for a population of ``--chips`` chips (default 50) whose PE
+  fault rates are drawn uniformly in [0.5%, 20%], once with uniformly placed faulty PEs and once
+  with clustered ones (3 blobs), runs eFAT in bypass mode (FAP+T; the resilience map drawn with the
+  population's placement) and writes
+  the cost report: retraining epochs and seconds of conventional FAT (every chip the largest grid
+  amount), per-chip amounts (Reduce) and eFAT groups (planned, and with the repairs validation
+  asked for), the resilience map's own cost, rejected chips and violations. Rate grid 0..0.25 in
+  steps of 0.025; digits: amounts 0,1,2,4,8 epochs, 3 maps per rate; Fashion-MNIST: 0,1,2,4, 2 maps;
+- times, round-robin, one epoch of plain float32 training, of FAP+T and of stuck-at FAT (twin
+  forward through the exact fast engine, 2% faulty PEs with psum stuck bits) on the same data, and
+  reports each over the float32 epoch.
+
+Fashion-MNIST retrains on the first ``--fashion-train`` training images and judges on the first
+``--fashion-test`` test images (the full sets would take hours on two cores). Writes
+``OUT/bench_fat.json`` and ``OUT/bench_fat.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import format_table, machine_info, time_round_robin, write_json  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+RATES = [round(0.025 * i, 3) for i in range(11)]  # 0 .. 0.25: the chips' rates are at most 0.2
+
+
+def base_model(dataset: str, epochs: int, folder: Path, train_limit: int | None) -> tuple[str, float]:
+    """Train LeNet-5 (seed 0) and save it; returns (path, seconds)."""
+    from accel_models.checkpoint import save_checkpoint
+    from accel_models.data import load_dataset
+    from accel_models.evaluation import DEFAULT_CALIBRATION_IMAGES
+    from accel_models.train import evaluate, train
+    from accel_models.zoo import build_model
+
+    data = load_dataset(dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("lenet5", data.input_shape, data.num_classes)
+    n = train_limit or len(data.train_x)
+    t0 = time.perf_counter()
+    history = train(model, data.train_x[:n], data.train_y[:n], epochs=epochs, seed=0, progress=False)
+    seconds = time.perf_counter() - t0
+    history["test_accuracy"] = evaluate(model, data.test_x, data.test_y)
+    path = folder / f"lenet5-{dataset}.pt"
+    save_checkpoint(path, model, dataset=data, preprocessing=data.preprocessing, history=history,
+                    extra={"calibration": {"images": DEFAULT_CALIBRATION_IMAGES, "split": "train", "method": "minmax"}})
+    return str(path), seconds
+
+
+def write_population(folder: Path, n: int, kind: str, seed: int) -> list[float]:
+    """``n`` chips with PE rates uniform in [0.005, 0.2], faults in any register; returns the rates."""
+    from sysarray import ArrayConfig
+    from sysarray.faultgen import by_pe_rate, chip_seeds, clustered
+
+    cfg = ArrayConfig(16, 16, "ws")
+    folder.mkdir(parents=True, exist_ok=True)
+    rates = np.random.default_rng(seed).uniform(0.005, 0.2, n)
+    for i, (rate, s) in enumerate(zip(rates, chip_seeds(seed, n))):
+        gen = by_pe_rate if kind == "uniform" else clustered
+        gen(cfg, float(rate), seed=s).save(folder / f"chip-{i:03d}.npz")
+    return [float(r) for r in rates]
+
+
+def efat_cost(ckpt: str, chips: Path, out: Path, args, limit, train_limit, amounts, maps, kind) -> dict:
+    from mitigation.efat import EfatSettings, run_efat
+    from sysarray import ArrayConfig
+
+    settings = EfatSettings(max_drop=args.max_drop, bypass=True, rates=RATES, amounts=amounts, maps_per_rate=maps,
+                            map_faults=kind, limit=limit, train_limit=train_limit, seed=args.seed)
+    t0 = time.perf_counter()
+    res = run_efat(ckpt, str(chips), ArrayConfig(16, 16, "ws"), settings, str(out), progress=not args.no_progress)
+    cost = {k: v for k, v in res.cost.items() if k not in ("per_chip", "accuracy")}
+    cost["wall_s"] = time.perf_counter() - t0
+    cost["table"] = res.table()
+    return cost
+
+
+def epoch_ratio(ckpt: str, repeats: int, train_limit: int | None) -> dict:
+    """Median seconds of one epoch: float32 training, FAP+T and stuck-at FAT, and their ratios."""
+    from accel_models.evaluation import prepare
+    from accel_models.train import train
+    from mitigation.fat import fap_t, stuckat_fat
+    from sysarray import ArrayConfig, FaultMap
+
+    task = prepare(ckpt)
+    n = train_limit or len(task.dataset.train_x)
+    x, y = task.dataset.train_x[:n], task.dataset.train_y[:n]
+    cfg = ArrayConfig(16, 16, "ws")
+    fm = FaultMap.random(cfg, pe_rate=0.02, registers=("psum",), seed=1)
+    calls = {
+        "float32": lambda: train(copy.deepcopy(task.model), x, y, epochs=1, seed=0, progress=False),
+        "fapt": lambda: fap_t(task.model, task.program, cfg, fm, x, y, 1),
+        "stuckat": lambda: stuckat_fat(task.model, task.program, cfg, fm, x, y, 1),
+    }
+    t = time_round_robin(calls, repeats)
+    base = t["float32"]["median_s"]
+    return {"images": n, "timings": t, "fapt_over_float": t["fapt"]["median_s"] / base,
+            "stuckat_over_float": t["stuckat"]["median_s"] / base, "faulty_pes": fm.n_faulty_pes}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="20 chips, 2 maps per rate, amounts 0,1,2,4, 1 repeat")
+    ap.add_argument("--chips", type=int, default=50, help="chips per population (default 50)")
+    ap.add_argument("--max-drop", type=float, default=0.03, help="accuracy drop allowed (default 0.03)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed epochs per method (default 3)")
+    ap.add_argument("--fashion-train", type=int, default=3000, help="Fashion-MNIST training images used (default 3000)")
+    ap.add_argument("--fashion-test", type=int, default=2000, help="Fashion-MNIST test images judged (default 2000)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    n_chips = 20 if args.quick else args.chips
+    repeats = 1 if args.quick else args.repeats
+    # (name, base epochs, train images, test images, amount grid, maps per rate)
+    datasets = [("digits", 40, None, None, [0, 1, 2, 4] if args.quick else [0, 1, 2, 4, 8], 2 if args.quick else 3)]
+    if os.path.isdir(FASHION_DIR):
+        datasets.append(("fashion-mnist", 5, args.fashion_train, args.fashion_test, [0, 1, 2, 4], 2))
+    else:
+        print(f"Fashion-MNIST not found at {FASHION_DIR}: skipped (install Debian's dataset-fashion-mnist).")
+    results, rows, ratio_rows = [], [], []
+    with tempfile.TemporaryDirectory(prefix="bench_fat-") as tmp:
+        tmp = Path(tmp)
+        for name, epochs, train_limit, limit, amounts, maps in datasets:
+            ckpt, train_s = base_model(name, epochs, tmp, train_limit)
+            entry = {"dataset": name, "base_epochs": epochs, "base_train_s": train_s, "train_limit": train_limit,
+                     "test_limit": limit, "amounts": amounts, "maps_per_rate": maps, "rates": RATES,
+                     "populations": {}}
+            for kind in ("uniform", "clustered"):
+                chips = tmp / f"{name}-{kind}"
+                rates = write_population(chips, n_chips, kind, args.seed)
+                cost = efat_cost(ckpt, chips, tmp / f"{name}-{kind}-out", args, limit, train_limit, amounts, maps, kind)
+                cost["chip_rates"] = rates
+                entry["populations"][kind] = cost
+                print(cost["table"].split("\n\n")[0] + "\n" + cost["table"].split("\n\n")[1] + "\n")
+                rows.append((name, kind, n_chips, cost["conventional_epochs"], cost["per_chip_epochs"],
+                             cost["efat_planned_epochs"], cost["efat_epochs"], cost["groups"], cost["map_epochs"],
+                             round(cost["efat_seconds"], 1), len(cost["rejected"]), len(cost["repaired"]),
+                             cost["repair_epochs"], cost["repair_epochs_singletons"], len(cost["violations"])))
+            entry["epoch_cost"] = epoch_ratio(ckpt, repeats, train_limit)
+            ec = entry["epoch_cost"]
+            ratio_rows.append((name, ec["images"], ec["timings"]["float32"]["median_s"],
+                               ec["timings"]["fapt"]["median_s"], ec["timings"]["stuckat"]["median_s"],
+                               round(ec["fapt_over_float"], 2), round(ec["stuckat_over_float"], 2)))
+            results.append(entry)
+    t1 = format_table(["dataset", "faults", "chips", "conventional ep", "per-chip ep", "eFAT planned ep", "eFAT ep",
+                       "groups", "map ep", "eFAT s", "rejected", "repaired", "repair ep", "alone", "violations"], rows,
+                      title=f"eFAT retraining cost, LeNet-5, 16x16 WS bypass, accuracy drop <= {args.max_drop}")
+    t2 = format_table(["dataset", "images", "float32 epoch s", "FAP+T epoch s", "stuck-at FAT epoch s", "FAP+T/float",
+                       "stuck-at/float"], ratio_rows, title="One training epoch (median of round-robin repeats)")
+    print(t1 + "\n\n" + t2)
+    out = Path(args.out)
+    write_json(out / "bench_fat.json", {"benchmark": "bench_fat", "quick": args.quick, "chips": n_chips,
+                                        "max_drop": args.max_drop, "threads": args.threads, "results": results,
+                                        "machine": machine_info(REPO)})
+    (out / "bench_fat.md").write_text(t1 + "\n\n" + t2 + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""eFAT (mitigation/efat.py, mitigation/resilience.py): the resilience map, a 20-chip population end
+to end, fused-map exactness, resuming an interrupted run, and bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import mitigation.efat as efat
+from accel_models.evaluation import prepare
+from mitigation.efat import EfatSettings, run_efat
+from mitigation.resilience import ResilienceMap
+from sysarray import ArrayConfig, FaultMap
+
+WS = ArrayConfig(16, 16, "ws")
+BYPASS = WS.replace(bypass=True)
+RATES = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Two pytest workers on two shared cores: two torch threads each made FAP+T up to 30x slower.
+    # Per test only: the shared LeNet-5 fixture must train as it does for every other module.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def write_chips(folder, n: int, rates=RATES, size=(16, 16), seed0: int = 0, **kw):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        FaultMap.random(size, pe_rate=rates[i % len(rates)], seed=seed0 + i, **kw).save(folder / f"chip-{i:02d}.npz")
+    return folder
+
+
+def small_settings(**kw) -> EfatSettings:
+    base = dict(max_drop=0.05, bypass=True, rates=[0.0, 0.05, 0.1, 0.15, 0.2], amounts=[0, 1, 2],
+                maps_per_rate=2, seed=0)
+    base.update(kw)
+    return EfatSettings(**base)
+
+
+@pytest.fixture(scope="module")
+def population_run(lenet_ckpt, tmp_path_factory):
+    root = tmp_path_factory.mktemp("efat")
+    chips = write_chips(root / "chips", 20)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = run_efat(lenet_ckpt, str(chips), WS, small_settings(), str(root / "out"))
+    finally:
+        torch.set_num_threads(old)
+    return root, result
+
+
+# ------------------------------------------------------------------------------ the resilience map
+def test_least_amounts_are_monotone_and_stop_beyond_resilience():
+    acc = np.array([
+        [0.98, 0.98, 0.98],
+        [0.90, 0.96, 0.97],  # needs 1
+        [0.95, 0.96, 0.97],  # meets at 0, but a lower rate needed 1: stays 1
+        [0.80, 0.90, 0.955],  # needs 2
+        [0.70, 0.80, 0.90],  # beyond
+        [0.99, 0.99, 0.99],  # beyond too: a higher rate than a beyond one
+    ])
+    samples = np.stack([acc, acc + 0.01], axis=1)  # min over the two maps = acc
+    m = ResilienceMap(rates=[0, 0.1, 0.2, 0.3, 0.4, 0.5], amounts=[0, 1, 2], samples=samples)
+    assert m.least_amounts(0.95) == [0, 1, 1, 2, None, None]
+    assert m.amount_for(0.0, 0.95) == 0
+    assert m.amount_for(0.05, 0.95) == 1  # the smallest grid rate at or above 0.05 is 0.1
+    assert m.amount_for(0.25, 0.95) == 2
+    assert m.amount_for(0.35, 0.95) is None
+    assert m.amount_for(0.6, 0.95) is None  # above the grid
+    q = ResilienceMap(rates=m.rates, amounts=m.amounts, samples=samples, aggregate="q1.0")
+    assert np.allclose(q.accuracy, acc + 0.01)
+
+
+def test_resilience_csv_round_trip():
+    rng = np.random.default_rng(0)
+    m = ResilienceMap(rates=[0.0, 0.05, 0.1], amounts=[0, 0.5, 2], samples=rng.random((3, 2, 3)))
+    back = ResilienceMap.from_csv(m.to_csv())
+    assert back.rates == m.rates and back.amounts == m.amounts
+    assert np.array_equal(back.samples, m.samples)
+
+
+# ------------------------------------------------------------------------------ a population
+def test_population_meets_the_constraint_with_fewer_epochs(population_run):
+    root, res = population_run
+    c = res.cost
+    print(f"\n20 chips: conventional {c['conventional_epochs']:g} epochs, per-chip {c['per_chip_epochs']:g}, "
+          f"eFAT {c['efat_epochs']:g} ({c['groups']} groups), map {c['map_epochs']:g}; rejected {len(c['rejected'])}, "
+          f"repaired {len(c['repaired'])}")
+    assert c["violations"] == []
+    assert c["efat_epochs"] < c["per_chip_epochs"] < c["conventional_epochs"]
+    assert len(c["rejected"]) <= 3
+    on_disk = json.loads((root / "out" / "cost.json").read_text())
+    for key in ("conventional_epochs", "per_chip_epochs", "efat_epochs", "chips", "rejected", "violations"):
+        assert on_disk[key] == c[key]
+    assert (root / "out" / "resilience.png").stat().st_size > 0
+    assert "rate,map,epochs,accuracy" in (root / "out" / "resilience.csv").read_text()
+    # Every accepted chip, judged again on its own map from the saved checkpoint its group got.
+    target = c["target_accuracy"]
+    tasks = {}
+    for row in res.chips:
+        if row["rejected"]:
+            continue
+        path = str(root / "out" / row["model"])
+        task = tasks.setdefault(path, prepare(path))
+        fm = FaultMap.load(root / "chips" / f"{row['chip']}.npz")
+        acc = task.program.run(task.images, BYPASS, faults=fm).accuracy(task.labels)
+        assert acc == row["accuracy"]
+        assert acc >= target
+
+
+def test_group_model_is_exact_on_every_member(population_run):
+    root, res = population_run
+    groups = [g for g in res.groups if len(g["members"]) >= 2]
+    assert groups, "the population should have at least one multi-chip group"
+    g = groups[0]
+    task = prepare(str(root / "out" / g["model"]))
+    maps = [FaultMap.load(root / "chips" / f"{m}.npz") for m in g["members"]]
+    union = efat.fused_map(maps)
+    assert np.array_equal(union.faulty_pes(), np.logical_or.reduce([fm.faulty_pes() for fm in maps]))
+    fused = task.program.run(task.images, BYPASS, faults=union)
+    for fm in maps:
+        member = task.program.run(task.images, BYPASS, faults=fm)
+        assert torch.equal(member.logits, fused.logits)
+        assert member.accuracy(task.labels) == fused.accuracy(task.labels)
+
+
+def test_fused_map_takes_members_with_opposite_stuck_values():
+    a = FaultMap(4, 4).add(1, 1, "act", 7, 0).add(2, 2, "psum", 3, 1)
+    b = FaultMap(4, 4).add(1, 1, "act", 7, 1).add(0, 3, "weight", 0, 1)
+    with pytest.raises(ValueError, match="both 0 and 1"):
+        a.union(b)
+    f = efat.fused_map([a, b])
+    assert np.array_equal(f.faulty_pes(), a.faulty_pes() | b.faulty_pes())
+    assert sorted(map(tuple, f.records.tolist())) == [(0, 3, 0, 0, 1), (1, 1, 1, 7, 0), (2, 2, 2, 3, 1)]
+
+
+# ------------------------------------------------------------------------------ resuming
+def test_interrupted_run_resumes_without_redoing_groups(lenet_ckpt, tmp_path, monkeypatch):
+    chips = write_chips(tmp_path / "chips", 6, rates=(0.06, 0.08, 0.1))
+    out = tmp_path / "out"
+    settings = small_settings(rates=[0.0, 0.1, 0.2], amounts=[0, 1], maps_per_rate=1)
+    real = efat._retrain_group
+    calls = []
+
+    def crash_on_second(*args, **kw):
+        calls.append(args[0]["group"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(efat, "_retrain_group", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_efat(lenet_ckpt, str(chips), WS, settings, str(out))
+    journal = [json.loads(line) for line in (out / "journal.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in journal] == ["map", "group"]
+    first = out / journal[1]["model"]
+    stamp = (first.stat().st_mtime_ns, first.read_bytes())
+
+    def no_map(*a, **k):
+        raise AssertionError("the resilience map was rebuilt")
+
+    calls.clear()
+    monkeypatch.setattr(efat, "_retrain_group", lambda *a, **k: calls.append(a[0]["group"]) or real(*a, **k))
+    monkeypatch.setattr(efat, "build_resilience_map", no_map)
+    res = run_efat(lenet_ckpt, str(chips), WS, settings, str(out))
+    assert journal[1]["group"] not in calls
+    assert sorted(calls + [journal[1]["group"]]) == [g["group"] for g in res.groups]
+    assert (first.stat().st_mtime_ns, first.read_bytes()) == stamp
+    # A finished run does nothing more.
+    calls.clear()
+    again = run_efat(lenet_ckpt, str(chips), WS, settings, str(out))
+    assert calls == [] and again.cost["efat_epochs"] == res.cost["efat_epochs"]
+    # Another configuration in the same OUTDIR is refused.
+    with pytest.raises(ValueError, match="different configuration.*settings"):
+        run_efat(lenet_ckpt, str(chips), WS, small_settings(rates=[0.0, 0.1, 0.2], amounts=[0, 2], maps_per_rate=1),
+                 str(out))
+
+
+# ------------------------------------------------------------------------------ stuck-at mode
+def test_stuckat_mode_runs_multi_map_groups(lenet_ckpt, tmp_path):
+    chips = write_chips(tmp_path / "chips", 4, rates=(0.02,), registers=("psum",), bits=range(0, 10))
+    # one amount (no 0): every group retrains, and groups of several chips alternate their maps
+    settings = EfatSettings(min_accuracy=0.5, bypass=False, rates=[0.0, 0.05, 0.1], amounts=[0.25],
+                            maps_per_rate=1, bits=list(range(0, 10)), train_limit=256, limit=120)
+    res = run_efat(lenet_ckpt, str(chips), WS, settings, str(tmp_path / "out"))
+    assert res.cost["mode"] == "stuck-at"
+    assert res.cost["violations"] == []
+    assert max(len(g["members"]) for g in res.groups) >= 2
+    assert res.cost["efat_epochs"] > 0
+    for row in res.chips:
+        if not row["rejected"]:
+            task = prepare(str(tmp_path / "out" / row["model"]), limit=120)
+            fm = FaultMap.load(tmp_path / "chips" / f"{row['chip']}.npz")
+            assert task.program.run(task.images, WS, faults=fm).accuracy(task.labels) == row["accuracy"]
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_chips_of_another_array_size(lenet_ckpt, tmp_path):
+    chips = write_chips(tmp_path / "chips", 2, size=(8, 8))
+    with pytest.raises(ValueError, match="is a 8x8 array but the model runs on 16x16"):
+        run_efat(lenet_ckpt, str(chips), WS, small_settings(), str(tmp_path / "out"))
+
+
+def test_impossible_constraint(lenet_ckpt, tmp_path):
+    chips = write_chips(tmp_path / "chips", 2)
+    with pytest.raises(ValueError, match="above the fault-free accuracy"):
+        run_efat(lenet_ckpt, str(chips), WS, small_settings(max_drop=None, min_accuracy=0.999), str(tmp_path / "out"))
+
+
+def test_empty_or_missing_chips_directory(lenet_ckpt, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no fault-map files"):
+        run_efat(lenet_ckpt, str(tmp_path / "empty"), WS, small_settings(), str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="does not exist"):
+        run_efat(lenet_ckpt, str(tmp_path / "nope"), WS, small_settings(), str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(max_drop=0.02, min_accuracy=0.9), "exactly one accuracy constraint"),
+    (dict(max_drop=None), "exactly one accuracy constraint"),
+    (dict(max_drop=1.5), r"fraction in \[0, 1\]"),
+    (dict(amounts=[-1, 2]), "retraining-amount grid"),
+    (dict(rates=[0.1, 1.5]), "fault-rate grid"),
+    (dict(grouping="kmeans"), "grouping policy must be one of"),
+    (dict(aggregate="mean"), "'min' or a quantile"),
+])
+def test_bad_settings(kw, message):
+    with pytest.raises(ValueError, match=message):
+        small_settings(**kw).check()
