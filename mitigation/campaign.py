@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import pickle
 import threading
 import time
 from dataclasses import dataclass, field
@@ -492,10 +493,10 @@ def _limit_threads() -> None:
     _THREADS_LIMITED = True
 
 
-def _init_worker(evaluator: Evaluator) -> None:
+def _init_worker(blob: bytes) -> None:
     global _WORKER_EVALUATOR
     _limit_threads()
-    _WORKER_EVALUATOR = evaluator
+    _WORKER_EVALUATOR = pickle.loads(blob)
 
 
 Job = tuple[int, Any, dict]  # (chip id, FaultMap, descriptor columns)
@@ -580,8 +581,13 @@ def _run_pool(evaluator: Evaluator, jobs: Iterator[Job], sink: Callable[[list[di
               chunk_size: int) -> None:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+    # The evaluator goes to the workers as plain pickle bytes made here, before this process starts
+    # evaluating chips: multiprocessing's own pickler would move the program's tensors into shared
+    # memory (torch's reductions) from the thread that starts the workers, while this thread reads
+    # them, and a chip evaluated meanwhile could see half-moved weights (seen as a flaky result).
+    blob = pickle.dumps(evaluator, protocol=pickle.HIGHEST_PROTOCOL)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_init_worker,
-                               initargs=(evaluator,))
+                               initargs=(blob,))
     inflight: set = set()
 
     def drain(block_until_below: int) -> None:
