@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel_models.quant import QParams, requantize_clamp, rescale_add, rounding_divide
+from accel_models.quant import QParams, quantize_codes, requantize_clamp, rescale_add, rounding_divide
 
 ADD_SHIFT = 20  # fixed-point bits of the residual-add rescaling multipliers
 
@@ -215,8 +215,7 @@ class RunResult:
 # --------------------------------------------------------------------------- integer kernels
 def quantize_input(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Float -> codes (round half up). The one place the program touches floats on the way in."""
-    q = torch.floor(x.double() / qp.scale + 0.5).to(torch.int64) + qp.zero_point
-    return q.clamp(qp.qmin, qp.qmax).to(torch.float32)
+    return quantize_codes(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
 
 
 def im2col(x: torch.Tensor, op: Gemm) -> torch.Tensor:
@@ -385,6 +384,8 @@ class Program:
                 f"Program.run needs float images of shape (N, {', '.join(map(str, self.input_shape))}). "
                 f"Got {images.dtype} {tuple(images.shape)} instead."
             )
+        if not bool(torch.isfinite(images).all()):
+            raise ValueError("Program.run needs finite images. Got NaN or infinite values instead.")
         return images
 
     def run(self, images: torch.Tensor, cfg, faults=None, engine: str = "fast", *,

@@ -164,3 +164,25 @@ def _rescale_add_kernel(a, b, za, ma, zb, mb, shift, zp, lo, hi, out):
             t = (np.int64(a[i]) - za) * ma + (np.int64(b[i]) - zb) * mb
             q = ((t + half) >> shift) + zp
             out[i] = min(max(q, lo), hi)
+
+
+def quantize_codes(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:
+    """Float values -> 8-bit codes as float32: ``clamp(floor(x / scale + 0.5) + zero_point)``
+    computed in float64 (round half up); one fused pass on CPU."""
+    if x.device.type != "cpu":
+        q = torch.floor(x.double() / scale + 0.5) + zero_point
+        return q.clamp(qmin, qmax).to(torch.float32)
+    src = x.contiguous()
+    out = torch.empty(src.shape, dtype=torch.float32)
+    _quantize_kernel(src.view(-1).numpy(), float(scale), int(zero_point), int(qmin), int(qmax), out.view(-1).numpy())
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _quantize_kernel(x, scale, zp, qmin, qmax, out):
+    n = x.shape[0]
+    block = 1 << 14
+    for j in prange((n + block - 1) // block):
+        for i in range(j * block, min(n, (j + 1) * block)):
+            q = np.floor(np.float64(x[i]) / scale + 0.5) + zp
+            out[i] = min(max(q, qmin), qmax)
