@@ -89,22 +89,3 @@ def run_run(args: argparse.Namespace) -> int:
         write_json(args.json, out)
         print(f"wrote {args.json}")
     return EXIT_OK
-
-
-@subcommand
-def add_demo_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "demo", help="the main demo: LeNet-5 on digits, fault-free vs faulty vs bypassed chips",
-        description="Train (once, cached in .cache/demo/) a LeNet-5 on the bundled digits, then run it on a "
-                    "fault-free 16x16 chip, on chips with psum stuck-at-1 faults in high bits, and on the same "
-                    "chips with the faulty PEs bypassed.",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the fault maps (default 0)")
-    p.set_defaults(func=lambda args: _demo(args))
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from accel_models.demo import run_demo
-
-    run_demo(seed=args.seed)
-    return EXIT_OK
