@@ -1,16 +1,14 @@
-"""Suite-wide settings: one torch thread per pytest-xdist worker.
+"""Suite-wide settings: one torch thread for every test.
 
-``make test`` runs two workers on two cores; letting each worker's torch use both cores
-oversubscribes the machine, and OpenMP spinning then makes small training runs tens of times
-slower. Tests that measure threading set their own counts.
+The models here are tiny, so intra-op threads only add contention: ``make test`` runs two workers
+on two cores, and two threads per worker made small trainings 10-50x slower (OpenMP spinning).
+One thread everywhere also makes the session fixtures' trained weights the same with and without
+pytest-xdist. Campaign worker processes set their own thread counts.
 """
 from __future__ import annotations
 
-import os
-
 
 def pytest_configure(config) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        import torch
+    import torch
 
-        torch.set_num_threads(1)
+    torch.set_num_threads(1)

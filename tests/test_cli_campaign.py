@@ -17,18 +17,6 @@ from sysarray.cli import main
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """One torch thread from before the session's LeNet-5 is trained (session fixtures come first):
-    under ``pytest -n 2`` on 2 cores, 2 threads per worker made training and campaigns ~30x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def mlp_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "mlp.pt"

@@ -4,23 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from sysarray import ArrayConfig, FaultMap
 from sysarray.cli import main
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two pytest workers on two shared cores: torch's intra-op threads only add contention here.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
-def lenet(tmp_path_factory, one_thread):
+def lenet(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli-fat") / "lenet.pt"
     assert main(["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "20", "--seed", "0",
                  "--quiet", "-o", str(path)]) == 0

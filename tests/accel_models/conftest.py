@@ -191,16 +191,6 @@ class Fixture:
     train_seconds: float
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Run each test on one torch thread: the GEMMs here are tiny, and on a loaded 2-core machine
-    (or under ``pytest -n 2``) OpenMP's spinning threads made the suite ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def digits() -> Digits:
     return load_digits_split()
@@ -212,16 +202,10 @@ def zoo(digits) -> dict[str, Fixture]:
     from accel_models.lowering import lower
 
     out = {}
-    threads = torch.get_num_threads()
     for i, (name, (build, epochs, lr)) in enumerate(MODEL_SPECS.items()):
         t0 = time.perf_counter()
         torch.manual_seed(1000 + i)
-        # One thread: these nets are tiny (threads only add contention) and the result is reproducible.
-        torch.set_num_threads(1)
-        try:
-            model = train(build(), digits, epochs, lr, seed=i)
-        finally:
-            torch.set_num_threads(threads)
+        model = train(build(), digits, epochs, lr, seed=i)  # one torch thread (tests/conftest.py)
         pred = float_logits(model, digits.test_x).argmax(1)
         acc = float((pred == digits.test_y).double().mean())
         assert acc >= MIN_FLOAT_ACCURACY, f"fixture model {name} trained to only {acc:.3f} float accuracy"

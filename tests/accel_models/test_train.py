@@ -22,13 +22,10 @@ from accel_models.zoo import build_model
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: tiny models train fastest so, and timings do not depend on other load."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _own_rng():
+    """Each test's torch RNG draws leave the global state as they found it."""
     with torch.random.fork_rng(devices=[]):
         yield
-    torch.set_num_threads(n)
 
 
 def _blobs(n=120, shape=(1, 8, 8), classes=3, seed=0):

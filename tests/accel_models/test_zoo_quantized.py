@@ -12,7 +12,6 @@ from accel_models.train import train_zoo_model
 
 @pytest.mark.parametrize("name, epochs", [("lenet5", 30), ("mlp", 30)])
 def test_zoo_model_quantized_keeps_accuracy(name, epochs):
-    torch.set_num_threads(1)
     data = load_dataset("digits")
     model, history = train_zoo_model(name, data, epochs, seed=0, progress=False)
     with torch.no_grad():

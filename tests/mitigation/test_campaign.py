@@ -17,18 +17,6 @@ CFG = sa.ArrayConfig(16, 16, "ws")
 LIMIT = 64
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """One torch thread from before the session's LeNet-5 is trained (session fixtures come first):
-    under ``pytest -n 2`` on 2 cores, 2 threads per worker made training and campaigns ~30x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_grid(seed: int = 0) -> RateGrid:
     return RateGrid([0.0, 0.01, 0.04], 2, seed, [FaultGroup.parse("psum:20-31:1"), FaultGroup.parse("weight:0-7")])
 

@@ -19,16 +19,6 @@ BYPASS = WS.replace(bypass=True)
 RATES = (0.02, 0.04, 0.06, 0.08, 0.1, 0.12, 0.14)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two pytest workers on two shared cores: two torch threads each made FAP+T up to 30x slower.
-    # Per test only: the shared LeNet-5 fixture must train as it does for every other module.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def write_chips(folder, n: int, rates=RATES, size=(16, 16), seed0: int = 0, **kw):
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
@@ -47,12 +37,7 @@ def small_settings(**kw) -> EfatSettings:
 def population_run(lenet_ckpt, tmp_path_factory):
     root = tmp_path_factory.mktemp("efat")
     chips = write_chips(root / "chips", 20)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        result = run_efat(lenet_ckpt, str(chips), WS, small_settings(), str(root / "out"))
-    finally:
-        torch.set_num_threads(old)
+    result = run_efat(lenet_ckpt, str(chips), WS, small_settings(), str(root / "out"))
     return root, result
 
 

@@ -19,16 +19,6 @@ WS = ArrayConfig(16, 16, "ws")
 BYPASS = WS.replace(bypass=True)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two pytest workers on two shared cores: two torch threads each made FAP+T up to 30x slower.
-    # Per test only: the shared LeNet-5 fixture must train as it does for every other module.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def task(lenet_ckpt):
     return prepare(lenet_ckpt)

@@ -22,18 +22,6 @@ from mitigation.sweep import run_sweep
 CFG = sa.ArrayConfig(16, 16, "ws")
 
 
-@pytest.fixture(scope="session", autouse=True)
-def one_torch_thread():
-    """One torch thread from before the session's LeNet-5 is trained (session fixtures come first):
-    under ``pytest -n 2`` on 2 cores, 2 threads per worker made training and campaigns ~30x slower."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("flow", ["ws", "is", "os"])
 def test_fold_to_array_matches_the_dataflow_mapping(flow):
     cfg = sa.ArrayConfig(3, 4, flow)
