@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from mitigation.campaign_store import AGGREGATES, RESULTS, CampaignStore, atomic_write_text, csv_text, file_sha256
+from mitigation.campaign_store import AGGREGATES, RESULTS, CampaignStore, csv_text, file_sha256
+from sysarray.atomic import write_text
 
 DEFAULT_CRITICAL_DROP = 0.05
 OUTCOME_COLUMNS = ("faulty_pes", "stuck_bits", "registers", "accuracy", "drop", "sdc_rate", "critical")
@@ -794,7 +795,7 @@ def write_aggregates(store: CampaignStore, keys: Sequence[str], confidence: floa
     rows = aggregate(store.rows(), confidence=confidence, seed=seed, keys=tuple(keys))
     cols = list(keys) + [k for k in (rows[0] if rows else {}) if k not in keys]
     path = store.path(AGGREGATES)
-    atomic_write_text(path, csv_text(cols, rows))
+    write_text(path, csv_text(cols, rows))
     return path
 
 

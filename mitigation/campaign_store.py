@@ -34,7 +34,7 @@ import os
 import time
 from typing import Any, Iterable, Sequence
 
-from sysarray.atomic import write_text
+from sysarray.atomic import write_json, write_text
 
 FORMAT = "sysarray-campaign"
 VERSION = 1
@@ -83,11 +83,6 @@ def csv_text(columns: Sequence[str], rows: Iterable[dict]) -> str:
     for r in rows:
         w.writerow([format_value(r.get(c)) for c in columns])
     return buf.getvalue()
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to a temp file beside ``path``, fsync it, and rename it over ``path``."""
-    write_text(path, text)
 
 
 def read_manifest(directory: str) -> dict:
@@ -197,7 +192,7 @@ class CampaignStore:
                 manifest = {"format": FORMAT, "version": VERSION, "kind": kind, "config": config,
                             "config_hash": digest, "columns": list(columns), "chips": int(chips),
                             "info": dict(info or {})}
-                atomic_write_text(mpath, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+                write_json(mpath, manifest)
             jpath = os.path.join(directory, JOURNAL)
             records, valid = read_journal(jpath)
             if os.path.exists(jpath):
@@ -244,7 +239,7 @@ class CampaignStore:
         new = {**self.manifest.get("info", {}), **info}
         if new != self.manifest.get("info"):
             self.manifest["info"] = new
-            atomic_write_text(self.path(MANIFEST), json.dumps(self.manifest, indent=2, sort_keys=True) + "\n")
+            write_json(self.path(MANIFEST), self.manifest)
 
     def append(self, records: Sequence[dict]) -> None:
         """Append finished chips to the journal: one line each, written and flushed at once (a kill
@@ -290,8 +285,8 @@ class CampaignStore:
         """Rebuild results.csv and timings.csv atomically from the journal; returns results.csv's path."""
         self.sync()  # results.csv never holds a chip the journal could still lose
         rows = self.rows()
-        atomic_write_text(self.path(RESULTS), csv_text(self.columns, rows))
-        atomic_write_text(self.path(TIMINGS), csv_text(("chip", "seconds"), rows))
+        write_text(self.path(RESULTS), csv_text(self.columns, rows))
+        write_text(self.path(TIMINGS), csv_text(("chip", "seconds"), rows))
         return self.path(RESULTS)
 
 
@@ -329,5 +324,5 @@ def read_results(directory: str) -> tuple[dict, list[dict]]:
     return manifest, rows
 
 
-__all__ = ["CampaignStore", "atomic_write_text", "canonical_json", "config_hash", "csv_text", "file_sha256",
+__all__ = ["CampaignStore", "canonical_json", "config_hash", "csv_text", "file_sha256",
            "format_value", "read_journal", "read_manifest", "read_results"]

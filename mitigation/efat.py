@@ -39,7 +39,8 @@ from mitigation.fat import (
     save_fat_checkpoint, stuckat_fat,
 )
 from mitigation.grouping import Chip, fused, get_grouping, make_groups
-from mitigation.resilience import ResilienceMap, atomic_text, build_resilience_map, check_grid, parse_aggregate
+from mitigation.resilience import ResilienceMap, build_resilience_map, check_grid, parse_aggregate
+from sysarray.atomic import write_json, write_text
 from sysarray.config import ArrayConfig
 from sysarray.faults import FaultMap
 
@@ -259,12 +260,6 @@ class EfatResult:
 
 
 # ----------------------------------------------------------------------------------- the run
-def _write_json(path: Path, obj) -> None:
-    from sysarray.cliargs import write_json
-
-    write_json(str(path), obj)
-
-
 def _read_journal(path: Path) -> list[dict]:
     if not path.exists():
         return []
@@ -328,7 +323,7 @@ def run_efat(model_path: str, chips_dir: str, cfg: ArrayConfig, settings: EfatSe
             raise ValueError(f"OUTDIR '{outdir}' holds an eFAT run with a different configuration (differs in: "
                              f"{', '.join(changed)}); use another -o directory or delete it.")
     else:
-        _write_json(cfg_path, config)
+        write_json(cfg_path, config)
     journal_path = outdir / "journal.jsonl"
     journal = _read_journal(journal_path)
 
@@ -355,7 +350,7 @@ def run_efat(model_path: str, chips_dir: str, cfg: ArrayConfig, settings: EfatSe
             f = fused(accepted, members)
             plan.append({"group": gid, "members": [accepted[i].name for i in members],
                          "fused_rate": float(f.mean()), "epochs": amount(float(f.mean()))})
-    _write_json(outdir / "groups.json", {"target_accuracy": target, "groups": plan,
+    write_json(outdir / "groups.json", {"target_accuracy": target, "groups": plan,
                                          "beyond_resilience": [n for n, _ in chips if own[n] is None]})
 
     # 4. one retraining per group, validation of every member, repairs
@@ -372,8 +367,8 @@ def run_efat(model_path: str, chips_dir: str, cfg: ArrayConfig, settings: EfatSe
 
     result = _report(chips, own, plan, records, rmap, target, trainer, settings, cfg)
     result.resilience = rmap
-    _write_json(outdir / "cost.json", result.cost)
-    atomic_text(str(outdir / "cost.md"), result.table() + "\n")
+    write_json(outdir / "cost.json", result.cost)
+    write_text(outdir / "cost.md", result.table() + "\n")
     return result
 
 

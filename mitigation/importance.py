@@ -21,7 +21,6 @@ non-zero probability, and counts how many sampled faults are critical. On the ch
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -251,9 +250,9 @@ def run_importance(task: Any, cfg: Any, out: str, registers: Sequence[str], bits
     result = {"settings": settings, "fault_space": space.size, "confidence": confidence, "importance": a, "uniform": b,
               "precision_gain": a["precision"] / b["precision"] if b["precision"] > 0 else None,
               "injected": int(len(distinct)), "sensitivity": sens.tolist()}
-    from mitigation.campaign_store import atomic_write_text
+    from sysarray.atomic import write_json
 
-    atomic_write_text(os.path.join(out, RESULT_FILE), json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_json(os.path.join(out, RESULT_FILE), result)
     return result
 
 

@@ -18,8 +18,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from mitigation.campaign_stats import aggregate
-from mitigation.campaign_store import atomic_write_text, read_results
+from mitigation.campaign_store import read_results
 from mitigation.sweep import bit_sensitivity, heatmaps
+from sysarray.atomic import write_text
 
 REPORT = "report.md"
 MAX_HEATMAPS = 12
@@ -208,7 +209,7 @@ def write_report(directory: str) -> str:
                                                 ("est", "critical fraction estimate [CI]")]),
                       "", "![PE sensitivity](pe_sensitivity.png)", ""]
     path = os.path.join(directory, REPORT)
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    write_text(path, "\n".join(lines) + "\n")
     return path
 
 

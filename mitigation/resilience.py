@@ -20,8 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from sysarray.atomic import atomic_write
-from sysarray.atomic import write_text as atomic_text
+from sysarray.atomic import atomic_write, write_text
 
 Trainer = Callable[[object, float], float]  # (FaultMap, epochs) -> accuracy on that map's chip
 
@@ -137,7 +136,7 @@ class ResilienceMap:
 
     def save(self, folder: str, target: float | None = None) -> None:
         """Write ``resilience.csv`` and ``resilience.png`` (heatmap; cells meeting ``target`` marked)."""
-        atomic_text(os.path.join(folder, "resilience.csv"), self.to_csv())
+        write_text(os.path.join(folder, "resilience.csv"), self.to_csv())
         self.heatmap(os.path.join(folder, "resilience.png"), target)
 
     def heatmap(self, path: str, target: float | None = None) -> None:
@@ -200,4 +199,4 @@ def build_resilience_map(trainer: Trainer, make_map: Callable[[float, int], obje
                          seconds=time.perf_counter() - start)
 
 
-__all__ = ["ResilienceMap", "atomic_text", "build_resilience_map", "check_grid", "parse_aggregate"]
+__all__ = ["ResilienceMap", "build_resilience_map", "check_grid", "parse_aggregate"]
