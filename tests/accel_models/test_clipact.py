@@ -85,6 +85,18 @@ def block():
 
 
 # --------------------------------------------------------------------------- the torch module
+def assert_chip_twin_and_reference_agree(program, images) -> np.ndarray:
+    """The program on the chip, its fake-quant twin and the numpy reference give the same outputs
+    bit for bit; returns the reference's final accumulators."""
+    ref = numpy_run(program, images)
+    acc = program.execute(images, lambda op: (lambda a, w: sa.simulate_gemm(a, w, CHIP, engine="fast")))
+    np.testing.assert_array_equal(acc.numpy(), ref)
+    with torch.no_grad():
+        twin = FakeQuantProgram(program)(images)
+    torch.testing.assert_close(twin.double(), program.logits_from(torch.from_numpy(ref)), rtol=0, atol=0)
+    return ref
+
+
 def test_policies_match_their_formulas():
     x = torch.tensor([[-1.0, 0.5, 2.0, 3.0, 10.0]])
     t = torch.tensor(2.5)
@@ -143,12 +155,7 @@ def test_clipped_lenet_is_exact_on_chip_twin_and_numpy(lenet, digits, granularit
     clipped = [op for op in program.gemms if op.clip_codes is not None]
     assert len(clipped) == 4 and all(op.clip_policy == policy for op in clipped)
     images = digits.test_x[:96]
-    ref = numpy_run(program, images)
-    acc = program.execute(images, lambda op: (lambda a, w: sa.simulate_gemm(a, w, CHIP, engine="fast")))
-    np.testing.assert_array_equal(acc.numpy(), ref)
-    with torch.no_grad():
-        twin = FakeQuantProgram(program)(images)
-    torch.testing.assert_close(twin.double(), program.logits_from(torch.from_numpy(ref)), rtol=0, atol=0)
+    ref = assert_chip_twin_and_reference_agree(program, images)
     # the thresholds act: with 60% of the maxima the zero policy silences values a ReLU would keep
     plain = lower(lenet, x)
     assert not np.array_equal(numpy_run(plain, images), ref)
@@ -186,13 +193,7 @@ def test_residual_add_and_unfused_clips_are_exact(block, digits):
         program = lower(model, x)
         clips = [op for op in program.ops if isinstance(op, Clip)]
         assert len(clips) == 2  # after the add (r2) and after the pool (r3); r1 is fused into c1
-        images = digits.test_x[:48]
-        ref = numpy_run(program, images)
-        acc = program.execute(images, lambda op: (lambda a, w: sa.simulate_gemm(a, w, CHIP, engine="fast")))
-        np.testing.assert_array_equal(acc.numpy(), ref)
-        with torch.no_grad():
-            twin = FakeQuantProgram(program)(images)
-        torch.testing.assert_close(twin.double(), program.logits_from(torch.from_numpy(ref)), rtol=0, atol=0)
+        assert_chip_twin_and_reference_agree(program, digits.test_x[:48])
 
 
 def test_zero_policy_sees_values_past_the_8bit_maximum():
