@@ -116,10 +116,28 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
     x = acc.contiguous()
     x3 = x.view(x.shape[0], x.shape[1], -1)
     out = torch.empty(x3.shape, dtype=torch.float32)
-    _requantize_clamp_kernel(x3.numpy(), bias.to(torch.int64).numpy(), m0.to(torch.int64).numpy(),
-                             shift.to(torch.int64).numpy(), int(zero_point), int(lo), int(hi), out.numpy())
+    bias, m0, shift = (t.to(torch.int64) for t in (bias, m0, shift))
+    args = (x3.numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi), out.numpy())
+    if _float64_requantize_ok(x3, bias, m0, shift):
+        _requantize_clamp_f64_kernel(*args)
+    else:
+        _requantize_clamp_kernel(*args)
     return out.view(acc.shape)
 
+
+def _float64_requantize_ok(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> bool:
+    """True when :func:`_requantize_clamp_f64_kernel` is exact: int32-range accumulators (any
+    float32 or int32 tensor, or a small int64 one), |bias| < 2**32, 0 <= M0 < 2**31, 16 <= shift <= 52."""
+    if not len(m0):
+        return False
+    if acc.dtype == torch.int64 and acc.numel():
+        lo, hi = torch.aminmax(acc)
+        if max(-int(lo), int(hi)) >= 1 << 32:
+            return False
+    elif acc.dtype not in (torch.float32, torch.int32, torch.int16, torch.int8, torch.uint8):
+        return False
+    return (int(bias.abs().max()) < 1 << 32 and int(m0.min()) >= 0 and int(m0.max()) < 1 << 31
+            and int(shift.min()) >= 16 and int(shift.max()) <= 52)
 
 
 @njit(cache=True, parallel=True)
@@ -138,6 +156,35 @@ def _requantize_clamp_kernel(acc, bias, m0, shift, zp, lo, hi, out):
             out[b, n, i] = min(max(q, lo), hi)
 
 
+@njit(cache=True, parallel=True)
+def _requantize_clamp_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out):
+    """:func:`_requantize_clamp_kernel` in float64, which vectorizes (about 2x faster), exact under
+    :func:`_float64_requantize_ok`: with ``v = acc + bias`` (|v| < 2**33) and ``M0 = mh * 2**16 + ml``,
+    ``v * mh`` and ``v * ml + 2**(sh-1)`` are exact, and so is the floor of their recombination
+    ``qa + floor((ra * 2**16 + v * ml + half) / 2**sh)`` with ``qa, ra`` = quotient and remainder of
+    ``v * mh`` by ``2**(sh-16)`` (every intermediate stays below 2**53)."""
+    B, N, L = acc.shape
+    for bn in prange(B * N):
+        b = bn // N
+        n = bn % N
+        bi = np.float64(bias[n])
+        m = m0[n]
+        mh = np.float64(m >> 16)
+        ml = np.float64(m & 0xFFFF)
+        sh = shift[n]
+        half = np.float64(np.int64(1) << (sh - 1))
+        p2 = np.float64(np.int64(1) << (sh - 16))
+        ip2 = 1.0 / p2
+        ish = 1.0 / np.float64(np.int64(1) << sh)
+        for i in range(L):
+            v = np.float64(acc[b, n, i]) + bi
+            a = v * mh
+            qa = np.floor(a * ip2)
+            ra = a - qa * p2
+            q = qa + np.floor((ra * 65536.0 + (v * ml + half)) * ish) + zp
+            out[b, n, i] = min(max(q, lo), hi)
+
+
 def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb: int, shift: int,
                 zero_point: int, lo: int, hi: int) -> torch.Tensor:
     """Residual add of two code tensors (float32 holding integers, same shape):
@@ -149,8 +196,14 @@ def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb:
         return q.clamp(lo, hi).to(torch.float32)
     a, b = a.contiguous(), b.contiguous()
     out = torch.empty(a.shape, dtype=torch.float32)
-    _rescale_add_kernel(a.view(-1).numpy(), b.view(-1).numpy(), za, ma, zb, mb, shift, zero_point, lo, hi,
-                        out.view(-1).numpy())
+    args = (a.view(-1).numpy(), b.view(-1).numpy(), za, ma, zb, mb, shift, zero_point, lo, hi, out.view(-1).numpy())
+    # Codes are 8-bit and zero points too (|a - za| < 2**9): with |ma| + |mb| < 2**42 and
+    # shift <= 52 every float64 intermediate is an exact integer below 2**53.
+    if a.dtype == b.dtype == torch.float32 and abs(ma) + abs(mb) < 1 << 42 and 1 <= shift <= 52 \
+            and max(abs(za), abs(zb)) < 1 << 8:
+        _rescale_add_f64_kernel(*args)
+    else:
+        _rescale_add_kernel(*args)
     return out
 
 
@@ -164,6 +217,19 @@ def _rescale_add_kernel(a, b, za, ma, zb, mb, shift, zp, lo, hi, out):
             t = (np.int64(a[i]) - za) * ma + (np.int64(b[i]) - zb) * mb
             q = ((t + half) >> shift) + zp
             out[i] = min(max(q, lo), hi)
+
+
+@njit(cache=True, parallel=True)
+def _rescale_add_f64_kernel(a, b, za, ma, zb, mb, shift, zp, lo, hi, out):
+    """:func:`_rescale_add_kernel` in float64 (vectorizes; about 10x faster), exact for 8-bit codes
+    (see :func:`rescale_add`)."""
+    half = np.float64(np.int64(1) << (shift - 1))
+    inv = 1.0 / np.float64(np.int64(1) << shift)
+    fza, fzb, fma, fmb = np.float64(za), np.float64(zb), np.float64(ma), np.float64(mb)
+    n = a.shape[0]
+    for i in prange(n):
+        t = (np.float64(a[i]) - fza) * fma + (np.float64(b[i]) - fzb) * fmb
+        out[i] = min(max(np.floor((t + half) * inv) + zp, lo), hi)
 
 
 def quantize_codes(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qmax: int) -> torch.Tensor:

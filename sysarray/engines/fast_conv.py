@@ -32,6 +32,9 @@ from sysarray.engines.fast import fast_gemm
 from sysarray.faults import FaultMap
 
 _F32_LIMIT = 1 << 24
+# CPU replays psum chains with the direct kernel; False runs the torch replay (CUDA's) on CPU too,
+# which is how the tests check that path without a GPU.
+DIRECT_REPLAY_ON_CPU = True
 
 
 def im2col(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -180,7 +183,7 @@ def _replay_conv_chains(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm
     dev = xp.device
     kh, kw = kernel
     taps = kh * kw
-    B, N = y.shape[0], y.shape[1]
+    N = y.shape[1]
     K = xp.shape[1] * taps
     Fr = Wp.shape[0] // R
     preg = cm.psum
@@ -189,11 +192,13 @@ def _replay_conv_chains(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm
     outs = [(fc * C + int(c), int(c)) for fc in range(Wp.shape[1] // C) for c in chain_cols if fc * C + c < N]
     if not outs:
         return
-    n_idx = torch.tensor([n for n, _ in outs], dtype=torch.int64, device=dev)
+    n_idx = np.array([n for n, _ in outs], dtype=np.int64)
     O = len(outs)
     fault_rows = {int(c): np.flatnonzero(preg.faulty[:, c]) for c in chain_cols}
     J = max(len(r) for r in fault_rows.values())
     S = J if linear_tail else J + 1
+    # Segment s of a column: the rows after its faulty row s-1 up to its faulty row s (inclusive),
+    # read back through that row's psum register (keep/ones); segment J is the healthy tail.
     seg_of_row = np.zeros((O, R), dtype=np.int64)
     keep = np.full((O, S), full, dtype=np.int64)
     ones = np.zeros((O, S), dtype=np.int64)
@@ -202,76 +207,146 @@ def _replay_conv_chains(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm
             seg_of_row[o, r + 1:] = s + 1
             keep[o, s] = preg.keep[r, c]
             ones[o, s] = preg.ones[r, c]
-    # Virtual filters: Wv[fr, o, s, r] = Wp[fr*R + r, n_o] when row r is in segment s of n_o's column.
+    sign = 1 << (pb - 1)
+    if dev.type == "cpu" and DIRECT_REPLAY_ON_CPU:
+        _replay_direct(xp, Wp[:, torch.from_numpy(n_idx)].numpy(), seg_of_row, keep, ones, sign, n_idx,
+                       kernel, stride, padding, amax, K, R, S, y, linear_tail)
+    else:
+        _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K,
+                              R, J, S, y, linear_tail)
+
+
+def _replay_direct(xp, w_cols, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K, R, S, y,
+                   linear_tail) -> None:
+    """CPU: the segment sums come straight from the input windows in one jitted kernel that also
+    replays the chains and writes ``y``; only the nonzero latched weights of each segment are
+    visited (a segment ends at its faulty row, so with ``linear_tail`` about half a fold).
+
+    w_cols: (Fr*R, O) int64 latched weights of the replayed outputs."""
+    kh, kw = kernel
+    taps = kh * kw
+    O = len(n_idx)
+    Fr = w_cols.shape[0] // R
+    ks = np.arange(Fr * R)
+    seg = seg_of_row[:, ks % R]  # (O, Fr*R)
+    used = (ks < K)[None, :] & (seg < S) & (w_cols.T != 0)
+    o_of, k_of = np.nonzero(used)  # ordered by output, then k: grouped by (fold, segment)
+    slot = (o_of * Fr + k_of // R) * S + seg[o_of, k_of]
+    ptr = np.zeros(O * Fr * S + 1, dtype=np.int64)
+    np.cumsum(np.bincount(slot, minlength=O * Fr * S), out=ptr[1:])
+    # Partial sums of at most R products: float32 is exact below 2**24, else float64.
+    wmax = int(np.abs(w_cols).max(initial=0))
+    dtype = np.float32 if R * max(1, amax) * max(1, wmax) < _F32_LIMIT else np.float64
+    B, Cin, H, W = xp.shape
+    ph, pw = padding
+    xt = np.empty((Cin, H + 2 * ph, W + 2 * pw, B), dtype=dtype)
+    _batch_last_padded(xp.numpy(), ph, pw, xt)
+    tap = k_of % taps
+    _direct_chains(xt.reshape(-1), xt.shape[1], xt.shape[2], B, k_of // taps, tap // kw, tap % kw,
+                   w_cols[k_of, o_of].astype(dtype), ptr, keep, ones, sign, linear_tail, n_idx, Fr, S,
+                   stride[0], stride[1], y.numpy())
+
+
+@njit(cache=True, parallel=True)
+def _batch_last_padded(x, ph, pw, out):
+    """x (B, C, H, W) -> out (C, H + 2 ph, W + 2 pw, B), zero padded (batch innermost, so that one
+    kernel tap of one output row is a contiguous run of ``ow * B`` values)."""
+    B, C, H, W = x.shape
+    for c in prange(C):
+        out[c] = 0
+        for b in range(B):
+            for i in range(H):
+                for j in range(W):
+                    out[c, i + ph, j + pw, b] = x[b, c, i, j]
+
+
+@njit(cache=True, parallel=True)
+def _direct_chains(xf, Hp, Wp, B, tc, ti, tj, tw, ptr, keep, ones, sign, linear_tail, n_idx, Fr, S, sh, sw, y):
+    """Segment sums and psum chains of the replayed outputs, straight from the padded input.
+
+    xf: the (Cin, Hp, Wp, B) batch-last padded input, flattened, float holding exact codes; taps
+    ``t`` of segment ``(o, fold, s)`` are ``ptr[(o*Fr + fold)*S + s] .. ptr[...+1]`` with input
+    channel ``tc``, kernel offsets ``ti, tj`` and weight ``tw``; keep/ones: (O, S) int64;
+    y: (B, N, oh, ow) int32, its columns ``n_idx`` overwritten (``wrap32(sum over folds of the
+    chain)``) or, with ``linear_tail``, corrected (``wrap32(y + sum over folds of (chain - sum of
+    segments))``). One task per (output, output row); the chain state is int32: a psum register
+    value fits (psum_bits <= 32, and p + segment < 2**psum_bits by the caller's wrap guard) and
+    the fold totals are only needed mod 2**32.
+    """
+    O = n_idx.shape[0]
+    oh, ow = y.shape[2], y.shape[3]
+    W = ow * B
+    for task in prange(O * oh):
+        o = task // oh
+        r = task % oh
+        tot = np.zeros(W, dtype=np.int32)
+        v = np.empty(W, dtype=xf.dtype)
+        p = np.empty(W, dtype=np.int32)
+        for f in range(Fr):
+            p[:] = 0
+            for s in range(S):
+                v[:] = 0
+                base = (o * Fr + f) * S + s
+                for t in range(ptr[base], ptr[base + 1]):
+                    w = tw[t]
+                    off = ((tc[t] * Hp + r * sh + ti[t]) * Wp + tj[t]) * B
+                    if sw == 1:
+                        xs = xf[off:off + W]  # slices keep the indices non-negative: the loop vectorizes
+                        for e in range(W):
+                            v[e] += w * xs[e]
+                    else:
+                        for q in range(ow):
+                            xs = xf[off + q * sw * B:off + q * sw * B + B]
+                            vs = v[q * B:q * B + B]
+                            for b in range(B):
+                                vs[b] += w * xs[b]
+                k = keep[o, s]
+                on = ones[o, s]
+                for i in range(W):
+                    p[i] = ((((np.int64(p[i]) + np.int64(np.int32(v[i]))) & k) | on) ^ sign) - sign
+                if linear_tail:
+                    for i in range(W):
+                        tot[i] -= np.int32(v[i])
+            for i in range(W):
+                tot[i] += p[i]
+        n = n_idx[o]
+        for q in range(ow):
+            for b in range(B):
+                val = np.int64(tot[q * B + b]) + (np.int64(y[b, n, r, q]) if linear_tail else 0)
+                y[b, n, r, q] = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+
+
+def _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K, R, J, S, y,
+                          linear_tail) -> None:
+    """CUDA: each fold's segment sums from one small convolution over the fold's input channels
+    with masked "virtual filters" ``Wv[fr, o, s, r]``, the chains replayed with torch ops."""
+    dev = xp.device
+    kh, kw = kernel
+    taps = kh * kw
+    B, N = y.shape[0], y.shape[1]
+    O = len(n_idx)
+    Fr = Wp.shape[0] // R
+    n_t = torch.from_numpy(n_idx).to(dev)
     seg_mask = F.one_hot(torch.from_numpy(seg_of_row).to(dev), J + 1)[..., :S]  # (O, R, S)
-    Wsel = Wp.view(Fr, R, -1)[:, :, n_idx]  # (Fr, R, O)
+    Wsel = Wp.view(Fr, R, -1)[:, :, n_t]  # (Fr, R, O)
     Wv = (Wsel.permute(0, 2, 1).unsqueeze(2) * seg_mask.permute(0, 2, 1).unsqueeze(0))  # (Fr, O, S, R)
     wmax = int(Wv.abs().max()) if Wv.numel() else 0
-    sign = 1 << (pb - 1)
     yv = y.view(B, N, -1)
     tot = torch.zeros((B, O, yv.shape[2]), dtype=torch.int64, device=dev)
-    if dev.type != "cpu":
-        keep_t = torch.from_numpy(keep).to(dev).view(1, O, S, 1)
-        ones_t = torch.from_numpy(ones).to(dev).view(1, O, S, 1)
+    keep_t = torch.from_numpy(keep).to(dev).view(1, O, S, 1)
+    ones_t = torch.from_numpy(ones).to(dev).view(1, O, S, 1)
     for fr in range(Fr):
         k0, k1 = fr * R, min(K, fr * R + R)
         c_lo, c_hi = k0 // taps, (k1 - 1) // taps
         local = torch.zeros((O * S, (c_hi - c_lo + 1) * taps), dtype=torch.int64, device=dev)
         local[:, k0 - c_lo * taps:k1 - c_lo * taps] = Wv[fr, :, :, :k1 - k0].reshape(O * S, -1)
         w_fold = local.view(O * S, c_hi - c_lo + 1, kh, kw)
-        seg = _exact_conv(xp[:, c_lo:c_hi + 1], w_fold, stride, padding, amax, wmax)  # (B, O*S, oh, ow)
-        if dev.type == "cpu":
-            seg = seg.to(torch.float32).contiguous()
-            _fold_psum_chains(seg.view(B, O, S, -1).numpy(), keep, ones, sign, linear_tail, tot.numpy())
-        else:
-            seg = seg.to(torch.int64).view(B, O, S, -1)
-            p = torch.zeros_like(tot)
-            for s in range(S):
-                p = force(p + seg[:, :, s], keep_t[:, :, s], ones_t[:, :, s], sign)
-            tot += p - seg.sum(dim=2) if linear_tail else p
-    if dev.type == "cpu":
-        _finish_chains(yv.numpy(), n_idx.numpy(), tot.numpy(), linear_tail)
-    elif linear_tail:
-        yv[:, n_idx] = wrap(yv[:, n_idx].to(torch.int64) + tot, 32).to(yv.dtype)
-    else:
-        yv[:, n_idx] = wrap(tot, 32).to(yv.dtype)
-
-
-@njit(cache=True, parallel=True)
-def _fold_psum_chains(seg, keep, ones, sign, linear_tail, tot):
-    """One fold of the psum chains: ``p = force_s(p + seg_s)`` over the segments, added to ``tot``.
-
-    seg: (B, O, S, L) float32 exact integers; keep/ones: (O, S) int64; tot: (B, O, L) int64.
-    With ``linear_tail`` the segments stop at the last faulty row and ``tot`` gets ``p - sum(seg)``,
-    the correction to the plain sums (exact mod 2**32 when the psum register is 32 bits wide).
-    """
-    B, O, S, L = seg.shape
-    for bo in prange(B * O):
-        b = bo // O
-        o = bo % O
-        p = np.zeros(L, dtype=np.int64)
+        seg = _exact_conv(xp[:, c_lo:c_hi + 1], w_fold, stride, padding, amax, wmax).to(torch.int64).view(B, O, S, -1)
+        p = torch.zeros_like(tot)
         for s in range(S):
-            k = keep[o, s]
-            on = ones[o, s]
-            for i in range(L):
-                x = np.int64(seg[b, o, s, i])
-                q = p[i] + x
-                p[i] = (((q & k) | on) ^ sign) - sign
-                if linear_tail:
-                    tot[b, o, i] -= x
-        for i in range(L):
-            tot[b, o, i] += p[i]
-
-
-@njit(cache=True, parallel=True)
-def _finish_chains(y, n_idx, tot, linear_tail):
-    """Write the replayed outputs: ``y[:, n_idx[o]] = wrap32(y + tot)`` (``linear_tail``) or
-    ``wrap32(tot)``. y: (B, N, L) int32; tot: (B, O, L) int64."""
-    B, O, L = tot.shape
-    for bo in prange(B * O):
-        b = bo // O
-        o = bo % O
-        n = n_idx[o]
-        for i in range(L):
-            v = tot[b, o, i] + (np.int64(y[b, n, i]) if linear_tail else 0)
-            y[b, n, i] = ((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+            p = force(p + seg[:, :, s], keep_t[:, :, s], ones_t[:, :, s], sign)
+        tot += p - seg.sum(dim=2) if linear_tail else p
+    if linear_tail:
+        yv[:, n_t] = wrap(yv[:, n_t].to(torch.int64) + tot, 32).to(yv.dtype)
+    else:
+        yv[:, n_t] = wrap(tot, 32).to(yv.dtype)

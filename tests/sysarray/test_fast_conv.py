@@ -144,6 +144,35 @@ def test_wide_layer_splits_channels_exactly():
         np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
 
 
+def test_tall_array_replays_psum_chains_in_float64():
+    """R * 255 * 127 >= 2**24: a fold's segment sums could round in float32, so the direct replay
+    kernel must accumulate in float64 (and a psum fault near the bottom makes segments long)."""
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.choice(np.array([0.0, 255.0], dtype=np.float32), p=[0.01, 0.99], size=(2, 128, 5, 5)))
+    w = torch.from_numpy(rng.choice(np.array([-127, 127], dtype=np.int8), p=[0.01, 0.99], size=(5, 128, 3, 3)))
+    cfg = sa.ArrayConfig(576, 3, "ws")
+    fm = sa.FaultMap(576, 3).add(570, 1, "psum", 0, 1).add(575, 2, "psum", 2, 0).add(9, 2, "psum", 30, 1)
+    for stride in ((1, 1), (2, 1)):
+        y = fast_conv2d(x, w, cfg, fm, stride=stride, padding=(1, 1))
+        case = ConvCase(x, w, cfg, fm, stride, (1, 1), 0, 1, False)
+        np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(conv_cases(registers=("weight", "psum")))
+def test_torch_chain_replay_equals_direct_kernel(case):
+    """The torch replay that CUDA runs (per-fold convolutions) gives the direct CPU kernel's bits."""
+    from sysarray.engines import fast_conv as fc
+
+    direct = conv(case)
+    fc.DIRECT_REPLAY_ON_CPU = False
+    try:
+        by_torch = conv(case)
+    finally:
+        fc.DIRECT_REPLAY_ON_CPU = True
+    np.testing.assert_array_equal(by_torch, direct)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_conv_matches_cpu():

@@ -1,0 +1,83 @@
+"""The fused post-processing kernels equal the plain int64 arithmetic they replace, bit for bit.
+
+``requantize_clamp`` and ``rescale_add`` run float64 kernels on CPU when their exactness bounds
+hold and int64 kernels otherwise; both must give exactly what the int64 torch formulas give, at
+the edges of the int32 accumulator range and of every multiplier and shift.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from accel_models import quant
+
+INT32 = (-(1 << 31), (1 << 31) - 1)
+
+
+def _reference_requantize(acc, bias, m0, shift, zp, lo, hi):
+    shape = (1, -1, 1)
+    q = quant.requantize(acc.to(torch.int64) + bias.view(shape), m0.view(shape), shift.view(shape))
+    return (q + zp).clamp(lo, hi).to(torch.float64)
+
+
+@st.composite
+def requantize_cases(draw):
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+    b, n, l = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(1, 40))
+    style = draw(st.sampled_from(["int32", "extreme", "small"]))
+    if style == "extreme":
+        acc = rng.choice(np.array([INT32[0], INT32[1], 0, -1, 1, 1 << 24, -(1 << 24)]), size=(b, n, l))
+    elif style == "small":
+        acc = rng.integers(-1000, 1000, size=(b, n, l))
+    else:
+        acc = rng.integers(INT32[0], INT32[1], size=(b, n, l), endpoint=True)
+    wide = draw(st.booleans())  # bias / shift outside the float64 kernel's bounds: the int64 kernel
+    bias = rng.integers(-(1 << 40) if wide else -(1 << 31), (1 << 40) if wide else (1 << 31), size=n)
+    m0 = rng.integers(1 << 30, 1 << 31, size=n)
+    shift = rng.integers(1 if wide else 16, 63 if wide else 53, size=n)
+    dtype = draw(st.sampled_from([torch.int32, torch.int64, torch.float32]))
+    acc_t = torch.from_numpy(acc)
+    if dtype is torch.float32:
+        acc_t = acc_t.clamp(-(1 << 24), 1 << 24)  # float32 holds integers exactly up to 2**24
+    zp = draw(st.integers(-128, 255))
+    lo, hi = draw(st.sampled_from([(0, 255), (-128, 127), (INT32[0], INT32[1])]))
+    return acc_t.to(dtype), torch.from_numpy(bias), torch.from_numpy(m0), torch.from_numpy(shift), zp, lo, hi
+
+
+@settings(max_examples=300, deadline=None)
+@given(requantize_cases())
+def test_requantize_clamp_equals_int64_formula(case):
+    acc, bias, m0, shift, zp, lo, hi = case
+    got = quant.requantize_clamp(acc, bias, m0, shift, zp, lo, hi).to(torch.float64)
+    want = _reference_requantize(acc, bias, m0, shift, zp, lo, hi).to(torch.float32).to(torch.float64)
+    assert torch.equal(got, want)
+
+
+def test_requantize_clamp_uses_both_kernels():
+    """The bounds check picks the float64 kernel for real layers and the int64 one beyond them."""
+    acc = torch.zeros(1, 2, 3, dtype=torch.int32)
+    m0 = torch.tensor([1 << 30, (1 << 31) - 1])
+    assert quant._float64_requantize_ok(acc, torch.tensor([5, -7]), m0, torch.tensor([16, 52]))
+    assert not quant._float64_requantize_ok(acc, torch.tensor([1 << 32, 0]), m0, torch.tensor([20, 20]))
+    assert not quant._float64_requantize_ok(acc, torch.tensor([0, 0]), m0, torch.tensor([15, 20]))
+    assert not quant._float64_requantize_ok(torch.full((1, 2, 3), 1 << 33), torch.tensor([0, 0]), m0,
+                                            torch.tensor([20, 20]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(-128, 255), st.integers(-128, 255),
+       st.sampled_from([1, 2**10, 2**20, 2**30, 2**41 - 1, 2**45]), st.sampled_from([1, 2**19, 2**21 + 3, 2**40]),
+       st.sampled_from([1, 20, 31, 52, 60]), st.integers(-128, 255), st.booleans())
+def test_rescale_add_equals_int64_formula(seed, za, zb, ma, mb, shift, zp, negative):
+    rng = np.random.default_rng(seed)
+    a = torch.from_numpy(rng.integers(-128, 256, size=(2, 3, 5))).float()
+    b = torch.from_numpy(rng.integers(-128, 256, size=(2, 3, 5))).float()
+    if negative:
+        ma = -ma
+    got = quant.rescale_add(a, b, za, ma, zb, mb, shift, zp, -128, 255)
+    t = (a.to(torch.int64) - za) * ma + (b.to(torch.int64) - zb) * mb
+    want = (torch.bitwise_right_shift(t + (1 << (shift - 1)), shift) + zp).clamp(-128, 255).to(torch.float32)
+    assert torch.equal(got, want)
