@@ -20,6 +20,8 @@ grouped convolutions, psum registers narrow enough for a fold to wrap) go throug
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -32,9 +34,14 @@ from sysarray.engines.fast import fast_gemm
 from sysarray.faults import FaultMap
 
 _F32_LIMIT = 1 << 24
-# CPU replays psum chains with the direct kernel; False runs the torch replay (CUDA's) on CPU too,
-# which is how the tests check that path without a GPU.
-DIRECT_REPLAY_ON_CPU = True
+# Psum-chain replay on CPU. "auto": the direct kernel for output planes of at most
+# DIRECT_MAX_PIXELS pixels (linear layers, most conv layers), per-fold convolutions with numba
+# chains for larger planes (measured at batch 256, per layer: ResNet-20 8x8 direct 18-21 vs folds
+# 25-29 ms, 16x16 on par, 32x32 39 vs 29 ms; LeNet-5 14x14 2.5 vs 5.3 ms). "direct", "folds" and
+# "torch" (CUDA's per-fold convolutions and torch chains) force one path: the tests check all
+# three on CPU.
+CPU_REPLAY = "auto"
+DIRECT_MAX_PIXELS = 256
 
 
 def im2col(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -61,23 +68,28 @@ def _conv_dtype(device: torch.device) -> torch.dtype:
 def _exact_conv(x: torch.Tensor, w: torch.Tensor, stride, padding, amax: int, wmax: int) -> torch.Tensor:
     """``conv2d(x, w)`` exactly for integer-valued tensors (zero padding, groups 1).
 
-    Returns a float tensor of exact integers when one float32 convolution is exact, else int64:
-    input channels are split into chunks whose sums stay below 2**24 (float64 if one channel's
-    taps alone could round).
+    Every partial sum of output ``n`` is bounded by ``amax * sum|w[n]|`` whatever the summation
+    order, so one float32 convolution is exact when that L1 bound stays below 2**24 for every
+    filter (returns float). Otherwise input channels are cut greedily into chunks that keep the
+    bound, each chunk convolved in float32 and summed in int64 (float64 if one channel's taps
+    alone could round; always on CUDA, where cuDNN may use TF32).
     """
     dtype = _conv_dtype(x.device)
-    taps = w.shape[2] * w.shape[3]
-    term = max(1, amax) * max(1, wmax)
-    if dtype == torch.float64 or taps * term >= _F32_LIMIT:
+    a = max(1, amax)
+    if dtype == torch.float64 or w.shape[2] * w.shape[3] * a * max(1, wmax) >= _F32_LIMIT:
         return F.conv2d(x.double(), w.double(), stride=stride, padding=padding).to(torch.int64)
-    if w.shape[1] * taps * term < _F32_LIMIT:
+    l1 = w.abs().sum(dim=(2, 3)).to(torch.int64)  # (N, C) per-filter, per-channel L1 norms
+    if w.numel() == 0 or int(l1.sum(dim=1).max()) * a < _F32_LIMIT:
         return F.conv2d(x, w.to(x.dtype), stride=stride, padding=padding)
-    chunk = max(1, (_F32_LIMIT - 1) // (taps * term))
-    out = None
-    for lo in range(0, w.shape[1], chunk):
-        part = F.conv2d(x[:, lo:lo + chunk], w[:, lo:lo + chunk].to(x.dtype), stride=stride,
-                        padding=padding).to(torch.int64)
+    out, lo, C = None, 0, w.shape[1]
+    run = torch.cumsum(l1, dim=1)  # (N, C)
+    while lo < C:
+        base = run[:, lo - 1:lo] if lo else torch.zeros_like(run[:, :1])
+        # the longest chunk lo..hi-1 with every filter's L1 * amax below 2**24 (at least one channel)
+        hi = lo + max(1, int(((run[:, lo:] - base).max(dim=0).values * a < _F32_LIMIT).sum()))
+        part = F.conv2d(x[:, lo:hi], w[:, lo:hi].to(x.dtype), stride=stride, padding=padding).to(torch.int64)
         out = part if out is None else out + part
+        lo = hi
     return out
 
 
@@ -208,12 +220,15 @@ def _replay_conv_chains(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm
             keep[o, s] = preg.keep[r, c]
             ones[o, s] = preg.ones[r, c]
     sign = 1 << (pb - 1)
-    if dev.type == "cpu" and DIRECT_REPLAY_ON_CPU:
+    mode = CPU_REPLAY if dev.type == "cpu" else "torch"
+    if mode == "auto":
+        mode = "direct" if y.shape[2] * y.shape[3] <= DIRECT_MAX_PIXELS else "folds"
+    if mode == "direct":
         _replay_direct(xp, Wp[:, torch.from_numpy(n_idx)].numpy(), seg_of_row, keep, ones, sign, n_idx,
                        kernel, stride, padding, amax, K, R, S, y, linear_tail)
     else:
         _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K,
-                              R, J, S, y, linear_tail)
+                              R, J, S, y, linear_tail, torch_chains=mode == "torch")
 
 
 def _replay_direct(xp, w_cols, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K, R, S, y,
@@ -239,7 +254,7 @@ def _replay_direct(xp, w_cols, seg_of_row, keep, ones, sign, n_idx, kernel, stri
     dtype = np.float32 if R * max(1, amax) * max(1, wmax) < _F32_LIMIT else np.float64
     B, Cin, H, W = xp.shape
     ph, pw = padding
-    xt = np.empty((Cin, H + 2 * ph, W + 2 * pw, B), dtype=dtype)
+    xt = _scratch((Cin, H + 2 * ph, W + 2 * pw, B), dtype)
     _batch_last_padded(xp.numpy(), ph, pw, xt)
     tap = k_of % taps
     _direct_chains(xt.reshape(-1), xt.shape[1], xt.shape[2], B, k_of // taps, tap // kw, tap % kw,
@@ -247,17 +262,39 @@ def _replay_direct(xp, w_cols, seg_of_row, keep, ones, sign, n_idx, kernel, stri
                    stride[0], stride[1], y.numpy())
 
 
+_SCRATCH = threading.local()
+
+
+def _scratch(shape, dtype) -> np.ndarray:
+    """An uninitialised array from a per-thread buffer that grows and is reused: a fresh multi-MB
+    allocation every layer costs more in page faults than the copy that fills it."""
+    n = int(np.prod(shape))
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.nbytes < n * np.dtype(dtype).itemsize:
+        buf = _SCRATCH.buf = np.empty(n * np.dtype(dtype).itemsize, dtype=np.uint8)
+    return buf[:n * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+
+
 @njit(cache=True, parallel=True)
 def _batch_last_padded(x, ph, pw, out):
     """x (B, C, H, W) -> out (C, H + 2 ph, W + 2 pw, B), zero padded (batch innermost, so that one
     kernel tap of one output row is a contiguous run of ``ow * B`` values)."""
     B, C, H, W = x.shape
-    for c in prange(C):
-        out[c] = 0
+    Hp = out.shape[1]
+    for ci in prange(C * Hp):
+        c = ci // Hp
+        io = ci % Hp
+        row = out[c, io]
+        i = io - ph
+        if i < 0 or i >= H:
+            row[:] = 0
+            continue
+        for j in range(pw):
+            row[j, :] = 0
+            row[W + pw + j, :] = 0
         for b in range(B):
-            for i in range(H):
-                for j in range(W):
-                    out[c, i + ph, j + pw, b] = x[b, c, i, j]
+            for j in range(W):
+                row[j + pw, b] = x[b, c, i, j]
 
 
 @njit(cache=True, parallel=True)
@@ -269,16 +306,21 @@ def _direct_chains(xf, Hp, Wp, B, tc, ti, tj, tw, ptr, keep, ones, sign, linear_
     channel ``tc``, kernel offsets ``ti, tj`` and weight ``tw``; keep/ones: (O, S) int64;
     y: (B, N, oh, ow) int32, its columns ``n_idx`` overwritten (``wrap32(sum over folds of the
     chain)``) or, with ``linear_tail``, corrected (``wrap32(y + sum over folds of (chain - sum of
-    segments))``). One task per (output, output row); the chain state is int32: a psum register
-    value fits (psum_bits <= 32, and p + segment < 2**psum_bits by the caller's wrap guard) and
-    the fold totals are only needed mod 2**32.
+    segments))``). One task per (output, output row, chunk of images), the chunk sized so the
+    task's three row buffers stay in L1; the chain state is int32: a psum register value fits
+    (psum_bits <= 32, and p + segment < 2**psum_bits by the caller's wrap guard) and the fold
+    totals are only needed mod 2**32.
     """
     O = n_idx.shape[0]
     oh, ow = y.shape[2], y.shape[3]
-    W = ow * B
-    for task in prange(O * oh):
-        o = task // oh
-        r = task % oh
+    bc = min(B, max(8, 2048 // ow))  # images per task: about 2048 values per row buffer
+    nb = (B + bc - 1) // bc
+    for task in prange(O * oh * nb):
+        o = task // (oh * nb)
+        r = (task // nb) % oh
+        b0 = (task % nb) * bc
+        nbc = min(bc, B - b0)
+        W = ow * nbc
         tot = np.zeros(W, dtype=np.int32)
         v = np.empty(W, dtype=xf.dtype)
         p = np.empty(W, dtype=np.int32)
@@ -289,16 +331,16 @@ def _direct_chains(xf, Hp, Wp, B, tc, ti, tj, tw, ptr, keep, ones, sign, linear_
                 base = (o * Fr + f) * S + s
                 for t in range(ptr[base], ptr[base + 1]):
                     w = tw[t]
-                    off = ((tc[t] * Hp + r * sh + ti[t]) * Wp + tj[t]) * B
-                    if sw == 1:
+                    off = ((tc[t] * Hp + r * sh + ti[t]) * Wp + tj[t]) * B + b0
+                    if sw == 1 and nbc == B:
                         xs = xf[off:off + W]  # slices keep the indices non-negative: the loop vectorizes
                         for e in range(W):
                             v[e] += w * xs[e]
                     else:
                         for q in range(ow):
-                            xs = xf[off + q * sw * B:off + q * sw * B + B]
-                            vs = v[q * B:q * B + B]
-                            for b in range(B):
+                            xs = xf[off + q * sw * B:off + q * sw * B + nbc]
+                            vs = v[q * nbc:q * nbc + nbc]
+                            for b in range(nbc):
                                 vs[b] += w * xs[b]
                 k = keep[o, s]
                 on = ones[o, s]
@@ -310,16 +352,18 @@ def _direct_chains(xf, Hp, Wp, B, tc, ti, tj, tw, ptr, keep, ones, sign, linear_
             for i in range(W):
                 tot[i] += p[i]
         n = n_idx[o]
-        for q in range(ow):
-            for b in range(B):
-                val = np.int64(tot[q * B + b]) + (np.int64(y[b, n, r, q]) if linear_tail else 0)
-                y[b, n, r, q] = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+        for b in range(nbc):  # images outermost: each image's output row is one contiguous run
+            yr = y[b0 + b, n, r]
+            for q in range(ow):
+                val = np.int64(tot[q * nbc + b]) + (np.int64(yr[q]) if linear_tail else 0)
+                yr[q] = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
 
 
 def _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K, R, J, S, y,
-                          linear_tail) -> None:
-    """CUDA: each fold's segment sums from one small convolution over the fold's input channels
-    with masked "virtual filters" ``Wv[fr, o, s, r]``, the chains replayed with torch ops."""
+                          linear_tail, torch_chains: bool) -> None:
+    """Each fold's segment sums from one small convolution over the fold's input channels with
+    masked "virtual filters" ``Wv[fr, o, s, r]``; the chains are replayed fold by fold by a numba
+    kernel (CPU) or by torch ops (``torch_chains``: CUDA)."""
     dev = xp.device
     kh, kw = kernel
     taps = kh * kw
@@ -341,12 +385,59 @@ def _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, s
         local = torch.zeros((O * S, (c_hi - c_lo + 1) * taps), dtype=torch.int64, device=dev)
         local[:, k0 - c_lo * taps:k1 - c_lo * taps] = Wv[fr, :, :, :k1 - k0].reshape(O * S, -1)
         w_fold = local.view(O * S, c_hi - c_lo + 1, kh, kw)
-        seg = _exact_conv(xp[:, c_lo:c_hi + 1], w_fold, stride, padding, amax, wmax).to(torch.int64).view(B, O, S, -1)
+        seg = _exact_conv(xp[:, c_lo:c_hi + 1], w_fold, stride, padding, amax, wmax)  # (B, O*S, oh, ow)
+        if not torch_chains:
+            seg = seg.contiguous()  # float32 or, past 2**24, int64 (the kernel reads either exactly)
+            _fold_psum_chains(seg.view(B, O, S, -1).numpy(), keep, ones, sign, linear_tail, tot.numpy())
+            continue
+        seg = seg.to(torch.int64).view(B, O, S, -1)
         p = torch.zeros_like(tot)
         for s in range(S):
             p = force(p + seg[:, :, s], keep_t[:, :, s], ones_t[:, :, s], sign)
         tot += p - seg.sum(dim=2) if linear_tail else p
-    if linear_tail:
+    if not torch_chains:
+        _finish_chains(yv.numpy(), n_idx, tot.numpy(), linear_tail)
+    elif linear_tail:
         yv[:, n_t] = wrap(yv[:, n_t].to(torch.int64) + tot, 32).to(yv.dtype)
     else:
         yv[:, n_t] = wrap(tot, 32).to(yv.dtype)
+
+
+@njit(cache=True, parallel=True)
+def _fold_psum_chains(seg, keep, ones, sign, linear_tail, tot):
+    """One fold of the psum chains: ``p = force_s(p + seg_s)`` over the segments, added to ``tot``.
+
+    seg: (B, O, S, L) exact integers (float32 or int64); keep/ones: (O, S) int64; tot: (B, O, L) int64.
+    With ``linear_tail`` the segments stop at the last faulty row and ``tot`` gets ``p - sum(seg)``,
+    the correction to the plain sums (exact mod 2**32 when the psum register is 32 bits wide).
+    """
+    B, O, S, L = seg.shape
+    for bo in prange(B * O):
+        b = bo // O
+        o = bo % O
+        p = np.zeros(L, dtype=np.int64)
+        for s in range(S):
+            k = keep[o, s]
+            on = ones[o, s]
+            for i in range(L):
+                x = np.int64(seg[b, o, s, i])
+                q = p[i] + x
+                p[i] = (((q & k) | on) ^ sign) - sign
+                if linear_tail:
+                    tot[b, o, i] -= x
+        for i in range(L):
+            tot[b, o, i] += p[i]
+
+
+@njit(cache=True, parallel=True)
+def _finish_chains(y, n_idx, tot, linear_tail):
+    """Write the replayed outputs: ``y[:, n_idx[o]] = wrap32(y + tot)`` (``linear_tail``) or
+    ``wrap32(tot)``. y: (B, N, L) int32; tot: (B, O, L) int64."""
+    B, O, L = tot.shape
+    for bo in prange(B * O):
+        b = bo // O
+        o = bo % O
+        n = n_idx[o]
+        for i in range(L):
+            v = tot[b, o, i] + (np.int64(y[b, n, i]) if linear_tail else 0)
+            y[b, n, i] = ((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000

@@ -373,6 +373,16 @@ def test_wrong_image_shape_names_the_expected_shape(zoo):
     assert program.run(torch.zeros(1, 8, 8), ArrayConfig(8, 8)).logits.shape == (1, 10)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_images_are_refused(zoo, digits, bad):
+    program = zoo["lenet"].program
+    images = digits.test_x[:5].clone()
+    images[3, 0, 4, 2] = bad
+    with pytest.raises(ValueError, match="finite images"):
+        program.run(images, ArrayConfig(8, 8))
+    assert program.run(images[:3], ArrayConfig(8, 8)).logits.shape == (3, 10)
+
+
 def test_fault_map_for_another_array_is_refused(zoo, digits):
     program = zoo["sequential"].program
     with pytest.raises(ValueError, match=r"8x8 array but the array is 16x16"):

@@ -134,8 +134,10 @@ def test_conv_fault_free_equals_plain_convolution(case):
 def test_wide_layer_splits_channels_exactly():
     """K * 255 * 127 >= 2**24: the float32 convolution must be split (ResNet-20's 64-channel 3x3)."""
     rng = np.random.default_rng(1)
-    x = torch.from_numpy(rng.choice(np.array([0.0, 255.0], dtype=np.float32), size=(2, 64, 6, 6)))
-    w = torch.from_numpy(rng.choice(np.array([-127, 127], dtype=np.int8), size=(8, 64, 3, 3)))
+    # Mostly 255 * 127 terms of one sign: the sums pass 2**24, where float32 would round them.
+    x = torch.from_numpy(rng.choice(np.array([0.0, 255.0], dtype=np.float32), p=[0.02, 0.98], size=(2, 64, 6, 6)))
+    w = torch.from_numpy(rng.choice(np.array([-127, 127], dtype=np.int8), p=[0.03, 0.97], size=(8, 64, 3, 3)))
+    w[0] = torch.from_numpy(rng.choice(np.array([-127, 127], dtype=np.int8), size=(64, 3, 3)))  # a small-L1 filter
     cfg = sa.ArrayConfig(32, 4, "ws")
     fm = sa.FaultMap(32, 4).add(5, 1, "psum", 30, 1).add(20, 3, "weight", 2, 0)
     for faults in (None, fm):
@@ -145,32 +147,40 @@ def test_wide_layer_splits_channels_exactly():
 
 
 def test_tall_array_replays_psum_chains_in_float64():
-    """R * 255 * 127 >= 2**24: a fold's segment sums could round in float32, so the direct replay
-    kernel must accumulate in float64 (and a psum fault near the bottom makes segments long)."""
+    """R * 255 * 127 >= 2**24: a fold's segment sums could round in float32, so every replay path
+    must keep them exact (float64 or int64; a psum fault near the bottom makes segments long)."""
     rng = np.random.default_rng(3)
     x = torch.from_numpy(rng.choice(np.array([0.0, 255.0], dtype=np.float32), p=[0.01, 0.99], size=(2, 128, 5, 5)))
     w = torch.from_numpy(rng.choice(np.array([-127, 127], dtype=np.int8), p=[0.01, 0.99], size=(5, 128, 3, 3)))
     cfg = sa.ArrayConfig(576, 3, "ws")
     fm = sa.FaultMap(576, 3).add(570, 1, "psum", 0, 1).add(575, 2, "psum", 2, 0).add(9, 2, "psum", 30, 1)
-    for stride in ((1, 1), (2, 1)):
-        y = fast_conv2d(x, w, cfg, fm, stride=stride, padding=(1, 1))
-        case = ConvCase(x, w, cfg, fm, stride, (1, 1), 0, 1, False)
-        np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
+    from sysarray.engines import fast_conv as fc
+
+    try:
+        for mode in ("direct", "folds", "torch"):
+            fc.CPU_REPLAY = mode
+            for stride in ((1, 1), (2, 1)):
+                y = fast_conv2d(x, w, cfg, fm, stride=stride, padding=(1, 1))
+                case = ConvCase(x, w, cfg, fm, stride, (1, 1), 0, 1, False)
+                np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"), err_msg=mode)
+    finally:
+        fc.CPU_REPLAY = "auto"
 
 
 @settings(max_examples=150, **SETTINGS)
 @given(conv_cases(registers=("weight", "psum")))
-def test_torch_chain_replay_equals_direct_kernel(case):
-    """The torch replay that CUDA runs (per-fold convolutions) gives the direct CPU kernel's bits."""
+def test_every_chain_replay_path_gives_the_same_bits(case):
+    """The direct CPU kernel, per-fold convolutions with numba chains, and CUDA's per-fold
+    convolutions with torch chains (run on CPU here) agree with the default choice."""
     from sysarray.engines import fast_conv as fc
 
-    direct = conv(case)
-    fc.DIRECT_REPLAY_ON_CPU = False
+    auto = conv(case)
     try:
-        by_torch = conv(case)
+        for mode in ("direct", "folds", "torch"):
+            fc.CPU_REPLAY = mode
+            np.testing.assert_array_equal(conv(case), auto, err_msg=mode)
     finally:
-        fc.DIRECT_REPLAY_ON_CPU = True
-    np.testing.assert_array_equal(by_torch, direct)
+        fc.CPU_REPLAY = "auto"
 
 
 @pytest.mark.gpu
