@@ -3,7 +3,7 @@ FT-ClipAct, FitAct and ProAct, on faulty chips and under weight-memory bit flips
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_clipping.py [--quick] [--chips N] [--out DIR] [--skip-fashion]
+    .venv/bin/python benchmarks/bench_clipping.py [--quick] [--chips N] [--out DIR] [--skip-fashion] [--settings a,b,c,d]
 
 Models: LeNet-5 on ``digits`` (trained here, 40 epochs) and a VGG-11-style net (width 0.25) on
 Fashion-MNIST from /usr/share/datasets/fashion-mnist (skipped with a message when absent; trained
@@ -14,11 +14,16 @@ here on a subset, evaluated on the first ``--fashion-test`` test images). Fault 
 (b) memory: bit flips in the stored int8 weights and threshold codes at a bit error rate
     (``--bers``), ``--chips`` seeded draws per rate;
 (c) chip, WS: the same faults on a weight-stationary array (a psum fault corrupts a whole output
-    column, including the logits'), for the record.
+    column, including the logits'), for the record;
+(d) memory, float32: bit flips in the IEEE-754 words of the float model's conv/linear weights and
+    thresholds at a bit error rate (``--bers32``), ``--chips`` seeded draws per rate, judged on
+    the float model (the clipping papers' setting).
 
-FT-ClipAct searches with the fault site of the setting it is judged on ((a) chip, (b) memory), with
-small settings (2 repetitions, 128 scoring images). Writes OUT/bench_clipping.json and
-OUT/bench_clipping.png, and prints the tables (mean and worst accuracy over the chips, in %).
+FT-ClipAct searches with the fault site of the setting it is judged on ((a) chip, (b) int8 memory,
+(d) float32 memory), with small settings (2 repetitions, 128 scoring images). ``--settings``
+picks the settings to run (default all; a method only a skipped setting needs is not searched).
+Writes OUT/bench_clipping.json and OUT/bench_clipping.png, and prints the tables (mean and worst
+accuracy over the chips, in %).
 """
 from __future__ import annotations
 
@@ -39,6 +44,11 @@ from benchmarks._common import format_table, machine_info, write_json  # noqa: E
 REPO = Path(__file__).resolve().parent.parent
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 METHODS = ("none", "ranger", "ftclipact", "fitact", "proact")
+SETTINGS = {"a": "chip_os", "b": "memory", "c": "chip_ws", "d": "memory_float32"}
+TITLES = {"chip_os": "(a) 16x16 OS chip, psum bits 24-30 stuck at 1, PE rate",
+          "memory": "(b) int8 weight-memory bit flips, BER",
+          "chip_ws": "(c) 16x16 WS chip, same faults, PE rate",
+          "memory_float32": "(d) float32 weight-memory bit flips (float model), BER"}
 
 
 def train_model(name: str, data, epochs: int, cache: Path, **kw):
@@ -53,14 +63,19 @@ def train_model(name: str, data, epochs: int, cache: Path, **kw):
     return model
 
 
-def harden(model, data, args, chip_site, mem_site):
+def harden(model, data, args, chip_site, mem_site, mem32_site):
     from mitigation.clipping import find_thresholds
 
     ft = dict(calibration_images=128, min_rounds=1 if args.quick else 3, max_rounds=2 if args.quick else 4)
     out = {}
-    for method, kw in [("ranger", {}), ("ftclipact-chip", dict(faults=chip_site, **ft)),
-                       ("ftclipact-memory", dict(faults=mem_site, **ft)), ("fitact", dict(epochs=args.fitact_epochs)),
-                       ("proact", {})]:
+    wanted = [("ranger", {}), ("ftclipact-chip", dict(faults=chip_site, **ft)),
+              ("ftclipact-memory", dict(faults=mem_site, **ft)), ("ftclipact-float32", dict(faults=mem32_site, **ft)),
+              ("fitact", dict(epochs=args.fitact_epochs)), ("proact", {})]
+    skip = {"ftclipact-chip": not {"chip_os", "chip_ws"} & set(args.settings),
+            "ftclipact-memory": "memory" not in args.settings, "ftclipact-float32": "memory_float32" not in args.settings}
+    for method, kw in wanted:
+        if skip.get(method):
+            continue
         t0 = time.perf_counter()
         res = find_thresholds(model, data, method.split("-")[0], progress=True, **kw)
         out[method] = res
@@ -69,9 +84,10 @@ def harden(model, data, args, chip_site, mem_site):
     return out
 
 
-def evaluate(programs: dict, site, x, y) -> dict:
+def evaluate(targets: dict, site, x, y) -> dict:
+    """Mean and worst accuracy (%) per rate of each program (or float model, float32 site)."""
     out = {}
-    for name, p in programs.items():
+    for name, p in targets.items():
         curve = site.curve(p, x, y) * 100  # (rates, chips)
         out[name] = {"mean": curve.mean(1).tolist(), "worst": curve.min(1).tolist()}
     return out
@@ -85,36 +101,50 @@ def run_model(label, model, data, x, y, args):
     chip_site = FaultSetting.chip(rates=tuple(args.pe_rates), repetitions=reps, dataflow="os", seed=7)
     ws_site = FaultSetting.chip(rates=(0.004, 0.01), repetitions=reps, dataflow="ws", seed=7)
     mem_site = FaultSetting(rates=tuple(args.bers), repetitions=reps, seed=7)
+    mem32_site = FaultSetting(rates=tuple(args.bers32), repetitions=reps, seed=7, weight_format="float32")
     ft_chip = FaultSetting.chip(rates=(args.pe_rates[1],), repetitions=2, dataflow="os", seed=99)
     ft_mem = FaultSetting(rates=(args.bers[-2],), repetitions=2, seed=99)
+    ft_mem32 = FaultSetting(rates=(args.bers32[-2],), repetitions=2, seed=99, weight_format="float32")
     print(f"{label}: hardening", flush=True)
-    results = harden(model, data, args, ft_chip, ft_mem)
+    results = harden(model, data, args, ft_chip, ft_mem, ft_mem32)
     programs = {"none": lower_clipped(model, data)}
     programs.update({k: lower_clipped(r.model, data) for k, r in results.items()})
     cfg = sa.ArrayConfig(16, 16, "os")
     clean = {k: 100 * p.run(x, cfg).accuracy(y) for k, p in programs.items()}
+    floats = {"none": model.eval(), **{k: r.model for k, r in results.items()}}
+    with torch.no_grad():
+        clean_float = {k: 100 * float((m(x).argmax(1) == y).double().mean()) for k, m in floats.items()}
     print(f"{label}: evaluating", flush=True)
-    chip_programs = {k: v for k, v in programs.items() if k != "ftclipact-memory"}
-    mem_programs = {k: v for k, v in programs.items() if k != "ftclipact-chip"}
-    res = {
-        "clean": clean,
-        "chip_os": {"rates": chip_site.rates, **evaluate(chip_programs, chip_site, x, y)},
-        "memory": {"rates": mem_site.rates, **evaluate(mem_programs, mem_site, x, y)},
-        "chip_ws": {"rates": ws_site.rates, **evaluate({k: chip_programs[k] for k in ("none", "ranger")}, ws_site, x, y)},
+    chip_programs = {k: v for k, v in programs.items() if k not in ("ftclipact-memory", "ftclipact-float32")}
+    mem_programs = {k: v for k, v in programs.items() if k not in ("ftclipact-chip", "ftclipact-float32")}
+    mem32_models = {k: v for k, v in floats.items() if k not in ("ftclipact-chip", "ftclipact-memory")}
+    res = {"clean": clean, "clean_float": clean_float}
+    if "chip_os" in args.settings:
+        res["chip_os"] = {"rates": chip_site.rates, **evaluate(chip_programs, chip_site, x, y)}
+    if "memory" in args.settings:
+        res["memory"] = {"rates": mem_site.rates, **evaluate(mem_programs, mem_site, x, y)}
+    if "chip_ws" in args.settings:
+        res["chip_ws"] = {"rates": ws_site.rates,
+                          **evaluate({k: chip_programs[k] for k in ("none", "ranger")}, ws_site, x, y)}
+    if "memory_float32" in args.settings:
+        res["memory_float32"] = {"rates": mem32_site.rates, **evaluate(mem32_models, mem32_site, x, y)}
+    res.update({
         "methods": {k: {"thresholds": r.thresholds, "overhead": r.overhead, "seconds": r.seconds,
                         "model_parameters": r.model_parameters} for k, r in results.items()},
         "images": int(len(x)), "chips_per_rate": reps,
-    }
+    })
     return res
 
 
 def print_tables(label, r):
-    rows = [[k, v["thresholds"], f"{100 * v['overhead']:.3f}%", round(v["seconds"], 1), round(r["clean"][k], 2)]
-            for k, v in r["methods"].items()]
-    rows.insert(0, ["none", 0, "0%", 0.0, round(r["clean"]["none"], 2)])
-    print(format_table(["method", "thresholds", "of params", "find s", "fault-free %"], rows, title=f"\n{label}"))
-    for key, title in (("chip_os", "(a) 16x16 OS chip, psum bits 24-30 stuck at 1, PE rate"),
-                       ("memory", "(b) weight-memory bit flips, BER"), ("chip_ws", "(c) 16x16 WS chip, same faults, PE rate")):
+    rows = [[k, v["thresholds"], f"{100 * v['overhead']:.3f}%", round(v["seconds"], 1), round(r["clean"][k], 2),
+             round(r["clean_float"][k], 2)] for k, v in r["methods"].items()]
+    rows.insert(0, ["none", 0, "0%", 0.0, round(r["clean"]["none"], 2), round(r["clean_float"]["none"], 2)])
+    print(format_table(["method", "thresholds", "of params", "find s", "fault-free % (chip)", "fault-free % (float)"], rows,
+                       title=f"\n{label}"))
+    for key, title in TITLES.items():
+        if key not in r:
+            continue
         sec = r[key]
         head = ["method"] + [f"{rate:g} mean/worst" for rate in sec["rates"]]
         rows = [[k] + [f"{m:.1f}/{w:.1f}" for m, w in zip(sec[k]["mean"], sec[k]["worst"])]
@@ -128,7 +158,9 @@ def plot(all_results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [(m, k) for m in all_results for k in ("chip_os", "memory")]
+    panels = [(m, k) for m in all_results for k in ("chip_os", "memory", "memory_float32") if k in all_results[m]]
+    if not panels:
+        return
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     for ax, (model, key) in zip(axes[0], panels):
         sec = all_results[model][key]
@@ -140,9 +172,11 @@ def plot(all_results, path):
         ax.set_xscale("log")
         ax.set_xlabel("PE fault rate" if key == "chip_os" else "bit error rate")
         ax.set_ylabel("accuracy % (solid mean, dotted worst)")
-        ax.set_title(f"{model}: {'OS chip psum stuck-at-1' if key == 'chip_os' else 'weight-memory flips'}")
+        what = {"chip_os": "OS chip psum stuck-at-1", "memory": "int8 weight-memory flips",
+                "memory_float32": "float32 weight-memory flips"}[key]
+        ax.set_title(f"{model}: {what}", fontsize=10)
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+        ax.legend(fontsize=7)  # each panel has its own FT-ClipAct search
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -152,7 +186,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer chips and shorter searches")
     p.add_argument("--chips", type=int, help="chips (draws) per rate (default 10, quick 4)")
     p.add_argument("--pe-rates", default="0.005,0.01,0.02,0.05")
-    p.add_argument("--bers", default="1e-3,1e-2,3e-2,5e-2")
+    p.add_argument("--bers", default="1e-3,1e-2,3e-2,5e-2", help="int8 weight-memory bit error rates, setting (b)")
+    p.add_argument("--bers32", default="1e-6,1e-5,3e-5,1e-4,3e-4", help="float32 weight-memory bit error rates, setting (d)")
+    p.add_argument("--settings", default="a,b,c,d", help="fault settings to run, of a (OS chip), b (int8 memory), "
+                                                         "c (WS chip), d (float32 memory); default all")
     p.add_argument("--fitact-epochs", type=int, default=10)
     p.add_argument("--fashion-train", type=int, default=12000, help="Fashion-MNIST training images used")
     p.add_argument("--fashion-test", type=int, default=1000, help="Fashion-MNIST test images evaluated")
@@ -163,6 +200,11 @@ def main(argv=None) -> int:
     args.chips = args.chips or (4 if args.quick else 10)
     args.pe_rates = [float(r) for r in args.pe_rates.split(",")]
     args.bers = [float(r) for r in args.bers.split(",")]
+    args.bers32 = [float(r) for r in args.bers32.split(",")]
+    bad = [t for t in args.settings.split(",") if t not in SETTINGS]
+    if bad:
+        p.error(f"--settings takes letters of {', '.join(SETTINGS)}. Got {', '.join(bad)}.")
+    args.settings = [SETTINGS[t] for t in args.settings.split(",")]
     from accel_models.data import load_dataset
 
     cache = REPO / ".cache" / "bench_clipping"

@@ -24,7 +24,8 @@ def add_clip_parser(subparsers) -> None:
                     "the share of the model's parameters it adds, and the search/training time.",
         epilog="Examples: sysarray clip --method ranger --model model.pt -o ranger.pt; "
                "sysarray clip --method ftclipact --model model.pt --site chip --dataflow os --rates 0.01,0.02 "
-               "--bits 24-30 --value 1 -o ft.pt; sysarray clip --model other.pt --thresholds ranger.pt -o same.pt",
+               "--bits 24-30 --value 1 -o ft.pt; sysarray clip --method ftclipact --model model.pt --weight-format float32 "
+               "-o ft32.pt; sysarray clip --model other.pt --thresholds ranger.pt -o same.pt",
     )
     p.add_argument("--method", choices=METHODS, help="threshold method (required unless --thresholds is given)")
     p.add_argument("--model", required=True, metavar="MODEL.pt", help="checkpoint written by `sysarray train`")
@@ -48,6 +49,10 @@ def add_clip_parser(subparsers) -> None:
                                    "PE fault rates (chip, default 0.005,0.01,0.02,0.03,0.05)")
     g.add_argument("--repetitions", type=int, default=5, help="fault draws per rate (default 5)")
     g.add_argument("--mode", choices=("flip", "stuck0", "stuck1", "stuck"), default="flip", help="memory bit errors (default flip)")
+    g.add_argument("--weight-format", choices=("int8", "float32"),
+                   help="memory site: how the weights are stored: int8 (the chip's weight memory and threshold codes, "
+                        "default) or float32 (the float model's IEEE-754 conv/linear weights and thresholds, as the "
+                        "clipping papers inject; scored on the float model)")
     g.add_argument("--array", default="16x16", metavar="RxC", help="chip array (default 16x16)")
     g.add_argument("--dataflow", choices=("ws", "os", "is"), default="ws", help="chip dataflow (default ws)")
     g.add_argument("--register", default="psum", help="chip fault registers (default psum)")
@@ -77,6 +82,10 @@ def method_options(args: argparse.Namespace) -> dict:
             kw["rates"] = _rates(args.rates)
         if args.site == "memory":
             kw["mode"] = args.mode
+            kw["weight_format"] = args.weight_format or "int8"
+        elif args.weight_format is not None:
+            raise ValueError(f"--weight-format applies to --site memory only (a chip runs int8). Got --weight-format "
+                             f"{args.weight_format} with --site chip.")
         else:
             kw.update(array=args.array, dataflow=args.dataflow, registers=parse_registers(args.register),
                       bits=tuple(parse_bits(args.bits)), values=parse_values(args.value))

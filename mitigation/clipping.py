@@ -182,7 +182,11 @@ class FaultSetting:
     """Where and how FT-ClipAct (and the benchmark) inject faults.
 
     ``site="memory"``: bit errors in stored weights and thresholds at each bit error rate of
-    ``rates`` (:func:`mitigation.weightfaults.corrupt_program`, ``mode`` flip/stuck*).
+    ``rates`` (``mode`` flip/stuck*), in the ``weight_format`` the weights are stored in:
+    ``"int8"`` (default, the spec's: the lowered program's int8 weights and threshold codes,
+    :func:`mitigation.weightfaults.corrupt_program`) or ``"float32"`` (the clipping papers'
+    setting: the float model's IEEE-754 Conv/Linear weights and thresholds,
+    :func:`mitigation.weightfaults.corrupt_model`; judged on the float model, not on a chip).
     ``site="chip"``: random PE fault maps at each PE fault rate of ``rates`` on an ``array``
     ``dataflow`` chip (:func:`sysarray.faultgen.by_pe_rate` with ``registers``, ``bits``, ``values``),
     run with the fast engine. ``repetitions`` draws per rate; draw ``(rate i, repetition j)`` uses
@@ -200,10 +204,19 @@ class FaultSetting:
     registers: tuple = ("psum",)
     bits: tuple | None = DEFAULT_CHIP_BITS
     values: tuple = (1,)
+    weight_format: str = "int8"
 
     def __post_init__(self) -> None:
+        from mitigation.weightfaults import WEIGHT_FORMATS
+
         if self.site not in ("memory", "chip"):
             raise ValueError(f"The fault site must be memory or chip. Got {self.site!r} instead.")
+        if self.weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"The weight format of the memory fault site must be one of {', '.join(WEIGHT_FORMATS)}. "
+                             f"Got {self.weight_format!r} instead.")
+        if self.site == "chip" and self.weight_format != "int8":
+            raise ValueError(f"The weight format applies to the memory fault site only (a chip runs int8). "
+                             f"Got weight_format={self.weight_format!r} with site='chip'.")
         rates = tuple(float(r) for r in self.rates)
         if not rates or any(not 0 <= r <= 1 for r in rates) or list(rates) != sorted(rates):
             raise ValueError(f"Fault rates must be an increasing list of numbers in [0, 1]. Got {self.rates!r} instead.")
@@ -231,26 +244,53 @@ class FaultSetting:
         return by_pe_rate(self.config, self.rates[rate_index], seed=self.seed_of(rate_index, repetition),
                           registers=self.registers, bits=self.bits, values=self.values)
 
-    def accuracy(self, program, images: torch.Tensor, labels: torch.Tensor, rate_index: int, repetition: int) -> float:
-        """Accuracy of ``program`` on ``images`` under draw ``(rate_index, repetition)``."""
+    @property
+    def on_float_model(self) -> bool:
+        """Whether draws are judged on the float model (float32 weight memory) rather than on an
+        integer program."""
+        return self.site == "memory" and self.weight_format == "float32"
+
+    def target(self, model: nn.Module, dataset):
+        """What :meth:`accuracy` takes for the (clipped) float ``model``: the model itself for the
+        float32 memory site, else its integer program (:func:`lower_clipped`)."""
+        return model if self.on_float_model else lower_clipped(model, dataset)
+
+    def accuracy(self, target, images: torch.Tensor, labels: torch.Tensor, rate_index: int, repetition: int) -> float:
+        """Accuracy of ``target`` on ``images`` under draw ``(rate_index, repetition)``: an
+        integer Program (chip, int8 memory) or a float ``nn.Module`` (float32 memory; a NaN logit
+        row counts as wrong, :func:`mitigation.weightfaults.float_accuracy`)."""
+        from accel_models.program import Program
+
+        want = nn.Module if self.on_float_model else Program
+        if not isinstance(target, want):
+            what = "a float torch model" if self.on_float_model else "an integer Program (lower_clipped)"
+            raise TypeError(f"The {self.site} fault site{' with float32 weights' if self.on_float_model else ''} is "
+                            f"judged on {what}. Got {type(target).__name__} instead.")
+        seed = self.seed_of(rate_index, repetition)
+        if self.on_float_model:
+            from mitigation.weightfaults import corrupt_model, float_accuracy
+
+            return float_accuracy(corrupt_model(target, self.rates[rate_index], seed=seed, mode=self.mode), images, labels)
+        program = target
         cfg = self.config
         if self.site == "memory":
             from mitigation.weightfaults import corrupt_program
 
-            bad = corrupt_program(program, self.rates[rate_index], seed=self.seed_of(rate_index, repetition), mode=self.mode)
+            bad = corrupt_program(program, self.rates[rate_index], seed=seed, mode=self.mode)
             return bad.run(images, cfg, engine="fast", count_changes=False).accuracy(labels)
         fm = self.fault_map(rate_index, repetition)
         return program.run(images, cfg, faults=fm, engine="fast", count_changes=False).accuracy(labels)
 
-    def curve(self, program, images, labels) -> np.ndarray:
-        """Accuracy (fraction) per rate and repetition, shape ``(len(rates), repetitions)``."""
-        return np.array([[self.accuracy(program, images, labels, i, j) for j in range(self.repetitions)]
+    def curve(self, target, images, labels) -> np.ndarray:
+        """Accuracy (fraction) per rate and repetition, shape ``(len(rates), repetitions)``;
+        ``target`` as for :meth:`accuracy`."""
+        return np.array([[self.accuracy(target, images, labels, i, j) for j in range(self.repetitions)]
                          for i in range(len(self.rates))])
 
-    def auc(self, program, images, labels) -> float:
+    def auc(self, target, images, labels) -> float:
         """Area under the mean accuracy-vs-rate curve (trapezoid), divided by the rate span, in
         accuracy points: the curve's mean height (a single rate gives that rate's accuracy)."""
-        mean = self.curve(program, images, labels).mean(axis=1) * 100
+        mean = self.curve(target, images, labels).mean(axis=1) * 100
         if len(self.rates) == 1:
             return float(mean[0])
         x = np.asarray(self.rates)
@@ -300,7 +340,8 @@ def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True
 
     Every activation starts zero-clipped at its profiled maximum. For each activation in forward
     order: ``candidates`` equally spaced thresholds in ``(lo, hi]`` (start ``(0, max]``), each
-    scored by :meth:`FaultSetting.auc` of the lowered model on the first ``calibration_images``
+    scored by :meth:`FaultSetting.auc` of the lowered model (of the float model for the float32
+    weight-memory site, which is how the paper searches) on the first ``calibration_images``
     training images; the interval shrinks to the neighbours of the best candidate; after
     ``min_rounds`` rounds the search stops once the best candidate's neighbours score within
     ``tolerance`` points of it, and always after ``max_rounds``. The best threshold seen is kept.
@@ -323,8 +364,10 @@ def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True
         if key not in scores_seen:
             trial = dict(thresholds, **{name: t})
             m = apply_clipping(copy.deepcopy(model), make_spec(model, trial, policy=policy, granularity="layer"))
-            program = lower_clipped(m, dataset)
-            scores_seen[key] = float(scorer(m, program)) if scorer is not None else faults.auc(program, x, y)
+            if scorer is not None:
+                scores_seen[key] = float(scorer(m, lower_clipped(m, dataset)))
+            else:
+                scores_seen[key] = faults.auc(faults.target(m, dataset), x, y)
         return scores_seen[key]
 
     history: dict[str, Any] = {"layers": {}, "faults": faults.to_dict()}

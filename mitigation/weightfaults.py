@@ -1,5 +1,13 @@
-"""The weight-memory fault site (mitigation.md section 2): bit errors in the stored int8 weights
-and in the stored threshold codes of a lowered :class:`~accel_models.program.Program`.
+"""The weight-memory fault site (mitigation.md section 2), in two weight formats.
+
+- ``int8`` (the spec's, the default everywhere): bit errors in the stored int8 weights and in the
+  stored threshold codes of a lowered :class:`~accel_models.program.Program`
+  (:func:`corrupt_program`).
+- ``float32`` (the clipping papers' setting: FT-ClipAct, Ranger and their re-runs inject into
+  float32 weights): bit errors in the IEEE-754 float32 words of a float torch model's Conv/Linear
+  weights and of its :class:`~accel_models.clipact.ClippedReLU` thresholds
+  (:func:`corrupt_model`). An exponent-bit flip can make a weight ~1e38 (bit 30 of a weight below
+  2 in magnitude), which is what activation clipping is good at removing.
 
 Each stored tensor is an array of 8-bit words. For a bit error rate ``ber`` the number of faulty
 bits of a tensor of ``n`` words is drawn from ``Binomial(8 n, ber)`` (no truncation, so a small
@@ -14,20 +22,39 @@ weights and thresholds).
 Tensors are visited in program order (each Gemm's weights, then its thresholds; then stand-alone
 Clip ops), each with its own generator spawned from ``seed``, so the same seed and program give
 the same corrupted program, and turning ``thresholds`` off leaves the weight faults unchanged.
+
+The float32 site follows the same rules with 32-bit words: per tensor ``Binomial(32 n, ber)``
+faulty bits (over the allowed ``bits``, 0..31; bit 31 is the sign, 30..23 the exponent, 22..0 the
+mantissa), distinct uniform sites, the same modes. Tensors are visited in ``named_modules`` order
+(each ``nn.Conv*``/``nn.Linear`` weight; each ``ClippedReLU`` threshold where it comes), one
+spawned generator each. What is corrupted (a choice, the same as int8): Conv/Linear weights and the
+thresholds only. Biases and BatchNorm parameters and statistics stay healthy: on the accelerator
+they are post-processing registers (the int8 lowering folds BatchNorm into the requantization and
+the bias into the int32 bias register), not weight memory. The faulty model can compute NaN and
+inf (``0 * inf``, ``inf - inf``): the zero clipping policy maps both to 0 (``x`` if ``0 <= x <= T``
+else 0; NaN fails the comparison); unclipped, they reach the logits. :func:`float_accuracy`
+counts a logit row holding any NaN as a misprediction (``argmax`` of such a row would name
+whichever class holds the NaN, which is no prediction); a row with infinities but no NaN is
+judged by ``argmax`` as usual (the first of equal maxima).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn as nn
 
+from accel_models.clipact import ClippedReLU
 from accel_models.program import Clip, Gemm, Program
 from sysarray.faultgen import Seed, as_rng
 
 MODES = ("flip", "stuck0", "stuck1", "stuck")
 WORD_BITS = 8
+FLOAT_WORD_BITS = 32
+WEIGHT_FORMATS = ("int8", "float32")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,23 +69,36 @@ class MemoryFaultReport:
         return int(sum(self.bits.values()))
 
 
-def _check(ber: float, mode: str, bits: Sequence[int] | None) -> tuple[float, np.ndarray]:
+def _check(ber: float, mode: str, bits: Sequence[int] | None, width: int = WORD_BITS,
+           where: str = "corrupt_program") -> tuple[float, np.ndarray]:
     if isinstance(ber, bool) or not isinstance(ber, (int, float, np.floating)) or not 0.0 <= float(ber) <= 1.0:
-        raise ValueError(f"The 'ber' argument of corrupt_program must be a bit error rate in [0, 1]. Got {ber!r} instead.")
+        raise ValueError(f"The 'ber' argument of {where} must be a bit error rate in [0, 1]. Got {ber!r} instead.")
     if mode not in MODES:
-        raise ValueError(f"The 'mode' argument of corrupt_program must be one of {', '.join(MODES)}. Got {mode!r} instead.")
-    allowed = np.arange(WORD_BITS) if bits is None else np.unique(np.asarray(list(bits), dtype=np.int64))
-    if allowed.size == 0 or allowed.min() < 0 or allowed.max() >= WORD_BITS:
-        raise ValueError(f"The 'bits' argument of corrupt_program must be bit positions in 0..7. Got {bits!r} instead.")
+        raise ValueError(f"The 'mode' argument of {where} must be one of {', '.join(MODES)}. Got {mode!r} instead.")
+    allowed = np.arange(width) if bits is None else np.unique(np.asarray(list(bits), dtype=np.int64))
+    if allowed.size == 0 or allowed.min() < 0 or allowed.max() >= width:
+        raise ValueError(f"The 'bits' argument of {where} must be bit positions in 0..{width - 1}. Got {bits!r} instead.")
     return float(ber), allowed
+
+
+def _root_seed(seed: Seed, where: str) -> np.random.SeedSequence:
+    """The SeedSequence whose children seed the tensors (a Generator gives one draw of it)."""
+    if isinstance(seed, np.random.SeedSequence):
+        return seed
+    if isinstance(seed, np.random.Generator):
+        return np.random.SeedSequence(int(seed.integers(0, 2**63)))
+    as_rng(seed, where)  # validates
+    return np.random.SeedSequence(int(seed))
 
 
 def corrupt_words(words: np.ndarray, ber: float, rng: np.random.Generator, mode: str = "flip",
                   bits: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-    """Bit errors in a flat array of 8-bit words (uint8, the raw stored patterns); returns a new
-    array and the number of faulty bits. ``bits``: the bit positions that can fail (default all 8);
-    the count is ``Binomial(len(words) * len(bits), ber)``."""
-    allowed = np.arange(WORD_BITS) if bits is None else bits
+    """Bit errors in a flat array of stored words, uint8 (int8 weights, threshold codes) or uint32
+    (float32 words); returns a new array of the same dtype and the number of faulty bits.
+    ``bits``: the bit positions that can fail (default all 8 or 32); the count is
+    ``Binomial(len(words) * len(bits), ber)``. Private kernel: the arguments are not checked."""
+    width = words.dtype.itemsize * 8
+    allowed = np.arange(width) if bits is None else bits
     n_sites = words.size * allowed.size
     count = int(rng.binomial(n_sites, ber)) if n_sites else 0
     out = words.copy()
@@ -66,7 +106,7 @@ def corrupt_words(words: np.ndarray, ber: float, rng: np.random.Generator, mode:
         return out, 0
     site = rng.choice(n_sites, size=count, replace=False)
     word, bit = site // allowed.size, allowed[site % allowed.size]
-    mask = (np.uint8(1) << bit.astype(np.uint8)).astype(np.uint8)
+    mask = (words.dtype.type(1) << bit.astype(words.dtype)).astype(words.dtype)
     if mode == "flip":
         np.bitwise_xor.at(out, word, mask)
     else:
@@ -108,14 +148,7 @@ def corrupt_program(program: Program, ber: float, *, seed: Seed, mode: str = "fl
                 tensors.append((i, "clip_codes"))
         elif isinstance(op, Clip):
             tensors.append((i, "codes"))
-    if isinstance(seed, np.random.SeedSequence):
-        root = seed
-    elif isinstance(seed, np.random.Generator):
-        root = np.random.SeedSequence(int(seed.integers(0, 2**63)))
-    else:
-        as_rng(seed, "corrupt_program")  # validates
-        root = np.random.SeedSequence(int(seed))
-    children = root.spawn(len(tensors))
+    children = _root_seed(seed, "corrupt_program").spawn(len(tensors))
     ops = list(program.ops)
     counts, total = {}, 0
     for (i, field), child in zip(tensors, children):
@@ -134,4 +167,77 @@ def corrupt_program(program: Program, ber: float, *, seed: Seed, mode: str = "fl
     return (out, MemoryFaultReport(bits=counts, total_bits=total)) if report else out
 
 
-__all__ = ["MODES", "MemoryFaultReport", "corrupt_program", "corrupt_words"]
+# --------------------------------------------------------------------------- float32 weights
+_WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+
+
+def float_tensors(model: nn.Module) -> list[tuple[str, str, nn.Parameter]]:
+    """The float32 site's stored tensors of ``model`` in the fixed order the seeds follow:
+    ``(name, kind, parameter)`` with kind ``"weight"`` (each Conv/Linear weight) or
+    ``"threshold"`` (each ClippedReLU threshold), in ``named_modules`` order."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, _WEIGHT_LAYERS):
+            out.append((f"{name}.weight", "weight", m.weight))
+        elif isinstance(m, ClippedReLU):
+            out.append((f"{name}.threshold", "threshold", m.threshold))
+    return out
+
+
+def _corrupt_float(t: torch.Tensor, ber: float, rng, mode: str, bits) -> tuple[torch.Tensor, int]:
+    """A float32 tensor with bit errors in its IEEE-754 words; same shape."""
+    words = t.detach().cpu().contiguous().view(torch.int32).numpy().view(np.uint32).ravel()
+    bad, count = corrupt_words(words, ber, rng, mode, bits)
+    return torch.from_numpy(bad.view(np.int32).reshape(t.shape)).view(torch.float32), count
+
+
+def corrupt_model(model: nn.Module, ber: float, *, seed: Seed, mode: str = "flip", weights: bool = True,
+                  thresholds: bool = True, bits: Sequence[int] | None = None,
+                  report: bool = False) -> nn.Module | tuple[nn.Module, MemoryFaultReport]:
+    """A copy of the float ``model`` (in eval mode) whose float32 Conv/Linear weights and
+    ClippedReLU thresholds have bit errors at ``ber``; ``model`` itself is not changed. Biases and
+    BatchNorm stay healthy (module docstring). ``mode``: flip, stuck0, stuck1 or stuck (random
+    value). ``bits``: the bit positions that can fail (default 0..31, 31 the sign). With
+    ``report=True`` also returns a :class:`MemoryFaultReport` (bits per ``"<module>.weight"`` /
+    ``"<module>.threshold"``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"The 'model' argument of corrupt_model must be a torch.nn.Module. Got {type(model).__name__} instead.")
+    ber, allowed = _check(ber, mode, bits, FLOAT_WORD_BITS, "corrupt_model")
+    tensors = float_tensors(model)
+    bad_dtype = [f"{n} ({p.dtype})" for n, _, p in tensors if p.dtype != torch.float32]
+    if bad_dtype:
+        raise TypeError(f"The float32 weight-memory site needs float32 weights and thresholds. Got {', '.join(bad_dtype)}; "
+                        "convert the model with model.float().")
+    children = _root_seed(seed, "corrupt_model").spawn(len(tensors))
+    out = copy.deepcopy(model).eval()
+    params = dict(out.named_parameters(remove_duplicate=False))
+    counts, total = {}, 0
+    for (name, kind, p), child in zip(tensors, children):
+        if (kind == "weight" and not weights) or (kind == "threshold" and not thresholds):
+            continue
+        new, count = _corrupt_float(p, ber, np.random.default_rng(child), mode, allowed)
+        with torch.no_grad():
+            params[name].copy_(new)
+        total += p.numel() * allowed.size
+        counts[name] = count
+    return (out, MemoryFaultReport(bits=counts, total_bits=total)) if report else out
+
+
+def predictions(logits: torch.Tensor) -> torch.Tensor:
+    """``(N, classes)`` logits -> ``(N,)`` int64 predicted classes; ``-1`` (never a label) for a row
+    holding any NaN, which counts as a misprediction; otherwise ``argmax`` (infinities included)."""
+    pred = logits.argmax(1)
+    return torch.where(torch.isnan(logits).any(1), torch.full_like(pred, -1), pred)
+
+
+@torch.no_grad()
+def float_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 512) -> float:
+    """Accuracy (fraction) of a float model on ``images`` (``(N, C, H, W)`` float) against
+    ``labels`` (``(N,)`` int64), a NaN logit row counting as wrong (:func:`predictions`)."""
+    pred = torch.cat([predictions(model(images[i:i + batch_size])) for i in range(0, len(images), batch_size)])
+    return float((pred == labels).double().mean())
+
+
+__all__ = ["FLOAT_WORD_BITS", "MODES", "MemoryFaultReport", "WEIGHT_FORMATS", "corrupt_model", "corrupt_program",
+           "corrupt_words", "float_accuracy", "float_tensors", "predictions"]

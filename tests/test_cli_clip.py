@@ -36,6 +36,17 @@ def test_clip_then_run(lenet_ckpt, tmp_path, capsys):
     assert main(["clip", "--model", lenet_ckpt, "--thresholds", str(out), "-o", str(tmp_path / "again.pt")]) == 0
 
 
+def test_ftclipact_searches_on_float32_weight_memory(lenet_ckpt, tmp_path, capsys):
+    from accel_models.checkpoint import read_checkpoint
+
+    out = tmp_path / "ft32.pt"
+    assert main(["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", str(out), "--quiet", "--weight-format",
+                 "float32", "--rates", "1e-4", "--repetitions", "1", "--calibration-images", "64"]) == 0
+    assert "4 thresholds" in capsys.readouterr().out
+    faults = read_checkpoint(out)["extra"]["clipping"]["settings"]["faults"]
+    assert faults["site"] == "memory" and faults["weight_format"] == "float32" and faults["rates"] == [1e-4]
+
+
 def _one_line_error(capsys, argv, match):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
@@ -49,6 +60,10 @@ def test_bad_input_is_one_line_exit_2(lenet_ckpt, tmp_path, capsys):
     _one_line_error(capsys, ["clip", "--method", "ranger", "--model", lenet_ckpt, "-o", out, "--epochs", "2"],
                     "does not take --epochs")
     _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--rates", "a,b"], "--rates")
+    _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--weight-format", "fp16"],
+                    "invalid choice: 'fp16'")
+    _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--site", "chip",
+                             "--weight-format", "float32"], "--site memory only")
     _one_line_error(capsys, ["clip", "--model", lenet_ckpt, "--thresholds", str(tmp_path / "none.pt"), "-o", out], "not found")
     # thresholds found for another architecture
     from accel_models.checkpoint import save_checkpoint
