@@ -164,25 +164,27 @@ def _requantize_clamp_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out):
     ``qa + floor((ra * 2**16 + v * ml + half) / 2**sh)`` with ``qa, ra`` = quotient and remainder of
     ``v * mh`` by ``2**(sh-16)`` (every intermediate stays below 2**53)."""
     B, N, L = acc.shape
-    for bn in prange(B * N):
-        b = bn // N
-        n = bn % N
-        bi = np.float64(bias[n])
-        m = m0[n]
-        mh = np.float64(m >> 16)
-        ml = np.float64(m & 0xFFFF)
+    # Per-channel constants once (a linear layer has L == 1: no per-element divisions).
+    c = np.empty((N, 7), dtype=np.float64)
+    for n in range(N):
         sh = shift[n]
-        half = np.float64(np.int64(1) << (sh - 1))
-        p2 = np.float64(np.int64(1) << (sh - 16))
-        ip2 = 1.0 / p2
-        ish = 1.0 / np.float64(np.int64(1) << sh)
-        for i in range(L):
-            v = np.float64(acc[b, n, i]) + bi
-            a = v * mh
-            qa = np.floor(a * ip2)
-            ra = a - qa * p2
-            q = qa + np.floor((ra * 65536.0 + (v * ml + half)) * ish) + zp
-            out[b, n, i] = min(max(q, lo), hi)
+        c[n, 0] = np.float64(bias[n])
+        c[n, 1] = np.float64(m0[n] >> 16)
+        c[n, 2] = np.float64(m0[n] & 0xFFFF)
+        c[n, 3] = np.float64(np.int64(1) << (sh - 1))
+        c[n, 4] = np.float64(np.int64(1) << (sh - 16))
+        c[n, 5] = 1.0 / c[n, 4]
+        c[n, 6] = 1.0 / np.float64(np.int64(1) << sh)
+    for b in prange(B):
+        for n in range(N):
+            bi, mh, ml, half, p2, ip2, ish = c[n, 0], c[n, 1], c[n, 2], c[n, 3], c[n, 4], c[n, 5], c[n, 6]
+            for i in range(L):
+                v = np.float64(acc[b, n, i]) + bi
+                a = v * mh
+                qa = np.floor(a * ip2)
+                ra = a - qa * p2
+                q = qa + np.floor((ra * 65536.0 + (v * ml + half)) * ish) + zp
+                out[b, n, i] = min(max(q, lo), hi)
 
 
 def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb: int, shift: int,
