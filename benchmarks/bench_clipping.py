@@ -20,7 +20,8 @@ here on a subset, evaluated on the first ``--fashion-test`` test images). Fault 
     the float model (the clipping papers' setting).
 
 FT-ClipAct searches with the fault site of the setting it is judged on ((a) chip, (b) int8 memory,
-(d) float32 memory), with small settings (2 repetitions, 128 scoring images). ``--settings``
+(d) float32 memory), with small settings (2 repetitions, 128 scoring images) and its default
+clean-accuracy guard (``clean_drop`` 0.5 points). ``--settings``
 picks the settings to run (default all; a method only a skipped setting needs is not searched).
 Writes OUT/bench_clipping.json and OUT/bench_clipping.png, and prints the tables (mean and worst
 accuracy over the chips, in %).

@@ -41,6 +41,10 @@ def add_clip_parser(subparsers) -> None:
     p.add_argument("--epochs", type=int, help="fitact (10), proact (3 per weight-decay setting)")
     p.add_argument("--lr", type=float, help="Adam learning rate: fitact 1e-3, proact 1e-2")
     p.add_argument("--tolerance", type=float, help="ftclipact: score tolerance (0.2 points); proact: accuracy tolerance (0.2 points)")
+    p.add_argument("--clean-drop", type=float, metavar="POINTS",
+                   help="ftclipact: skip candidate thresholds whose fault-free float accuracy on the profiling images "
+                        "(1,024 training images) is more than POINTS below the unclipped model's (default 0.5; inf: "
+                        "no guard)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault draws, shuffling and validation split (default 0)")
     g = p.add_argument_group("ftclipact fault injection")
     g.add_argument("--site", choices=("memory", "chip"), default="memory",
@@ -74,7 +78,8 @@ def method_options(args: argparse.Namespace) -> dict:
     """The options the user set that ``args.method`` takes (an option it does not take is an error)."""
     from mitigation.clipping import CLIP_METHODS, FaultSetting
 
-    given = {k: getattr(args, k) for k in ("policy", "granularity", "calibration_images", "epochs", "lr", "tolerance")
+    given = {k: getattr(args, k) for k in ("policy", "granularity", "calibration_images", "epochs", "lr", "tolerance",
+                                         "clean_drop")
              if getattr(args, k) is not None}
     if args.method == "ftclipact":
         kw = dict(site=args.site, repetitions=args.repetitions, seed=args.seed)

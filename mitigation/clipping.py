@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -335,7 +336,7 @@ def _candidates(lo: float, hi: float, n: int) -> list[float]:
 def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, faults: FaultSetting | None = None,
               calibration_images: int = 256, profile_images: int = CALIBRATION_IMAGES, candidates: int = 4,
               min_rounds: int = 3, max_rounds: int = 4, tolerance: float = 0.2, policy: str = "zero",
-              scorer: Callable | None = None) -> tuple[dict, dict]:
+              clean_drop: float = 0.5, scorer: Callable | None = None) -> tuple[dict, dict]:
     """FT-ClipAct's layer-by-layer interval search (Hoang et al. 2020, section IV).
 
     Every activation starts zero-clipped at its profiled maximum. For each activation in forward
@@ -346,31 +347,58 @@ def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True
     ``min_rounds`` rounds the search stops once the best candidate's neighbours score within
     ``tolerance`` points of it, and always after ``max_rounds``. The best threshold seen is kept.
     ``scorer(model, program) -> points`` replaces the fault-injection score (tests, other metrics).
+
+    ``clean_drop`` (accuracy points, default 0.5) is a choice, in neither the paper nor the spec:
+    the fault score alone may pick a tight threshold that costs fault-free accuracy, and issue 5
+    caps clipping's fault-free cost at 1 point. A candidate is eligible only if the clipped float
+    model's fault-free accuracy on the first ``profile_images`` training images is at most
+    ``clean_drop`` points below the unclipped model's on the same images (earlier layers at their
+    fixed thresholds, so the bound holds for the final model). An ineligible candidate scores
+    ``-inf`` (never chosen, not fault-injected); the starting threshold, the profiled maximum, is
+    always eligible (on the profiling images it changes nothing). In the stopping rule an
+    ineligible neighbour is never "within ``tolerance``": the search goes on refining toward the
+    eligibility boundary, up to ``max_rounds``. ``math.inf`` turns the guard off. ``history``
+    records the baseline (``"clean_baseline"``, %) and, per round, each candidate's clean accuracy
+    (``"clean"``, %) and ``"eligible"``.
     """
     faults = faults if faults is not None else FaultSetting(seed=seed)
     if not isinstance(faults, FaultSetting):
         raise TypeError(f"The 'faults' option of ftclipact must be a FaultSetting. Got {type(faults).__name__} instead.")
     if not 1 <= min_rounds <= max_rounds or candidates < 2:
         raise ValueError(f"ftclipact needs 1 <= min_rounds <= max_rounds and candidates >= 2. Got {min_rounds}, {max_rounds}, {candidates}.")
+    if isinstance(clean_drop, bool) or not isinstance(clean_drop, numbers.Real) or not clean_drop >= 0:
+        raise ValueError(f"The 'clean_drop' option of ftclipact must be a number of accuracy points >= 0 "
+                         f"(math.inf turns the guard off). Got {clean_drop!r} instead.")
+    clean_drop = float(clean_drop)
     grans = _granularities(model, "layer")
-    maxima = {n: float(t) for n, t in profile_maxima(model, calibration_subset(dataset, profile_images)[0], grans).items()}
+    px, py = calibration_subset(dataset, profile_images)
+    maxima = {n: float(t) for n, t in profile_maxima(model, px, grans).items()}
+    baseline = 100 * _accuracy(model, px, py)
     x, y = calibration_subset(dataset, calibration_images)
     policy = _check_policy(policy)
     thresholds = dict(maxima)
     scores_seen: dict[tuple, float] = {}
+    clean_seen: dict[tuple, float] = {}
 
     def score(name: str, t: float) -> float:
         key = (name, round(t, 9))
         if key not in scores_seen:
             trial = dict(thresholds, **{name: t})
-            m = apply_clipping(copy.deepcopy(model), make_spec(model, trial, policy=policy, granularity="layer"))
-            if scorer is not None:
+            m = apply_clipping(copy.deepcopy(model), make_spec(model, trial, policy=policy, granularity="layer")).eval()
+            clean_seen[key] = 100 * _accuracy(m, px, py)
+            if t != maxima[name] and clean_seen[key] < baseline - clean_drop:
+                scores_seen[key] = -math.inf  # costs too much fault-free accuracy: never chosen, not fault-injected
+            elif scorer is not None:
                 scores_seen[key] = float(scorer(m, lower_clipped(m, dataset)))
             else:
                 scores_seen[key] = faults.auc(faults.target(m, dataset), x, y)
         return scores_seen[key]
 
-    history: dict[str, Any] = {"layers": {}, "faults": faults.to_dict()}
+    def within_tolerance(best: float, other: float) -> bool:
+        return math.isfinite(other) and abs(best - other) <= tolerance  # an ineligible neighbour never is
+
+    history: dict[str, Any] = {"layers": {}, "faults": faults.to_dict(), "clean_baseline": baseline,
+                               "clean_drop": clean_drop}
     total = len(grans) * max_rounds * candidates
     bar = tqdm(total=total, desc="ftclipact", unit="candidate", disable=not progress, leave=False)
     for name in grans:
@@ -382,7 +410,8 @@ def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True
             s = [score(name, c) for c in cands]
             bar.update(candidates)
             b = int(np.argmax(s))
-            rounds.append({"candidates": cands, "scores": s})
+            clean = [clean_seen[(name, round(c, 9))] for c in cands]
+            rounds.append({"candidates": cands, "scores": s, "clean": clean, "eligible": [math.isfinite(v) for v in s]})
             if s[b] > best_s or (s[b] == best_s and cands[b] < best_t):
                 best_t, best_s = cands[b], s[b]
             # neighbours of the best: the previous grid point below (lo when b == 0) and the next one
@@ -390,16 +419,17 @@ def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True
             right = cands[b + 1] if b + 1 < len(cands) else hi
             neigh = [s[i] for i in (b - 1, b + 1) if 0 <= i < len(s)]
             lo, hi = left, right
-            if r + 1 >= min_rounds and all(abs(s[b] - v) <= tolerance for v in neigh):
+            if r + 1 >= min_rounds and all(within_tolerance(s[b], v) for v in neigh):
                 break
         bar.update(candidates * (max_rounds - len(rounds)))
         thresholds[name] = best_t
-        history["layers"][name] = {"max": maxima[name], "threshold": best_t, "score": best_s, "rounds": rounds}
+        history["layers"][name] = {"max": maxima[name], "threshold": best_t, "score": best_s,
+                                   "clean": clean_seen[(name, round(best_t, 9))], "rounds": rounds}
     bar.close()
     spec = make_spec(model, thresholds, policy=policy, granularity="layer", method="ftclipact",
                      settings={"calibration_images": calibration_images, "profile_images": profile_images,
                                "candidates": candidates, "min_rounds": min_rounds, "max_rounds": max_rounds,
-                               "tolerance": tolerance, "faults": faults.to_dict()})
+                               "tolerance": tolerance, "clean_drop": clean_drop, "faults": faults.to_dict()})
     return spec, history
 
 

@@ -41,9 +41,11 @@ def test_ftclipact_searches_on_float32_weight_memory(lenet_ckpt, tmp_path, capsy
 
     out = tmp_path / "ft32.pt"
     assert main(["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", str(out), "--quiet", "--weight-format",
-                 "float32", "--rates", "1e-4", "--repetitions", "1", "--calibration-images", "64"]) == 0
+                 "float32", "--rates", "1e-4", "--repetitions", "1", "--calibration-images", "64", "--clean-drop", "1"]) == 0
     assert "4 thresholds" in capsys.readouterr().out
-    faults = read_checkpoint(out)["extra"]["clipping"]["settings"]["faults"]
+    settings = read_checkpoint(out)["extra"]["clipping"]["settings"]
+    faults = settings["faults"]
+    assert settings["clean_drop"] == 1.0
     assert faults["site"] == "memory" and faults["weight_format"] == "float32" and faults["rates"] == [1e-4]
 
 
@@ -60,6 +62,10 @@ def test_bad_input_is_one_line_exit_2(lenet_ckpt, tmp_path, capsys):
     _one_line_error(capsys, ["clip", "--method", "ranger", "--model", lenet_ckpt, "-o", out, "--epochs", "2"],
                     "does not take --epochs")
     _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--rates", "a,b"], "--rates")
+    _one_line_error(capsys, ["clip", "--method", "ranger", "--model", lenet_ckpt, "-o", out, "--clean-drop", "1"],
+                    "does not take --clean-drop")
+    _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--clean-drop", "-1"],
+                    "'clean_drop' option of ftclipact")
     _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--weight-format", "fp16"],
                     "invalid choice: 'fp16'")
     _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--site", "chip",

@@ -3,6 +3,7 @@ independent computations, fault-free cost, and resilience on a seeded population
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -138,7 +139,7 @@ def test_ftclipact_picks_the_best_candidate_of_its_grid(lenet, digits):
     def scorer(model, program):
         return -sum(abs(float(m.threshold.detach()) - target[n]) for n, m in clipped_modules(model).items())
 
-    res = find_thresholds(lenet, digits, "ftclipact", progress=False, scorer=scorer, tolerance=0.0)
+    res = find_thresholds(lenet, digits, "ftclipact", progress=False, scorer=scorer, tolerance=0.0, clean_drop=math.inf)
     for layer in res.spec["layers"]:
         name, t = layer["module"], float(layer["threshold"])
         rounds = res.history["layers"][name]["rounds"]
@@ -148,6 +149,54 @@ def test_ftclipact_picks_the_best_candidate_of_its_grid(lenet, digits):
         # 4 candidates per round, interval shrinking to the best one's neighbours: within max/4 * (1/2)^(rounds-1)
         assert abs(t - target[name]) <= maxima[name] / 4 * 0.5 ** (len(rounds) - 1) + 1e-6
         assert rounds[0]["candidates"] == pytest.approx([maxima[name] * i / 4 for i in (1, 2, 3, 4)], rel=1e-6)
+
+
+def test_ftclipact_skips_thresholds_that_cost_clean_accuracy(lenet, digits):
+    """The same constructed score (best at 37% of each maximum, which costs half the accuracy):
+    with the clean-accuracy guard every chosen threshold is the best eligible candidate and the
+    model stays within ``clean_drop`` of the unclipped one on the profiling images; with a large
+    ``clean_drop`` the search picks the unguarded (tight) thresholds again."""
+    x, y = digits.train_x[:1024], digits.train_y[:1024]
+    with torch.no_grad():
+        maxima = {k: float(v.max()) for k, v in _relu_maxima_by_hand(lenet, x).items()}
+        base = 100 * float((lenet(x).argmax(1) == y).double().mean())
+    target = {k: 0.37 * v for k, v in maxima.items()}
+
+    def scorer(model, program):
+        return -sum(abs(float(m.threshold.detach()) - target[n]) for n, m in clipped_modules(model).items())
+
+    def clean(model):
+        with torch.no_grad():
+            return 100 * float((model(x).argmax(1) == y).double().mean())
+
+    options = dict(progress=False, scorer=scorer, tolerance=0.0, min_rounds=1, max_rounds=2)
+    loose = find_thresholds(lenet, digits, "ftclipact", clean_drop=100.0, **options)
+    guarded = find_thresholds(lenet, digits, "ftclipact", clean_drop=0.5, **options)
+    assert clean(loose.model) < base - 0.5  # the constructed case bites: the best score costs clean accuracy
+    for layer in loose.spec["layers"]:  # the old choice: the grid point nearest the target
+        name = layer["module"]
+        assert abs(float(layer["threshold"]) - target[name]) <= maxima[name] / 4 * 0.5 + 1e-6
+        assert all(all(r["eligible"]) for r in loose.history["layers"][name]["rounds"])
+    assert clean(guarded.model) >= base - 0.5
+    assert guarded.history["clean_baseline"] == pytest.approx(base)
+    assert guarded.spec["settings"]["clean_drop"] == 0.5 and loose.spec["settings"]["clean_drop"] == 100.0
+    skipped = 0
+    for layer in guarded.spec["layers"]:
+        name, t = layer["module"], float(layer["threshold"])
+        rounds = guarded.history["layers"][name]["rounds"]
+        grid = [(s, c, e, a) for r in rounds for c, s, e, a in zip(r["candidates"], r["scores"], r["eligible"], r["clean"])]
+        eligible = [(s, c) for s, c, e, a in grid if e]
+        assert t == pytest.approx(max(eligible)[1])  # the best eligible candidate
+        assert all((a >= base - 0.5) == e and (s == -math.inf) == (not e) for s, c, e, a in grid)
+        skipped += sum(not e for *_, e, _ in grid)
+        assert t > target[name] + maxima[name] / 8  # not the unguarded choice
+    assert skipped > 0
+
+
+def test_ftclipact_bad_clean_drop(lenet, digits):
+    for bad in (-0.1, float("nan"), "1", True, None):
+        with pytest.raises(ValueError, match=r"'clean_drop' option of ftclipact must be a number .*>= 0.*Got"):
+            find_thresholds(lenet, digits, "ftclipact", progress=False, clean_drop=bad)
 
 
 def _frozen_state(model):
@@ -176,11 +225,15 @@ def test_fitact_and_proact_move_only_thresholds(digits, method, options):
     assert all(torch.equal(_frozen_state(model)[k], before[k]) for k in before)
 
 
-def test_fault_free_cost_is_at_most_one_point(chip_accuracy):
+def test_fault_free_cost_is_at_most_one_point(chip_accuracy, float32_accuracy):
     base = chip_accuracy["none"][0]
     assert base > 0.9
     for name, (clean, _) in chip_accuracy.items():
         assert clean >= base - 0.01, name
+    # the float models, FT-ClipAct searched on the float32 weight-memory site included
+    base = float32_accuracy["none"][0]
+    for name, (clean, _) in float32_accuracy.items():
+        assert clean >= base - 0.01, (name, float32_accuracy)
 
 
 def test_every_method_recovers_half_of_the_chip_fault_loss(chip_accuracy):
