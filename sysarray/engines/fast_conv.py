@@ -34,14 +34,14 @@ from sysarray.engines.fast import fast_gemm
 from sysarray.faults import FaultMap
 
 _F32_LIMIT = 1 << 24
-# Psum-chain replay on CPU. "auto": the direct kernel for output planes of at most
-# DIRECT_MAX_PIXELS pixels (linear layers, most conv layers), per-fold convolutions with numba
-# chains for larger planes (measured at batch 256, per layer: ResNet-20 8x8 direct 18-21 vs folds
-# 25-29 ms, 16x16 on par, 32x32 39 vs 29 ms; LeNet-5 14x14 2.5 vs 5.3 ms). "direct", "folds" and
-# "torch" (CUDA's per-fold convolutions and torch chains) force one path: the tests check all
-# three on CPU.
+# Psum-chain replay on CPU. "auto" (:func:`_direct_pays`): the direct kernel unless its input copy
+# outweighs its work or a large output plane (> DIRECT_MAX_PIXELS) meets fewer than
+# DIRECT_MIN_FOLDS row folds, where per-fold convolutions with numba chains win. "direct",
+# "folds" and "torch" (CUDA's per-fold convolutions and torch chains) force one path: the tests
+# check all three on CPU.
 CPU_REPLAY = "auto"
 DIRECT_MAX_PIXELS = 256
+DIRECT_MIN_FOLDS = 8
 
 
 def im2col(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -221,14 +221,39 @@ def _replay_conv_chains(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm
             ones[o, s] = preg.ones[r, c]
     sign = 1 << (pb - 1)
     mode = CPU_REPLAY if dev.type == "cpu" else "torch"
+    w_cols = Wp[:, torch.from_numpy(n_idx)].numpy() if mode in ("auto", "direct") else None
     if mode == "auto":
-        mode = "direct" if y.shape[2] * y.shape[3] <= DIRECT_MAX_PIXELS else "folds"
+        mode = "direct" if _direct_pays(xp, w_cols, seg_of_row, K, R, S, y, padding) else "folds"
     if mode == "direct":
-        _replay_direct(xp, Wp[:, torch.from_numpy(n_idx)].numpy(), seg_of_row, keep, ones, sign, n_idx,
-                       kernel, stride, padding, amax, K, R, S, y, linear_tail)
+        _replay_direct(xp, w_cols, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K, R, S, y,
+                       linear_tail)
     else:
         _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K,
                               R, J, S, y, linear_tail, torch_chains=mode == "torch")
+
+
+def _segment_taps(w_cols: np.ndarray, seg_of_row: np.ndarray, K: int, R: int, S: int):
+    """``(o_of, k_of, seg)``: every (replayed output, K index) whose latched weight is nonzero and
+    whose row lies in a replayed segment, ordered by output then K; ``seg`` (O, Fr*R) segment ids."""
+    ks = np.arange(w_cols.shape[0])
+    seg = seg_of_row[:, ks % R]  # (O, Fr*R)
+    used = (ks < K)[None, :] & (seg < S) & (w_cols.T != 0)
+    o_of, k_of = np.nonzero(used)
+    return o_of, k_of, seg
+
+
+def _direct_pays(xp, w_cols, seg_of_row, K, R, S, y, padding) -> bool:
+    """The "auto" choice between the replays, from measurements (docs/design.md, "Engines"): the
+    direct kernel wins unless its batch-last copy of the input outweighs its work (fewer than 4
+    MACs per copied value, e.g. strided 1x1 shortcuts) or a large output plane meets few folds
+    (few, large per-fold convolutions are efficient: ResNet-20's 32x32 layers on a 32-row array)."""
+    L = y.shape[2] * y.shape[3]
+    if L == 1:
+        return True  # linear layers: per-fold convolutions of 1x1 images are pure overhead
+    taps = len(_segment_taps(w_cols, seg_of_row, K, R, S)[0])
+    copied = xp.shape[1] * (xp.shape[2] + 2 * padding[0]) * (xp.shape[3] + 2 * padding[1])
+    folds = w_cols.shape[0] // R
+    return taps * L >= 4 * copied and (L <= DIRECT_MAX_PIXELS or folds >= DIRECT_MIN_FOLDS)
 
 
 def _replay_direct(xp, w_cols, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K, R, S, y,
@@ -242,10 +267,7 @@ def _replay_direct(xp, w_cols, seg_of_row, keep, ones, sign, n_idx, kernel, stri
     taps = kh * kw
     O = len(n_idx)
     Fr = w_cols.shape[0] // R
-    ks = np.arange(Fr * R)
-    seg = seg_of_row[:, ks % R]  # (O, Fr*R)
-    used = (ks < K)[None, :] & (seg < S) & (w_cols.T != 0)
-    o_of, k_of = np.nonzero(used)  # ordered by output, then k: grouped by (fold, segment)
+    o_of, k_of, seg = _segment_taps(w_cols, seg_of_row, K, R, S)  # grouped by (output, fold, segment)
     slot = (o_of * Fr + k_of // R) * S + seg[o_of, k_of]
     ptr = np.zeros(O * Fr * S + 1, dtype=np.int64)
     np.cumsum(np.bincount(slot, minlength=O * Fr * S), out=ptr[1:])
