@@ -40,6 +40,7 @@ from accel_models.clipact import (
     SPEC_GRANULARITIES, apply_clipping, clippable_activations, clipped_modules, clipping_spec, hybrid_granularities,
     make_spec, set_policy, threshold_count,
 )
+from mitigation.weightfaults import WEIGHT_FORMATS, corrupt_model, corrupt_program, float_accuracy
 
 DEFAULT_BER_RATES = (1e-7, 1e-6, 3e-6, 1e-5, 3e-5)
 DEFAULT_PE_RATES = (0.005, 0.01, 0.02, 0.03, 0.05)
@@ -171,12 +172,6 @@ def _check_policy(policy: str) -> str:
     return policy
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> float:
-    with torch.no_grad():
-        pred = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
-    return float((pred == y).double().mean())
-
-
 # --------------------------------------------------------------------------- fault injection
 @dataclass(frozen=True)
 class FaultSetting:
@@ -208,8 +203,6 @@ class FaultSetting:
     weight_format: str = "int8"
 
     def __post_init__(self) -> None:
-        from mitigation.weightfaults import WEIGHT_FORMATS
-
         if self.site not in ("memory", "chip"):
             raise ValueError(f"The fault site must be memory or chip. Got {self.site!r} instead.")
         if self.weight_format not in WEIGHT_FORMATS:
@@ -269,14 +262,10 @@ class FaultSetting:
                             f"judged on {what}. Got {type(target).__name__} instead.")
         seed = self.seed_of(rate_index, repetition)
         if self.on_float_model:
-            from mitigation.weightfaults import corrupt_model, float_accuracy
-
             return float_accuracy(corrupt_model(target, self.rates[rate_index], seed=seed, mode=self.mode), images, labels)
         program = target
         cfg = self.config
         if self.site == "memory":
-            from mitigation.weightfaults import corrupt_program
-
             bad = corrupt_program(program, self.rates[rate_index], seed=seed, mode=self.mode)
             return bad.run(images, cfg, engine="fast", count_changes=False).accuracy(labels)
         fm = self.fault_map(rate_index, repetition)
@@ -373,7 +362,7 @@ def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True
     grans = _granularities(model, "layer")
     px, py = calibration_subset(dataset, profile_images)
     maxima = {n: float(t) for n, t in profile_maxima(model, px, grans).items()}
-    baseline = 100 * _accuracy(model, px, py)
+    baseline = 100 * float_accuracy(model, px, py)
     x, y = calibration_subset(dataset, calibration_images)
     policy = _check_policy(policy)
     thresholds = dict(maxima)
@@ -385,7 +374,7 @@ def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True
         if key not in scores_seen:
             trial = dict(thresholds, **{name: t})
             m = apply_clipping(copy.deepcopy(model), make_spec(model, trial, policy=policy, granularity="layer")).eval()
-            clean_seen[key] = 100 * _accuracy(m, px, py)
+            clean_seen[key] = 100 * float_accuracy(m, px, py)
             if t != maxima[name] and clean_seen[key] < baseline - clean_drop:
                 scores_seen[key] = -math.inf  # costs too much fault-free accuracy: never chosen, not fault-injected
             elif scorer is not None:
@@ -537,7 +526,7 @@ def proact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, p
     tx, ty, vx, vy = dataset.validation_split(fraction=val_fraction, seed=seed)
     clipped = apply_clipping(copy.deepcopy(model), make_spec(model, maxima, policy="zero", granularity=granularity))
     teacher = copy.deepcopy(model).eval()
-    reference = _accuracy(clipped, vx, vy)
+    reference = float_accuracy(clipped, vx, vy)
     mods = clipped_modules(clipped)
     history: dict[str, Any] = {"reference_val_accuracy": reference, "layers": {}}
     order = list(grans)[::-1]
@@ -550,7 +539,7 @@ def proact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, p
                 mods[name].threshold.copy_(start)
             _train_thresholds(clipped, [mods[name].threshold], tx, ty, epochs=epochs, lr=lr, weight_decay=wd,
                               batch_size=batch_size, seed=seed + li, teacher=teacher, temperature=temperature)
-            acc = _accuracy(clipped, vx, vy)
+            acc = float_accuracy(clipped, vx, vy)
             tried.append({"weight_decay": wd, "val_accuracy": acc})
             bar.update(1)
             if acc * 100 >= reference * 100 - tolerance:
@@ -595,7 +584,7 @@ def clip_checkpoint(checkpoint: str, out: str, method: str, *, dataset: str | No
         result = find_thresholds(model, data, method, seed=seed, progress=progress, **options)
     extra = dict(meta.get("extra") or {})
     extra["clipping"] = result.spec
-    accuracy = _accuracy(result.model, data.test_x, data.test_y)
+    accuracy = float_accuracy(result.model, data.test_x, data.test_y)
     result.history["float_test_accuracy"] = accuracy
     result.history["unclipped_float_test_accuracy"] = meta.get("test_accuracy")
     save_checkpoint(out, result.model, dataset=data, preprocessing=meta.get("preprocessing"), history=meta.get("training"),

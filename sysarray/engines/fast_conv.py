@@ -221,12 +221,13 @@ def _replay_conv_chains(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm
             ones[o, s] = preg.ones[r, c]
     sign = 1 << (pb - 1)
     mode = CPU_REPLAY if dev.type == "cpu" else "torch"
-    w_cols = Wp[:, torch.from_numpy(n_idx)].numpy() if mode in ("auto", "direct") else None
-    if mode == "auto":
-        mode = "direct" if _direct_pays(xp, w_cols, seg_of_row, K, R, S, y, padding) else "folds"
+    if mode in ("auto", "direct"):
+        w_cols = Wp[:, torch.from_numpy(n_idx)].numpy()
+        used = _segment_taps(w_cols, seg_of_row, K, R, S)
+        if mode == "auto":
+            mode = "direct" if _direct_pays(xp, len(used[0]), w_cols.shape[0] // R, y, padding) else "folds"
     if mode == "direct":
-        _replay_direct(xp, w_cols, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K, R, S, y,
-                       linear_tail)
+        _replay_direct(xp, w_cols, used, keep, ones, sign, n_idx, kernel, stride, padding, amax, R, S, y, linear_tail)
     else:
         _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K,
                               R, J, S, y, linear_tail, torch_chains=mode == "torch")
@@ -242,32 +243,32 @@ def _segment_taps(w_cols: np.ndarray, seg_of_row: np.ndarray, K: int, R: int, S:
     return o_of, k_of, seg
 
 
-def _direct_pays(xp, w_cols, seg_of_row, K, R, S, y, padding) -> bool:
+def _direct_pays(xp, taps: int, folds: int, y, padding) -> bool:
     """The "auto" choice between the replays, from measurements (docs/design.md, "Engines"): the
     direct kernel wins unless its batch-last copy of the input outweighs its work (fewer than 4
     MACs per copied value, e.g. strided 1x1 shortcuts) or a large output plane meets few folds
-    (few, large per-fold convolutions are efficient: ResNet-20's 32x32 layers on a 32-row array)."""
+    (few, large per-fold convolutions are efficient: ResNet-20's 32x32 layers on a 32-row array).
+    ``taps``: the direct kernel's taps per image and output pixel (:func:`_segment_taps`)."""
     L = y.shape[2] * y.shape[3]
     if L == 1:
         return True  # linear layers: per-fold convolutions of 1x1 images are pure overhead
-    taps = len(_segment_taps(w_cols, seg_of_row, K, R, S)[0])
     copied = xp.shape[1] * (xp.shape[2] + 2 * padding[0]) * (xp.shape[3] + 2 * padding[1])
-    folds = w_cols.shape[0] // R
     return taps * L >= 4 * copied and (L <= DIRECT_MAX_PIXELS or folds >= DIRECT_MIN_FOLDS)
 
 
-def _replay_direct(xp, w_cols, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K, R, S, y,
+def _replay_direct(xp, w_cols, used, keep, ones, sign, n_idx, kernel, stride, padding, amax, R, S, y,
                    linear_tail) -> None:
     """CPU: the segment sums come straight from the input windows in one jitted kernel that also
     replays the chains and writes ``y``; only the nonzero latched weights of each segment are
     visited (a segment ends at its faulty row, so with ``linear_tail`` about half a fold).
 
-    w_cols: (Fr*R, O) int64 latched weights of the replayed outputs."""
+    w_cols: (Fr*R, O) int64 latched weights of the replayed outputs; used: their
+    :func:`_segment_taps`."""
     kh, kw = kernel
     taps = kh * kw
     O = len(n_idx)
     Fr = w_cols.shape[0] // R
-    o_of, k_of, seg = _segment_taps(w_cols, seg_of_row, K, R, S)  # grouped by (output, fold, segment)
+    o_of, k_of, seg = used  # grouped by (output, fold, segment)
     slot = (o_of * Fr + k_of // R) * S + seg[o_of, k_of]
     ptr = np.zeros(O * Fr * S + 1, dtype=np.int64)
     np.cumsum(np.bincount(slot, minlength=O * Fr * S), out=ptr[1:])
@@ -290,11 +291,11 @@ _SCRATCH = threading.local()
 def _scratch(shape, dtype) -> np.ndarray:
     """An uninitialised array from a per-thread buffer that grows and is reused: a fresh multi-MB
     allocation every layer costs more in page faults than the copy that fills it."""
-    n = int(np.prod(shape))
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.nbytes < n * np.dtype(dtype).itemsize:
-        buf = _SCRATCH.buf = np.empty(n * np.dtype(dtype).itemsize, dtype=np.uint8)
-    return buf[:n * np.dtype(dtype).itemsize].view(dtype).reshape(shape)
+    if buf is None or buf.nbytes < nbytes:
+        buf = _SCRATCH.buf = np.empty(nbytes, dtype=np.uint8)
+    return buf[:nbytes].view(dtype).reshape(shape)
 
 
 @njit(cache=True, parallel=True)
