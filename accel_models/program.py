@@ -303,7 +303,18 @@ def run_gemm_layer(x: torch.Tensor, op: Gemm, gemm: GemmFn):
 
 
 def max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
-    return F.max_pool2d(x, op.kernel, op.stride, op.padding)
+    """``F.max_pool2d`` (no dilation, floor mode) as the maximum of its ``kh*kw`` strided window
+    slices: the same values, several times faster than torch's CPU kernel on NCHW codes."""
+    (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    if ph or pw:
+        x = F.pad(x, (pw, pw, ph, ph), value=-float("inf"))
+    oh, ow = (x.shape[2] - kh) // sh + 1, (x.shape[3] - kw) // sw + 1
+    out = None
+    for a in range(kh):
+        for b in range(kw):
+            win = x[:, :, a:a + sh * (oh - 1) + 1:sh, b:b + sw * (ow - 1) + 1:sw]
+            out = win.clone(memory_format=torch.contiguous_format) if out is None else torch.maximum(out, win, out=out)
+    return out
 
 
 def avg_pool(x: torch.Tensor, op: AvgPool) -> torch.Tensor:
@@ -445,7 +456,7 @@ class Program:
 
             def conv(x, op):
                 kw = dict(stride=op.stride, padding=op.padding, pad_value=op.in_qp.zero_point, groups=op.groups,
-                          act_signed=signed)
+                          act_signed=signed, x_bound=max(-op.in_qp.qmin, op.in_qp.qmax))  # codes are clamped
                 weight = op.weight if op.kind == "conv" else op.weight.view(op.out_channels, -1, 1, 1)
                 y = fast_conv2d_exact(x, weight, cfg, faults, masks=masks[signed], **kw)
                 if count:

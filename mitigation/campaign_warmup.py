@@ -17,31 +17,28 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 def warm_up() -> None:
     """Run small conv + linear programs (uint8 and int8 inputs) on faulty 4x4 chips of each dataflow:
-    with act faults (the im2col path) and without (convolutions without im2col, whose psum replay
-    is the direct kernel on small output planes and per-fold convolutions on large ones)."""
+    with act faults (the im2col path) and without (convolutions without im2col and their direct
+    psum replay kernel, with 32-bit and narrow psum registers)."""
     import torch
     from torch import nn
 
     torch.set_num_threads(1)
     import sysarray as sa
     from accel_models.lowering import lower
-    from sysarray.engines.fast_conv import DIRECT_MAX_PIXELS
 
     gen = torch.Generator().manual_seed(0)
-    big = int(DIRECT_MAX_PIXELS ** 0.5) + 1  # an output plane above the direct kernel's limit
-    for side in (6, big):
-        model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                              nn.Linear(4 * side * side, 5)).eval()
-        x = torch.rand(8, 1, side, side, generator=gen)
-        for images in (x, x - 0.5):
-            program = lower(model, images)
-            for flow in ("ws", "os", "is"):
-                for pb in (32, 20):
-                    cfg = sa.ArrayConfig(4, 4, flow, psum_bits=pb)
-                    psum = sa.FaultMap(4, 4).add(0, 0, "psum", pb - 1, 1).add(2, 2, "weight", 6, 0)
-                    every = sa.FaultMap(4, 4).add(0, 0, "psum", pb - 1, 1).add(1, 1, "act", 7, 1)
-                    program.run(images, cfg, count_changes=False)
-                    for fm in (psum, every):
-                        program.run(images, cfg, faults=fm, count_changes=False)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    x = torch.rand(8, 1, 6, 6, generator=gen)
+    for images in (x, x - 0.5):
+        program = lower(model, images)
+        for flow in ("ws", "os", "is"):
+            for pb in (32, 20):
+                cfg = sa.ArrayConfig(4, 4, flow, psum_bits=pb)
+                psum = sa.FaultMap(4, 4).add(0, 0, "psum", pb - 1, 1).add(2, 2, "weight", 6, 0)
+                every = sa.FaultMap(4, 4).add(0, 0, "psum", pb - 1, 1).add(1, 1, "act", 7, 1)
+                program.run(images, cfg, count_changes=False)
+                for fm in (psum, every):
+                    program.run(images, cfg, faults=fm, count_changes=False)
+
 
 warm_up()

@@ -8,6 +8,7 @@ A register of width ``w`` with stuck masks ``(stuck, ones)`` reads
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -26,9 +27,9 @@ class RegisterMasks:
     sign: int
     width: int
 
-    @property
+    @cached_property
     def faulty(self) -> np.ndarray:
-        """(R, C) bool: PEs where this register has a stuck bit."""
+        """(R, C) bool: PEs where this register has a stuck bit (computed once: frozen masks)."""
         return (self.keep != (1 << self.width) - 1) | (self.ones != 0)
 
 

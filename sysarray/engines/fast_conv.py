@@ -11,8 +11,10 @@ faster than materialising the ``M x K`` operand:
   (input channels split into chunks when a float32 sum could round);
 - a column with psum faults is cut at its faulty rows into segments (as in ``fast.py``); the
   segment sums of fold ``fr`` only involve the ``R`` taps ``k = fr*R .. fr*R + R - 1``, i.e. a
-  few input channels, so they come from one small convolution per fold with masked weights;
-  the chain ``p = force(p + segment)`` is then replayed per output in a jitted kernel.
+  few input channels. On CPU one jitted kernel computes them straight from the input, laid out
+  so that a tap over whole output planes is one contiguous run, and replays the chain
+  ``p = force(p + segment)`` as it goes; on CUDA they come from one small convolution per fold
+  with masked weights and the chain runs in torch ops.
 
 Cases this form does not cover (stuck bits in the streamed ``act`` register, IS/OS dataflows,
 grouped convolutions, psum registers narrow enough for a fold to wrap) go through ``im2col`` and
@@ -20,11 +22,10 @@ grouped convolutions, psum registers narrow enough for a fold to wrap) go throug
 """
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import torch
 import torch.nn.functional as F
+import numba
 from numba import njit, prange
 
 from sysarray.config import ArrayConfig, Dataflow
@@ -34,14 +35,13 @@ from sysarray.engines.fast import fast_gemm
 from sysarray.faults import FaultMap
 
 _F32_LIMIT = 1 << 24
-# Psum-chain replay on CPU. "auto" (:func:`_direct_pays`): the direct kernel unless its input copy
-# outweighs its work or a large output plane (> DIRECT_MAX_PIXELS) meets fewer than
-# DIRECT_MIN_FOLDS row folds, where per-fold convolutions with numba chains win. "direct",
-# "folds" and "torch" (CUDA's per-fold convolutions and torch chains) force one path: the tests
-# check all three on CPU.
-CPU_REPLAY = "auto"
-DIRECT_MAX_PIXELS = 256
-DIRECT_MIN_FOLDS = 8
+# Psum-chain replay: "direct" (CPU, :func:`_replay_direct`) or "torch" (per-fold convolutions with
+# the chains in torch ops, the CUDA path); the tests run both on CPU and check they agree.
+CPU_REPLAY = "direct"
+# Values per contiguous run of the direct replay: images are laid side by side until one kernel
+# tap over their output planes is about this long (long runs amortise loop overheads; short ones
+# keep a task's buffers in L1).
+RUN_TARGET = 1024
 
 
 def im2col(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
@@ -65,6 +65,14 @@ def _conv_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "cpu" else torch.float64
 
 
+def _conv(x: torch.Tensor, w: torch.Tensor, stride, padding) -> torch.Tensor:
+    """``F.conv2d`` (groups 1); a matrix product for 1x1 kernels on 1x1 images (linear layers),
+    which torch's convolution runs about 3x slower."""
+    if x.shape[2] == x.shape[3] == w.shape[2] == w.shape[3] == 1 and not any(padding):
+        return (x.flatten(1) @ w.flatten(1).t()).view(x.shape[0], w.shape[0], 1, 1)
+    return F.conv2d(x, w, stride=stride, padding=padding)
+
+
 def _exact_conv(x: torch.Tensor, w: torch.Tensor, stride, padding, amax: int, wmax: int) -> torch.Tensor:
     """``conv2d(x, w)`` exactly for integer-valued tensors (zero padding, groups 1).
 
@@ -77,17 +85,17 @@ def _exact_conv(x: torch.Tensor, w: torch.Tensor, stride, padding, amax: int, wm
     dtype = _conv_dtype(x.device)
     a = max(1, amax)
     if dtype == torch.float64 or w.shape[2] * w.shape[3] * a * max(1, wmax) >= _F32_LIMIT:
-        return F.conv2d(x.double(), w.double(), stride=stride, padding=padding).to(torch.int64)
+        return _conv(x.double(), w.double(), stride, padding).to(torch.int64)
     l1 = w.abs().sum(dim=(2, 3)).to(torch.int64)  # (N, C) per-filter, per-channel L1 norms
     if w.numel() == 0 or int(l1.sum(dim=1).max()) * a < _F32_LIMIT:
-        return F.conv2d(x, w.to(x.dtype), stride=stride, padding=padding)
+        return _conv(x, w.to(x.dtype), stride, padding)
     out, lo, C = None, 0, w.shape[1]
     run = torch.cumsum(l1, dim=1)  # (N, C)
     while lo < C:
         base = run[:, lo - 1:lo] if lo else torch.zeros_like(run[:, :1])
         # the longest chunk lo..hi-1 with every filter's L1 * amax below 2**24 (at least one channel)
         hi = lo + max(1, int(((run[:, lo:] - base).max(dim=0).values * a < _F32_LIMIT).sum()))
-        part = F.conv2d(x[:, lo:hi], w[:, lo:hi].to(x.dtype), stride=stride, padding=padding).to(torch.int64)
+        part = _conv(x[:, lo:hi], w[:, lo:hi].to(x.dtype), stride, padding).to(torch.int64)
         out = part if out is None else out + part
         lo = hi
     return out
@@ -116,9 +124,12 @@ def fast_conv2d(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults:
 
 def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
                       stride=(1, 1), padding=(0, 0), pad_value: float = 0.0, groups: int = 1,
-                      act_signed: bool = False, masks: ChipMasks | None = None) -> torch.Tensor:
+                      act_signed: bool = False, masks: ChipMasks | None = None,
+                      x_bound: int | None = None) -> torch.Tensor:
     """:func:`fast_conv2d` without the final conversion: a float or integer tensor whose values
-    are the int32 results exactly (callers that post-process in one fused pass skip a copy)."""
+    are the int32 results exactly (callers that post-process in one fused pass skip a copy).
+    ``x_bound``: a bound on ``|x|`` the caller knows (the 8-bit code range), sparing a pass over
+    ``x``; it must hold (it decides which float sums are exact)."""
     cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     kh, kw = int(weight.shape[2]), int(weight.shape[3])
     if not conv_native_ok(cfg, cm, groups):
@@ -128,8 +139,10 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
     K = int(weight[0].numel())
     Fr, Fc = -(-K // R), -(-N // C)
     Wp = _latched_weights(weight.reshape(N, K).t(), cfg, cm, Fr, Fc)  # (Fr*R, Fc*C) int64
-    lo, hi = torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
-    amax = max(-int(lo), int(hi), abs(int(pad_value)) if any(padding) else 0)
+    if x_bound is None:
+        lo, hi = torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
+        x_bound = max(-int(lo), int(hi))
+    amax = max(int(x_bound), abs(int(pad_value)) if any(padding) else 0)
     wmax = int(Wp.abs().max()) if Wp.numel() else 0
     if R * amax * wmax >= 1 << (pb - 1):
         # A fold's partial sum could wrap inside the psum register: every column replays.
@@ -220,17 +233,15 @@ def _replay_conv_chains(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm
             keep[o, s] = preg.keep[r, c]
             ones[o, s] = preg.ones[r, c]
     sign = 1 << (pb - 1)
-    mode = CPU_REPLAY if dev.type == "cpu" else "torch"
-    if mode in ("auto", "direct"):
+    if dev.type == "cpu" and CPU_REPLAY == "direct":
         w_cols = Wp[:, torch.from_numpy(n_idx)].numpy()
-        used = _segment_taps(w_cols, seg_of_row, K, R, S)
-        if mode == "auto":
-            mode = "direct" if _direct_pays(xp, len(used[0]), w_cols.shape[0] // R, y, padding) else "folds"
-    if mode == "direct":
-        _replay_direct(xp, w_cols, used, keep, ones, sign, n_idx, kernel, stride, padding, amax, R, S, y, linear_tail)
+        # With a linear tail an output's chain ends at its own last faulty row: no empty segments after it.
+        n_seg = np.array([len(fault_rows[c]) if linear_tail else S for _, c in outs], dtype=np.int64)
+        _replay_direct(xp, w_cols, _segment_taps(w_cols, seg_of_row, K, R, S), n_seg, keep, ones, sign, n_idx,
+                       kernel, stride, padding, amax, R, y, linear_tail)
     else:
         _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K,
-                              R, J, S, y, linear_tail, torch_chains=mode == "torch")
+                              R, J, S, y, linear_tail)
 
 
 def _segment_taps(w_cols: np.ndarray, seg_of_row: np.ndarray, K: int, R: int, S: int):
@@ -243,150 +254,220 @@ def _segment_taps(w_cols: np.ndarray, seg_of_row: np.ndarray, K: int, R: int, S:
     return o_of, k_of, seg
 
 
-def _direct_pays(xp, taps: int, folds: int, y, padding) -> bool:
-    """The "auto" choice between the replays, from measurements (docs/design.md, "Engines"): the
-    direct kernel wins unless its batch-last copy of the input outweighs its work (fewer than 4
-    MACs per copied value, e.g. strided 1x1 shortcuts) or a large output plane meets few folds
-    (few, large per-fold convolutions are efficient: ResNet-20's 32x32 layers on a 32-row array).
-    ``taps``: the direct kernel's taps per image and output pixel (:func:`_segment_taps`)."""
-    L = y.shape[2] * y.shape[3]
-    if L == 1:
-        return True  # linear layers: per-fold convolutions of 1x1 images are pure overhead
-    copied = xp.shape[1] * (xp.shape[2] + 2 * padding[0]) * (xp.shape[3] + 2 * padding[1])
-    return taps * L >= 4 * copied and (L <= DIRECT_MAX_PIXELS or folds >= DIRECT_MIN_FOLDS)
-
-
-def _replay_direct(xp, w_cols, used, keep, ones, sign, n_idx, kernel, stride, padding, amax, R, S, y,
+def _replay_direct(xp, w_cols, used, n_seg, keep, ones, sign, n_idx, kernel, stride, padding, amax, R, y,
                    linear_tail) -> None:
-    """CPU: the segment sums come straight from the input windows in one jitted kernel that also
-    replays the chains and writes ``y``; only the nonzero latched weights of each segment are
-    visited (a segment ends at its faulty row, so with ``linear_tail`` about half a fold).
+    """CPU: the segment sums come straight from the input in one jitted kernel that also replays
+    the chains and writes ``y``; only the nonzero latched weights of each segment are visited (a
+    segment ends at its faulty row, so with ``linear_tail`` about half a fold).
+
+    The input is laid out as phase planes of ``G`` images side by side (:func:`_fill_planes`),
+    in which one kernel tap over the whole output planes of the ``G`` images is one contiguous
+    run of about ``RUN_TARGET`` values, so a segment sum is a sum of vectorised axpys. A task is
+    (group of images, chunk of replayed outputs): it lays out its group in a buffer that stays in
+    cache across all its outputs' taps, so the input is read from memory once (a separate
+    layout pass over the whole batch cost as much as the replay itself).
 
     w_cols: (Fr*R, O) int64 latched weights of the replayed outputs; used: their
     :func:`_segment_taps`."""
     kh, kw = kernel
+    sh, sw = stride
+    ph, pw = padding
     taps = kh * kw
-    O = len(n_idx)
+    O, S = keep.shape
     Fr = w_cols.shape[0] // R
     o_of, k_of, seg = used  # grouped by (output, fold, segment)
     slot = (o_of * Fr + k_of // R) * S + seg[o_of, k_of]
+    # Each segment's taps padded with zero taps to a multiple of four (at least four): the kernel
+    # adds four taps per pass over the values and fuses the chain step into the last pass.
+    count = np.bincount(slot, minlength=O * Fr * S)
     ptr = np.zeros(O * Fr * S + 1, dtype=np.int64)
-    np.cumsum(np.bincount(slot, minlength=O * Fr * S), out=ptr[1:])
+    np.cumsum(np.maximum(4, -(-count // 4) * 4), out=ptr[1:])
+    first = np.zeros(O * Fr * S + 1, dtype=np.int64)
+    np.cumsum(count, out=first[1:])
+    at = ptr[slot] + np.arange(len(slot)) - first[slot]  # slot-sorted taps keep their order
     # Partial sums of at most R products: float32 is exact below 2**24, else float64.
     wmax = int(np.abs(w_cols).max(initial=0))
     dtype = np.float32 if R * max(1, amax) * max(1, wmax) < _F32_LIMIT else np.float64
     B, Cin, H, W = xp.shape
-    ph, pw = padding
-    xt = _scratch((Cin, H + 2 * ph, W + 2 * pw, B), dtype)
-    _batch_last_padded(xp.numpy(), ph, pw, xt)
-    tap = k_of % taps
-    _direct_chains(xt.reshape(-1), xt.shape[1], xt.shape[2], B, k_of // taps, tap // kw, tap % kw,
-                   w_cols[k_of, o_of].astype(dtype), ptr, keep, ones, sign, linear_tail, n_idx, Fr, S,
-                   stride[0], stride[1], y.numpy())
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(shape, dtype) -> np.ndarray:
-    """An uninitialised array from a per-thread buffer that grows and is reused: a fresh multi-MB
-    allocation every layer costs more in page faults than the copy that fills it."""
-    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.nbytes < nbytes:
-        buf = _SCRATCH.buf = np.empty(nbytes, dtype=np.uint8)
-    return buf[:nbytes].view(dtype).reshape(shape)
-
-
-@njit(cache=True, parallel=True)
-def _batch_last_padded(x, ph, pw, out):
-    """x (B, C, H, W) -> out (C, H + 2 ph, W + 2 pw, B), zero padded (batch innermost, so that one
-    kernel tap of one output row is a contiguous run of ``ow * B`` values)."""
-    B, C, H, W = x.shape
-    Hp = out.shape[1]
-    for ci in prange(C * Hp):
-        c = ci // Hp
-        io = ci % Hp
-        row = out[c, io]
-        i = io - ph
-        if i < 0 or i >= H:
-            row[:] = 0
-            continue
-        for j in range(pw):
-            row[j, :] = 0
-            row[W + pw + j, :] = 0
-        for b in range(B):
-            for j in range(W):
-                row[j + pw, b] = x[b, c, i, j]
-
-
-@njit(cache=True, parallel=True)
-def _direct_chains(xf, Hp, Wp, B, tc, ti, tj, tw, ptr, keep, ones, sign, linear_tail, n_idx, Fr, S, sh, sw, y):
-    """Segment sums and psum chains of the replayed outputs, straight from the padded input.
-
-    xf: the (Cin, Hp, Wp, B) batch-last padded input, flattened, float holding exact codes; taps
-    ``t`` of segment ``(o, fold, s)`` are ``ptr[(o*Fr + fold)*S + s] .. ptr[...+1]`` with input
-    channel ``tc``, kernel offsets ``ti, tj`` and weight ``tw``; keep/ones: (O, S) int64;
-    y: (B, N, oh, ow) int32, its columns ``n_idx`` overwritten (``wrap32(sum over folds of the
-    chain)``) or, with ``linear_tail``, corrected (``wrap32(y + sum over folds of (chain - sum of
-    segments))``). One task per (output, output row, chunk of images), the chunk sized so the
-    task's three row buffers stay in L1; the chain state is int32: a psum register value fits
-    (psum_bits <= 32, and p + segment < 2**psum_bits by the caller's wrap guard) and the fold
-    totals are only needed mod 2**32.
-    """
-    O = n_idx.shape[0]
     oh, ow = y.shape[2], y.shape[3]
-    bc = min(B, max(8, 2048 // ow))  # images per task: about 2048 values per row buffer
-    nb = (B + bc - 1) // bc
-    for task in prange(O * oh * nb):
-        o = task // (oh * nb)
-        r = (task // nb) % oh
-        b0 = (task % nb) * bc
-        nbc = min(bc, B - b0)
-        W = ow * nbc
-        tot = np.zeros(W, dtype=np.int32)
-        v = np.empty(W, dtype=xf.dtype)
-        p = np.empty(W, dtype=np.int32)
-        for f in range(Fr):
-            p[:] = 0
-            for s in range(S):
-                v[:] = 0
-                base = (o * Fr + f) * S + s
-                for t in range(ptr[base], ptr[base + 1]):
-                    w = tw[t]
-                    off = ((tc[t] * Hp + r * sh + ti[t]) * Wp + tj[t]) * B + b0
-                    if sw == 1 and nbc == B:
-                        xs = xf[off:off + W]  # slices keep the indices non-negative: the loop vectorizes
-                        for e in range(W):
-                            v[e] += w * xs[e]
+    Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
+    G = int(min(B, max(1, round(RUN_TARGET / (oh * Wq)))))
+    tap = k_of % taps
+    ti, tj = tap // kw, tap % kw
+    phase = (ti % sh) * sw + tj % sw
+    phases = np.unique(phase)  # only the phases some tap reads (one for a strided 1x1 conv)
+    P = len(phases)
+    plane_of = np.full(sh * sw, -1, dtype=np.int64)
+    plane_of[phases] = np.arange(P)
+    toff = np.zeros(ptr[-1], dtype=np.int64)
+    toff[at] = (((k_of // taps) * P + plane_of[phase]) * Hq + ti // sh) * G * Wq + tj // sw
+    tw = np.zeros(ptr[-1], dtype=dtype)
+    tw[at] = w_cols[k_of, o_of]
+    x = np.ascontiguousarray(xp.numpy())
+    NG = -(-B // G)
+    if H == W == Hq == Wq == 1:  # 1x1 images (linear layers): the planes are the transposed batch
+        xq = np.zeros((NG * G, Cin), dtype=x.dtype)
+        xq[:B] = x.reshape(B, Cin)
+        xg, in_place = xq.reshape(NG, G, Cin).transpose(0, 2, 1).reshape(NG, -1).copy(), True
+    else:  # stride 1, no padding, one image per group: the input already is its own plane
+        xg, in_place = x.reshape(B, -1), G == 1 and P == 1 and not (ph or pw or sh > 1 or sw > 1)
+    # Tasks are (group, chunk of outputs); a task fills its group's planes once for all its outputs.
+    chunks = min(O, -(-4 * numba.get_num_threads() // NG))
+    geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
+    _direct_chains(xg, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, n_idx, Fr,
+                   chunks, y.numpy())
+
+
+@njit(cache=True)
+def _fill_planes(xg, g0, geometry, plane_of, out):
+    """The phase planes of image group ``g0``: ``out[c, p, i, g, j] = xpad[g0*G + g, c, sh*i + a,
+    sw*j + b]`` for phase ``a*sw + b`` kept as plane ``p = plane_of[a*sw + b]`` (-1: not kept),
+    where ``xpad`` is the input zero padded by (ph, pw) (zero past the edges and for images past
+    B). A kernel tap ``(ti, tj)`` then reads plane ``(ti % sh, tj % sw)`` shifted by ``(ti // sh,
+    tj // sw)`` at unit stride, and over the ``G`` images side by side one tap of a whole output
+    plane is one contiguous run.
+
+    xg: (B, C*H*W) the input images, flat; geometry: (C, H, W, ph, pw, sh, sw, Hq, G, Wq);
+    out: (C*P*Hq*G*Wq,). Zeroes ``out``, then copies every input row to its place (row by row,
+    not plane position by position: 2-4x faster)."""
+    C, H, W, ph, pw, sh, sw, Hq, G, Wq = geometry
+    P = max(1, plane_of.max() + 1)
+    out[:] = 0
+    for g in range(min(G, xg.shape[0] - g0 * G)):
+        src = xg[g0 * G + g]
+        for c in range(C):
+            for ii in range(H):
+                a = (ii + ph) % sh
+                i = (ii + ph) // sh
+                s0 = (c * H + ii) * W
+                for bb in range(sw):
+                    p = plane_of[a * sw + bb]
+                    if p < 0:
+                        continue
+                    jj0 = (bb - pw) % sw  # the first input column of this column phase
+                    d0 = (((c * P + p) * Hq + i) * G + g) * Wq + (jj0 + pw) // sw
+                    if sw == 1:
+                        for k in range(W):
+                            out[d0 + k] = src[s0 + k]
                     else:
-                        for q in range(ow):
-                            xs = xf[off + q * sw * B:off + q * sw * B + nbc]
-                            vs = v[q * nbc:q * nbc + nbc]
-                            for b in range(nbc):
-                                vs[b] += w * xs[b]
-                k = keep[o, s]
-                on = ones[o, s]
-                for i in range(W):
-                    p[i] = ((((np.int64(p[i]) + np.int64(np.int32(v[i]))) & k) | on) ^ sign) - sign
-                if linear_tail:
-                    for i in range(W):
-                        tot[i] -= np.int32(v[i])
-            for i in range(W):
-                tot[i] += p[i]
-        n = n_idx[o]
-        for b in range(nbc):  # images outermost: each image's output row is one contiguous run
-            yr = y[b0 + b, n, r]
-            for q in range(ow):
-                val = np.int64(tot[q * nbc + b]) + (np.int64(yr[q]) if linear_tail else 0)
-                yr[q] = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+                        for k in range((W - jj0 + sw - 1) // sw):
+                            out[d0 + k] = src[s0 + jj0 + sw * k]
+
+
+@njit(cache=True, inline="always")
+def _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, L, use_v, use_p):
+    """The last four taps of a segment and the chain step in one pass: ``q = p + segment``
+    (``p`` read if ``use_p``, the taps so far in ``v`` if ``use_v``), ``p = force(q)``, ``tot +=
+    force(q) - q``. Called with constant flags, so each call site compiles to a branch-free loop."""
+    for e in range(L):
+        seg = w0 * x0[e] + w1 * x1[e] + w2 * x2[e] + w3 * x3[e]
+        if use_v:
+            seg += v[e]
+        q = np.int64(np.int32(seg))
+        if use_p:
+            q += np.int64(p[e])
+        fq = (((q & k) | on) ^ sign) - sign
+        p[e] = fq
+        tot[e] += fq - q
+
+
+@njit(cache=True, parallel=True)
+def _direct_chains(xg, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, n_idx, Fr,
+                   chunks, y):
+    """Segment sums and psum chains of the replayed outputs, straight from the input.
+
+    Each task takes a group of ``G`` images and a chunk of the replayed outputs, fills the
+    group's phase planes (:func:`_fill_planes`; with ``in_place``, ``xg[group]`` already is them)
+    and runs its outputs over them. The output values of a group form one run ``e = (r*G + g)*Wq
+    + q`` (row ``r``, image ``g``, column ``q``; columns ``q >= ow`` are padding, computed and
+    dropped), read for tap ``t`` at ``planes[toff[t] + e]``. Taps of segment ``(o, fold, s)`` are
+    ``ptr[(o*Fr + fold)*S + s] .. ptr[...+1]``, a positive multiple of four (zero-weight taps pad
+    them), with weights ``tw``, for ``s < n_seg[o]``; keep/ones: (O, S) int64; y: (B, N, oh, ow)
+    int32, its columns ``n_idx`` overwritten with ``wrap32(sum over folds of the chain)`` or, with
+    ``linear_tail``, corrected to ``wrap32(y + sum over folds of (chain - sum of segments))``,
+    which is the sum of ``force(q) - q`` over the chain's steps ``q = p + segment``. The chain
+    state is int32: a psum register value fits (psum_bits <= 32, and p + segment < 2**psum_bits
+    by the caller's wrap guard) and the fold totals are only needed mod 2**32.
+    """
+    B, N, oh, ow = y.shape
+    O, S = keep.shape
+    C, Hq, G, Wq = geometry[0], geometry[7], geometry[8], geometry[9]
+    NG = (B + G - 1) // G
+    L = ((oh - 1) * G + G - 1) * Wq + ow
+    per = (O + chunks - 1) // chunks
+    for task in prange(NG * chunks):
+        g0 = task // chunks
+        if in_place:
+            xs_all = xg[g0]
+        else:
+            xs_all = np.empty(C * max(1, plane_of.max() + 1) * Hq * G * Wq, dtype=xg.dtype)
+            _fill_planes(xg, g0, geometry, plane_of, xs_all)
+        tot = np.empty(L, dtype=np.int32)
+        v = np.empty(L, dtype=tw.dtype)
+        p = np.empty(L, dtype=np.int32)
+        for o in range((task % chunks) * per, min(O, (task % chunks + 1) * per)):
+            tot[:] = 0
+            for f in range(Fr):
+                for s in range(n_seg[o]):
+                    base = (o * Fr + f) * S + s
+                    t0, t1 = ptr[base], ptr[base + 1]
+                    k = keep[o, s]
+                    on = ones[o, s]
+                    # Four taps per pass over v (one store per four multiply-adds: stores bound an
+                    # axpy); with a linear tail the last four taps and the chain step share a pass.
+                    # Every loop has fixed arrays (slices keep the indices non-negative): choosing
+                    # arrays at run time, or branching inside a loop, stops LLVM vectorizing it.
+                    for t in range(t0, t1 - 4 if linear_tail else t1, 4):
+                        w0, w1, w2, w3 = tw[t], tw[t + 1], tw[t + 2], tw[t + 3]
+                        x0 = xs_all[toff[t]:toff[t] + L]
+                        x1 = xs_all[toff[t + 1]:toff[t + 1] + L]
+                        x2 = xs_all[toff[t + 2]:toff[t + 2] + L]
+                        x3 = xs_all[toff[t + 3]:toff[t + 3] + L]
+                        if t == t0:
+                            for e in range(L):
+                                v[e] = w0 * x0[e] + w1 * x1[e] + w2 * x2[e] + w3 * x3[e]
+                        else:
+                            for e in range(L):
+                                v[e] += w0 * x0[e] + w1 * x1[e] + w2 * x2[e] + w3 * x3[e]
+                    if linear_tail:
+                        t = t1 - 4
+                        w0, w1, w2, w3 = tw[t], tw[t + 1], tw[t + 2], tw[t + 3]
+                        x0 = xs_all[toff[t]:toff[t] + L]
+                        x1 = xs_all[toff[t + 1]:toff[t + 1] + L]
+                        x2 = xs_all[toff[t + 2]:toff[t + 2] + L]
+                        x3 = xs_all[toff[t + 3]:toff[t + 3] + L]
+                        if t == t0 and s == 0:
+                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, L, False, False)
+                        elif t == t0:
+                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, L, False, True)
+                        elif s == 0:
+                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, L, True, False)
+                        else:
+                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, L, True, True)
+                    elif s == 0:
+                        for e in range(L):
+                            p[e] = (((np.int64(np.int32(v[e])) & k) | on) ^ sign) - sign
+                    else:
+                        for e in range(L):
+                            p[e] = ((((np.int64(np.int32(v[e])) + np.int64(p[e])) & k) | on) ^ sign) - sign
+                if not linear_tail:
+                    for e in range(L):
+                        tot[e] += p[e]
+            n = n_idx[o]
+            for g in range(min(G, B - g0 * G)):
+                yp = y[g0 * G + g, n]
+                for r in range(oh):
+                    e0 = (r * G + g) * Wq
+                    for q in range(ow):
+                        val = np.int64(tot[e0 + q]) + (np.int64(yp[r, q]) if linear_tail else 0)
+                        yp[r, q] = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
 
 
 def _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K, R, J, S, y,
-                          linear_tail, torch_chains: bool) -> None:
+                          linear_tail) -> None:
     """Each fold's segment sums from one small convolution over the fold's input channels with
-    masked "virtual filters" ``Wv[fr, o, s, r]``; the chains are replayed fold by fold by a numba
-    kernel (CPU) or by torch ops (``torch_chains``: CUDA)."""
+    masked "virtual filters" ``Wv[fr, o, s, r]``; the chains are replayed fold by fold in torch ops
+    (the CUDA path; on CPU the direct kernel is several times faster)."""
     dev = xp.device
     kh, kw = kernel
     taps = kh * kw
@@ -409,58 +490,12 @@ def _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, s
         local[:, k0 - c_lo * taps:k1 - c_lo * taps] = Wv[fr, :, :, :k1 - k0].reshape(O * S, -1)
         w_fold = local.view(O * S, c_hi - c_lo + 1, kh, kw)
         seg = _exact_conv(xp[:, c_lo:c_hi + 1], w_fold, stride, padding, amax, wmax)  # (B, O*S, oh, ow)
-        if not torch_chains:
-            seg = seg.contiguous()  # float32 or, past 2**24, int64 (the kernel reads either exactly)
-            _fold_psum_chains(seg.view(B, O, S, -1).numpy(), keep, ones, sign, linear_tail, tot.numpy())
-            continue
         seg = seg.to(torch.int64).view(B, O, S, -1)
         p = torch.zeros_like(tot)
         for s in range(S):
             p = force(p + seg[:, :, s], keep_t[:, :, s], ones_t[:, :, s], sign)
         tot += p - seg.sum(dim=2) if linear_tail else p
-    if not torch_chains:
-        _finish_chains(yv.numpy(), n_idx, tot.numpy(), linear_tail)
-    elif linear_tail:
+    if linear_tail:
         yv[:, n_t] = wrap(yv[:, n_t].to(torch.int64) + tot, 32).to(yv.dtype)
     else:
         yv[:, n_t] = wrap(tot, 32).to(yv.dtype)
-
-
-@njit(cache=True, parallel=True)
-def _fold_psum_chains(seg, keep, ones, sign, linear_tail, tot):
-    """One fold of the psum chains: ``p = force_s(p + seg_s)`` over the segments, added to ``tot``.
-
-    seg: (B, O, S, L) exact integers (float32 or int64); keep/ones: (O, S) int64; tot: (B, O, L) int64.
-    With ``linear_tail`` the segments stop at the last faulty row and ``tot`` gets ``p - sum(seg)``,
-    the correction to the plain sums (exact mod 2**32 when the psum register is 32 bits wide).
-    """
-    B, O, S, L = seg.shape
-    for bo in prange(B * O):
-        b = bo // O
-        o = bo % O
-        p = np.zeros(L, dtype=np.int64)
-        for s in range(S):
-            k = keep[o, s]
-            on = ones[o, s]
-            for i in range(L):
-                x = np.int64(seg[b, o, s, i])
-                q = p[i] + x
-                p[i] = (((q & k) | on) ^ sign) - sign
-                if linear_tail:
-                    tot[b, o, i] -= x
-        for i in range(L):
-            tot[b, o, i] += p[i]
-
-
-@njit(cache=True, parallel=True)
-def _finish_chains(y, n_idx, tot, linear_tail):
-    """Write the replayed outputs: ``y[:, n_idx[o]] = wrap32(y + tot)`` (``linear_tail``) or
-    ``wrap32(tot)``. y: (B, N, L) int32; tot: (B, O, L) int64."""
-    B, O, L = tot.shape
-    for bo in prange(B * O):
-        b = bo // O
-        o = bo % O
-        n = n_idx[o]
-        for i in range(L):
-            v = tot[b, o, i] + (np.int64(y[b, n, i]) if linear_tail else 0)
-            y[b, n, i] = ((v & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000

@@ -10,6 +10,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -98,6 +100,19 @@ def test_numpy_reference_pieces_by_hand():
     mp = dataclasses.make_dataclass("M", ["kernel", "stride", "padding"])
     neg = -np.ones((1, 1, 2, 2), dtype=np.int64) * 100
     np.testing.assert_array_equal(ref.max_pool(neg, mp((3, 3), (2, 2), (1, 1))), [[[[-100]]]])
+
+
+@settings(max_examples=60, deadline=None)
+@given(kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 3), sw=st.integers(1, 3),
+       pad=st.booleans(), h=st.integers(3, 9), w=st.integers(3, 9), seed=st.integers(0, 2**31 - 1))
+def test_max_pool_equals_torch(kh, kw, sh, sw, pad, h, w, seed):
+    """The program's strided-slice max pool gives exactly F.max_pool2d (negative codes too)."""
+    from accel_models.program import MaxPool, max_pool
+
+    ph, pw = (kh // 2, kw // 2) if pad else (0, 0)
+    x = torch.from_numpy(np.random.default_rng(seed).integers(-128, 128, size=(2, 3, h, w)).astype(np.float32))
+    op = MaxPool("x", "y", (kh, kw), (sh, sw), (ph, pw))
+    assert torch.equal(max_pool(x, op), F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw)))
 
 
 # --------------------------------------------------------------------------- float vs int

@@ -157,30 +157,54 @@ def test_tall_array_replays_psum_chains_in_float64():
     from sysarray.engines import fast_conv as fc
 
     try:
-        for mode in ("direct", "folds", "torch"):
+        for mode in ("direct", "torch"):
             fc.CPU_REPLAY = mode
             for stride in ((1, 1), (2, 1)):
                 y = fast_conv2d(x, w, cfg, fm, stride=stride, padding=(1, 1))
                 case = ConvCase(x, w, cfg, fm, stride, (1, 1), 0, 1, False)
                 np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"), err_msg=mode)
     finally:
-        fc.CPU_REPLAY = "auto"
+        fc.CPU_REPLAY = "direct"
+
+
+@pytest.mark.parametrize("stride,padding,kernel", [((1, 1), (1, 1), 3), ((2, 2), (1, 1), 3), ((2, 1), (0, 1), 2),
+                                                    ((2, 2), (0, 0), 1), ((1, 1), (0, 0), 1)])
+def test_direct_replay_with_partial_image_groups(stride, padding, kernel):
+    """Five images in groups of two side by side (the last group half empty), on strided and
+    padded convolutions, psum chains with several faulty rows per column."""
+    from sysarray.engines import fast_conv as fc
+
+    rng = np.random.default_rng(7)
+    x = torch.from_numpy(rng.integers(0, 256, size=(5, 3, 6, 5)).astype(np.float32))
+    w = torch.from_numpy(rng.integers(-128, 128, size=(7, 3, kernel, kernel)).astype(np.int8))
+    cfg = sa.ArrayConfig(4, 3, "ws")
+    fm = sa.FaultMap(4, 3).add(0, 1, "psum", 3, 1).add(2, 1, "psum", 30, 0).add(3, 2, "psum", 12, 1)
+    case = ConvCase(x, w, cfg, fm, stride, padding, 0, 1, False)
+    oh = (6 + 2 * padding[0] - kernel) // stride[0] + 1
+    wq = -(-(5 + 2 * padding[1]) // stride[1])
+    try:
+        fc.RUN_TARGET = 2 * oh * wq  # two images per run
+        y = fast_conv2d(x, w, cfg, fm, stride=stride, padding=padding)
+    finally:
+        fc.RUN_TARGET = 1024
+    np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
 
 
 @settings(max_examples=150, **SETTINGS)
 @given(conv_cases(registers=("weight", "psum")))
 def test_every_chain_replay_path_gives_the_same_bits(case):
-    """The direct CPU kernel, per-fold convolutions with numba chains, and CUDA's per-fold
-    convolutions with torch chains (run on CPU here) agree with the default choice."""
+    """The direct CPU kernel, with one image per run (reading the input in place where it needs
+    no padding) and with all images side by side, and CUDA's per-fold convolutions with torch
+    chains (run on CPU here) give the same bits as the default."""
     from sysarray.engines import fast_conv as fc
 
-    auto = conv(case)
+    default = conv(case)
     try:
-        for mode in ("direct", "folds", "torch"):
-            fc.CPU_REPLAY = mode
-            np.testing.assert_array_equal(conv(case), auto, err_msg=mode)
+        for mode, run in (("direct", 1), ("direct", 1 << 30), ("torch", fc.RUN_TARGET)):
+            fc.CPU_REPLAY, fc.RUN_TARGET = mode, run
+            np.testing.assert_array_equal(conv(case), default, err_msg=f"{mode} {run}")
     finally:
-        fc.CPU_REPLAY = "auto"
+        fc.CPU_REPLAY, fc.RUN_TARGET = "direct", 1024
 
 
 @pytest.mark.gpu
