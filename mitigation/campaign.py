@@ -17,6 +17,7 @@ with floats in their shortest round-trip form. Nothing in ``results.csv`` depend
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -494,6 +495,24 @@ def _limit_threads() -> None:
     _THREADS_LIMITED = True
 
 
+@contextlib.contextmanager
+def _one_thread_meanwhile():
+    """One torch and numba thread in this process for the duration (restored after): while the
+    workers run, this process's own chips and its idle thread pools would compete with them for
+    the cores (with two threads here, its chips took 2-15x longer and slowed the workers)."""
+    import numba
+    import torch
+
+    before = torch.get_num_threads(), numba.get_num_threads()
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])
+
+
 def _init_worker(blob: bytes) -> None:
     global _WORKER_EVALUATOR
     _limit_threads()
@@ -553,13 +572,20 @@ def _mp_context():
     return ctx
 
 
-def start_workers_early() -> None:
-    """Start the fork server now (it imports and warms up while this process loads the model)."""
+def start_workers_early(wait: bool = False) -> None:
+    """Start the fork server now (it imports and warms up while this process loads the model).
+    ``wait``: return only once it has finished (one process forked from it has run), so that
+    campaigns started later fork their workers at once."""
     ctx = _mp_context()
     if ctx.get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+    if wait:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            pool.submit(os.getpid).result()
 
 
 def _chunks(jobs: Iterator[Job], size: int) -> Iterator[list[Job]]:
@@ -770,7 +796,8 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
                 if scheduler is not None:
                     _run_dask(evaluator, jobs, sink, scheduler, n_workers, chunk_size)
                 elif use_pool:
-                    _run_pool(evaluator, jobs, sink, min(n_workers, len(todo)), chunk_size)
+                    with _one_thread_meanwhile():
+                        _run_pool(evaluator, jobs, sink, min(n_workers, len(todo)), chunk_size)
                 else:
                     _run_serial(evaluator, jobs, sink)
             finally:

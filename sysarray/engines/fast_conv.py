@@ -205,56 +205,113 @@ def _replay_conv_chains(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm
     """Overwrite (or, with ``linear_tail``, correct) the outputs of the psum-faulty array columns
     of ``y`` (B, N, oh, ow) int32, in place, by replaying their chains over per-fold segment sums."""
     R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
-    dev = xp.device
     kh, kw = kernel
-    taps = kh * kw
-    N = y.shape[1]
-    K = xp.shape[1] * taps
-    Fr = Wp.shape[0] // R
     preg = cm.psum
-    full = (1 << pb) - 1
-    # Replayed outputs: every output channel n whose array column n % C has psum faults.
-    outs = [(fc * C + int(c), int(c)) for fc in range(Wp.shape[1] // C) for c in chain_cols if fc * C + c < N]
-    if not outs:
+    n_idx, seg_of_row, keep, ones, n_seg, J = _chain_plan(preg.faulty, preg.keep, preg.ones, chain_cols.astype(np.int64),
+                                                          Wp.shape[1] // C, y.shape[1], (1 << pb) - 1, linear_tail)
+    if not len(n_idx):
         return
-    n_idx = np.array([n for n, _ in outs], dtype=np.int64)
-    O = len(outs)
-    fault_rows = {int(c): np.flatnonzero(preg.faulty[:, c]) for c in chain_cols}
-    J = max(len(r) for r in fault_rows.values())
+    sign = 1 << (pb - 1)
+    if xp.device.type == "cpu" and CPU_REPLAY == "direct":
+        _replay_direct(xp, Wp.numpy(), n_idx, seg_of_row, n_seg, keep, ones, sign, kernel, stride, padding, amax, y,
+                       linear_tail)
+    else:
+        _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax,
+                              xp.shape[1] * kh * kw, R, J, keep.shape[1], y, linear_tail)
+
+
+@njit(cache=True)
+def _chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tail):
+    """The replayed outputs and their chains. Every output channel ``n`` whose array column
+    ``c = n % C`` has psum faults is replayed (``n_idx``, in column-fold then ``chain_cols``
+    order); segment ``s`` of its column is the rows after its faulty row ``s-1`` up to its faulty
+    row ``s`` (inclusive), read back through that row's psum register (``keep``/``ones`` (O, S));
+    segment ``J`` (kept only without ``linear_tail``) is the healthy tail. ``seg_of_row`` (O, R);
+    ``n_seg`` (O,): the segments each output replays (with a linear tail its chain ends at its own
+    last faulty row). Returns ``(n_idx, seg_of_row, keep, ones, n_seg, J)``."""
+    R, C = faulty.shape
+    O = 0
+    J = 0
+    for c in chain_cols:
+        J = max(J, faulty[:, c].sum())
+        for fc in range(col_folds):
+            O += fc * C + c < N
     S = J if linear_tail else J + 1
-    # Segment s of a column: the rows after its faulty row s-1 up to its faulty row s (inclusive),
-    # read back through that row's psum register (keep/ones); segment J is the healthy tail.
+    n_idx = np.empty(O, dtype=np.int64)
     seg_of_row = np.zeros((O, R), dtype=np.int64)
     keep = np.full((O, S), full, dtype=np.int64)
     ones = np.zeros((O, S), dtype=np.int64)
-    for o, (_, c) in enumerate(outs):
-        for s, r in enumerate(fault_rows[c]):
-            seg_of_row[o, r + 1:] = s + 1
-            keep[o, s] = preg.keep[r, c]
-            ones[o, s] = preg.ones[r, c]
-    sign = 1 << (pb - 1)
-    if dev.type == "cpu" and CPU_REPLAY == "direct":
-        w_cols = Wp[:, torch.from_numpy(n_idx)].numpy()
-        # With a linear tail an output's chain ends at its own last faulty row: no empty segments after it.
-        n_seg = np.array([len(fault_rows[c]) if linear_tail else S for _, c in outs], dtype=np.int64)
-        _replay_direct(xp, w_cols, _segment_taps(w_cols, seg_of_row, K, R, S), n_seg, keep, ones, sign, n_idx,
-                       kernel, stride, padding, amax, R, y, linear_tail)
-    else:
-        _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K,
-                              R, J, S, y, linear_tail)
+    n_seg = np.full(O, S, dtype=np.int64)
+    o = 0
+    for fc in range(col_folds):
+        for c in chain_cols:
+            if fc * C + c >= N:
+                continue
+            n_idx[o] = fc * C + c
+            s = 0
+            for r in range(R):
+                seg_of_row[o, r] = s
+                if faulty[r, c]:
+                    keep[o, s] = pkeep[r, c]
+                    ones[o, s] = pones[r, c]
+                    s += 1
+            if linear_tail:
+                n_seg[o] = s
+            o += 1
+    return n_idx, seg_of_row, keep, ones, n_seg, J
 
 
-def _segment_taps(w_cols: np.ndarray, seg_of_row: np.ndarray, K: int, R: int, S: int):
-    """``(o_of, k_of, seg)``: every (replayed output, K index) whose latched weight is nonzero and
-    whose row lies in a replayed segment, ordered by output then K; ``seg`` (O, Fr*R) segment ids."""
-    ks = np.arange(w_cols.shape[0])
-    seg = seg_of_row[:, ks % R]  # (O, Fr*R)
-    used = (ks < K)[None, :] & (seg < S) & (w_cols.T != 0)
-    o_of, k_of = np.nonzero(used)
-    return o_of, k_of, seg
+@njit(cache=True)
+def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
+    """The direct kernel's tap tables. For every replayed output, fold and segment, the nonzero
+    latched weights of its rows (K order), padded with zero taps to a positive multiple of four:
+    segment ``(o, fold, s)`` is ``ptr[(o*Fr + fold)*S + s] .. ptr[... + 1]``, tap ``t`` reads the
+    phase planes at offset ``toff[t]`` with weight ``tw[t]`` (float64). ``plane_of`` maps a stride
+    phase ``(ti % sh)*sw + tj % sw`` to its plane (-1: no tap reads it, so it is not laid out);
+    ``GWq``: values per plane row (images per group x plane width). Returns ``(ptr, toff, tw,
+    plane_of, wmax)``."""
+    R = seg_of_row.shape[1]
+    Fr = Wp.shape[0] // R
+    O = n_idx.shape[0]
+    taps = kh * kw
+    count = np.zeros(O * Fr * S, dtype=np.int64)
+    plane_of = np.full(sh * sw, -1, dtype=np.int64)
+    wmax = 0
+    for o in range(O):
+        for k in range(K):
+            s = seg_of_row[o, k % R]
+            w = Wp[k, n_idx[o]]
+            if s < n_seg[o] and w != 0:
+                count[(o * Fr + k // R) * S + s] += 1
+                t = k % taps
+                plane_of[(t // kw % sh) * sw + t % kw % sw] = 0
+                wmax = max(wmax, abs(w))
+    P = 0
+    for i in range(sh * sw):
+        if plane_of[i] == 0:
+            plane_of[i] = P
+            P += 1
+    ptr = np.zeros(O * Fr * S + 1, dtype=np.int64)
+    for i in range(O * Fr * S):
+        ptr[i + 1] = ptr[i] + max(4, (count[i] + 3) // 4 * 4)
+    toff = np.zeros(ptr[-1], dtype=np.int64)
+    tw = np.zeros(ptr[-1], dtype=np.float64)
+    at = ptr[:-1].copy()
+    for o in range(O):
+        for k in range(K):
+            s = seg_of_row[o, k % R]
+            w = Wp[k, n_idx[o]]
+            if s < n_seg[o] and w != 0:
+                i = (o * Fr + k // R) * S + s
+                t = k % taps
+                ti, tj = t // kw, t % kw
+                toff[at[i]] = ((k // taps * P + plane_of[(ti % sh) * sw + tj % sw]) * Hq + ti // sh) * GWq + tj // sw
+                tw[at[i]] = w
+                at[i] += 1
+    return ptr, toff, tw, plane_of, wmax
 
 
-def _replay_direct(xp, w_cols, used, n_seg, keep, ones, sign, n_idx, kernel, stride, padding, amax, R, y,
+def _replay_direct(xp, Wp, n_idx, seg_of_row, n_seg, keep, ones, sign, kernel, stride, padding, amax, y,
                    linear_tail) -> None:
     """CPU: the segment sums come straight from the input in one jitted kernel that also replays
     the chains and writes ``y``; only the nonzero latched weights of each segment are visited (a
@@ -267,42 +324,20 @@ def _replay_direct(xp, w_cols, used, n_seg, keep, ones, sign, n_idx, kernel, str
     cache across all its outputs' taps, so the input is read from memory once (a separate
     layout pass over the whole batch cost as much as the replay itself).
 
-    w_cols: (Fr*R, O) int64 latched weights of the replayed outputs; used: their
-    :func:`_segment_taps`."""
+    Wp: (Fr*R, Fc*C) int64 latched weights; the rest from :func:`_chain_plan`."""
     kh, kw = kernel
     sh, sw = stride
     ph, pw = padding
-    taps = kh * kw
-    O, S = keep.shape
-    Fr = w_cols.shape[0] // R
-    o_of, k_of, seg = used  # grouped by (output, fold, segment)
-    slot = (o_of * Fr + k_of // R) * S + seg[o_of, k_of]
-    # Each segment's taps padded with zero taps to a multiple of four (at least four): the kernel
-    # adds four taps per pass over the values and fuses the chain step into the last pass.
-    count = np.bincount(slot, minlength=O * Fr * S)
-    ptr = np.zeros(O * Fr * S + 1, dtype=np.int64)
-    np.cumsum(np.maximum(4, -(-count // 4) * 4), out=ptr[1:])
-    first = np.zeros(O * Fr * S + 1, dtype=np.int64)
-    np.cumsum(count, out=first[1:])
-    at = ptr[slot] + np.arange(len(slot)) - first[slot]  # slot-sorted taps keep their order
-    # Partial sums of at most R products: float32 is exact below 2**24, else float64.
-    wmax = int(np.abs(w_cols).max(initial=0))
-    dtype = np.float32 if R * max(1, amax) * max(1, wmax) < _F32_LIMIT else np.float64
     B, Cin, H, W = xp.shape
     oh, ow = y.shape[2], y.shape[3]
+    R = seg_of_row.shape[1]
     Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
     G = int(min(B, max(1, round(RUN_TARGET / (oh * Wq)))))
-    tap = k_of % taps
-    ti, tj = tap // kw, tap % kw
-    phase = (ti % sh) * sw + tj % sw
-    phases = np.unique(phase)  # only the phases some tap reads (one for a strided 1x1 conv)
-    P = len(phases)
-    plane_of = np.full(sh * sw, -1, dtype=np.int64)
-    plane_of[phases] = np.arange(P)
-    toff = np.zeros(ptr[-1], dtype=np.int64)
-    toff[at] = (((k_of // taps) * P + plane_of[phase]) * Hq + ti // sh) * G * Wq + tj // sw
-    tw = np.zeros(ptr[-1], dtype=dtype)
-    tw[at] = w_cols[k_of, o_of]
+    ptr, toff, tw, plane_of, wmax = _direct_taps(Wp, n_idx, seg_of_row, n_seg, keep.shape[1], Cin * kh * kw, kh, kw,
+                                                 sh, sw, Hq, G * Wq)
+    # Partial sums of at most R products: float32 is exact below 2**24, else float64.
+    if R * max(1, amax) * max(1, wmax) < _F32_LIMIT:
+        tw = tw.astype(np.float32)
     x = np.ascontiguousarray(xp.numpy())
     NG = -(-B // G)
     if H == W == Hq == Wq == 1:  # 1x1 images (linear layers): the planes are the transposed batch
@@ -310,12 +345,12 @@ def _replay_direct(xp, w_cols, used, n_seg, keep, ones, sign, n_idx, kernel, str
         xq[:B] = x.reshape(B, Cin)
         xg, in_place = xq.reshape(NG, G, Cin).transpose(0, 2, 1).reshape(NG, -1).copy(), True
     else:  # stride 1, no padding, one image per group: the input already is its own plane
-        xg, in_place = x.reshape(B, -1), G == 1 and P == 1 and not (ph or pw or sh > 1 or sw > 1)
+        xg, in_place = x.reshape(B, -1), G == 1 and plane_of.max() == 0 and not (ph or pw or sh > 1 or sw > 1)
     # Tasks are (group, chunk of outputs); a task fills its group's planes once for all its outputs.
-    chunks = min(O, -(-4 * numba.get_num_threads() // NG))
+    chunks = min(len(n_idx), -(-4 * numba.get_num_threads() // NG))
     geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
-    _direct_chains(xg, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, n_idx, Fr,
-                   chunks, y.numpy())
+    _direct_chains(xg, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, n_idx,
+                   Wp.shape[0] // R, chunks, y.numpy())
 
 
 @njit(cache=True)
