@@ -313,7 +313,7 @@ def max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
     for a in range(kh):
         for b in range(kw):
             win = x[:, :, a:a + sh * (oh - 1) + 1:sh, b:b + sw * (ow - 1) + 1:sw]
-            out = win.clone(memory_format=torch.contiguous_format) if out is None else torch.maximum(out, win, out=out)
+            out = win.clone() if out is None else torch.maximum(out, win, out=out)  # clone: a new tensor, same layout
     return out
 
 
@@ -354,7 +354,10 @@ class Program:
         env: dict[str, torch.Tensor] = {}
         for op in self.ops:
             if isinstance(op, QuantizeInput):
-                env[op.output] = quantize_input(images, op.qp)
+                q = quantize_input(images, op.qp)
+                # Channels-last on CPU: oneDNN convolves NHWC without reordering (20-30% faster
+                # here); every op keeps whichever layout it is given (values are the same).
+                env[op.output] = q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 and not q.is_cuda else q
             elif isinstance(op, Gemm):
                 out, parts = run_gemm_layer(env[op.input], op, gemm_for(op))
                 if on_layer is not None:

@@ -113,16 +113,31 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
         q = requantize(acc.to(torch.int64) + bias.to(acc.device).view(shape), m0.to(acc.device).view(shape),
                        shift.to(acc.device).view(shape))
         return (q + zero_point).clamp(lo, hi).to(torch.float32)
-    x = acc.contiguous()
-    x3 = x.view(x.shape[0], x.shape[1], -1)
-    out = torch.empty(x3.shape, dtype=torch.float32)
     bias, m0, shift = (t.to(torch.int64) for t in (bias, m0, shift))
-    args = (x3.numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi), out.numpy())
-    if _float64_requantize_ok(x3, bias, m0, shift):
-        _requantize_clamp_f64_kernel(*args)
+    exact_f64 = _float64_requantize_ok(acc, bias, m0, shift)
+    B, N = acc.shape[:2]
+    if exact_f64 and channels_last(acc):
+        # (B, N, H, W) stored as (B, H, W, N): one pass in memory order, channels innermost.
+        out = torch.empty_like(acc, dtype=torch.float32)
+        _requantize_clamp_f64_nlast_kernel(acc.permute(0, 2, 3, 1).reshape(B, -1, N).numpy(), bias.numpy(),
+                                           m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi),
+                                           out.permute(0, 2, 3, 1).reshape(B, -1, N).numpy())
+        return out
+    x = acc.contiguous()
+    x3 = x.view(B, N, -1)
+    out = torch.empty(x3.shape, dtype=torch.float32)
+    args = (x3.numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi))
+    if exact_f64:
+        _requantize_clamp_f64_kernel(*args, out.numpy())
     else:
-        _requantize_clamp_kernel(*args)
-    return out.view(acc.shape)
+        _requantize_clamp_kernel(*args, out.numpy())
+    out = out.view(acc.shape)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last(acc) else out
+
+
+def channels_last(t: torch.Tensor) -> bool:
+    """True for a 4-d tensor stored channels-last (and not also plain contiguous, as when C == 1)."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _float64_requantize_ok(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> bool:
@@ -156,15 +171,12 @@ def _requantize_clamp_kernel(acc, bias, m0, shift, zp, lo, hi, out):
             out[b, n, i] = min(max(q, lo), hi)
 
 
-@njit(cache=True, parallel=True)
-def _requantize_clamp_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out):
-    """:func:`_requantize_clamp_kernel` in float64, which vectorizes (about 2x faster), exact under
-    :func:`_float64_requantize_ok`: with ``v = acc + bias`` (|v| < 2**33) and ``M0 = mh * 2**16 + ml``,
-    ``v * mh`` and ``v * ml + 2**(sh-1)`` are exact, and so is the floor of their recombination
-    ``qa + floor((ra * 2**16 + v * ml + half) / 2**sh)`` with ``qa, ra`` = quotient and remainder of
-    ``v * mh`` by ``2**(sh-16)`` (every intermediate stays below 2**53)."""
-    B, N, L = acc.shape
-    # Per-channel constants once (a linear layer has L == 1: no per-element divisions).
+@njit(cache=True)
+def _requantize_constants(bias, m0, shift):
+    """(N, 7) float64 per-channel constants of :func:`_requantize_f64`: bias, ``mh``, ``ml``,
+    ``2**(sh-1)``, ``2**(sh-16)``, ``2**(16-sh)``, ``2**-sh`` (computed once: a linear layer has
+    one value per channel, so no per-element divisions)."""
+    N = bias.shape[0]
     c = np.empty((N, 7), dtype=np.float64)
     for n in range(N):
         sh = shift[n]
@@ -175,16 +187,47 @@ def _requantize_clamp_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out):
         c[n, 4] = np.float64(np.int64(1) << (sh - 16))
         c[n, 5] = 1.0 / c[n, 4]
         c[n, 6] = 1.0 / np.float64(np.int64(1) << sh)
+    return c
+
+
+@njit(cache=True, inline="always")
+def _requantize_f64(acc, bi, mh, ml, half, p2, ip2, ish, zp, lo, hi):
+    """One output code of :func:`_requantize_clamp_kernel` in float64, exact under
+    :func:`_float64_requantize_ok`: with ``v = acc + bias`` (|v| < 2**33) and ``M0 = mh * 2**16 +
+    ml``, ``v * mh`` and ``v * ml + 2**(sh-1)`` are exact, and so is the floor of their
+    recombination ``qa + floor((ra * 2**16 + v * ml + half) / 2**sh)`` with ``qa, ra`` = quotient
+    and remainder of ``v * mh`` by ``2**(sh-16)`` (every intermediate stays below 2**53)."""
+    v = np.float64(acc) + bi
+    a = v * mh
+    qa = np.floor(a * ip2)
+    ra = a - qa * p2
+    q = qa + np.floor((ra * 65536.0 + (v * ml + half)) * ish) + zp
+    return min(max(q, lo), hi)
+
+
+@njit(cache=True, parallel=True)
+def _requantize_clamp_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out):
+    """:func:`_requantize_clamp_kernel` in float64 (:func:`_requantize_f64`), which vectorizes
+    (about 2x faster). acc, out: (B, N, L), channels on dim 1."""
+    B, N, L = acc.shape
+    c = _requantize_constants(bias, m0, shift)
     for b in prange(B):
         for n in range(N):
             bi, mh, ml, half, p2, ip2, ish = c[n, 0], c[n, 1], c[n, 2], c[n, 3], c[n, 4], c[n, 5], c[n, 6]
             for i in range(L):
-                v = np.float64(acc[b, n, i]) + bi
-                a = v * mh
-                qa = np.floor(a * ip2)
-                ra = a - qa * p2
-                q = qa + np.floor((ra * 65536.0 + (v * ml + half)) * ish) + zp
-                out[b, n, i] = min(max(q, lo), hi)
+                out[b, n, i] = _requantize_f64(acc[b, n, i], bi, mh, ml, half, p2, ip2, ish, zp, lo, hi)
+
+
+@njit(cache=True, parallel=True)
+def _requantize_clamp_f64_nlast_kernel(acc, bias, m0, shift, zp, lo, hi, out):
+    """:func:`_requantize_clamp_f64_kernel` for channels-last data: acc, out (B, L, N)."""
+    B, L, N = acc.shape
+    c = np.ascontiguousarray(_requantize_constants(bias, m0, shift).T)  # (7, N): channels contiguous
+    for b in prange(B):
+        for i in range(L):
+            for n in range(N):
+                out[b, i, n] = _requantize_f64(acc[b, i, n], c[0, n], c[1, n], c[2, n], c[3, n], c[4, n], c[5, n],
+                                               c[6, n], zp, lo, hi)
 
 
 def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb: int, shift: int,
@@ -196,9 +239,12 @@ def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb:
         t = (a.to(torch.int64) - za) * ma + (b.to(torch.int64) - zb) * mb
         q = torch.bitwise_right_shift(t + (1 << (shift - 1)), shift) + zero_point
         return q.clamp(lo, hi).to(torch.float32)
-    a, b = a.contiguous(), b.contiguous()
-    out = torch.empty(a.shape, dtype=torch.float32)
-    args = (a.view(-1).numpy(), b.view(-1).numpy(), za, ma, zb, mb, shift, zero_point, lo, hi, out.view(-1).numpy())
+    fmt = torch.channels_last if channels_last(a) else torch.contiguous_format
+    a, b = a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt)
+    out = torch.empty_like(a, dtype=torch.float32, memory_format=fmt)
+    # Elementwise: any common layout works, walked in memory order.
+    flat = (lambda t: t.permute(0, 2, 3, 1).reshape(-1)) if fmt is torch.channels_last else (lambda t: t.view(-1))
+    args = (flat(a).numpy(), flat(b).numpy(), za, ma, zb, mb, shift, zero_point, lo, hi, flat(out).numpy())
     # Codes are 8-bit and zero points too (|a - za| < 2**9): with |ma| + |mb| < 2**42 and
     # shift <= 52 every float64 intermediate is an exact integer below 2**53.
     if a.dtype == b.dtype == torch.float32 and abs(ma) + abs(mb) < 1 << 42 and 1 <= shift <= 52 \

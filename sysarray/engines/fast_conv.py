@@ -22,6 +22,8 @@ grouped convolutions, psum registers narrow enough for a fold to wrap) go throug
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -122,6 +124,17 @@ def fast_conv2d(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults:
     return y.to(torch.int32)
 
 
+@dataclass(frozen=True)
+class ChainFix:
+    """The direct psum replay's result: outputs ``y[:, n_idx]`` become ``wrap32(y[:, n_idx] +
+    tot)`` (``add``) or ``wrap32(tot)`` (:func:`apply_fix`). tot: (B, O, oh*ow) int32. The replay
+    runs before the layer's convolution, while its input is still in cache."""
+
+    n_idx: np.ndarray
+    tot: np.ndarray
+    add: bool
+
+
 def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
                       stride=(1, 1), padding=(0, 0), pad_value: float = 0.0, groups: int = 1,
                       act_signed: bool = False, masks: ChipMasks | None = None,
@@ -130,10 +143,18 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
     are the int32 results exactly (callers that post-process in one fused pass skip a copy).
     ``x_bound``: a bound on ``|x|`` the caller knows (the 8-bit code range), sparing a pass over
     ``x``; it must hold (it decides which float sums are exact)."""
+    y, fix = _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound)
+    if fix is not None:
+        y = y.to(torch.int32)
+        apply_fix(y, fix)
+    return y
+
+
+def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound):
     cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     kh, kw = int(weight.shape[2]), int(weight.shape[3])
     if not conv_native_ok(cfg, cm, groups):
-        return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, cm)
+        return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, cm), None
     R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
     N = int(weight.shape[0])
     K = int(weight[0].numel())
@@ -146,23 +167,46 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
     wmax = int(Wp.abs().max()) if Wp.numel() else 0
     if R * amax * wmax >= 1 << (pb - 1):
         # A fold's partial sum could wrap inside the psum register: every column replays.
-        return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, cm)
+        return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, cm), None
     # Zero padding is the convolution's own (no padded copy of the input).
     ph, pw = padding
     if pad_value == 0 or not (ph or pw):
         xp, conv_pad = x, (ph, pw)
     else:
         xp, conv_pad = F.pad(x, (pw, pw, ph, ph), value=float(pad_value)), (0, 0)
+    chain_cols = np.flatnonzero(cm.psum.faulty.any(axis=0))
+    fix = None
+    direct = len(chain_cols) > 0 and xp.device.type == "cpu" and CPU_REPLAY == "direct"
+    if direct:
+        # Before the convolution, while the input is still in cache from the layer that wrote it.
+        fix = _replay_direct(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N,
+                             linear_tail=pb == 32)
     w_conv = Wp[:K, :N].t().reshape(N, -1, kh, kw)
     y = _exact_conv(xp, w_conv, stride, conv_pad, amax, wmax)
-    chain_cols = np.flatnonzero(cm.psum.faulty.any(axis=0))
     if K * amax * wmax >= 1 << 31:
         y = wrap(y.to(torch.int64), 32)
-    if len(chain_cols):
+    if len(chain_cols) and not direct:
         y = y.to(torch.int32)
-        _replay_conv_chains(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, y,
-                            linear_tail=pb == 32)
-    return y
+        _replay_by_fold_convs(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, y, linear_tail=pb == 32)
+    return y, fix
+
+
+def apply_fix(y: torch.Tensor, fix: ChainFix) -> None:
+    """Apply a :class:`ChainFix` to ``y`` (B, N, oh, ow) int32 (any strides), in place."""
+    _apply_fix(y.numpy(), fix.n_idx, fix.tot, fix.add)
+
+
+@njit(cache=True, parallel=True)
+def _apply_fix(y, n_idx, tot, add):
+    B, N, oh, ow = y.shape
+    for bo in prange(B * n_idx.shape[0]):
+        b = bo // n_idx.shape[0]
+        o = bo % n_idx.shape[0]
+        yp = y[b, n_idx[o]]
+        for r in range(oh):
+            for q in range(ow):
+                val = np.int64(tot[b, o, r * ow + q]) + (np.int64(yp[r, q]) if add else 0)
+                yp[r, q] = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
 
 
 def _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks=None) -> torch.Tensor:
@@ -197,27 +241,6 @@ def _latched_weights(Wst: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, Fr: int
     if cm.bypassed.any():
         Wp[torch.from_numpy(np.tile(cm.bypassed, (Fr, Fc))).to(dev)] = 0
     return Wp
-
-
-def _replay_conv_chains(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks,
-                        chain_cols: np.ndarray, kernel, stride, padding, amax: int, y: torch.Tensor,
-                        linear_tail: bool) -> None:
-    """Overwrite (or, with ``linear_tail``, correct) the outputs of the psum-faulty array columns
-    of ``y`` (B, N, oh, ow) int32, in place, by replaying their chains over per-fold segment sums."""
-    R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
-    kh, kw = kernel
-    preg = cm.psum
-    n_idx, seg_of_row, keep, ones, n_seg, J = _chain_plan(preg.faulty, preg.keep, preg.ones, chain_cols.astype(np.int64),
-                                                          Wp.shape[1] // C, y.shape[1], (1 << pb) - 1, linear_tail)
-    if not len(n_idx):
-        return
-    sign = 1 << (pb - 1)
-    if xp.device.type == "cpu" and CPU_REPLAY == "direct":
-        _replay_direct(xp, Wp.numpy(), n_idx, seg_of_row, n_seg, keep, ones, sign, kernel, stride, padding, amax, y,
-                       linear_tail)
-    else:
-        _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax,
-                              xp.shape[1] * kh * kw, R, J, keep.shape[1], y, linear_tail)
 
 
 @njit(cache=True)
@@ -311,11 +334,18 @@ def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
     return ptr, toff, tw, plane_of, wmax
 
 
-def _replay_direct(xp, Wp, n_idx, seg_of_row, n_seg, keep, ones, sign, kernel, stride, padding, amax, y,
-                   linear_tail) -> None:
+def _chain_setup(Wp, cfg, cm, chain_cols, N, linear_tail):
+    """:func:`_chain_plan` for a layer of ``N`` outputs (``None`` if no output is replayed)."""
+    preg = cm.psum
+    plan = _chain_plan(preg.faulty, preg.keep, preg.ones, chain_cols.astype(np.int64), Wp.shape[1] // cfg.cols, N,
+                       (1 << cfg.psum_bits) - 1, linear_tail)
+    return plan if len(plan[0]) else None
+
+
+def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N, linear_tail) -> ChainFix | None:
     """CPU: the segment sums come straight from the input in one jitted kernel that also replays
-    the chains and writes ``y``; only the nonzero latched weights of each segment are visited (a
-    segment ends at its faulty row, so with ``linear_tail`` about half a fold).
+    the chains; only the nonzero latched weights of each segment are visited (a segment ends at
+    its faulty row, so with ``linear_tail`` about half a fold).
 
     The input is laid out as phase planes of ``G`` images side by side (:func:`_fill_planes`),
     in which one kernel tap over the whole output planes of the ``G`` images is one contiguous
@@ -324,37 +354,48 @@ def _replay_direct(xp, Wp, n_idx, seg_of_row, n_seg, keep, ones, sign, kernel, s
     cache across all its outputs' taps, so the input is read from memory once (a separate
     layout pass over the whole batch cost as much as the replay itself).
 
-    Wp: (Fr*R, Fc*C) int64 latched weights; the rest from :func:`_chain_plan`."""
+    Wp: (Fr*R, Fc*C) int64 latched weights; the replayed columns' outputs are returned as a
+    :class:`ChainFix` (``None``: no output has a faulty column)."""
+    plan = _chain_setup(Wp, cfg, cm, chain_cols, N, linear_tail)
+    if plan is None:
+        return None
+    n_idx, seg_of_row, n_seg, keep, ones = plan[0], plan[1], plan[4], plan[2], plan[3]
+    sign = 1 << (cfg.psum_bits - 1)
     kh, kw = kernel
     sh, sw = stride
     ph, pw = padding
     B, Cin, H, W = xp.shape
-    oh, ow = y.shape[2], y.shape[3]
+    oh, ow = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
     R = seg_of_row.shape[1]
     Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
     G = int(min(B, max(1, round(RUN_TARGET / (oh * Wq)))))
-    ptr, toff, tw, plane_of, wmax = _direct_taps(Wp, n_idx, seg_of_row, n_seg, keep.shape[1], Cin * kh * kw, kh, kw,
+    ptr, toff, tw, plane_of, wmax = _direct_taps(Wp.numpy(), n_idx, seg_of_row, n_seg, keep.shape[1], Cin * kh * kw, kh, kw,
                                                  sh, sw, Hq, G * Wq)
     # Partial sums of at most R products: float32 is exact below 2**24, else float64.
     if R * max(1, amax) * max(1, wmax) < _F32_LIMIT:
         tw = tw.astype(np.float32)
-    x = np.ascontiguousarray(xp.numpy())
+    x = xp.numpy()  # (B, C, H, W) stored either way: channels-last input is laid out by the tasks
     NG = -(-B // G)
+    in_place = True
     if H == W == Hq == Wq == 1:  # 1x1 images (linear layers): the planes are the transposed batch
         xq = np.zeros((NG * G, Cin), dtype=x.dtype)
         xq[:B] = x.reshape(B, Cin)
-        xg, in_place = xq.reshape(NG, G, Cin).transpose(0, 2, 1).reshape(NG, -1).copy(), True
-    else:  # stride 1, no padding, one image per group: the input already is its own plane
-        xg, in_place = x.reshape(B, -1), G == 1 and plane_of.max() == 0 and not (ph or pw or sh > 1 or sw > 1)
+        xg = xq.reshape(NG, G, Cin).transpose(0, 2, 1).reshape(NG, -1).copy()
+    elif G == 1 and plane_of.max() == 0 and not (ph or pw or sh > 1 or sw > 1) and x.flags.c_contiguous:
+        xg = x.reshape(B, -1)  # stride 1, no padding, one plain image per group: its own plane
+    else:
+        xg, in_place = np.empty((0, 0), dtype=x.dtype), False
     # Tasks are (group, chunk of outputs); a task fills its group's planes once for all its outputs.
     chunks = min(len(n_idx), -(-4 * numba.get_num_threads() // NG))
     geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
-    _direct_chains(xg, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, n_idx,
-                   Wp.shape[0] // R, chunks, y.numpy())
+    tot = np.empty((B, len(n_idx), oh * ow), dtype=np.int32)
+    _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail,
+                   Wp.shape[0] // R, chunks, oh, ow, tot)
+    return ChainFix(n_idx, tot, linear_tail)
 
 
 @njit(cache=True)
-def _fill_planes(xg, g0, geometry, plane_of, out):
+def _fill_planes(x, g0, geometry, plane_of, out):
     """The phase planes of image group ``g0``: ``out[c, p, i, g, j] = xpad[g0*G + g, c, sh*i + a,
     sw*j + b]`` for phase ``a*sw + b`` kept as plane ``p = plane_of[a*sw + b]`` (-1: not kept),
     where ``xpad`` is the input zero padded by (ph, pw) (zero past the edges and for images past
@@ -362,19 +403,33 @@ def _fill_planes(xg, g0, geometry, plane_of, out):
     tj // sw)`` at unit stride, and over the ``G`` images side by side one tap of a whole output
     plane is one contiguous run.
 
-    xg: (B, C*H*W) the input images, flat; geometry: (C, H, W, ph, pw, sh, sw, Hq, G, Wq);
-    out: (C*P*Hq*G*Wq,). Zeroes ``out``, then copies every input row to its place (row by row,
-    not plane position by position: 2-4x faster)."""
+    x: (B, C, H, W) the input images, any strides; geometry: (C, H, W, ph, pw, sh, sw, Hq, G,
+    Wq); out: (C*P*Hq*G*Wq,). Zeroes ``out``, then copies every input row to its place (row by
+    row, not plane position by position: 2-4x faster)."""
     C, H, W, ph, pw, sh, sw, Hq, G, Wq = geometry
     P = max(1, plane_of.max() + 1)
     out[:] = 0
-    for g in range(min(G, xg.shape[0] - g0 * G)):
-        src = xg[g0 * G + g]
+    if x.strides[1] < x.strides[3]:  # channels-last input: walk it in memory order
+        cs = P * Hq * G * Wq  # one channel's planes
+        for g in range(min(G, x.shape[0] - g0 * G)):
+            for ii in range(H):
+                a = (ii + ph) % sh
+                i = (ii + ph) // sh
+                for jj in range(W):
+                    p = plane_of[a * sw + (jj + pw) % sw]
+                    if p < 0:
+                        continue
+                    d0 = ((p * Hq + i) * G + g) * Wq + (jj + pw) // sw
+                    src = x[g0 * G + g, :, ii, jj]
+                    for c in range(C):
+                        out[c * cs + d0] = src[c]
+        return
+    for g in range(min(G, x.shape[0] - g0 * G)):
         for c in range(C):
             for ii in range(H):
                 a = (ii + ph) % sh
                 i = (ii + ph) // sh
-                s0 = (c * H + ii) * W
+                src = x[g0 * G + g, c, ii]
                 for bb in range(sw):
                     p = plane_of[a * sw + bb]
                     if p < 0:
@@ -383,10 +438,10 @@ def _fill_planes(xg, g0, geometry, plane_of, out):
                     d0 = (((c * P + p) * Hq + i) * G + g) * Wq + (jj0 + pw) // sw
                     if sw == 1:
                         for k in range(W):
-                            out[d0 + k] = src[s0 + k]
+                            out[d0 + k] = src[k]
                     else:
                         for k in range((W - jj0 + sw - 1) // sw):
-                            out[d0 + k] = src[s0 + jj0 + sw * k]
+                            out[d0 + k] = src[jj0 + sw * k]
 
 
 @njit(cache=True, inline="always")
@@ -407,24 +462,25 @@ def _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, 
 
 
 @njit(cache=True, parallel=True)
-def _direct_chains(xg, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, n_idx, Fr,
-                   chunks, y):
+def _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, Fr,
+                   chunks, oh, ow, out):
     """Segment sums and psum chains of the replayed outputs, straight from the input.
 
     Each task takes a group of ``G`` images and a chunk of the replayed outputs, fills the
-    group's phase planes (:func:`_fill_planes`; with ``in_place``, ``xg[group]`` already is them)
-    and runs its outputs over them. The output values of a group form one run ``e = (r*G + g)*Wq
-    + q`` (row ``r``, image ``g``, column ``q``; columns ``q >= ow`` are padding, computed and
-    dropped), read for tap ``t`` at ``planes[toff[t] + e]``. Taps of segment ``(o, fold, s)`` are
-    ``ptr[(o*Fr + fold)*S + s] .. ptr[...+1]``, a positive multiple of four (zero-weight taps pad
-    them), with weights ``tw``, for ``s < n_seg[o]``; keep/ones: (O, S) int64; y: (B, N, oh, ow)
-    int32, its columns ``n_idx`` overwritten with ``wrap32(sum over folds of the chain)`` or, with
-    ``linear_tail``, corrected to ``wrap32(y + sum over folds of (chain - sum of segments))``,
-    which is the sum of ``force(q) - q`` over the chain's steps ``q = p + segment``. The chain
-    state is int32: a psum register value fits (psum_bits <= 32, and p + segment < 2**psum_bits
-    by the caller's wrap guard) and the fold totals are only needed mod 2**32.
+    group's phase planes from ``x`` (B, C, H, W) (:func:`_fill_planes`; with ``in_place``,
+    ``xg[group]`` already is them) and runs its outputs over them. The output values of a group
+    form one run ``e = (r*G + g)*Wq + q`` (row ``r``, image ``g``, column ``q``; columns ``q >=
+    ow`` are padding, computed and dropped), read for tap ``t`` at ``planes[toff[t] + e]``. Taps
+    of segment ``(o, fold, s)`` are ``ptr[(o*Fr + fold)*S + s] .. ptr[...+1]``, a positive
+    multiple of four (zero-weight taps pad them), with weights ``tw``, for ``s < n_seg[o]``;
+    keep/ones: (O, S) int64. ``out`` (B, O, oh*ow) int32 gets, per replayed output, the sum over
+    folds of the chain's final value or, with ``linear_tail``, of ``chain - sum of segments``
+    (the sum of ``force(q) - q`` over the chain's steps ``q = p + segment``): the correction to
+    the plain sums (a :class:`ChainFix`). The chain state is int32: a psum register value fits
+    (psum_bits <= 32, and p + segment < 2**psum_bits by the caller's wrap guard) and the fold
+    totals are only needed mod 2**32.
     """
-    B, N, oh, ow = y.shape
+    B = x.shape[0]
     O, S = keep.shape
     C, Hq, G, Wq = geometry[0], geometry[7], geometry[8], geometry[9]
     NG = (B + G - 1) // G
@@ -436,12 +492,14 @@ def _direct_chains(xg, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep,
             xs_all = xg[g0]
         else:
             xs_all = np.empty(C * max(1, plane_of.max() + 1) * Hq * G * Wq, dtype=xg.dtype)
-            _fill_planes(xg, g0, geometry, plane_of, xs_all)
-        tot = np.empty(L, dtype=np.int32)
+            _fill_planes(x, g0, geometry, plane_of, xs_all)
+        o_lo = (task % chunks) * per
+        o_hi = min(O, o_lo + per)
+        tots = np.zeros((max(0, o_hi - o_lo), L), dtype=np.int32)
         v = np.empty(L, dtype=tw.dtype)
         p = np.empty(L, dtype=np.int32)
-        for o in range((task % chunks) * per, min(O, (task % chunks + 1) * per)):
-            tot[:] = 0
+        for o in range(o_lo, o_hi):
+            tot = tots[o - o_lo]
             for f in range(Fr):
                 for s in range(n_seg[o]):
                     base = (o * Fr + f) * S + s
@@ -488,21 +546,23 @@ def _direct_chains(xg, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep,
                 if not linear_tail:
                     for e in range(L):
                         tot[e] += p[e]
-            n = n_idx[o]
+        for i in range(o_hi - o_lo):
             for g in range(min(G, B - g0 * G)):
-                yp = y[g0 * G + g, n]
                 for r in range(oh):
-                    e0 = (r * G + g) * Wq
-                    for q in range(ow):
-                        val = np.int64(tot[e0 + q]) + (np.int64(yp[r, q]) if linear_tail else 0)
-                        yp[r, q] = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+                    out[g0 * G + g, o_lo + i, r * ow:(r + 1) * ow] = tots[i, (r * G + g) * Wq:(r * G + g) * Wq + ow]
 
 
-def _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, stride, padding, amax, K, R, J, S, y,
-                          linear_tail) -> None:
+def _replay_by_fold_convs(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, y, linear_tail) -> None:
     """Each fold's segment sums from one small convolution over the fold's input channels with
     masked "virtual filters" ``Wv[fr, o, s, r]``; the chains are replayed fold by fold in torch ops
-    (the CUDA path; on CPU the direct kernel is several times faster)."""
+    (the CUDA path; on CPU the direct kernel is several times faster). Overwrites (or, with
+    ``linear_tail``, corrects) the replayed outputs of ``y`` (B, N, oh, ow) int32 in place."""
+    plan = _chain_setup(Wp, cfg, cm, chain_cols, y.shape[1], linear_tail)
+    if plan is None:
+        return
+    n_idx, seg_of_row, keep, ones, _, J = plan
+    R, S, sign = cfg.rows, keep.shape[1], 1 << (cfg.psum_bits - 1)
+    K = xp.shape[1] * kernel[0] * kernel[1]
     dev = xp.device
     kh, kw = kernel
     taps = kh * kw
@@ -514,7 +574,7 @@ def _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, s
     Wsel = Wp.view(Fr, R, -1)[:, :, n_t]  # (Fr, R, O)
     Wv = (Wsel.permute(0, 2, 1).unsqueeze(2) * seg_mask.permute(0, 2, 1).unsqueeze(0))  # (Fr, O, S, R)
     wmax = int(Wv.abs().max()) if Wv.numel() else 0
-    yv = y.view(B, N, -1)
+    yv = y.flatten(2)  # a view in either layout
     tot = torch.zeros((B, O, yv.shape[2]), dtype=torch.int64, device=dev)
     keep_t = torch.from_numpy(keep).to(dev).view(1, O, S, 1)
     ones_t = torch.from_numpy(ones).to(dev).view(1, O, S, 1)
@@ -525,7 +585,7 @@ def _replay_by_fold_convs(xp, Wp, seg_of_row, keep, ones, sign, n_idx, kernel, s
         local[:, k0 - c_lo * taps:k1 - c_lo * taps] = Wv[fr, :, :, :k1 - k0].reshape(O * S, -1)
         w_fold = local.view(O * S, c_hi - c_lo + 1, kh, kw)
         seg = _exact_conv(xp[:, c_lo:c_hi + 1], w_fold, stride, padding, amax, wmax)  # (B, O*S, oh, ow)
-        seg = seg.to(torch.int64).view(B, O, S, -1)
+        seg = seg.to(torch.int64).reshape(B, O, S, -1)
         p = torch.zeros_like(tot)
         for s in range(S):
             p = force(p + seg[:, :, s], keep_t[:, :, s], ones_t[:, :, s], sign)

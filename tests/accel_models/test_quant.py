@@ -48,12 +48,22 @@ def requantize_cases(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(requantize_cases())
-def test_requantize_clamp_equals_int64_formula(case):
+@given(requantize_cases(), st.sampled_from(["3d", "nchw", "nhwc"]))
+def test_requantize_clamp_equals_int64_formula(case, layout):
+    """On (B, N, L) accumulators and on (B, N, H, W) ones stored either way (channels-last data
+    keeps its layout: the program runs channels-last on CPU)."""
     acc, bias, m0, shift, zp, lo, hi = case
-    got = quant.requantize_clamp(acc, bias, m0, shift, zp, lo, hi).to(torch.float64)
     want = _reference_requantize(acc, bias, m0, shift, zp, lo, hi).to(torch.float32).to(torch.float64)
-    assert torch.equal(got, want)
+    if layout != "3d":
+        B, N, L = acc.shape
+        h = next(d for d in (5, 4, 3, 2, 1) if L % d == 0)
+        acc, want = acc.view(B, N, h, L // h), want.view(B, N, h, L // h)
+        if layout == "nhwc":
+            acc = acc.contiguous(memory_format=torch.channels_last)
+    got = quant.requantize_clamp(acc, bias, m0, shift, zp, lo, hi)
+    if layout == "nhwc":
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.to(torch.float64), want)
 
 
 def test_requantize_clamp_uses_both_kernels():
@@ -70,14 +80,21 @@ def test_requantize_clamp_uses_both_kernels():
 @settings(max_examples=300, deadline=None)
 @given(st.integers(0, 2**32 - 1), st.integers(-128, 255), st.integers(-128, 255),
        st.sampled_from([1, 2**10, 2**20, 2**30, 2**41 - 1, 2**45]), st.sampled_from([1, 2**19, 2**21 + 3, 2**40]),
-       st.sampled_from([1, 20, 31, 52, 60]), st.integers(-128, 255), st.booleans())
-def test_rescale_add_equals_int64_formula(seed, za, zb, ma, mb, shift, zp, negative):
+       st.sampled_from([1, 20, 31, 52, 60]), st.integers(-128, 255), st.booleans(),
+       st.sampled_from(["nchw", "nhwc", "mixed"]))
+def test_rescale_add_equals_int64_formula(seed, za, zb, ma, mb, shift, zp, negative, layout):
+    """Any pair of layouts (channels-last, plain, one of each) gives the same values."""
     rng = np.random.default_rng(seed)
-    a = torch.from_numpy(rng.integers(-128, 256, size=(2, 3, 5))).float()
-    b = torch.from_numpy(rng.integers(-128, 256, size=(2, 3, 5))).float()
+    a = torch.from_numpy(rng.integers(-128, 256, size=(2, 3, 5, 4))).float()
+    b = torch.from_numpy(rng.integers(-128, 256, size=(2, 3, 5, 4))).float()
     if negative:
         ma = -ma
-    got = quant.rescale_add(a, b, za, ma, zb, mb, shift, zp, -128, 255)
     t = (a.to(torch.int64) - za) * ma + (b.to(torch.int64) - zb) * mb
     want = (torch.bitwise_right_shift(t + (1 << (shift - 1)), shift) + zp).clamp(-128, 255).to(torch.float32)
+    if layout != "nchw":
+        a = a.contiguous(memory_format=torch.channels_last)
+    if layout == "nhwc":
+        b = b.contiguous(memory_format=torch.channels_last)
+    got = quant.rescale_add(a, b, za, ma, zb, mb, shift, zp, -128, 255)
     assert torch.equal(got, want)
+

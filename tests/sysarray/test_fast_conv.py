@@ -97,11 +97,12 @@ def im2col_gemms(case: ConvCase, engine: str) -> np.ndarray:
     return y.reshape(B, oh * ow, N).transpose(0, 2, 1).reshape(B, N, oh, ow)
 
 
-def conv(case: ConvCase) -> np.ndarray:
-    y = fast_conv2d(case.x, case.w, case.cfg, case.faults, stride=case.stride, padding=case.padding,
+def conv(case: ConvCase, channels_last: bool = False) -> np.ndarray:
+    x = case.x.contiguous(memory_format=torch.channels_last) if channels_last else case.x
+    y = fast_conv2d(x, case.w, case.cfg, case.faults, stride=case.stride, padding=case.padding,
                     pad_value=case.pad_value, groups=case.groups, act_signed=case.signed)
     assert y.dtype == torch.int32
-    return y.numpy()
+    return np.ascontiguousarray(y.numpy())
 
 
 @settings(max_examples=600, **SETTINGS)
@@ -195,14 +196,15 @@ def test_direct_replay_with_partial_image_groups(stride, padding, kernel):
 def test_every_chain_replay_path_gives_the_same_bits(case):
     """The direct CPU kernel, with one image per run (reading the input in place where it needs
     no padding) and with all images side by side, and CUDA's per-fold convolutions with torch
-    chains (run on CPU here) give the same bits as the default."""
+    chains (run on CPU here) give the same bits as the default, on plain and channels-last input."""
     from sysarray.engines import fast_conv as fc
 
     default = conv(case)
     try:
         for mode, run in (("direct", 1), ("direct", 1 << 30), ("torch", fc.RUN_TARGET)):
             fc.CPU_REPLAY, fc.RUN_TARGET = mode, run
-            np.testing.assert_array_equal(conv(case), default, err_msg=f"{mode} {run}")
+            for channels_last in (False, True):  # the program keeps activations channels-last on CPU
+                np.testing.assert_array_equal(conv(case, channels_last), default, err_msg=f"{mode} {run} {channels_last}")
     finally:
         fc.CPU_REPLAY, fc.RUN_TARGET = "direct", 1024
 
