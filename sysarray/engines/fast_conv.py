@@ -128,7 +128,9 @@ def fast_conv2d(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults:
 class ChainFix:
     """The direct psum replay's result: outputs ``y[:, n_idx]`` become ``wrap32(y[:, n_idx] +
     tot)`` (``add``) or ``wrap32(tot)`` (:func:`apply_fix`). tot: (B, O, oh*ow) int32. The replay
-    runs before the layer's convolution, while its input is still in cache."""
+    runs before the layer's convolution, while its input is still in cache. (Applying it inside
+    the requantization pass instead was slower on channels-last data: 513 vs 493 ms per ResNet-20
+    batch.)"""
 
     n_idx: np.ndarray
     tot: np.ndarray
@@ -198,10 +200,21 @@ def apply_fix(y: torch.Tensor, fix: ChainFix) -> None:
 
 @njit(cache=True, parallel=True)
 def _apply_fix(y, n_idx, tot, add):
+    """y (B, N, oh, ow), any strides: plane by plane, or pixel by pixel for channels-last ``y``
+    (all replayed outputs of a pixel share its cache lines: plane by plane was 4x slower)."""
     B, N, oh, ow = y.shape
-    for bo in prange(B * n_idx.shape[0]):
-        b = bo // n_idx.shape[0]
-        o = bo % n_idx.shape[0]
+    O = n_idx.shape[0]
+    if y.strides[1] < y.strides[3]:
+        for b in prange(B):
+            for r in range(oh):
+                for q in range(ow):
+                    for o in range(O):
+                        val = np.int64(tot[b, o, r * ow + q]) + (np.int64(y[b, n_idx[o], r, q]) if add else 0)
+                        y[b, n_idx[o], r, q] = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+        return
+    for bo in prange(B * O):
+        b = bo // O
+        o = bo % O
         yp = y[b, n_idx[o]]
         for r in range(oh):
             for q in range(ow):
@@ -287,7 +300,7 @@ def _chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tai
 @njit(cache=True)
 def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
     """The direct kernel's tap tables. For every replayed output, fold and segment, the nonzero
-    latched weights of its rows (K order), padded with zero taps to a positive multiple of four:
+    latched weights of its rows (K order), padded with zero taps to at least four:
     segment ``(o, fold, s)`` is ``ptr[(o*Fr + fold)*S + s] .. ptr[... + 1]``, tap ``t`` reads the
     phase planes at offset ``toff[t]`` with weight ``tw[t]`` (float64). ``plane_of`` maps a stride
     phase ``(ti % sh)*sw + tj % sw`` to its plane (-1: no tap reads it, so it is not laid out);
@@ -316,7 +329,7 @@ def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
             P += 1
     ptr = np.zeros(O * Fr * S + 1, dtype=np.int64)
     for i in range(O * Fr * S):
-        ptr[i + 1] = ptr[i] + max(4, (count[i] + 3) // 4 * 4)
+        ptr[i + 1] = ptr[i] + max(4, count[i])
     toff = np.zeros(ptr[-1], dtype=np.int64)
     tw = np.zeros(ptr[-1], dtype=np.float64)
     at = ptr[:-1].copy()
@@ -411,18 +424,31 @@ def _fill_planes(x, g0, geometry, plane_of, out):
     out[:] = 0
     if x.strides[1] < x.strides[3]:  # channels-last input: walk it in memory order
         cs = P * Hq * G * Wq  # one channel's planes
+        col_phase = np.empty(W, dtype=np.int64)  # each input column's phase and plane column
+        col_pos = np.empty(W, dtype=np.int64)
+        for jj in range(W):
+            col_phase[jj] = (jj + pw) % sw
+            col_pos[jj] = (jj + pw) // sw
         for g in range(min(G, x.shape[0] - g0 * G)):
             for ii in range(H):
                 a = (ii + ph) % sh
                 i = (ii + ph) // sh
-                for jj in range(W):
-                    p = plane_of[a * sw + (jj + pw) % sw]
+                if sw == 1:  # (no integer division per pixel: it cost more than the copy)
+                    p = plane_of[a]
                     if p < 0:
                         continue
-                    d0 = ((p * Hq + i) * G + g) * Wq + (jj + pw) // sw
-                    src = x[g0 * G + g, :, ii, jj]
+                    d0 = ((p * Hq + i) * G + g) * Wq + pw
+                    for jj in range(W):
+                        for c in range(C):
+                            out[c * cs + d0 + jj] = x[g0 * G + g, c, ii, jj]
+                    continue
+                for jj in range(W):
+                    p = plane_of[a * sw + col_phase[jj]]
+                    if p < 0:
+                        continue
+                    d0 = ((p * Hq + i) * G + g) * Wq + col_pos[jj]
                     for c in range(C):
-                        out[c * cs + d0] = src[c]
+                        out[c * cs + d0] = x[g0 * G + g, c, ii, jj]
         return
     for g in range(min(G, x.shape[0] - g0 * G)):
         for c in range(C):
@@ -471,8 +497,8 @@ def _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, ke
     ``xg[group]`` already is them) and runs its outputs over them. The output values of a group
     form one run ``e = (r*G + g)*Wq + q`` (row ``r``, image ``g``, column ``q``; columns ``q >=
     ow`` are padding, computed and dropped), read for tap ``t`` at ``planes[toff[t] + e]``. Taps
-    of segment ``(o, fold, s)`` are ``ptr[(o*Fr + fold)*S + s] .. ptr[...+1]``, a positive
-    multiple of four (zero-weight taps pad them), with weights ``tw``, for ``s < n_seg[o]``;
+    of segment ``(o, fold, s)`` are ``ptr[(o*Fr + fold)*S + s] .. ptr[...+1]``, at least four
+    (zero-weight taps pad them), with weights ``tw``, for ``s < n_seg[o]``;
     keep/ones: (O, S) int64. ``out`` (B, O, oh*ow) int32 gets, per replayed output, the sum over
     folds of the chain's final value or, with ``linear_tail``, of ``chain - sum of segments``
     (the sum of ``force(q) - q`` over the chain's steps ``q = p + segment``): the correction to
@@ -507,10 +533,29 @@ def _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, ke
                     k = keep[o, s]
                     on = ones[o, s]
                     # Four taps per pass over v (one store per four multiply-adds: stores bound an
-                    # axpy); with a linear tail the last four taps and the chain step share a pass.
-                    # Every loop has fixed arrays (slices keep the indices non-negative): choosing
-                    # arrays at run time, or branching inside a loop, stops LLVM vectorizing it.
-                    for t in range(t0, t1 - 4 if linear_tail else t1, 4):
+                    # axpy), the first pass taking the remainder; with a linear tail the last four
+                    # taps and the chain step share a pass. Every loop has fixed arrays (slices keep
+                    # the indices non-negative): choosing arrays at run time, or branching inside a
+                    # loop, stops LLVM vectorizing it.
+                    rem = (t1 - t0) % 4
+                    if rem:
+                        w0 = tw[t0]
+                        x0 = xs_all[toff[t0]:toff[t0] + L]
+                        if rem == 1:
+                            for e in range(L):
+                                v[e] = w0 * x0[e]
+                        else:
+                            w1 = tw[t0 + 1]
+                            x1 = xs_all[toff[t0 + 1]:toff[t0 + 1] + L]
+                            if rem == 2:
+                                for e in range(L):
+                                    v[e] = w0 * x0[e] + w1 * x1[e]
+                            else:
+                                w2 = tw[t0 + 2]
+                                x2 = xs_all[toff[t0 + 2]:toff[t0 + 2] + L]
+                                for e in range(L):
+                                    v[e] = w0 * x0[e] + w1 * x1[e] + w2 * x2[e]
+                    for t in range(t0 + rem, t1 - 4 if linear_tail else t1, 4):
                         w0, w1, w2, w3 = tw[t], tw[t + 1], tw[t + 2], tw[t + 3]
                         x0 = xs_all[toff[t]:toff[t] + L]
                         x1 = xs_all[toff[t + 1]:toff[t + 1] + L]
