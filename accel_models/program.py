@@ -10,6 +10,7 @@ step is the final dequantization of the last layer's int32 accumulators into log
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -330,6 +331,15 @@ def add(a: torch.Tensor, b: torch.Tensor, op: Add) -> torch.Tensor:
                        int(op.lo), int(op.hi))
 
 
+@lru_cache(maxsize=4096)
+def _layer_timing(m: int, k: int, n: int, cfg):
+    """:func:`sysarray.timing.gemm_timing` (frozen results), cached across runs: a campaign runs
+    the same layers on thousands of chips of one array."""
+    from sysarray.timing import gemm_timing
+
+    return gemm_timing(m, k, n, cfg)
+
+
 # --------------------------------------------------------------------------- the program
 @dataclass
 class Program:
@@ -417,21 +427,18 @@ class Program:
         depend on the batch size. ``count_changes`` also runs each layer's GEMM fault-free on the
         same inputs to count the outputs the faults changed.
         """
-        from functools import lru_cache
-
         import sysarray as sa
         from sysarray.engines._prep import chip_masks
         from sysarray.engines.fast import fast_gemm
         from sysarray.engines.fast_conv import fast_conv2d_exact
         from sysarray.gemm import _as_engine, check_chip
-        from sysarray.timing import gemm_timing as _timing
 
         check_chip(cfg, faults, "Program.run")
         if batch_size is None:
             batch_size = self.auto_batch_size()
         elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"The 'batch_size' argument of Program.run must be a positive integer. Got {batch_size!r} instead.")
-        gemm_timing = lru_cache(maxsize=None)(lambda m, k, n: _timing(m, k, n, cfg))
+        gemm_timing = lambda m, k, n: _layer_timing(m, k, n, cfg)  # noqa: E731
         masks = {s: chip_masks(cfg, faults, act_signed=s) for s in (False, True)}
         engine = _as_engine(engine).value
         images = self.check_images(images)
