@@ -16,8 +16,8 @@ psum stuck-at faults on random bits and values (``RateGrid``, one rate):
 For each it measures, in one run:
 
 - ``fault_free_s``: one fault-free inference of the same images in this process with one torch
-  thread (median of round-robin repeats) -- the unit of the cost ratio;
-- a campaign with 1 worker in this process (torch with 1 thread) and a campaign with 2 worker
+  and one numba thread (median of round-robin repeats) -- the unit of the cost ratio;
+- a campaign with 1 worker in this process (one torch and one numba thread) and a campaign with 2 worker
   processes (``run_campaign(workers=2)``: each worker uses 1 thread), each end to end (setup, one
   fault-free run, the journal and result files included) in a fresh directory. The workers fork
   from the campaign fork server, which imports torch and warms the kernels once per process
@@ -88,8 +88,14 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
     task, desc = workload(name, seed, quick)
     cfg = sa.ArrayConfig(16, 16, "ws")
     population = RateGrid([PE_RATE], chips, seed, [FaultGroup(("psum",))])
-    threads = torch.get_num_threads()
+    import numba
+
+    # One torch and one numba thread here, as in every campaign worker: the 1-worker campaign and
+    # the fault-free unit then run exactly as a worker does (the engine's numba kernels would
+    # otherwise use two threads here and one in the workers).
+    threads = torch.get_num_threads(), numba.get_num_threads()
     torch.set_num_threads(1)
+    numba.set_num_threads(1)
     try:
         clean, cont_clean = gate.measure(lambda: time_round_robin(
             {"fault_free": lambda: task.program.run(task.images, cfg, count_changes=False)}, repeats)["fault_free"])
@@ -113,7 +119,8 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
         one_run, cont_one = gate.measure(lambda: campaign(1))
         two_run, cont_two = gate.measure(lambda: campaign(2))
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(threads[0])
+        numba.set_num_threads(threads[1])
     fault_free_s = clean["median_s"]
     one, two = one_run["wall_s"], two_run["wall_s"]
     return {

@@ -10,10 +10,10 @@
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
-from scipy import stats as _st
 
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -25,8 +25,11 @@ def _check_confidence(confidence: object, where: str) -> float:
 
 
 def z_value(confidence: float) -> float:
-    """The two-sided standard normal quantile ``t`` of a confidence level (1.96 for 0.95)."""
-    return float(_st.norm.ppf(0.5 + _check_confidence(confidence, "z_value") / 2))
+    """The two-sided standard normal quantile ``t`` of a confidence level (1.96 for 0.95).
+
+    The standard library's quantile (Wichura's AS 241, within an ulp of scipy's ``norm.ppf``):
+    importing ``scipy.stats`` cost 0.6 s, a third of a 200-chip LeNet-5 campaign."""
+    return NormalDist().inv_cdf(0.5 + _check_confidence(confidence, "z_value") / 2)
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
