@@ -24,10 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 import torch.nn.functional as F
-import numba
 from numba import njit, prange
 
 from sysarray.config import ArrayConfig, Dataflow
@@ -153,6 +153,8 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
 
 
 def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound):
+    """``(y, fix)``: the layer's output without the direct replay's :class:`ChainFix` (None when
+    nothing is replayed on CPU; the im2col and CUDA paths return ``y`` complete)."""
     cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     kh, kw = int(weight.shape[2]), int(weight.shape[3])
     if not conv_native_ok(cfg, cm, groups):
