@@ -83,20 +83,15 @@ def workload(name: str, seed: int, quick: bool):
 
 def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: IdleGate) -> dict:
     import sysarray as sa
-    from mitigation.campaign import FaultGroup, RateGrid, run_campaign
+    from mitigation.campaign import FaultGroup, RateGrid, one_thread, run_campaign
 
     task, desc = workload(name, seed, quick)
     cfg = sa.ArrayConfig(16, 16, "ws")
     population = RateGrid([PE_RATE], chips, seed, [FaultGroup(("psum",))])
-    import numba
-
     # One torch and one numba thread here, as in every campaign worker: the 1-worker campaign and
     # the fault-free unit then run exactly as a worker does (the engine's numba kernels would
     # otherwise use two threads here and one in the workers).
-    threads = torch.get_num_threads(), numba.get_num_threads()
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-    try:
+    with one_thread():
         clean, cont_clean = gate.measure(lambda: time_round_robin(
             {"fault_free": lambda: task.program.run(task.images, cfg, count_changes=False)}, repeats)["fault_free"])
 
@@ -118,9 +113,6 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
 
         one_run, cont_one = gate.measure(lambda: campaign(1))
         two_run, cont_two = gate.measure(lambda: campaign(2))
-    finally:
-        torch.set_num_threads(threads[0])
-        numba.set_num_threads(threads[1])
     fault_free_s = clean["median_s"]
     one, two = one_run["wall_s"], two_run["wall_s"]
     return {

@@ -496,10 +496,11 @@ def _limit_threads() -> None:
 
 
 @contextlib.contextmanager
-def _one_thread_meanwhile():
-    """One torch and numba thread in this process for the duration (restored after): while the
-    workers run, this process's own chips and its idle thread pools would compete with them for
-    the cores (with two threads here, its chips took 2-15x longer and slowed the workers)."""
+def one_thread():
+    """One torch and one numba thread in this process for the duration (restored after), as in
+    every campaign worker. While the workers run, this process's own chips and idle thread pools
+    would otherwise compete with them for the cores (with two threads here, its chips took 2-15x
+    longer and slowed the workers)."""
     import numba
     import torch
 
@@ -796,7 +797,7 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
                 if scheduler is not None:
                     _run_dask(evaluator, jobs, sink, scheduler, n_workers, chunk_size)
                 elif use_pool:
-                    with _one_thread_meanwhile():
+                    with one_thread():
                         _run_pool(evaluator, jobs, sink, min(n_workers, len(todo)), chunk_size)
                 else:
                     _run_serial(evaluator, jobs, sink)
