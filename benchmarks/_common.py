@@ -260,7 +260,7 @@ def machine_info(repo: Path | None = None) -> dict[str, Any]:
         "numba_threads": numba.get_num_threads(),
         "numba_threading_layer": layer,
         "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
-                                           "NUMBA_THREADING_LAYER") if k in os.environ},
+                                           "NUMBA_THREADING_LAYER", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if k in os.environ},
     }
     try:
         import sysarray

@@ -42,6 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import sysarray  # noqa: F401  (before torch: it sets torch's OpenMP spin time)
 import torch
 
 if __package__ in (None, ""):

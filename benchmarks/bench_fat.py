@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import sysarray  # noqa: F401  (before torch: it sets torch's OpenMP spin time)
 import torch
 
 if __package__ in (None, ""):

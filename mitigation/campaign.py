@@ -131,6 +131,7 @@ class RateGrid:
     """
 
     kind = "grid"
+    drawn_by_workers = True  # a chip's map depends only on the grid and its index
     columns = ("chip", "group", "rate", "replica", "seed")
     aggregate_keys = ("group", "rate")
 
@@ -211,6 +212,7 @@ class FaultFiles:
     """
 
     kind = "files"
+    drawn_by_workers = False  # read where the campaign runs (Dask workers may not see the directory)
     columns = ("chip", "file", "group", "rate")
     aggregate_keys = ("group", "rate")
 
@@ -257,6 +259,7 @@ class SingleFaults:
     """
 
     kind = "single"
+    drawn_by_workers = True
     columns = ("chip", "group", "pe_row", "pe_col", "register", "bit", "value")
     aggregate_keys = ("group",)
 
@@ -474,7 +477,7 @@ class ProgramTask:
 
 
 # ====================================================================== workers
-_WORKER_EVALUATOR: Evaluator | None = None
+_WORKER_STATE: tuple[Evaluator, Population | None] | None = None  # set in each pool worker by _init_worker
 _THREADS_LIMITED = False
 
 
@@ -515,19 +518,25 @@ def one_thread():
 
 
 def _init_worker(blob: bytes) -> None:
-    global _WORKER_EVALUATOR
+    global _WORKER_STATE
     _limit_threads()
-    _WORKER_EVALUATOR = pickle.loads(blob)
+    _WORKER_STATE = pickle.loads(blob)
 
 
-Job = tuple[int, Any, dict]  # (chip id, FaultMap, descriptor columns)
+# (chip id, (FaultMap, descriptor columns)), or (chip id, None): the evaluating process draws the
+# chip from the population itself (populations with ``drawn_by_workers``). Drawing a map costs
+# about 0.5 ms, which the parent of a process pool would otherwise spend on every chip, on cores
+# its workers need.
+Job = tuple[int, Any]
 
 
-def evaluate_jobs(evaluator: Evaluator, jobs: Sequence[Job]) -> list[dict]:
-    """The journal records of some chips: descriptor + outcome + ``seconds`` (wall time)."""
+def evaluate_jobs(evaluator: Evaluator, population: Population | None, jobs: Sequence[Job]) -> list[dict]:
+    """The journal records of some chips: descriptor + outcome + ``seconds`` (wall time, the
+    map's drawing included)."""
     out = []
-    for _chip, fm, desc in jobs:
+    for chip, drawn in jobs:
         t0 = time.perf_counter()
+        fm, desc = drawn if drawn is not None else population.chip(chip, evaluator.cfg)
         rec = {**desc, **evaluator.outcome(fm)}
         rec["seconds"] = round(time.perf_counter() - t0, 6)
         out.append(rec)
@@ -535,8 +544,8 @@ def evaluate_jobs(evaluator: Evaluator, jobs: Sequence[Job]) -> list[dict]:
 
 
 def _pool_task(jobs: Sequence[Job]) -> list[dict]:
-    assert _WORKER_EVALUATOR is not None  # set by _init_worker
-    return evaluate_jobs(_WORKER_EVALUATOR, jobs)
+    assert _WORKER_STATE is not None  # set by _init_worker
+    return evaluate_jobs(*_WORKER_STATE, jobs)
 
 
 # numba's workqueue threading layer aborts when two threads launch parallel kernels at once, so the
@@ -544,10 +553,10 @@ def _pool_task(jobs: Sequence[Job]) -> list[dict]:
 _DASK_LOCK = threading.Lock()
 
 
-def _dask_task(evaluator: Evaluator, jobs: Sequence[Job]) -> list[dict]:
+def _dask_task(shipped: tuple[Evaluator, Population | None], jobs: Sequence[Job]) -> list[dict]:
     with _DASK_LOCK:
         _limit_threads()
-        return evaluate_jobs(evaluator, jobs)
+        return evaluate_jobs(*shipped, jobs)
 
 
 def local_cores() -> int:
@@ -600,20 +609,21 @@ def _chunks(jobs: Iterator[Job], size: int) -> Iterator[list[Job]]:
         yield chunk
 
 
-def _run_serial(evaluator: Evaluator, jobs: Iterator[Job], sink: Callable[[list[dict]], None]) -> None:
+def _run_serial(evaluator: Evaluator, population: Population, jobs: Iterator[Job],
+                sink: Callable[[list[dict]], None]) -> None:
     for job in jobs:
-        sink(evaluate_jobs(evaluator, [job]))
+        sink(evaluate_jobs(evaluator, population, [job]))
 
 
-def _run_pool(evaluator: Evaluator, jobs: Iterator[Job], sink: Callable[[list[dict]], None], workers: int,
-              chunk_size: int) -> None:
+def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job], sink: Callable[[list[dict]], None],
+              workers: int, chunk_size: int) -> None:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     # The evaluator goes to the workers as plain pickle bytes made here, before this process starts
     # evaluating chips: multiprocessing's own pickler would move the program's tensors into shared
     # memory (torch's reductions) from the thread that starts the workers, while this thread reads
     # them, and a chip evaluated meanwhile could see half-moved weights (seen as a flaky result).
-    blob = pickle.dumps(evaluator, protocol=pickle.HIGHEST_PROTOCOL)
+    blob = pickle.dumps((evaluator, _shipped_population(population)), protocol=pickle.HIGHEST_PROTOCOL)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_init_worker,
                                initargs=(blob,))
     inflight: set = set()
@@ -655,7 +665,7 @@ def _run_pool(evaluator: Evaluator, jobs: Iterator[Job], sink: Callable[[list[di
             chunk = next(chunks, None)
             if chunk is None:
                 break
-            sink(evaluate_jobs(evaluator, chunk))
+            sink(evaluate_jobs(evaluator, population, chunk))
         starter.join()
         if failure:
             raise failure[0]
@@ -670,8 +680,13 @@ def _run_pool(evaluator: Evaluator, jobs: Iterator[Job], sink: Callable[[list[di
     pool.shutdown(wait=True)
 
 
-def _run_dask(evaluator: Evaluator, jobs: Iterator[Job], sink: Callable[[list[dict]], None], scheduler: Any,
-              workers: int, chunk_size: int) -> None:
+def _shipped_population(population: Population) -> Population | None:
+    """What the workers get to draw chips from (None: every job carries its map)."""
+    return population if population.drawn_by_workers else None
+
+
+def _run_dask(evaluator: Evaluator, population: Population, jobs: Iterator[Job], sink: Callable[[list[dict]], None],
+              scheduler: Any, workers: int, chunk_size: int) -> None:
     from distributed import Client, LocalCluster, as_completed
 
     cluster = None
@@ -684,7 +699,7 @@ def _run_dask(evaluator: Evaluator, jobs: Iterator[Job], sink: Callable[[list[di
         client = scheduler if hasattr(scheduler, "submit") else Client(scheduler)
     try:
         n_workers = max(1, len(client.scheduler_info().get("workers", {})) or workers)
-        ev = client.scatter(evaluator, broadcast=True)
+        ev = client.scatter((evaluator, _shipped_population(population)), broadcast=True)
         futures = as_completed()
         window = 0
         for chunk in _chunks(jobs, chunk_size):
@@ -792,15 +807,15 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
                     store.write_results()
                     last_write[0] = time.monotonic()
 
-            jobs = ((i, *population.chip(i, cfg)) for i in todo)
+            jobs = ((i, None if population.drawn_by_workers else population.chip(i, cfg)) for i in todo)
             try:
                 if scheduler is not None:
-                    _run_dask(evaluator, jobs, sink, scheduler, n_workers, chunk_size)
+                    _run_dask(evaluator, population, jobs, sink, scheduler, n_workers, chunk_size)
                 elif use_pool:
                     with one_thread():
-                        _run_pool(evaluator, jobs, sink, min(n_workers, len(todo)), chunk_size)
+                        _run_pool(evaluator, population, jobs, sink, min(n_workers, len(todo)), chunk_size)
                 else:
-                    _run_serial(evaluator, jobs, sink)
+                    _run_serial(evaluator, population, jobs, sink)
             finally:
                 bar.close()
                 if evaluated:

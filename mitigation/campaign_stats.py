@@ -60,15 +60,55 @@ def bootstrap_interval(values: Sequence[float], statistic: Callable[[np.ndarray]
     conf = _check_confidence(confidence, "bootstrap_interval")
     if x.size == 0:
         return (math.nan, math.nan)
-    fn = _STATISTICS.get(statistic) if isinstance(statistic, str) else statistic
-    if fn is None:
+    if isinstance(statistic, str) and statistic not in _STATISTICS:
         raise ValueError(f"The 'statistic' argument of bootstrap_interval must be one of {', '.join(_STATISTICS)} "
                          f"or a function. Got {statistic!r} instead.")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, x.size, size=(int(resamples), x.size))
-    boot = np.sort(fn(x[idx]))
-    lo, hi = np.quantile(boot, [(1 - conf) / 2, (1 + conf) / 2], method="linear")
+    return _percentile_interval(_resampled(x, _resample_indices(x.size, resamples, seed), statistic), conf)
+
+
+def _resample_indices(n: int, resamples: int, seed: int | Sequence[int]) -> np.ndarray:
+    """(resamples, n) int64: the indices of the bootstrap resamples drawn from ``seed``."""
+    return np.random.default_rng(seed).integers(0, n, size=(int(resamples), n))
+
+
+def _percentile_interval(boot: np.ndarray, confidence: float) -> tuple[float, float]:
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2], method="linear")
     return (float(lo), float(hi))
+
+
+def _resampled(x: np.ndarray, idx: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray] | str,
+               kth: Callable[[int], np.ndarray] | None = None) -> np.ndarray:
+    """(B,) the statistic of every resample ``x[idx[b]]``: what ``statistic(x[idx])`` gives, to
+    the last bit. Medians and quartiles use ``kth`` (:func:`_order_statistics` of ``x, idx``;
+    made here if not given) instead of sorting every resample."""
+    if statistic == "mean" or not isinstance(statistic, str):
+        return (_STATISTICS["mean"] if statistic == "mean" else statistic)(x[idx])
+    kth = kth or _order_statistics(x, idx)
+    n = x.size
+    if statistic == "median":  # np.median: the middle value, or the mean of the two middle ones
+        return kth(n // 2) if n % 2 else (kth(n // 2 - 1) + kth(n // 2)) / 2
+    # np.quantile's "linear" method: virtual index (n-1) q between its two order statistics, and
+    # numpy's interpolation formula (``_lerp``).
+    h = (n - 1) * _QUARTILES[statistic]
+    below = math.floor(h)
+    a, b = kth(below), kth(min(below + 1, n - 1))
+    t = h - below
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
+
+
+def _order_statistics(x: np.ndarray, idx: np.ndarray) -> Callable[[int], np.ndarray]:
+    """``kth(k)``: the k-th smallest value (0-based) of every resample ``x[idx[b]]``, (B,), from
+    each resample's counts over the sorted values (sorting the resamples made a 200-chip
+    campaign's aggregates take 120 ms)."""
+    n = x.size
+    order = np.argsort(x, kind="stable")
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    rows = np.arange(idx.shape[0], dtype=np.int64)[:, None] * n
+    counts = np.bincount((rows + rank[idx]).ravel(), minlength=idx.size).reshape(idx.shape)
+    cum = np.cumsum(counts, axis=1, dtype=np.int32)  # cum[b, j]: values of resample b among the j+1 smallest of x
+    xs = x[order]
+    return lambda k: xs[(cum <= k).sum(axis=1)]
 
 
 _STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
@@ -77,6 +117,7 @@ _STATISTICS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "q1": lambda a: np.quantile(a, 0.25, axis=1),
     "q3": lambda a: np.quantile(a, 0.75, axis=1),
 }
+_QUARTILES = {"q1": 0.25, "q3": 0.75}
 
 
 def leveugle_sample_size(margin: float, confidence: float = 0.95, p: float = 0.5,
@@ -114,6 +155,7 @@ def aggregate(rows: Iterable[dict], confidence: float = 0.95, seed: int = 0,
     rate with bootstrap intervals, and ``critical_share`` with its Wilson interval. Bootstrap
     seeds are ``(seed, group index)``, so the table is the same on every run.
     """
+    conf = _check_confidence(confidence, "aggregate")
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
@@ -125,11 +167,15 @@ def aggregate(rows: Iterable[dict], confidence: float = 0.95, seed: int = 0,
         crit = int(sum(int(m["critical"]) for m in members))
         row: dict = dict(zip(keys, key))
         row["chips"] = len(members)
+        idx = _resample_indices(len(members), BOOTSTRAP_RESAMPLES, (int(seed), gi))  # one draw serves every statistic
+        kth = None
         for name, values, stat in (("mean_accuracy", acc, "mean"), ("median_accuracy", acc, "median"),
                                    ("q1_accuracy", acc, "q1"), ("q3_accuracy", acc, "q3"),
                                    ("mean_drop", drop, "mean"), ("mean_sdc_rate", sdc, "mean")):
             point = float(_STATISTICS[stat](values[None, :])[0])
-            lo, hi = bootstrap_interval(values, stat, confidence, seed=(int(seed), gi))
+            if stat != "mean" and kth is None:
+                kth = _order_statistics(acc, idx)  # shared by the accuracy's median and quartiles
+            lo, hi = _percentile_interval(_resampled(values, idx, stat, kth), conf)
             row[name], row[name + "_lo"], row[name + "_hi"] = point, lo, hi
         row["worst_accuracy"] = float(acc.min())
         row["critical_chips"] = crit

@@ -1,4 +1,16 @@
 """sysarray: exact simulation of systolic-array DNN accelerators with permanent PE faults."""
+import os
+
+# torch's OpenMP threads (libgomp, in torch's Linux wheels) spin for about 300,000 pause loops,
+# milliseconds, after every parallel region, and the engines' numba kernels that follow each
+# convolution share the cores with them. 3,000 (about 0.1 ms) keeps the spin between torch's own
+# back-to-back ops: ResNet-20, batch 256, 1% faulty PEs on 2 cores, 714 -> 609 ms (means of five
+# and two runs), LeNet-5 and torch's float models unchanged. (OMP_WAIT_POLICY=PASSIVE gave 645 ms but
+# slowed LeNet-5 by 7%: waking a sleeping thread is slow in a VM.) libgomp reads it when torch
+# loads it, so it takes effect only where sysarray (or accel_models, mitigation) is imported
+# before torch; an explicit setting wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "3000")
+
 from sysarray.config import PRESETS, ArrayConfig, Dataflow, parse_array
 from sysarray.faults import Fault, FaultMap, Register
 from sysarray.stats import GemmStats

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from mitigation.campaign_stats import aggregate, bootstrap_interval, leveugle_sample_size, wilson_interval
@@ -64,3 +66,16 @@ def test_aggregate_groups_and_counts():
     assert b["critical_share_lo"] < 2 / 3 < b["critical_share_hi"]
     assert b["mean_accuracy_lo"] <= b["mean_accuracy"] <= b["mean_accuracy_hi"]
     assert agg == aggregate(rows, seed=3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.sampled_from([0.0, 0.25, 0.5, 1 / 3, 0.7, 0.9, 1.0]) | st.floats(0, 1), min_size=1, max_size=40),
+       resamples=st.integers(1, 30), seed=st.integers(0, 2**32 - 1))
+def test_resampled_order_statistics_equal_numpy(values, resamples, seed):
+    """Medians and quartiles of the resamples from counts equal numpy's on the resampled matrix, bit for bit."""
+    from mitigation.campaign_stats import _STATISTICS, _resample_indices, _resampled
+
+    x = np.array(values)
+    idx = _resample_indices(x.size, resamples, seed)
+    for stat in ("mean", "median", "q1", "q3"):
+        assert np.array_equal(_resampled(x, idx, stat), _STATISTICS[stat](x[idx])), stat
