@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from sysarray.engines._threaded import ELEMENTWISE, threaded
+
 WEIGHT_QMAX = 127
 
 
@@ -121,16 +123,16 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
         out = torch.empty_like(acc, dtype=torch.float32)
         _requantize_clamp_f64_nlast_kernel(acc.permute(0, 2, 3, 1).reshape(B, -1, N).numpy(), bias.numpy(),
                                            m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi),
-                                           out.permute(0, 2, 3, 1).reshape(B, -1, N).numpy())
+                                           out.permute(0, 2, 3, 1).reshape(B, -1, N).numpy(), work=acc.numel())
         return out
     x = acc.contiguous()
     x3 = x.view(B, N, -1)
     out = torch.empty(x3.shape, dtype=torch.float32)
     args = (x3.numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi))
     if exact_f64:
-        _requantize_clamp_f64_kernel(*args, out.numpy())
+        _requantize_clamp_f64_kernel(*args, out.numpy(), work=x3.numel())
     else:
-        _requantize_clamp_kernel(*args, out.numpy())
+        _requantize_clamp_kernel(*args, out.numpy(), work=x3.numel())
     out = out.view(acc.shape)
     return out.contiguous(memory_format=torch.channels_last) if channels_last(acc) else out
 
@@ -155,7 +157,7 @@ def _float64_requantize_ok(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tens
             and int(shift.min()) >= 16 and int(shift.max()) <= 52)
 
 
-@njit(cache=True, parallel=True)
+@threaded(ELEMENTWISE)
 def _requantize_clamp_kernel(acc, bias, m0, shift, zp, lo, hi, out):
     """acc (B, N, L) exact integers; bias/m0/shift (N,) int64; out (B, N, L) float32."""
     B, N, L = acc.shape
@@ -205,7 +207,7 @@ def _requantize_f64(acc, bi, mh, ml, half, p2, ip2, ish, zp, lo, hi):
     return min(max(q, lo), hi)
 
 
-@njit(cache=True, parallel=True)
+@threaded(ELEMENTWISE)
 def _requantize_clamp_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out):
     """:func:`_requantize_clamp_kernel` in float64 (:func:`_requantize_f64`), which vectorizes
     (about 2x faster). acc, out: (B, N, L), channels on dim 1."""
@@ -218,7 +220,7 @@ def _requantize_clamp_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out):
                 out[b, n, i] = _requantize_f64(acc[b, n, i], bi, mh, ml, half, p2, ip2, ish, zp, lo, hi)
 
 
-@njit(cache=True, parallel=True)
+@threaded(ELEMENTWISE)
 def _requantize_clamp_f64_nlast_kernel(acc, bias, m0, shift, zp, lo, hi, out):
     """:func:`_requantize_clamp_f64_kernel` for channels-last data: acc, out (B, L, N)."""
     B, L, N = acc.shape
@@ -249,13 +251,13 @@ def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb:
     # shift <= 52 every float64 intermediate is an exact integer below 2**53.
     if a.dtype == b.dtype == torch.float32 and abs(ma) + abs(mb) < 1 << 42 and 1 <= shift <= 52 \
             and max(abs(za), abs(zb)) < 1 << 8:
-        _rescale_add_f64_kernel(*args)
+        _rescale_add_f64_kernel(*args, work=a.numel())
     else:
-        _rescale_add_kernel(*args)
+        _rescale_add_kernel(*args, work=a.numel())
     return out
 
 
-@njit(cache=True, parallel=True)
+@threaded(ELEMENTWISE)
 def _rescale_add_kernel(a, b, za, ma, zb, mb, shift, zp, lo, hi, out):
     half = np.int64(1) << (shift - 1)
     n = a.shape[0]
@@ -267,7 +269,7 @@ def _rescale_add_kernel(a, b, za, ma, zb, mb, shift, zp, lo, hi, out):
             out[i] = min(max(q, lo), hi)
 
 
-@njit(cache=True, parallel=True)
+@threaded(ELEMENTWISE)
 def _rescale_add_f64_kernel(a, b, za, ma, zb, mb, shift, zp, lo, hi, out):
     """:func:`_rescale_add_kernel` in float64 (vectorizes; about 10x faster), exact for 8-bit codes
     (see :func:`rescale_add`)."""
@@ -288,11 +290,12 @@ def quantize_codes(x: torch.Tensor, scale: float, zero_point: int, qmin: int, qm
         return q.clamp(qmin, qmax).to(torch.float32)
     src = x.contiguous()
     out = torch.empty(src.shape, dtype=torch.float32)
-    _quantize_kernel(src.view(-1).numpy(), float(scale), int(zero_point), int(qmin), int(qmax), out.view(-1).numpy())
+    _quantize_kernel(src.view(-1).numpy(), float(scale), int(zero_point), int(qmin), int(qmax), out.view(-1).numpy(),
+                     work=src.numel())
     return out
 
 
-@njit(cache=True, parallel=True)
+@threaded(ELEMENTWISE)
 def _quantize_kernel(x, scale, zp, qmin, qmax, out):
     n = x.shape[0]
     block = 1 << 14

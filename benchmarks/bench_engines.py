@@ -213,7 +213,7 @@ def bench_jit(ctx) -> dict[str, Any]:
     kernels = {
         "stationary_gemm": _cycle_kernels.stationary_gemm,
         "os_gemm": _cycle_kernels.os_gemm,
-        "fast._psum_chains": fast._psum_chains,
+        "fast._psum_chains": fast._psum_chains.parallel,
         "fast._accumulate_chain": fast._accumulate_chain,
     }
     return {

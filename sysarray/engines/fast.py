@@ -20,6 +20,7 @@ from numba import njit, prange
 from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines._exact import exact_matmul, float_dtype_for, float_gemm_is_exact, force, wrap
 from sysarray.engines._prep import ChipMasks, RegisterMasks, chip_masks, compose
+from sysarray.engines._threaded import ELEMENTWISE, threaded
 from sysarray.faults import FaultMap
 
 # Largest segment-sum tensor (elements) held at once; the stream is processed in chunks above it.
@@ -205,7 +206,7 @@ def _replay_psum_chains(S, Wp, cfg, preg: RegisterMasks, chain_cols, corr_rows, 
         seg = seg.view(Fr, t1 - t0, S_n, nch * Fc)
         if dev.type == "cpu":
             out = torch.empty((t1 - t0, nch * Fc), dtype=torch.int64)
-            _psum_chains(seg.numpy(), keep_v, ones_v, sign, linear_tail, out.numpy())
+            _psum_chains(seg.numpy(), keep_v, ones_v, sign, linear_tail, out.numpy(), work=seg.numel())
         else:
             seg = seg.to(torch.int64)
             p = torch.zeros((Fr, t1 - t0, nch * Fc), dtype=torch.int64, device=dev)
@@ -222,7 +223,7 @@ def _replay_psum_chains(S, Wp, cfg, preg: RegisterMasks, chain_cols, corr_rows, 
         Y[t0:t1, n_idx[valid]] = out
 
 
-@njit(cache=True, parallel=True)
+@threaded(ELEMENTWISE)
 def _psum_chains(seg, keep, ones, sign, linear_tail, out):
     """Replay psum chains: per fold ``p = force_s(p + seg_s)`` over the segments, summed over
     folds with int32 wraparound; vectorised over the replayed outputs.

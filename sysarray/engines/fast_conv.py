@@ -33,6 +33,7 @@ from numba import njit, prange
 from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines._exact import force, wrap
 from sysarray.engines._prep import ChipMasks, chip_masks
+from sysarray.engines._threaded import ELEMENTWISE, threaded
 from sysarray.engines.fast import fast_gemm
 from sysarray.faults import FaultMap
 
@@ -197,7 +198,7 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
 
 def apply_fix(y: torch.Tensor, fix: ChainFix) -> None:
     """Apply a :class:`ChainFix` to ``y`` (B, N, oh, ow) int32 (any strides), in place."""
-    _apply_fix(y.numpy(), fix.n_idx, fix.tot, fix.add)
+    _apply_fix(y.numpy(), fix.n_idx, fix.tot, fix.add, work=fix.tot.size)
 
 
 @njit(cache=True, inline="always")
@@ -207,7 +208,7 @@ def _corrected(y, t, add):
     return ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
 
 
-@njit(cache=True, parallel=True)
+@threaded(ELEMENTWISE)
 def _apply_fix(y, n_idx, tot, add):
     """y (B, N, oh, ow), any strides: plane by plane, or pixel by pixel for channels-last ``y``
     (all replayed outputs of a pixel share its cache lines: plane by plane was 4x slower)."""
@@ -409,8 +410,9 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
     chunks = min(len(n_idx), -(-4 * numba.get_num_threads() // NG))
     geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
     tot = np.empty((B, len(n_idx), oh * ow), dtype=np.int32)
+    run = ((oh - 1) * G + G - 1) * Wq + ow  # values per run (see _direct_chains)
     _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail,
-                   Wp.shape[0] // R, chunks, oh, ow, tot)
+                   Wp.shape[0] // R, chunks, oh, ow, tot, work=len(toff) * run * NG)
     return ChainFix(n_idx, tot, linear_tail)
 
 
@@ -486,15 +488,23 @@ def _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, 
         seg = w0 * x0[e] + w1 * x1[e] + w2 * x2[e] + w3 * x3[e]
         if use_v:
             seg += v[e]
-        q = np.int64(np.int32(seg))
+        q = np.int32(seg)
         if use_p:
-            q += np.int64(p[e])
-        fq = (((q & k) | on) ^ sign) - sign
+            q = np.int32(q + p[e])
+        fq = _force32(q, k, on, sign)
         p[e] = fq
-        tot[e] += fq - q
+        tot[e] = np.int32(tot[e] + np.int32(fq - q))
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, inline="always")
+def _force32(q, k, on, sign):
+    """A psum register's read-back of ``q`` (int32, the sum mod 2**32) with masks ``k``/``on``
+    and sign bit ``sign`` as int32 bit patterns: every step wraps mod 2**32 (8 lanes per AVX2
+    vector where int64 gave 4)."""
+    return np.int32(np.int32(np.int32(np.int32(q & k) | on) ^ sign) - sign)
+
+
+@threaded(1 << 20)  # multiply-adds
 def _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, Fr,
                    chunks, oh, ow, out):
     """Segment sums and psum chains of the replayed outputs, straight from the input.
@@ -519,6 +529,7 @@ def _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, ke
     NG = (B + G - 1) // G
     L = ((oh - 1) * G + G - 1) * Wq + ow
     per = (O + chunks - 1) // chunks
+    sign32 = np.int32(sign)  # 2**31 for 32-bit psums: -2**31 as an int32 bit pattern
     for task in prange(NG * chunks):
         g0 = task // chunks
         if in_place:
@@ -537,8 +548,8 @@ def _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, ke
                 for s in range(n_seg[o]):
                     base = (o * Fr + f) * S + s
                     t0, t1 = ptr[base], ptr[base + 1]
-                    k = keep[o, s]
-                    on = ones[o, s]
+                    k = np.int32(keep[o, s])  # int32 bit patterns (see _force32)
+                    on = np.int32(ones[o, s])
                     # Four taps per pass over v (one store per four multiply-adds: stores bound an
                     # axpy), the first pass taking the remainder; with a linear tail the last four
                     # taps and the chain step share a pass. Every loop has fixed arrays (slices keep
@@ -582,19 +593,19 @@ def _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, ke
                         x2 = xs_all[toff[t + 2]:toff[t + 2] + L]
                         x3 = xs_all[toff[t + 3]:toff[t + 3] + L]
                         if t == t0 and s == 0:
-                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, L, False, False)
+                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign32, L, False, False)
                         elif t == t0:
-                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, L, False, True)
+                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign32, L, False, True)
                         elif s == 0:
-                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, L, True, False)
+                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign32, L, True, False)
                         else:
-                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign, L, True, True)
+                            _last_taps_and_step(v, p, tot, x0, x1, x2, x3, w0, w1, w2, w3, k, on, sign32, L, True, True)
                     elif s == 0:
                         for e in range(L):
-                            p[e] = (((np.int64(np.int32(v[e])) & k) | on) ^ sign) - sign
+                            p[e] = _force32(np.int32(v[e]), k, on, sign32)
                     else:
                         for e in range(L):
-                            p[e] = ((((np.int64(np.int32(v[e])) + np.int64(p[e])) & k) | on) ^ sign) - sign
+                            p[e] = _force32(np.int32(np.int32(v[e]) + p[e]), k, on, sign32)
                 if not linear_tail:
                     for e in range(L):
                         tot[e] += p[e]

@@ -5,9 +5,11 @@ numpy int64 interpreter written from the op docstrings, independent of the torch
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -406,3 +408,42 @@ def test_fault_map_for_another_array_is_refused(zoo, digits):
         program.run(digits.test_x[:4], ArrayConfig(8, 8, psum_bits=20), FaultMap(8, 8).add(0, 0, "psum", 25, 1))
     with pytest.raises(TypeError, match="ArrayConfig"):
         program.run(digits.test_x[:4], (8, 8))
+
+
+@contextlib.contextmanager
+def _kernels(parallel: bool):
+    """Every threaded numba kernel (sysarray.engines._threaded) forced to its parallel compilation
+    on all of numba's threads, or to its serial one."""
+    from sysarray.engines._threaded import KERNELS
+
+    saved, threads = [k.min_work for k in KERNELS], numba.get_num_threads()
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if parallel else 1)
+    for k in KERNELS:
+        k.min_work = 0 if parallel else 1 << 62
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+        for k, w in zip(KERNELS, saved):
+            k.min_work = w
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads (one core here)")
+@pytest.mark.parametrize("dataflow", ["ws", "os"])
+@pytest.mark.parametrize("name", ["lenet", "resnet"])
+def test_threaded_kernels_parallel_equals_serial(zoo, digits, name, dataflow):
+    """The kernels compiled with and without threads give the same logits, on every path: the
+    direct psum replay (WS, psum faults), im2col + fast_gemm (act faults, OS), requantization,
+    residual adds and input quantization."""
+    program, x = zoo[name].program, digits.test_x[:40]
+    cfg = ArrayConfig(8, 8, dataflow)
+    for faults in (FaultMap.random(cfg, 0.2, seed=5, registers=("psum",)), _every_register_faults(cfg, seed=9)):
+        with _kernels(parallel=False):
+            serial = program.run(x, cfg, faults, count_changes=False).logits
+        with _kernels(parallel=True):
+            parallel = program.run(x, cfg, faults, count_changes=False).logits
+        torch.testing.assert_close(parallel, serial, rtol=0, atol=0)
+    if dataflow == "ws":  # the parallel compilations really ran
+        from sysarray.engines.fast_conv import _apply_fix, _direct_chains
+
+        assert _direct_chains.parallel.signatures and _apply_fix.parallel.signatures
