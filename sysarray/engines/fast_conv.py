@@ -426,57 +426,32 @@ def _fill_planes(x, g0, geometry, plane_of, out):
     plane is one contiguous run.
 
     x: (B, C, H, W) the input images, any strides; geometry: (C, H, W, ph, pw, sh, sw, Hq, G,
-    Wq); out: (C*P*Hq*G*Wq,). Zeroes ``out``, then copies every input row to its place (row by
-    row, not plane position by position: 2-4x faster)."""
+    Wq); out: (C*P*Hq*G*Wq,). Zeroes ``out``, then copies the input row by row: for each row and
+    column phase, one contiguous run per channel. Rows outer keep a channels-last row (all its
+    channels) in L1 while it is copied, and writes by slices use non-negative indices (numba adds a
+    negative-index check to every computed index): 1.5x faster than scattering each pixel's
+    channels from a walk in memory order (2x on stride 2), and on plain layouts too."""
     C, H, W, ph, pw, sh, sw, Hq, G, Wq = geometry
     P = max(1, plane_of.max() + 1)
+    cs = P * Hq * G * Wq  # one channel's planes
     out[:] = 0
-    if x.strides[1] < x.strides[3]:  # channels-last input: walk it in memory order
-        cs = P * Hq * G * Wq  # one channel's planes
-        col_phase = np.empty(W, dtype=np.int64)  # each input column's phase and plane column
-        col_pos = np.empty(W, dtype=np.int64)
-        for jj in range(W):
-            col_phase[jj] = (jj + pw) % sw
-            col_pos[jj] = (jj + pw) // sw
-        for g in range(min(G, x.shape[0] - g0 * G)):
-            for ii in range(H):
-                a = (ii + ph) % sh
-                i = (ii + ph) // sh
-                if sw == 1:  # one plane per row, copied in order (4.5 vs 7.4 ms per 4M values)
-                    p = plane_of[a]
-                    if p < 0:
-                        continue
-                    d0 = ((p * Hq + i) * G + g) * Wq + pw
-                    for jj in range(W):
-                        for c in range(C):
-                            out[c * cs + d0 + jj] = x[g0 * G + g, c, ii, jj]
-                    continue
-                for jj in range(W):
-                    p = plane_of[a * sw + col_phase[jj]]
-                    if p < 0:
-                        continue
-                    d0 = ((p * Hq + i) * G + g) * Wq + col_pos[jj]
-                    for c in range(C):
-                        out[c * cs + d0] = x[g0 * G + g, c, ii, jj]
-        return
     for g in range(min(G, x.shape[0] - g0 * G)):
-        for c in range(C):
-            for ii in range(H):
-                a = (ii + ph) % sh
-                i = (ii + ph) // sh
-                src = x[g0 * G + g, c, ii]
-                for bb in range(sw):
-                    p = plane_of[a * sw + bb]
-                    if p < 0:
-                        continue
-                    jj0 = (bb - pw) % sw  # the first input column of this column phase
-                    d0 = (((c * P + p) * Hq + i) * G + g) * Wq + (jj0 + pw) // sw
-                    if sw == 1:
-                        for k in range(W):
-                            out[d0 + k] = src[k]
-                    else:
-                        for k in range((W - jj0 + sw - 1) // sw):
-                            out[d0 + k] = src[jj0 + sw * k]
+        for ii in range(H):
+            a = (ii + ph) % sh
+            i = (ii + ph) // sh
+            src = x[g0 * G + g, :, ii, :]  # (C, W)
+            for bb in range(sw):
+                p = plane_of[a * sw + bb]
+                if p < 0:
+                    continue
+                jj0 = (bb - pw) % sw  # the first input column of this column phase
+                n = (W - jj0 + sw - 1) // sw
+                d0 = ((p * Hq + i) * G + g) * Wq + (jj0 + pw) // sw
+                for c in range(C):
+                    dst = out[c * cs + d0:c * cs + d0 + n]
+                    row = src[c, jj0:]
+                    for k in range(n):
+                        dst[k] = row[k * sw]
 
 
 @njit(cache=True, inline="always")
