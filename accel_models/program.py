@@ -439,7 +439,12 @@ class Program:
         elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"The 'batch_size' argument of Program.run must be a positive integer. Got {batch_size!r} instead.")
         gemm_timing = lambda m, k, n: _layer_timing(m, k, n, cfg)  # noqa: E731
-        masks = {s: chip_masks(cfg, faults, act_signed=s) for s in (False, True)}
+        masks: dict[bool, object] = {}  # per activation signedness, made when a layer first needs it
+
+        def masks_for(signed: bool):
+            if signed not in masks:
+                masks[signed] = chip_masks(cfg, faults, act_signed=signed)
+            return masks[signed]
         engine = _as_engine(engine).value
         images = self.check_images(images)
         if device is not None:
@@ -455,7 +460,7 @@ class Program:
 
             def gemm(a, w):
                 if engine == "fast":
-                    y = fast_gemm(a, w, cfg, faults, act_signed=signed, masks=masks[signed])
+                    y = fast_gemm(a, w, cfg, faults, act_signed=signed, masks=masks_for(signed))
                     st = gemm_timing(a.shape[0], a.shape[1], w.shape[1])
                 else:
                     y, st = sa.simulate_gemm(a.to(op.in_qp.torch_dtype), w, cfg, faults=faults, engine=engine)
@@ -468,7 +473,7 @@ class Program:
                 kw = dict(stride=op.stride, padding=op.padding, pad_value=op.in_qp.zero_point, groups=op.groups,
                           act_signed=signed, x_bound=max(-op.in_qp.qmin, op.in_qp.qmax))  # codes are clamped
                 weight = op.weight if op.kind == "conv" else op.weight.view(op.out_channels, -1, 1, 1)
-                y = fast_conv2d_exact(x, weight, cfg, faults, masks=masks[signed], **kw)
+                y = fast_conv2d_exact(x, weight, cfg, faults, masks=masks_for(signed), **kw)
                 if count:
                     clean = fast_conv2d_exact(x, weight, cfg, None, **kw)
                     changed[op.name] = changed.get(op.name, 0) + int((clean != y).sum())
