@@ -110,9 +110,10 @@ def _cpuinfo() -> dict[str, str]:
 class CpuMonitor:
     """How much CPU other processes (and the hypervisor) took while this one was measuring.
 
-    ``other_frac`` = busy CPU time of the whole machine minus this process's own, divided by
-    wall time x cores; ``steal_frac`` = time the hypervisor gave our vCPUs to someone else.
-    Either well above 0 means the timings are slowed by work that is not ours.
+    ``other_frac`` = busy CPU time of the whole machine minus this process's own (with all its
+    descendants: a campaign's worker processes are children of multiprocessing's fork server),
+    divided by wall time x cores; ``steal_frac`` = time the hypervisor gave our vCPUs to someone
+    else. Either well above 0 means the timings are slowed by work that is not ours.
     """
 
     def __init__(self) -> None:
@@ -130,7 +131,8 @@ class CpuMonitor:
         steal = v[7] if len(v) > 7 else 0
         busy = sum(v[:8]) - idle - steal
         t = os.times()
-        return time.perf_counter(), busy / hz, steal / hz, t.user + t.system + t.children_user + t.children_system
+        own = t.user + t.system + t.children_user + t.children_system + _live_descendants_cpu_s(hz)
+        return time.perf_counter(), busy / hz, steal / hz, own
 
     def stop(self) -> dict[str, float] | None:
         end = self._sample()
@@ -145,6 +147,31 @@ class CpuMonitor:
             "other_frac": round(max(0.0, busy - own) / (wall * cores), 4),
             "steal_frac": round(steal / (wall * cores), 4),
         }
+
+
+def _live_descendants_cpu_s(hz: int) -> float:
+    """CPU seconds of this process's live descendants, each with its reaped children (Linux /proc;
+    0 elsewhere). Reaped direct children are already in ``os.times()``."""
+    parent: dict[int, int] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited meanwhile
+        pid = int(entry.name)
+        parent[pid] = int(fields[1])
+        ticks[pid] = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    me, total = os.getpid(), 0
+    for pid, t in ticks.items():
+        p = parent.get(pid)
+        while p is not None and p != me and p > 1:
+            p = parent.get(p)
+        if p == me:
+            total += t
+    return total / hz
 
 
 def wait_for_idle(max_wait_s: float, threshold: float = 0.1, window_s: float = 2.0) -> float:

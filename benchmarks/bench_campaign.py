@@ -16,7 +16,8 @@ psum stuck-at faults on random bits and values (``RateGrid``, one rate):
 For each it measures, in one run:
 
 - ``fault_free_s``: one fault-free inference of the same images in this process with one torch
-  and one numba thread (median of round-robin repeats) -- the unit of the cost ratio;
+  and one numba thread (median of round-robin repeats) -- the unit of the cost ratio; before it,
+  one untimed faulty inference of 16 images loads the faulty path's kernels in this process;
 - a campaign with 1 worker in this process (one torch and one numba thread) and a campaign with 2 worker
   processes (``run_campaign(workers=2)``: each worker uses 1 thread), each end to end (setup, one
   fault-free run, the journal and result files included) in a fresh directory. The workers fork
@@ -93,6 +94,10 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
     # the fault-free unit then run exactly as a worker does (the engine's numba kernels would
     # otherwise use two threads here and one in the workers).
     with one_thread():
+        # Untimed warm-up: numba loads the faulty path's kernels from its cache and numpy imports
+        # what drawing a map needs, once per process (the workers' fork server warms itself). Left
+        # in, that falls on the 1-worker campaign, timed first (about 0.8 s for LeNet-5).
+        task.program.run(task.images[:16], cfg, faults=population.chip(0, cfg)[0], count_changes=False)
         clean, cont_clean = gate.measure(lambda: time_round_robin(
             {"fault_free": lambda: task.program.run(task.images, cfg, count_changes=False)}, repeats)["fault_free"])
 
