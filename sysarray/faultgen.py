@@ -344,7 +344,7 @@ def _to_map(rows: int, cols: int, pe: np.ndarray, site: np.ndarray, sites: Sites
     """A FaultMap from flat PE indices (n,) and their site indices (n,); draws the values."""
     value = (rng.random(len(pe)) < sites.p_one).astype(np.int64)
     rec = np.stack([pe // cols, pe % cols, sites.reg[site], sites.bit[site], value], axis=1).astype(np.int64)
-    return FaultMap.from_records(rows, cols, rec.reshape(-1, 5))
+    return FaultMap._from_generated(rows, cols, rec.reshape(-1, 5))
 
 
 def _fill_pes(rows: int, cols: int, pes: np.ndarray, sites: Sites, k: int, rng: np.random.Generator) -> FaultMap:
