@@ -118,12 +118,14 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
     bias, m0, shift = (t.to(torch.int64) for t in (bias, m0, shift))
     exact_f64 = _float64_requantize_ok(acc, bias, m0, shift)
     B, N = acc.shape[:2]
-    if exact_f64 and channels_last(acc):
-        # (B, N, H, W) stored as (B, H, W, N): one pass in memory order, channels innermost.
+    if exact_f64 and (channels_last(acc) or acc.dim() == 2):
+        # (B, N, H, W) stored as (B, H, W, N), or a linear layer's (B, N): one pass in memory
+        # order, channels innermost (the plane loop ran a linear layer at 9 ns a value).
+        acc = acc.contiguous(memory_format=torch.channels_last) if acc.dim() == 4 else acc.contiguous()
         out = torch.empty_like(acc, dtype=torch.float32)
-        _requantize_clamp_f64_nlast_kernel(acc.permute(0, 2, 3, 1).reshape(B, -1, N).numpy(), bias.numpy(),
-                                           m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi),
-                                           out.permute(0, 2, 3, 1).reshape(B, -1, N).numpy(), work=acc.numel())
+        last = (lambda t: t.permute(0, 2, 3, 1).reshape(B, -1, N)) if acc.dim() == 4 else (lambda t: t.view(B, 1, N))
+        _requantize_clamp_f64_nlast_kernel(last(acc).numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point),
+                                           int(lo), int(hi), last(out).numpy(), work=acc.numel())
         return out
     x = acc.contiguous()
     x3 = x.view(B, N, -1)

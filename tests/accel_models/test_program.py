@@ -106,15 +106,21 @@ def test_numpy_reference_pieces_by_hand():
 
 @settings(max_examples=60, deadline=None)
 @given(kh=st.integers(1, 3), kw=st.integers(1, 3), sh=st.integers(1, 3), sw=st.integers(1, 3),
-       pad=st.booleans(), h=st.integers(3, 9), w=st.integers(3, 9), seed=st.integers(0, 2**31 - 1))
-def test_max_pool_equals_torch(kh, kw, sh, sw, pad, h, w, seed):
-    """The program's strided-slice max pool gives exactly F.max_pool2d (negative codes too)."""
+       pad=st.booleans(), h=st.integers(3, 9), w=st.integers(3, 9), seed=st.integers(0, 2**31 - 1),
+       channels_last=st.booleans())
+def test_max_pool_equals_torch(kh, kw, sh, sw, pad, h, w, seed, channels_last):
+    """The program's max pool gives exactly F.max_pool2d (negative codes too) and keeps the
+    input's layout."""
     from accel_models.program import MaxPool, max_pool
 
     ph, pw = (kh // 2, kw // 2) if pad else (0, 0)
     x = torch.from_numpy(np.random.default_rng(seed).integers(-128, 128, size=(2, 3, h, w)).astype(np.float32))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     op = MaxPool("x", "y", (kh, kw), (sh, sw), (ph, pw))
-    assert torch.equal(max_pool(x, op), F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw)))
+    y = max_pool(x, op)
+    assert torch.equal(y, F.max_pool2d(x, (kh, kw), (sh, sw), (ph, pw)))
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 # --------------------------------------------------------------------------- float vs int
