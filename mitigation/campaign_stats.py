@@ -168,14 +168,14 @@ def aggregate(rows: Iterable[dict], confidence: float = 0.95, seed: int = 0,
         row: dict = dict(zip(keys, key))
         row["chips"] = len(members)
         idx = _resample_indices(len(members), BOOTSTRAP_RESAMPLES, (int(seed), gi))  # one draw serves every statistic
-        kth = None
+        kths: dict[int, Callable[[int], np.ndarray]] = {}  # per value array: its median and quartiles share one
         for name, values, stat in (("mean_accuracy", acc, "mean"), ("median_accuracy", acc, "median"),
                                    ("q1_accuracy", acc, "q1"), ("q3_accuracy", acc, "q3"),
                                    ("mean_drop", drop, "mean"), ("mean_sdc_rate", sdc, "mean")):
             point = float(_STATISTICS[stat](values[None, :])[0])
-            if stat != "mean" and kth is None:
-                kth = _order_statistics(acc, idx)  # shared by the accuracy's median and quartiles
-            lo, hi = _percentile_interval(_resampled(values, idx, stat, kth), conf)
+            if stat != "mean" and id(values) not in kths:
+                kths[id(values)] = _order_statistics(values, idx)
+            lo, hi = _percentile_interval(_resampled(values, idx, stat, kths.get(id(values))), conf)
             row[name], row[name + "_lo"], row[name + "_hi"] = point, lo, hi
         row["worst_accuracy"] = float(acc.min())
         row["critical_chips"] = crit

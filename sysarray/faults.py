@@ -51,6 +51,15 @@ class Fault(NamedTuple):
 _DTYPE = np.dtype([("row", np.int32), ("col", np.int32), ("reg", np.int8), ("bit", np.int8), ("value", np.int8)])
 
 
+def _structured(records: np.ndarray) -> np.ndarray:
+    """Validated (n, 5) integer records (row, col, register code, bit, value) as the map's
+    structured array, in the same order."""
+    out = np.empty(len(records), dtype=_DTYPE)
+    for i, name in enumerate(_DTYPE.names):
+        out[name] = records[:, i]
+    return out
+
+
 def _check_int(name: str, value: object, lo: int, hi: int, where: str) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"The '{name}' argument of {where} must be an integer. Got {value!r} instead.")
@@ -112,10 +121,7 @@ class FaultMap:
             i = int(np.flatnonzero(bad)[0])
             name = REGISTER_ORDER[reg[i]].value
             raise ValueError(f"Fault bit must be within 0..{widths[i] - 1} for register '{name}'. Got {bit[i]} instead.")
-        out = np.zeros(len(arr), dtype=_DTYPE)
-        for name, vals in zip(("row", "col", "reg", "bit", "value"), (row, col, reg, bit, value)):
-            out[name] = vals
-        fm._set(out)
+        fm._set(_structured(arr))
         return fm
 
     @classmethod
@@ -128,10 +134,7 @@ class FaultMap:
         if len(rec) > 1 and (rec[1:, :4] == rec[:-1, :4]).all(axis=1).any():
             return cls.from_records(rows, cols, rec)
         fm = cls(rows, cols)
-        out = np.empty(len(rec), dtype=_DTYPE)
-        for i, name in enumerate(_DTYPE.names):
-            out[name] = rec[:, i]
-        fm._faults = out
+        fm._faults = _structured(rec)
         return fm
 
     def _set(self, faults: np.ndarray) -> None:
