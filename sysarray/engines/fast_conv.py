@@ -313,9 +313,9 @@ def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
     phase planes at offset ``toff[t]`` with weight ``tw[t]`` (float64). ``plane_of`` maps a stride
     phase ``(ti % sh)*sw + tj % sw`` to its plane (-1: no tap reads it, so it is not laid out);
     ``GWq``: values per plane row (images per group x plane width). Returns ``(ptr, toff, tw,
-    plane_of, wmax)``. Rows are walked fold by fold with running counters (a division per row
-    had made this 90 us a call, more than LeNet-5's replay of a linear layer), and stop at an
-    output's last segment (segments only grow along a fold's rows)."""
+    plane_of, wmax)``. Rows are walked fold by fold, once, up to an output's last segment
+    (segments only grow along a fold's rows); a division for every row of ``K`` had made this
+    90 us a call, more than LeNet-5's replay of a linear layer."""
     R = seg_of_row.shape[1]
     Fr = Wp.shape[0] // R
     O = n_idx.shape[0]
@@ -328,6 +328,10 @@ def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
         phase[t] = (ti % sh) * sw + tj % sw
         drow[t] = ti // sh
         dcol[t] = tj // sw
+    # One walk records every nonzero tap in K order: its segment and its row.
+    seg_id = np.empty(O * Fr * R, dtype=np.int64)
+    row_k = np.empty(O * Fr * R, dtype=np.int64)
+    m = 0
     count = np.zeros(O * Fr * S, dtype=np.int64)
     plane_of = np.full(sh * sw, -1, dtype=np.int64)
     wmax = 0
@@ -335,17 +339,18 @@ def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
         n = n_idx[o]
         for f in range(Fr):
             k = f * R
-            t = k % taps
             for r in range(min(R, K - k)):
                 s = seg_of_row[o, r]
                 if s >= n_seg[o]:
                     break
                 w = Wp[k + r, n]
                 if w != 0:
+                    seg_id[m] = (o * Fr + f) * S + s
+                    row_k[m] = k + r
+                    m += 1
                     count[(o * Fr + f) * S + s] += 1
-                    plane_of[phase[t]] = 0
+                    plane_of[phase[(k + r) % taps]] = 0
                     wmax = max(wmax, abs(w))
-                t = t + 1 if t + 1 < taps else 0
     P = 0
     for i in range(sh * sw):
         if plane_of[i] == 0:
@@ -357,26 +362,14 @@ def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
     toff = np.zeros(ptr[-1], dtype=np.int64)
     tw = np.zeros(ptr[-1], dtype=np.float64)
     at = ptr[:-1].copy()
-    for o in range(O):
-        n = n_idx[o]
-        for f in range(Fr):
-            k = f * R
-            c = k // taps  # input channel of row k
-            t = k - c * taps
-            for r in range(min(R, K - k)):
-                s = seg_of_row[o, r]
-                if s >= n_seg[o]:
-                    break
-                w = Wp[k + r, n]
-                if w != 0:
-                    i = (o * Fr + f) * S + s
-                    toff[at[i]] = ((c * P + plane_of[phase[t]]) * Hq + drow[t]) * GWq + dcol[t]
-                    tw[at[i]] = w
-                    at[i] += 1
-                t += 1
-                if t == taps:
-                    t = 0
-                    c += 1
+    for j in range(m):
+        i = seg_id[j]
+        k = row_k[j]
+        c = k // taps  # input channel of row k
+        t = k - c * taps
+        toff[at[i]] = ((c * P + plane_of[phase[t]]) * Hq + drow[t]) * GWq + dcol[t]
+        tw[at[i]] = Wp[k, n_idx[i // (Fr * S)]]
+        at[i] += 1
     return ptr, toff, tw, plane_of, wmax
 
 
