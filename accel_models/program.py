@@ -17,7 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from accel_models.quant import QParams, quantize_codes, requantize_clamp, rescale_add, rounding_divide
+from accel_models.quant import (QParams, quantize_codes, requantize_clamp, requantize_saturates, rescale_add,
+                                rounding_divide)
+from sysarray.tensor_memo import TensorMemo
 
 ADD_SHIFT = 20  # fixed-point bits of the residual-add rescaling multipliers
 
@@ -213,6 +215,50 @@ class RunResult:
         return float((self.predictions == labels.to(self.predictions.device)).double().mean())
 
 
+@dataclass
+class LayerTrace:
+    """One chip layer of a fault-free run: ``acc`` its accumulators as the engine returned them
+    (conv layout, (B, N, oh, ow)), ``out`` its output codes (None: not kept)."""
+
+    acc: torch.Tensor
+    out: torch.Tensor | None
+
+
+@dataclass
+class BatchTrace:
+    """One batch of a fault-free run: ``outputs`` value per op output name, ``layers`` per chip
+    layer name, for a prefix of the program's ops."""
+
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+    layers: dict[str, LayerTrace] = field(default_factory=dict)
+    nbytes: int = 0
+
+
+@dataclass
+class CleanTrace:
+    """A fault-free run of ``images`` on the array ``cfg`` (fast engine, CPU), kept so that runs of
+    the same images on faulty chips of that array reuse it (:meth:`Program.trace`, ``reference=``
+    of :meth:`Program.run`; a campaign's evaluator keeps one).
+
+    A faulty run takes an op's kept output wherever the op's inputs are still the fault-free
+    ones and the op is post-processing, or a chip layer whose accumulators the chip does not
+    change (no replayed output, healthy weight registers: the engine says so by returning the
+    kept accumulators themselves); at the first layer the chip changes, the fault-free
+    convolution is reused and only the replayed outputs are corrected. Only a prefix of the ops
+    is kept, within ``max_bytes``; results are exactly those of a run without it.
+    """
+
+    images: torch.Tensor
+    cfg: object
+    batch_size: int
+    result: RunResult
+    batches: list[BatchTrace]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self.batches)
+
+
 # --------------------------------------------------------------------------- integer kernels
 def quantize_input(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Float -> codes (round half up). The one place the program touches floats on the way in."""
@@ -253,6 +299,24 @@ def postprocess(acc: torch.Tensor, op: Gemm) -> torch.Tensor:
     return requantize_clamp(acc, op.bias, op.m0, op.shift, op.out_qp.zero_point, op.lo, op.hi)
 
 
+SATURATION = 1 << 24  # the largest bound float32 holds exactly (see saturation)
+_SATURATES = TensorMemo()
+
+
+def saturation(op: Gemm) -> int | None:
+    """``2**24`` when every output code of ``op`` is the same for all accumulators at or beyond
+    ``2**24`` (and at or beyond ``-2**24``): the requantization, monotone in the accumulator, has
+    reached the clamp there, in every channel (or the channel's multiplier is zero). The fast
+    engine may then return faulty accumulators beyond it clamped (``fast_conv2d_exact``'s
+    ``saturate``). None for the last layer (its accumulators are the logits) and for clipped
+    activations (their zero policy reads the unsaturated code)."""
+    if op.out_qp is None or op.clip_codes is not None or not op.out_channels:
+        return None
+    check = lambda: SATURATION if requantize_saturates(  # noqa: E731
+        op.bias, op.m0, op.shift, op.out_qp.zero_point, op.lo, op.hi, SATURATION) else None
+    return _SATURATES.get((op.bias, op.m0, op.shift), (op.out_qp.zero_point, op.lo, op.hi), check)
+
+
 def apply_clip(raw: torch.Tensor, q: torch.Tensor, codes: torch.Tensor, policy: str, zero_point: int) -> torch.Tensor:
     """Threshold codes on a batch of codes ``q`` (N, C, H, W) or (N, F), channels on dim 1;
     ``codes`` (int64) broadcast against one sample. "clamp": ``min(q, t)``; "zero": ``q`` where the
@@ -264,43 +328,49 @@ def apply_clip(raw: torch.Tensor, q: torch.Tensor, codes: torch.Tensor, policy: 
     return torch.where(raw <= t, q, torch.full_like(q, float(zero_point)))
 
 
-def run_gemm_layer(x: torch.Tensor, op: Gemm, gemm: GemmFn):
+def run_gemm_layer(x: torch.Tensor, op: Gemm, gemm: GemmFn, clean: LayerTrace | None = None):
     """Run one Gemm op on codes ``x`` with ``gemm(A, W) -> (int32 (M, N), stats)``.
 
-    Returns ``(out, [(M, K, N, stats) per group])``.
+    Returns ``(out, [(M, K, N, stats) per group], acc)`` with ``acc`` the layer's accumulators as
+    the engine returned them (conv layout). ``clean``: the layer's fault-free trace, for an ``x``
+    equal to the fault-free run's (see :class:`CleanTrace`); when the engine returns its
+    accumulators unchanged, ``out`` is the traced output.
     """
     as_codes = (lambda t: t) if getattr(gemm, "float_codes", False) else (lambda t: t.to(op.in_qp.torch_dtype))
     conv = getattr(gemm, "conv", None)
-    if op.kind == "linear" and conv is not None:
-        # The same GEMM as a 1x1 convolution of (B, K, 1, 1): the im2col-free path's psum replay
-        # also serves linear layers (same bits, property-tested in tests/sysarray/test_fast_conv.py).
-        acc, stats = conv(x.reshape(x.shape[0], -1, 1, 1), op)
-        return postprocess(acc.reshape(acc.shape[0], -1), op), [(x.shape[0], op.weight.shape[1], op.out_channels, stats[0])]
+    if conv is not None:
+        # Linear layers run as 1x1 convolutions of (B, K, 1, 1): the im2col-free path's psum replay
+        # also serves them (same bits, property-tested in tests/sysarray/test_fast_conv.py).
+        linear = op.kind == "linear"
+        xc = x.reshape(x.shape[0], -1, 1, 1) if linear else x
+        acc, stats = conv(xc, op, None if clean is None else clean.acc)
+        if clean is not None and acc is clean.acc and clean.out is not None:
+            out = clean.out
+        else:
+            out = postprocess(acc.reshape(acc.shape[0], -1) if linear else acc, op)
+        B, _, oh, ow = acc.shape
+        return out, [(B * oh * ow, op.weight[0].numel(), op.out_channels // op.groups, st) for st in stats], acc
     if op.kind == "linear":
         a = as_codes(x.reshape(x.shape[0], -1))
         w = op.weight.t().contiguous()
         y, st = gemm(a, w)
-        return postprocess(y, op), [(a.shape[0], a.shape[1], w.shape[1], st)]
+        return postprocess(y, op), [(a.shape[0], a.shape[1], w.shape[1], st)], y
     B, _, H, W = x.shape
     oh, ow = conv_out_size(op, H, W)
     g = op.groups
     ng = op.out_channels // g
     kg = op.weight[0].numel()
-    if conv is not None:
-        acc, stats = conv(x, op)
-        parts = [(B * oh * ow, kg, ng, st) for st in stats]
-    else:
-        cols = im2col(x, op)
-        outs, parts = [], []
-        for i in range(g):
-            a = as_codes(cols[:, i * kg:(i + 1) * kg] if g > 1 else cols)
-            w = op.weight[i * ng:(i + 1) * ng].reshape(ng, -1).t().contiguous()
-            y, st = gemm(a, w)
-            outs.append(y)
-            parts.append((a.shape[0], a.shape[1], w.shape[1], st))
-        acc = outs[0] if g == 1 else torch.cat(outs, dim=1)
-        acc = acc.reshape(B, oh * ow, -1).transpose(1, 2).reshape(B, -1, oh, ow)
-    return postprocess(acc, op), parts
+    cols = im2col(x, op)
+    outs, parts = [], []
+    for i in range(g):
+        a = as_codes(cols[:, i * kg:(i + 1) * kg] if g > 1 else cols)
+        w = op.weight[i * ng:(i + 1) * ng].reshape(ng, -1).t().contiguous()
+        y, st = gemm(a, w)
+        outs.append(y)
+        parts.append((a.shape[0], a.shape[1], w.shape[1], st))
+    acc = outs[0] if g == 1 else torch.cat(outs, dim=1)
+    acc = acc.reshape(B, oh * ow, -1).transpose(1, 2).reshape(B, -1, oh, ow)
+    return postprocess(acc, op), parts, acc
 
 
 def max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
@@ -358,21 +428,37 @@ class Program:
         return [op for op in self.ops if isinstance(op, Gemm)]
 
     def execute(self, images: torch.Tensor, gemm_for: Callable[[Gemm], GemmFn],
-                on_layer: Callable | None = None) -> torch.Tensor:
+                on_layer: Callable | None = None, reference: BatchTrace | None = None,
+                record: BatchTrace | None = None, record_bytes: int = 0) -> torch.Tensor:
         """Run every op; chip layers call ``gemm_for(op)(A, W)``. Returns the final int64
-        accumulators (N, classes); ``on_layer(op, parts)`` sees every chip layer."""
+        accumulators (N, classes); ``on_layer(op, parts)`` sees every chip layer.
+
+        ``reference``: this batch's fault-free trace (:class:`CleanTrace`): ops whose inputs
+        still equal the fault-free ones reuse it. ``record``: filled with the values of the
+        ops in order, up to the first that would take it past ``record_bytes``."""
         env: dict[str, torch.Tensor] = {}
+        same: set[str] = set()  # values equal to the reference run's
+        recording = record is not None
         for op in self.ops:
+            unchanged = reference is not None and all(name in same for name in op.inputs())
+            if unchanged and not isinstance(op, Gemm) and op.output in reference.outputs:
+                env[op.output] = reference.outputs[op.output]
+                same.add(op.output)
+                continue
+            layer = None
             if isinstance(op, QuantizeInput):
                 q = quantize_input(images, op.qp)
                 # Channels-last on CPU: oneDNN convolves NHWC without reordering (20-30% faster
                 # here); every op keeps whichever layout it is given (values are the same).
                 env[op.output] = q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 and not q.is_cuda else q
             elif isinstance(op, Gemm):
-                out, parts = run_gemm_layer(env[op.input], op, gemm_for(op))
+                clean = reference.layers.get(op.name) if unchanged else None
+                out, parts, acc = run_gemm_layer(env[op.input], op, gemm_for(op), clean)
                 if on_layer is not None:
                     on_layer(op, parts)
                 env[op.output] = out
+                unchanged = clean is not None and acc is clean.acc
+                layer = LayerTrace(acc, out)
             elif isinstance(op, MaxPool):
                 env[op.output] = max_pool(env[op.input], op)
             elif isinstance(op, AvgPool):
@@ -389,6 +475,16 @@ class Program:
                 env[op.output] = x.reshape(x.shape[0], -1)
             else:
                 raise TypeError(f"Unknown op {type(op).__name__}")
+            if unchanged:
+                same.add(op.output)
+            if recording:
+                size = record.nbytes + env[op.output].nbytes + (layer.acc.nbytes if layer is not None else 0)
+                recording = size <= record_bytes
+                if recording:
+                    record.outputs[op.output] = env[op.output]
+                    if layer is not None:
+                        record.layers[op.name] = layer
+                    record.nbytes = size
         return env[self.output_name]
 
     def logits_from(self, acc: torch.Tensor) -> torch.Tensor:
@@ -418,15 +514,53 @@ class Program:
             raise ValueError("Program.run needs finite images. Got NaN or infinite values instead.")
         return images
 
+    def trace(self, images: torch.Tensor, cfg, *, batch_size: int | None = None,
+              max_bytes: int = 64 << 20) -> CleanTrace:
+        """A fault-free run of ``images`` on ``cfg`` (fast engine, CPU) that keeps the values of
+        the program's first ops, at most ``max_bytes`` of them, for faulty runs of the same
+        ``images`` tensor to reuse (``run(..., reference=trace)``; see :class:`CleanTrace`).
+        ``trace.result`` is the fault-free :class:`RunResult`."""
+        batch_size = self._batch_size(batch_size)
+        batches: list[BatchTrace] = []
+        result = self._run(images, cfg, None, "fast", batch_size, False, None, None,
+                           (batches, max_bytes // max(1, -(-len(images) // batch_size))))
+        return CleanTrace(images, cfg, batch_size, result, batches)
+
+    def _batch_size(self, batch_size) -> int:
+        if batch_size is None:
+            return self.auto_batch_size()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"The 'batch_size' argument of Program.run must be a positive integer. Got {batch_size!r} instead.")
+        return batch_size
+
     def run(self, images: torch.Tensor, cfg, faults=None, engine: str = "fast", *,
-            batch_size: int | None = None, count_changes: bool = True, device=None) -> RunResult:
+            batch_size: int | None = None, count_changes: bool = True, device=None,
+            reference: CleanTrace | None = None) -> RunResult:
         """Run ``images`` (N, C, H, W float) through the program on the chip ``cfg`` + ``faults``.
 
         Each batch of ``batch_size`` images (default :meth:`auto_batch_size`) is one GEMM per
         layer (M = batch x output pixels); layer statistics add up over batches. Outputs do not
         depend on the batch size. ``count_changes`` also runs each layer's GEMM fault-free on the
-        same inputs to count the outputs the faults changed.
+        same inputs to count the outputs the faults changed. ``reference``: a
+        :meth:`trace` of this same ``images`` tensor on ``cfg`` (fast engine, CPU, same batch
+        size) whose fault-free values the run reuses where the chip leaves them unchanged (the
+        results are the same without it).
         """
+        batch_size = self._batch_size(batch_size)
+        if reference is not None:
+            if not isinstance(reference, CleanTrace):
+                raise TypeError(f"The 'reference' argument of Program.run must be a CleanTrace (Program.trace). "
+                                f"Got {type(reference).__name__} instead.")
+            from sysarray.gemm import _as_engine
+
+            if (reference.images is not images or reference.cfg != cfg or reference.batch_size != batch_size
+                    or _as_engine(engine).value != "fast" or (device is not None and torch.device(device).type != "cpu")):
+                raise ValueError("The 'reference' trace of Program.run must come from Program.trace of the same images "
+                                 "tensor on the same array and batch size, and serves the fast engine on CPU only.")
+        return self._run(images, cfg, faults, engine, batch_size, count_changes, device, reference, None)
+
+    def _run(self, images, cfg, faults, engine, batch_size: int, count_changes: bool, device,
+             reference: CleanTrace | None, record: tuple[list[BatchTrace], int] | None) -> RunResult:
         import sysarray as sa
         from sysarray.engines._prep import chip_masks
         from sysarray.engines.fast import fast_gemm
@@ -434,10 +568,6 @@ class Program:
         from sysarray.gemm import _as_engine, check_chip
 
         check_chip(cfg, faults, "Program.run")
-        if batch_size is None:
-            batch_size = self.auto_batch_size()
-        elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"The 'batch_size' argument of Program.run must be a positive integer. Got {batch_size!r} instead.")
         gemm_timing = lambda m, k, n: _layer_timing(m, k, n, cfg)  # noqa: E731
         masks: dict[bool, object] = {}  # per activation signedness, made when a layer first needs it
 
@@ -469,11 +599,12 @@ class Program:
                     changed[op.name] = changed.get(op.name, 0) + int((clean != y.to(clean.device)).sum())
                 return y, st
 
-            def conv(x, op):
+            def conv(x, op, clean=None):
                 kw = dict(stride=op.stride, padding=op.padding, pad_value=op.in_qp.zero_point, groups=op.groups,
                           act_signed=signed, x_bound=max(-op.in_qp.qmin, op.in_qp.qmax))  # codes are clamped
                 weight = op.weight if op.kind == "conv" else op.weight.view(op.out_channels, -1, 1, 1)
-                y = fast_conv2d_exact(x, weight, cfg, faults, masks=masks_for(signed), **kw)
+                y = fast_conv2d_exact(x, weight, cfg, faults, masks=masks_for(signed),
+                                      saturate=None if count else saturation(op), clean=clean, **kw)
                 if count:
                     clean = fast_conv2d_exact(x, weight, cfg, None, **kw)
                     changed[op.name] = changed.get(op.name, 0) + int((clean != y).sum())
@@ -496,21 +627,29 @@ class Program:
                 t["util"].append((st.cycles, st.mapping_efficiency, st.compute_util))
 
         accs = []
-        for i in range(0, images.shape[0], batch_size):
-            accs.append(self.execute(images[i:i + batch_size], gemm_for, on_layer))
+        for b, i in enumerate(range(0, images.shape[0], batch_size)):
+            keep = None
+            if record is not None:
+                keep = BatchTrace()
+                record[0].append(keep)
+            accs.append(self.execute(images[i:i + batch_size], gemm_for, on_layer,
+                                     None if reference is None else reference.batches[b], keep,
+                                     0 if record is None else record[1]))
         logits = self.logits_from(torch.cat(accs))
         layers = []
         n_pes = cfg.rows * cfg.cols
         for op in self.gemms:
             t = totals[op.name]
-            weights = np.array([u[0] for u in t["util"]], dtype=float)
+            cycles = sum(u[0] for u in t["util"])
+            # cycle-weighted means over the layer's GEMMs (np.average costs 20 us a call)
+            weighted = lambda i: sum(u[0] * u[i] for u in t["util"]) / cycles if cycles else t["util"][0][i]  # noqa: E731
             layers.append(LayerStats(
                 name=op.name, kind=op.kind, m=t["m"], k=t["k"], n=op.out_channels, macs=t["macs"],
                 cycles=t["cycles"],
                 # SCALE-Sim's definition per GEMM (its total is cycles - 1), over all of them.
                 overall_util=100.0 * t["macs"] / max(1, (t["cycles"] - t["gemms"]) * n_pes),
-                mapping_efficiency=float(np.average([u[1] for u in t["util"]], weights=weights)),
-                compute_util=float(np.average([u[2] for u in t["util"]], weights=weights)),
+                mapping_efficiency=float(weighted(1)),
+                compute_util=float(weighted(2)),
                 changed=(changed.get(op.name, 0) if count_changes else None) if faulty else 0,
             ))
         return RunResult(logits=logits, predictions=logits.argmax(dim=1), layers=layers)

@@ -17,6 +17,7 @@ import torch
 from numba import njit, prange
 
 from sysarray.engines._threaded import ELEMENTWISE, threaded
+from sysarray.tensor_memo import TensorMemo
 
 WEIGHT_QMAX = 127
 
@@ -115,8 +116,8 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
         q = requantize(acc.to(torch.int64) + bias.to(acc.device).view(shape), m0.to(acc.device).view(shape),
                        shift.to(acc.device).view(shape))
         return (q + zero_point).clamp(lo, hi).to(torch.float32)
-    bias, m0, shift = (t.to(torch.int64) for t in (bias, m0, shift))
     exact_f64 = _float64_requantize_ok(acc, bias, m0, shift)
+    bias, m0, shift = (t.to(torch.int64) for t in (bias, m0, shift))
     B, N = acc.shape[:2]
     if exact_f64 and (channels_last(acc) or acc.dim() == 2):
         # (B, N, H, W) stored as (B, H, W, N), or a linear layer's (B, N): one pass in memory
@@ -139,6 +140,22 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
     return out.contiguous(memory_format=torch.channels_last) if channels_last(acc) else out
 
 
+def requantize_saturates(bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_point: int, lo: int,
+                         hi: int, bound: int) -> bool:
+    """True when :func:`requantize_clamp` gives every accumulator ``>= bound`` the same code as
+    ``bound`` and every accumulator ``<= -bound`` the same code as ``-bound``, in every channel:
+    it runs the float64 kernel (the exact floor of ``(acc + bias) * M0 / 2**shift``, monotone in
+    ``acc`` for ``M0 >= 0``) and its result at ``bound`` is already ``hi`` and at ``-bound``
+    already ``lo`` (or the channel's ``M0`` is zero: one code for all). ``bound <= 2**24``
+    (float32 holds it)."""
+    edge = torch.tensor([[bound], [-bound]], dtype=torch.float32).expand(2, len(m0)).contiguous()
+    if not len(m0) or not _float64_requantize_ok(edge, bias, m0, shift):
+        return False
+    q = requantize_clamp(edge, bias, m0, shift, zero_point, lo, hi)
+    flat = m0.to(torch.int64) == 0
+    return bool(((q[0] == hi) | flat).all() and ((q[1] == lo) | flat).all())
+
+
 def channels_last(t: torch.Tensor) -> bool:
     """True for a 4-d tensor stored channels-last (and not also plain contiguous, as when C == 1)."""
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
@@ -155,8 +172,13 @@ def _float64_requantize_ok(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tens
             return False
     elif acc.dtype not in (torch.float32, torch.int32, torch.int16, torch.int8, torch.uint8):
         return False
-    return (int(bias.abs().max()) < 1 << 32 and int(m0.min()) >= 0 and int(m0.max()) < 1 << 31
-            and int(shift.min()) >= 16 and int(shift.max()) <= 52)
+    return _PARAMS_F64_OK.get((bias, m0, shift), None, lambda: (
+        int(bias.abs().max()) < 1 << 32 and int(m0.min()) >= 0 and int(m0.max()) < 1 << 31
+        and int(shift.min()) >= 16 and int(shift.max()) <= 52))
+
+
+# A layer's requantization parameters pass the check above once, not on every run.
+_PARAMS_F64_OK = TensorMemo()
 
 
 @threaded(ELEMENTWISE)

@@ -43,6 +43,11 @@ class ChipMasks:
     enable: np.ndarray  # (R, C) int64, 0 for a bypassed PE
     bypassed: np.ndarray  # (R, C) bool
 
+    @cached_property
+    def latches_sent_weights(self) -> bool:
+        """No stuck weight bit and no bypassed PE: every PE holds the weight it is sent."""
+        return not self.weight.faulty.any() and not self.bypassed.any()
+
 
 def _register(stuck: np.ndarray, ones: np.ndarray, width: int, signed: bool) -> RegisterMasks:
     full = (1 << width) - 1

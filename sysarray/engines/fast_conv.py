@@ -23,6 +23,7 @@ grouped convolutions, psum registers narrow enough for a fold to wrap) go throug
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numba
 import numpy as np
@@ -36,6 +37,7 @@ from sysarray.engines._prep import ChipMasks, chip_masks
 from sysarray.engines._threaded import ELEMENTWISE, threaded
 from sysarray.engines.fast import fast_gemm
 from sysarray.faults import FaultMap
+from sysarray.tensor_memo import TensorMemo
 
 _F32_LIMIT = 1 << 24
 # Psum-chain replay: "direct" (CPU, :func:`_replay_direct`) or "torch" (per-fold convolutions with
@@ -76,8 +78,34 @@ def _conv(x: torch.Tensor, w: torch.Tensor, stride, padding) -> torch.Tensor:
     return F.conv2d(x, w, stride=stride, padding=padding)
 
 
-def _exact_conv(x: torch.Tensor, w: torch.Tensor, stride, padding, amax: int, wmax: int) -> torch.Tensor:
-    """``conv2d(x, w)`` exactly for integer-valued tensors (zero padding, groups 1).
+@dataclass(frozen=True)
+class ConvWeights:
+    """Integer conv weights ``w`` (N, C, kh, kw) int64 and what :func:`_exact_conv` needs of
+    them: ``wmax`` = max |w|, ``l1`` (N, C) the per-filter, per-channel L1 norms."""
+
+    w: torch.Tensor
+    wmax: int
+    l1: torch.Tensor
+
+    @classmethod
+    def of(cls, w: torch.Tensor, wmax: int | None = None) -> "ConvWeights":
+        if wmax is None:
+            wmax = int(w.abs().max()) if w.numel() else 0
+        return cls(w, int(wmax), w.abs().sum(dim=(2, 3)).to(torch.int64))
+
+    @cached_property
+    def l1_max(self) -> int:
+        """The largest filter L1 norm (0 without weights)."""
+        return int(self.l1.sum(dim=1).max()) if self.w.numel() else 0
+
+    @cached_property
+    def f32(self) -> torch.Tensor:
+        """``w`` as float32 (contiguous): computed once per cached layer, not per call."""
+        return self.w.to(torch.float32)
+
+
+def _exact_conv(x: torch.Tensor, cw: ConvWeights, stride, padding, amax: int) -> torch.Tensor:
+    """``conv2d(x, cw.w)`` exactly for integer-valued tensors (zero padding, groups 1).
 
     Every partial sum of output ``n`` is bounded by ``amax * sum|w[n]|`` whatever the summation
     order, so one float32 convolution is exact when that L1 bound stays below 2**24 for every
@@ -85,13 +113,14 @@ def _exact_conv(x: torch.Tensor, w: torch.Tensor, stride, padding, amax: int, wm
     bound, each chunk convolved in float32 and summed in int64 (float64 if one channel's taps
     alone could round; always on CUDA, where cuDNN may use TF32).
     """
+    w = cw.w
     dtype = _conv_dtype(x.device)
     a = max(1, amax)
-    if dtype == torch.float64 or w.shape[2] * w.shape[3] * a * max(1, wmax) >= _F32_LIMIT:
+    if dtype == torch.float64 or w.shape[2] * w.shape[3] * a * max(1, cw.wmax) >= _F32_LIMIT:
         return _conv(x.double(), w.double(), stride, padding).to(torch.int64)
-    l1 = w.abs().sum(dim=(2, 3)).to(torch.int64)  # (N, C) per-filter, per-channel L1 norms
-    if w.numel() == 0 or int(l1.sum(dim=1).max()) * a < _F32_LIMIT:
-        return _conv(x, w.to(x.dtype), stride, padding)
+    if w.numel() == 0 or cw.l1_max * a < _F32_LIMIT:
+        return _conv(x, cw.f32 if x.dtype == torch.float32 else w.to(x.dtype), stride, padding)
+    l1 = cw.l1
     out, lo, C = None, 0, w.shape[1]
     run = torch.cumsum(l1, dim=1)  # (N, C)
     while lo < C:
@@ -141,21 +170,41 @@ class ChainFix:
 def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
                       stride=(1, 1), padding=(0, 0), pad_value: float = 0.0, groups: int = 1,
                       act_signed: bool = False, masks: ChipMasks | None = None,
-                      x_bound: int | None = None) -> torch.Tensor:
+                      x_bound: int | None = None, saturate: int | None = None,
+                      clean: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`fast_conv2d` without the final conversion: a float or integer tensor whose values
     are the int32 results exactly (callers that post-process in one fused pass skip a copy).
     ``x_bound``: a bound on ``|x|`` the caller knows (the 8-bit code range), sparing a pass over
-    ``x``; it must hold (it decides which float sums are exact)."""
-    y, fix = _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound)
+    ``x``; it must hold (it decides which float sums are exact).
+
+    ``saturate``: a bound ``L <= 2**24`` for a caller whose use of a value is the same for every
+    value at or beyond ``L`` (and at or beyond ``-L``), as a requantization that saturates there:
+    a value ``r`` with ``|r| >= L`` may then come back as ``sign(r) * L``. Fault-corrected
+    outputs are then written into the float convolution result, exactly representable, instead
+    of into an int32 copy of it.
+
+    ``clean``: what this same call returns fault-free (same ``x``, weights and arguments), when
+    the caller kept it (a campaign's fault-free run). Where every PE latches the weight it is
+    sent, the fault-free part of the result is then ``clean`` instead of a new convolution; and
+    when no output is replayed either, the call returns ``clean`` itself (not a copy: callers
+    tell an unchanged layer by identity, ``y is clean``)."""
+    y, fix = _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound,
+                           clean)
     if fix is not None:
-        y = y.to(torch.int32)
-        apply_fix(y, fix)
+        if saturate is not None and 0 < saturate <= _F32_LIMIT and y.dtype == torch.float32:
+            y = y.clone() if y is clean else y
+        else:
+            y = y.to(torch.int32, copy=y is clean)
+            saturate = 1 << 31
+        apply_fix(y, fix, saturate)
     return y
 
 
-def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound):
+def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound,
+                  clean=None):
     """``(y, fix)``: the layer's output without the direct replay's :class:`ChainFix` (None when
-    nothing is replayed on CPU; the im2col and CUDA paths return ``y`` complete)."""
+    nothing is replayed on CPU; the im2col and CUDA paths return ``y`` complete). ``y`` may be
+    ``clean`` itself (see :func:`fast_conv2d_exact`): not to be written."""
     cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     kh, kw = int(weight.shape[2]), int(weight.shape[3])
     if not conv_native_ok(cfg, cm, groups):
@@ -164,12 +213,12 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
     N = int(weight.shape[0])
     K = int(weight[0].numel())
     Fr, Fc = -(-K // R), -(-N // C)
-    Wp = _latched_weights(weight.reshape(N, K).t(), cfg, cm, Fr, Fc)  # (Fr*R, Fc*C) int64
+    Wp, cw = _latched_weights(weight, cfg, cm, Fr, Fc)  # (Fr*R, Fc*C) int64; the conv's weights
     if x_bound is None:
         lo, hi = torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
         x_bound = max(-int(lo), int(hi))
     amax = max(int(x_bound), abs(int(pad_value)) if any(padding) else 0)
-    wmax = int(Wp.abs().max()) if Wp.numel() else 0
+    wmax = cw.wmax
     if R * amax * wmax >= 1 << (pb - 1):
         # A fold's partial sum could wrap inside the psum register: every column replays.
         return _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, cm), None
@@ -186,40 +235,47 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
         # Before the convolution, while the input is still in cache from the layer that wrote it.
         fix = _replay_direct(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N,
                              linear_tail=pb == 32)
-    w_conv = Wp[:K, :N].t().reshape(N, -1, kh, kw)
-    y = _exact_conv(xp, w_conv, stride, conv_pad, amax, wmax)
-    if K * amax * wmax >= 1 << 31:
-        y = wrap(y.to(torch.int64), 32)
+    if clean is not None and cm.latches_sent_weights:
+        y = clean  # the same convolution of the same input and weights, done fault-free
+    else:
+        y = _exact_conv(xp, cw, stride, conv_pad, amax)
+        if K * amax * wmax >= 1 << 31:
+            y = wrap(y.to(torch.int64), 32)
     if len(chain_cols) and not direct:
-        y = y.to(torch.int32)
+        y = y.to(torch.int32, copy=y is clean)
         _replay_by_fold_convs(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, y, linear_tail=pb == 32)
     return y, fix
 
 
-def apply_fix(y: torch.Tensor, fix: ChainFix) -> None:
-    """Apply a :class:`ChainFix` to ``y`` (B, N, oh, ow) int32 (any strides), in place."""
-    _apply_fix(y.numpy(), fix.n_idx, fix.tot, fix.add, work=fix.tot.size)
+def apply_fix(y: torch.Tensor, fix: ChainFix, saturate: int = 1 << 31) -> None:
+    """Apply a :class:`ChainFix` to ``y`` (B, N, oh, ow) (any strides), in place: int32, or
+    float32 with the corrected values clamped to ``[-saturate, saturate]`` (at most 2**24, so
+    that they are exact; see :func:`fast_conv2d_exact`)."""
+    _apply_fix(y.numpy(), fix.n_idx, fix.tot, fix.add, saturate, work=fix.tot.size)
 
 
 @njit(cache=True, inline="always")
-def _corrected(y, t, add):
-    """One replayed output: ``wrap32(y + t)`` (``add``) or ``wrap32(t)``."""
+def _corrected(y, t, add, limit):
+    """One replayed output: ``wrap32(y + t)`` (``add``) or ``wrap32(t)``, clamped to
+    ``[-limit, limit]`` (a no-op for ``limit = 2**31``)."""
     val = np.int64(t) + (np.int64(y) if add else 0)
-    return ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+    val = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+    return min(max(val, -limit), limit)
 
 
 @threaded(ELEMENTWISE)
-def _apply_fix(y, n_idx, tot, add):
+def _apply_fix(y, n_idx, tot, add, limit):
     """y (B, N, oh, ow), any strides: plane by plane, or pixel by pixel for channels-last ``y``
-    (all replayed outputs of a pixel share its cache lines: plane by plane was 4x slower)."""
+    (all replayed outputs of a pixel share its cache lines: plane by plane was 4x slower) and
+    for linear layers' 1x1 planes (16 ns a value plane by plane)."""
     B, N, oh, ow = y.shape
     O = n_idx.shape[0]
-    if y.strides[1] < y.strides[3]:
+    if y.strides[1] < y.strides[3] or oh * ow == 1:
         for b in prange(B):
             for r in range(oh):
                 for q in range(ow):
                     for o in range(O):
-                        y[b, n_idx[o], r, q] = _corrected(y[b, n_idx[o], r, q], tot[b, o, r * ow + q], add)
+                        y[b, n_idx[o], r, q] = _corrected(y[b, n_idx[o], r, q], tot[b, o, r * ow + q], add, limit)
         return
     for bo in prange(B * O):
         b = bo // O
@@ -227,7 +283,7 @@ def _apply_fix(y, n_idx, tot, add):
         yp = y[b, n_idx[o]]
         for r in range(oh):
             for q in range(ow):
-                yp[r, q] = _corrected(yp[r, q], tot[b, o, r * ow + q], add)
+                yp[r, q] = _corrected(yp[r, q], tot[b, o, r * ow + q], add, limit)
 
 
 def _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks=None) -> torch.Tensor:
@@ -246,11 +302,37 @@ def _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, 
     return y.reshape(B, oh * ow, N).transpose(1, 2).reshape(B, N, oh, ow)
 
 
-def _latched_weights(Wst: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, Fr: int, Fc: int) -> torch.Tensor:
-    """(K, N) weights -> (Fr*R, Fc*C) int64 as every PE of every fold latches them: zero-padded,
-    forced through the PE's weight register, zero where the PE is bypassed."""
+# Latched weights of healthy weight registers, per weight tensor and array shape (they cost
+# LeNet-5 about a millisecond a run in small torch ops).
+_CLEAN_WEIGHTS = TensorMemo()
+
+
+def _latched_weights(weight: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, Fr: int,
+                     Fc: int) -> tuple[torch.Tensor, ConvWeights]:
+    """Conv weights (N, C, kh, kw) -> ``(Wp, cw)``: ``Wp`` (Fr*R, Fc*C) int64 as every PE of
+    every fold latches them (zero-padded, forced through the PE's weight register, zero where the
+    PE is bypassed) and ``cw`` the conv weights (N, C, kh, kw) they amount to. Read-only: the
+    fault-free result is shared between calls."""
+    compute = lambda: _conv_weights(_latch(weight, cfg, cm, Fr, Fc), weight.shape)  # noqa: E731
+    if not cm.latches_sent_weights:
+        return compute()
+    # sized with the float32 copy ConvWeights makes on first use
+    return _CLEAN_WEIGHTS.get((weight,), (cfg.rows, cfg.cols), compute,
+                              nbytes=lambda v: v[0].nbytes + v[1].w.nbytes * 3 // 2 + v[1].l1.nbytes)
+
+
+def _conv_weights(Wp: torch.Tensor, shape) -> tuple[torch.Tensor, ConvWeights]:
+    N, _, kh, kw = shape
+    K = int(np.prod(shape[1:]))
+    return Wp, ConvWeights.of(Wp[:K, :N].t().reshape(N, -1, kh, kw).contiguous(),
+                              int(Wp.abs().max()) if Wp.numel() else 0)
+
+
+def _latch(weight: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, Fr: int, Fc: int) -> torch.Tensor:
     R, C = cfg.rows, cfg.cols
-    K, N = Wst.shape
+    N = int(weight.shape[0])
+    Wst = weight.reshape(N, -1).t()  # (K, N)
+    K = int(Wst.shape[0])
     dev = Wst.device
     Wp = torch.zeros((Fr * R, Fc * C), dtype=torch.int64, device=dev)
     Wp[:K, :N] = Wst.to(torch.int64)
@@ -640,7 +722,7 @@ def _replay_by_fold_convs(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, 
         local = torch.zeros((O * S, (c_hi - c_lo + 1) * taps), dtype=torch.int64, device=dev)
         local[:, k0 - c_lo * taps:k1 - c_lo * taps] = Wv[fr, :, :, :k1 - k0].reshape(O * S, -1)
         w_fold = local.view(O * S, c_hi - c_lo + 1, kh, kw)
-        seg = _exact_conv(xp[:, c_lo:c_hi + 1], w_fold, stride, padding, amax, wmax)  # (B, O*S, oh, ow)
+        seg = _exact_conv(xp[:, c_lo:c_hi + 1], ConvWeights.of(w_fold, wmax), stride, padding, amax)  # (B, O*S, oh, ow)
         seg = seg.to(torch.int64).reshape(B, O, S, -1)
         p = torch.zeros_like(tot)
         for s in range(S):

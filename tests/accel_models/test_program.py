@@ -453,3 +453,93 @@ def test_threaded_kernels_parallel_equals_serial(zoo, digits, name, dataflow):
         from sysarray.engines.fast_conv import _apply_fix, _direct_chains
 
         assert _direct_chains.parallel.signatures and _apply_fix.parallel.signatures
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet"])
+def test_saturated_faulty_accumulators_give_the_exact_logits(zoo, digits, name, monkeypatch):
+    """Hidden layers take faulty accumulators clamped to 2**24 in float32 (their requantization
+    has saturated by then) unless changes are counted: psum bits 30 and 31 stuck make replayed
+    outputs far beyond it, and the logits equal the int32 path's bit for bit."""
+    from accel_models.program import saturation
+    from sysarray.engines import fast_conv as fc
+
+    program, x = zoo[name].program, digits.test_x[:40]
+    hidden = [op for op in program.gemms if op.out_qp is not None]
+    assert hidden and all(saturation(op) == 1 << 24 for op in hidden)
+    assert saturation(program.gemms[-1]) is None
+    cfg = ArrayConfig(8, 8, "ws")
+    fm = FaultMap(8, 8).add(1, 2, "psum", 30, 1).add(6, 2, "psum", 29, 1).add(4, 0, "psum", 31, 1).add(3, 5, "psum", 30, 0)
+    clamped = []
+    real = fc.apply_fix
+
+    def spy(y, fix, saturate=1 << 31):
+        real(y, fix, saturate)
+        clamped.append(saturate < 1 << 31 and bool((y.abs() == saturate).any()))
+    monkeypatch.setattr(fc, "apply_fix", spy)
+    fast = program.run(x, cfg, fm, count_changes=False)
+    assert any(clamped)  # the saturated path ran and clamped values
+    clamped.clear()
+    exact = program.run(x, cfg, fm, count_changes=True)
+    assert not any(clamped)
+    torch.testing.assert_close(fast.logits, exact.logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_runs_reusing_a_fault_free_trace_equal_runs_without(zoo, digits, name):
+    """``run(reference=program.trace(...))`` gives the same logits and layer statistics on every
+    kind of chip (no faults, psum faults in one column or many, weight faults, bypass, act
+    faults, OS dataflow) and every model (residual adds, depthwise convolutions), with every op
+    kept and with only a prefix kept; and it reuses: a chip whose faults sit in columns no layer
+    uses leaves all of the first layer's accumulators and outputs the kept ones."""
+    program, x = zoo[name].program, digits.test_x[:37]
+    for cfg in (ArrayConfig(8, 8, "ws"), ArrayConfig(8, 8, "ws", bypass=True), ArrayConfig(8, 8, "os")):
+        full = program.trace(x, cfg, batch_size=16)
+        prefix = program.trace(x, cfg, batch_size=16, max_bytes=3 * 16 * 64 * 4 * 4)
+        assert len(prefix.batches[0].outputs) < len(full.batches[0].outputs) and prefix.batches[0].outputs
+        chips = [None, FaultMap(8, 8), FaultMap(8, 8).add(2, 3, "psum", 30, 1),
+                 FaultMap.random(cfg, 0.1, seed=4, registers=("psum",)),
+                 FaultMap.random(cfg, 0.1, seed=5, registers=("weight",)), _every_register_faults(cfg, seed=6)]
+        for faults in chips:
+            want = program.run(x, cfg, faults, batch_size=16, count_changes=False)
+            for trace in (full, prefix):
+                got = program.run(x, cfg, faults, batch_size=16, count_changes=False, reference=trace)
+                torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=0)
+                assert [l.to_dict() for l in got.layers] == [l.to_dict() for l in want.layers]
+        torch.testing.assert_close(full.result.logits, program.run(x, cfg, batch_size=16).logits, rtol=0, atol=0)
+
+
+def test_a_trace_reuses_what_the_chip_leaves_unchanged(zoo, digits, monkeypatch):
+    """A psum fault in a column beyond every layer's outputs changes nothing: the run then
+    convolves nothing; a fault in the first layer's columns replays only (its fault-free
+    convolution is the kept one)."""
+    from sysarray.engines import fast_conv as fc
+
+    program, x = zoo["lenet"].program, digits.test_x[:20]
+    cfg = ArrayConfig(8, 128, "ws")
+    trace = program.trace(x, cfg)
+    assert max(op.out_channels for op in program.gemms) < 127
+    calls = []
+    real = fc._exact_conv
+    monkeypatch.setattr(fc, "_exact_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    unused = FaultMap(8, 128).add(3, 127, "psum", 30, 1)
+    got = program.run(x, cfg, unused, count_changes=False, reference=trace)
+    assert calls == []
+    torch.testing.assert_close(got.logits, trace.result.logits, rtol=0, atol=0)
+    first_layer = FaultMap(8, 128).add(3, 0, "psum", 30, 1)
+    got = program.run(x, cfg, first_layer, count_changes=False, reference=trace)
+    assert len(calls) == len(program.gemms) - 1  # every layer but the first convolves
+    want = program.run(x, cfg, first_layer, count_changes=False)
+    torch.testing.assert_close(got.logits, want.logits, rtol=0, atol=0)
+    assert not torch.equal(got.logits, trace.result.logits)
+
+
+def test_a_trace_of_other_images_or_another_chip_is_refused(zoo, digits):
+    program, x = zoo["lenet"].program, digits.test_x[:20]
+    cfg = ArrayConfig(8, 8)
+    trace = program.trace(x, cfg)
+    for kwargs in (dict(images=x.clone()), dict(cfg=ArrayConfig(8, 8, "os")), dict(batch_size=7), dict(engine="cycle")):
+        args = dict(images=x, cfg=cfg, faults=None, reference=trace) | kwargs
+        with pytest.raises(ValueError, match="same images"):
+            program.run(**args)
+    with pytest.raises(TypeError, match="CleanTrace"):
+        program.run(x, cfg, reference=object())

@@ -98,3 +98,38 @@ def test_rescale_add_equals_int64_formula(seed, za, zb, ma, mb, shift, zp, negat
     got = quant.rescale_add(a, b, za, ma, zb, mb, shift, zp, -128, 255)
     assert torch.equal(got, want)
 
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(-128, 255), st.sampled_from([(0, 255), (-128, 127), (0, 6)]),
+       st.booleans())
+def test_requantize_saturates_means_one_code_beyond_the_bound(seed, zp, clamp, zero_multiplier):
+    """Where ``requantize_saturates`` says so, every int32 accumulator at or beyond the bound gets
+    the code of the bound (the fast engine then writes faulty accumulators clamped there); the
+    draws cover both answers (multipliers from far below to far above saturation)."""
+    rng = np.random.default_rng(seed)
+    n, bound = 4, 1 << 24
+    bias = torch.from_numpy(rng.integers(-(1 << 31), 1 << 31, size=n))
+    shift = torch.from_numpy(rng.integers(16, 53, size=n))
+    m0 = torch.from_numpy(rng.integers(0, 1 << 31, size=n))
+    if zero_multiplier:
+        m0[0] = 0
+    lo, hi = clamp
+    if not quant.requantize_saturates(bias, m0, shift, zp, lo, hi, bound):
+        # then some channel's code moves beyond the bound, or the parameters leave the float64 kernel
+        edge = torch.tensor([[bound], [-bound]], dtype=torch.int64).expand(2, n).reshape(2, n, 1)
+        q = _reference_requantize(edge, bias, m0, shift, zp, lo, hi)[:, :, 0]
+        flat = m0 == 0
+        assert not (((q[0] == hi) | flat).all() and ((q[1] == lo) | flat).all())
+        return
+    acc = np.concatenate([rng.integers(bound, 1 << 31, size=(1, n, 30)), rng.integers(-(1 << 31), -bound + 1, size=(1, n, 30)),
+                          np.array([INT32[1], INT32[0]] * n).reshape(1, n, 2)], axis=2)
+    got = _reference_requantize(torch.from_numpy(acc), bias, m0, shift, zp, lo, hi)
+    at = _reference_requantize(torch.from_numpy(np.sign(acc) * bound), bias, m0, shift, zp, lo, hi)
+    assert torch.equal(got, at)
+
+
+def test_requantize_saturates_on_a_real_layer_only_past_its_clamp():
+    m0, shift, bias = torch.tensor([1 << 30, 1 << 30]), torch.tensor([39, 39]), torch.tensor([5, -5])
+    assert quant.requantize_saturates(bias, m0, shift, 0, 0, 255, 1 << 24)  # 2**24 / 2**9 >> 255
+    assert not quant.requantize_saturates(bias, m0, torch.tensor([39, 52]), 0, 0, 255, 1 << 24)  # 2**24 / 2**22 = 4

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import sysarray as sa
-from mitigation.campaign import (CheckpointTask, FaultFiles, FaultGroup, RateGrid, SingleFaults, run_campaign)
+from mitigation.campaign import (CheckpointTask, FaultFiles, FaultGroup, RateGrid, SingleFaults, auto_chunk_size,
+                                 run_campaign)
 from mitigation.campaign_store import JOURNAL, RESULTS, read_journal
 from sysarray import faultgen
 
@@ -60,7 +61,8 @@ def test_same_campaign_twice_and_with_two_workers_is_byte_identical(reference, t
     task = CheckpointTask(lenet_ckpt, limit=LIMIT)
     run_campaign(task, small_grid(), str(tmp_path / "again"), CFG, workers=1)
     run_campaign(task, small_grid(), str(tmp_path / "pool"), CFG, workers=2)
-    for name in ("again", "pool"):
+    run_campaign(task, small_grid(), str(tmp_path / "chunks"), CFG, workers=2, chunk_size=5)  # 5 + 5 + 2 chips
+    for name in ("again", "pool", "chunks"):
         assert (tmp_path / name / RESULTS).read_bytes() == ref
     assert (tmp_path / "again" / "aggregates.csv").read_bytes() == (tmp_path / "pool" / "aggregates.csv").read_bytes()
 
@@ -195,3 +197,10 @@ def test_a_finished_journal_with_stale_results_is_rebuilt_without_work(reference
     assert (run.evaluated, run.already_done) == (0, 12)
     assert (out / RESULTS).read_bytes() == ref
     assert (out / "aggregates.csv").read_bytes() == open(os.path.join(out_ref, "aggregates.csv"), "rb").read()
+
+
+def test_auto_chunk_size_gives_tasks_of_about_50_ms_and_four_per_worker():
+    assert auto_chunk_size(0.006, 200, 2) == 6  # LeNet-5 on digits: ~9 ms chips
+    assert auto_chunk_size(2.0, 40, 2) == 1  # ResNet-20 on 1,000 images: seconds a chip
+    assert auto_chunk_size(0.0001, 40, 2) == 5  # tiny chips, few of them: four tasks per worker
+    assert auto_chunk_size(0.0, 3, 8) == 1

@@ -209,6 +209,22 @@ def test_every_chain_replay_path_gives_the_same_bits(case):
         fc.CPU_REPLAY, fc.RUN_TARGET = "direct", 1024
 
 
+@settings(max_examples=200, **SETTINGS)
+@given(conv_cases(registers=("weight", "psum")), st.sampled_from([1 << 24, 1 << 20, 1000]))
+def test_saturating_results_equal_exact_ones_clamped(case, bound):
+    """``fast_conv2d_exact(saturate=L)``: every value is the exact result, or ``sign(r) * L`` where
+    the exact ``|r| >= L`` (a requantization that saturates by ``L`` cannot tell them apart)."""
+    from sysarray.engines.fast_conv import fast_conv2d_exact
+
+    exact = conv(case).astype(np.int64)
+    got = fast_conv2d_exact(case.x, case.w, case.cfg, case.faults, stride=case.stride, padding=case.padding,
+                            pad_value=case.pad_value, groups=case.groups, act_signed=case.signed, saturate=bound)
+    got = got.to(torch.int64).numpy()
+    beyond = np.abs(exact) >= bound
+    np.testing.assert_array_equal(got[~beyond], exact[~beyond])
+    assert np.all((got[beyond] == exact[beyond]) | (got[beyond] == np.sign(exact[beyond]) * bound))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_conv_matches_cpu():
