@@ -235,19 +235,30 @@ class FaultMap:
         return tuple(REGISTER_ORDER[g] for g in np.unique(self._faults["reg"]))
 
     def masks(self, register: "Register | str") -> tuple[np.ndarray, np.ndarray]:
-        """Per-PE forcing masks of one register: ``(stuck, ones)``, each (rows, cols) int64.
+        """Per-PE forcing masks of one register: ``(stuck, ones)``, each (rows, cols) int64
+        (read-only: shared by every call until the map changes).
 
         ``stuck`` has a 1 at every stuck bit, ``ones`` at every bit stuck at 1, so a register
         pattern ``x`` reads ``(x & ~stuck) | ones``.
         """
-        code = as_register(register).code
-        f = self._faults[self._faults["reg"] == code]
-        stuck = np.zeros((self.rows, self.cols), dtype=np.int64)
-        ones = np.zeros((self.rows, self.cols), dtype=np.int64)
+        both = self._all_masks()[as_register(register).code]
+        return both[0], both[1]
+
+    def _all_masks(self) -> np.ndarray:
+        """(registers, 2, rows, cols) int64: every register's ``stuck`` and ``ones``, made in one
+        pass and kept for this set of faults (a map's faults array is replaced, never written)."""
+        f = self._faults
+        cached = getattr(self, "_masks_cache", None)
+        if cached is not None and cached[0] is f:
+            return cached[1]
+        out = np.zeros((len(REGISTER_ORDER), 2, self.rows, self.cols), dtype=np.int64)
         bits = np.left_shift(np.int64(1), f["bit"].astype(np.int64))
-        np.bitwise_or.at(stuck, (f["row"], f["col"]), bits)
-        np.bitwise_or.at(ones, (f["row"], f["col"]), bits * f["value"].astype(np.int64))
-        return stuck, ones
+        reg, row, col = f["reg"].astype(np.int64), f["row"].astype(np.int64), f["col"].astype(np.int64)
+        np.bitwise_or.at(out, (reg, 0, row, col), bits)
+        np.bitwise_or.at(out, (reg, 1, row, col), bits * f["value"].astype(np.int64))
+        out.setflags(write=False)
+        self._masks_cache = (f, out)
+        return out
 
     def max_bit(self, register: "Register | str") -> int:
         """Highest stuck bit in ``register``, or -1 when it has none."""

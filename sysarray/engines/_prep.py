@@ -44,6 +44,11 @@ class ChipMasks:
     bypassed: np.ndarray  # (R, C) bool
 
     @cached_property
+    def psum_columns(self) -> np.ndarray:
+        """(k,) int64: the array columns with a stuck psum bit (computed once per chip)."""
+        return np.flatnonzero(self.psum.faulty.any(axis=0)).astype(np.int64)
+
+    @cached_property
     def latches_sent_weights(self) -> bool:
         """No stuck weight bit and no bypassed PE: every PE holds the weight it is sent."""
         return not self.weight.faulty.any() and not self.bypassed.any()

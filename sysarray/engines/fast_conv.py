@@ -228,7 +228,7 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
         xp, conv_pad = x, (ph, pw)
     else:
         xp, conv_pad = F.pad(x, (pw, pw, ph, ph), value=float(pad_value)), (0, 0)
-    chain_cols = np.flatnonzero(cm.psum.faulty.any(axis=0))
+    chain_cols = cm.psum_columns
     fix = None
     direct = len(chain_cols) > 0 and xp.device.type == "cpu" and CPU_REPLAY == "direct"
     if direct:
@@ -458,7 +458,7 @@ def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
 def _chain_setup(Wp, cfg, cm, chain_cols, N, linear_tail):
     """:func:`_chain_plan` for a layer of ``N`` outputs (``None`` if no output is replayed)."""
     preg = cm.psum
-    plan = _chain_plan(preg.faulty, preg.keep, preg.ones, chain_cols.astype(np.int64), Wp.shape[1] // cfg.cols, N,
+    plan = _chain_plan(preg.faulty, preg.keep, preg.ones, chain_cols, Wp.shape[1] // cfg.cols, N,
                        (1 << cfg.psum_bits) - 1, linear_tail)
     return plan if len(plan[0]) else None
 
