@@ -17,7 +17,8 @@ For each it measures, in one run:
 
 - ``fault_free_s``: one fault-free inference of the same images in this process with one torch
   and one numba thread (median of round-robin repeats: at least ``--repeats`` and about 2 s of
-  them) -- the unit of the cost ratio; before it,
+  them, timed before the campaigns and again after them, pooled) -- the unit of the cost ratio;
+  before it,
   one untimed faulty inference of 16 images loads the faulty path's kernels in this process;
 - a campaign with 1 worker in this process (one torch and one numba thread) and a campaign with 2 worker
   processes (``run_campaign(workers=2)``: each worker uses 1 thread), each end to end (setup, one
@@ -54,7 +55,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (CpuMonitor, IdleGate, format_table, load_average, machine_info,  # noqa: E402
-                                time_round_robin, write_json)
+                                summarize_times, time_round_robin, write_json)
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_COST = 1.5
@@ -109,8 +110,9 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
         # At least `repeats` runs and about MIN_UNIT_S of them: the median of five 7-ms LeNet-5 runs
         # moved by up to 2x between runs of this benchmark on a shared machine.
         repeats = max(repeats, math.ceil(MIN_UNIT_S / max(1e-3, time.perf_counter() - t0)))
-        clean, cont_clean = gate.measure(lambda: time_round_robin(
-            {"fault_free": lambda: task.program.run(task.images, cfg, count_changes=False)}, repeats)["fault_free"])
+        unit = lambda: time_round_robin(  # noqa: E731
+            {"fault_free": lambda: task.program.run(task.images, cfg, count_changes=False)}, repeats)["fault_free"]
+        clean_before, cont_clean = gate.measure(unit)
 
         def campaign(workers: int) -> dict:
             folder = tempfile.mkdtemp(prefix=f"bench-campaign-{name}-")
@@ -142,6 +144,11 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
                 campaign_repeats = 3 if one_run["wall_s"] + two_run["wall_s"] < SHORT_PAIR_S else 1
             if len(ones) >= campaign_repeats:
                 break
+        # The unit again after the campaigns, pooled with the first: the machine's speed drifts
+        # over a ResNet-20 campaign's minutes, and a unit timed only before it skews the ratio.
+        clean_after, _ = gate.measure(unit)
+    clean = summarize_times(clean_before["times_s"] + clean_after["times_s"], clean_before.get("first_call_s"))
+    clean["median_s_before"], clean["median_s_after"] = clean_before["median_s"], clean_after["median_s"]
     median_run = lambda runs: sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]  # noqa: E731
     one_run, two_run = median_run(ones), median_run(twos)
     cont_one, cont_two = conts[ones.index(one_run)][0], conts[twos.index(two_run)][1]
