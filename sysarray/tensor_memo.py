@@ -9,6 +9,7 @@ tensors while it is kept.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
@@ -30,27 +31,32 @@ class TensorMemo:
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple, tuple[tuple[torch.Tensor, ...], Any, int]] = OrderedDict()
         self._bytes = 0
+        self._lock = threading.Lock()  # programs may run in several threads (Dask workers)
 
     def get(self, tensors: tuple[torch.Tensor, ...], key: Hashable, compute: Callable[[], Any],
             nbytes: Callable[[Any], int] = lambda value: 0) -> Any:
         full = (tuple(_identity(t) for t in tensors), key)
-        hit = self._entries.get(full)
-        if hit is not None:
-            self._entries.move_to_end(full)
-            return hit[1]
-        value = compute()
+        with self._lock:
+            hit = self._entries.get(full)
+            if hit is not None:
+                self._entries.move_to_end(full)
+                return hit[1]
+        value = compute()  # outside the lock: two threads may both compute a value, one is kept
         size = int(nbytes(value))
         if size > self.max_bytes:
             return value
-        self._entries[full] = (tensors, value, size)
-        self._bytes += size
-        while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-            self._bytes -= self._entries.popitem(last=False)[1][2]
+        with self._lock:
+            if full not in self._entries:
+                self._entries[full] = (tensors, value, size)
+                self._bytes += size
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                self._bytes -= self._entries.popitem(last=False)[1][2]
         return value
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def clear(self) -> None:
-        self._entries.clear()
-        self._bytes = 0
+        with self._lock:
+            self._entries.clear()
+            self._bytes = 0

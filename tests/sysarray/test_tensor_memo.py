@@ -1,0 +1,58 @@
+"""``TensorMemo``: values keyed by tensor content identity (address, version, layout), bounded;
+and the engine's memoised latched weights follow in-place weight changes."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import sysarray as sa
+from sysarray.tensor_memo import TensorMemo
+
+
+def test_memo_computes_once_per_tensor_version_and_layout():
+    memo, calls = TensorMemo(), []
+
+    def compute(t):
+        calls.append(1)
+        return t.sum().item()
+
+    w = torch.arange(6, dtype=torch.float32)
+    assert memo.get((w,), "k", lambda: compute(w)) == 15.0
+    assert memo.get((w,), "k", lambda: compute(w)) == 15.0 and len(calls) == 1
+    assert memo.get((w,), "other key", lambda: compute(w)) == 15.0 and len(calls) == 2
+    w.add_(1)  # an in-place write bumps the version counter
+    assert memo.get((w,), "k", lambda: compute(w)) == 21.0 and len(calls) == 3
+    v = w.view(2, 3)  # same storage, another shape: its own entry
+    assert memo.get((v,), "k", lambda: compute(v)) == 21.0 and len(calls) == 4
+
+
+def test_memo_is_bounded_by_entries_and_bytes():
+    memo = TensorMemo(max_entries=3, max_bytes=100)
+    ts = [torch.zeros(1) + i for i in range(5)]
+    for t in ts:
+        memo.get((t,), None, lambda: 0, nbytes=lambda v: 10)
+    assert len(memo) == 3  # the two oldest went
+    big = torch.zeros(1)
+    memo.get((big,), None, lambda: 1, nbytes=lambda v: 1000)
+    assert len(memo) == 3  # larger than the whole budget: returned, not kept
+    for t in ts[:2]:
+        memo.get((t,), None, lambda: 0, nbytes=lambda v: 45)
+    assert len(memo) == 3 and memo._bytes <= 100
+
+
+def test_in_place_weight_changes_reach_the_fast_engine():
+    """The fast conv engine memoises latched weights; writing the weights in place must not leave
+    it on the old ones (checked against the cycle engine, which memoises nothing)."""
+    from sysarray.engines.fast_conv import fast_conv2d, im2col
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, size=(2, 3, 5, 5)).astype(np.float32))
+    w = torch.from_numpy(rng.integers(-127, 128, size=(4, 3, 3, 3)).astype(np.int8))
+    cfg = sa.ArrayConfig(8, 4, "ws")
+    fm = sa.FaultMap(8, 4).add(2, 1, "psum", 30, 1)
+    for _ in range(2):
+        y = fast_conv2d(x, w, cfg, fm, padding=(1, 1))
+        cols = im2col(x, (3, 3), (1, 1), (1, 1), 0).numpy().astype(np.uint8)
+        ref, _ = sa.simulate_gemm(cols, w.reshape(4, -1).t().numpy(), cfg, faults=fm, engine="cycle")
+        np.testing.assert_array_equal(y.numpy().reshape(2, 4, 25).transpose(0, 2, 1).reshape(-1, 4), ref)
+        w[:, 0] = -w[:, 0].clamp(-127, 127)  # in place: the next round must see it
