@@ -16,29 +16,37 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 
 def warm_up() -> None:
-    """Run small conv + linear programs (uint8 and int8 inputs) on faulty 4x4 chips of each dataflow:
-    with act faults (the im2col path) and without (convolutions without im2col and their direct
-    psum replay kernel, with 32-bit and narrow psum registers)."""
+    """Run small conv + pool + linear programs (uint8 and int8 inputs) on faulty 4x4 chips of each
+    dataflow: with act faults (the im2col path) and without (convolutions without im2col and their
+    direct psum replay kernel, with 32-bit and narrow psum registers), psum faults alone with and
+    without a fault-free trace (what a campaign's chips run), and draw one chip of a rate grid
+    (which imports the fault generators: 15 ms on every worker's first chip otherwise)."""
     import torch
     from torch import nn
 
     torch.set_num_threads(1)
     import sysarray as sa
     from accel_models.lowering import lower
+    from mitigation.campaign import FaultGroup, RateGrid
 
     gen = torch.Generator().manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)).eval()
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                          nn.Linear(4 * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 5)).eval()
     x = torch.rand(8, 1, 6, 6, generator=gen)
     for images in (x, x - 0.5):
         program = lower(model, images)
         for flow in ("ws", "os", "is"):
             for pb in (32, 20):
                 cfg = sa.ArrayConfig(4, 4, flow, psum_bits=pb)
+                only_psum = sa.FaultMap(4, 4).add(0, 0, "psum", pb - 1, 1)
                 psum = sa.FaultMap(4, 4).add(0, 0, "psum", pb - 1, 1).add(2, 2, "weight", 6, 0)
                 every = sa.FaultMap(4, 4).add(0, 0, "psum", pb - 1, 1).add(1, 1, "act", 7, 1)
                 program.run(images, cfg, count_changes=False)
-                for fm in (psum, every):
+                for fm in (only_psum, psum, every):
                     program.run(images, cfg, faults=fm, count_changes=False)
+                trace = program.trace(images, cfg)
+                program.run(images, cfg, faults=only_psum, count_changes=False, reference=trace)
+    RateGrid([0.1], 1, 0, [FaultGroup(("psum",))]).chip(0, sa.ArrayConfig(4, 4))
 
 
 warm_up()
