@@ -520,6 +520,12 @@ class Program:
         the program's first ops, at most ``max_bytes`` of them, for faulty runs of the same
         ``images`` tensor to reuse (``run(..., reference=trace)``; see :class:`CleanTrace`).
         ``trace.result`` is the fault-free :class:`RunResult`."""
+        if isinstance(images, torch.Tensor) and images.device.type != "cpu":
+            raise ValueError(f"Program.trace runs on CPU tensors (the fast engine's CPU path). Got images on "
+                             f"{images.device} instead.")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise ValueError(f"The 'max_bytes' argument of Program.trace must be a non-negative integer. "
+                             f"Got {max_bytes!r} instead.")
         batch_size = self._batch_size(batch_size)
         batches: list[BatchTrace] = []
         result = self._run(images, cfg, None, "fast", batch_size, False, None, None,

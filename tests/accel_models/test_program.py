@@ -543,3 +543,10 @@ def test_a_trace_of_other_images_or_another_chip_is_refused(zoo, digits):
             program.run(**args)
     with pytest.raises(TypeError, match="CleanTrace"):
         program.run(x, cfg, reference=object())
+    with pytest.raises(ValueError, match="max_bytes"):
+        program.trace(x, cfg, max_bytes=-1)
+    empty = program.trace(x, cfg, max_bytes=0)  # keeps nothing: runs compute everything, same results
+    fm = FaultMap(8, 8).add(1, 1, "psum", 28, 1)
+    torch.testing.assert_close(program.run(x, cfg, fm, reference=empty, count_changes=False).logits,
+                               program.run(x, cfg, fm, count_changes=False).logits, rtol=0, atol=0)
+    assert empty.nbytes == 0
