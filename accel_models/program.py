@@ -526,17 +526,16 @@ class Program:
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise ValueError(f"The 'max_bytes' argument of Program.trace must be a non-negative integer. "
                              f"Got {max_bytes!r} instead.")
-        batch_size = self._batch_size(batch_size)
+        batch_size = self._batch_size(batch_size, "Program.trace")
         batches: list[BatchTrace] = []
-        result = self._run(images, cfg, None, "fast", batch_size, False, None, None,
-                           (batches, max_bytes // max(1, -(-len(images) // batch_size))))
+        result = self._run(images, cfg, None, "fast", batch_size, False, None, None, (batches, max_bytes))
         return CleanTrace(images, cfg, batch_size, result, batches)
 
-    def _batch_size(self, batch_size) -> int:
+    def _batch_size(self, batch_size, where: str = "Program.run") -> int:
         if batch_size is None:
             return self.auto_batch_size()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"The 'batch_size' argument of Program.run must be a positive integer. Got {batch_size!r} instead.")
+            raise ValueError(f"The 'batch_size' argument of {where} must be a positive integer. Got {batch_size!r} instead.")
         return batch_size
 
     def run(self, images: torch.Tensor, cfg, faults=None, engine: str = "fast", *,
@@ -567,6 +566,8 @@ class Program:
 
     def _run(self, images, cfg, faults, engine, batch_size: int, count_changes: bool, device,
              reference: CleanTrace | None, record: tuple[list[BatchTrace], int] | None) -> RunResult:
+        """:meth:`run` on checked arguments; ``record = (batches, max_bytes)`` fills one
+        :class:`BatchTrace` per batch, each within an equal share of ``max_bytes``."""
         import sysarray as sa
         from sysarray.engines._prep import chip_masks
         from sysarray.engines.fast import fast_gemm
@@ -640,7 +641,7 @@ class Program:
                 record[0].append(keep)
             accs.append(self.execute(images[i:i + batch_size], gemm_for, on_layer,
                                      None if reference is None else reference.batches[b], keep,
-                                     0 if record is None else record[1]))
+                                     0 if record is None else record[1] // max(1, -(-images.shape[0] // batch_size))))
         logits = self.logits_from(torch.cat(accs))
         layers = []
         n_pes = cfg.rows * cfg.cols
