@@ -191,6 +191,26 @@ def test_direct_replay_with_partial_image_groups(stride, padding, kernel):
     np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
 
 
+@pytest.mark.parametrize("run", [2, 5, 1024])
+def test_direct_replay_of_linear_layers_in_image_groups(run):
+    """1x1 images (a linear layer as the program runs it): the planes are the transposed batch, in
+    groups of ``run`` images (the last one partial, or one group of all)."""
+    from sysarray.engines import fast_conv as fc
+
+    rng = np.random.default_rng(11)
+    x = torch.from_numpy(rng.integers(0, 256, size=(7, 9, 1, 1)).astype(np.float32))
+    w = torch.from_numpy(rng.integers(-128, 128, size=(8, 9, 1, 1)).astype(np.int8))
+    cfg = sa.ArrayConfig(4, 3, "ws")
+    fm = sa.FaultMap(4, 3).add(0, 1, "psum", 3, 1).add(2, 1, "psum", 30, 0).add(3, 2, "psum", 12, 1)
+    case = ConvCase(x, w, cfg, fm, (1, 1), (0, 0), 0, 1, False)
+    try:
+        fc.RUN_TARGET = run
+        y = fast_conv2d(x, w, cfg, fm)
+    finally:
+        fc.RUN_TARGET = 1024
+    np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
+
+
 @settings(max_examples=150, **SETTINGS)
 @given(conv_cases(registers=("weight", "psum")))
 def test_every_chain_replay_path_gives_the_same_bits(case):
