@@ -26,9 +26,9 @@ KERNELS: list["ThreadedKernel"] = []  # every kernel made here (the tests run ea
 class ThreadedKernel:
     """``kernel(*args, work=n)``: the parallel or the serial compilation of one function."""
 
-    def __init__(self, fn: Callable, min_work: int) -> None:
-        self.parallel = njit(cache=True, parallel=True)(fn)
-        self.serial = njit(cache=True)(_renamed(fn, "_serial"))
+    def __init__(self, fn: Callable, min_work: int, **options) -> None:
+        self.parallel = njit(cache=True, parallel=True, **options)(fn)
+        self.serial = njit(cache=True, **options)(_renamed(fn, "_serial"))
         self.min_work = min_work
         functools.update_wrapper(self, fn)
         KERNELS.append(self)
@@ -39,10 +39,10 @@ class ThreadedKernel:
         return self.parallel(*args)
 
 
-def threaded(min_work: int) -> Callable[[Callable], ThreadedKernel]:
+def threaded(min_work: int, **options) -> Callable[[Callable], ThreadedKernel]:
     """Decorator: a :class:`ThreadedKernel` that runs in parallel from ``min_work`` units of work
-    (the caller's measure: elements, multiply-adds) on."""
-    return lambda fn: ThreadedKernel(fn, min_work)
+    (the caller's measure: elements, multiply-adds) on; ``options`` go to ``njit``."""
+    return lambda fn: ThreadedKernel(fn, min_work, **options)
 
 
 def _renamed(fn: Callable, suffix: str) -> Callable:
