@@ -16,7 +16,7 @@ for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 
 def warm_up() -> None:
-    """Run small conv + pool + linear programs (uint8 and int8 inputs) on faulty 4x4 chips of each
+    """Run small conv + pool + linear programs (uint8 and int8 inputs, batches of 72 and 8) on faulty 4x4 chips of each
     dataflow: with act faults (the im2col path) and without (convolutions without im2col and their
     direct psum replay kernel, with 32-bit and narrow psum registers), psum faults alone with and
     without a fault-free trace (what a campaign's chips run), and draw one chip of a rate grid
@@ -32,8 +32,10 @@ def warm_up() -> None:
     gen = torch.Generator().manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
                           nn.Linear(4 * 3 * 3, 6), nn.ReLU(), nn.Linear(6, 5)).eval()
-    x = torch.rand(8, 1, 6, 6, generator=gen)
-    for images in (x, x - 0.5):
+    # 72 images: the linear layers' psum replay runs take the SIMD kernel (runs of at least 64
+    # images); the first 8 alone take the pass kernel (shorter runs)
+    x = torch.rand(72, 1, 6, 6, generator=gen)
+    for images in (x, x - 0.5, x[:8]):
         program = lower(model, images)
         for flow in ("ws", "os", "is"):
             for pb in (32, 20):

@@ -34,6 +34,8 @@ from numba import njit, prange
 from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines._exact import force, wrap
 from sysarray.engines._prep import ChipMasks, chip_masks
+from sysarray.engines._simd import LANES, add, and_, f32_zeros, fma, i32_splat, i32_store, i32_zeros, load, or_, sub, \
+    to_i32, xor
 from sysarray.engines._threaded import ELEMENTWISE, threaded
 from sysarray.engines.fast import fast_gemm
 from sysarray.faults import FaultMap
@@ -43,6 +45,10 @@ _F32_LIMIT = 1 << 24
 # Psum-chain replay: "direct" (CPU, :func:`_replay_direct`) or "torch" (per-fold convolutions with
 # the chains in torch ops, the CUDA path); the tests run both on CPU and check they agree.
 CPU_REPLAY = "direct"
+# The direct replay's kernel: "simd" (:func:`_direct_chains_simd`, lanes in registers) where it
+# applies, else "passes" (:func:`_direct_chains`); the tests run both.
+CPU_KERNEL = "simd"
+SIMD_BLOCK = 4 * LANES  # run values per block of the SIMD kernel (four registers of lanes)
 # Values per contiguous run of the direct replay: images are laid side by side until one kernel
 # tap over their output planes is about this long (long runs amortise loop overheads; short ones
 # keep a task's buffers in L1).
@@ -388,16 +394,17 @@ def _chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tai
 
 
 @njit(cache=True)
-def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
+def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq, min_taps):
     """The direct kernel's tap tables. For every replayed output, fold and segment, the nonzero
-    latched weights of its rows (K order), padded with zero taps to at least four:
+    latched weights of its rows (K order), padded with zero taps to at least ``min_taps``:
     segment ``(o, fold, s)`` is ``ptr[(o*Fr + fold)*S + s] .. ptr[... + 1]``, tap ``t`` reads the
     phase planes at offset ``toff[t]`` with weight ``tw[t]`` (float64). ``plane_of`` maps a stride
     phase ``(ti % sh)*sw + tj % sw`` to its plane (-1: no tap reads it, so it is not laid out);
     ``GWq``: values per plane row (images per group x plane width). Returns ``(ptr, toff, tw,
     plane_of, wmax)``. Rows are walked fold by fold, once, up to an output's last segment
     (segments only grow along a fold's rows); a division for every row of ``K`` had made this
-    90 us a call, more than LeNet-5's replay of a linear layer."""
+    90 us a call, more than LeNet-5's replay of a linear layer. ``min_taps``: 4 for
+    :func:`_direct_chains` (its passes take four taps), 0 for :func:`_direct_chains_simd`."""
     R = seg_of_row.shape[1]
     Fr = Wp.shape[0] // R
     O = n_idx.shape[0]
@@ -440,7 +447,7 @@ def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq):
             P += 1
     ptr = np.zeros(O * Fr * S + 1, dtype=np.int64)
     for i in range(O * Fr * S):
-        ptr[i + 1] = ptr[i] + max(4, count[i])
+        ptr[i + 1] = ptr[i] + max(min_taps, count[i])
     toff = np.zeros(ptr[-1], dtype=np.int64)
     tw = np.zeros(ptr[-1], dtype=np.float64)
     at = ptr[:-1].copy()
@@ -490,10 +497,18 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
     R = seg_of_row.shape[1]
     Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
     G = int(min(B, max(1, round(RUN_TARGET / (oh * Wq)))))
-    ptr, toff, tw, plane_of, wmax = _direct_taps(Wp.numpy(), n_idx, seg_of_row, n_seg, keep.shape[1], Cin * kh * kw, kh, kw,
-                                                 sh, sw, Hq, G * Wq)
+    run = ((oh - 1) * G + G - 1) * Wq + ow  # values per run (see _direct_chains)
+    taps = lambda min_taps: _direct_taps(Wp.numpy(), n_idx, seg_of_row, n_seg, keep.shape[1], Cin * kh * kw,  # noqa: E731
+                                         kh, kw, sh, sw, Hq, G * Wq, min_taps)
+    # The SIMD kernel needs float32 input, runs of at least a block of lanes and float32 sums.
+    simd = xp.dtype == torch.float32 and run >= SIMD_BLOCK and CPU_KERNEL == "simd"
+    ptr, toff, tw, plane_of, wmax = taps(0 if simd else 4)
     # Partial sums of at most R products: float32 is exact below 2**24, else float64.
-    if R * max(1, amax) * max(1, wmax) < _F32_LIMIT:
+    f32 = R * max(1, amax) * max(1, wmax) < _F32_LIMIT
+    if simd and not f32:
+        simd = False
+        ptr, toff, tw, plane_of, wmax = taps(4)
+    if f32:
         tw = tw.astype(np.float32)
     x = xp.numpy()  # (B, C, H, W) stored either way: channels-last input is laid out by the tasks
     NG = -(-B // G)
@@ -512,9 +527,9 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
     chunks = min(len(n_idx), -(-4 * numba.get_num_threads() // NG))
     geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
     tot = np.empty((B, len(n_idx), oh * ow), dtype=np.int32)
-    run = ((oh - 1) * G + G - 1) * Wq + ow  # values per run (see _direct_chains)
-    _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail,
-                   Wp.shape[0] // R, chunks, oh, ow, tot, work=len(toff) * run * NG)
+    kernel = _direct_chains_simd if simd else _direct_chains
+    kernel(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail,
+           Wp.shape[0] // R, chunks, oh, ow, tot, work=len(toff) * run * NG)
     return ChainFix(n_idx, tot, linear_tail)
 
 
@@ -602,20 +617,12 @@ def _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, ke
     (psum_bits <= 32, and p + segment < 2**psum_bits by the caller's wrap guard) and the fold
     totals are only needed mod 2**32.
     """
-    B = x.shape[0]
     O, S = keep.shape
-    C, Hq, G, Wq = geometry[0], geometry[7], geometry[8], geometry[9]
-    NG = (B + G - 1) // G
-    L = ((oh - 1) * G + G - 1) * Wq + ow
-    per = (O + chunks - 1) // chunks
+    G, Wq, NG, L, per = _tasks(x.shape[0], O, geometry, chunks, oh, ow)
     sign32 = np.int32(sign)  # 2**31 for 32-bit psums: -2**31 as an int32 bit pattern
     for task in prange(NG * chunks):
         g0 = task // chunks
-        if in_place:
-            xs_all = xg[g0]
-        else:
-            xs_all = np.empty(C * max(1, plane_of.max() + 1) * Hq * G * Wq, dtype=xg.dtype)
-            _fill_planes(x, g0, geometry, plane_of, xs_all)
+        xs_all = _task_planes(xg, x, in_place, geometry, plane_of, g0)
         o_lo = (task % chunks) * per
         o_hi = min(O, o_lo + per)
         tots = np.zeros((max(0, o_hi - o_lo), L), dtype=np.int32)
@@ -688,14 +695,116 @@ def _direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, ke
                 if not linear_tail:
                     for e in range(L):
                         tot[e] += p[e]
-        # element by element: a slice copy per row costs ~20 ns, and linear layers' rows are one value
-        for i in range(o_hi - o_lo):
-            for g in range(min(G, B - g0 * G)):
-                dst = out[g0 * G + g, o_lo + i]
-                for r in range(oh):
-                    src = tots[i, (r * G + g) * Wq:(r * G + g) * Wq + ow]
-                    for q in range(ow):
-                        dst[r * ow + q] = src[q]
+        _scatter_runs(tots, out, g0, G, o_lo, oh, ow, Wq)
+
+
+@njit(cache=True, inline="always")
+def _tasks(B, O, geometry, chunks, oh, ow):
+    """``(G, Wq, NG, L, per)``: images per group, plane width, groups, values per run, outputs per
+    task of the direct kernels."""
+    G, Wq = geometry[8], geometry[9]
+    return G, Wq, (B + G - 1) // G, ((oh - 1) * G + G - 1) * Wq + ow, (O + chunks - 1) // chunks
+
+
+@njit(cache=True, inline="always")
+def _task_planes(xg, x, in_place, geometry, plane_of, g0):
+    """A task's phase planes of image group ``g0``: ``xg[g0]`` (``in_place``) or filled from ``x``."""
+    if in_place:
+        return xg[g0]
+    C, Hq, G, Wq = geometry[0], geometry[7], geometry[8], geometry[9]
+    xs_all = np.empty(C * max(1, plane_of.max() + 1) * Hq * G * Wq, dtype=xg.dtype)
+    _fill_planes(x, g0, geometry, plane_of, xs_all)
+    return xs_all
+
+
+@njit(cache=True, inline="always")
+def _scatter_runs(tots, out, g0, G, o_lo, oh, ow, Wq):
+    """Runs ``tots`` (outputs of a task, values ``e = (r*G + g)*Wq + q``) -> ``out`` (B, O,
+    oh*ow), element by element: a slice copy per row costs ~20 ns, and linear layers' rows are
+    one value."""
+    B = out.shape[0]
+    for i in range(tots.shape[0]):
+        for g in range(min(G, B - g0 * G)):
+            dst = out[g0 * G + g, o_lo + i]
+            for r in range(oh):
+                src = tots[i, (r * G + g) * Wq:(r * G + g) * Wq + ow]
+                for q in range(ow):
+                    dst[r * ow + q] = src[q]
+
+
+@threaded(1 << 20)  # work: multiply-adds
+def _direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, Fr,
+                        chunks, oh, ow, out):
+    """:func:`_direct_chains` (same arguments and results) with the lanes of a block of
+    ``SIMD_BLOCK`` run values in registers (:mod:`sysarray.engines._simd`): every segment sum is
+    one fused multiply-add per tap and lane, and the chain step and its total stay in registers
+    across all folds, with one store per block and output. Taps need no zero padding
+    (``min_taps`` 0). float32 planes and weights (sums exact below 2**24); runs of at least a
+    block: the last block of a run starts ``SIMD_BLOCK`` values before its end, recomputing
+    values of the one before (the same values: stores, not sums)."""
+    O, S = keep.shape
+    G, Wq, NG, L, per = _tasks(x.shape[0], O, geometry, chunks, oh, ow)
+    sg = i32_splat(sign)  # 2**31 for 32-bit psums: -2**31 as an int32 bit pattern
+    for task in prange(NG * chunks):
+        g0 = task // chunks
+        xs = _task_planes(xg, x, in_place, geometry, plane_of, g0)
+        o_lo = (task % chunks) * per
+        o_hi = min(O, o_lo + per)
+        tots = np.empty(max(0, o_hi - o_lo) * L, dtype=np.int32)
+        for block in range(0, L, SIMD_BLOCK):
+            e = min(block, L - SIMD_BLOCK)
+            for o in range(o_lo, o_hi):
+                dst = (o - o_lo) * L + e
+                t0 = i32_zeros()
+                t1 = i32_zeros()
+                t2 = i32_zeros()
+                t3 = i32_zeros()
+                for f in range(Fr):
+                    p0 = i32_zeros()
+                    p1 = i32_zeros()
+                    p2 = i32_zeros()
+                    p3 = i32_zeros()
+                    for s in range(n_seg[o]):
+                        base = (o * Fr + f) * S + s
+                        a0 = f32_zeros()
+                        a1 = f32_zeros()
+                        a2 = f32_zeros()
+                        a3 = f32_zeros()
+                        # unsigned indices: no negative-index code (slices here cost reference counts)
+                        for t in range(np.uint64(ptr[base]), np.uint64(ptr[base + 1])):
+                            w = tw[t]
+                            at = toff[t] + e
+                            a0 = fma(a0, w, load(xs, at))
+                            a1 = fma(a1, w, load(xs, at + LANES))
+                            a2 = fma(a2, w, load(xs, at + 2 * LANES))
+                            a3 = fma(a3, w, load(xs, at + 3 * LANES))
+                        k = i32_splat(keep[o, s])
+                        on = i32_splat(ones[o, s])
+                        # q = p + segment (wrapping), p = force(q); with a linear tail the total
+                        # gathers force(q) - q, else the chain's end
+                        q0 = add(to_i32(a0), p0)
+                        q1 = add(to_i32(a1), p1)
+                        q2 = add(to_i32(a2), p2)
+                        q3 = add(to_i32(a3), p3)
+                        p0 = sub(xor(or_(and_(q0, k), on), sg), sg)
+                        p1 = sub(xor(or_(and_(q1, k), on), sg), sg)
+                        p2 = sub(xor(or_(and_(q2, k), on), sg), sg)
+                        p3 = sub(xor(or_(and_(q3, k), on), sg), sg)
+                        if linear_tail:
+                            t0 = add(t0, sub(p0, q0))
+                            t1 = add(t1, sub(p1, q1))
+                            t2 = add(t2, sub(p2, q2))
+                            t3 = add(t3, sub(p3, q3))
+                    if not linear_tail:
+                        t0 = add(t0, p0)
+                        t1 = add(t1, p1)
+                        t2 = add(t2, p2)
+                        t3 = add(t3, p3)
+                i32_store(tots, dst, t0)
+                i32_store(tots, dst + LANES, t1)
+                i32_store(tots, dst + 2 * LANES, t2)
+                i32_store(tots, dst + 3 * LANES, t3)
+        _scatter_runs(tots.reshape(-1, L), out, g0, G, o_lo, oh, ow, Wq)
 
 
 def _replay_by_fold_convs(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, y, linear_tail) -> None:

@@ -221,12 +221,76 @@ def test_every_chain_replay_path_gives_the_same_bits(case):
 
     default = conv(case)
     try:
-        for mode, run in (("direct", 1), ("direct", 1 << 30), ("torch", fc.RUN_TARGET)):
-            fc.CPU_REPLAY, fc.RUN_TARGET = mode, run
+        for mode, run, kernel in (("direct", 1, "simd"), ("direct", 1, "passes"), ("direct", 1 << 30, "simd"),
+                                  ("direct", 1 << 30, "passes"), ("torch", fc.RUN_TARGET, "simd")):
+            fc.CPU_REPLAY, fc.RUN_TARGET, fc.CPU_KERNEL = mode, run, kernel
             for channels_last in (False, True):  # the program keeps activations channels-last on CPU
-                np.testing.assert_array_equal(conv(case, channels_last), default, err_msg=f"{mode} {run} {channels_last}")
+                np.testing.assert_array_equal(conv(case, channels_last), default,
+                                              err_msg=f"{mode} {run} {kernel} {channels_last}")
     finally:
-        fc.CPU_REPLAY, fc.RUN_TARGET = "direct", 1024
+        fc.CPU_REPLAY, fc.RUN_TARGET, fc.CPU_KERNEL = "direct", 1024, "simd"
+
+
+@st.composite
+def long_run_cases(draw) -> ConvCase:
+    """Convolutions whose replay runs are long enough for the SIMD kernel (at least a block of
+    lanes, often not a whole number of blocks): psum chains (several faulty rows per column,
+    32-bit psums with a linear tail or narrow ones), with weight faults and bypass besides."""
+    R, C = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    pb = draw(st.sampled_from([32, 32, 24, 20]))
+    cfg = sa.ArrayConfig(R, C, "ws", psum_bits=pb, bypass=draw(st.booleans()))
+    cin, n = draw(st.integers(1, 5)), draw(st.integers(1, 10))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    stride = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    B = draw(st.integers(1, 4))
+    H, W = draw(st.integers(max(kh, 8), 14)), draw(st.integers(max(kw, 8), 14))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.integers(0, 256, size=(B, cin, H, W))
+    w = rng.integers(-128, 128, size=(n, cin, kh, kw))
+    fm = sa.FaultMap(R, C)
+    for _ in range(draw(st.integers(1, 10))):
+        reg = draw(st.sampled_from(["psum", "psum", "psum", "weight"]))
+        width = pb if reg == "psum" else 8
+        try:
+            fm.add(draw(st.integers(0, R - 1)), draw(st.integers(0, C - 1)), reg, draw(st.integers(0, width - 1)),
+                   draw(st.integers(0, 1)))
+        except ValueError:
+            pass
+    return ConvCase(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(w.astype(np.int8)), cfg, fm,
+                    stride, padding, 0, 1, False)
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(long_run_cases(), st.booleans())
+def test_simd_replay_kernel_equals_the_pass_kernel_and_fast_gemm(case, channels_last):
+    """The SIMD kernel (lanes in registers) runs on long runs and gives the pass kernel's bits,
+    and both give fast_gemm's on the im2col GEMM."""
+    from sysarray.engines import fast_conv as fc
+
+    calls = []
+    simd = fc._direct_chains_simd
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return simd(*args, **kwargs)
+    try:
+        fc._direct_chains_simd = counting
+        got = conv(case, channels_last)
+        fc.CPU_KERNEL = "passes"
+        passes = conv(case, channels_last)
+    finally:
+        fc._direct_chains_simd, fc.CPU_KERNEL = simd, "simd"
+    np.testing.assert_array_equal(got, passes)
+    np.testing.assert_array_equal(got, im2col_gemms(case, "fast"))
+    B, _, H, W = case.x.shape
+    kh, kw = case.w.shape[2:]
+    (sh, sw), (ph, pw) = case.stride, case.padding
+    oh, ow, wq = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1, -(-(W + 2 * pw) // sw)
+    g = min(B, max(1, round(fc.RUN_TARGET / (oh * wq))))
+    replayed = not case.cfg.bypass and any(f.register.value == "psum" and f.col < case.w.shape[0] for f in case.faults)
+    if replayed and ((oh - 1) * g + g - 1) * wq + ow >= fc.SIMD_BLOCK:
+        assert calls, "the SIMD kernel did not run"
 
 
 @settings(max_examples=200, **SETTINGS)

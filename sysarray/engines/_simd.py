@@ -1,0 +1,157 @@
+"""Fixed-width SIMD values for numba kernels: ``F32x`` (float32 lanes) and ``I32x`` (int32 lanes).
+
+Numba's loop vectorizer vectorizes innermost loops over arrays, so a sum of many terms per
+element is a pass over a buffer per few terms (a load and a store per pass). With these types a
+kernel keeps per-lane accumulators in registers across a loop of any length: one load and one
+fused multiply-add per term (the direct psum replay's segment sums).
+
+``LANES`` lanes per value (16: one AVX-512 register, or two AVX2 ones where LLVM splits it).
+Loads and stores are unaligned, unchecked and unmasked: the caller keeps ``i .. i + LANES - 1``
+inside the array.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.extending import intrinsic, models, register_model
+
+LANES = 16
+
+
+class _VectorType(types.Type):
+    def __init__(self, name: str, element: ir.Type) -> None:
+        self.element = element
+        super().__init__(name=name)
+
+
+F32x = _VectorType(f"F32x{LANES}", ir.FloatType())
+I32x = _VectorType(f"I32x{LANES}", ir.IntType(32))
+
+
+class _VectorModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, ir.VectorType(fe_type.element, LANES))
+
+
+register_model(type(F32x))(_VectorModel)
+
+
+def _splat(builder, value, element):
+    vec = ir.VectorType(element, LANES)
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), None))
+
+
+def _contiguous(arr, dtype) -> bool:
+    """A 1-d C-contiguous array of ``dtype`` (the loads and stores ignore strides)."""
+    return isinstance(arr, types.Array) and arr.dtype == dtype and arr.ndim == 1 and arr.layout == "C"
+
+
+def _pointer(context, builder, arrty, arr, index, element):
+    """Address of ``arr[index]`` (1-d contiguous array) as a pointer to a LANES vector."""
+    ary = context.make_array(arrty)(context, builder, arr)
+    ptr = builder.gep(ary.data, [index])
+    return builder.bitcast(ptr, ir.PointerType(ir.VectorType(element, LANES)))
+
+
+@intrinsic
+def f32_zeros(typingctx):
+    """All lanes 0.0."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(ir.VectorType(ir.FloatType(), LANES), None)
+    return F32x(), codegen
+
+
+@intrinsic
+def i32_zeros(typingctx):
+    """All lanes 0."""
+    def codegen(context, builder, sig, args):
+        return ir.Constant(ir.VectorType(ir.IntType(32), LANES), None)
+    return I32x(), codegen
+
+
+@intrinsic
+def load(typingctx, arr, index):
+    """``arr[index:index + LANES]`` of a 1-d contiguous float32 (-> F32x) or int32 (-> I32x) array."""
+    kinds = {types.float32: (F32x, ir.FloatType()), types.int32: (I32x, ir.IntType(32))}
+    if not isinstance(arr, types.Array) or arr.dtype not in kinds or not _contiguous(arr, arr.dtype):
+        return None
+    vtype, element = kinds[arr.dtype]
+
+    def codegen(context, builder, sig, args):
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        return builder.load(_pointer(context, builder, sig.args[0], args[0], idx, element), align=4)
+    return vtype(arr, index), codegen
+
+
+@intrinsic
+def fma(typingctx, acc, weight, x):
+    """``acc + weight * x`` lane by lane, fused (one rounding), ``weight`` a float32 scalar."""
+    if acc is not F32x or x is not F32x:
+        return None
+
+    def codegen(context, builder, sig, args):
+        w = context.cast(builder, args[1], sig.args[1], types.float32)
+        ws = _splat(builder, w, ir.FloatType())
+        vec = ir.VectorType(ir.FloatType(), LANES)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                            f"llvm.fma.v{LANES}f32")
+        return builder.call(fn, [ws, args[2], args[0]])
+    return F32x(acc, weight, x), codegen
+
+
+@intrinsic
+def to_i32(typingctx, x):
+    """float32 lanes holding integers -> int32 lanes (truncation)."""
+    if x is not F32x:
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fptosi(args[0], ir.VectorType(ir.IntType(32), LANES))
+    return I32x(x), codegen
+
+
+def _binary(op: str):
+    @intrinsic
+    def fn(typingctx, a, b):
+        if a is not I32x or b is not I32x:
+            return None
+
+        def codegen(context, builder, sig, args):
+            return getattr(builder, op)(args[0], args[1])
+        return I32x(a, b), codegen
+    return fn
+
+
+add = _binary("add")
+sub = _binary("sub")
+and_ = _binary("and_")
+or_ = _binary("or_")
+xor = _binary("xor")
+
+
+@intrinsic
+def i32_splat(typingctx, value):
+    """Every lane ``value`` (an integer scalar, cast to int32)."""
+    if not isinstance(value, types.Integer):
+        return None
+
+    def codegen(context, builder, sig, args):
+        v = context.cast(builder, args[0], sig.args[0], types.int32)
+        return _splat(builder, v, ir.IntType(32))
+    return I32x(value), codegen
+
+
+@intrinsic
+def i32_store(typingctx, arr, index, value):
+    """``arr[index:index + LANES] = value`` into a 1-d contiguous int32 array."""
+    if not _contiguous(arr, types.int32) or value is not I32x:
+        return None
+
+    def codegen(context, builder, sig, args):
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        ptr = _pointer(context, builder, sig.args[0], args[0], idx, ir.IntType(32))
+        builder.store(args[2], ptr, align=4)
+        return context.get_dummy_value()
+    return types.none(arr, index, value), codegen
