@@ -40,7 +40,8 @@ register_model(type(F32x))(_VectorModel)
 def _splat(builder, value, element):
     vec = ir.VectorType(element, LANES)
     one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(ir.IntType(32), 0))
-    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), ir.Constant(ir.VectorType(ir.IntType(32), LANES), None))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), LANES), None)  # every lane takes lane 0
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), zeros)
 
 
 def _contiguous(arr, dtype) -> bool:
@@ -155,3 +156,46 @@ def i32_store(typingctx, arr, index, value):
         builder.store(args[2], ptr, align=4)
         return context.get_dummy_value()
     return types.none(arr, index, value), codegen
+
+
+def _interleave_masks(d: int) -> tuple[list[int], list[int]]:
+    """Shuffle masks of one round of the lane transpose: rows ``i`` and ``i + d`` swap their
+    off-diagonal blocks of ``d`` lanes (lanes 0..LANES-1 of the first row, LANES.. of the second)."""
+    lo, hi = [], []
+    for lane in range(LANES):
+        h, r = lane - lane % (2 * d), lane % (2 * d)
+        lo.append(lane if r < d else LANES + h + r - d)
+        hi.append(h + d + r if r < d else LANES + lane)
+    return lo, hi
+
+
+@intrinsic
+def transpose_block(typingctx, src, src_at, src_step, dst, dst_at, dst_step):
+    """A LANES x LANES float32 block transposed from ``src`` to ``dst`` (1-d contiguous arrays):
+    ``dst[dst_at + k*dst_step + i] = src[src_at + i*src_step + k]`` for ``i, k < LANES`` (rows
+    loaded whole, ``log2(LANES)`` rounds of two-row shuffles, columns stored whole)."""
+    if not (_contiguous(src, types.float32) and _contiguous(dst, types.float32)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        intp = lambda i: context.cast(builder, args[i], sig.args[i], types.intp)  # noqa: E731
+        s_at, s_step, d_at, d_step = intp(1), intp(2), intp(4), intp(5)
+        rows = []
+        for i in range(LANES):
+            at = builder.add(s_at, builder.mul(s_step, ir.Constant(s_at.type, i)))
+            rows.append(builder.load(_pointer(context, builder, sig.args[0], args[0], at, ir.FloatType()), align=4))
+        d = LANES // 2
+        while d:
+            lo, hi = (ir.Constant(ir.VectorType(ir.IntType(32), LANES), m) for m in _interleave_masks(d))
+            new = list(rows)
+            for i in range(LANES):
+                if not i & d:
+                    new[i] = builder.shuffle_vector(rows[i], rows[i + d], lo)
+                    new[i + d] = builder.shuffle_vector(rows[i], rows[i + d], hi)
+            rows = new
+            d //= 2
+        for k in range(LANES):
+            at = builder.add(d_at, builder.mul(d_step, ir.Constant(d_at.type, k)))
+            builder.store(rows[k], _pointer(context, builder, sig.args[3], args[3], at, ir.FloatType()), align=4)
+        return context.get_dummy_value()
+    return types.none(src, src_at, src_step, dst, dst_at, dst_step), codegen

@@ -35,7 +35,7 @@ from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines._exact import force, wrap
 from sysarray.engines._prep import ChipMasks, chip_masks
 from sysarray.engines._simd import LANES, add, and_, f32_zeros, fma, i32_splat, i32_store, i32_zeros, load, or_, sub, \
-    to_i32, xor
+    to_i32, transpose_block, xor
 from sysarray.engines._threaded import ELEMENTWISE, threaded
 from sysarray.engines.fast import fast_gemm
 from sysarray.faults import FaultMap
@@ -498,8 +498,9 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
     Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
     G = int(min(B, max(1, round(RUN_TARGET / (oh * Wq)))))
     run = ((oh - 1) * G + G - 1) * Wq + ow  # values per run (see _direct_chains)
-    taps = lambda min_taps: _direct_taps(Wp.numpy(), n_idx, seg_of_row, n_seg, keep.shape[1], Cin * kh * kw,  # noqa: E731
-                                         kh, kw, sh, sw, Hq, G * Wq, min_taps)
+    def taps(min_taps: int):
+        return _direct_taps(Wp.numpy(), n_idx, seg_of_row, n_seg, keep.shape[1], Cin * kh * kw, kh, kw, sh, sw, Hq,
+                            G * Wq, min_taps)
     # The SIMD kernel needs float32 input, runs of at least a block of lanes and float32 sums.
     simd = xp.dtype == torch.float32 and run >= SIMD_BLOCK and CPU_KERNEL == "simd"
     ptr, toff, tw, plane_of, wmax = taps(0 if simd else 4)
@@ -527,9 +528,18 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
     chunks = min(len(n_idx), -(-4 * numba.get_num_threads() // NG))
     geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
     tot = np.empty((B, len(n_idx), oh * ow), dtype=np.int32)
-    kernel = _direct_chains_simd if simd else _direct_chains
-    kernel(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail,
-           Wp.shape[0] // R, chunks, oh, ow, tot, work=len(toff) * run * NG)
+    args = (xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail,
+            Wp.shape[0] // R, chunks, oh, ow, tot)
+    if simd:
+        # Stride 1 from channels-last input of a multiple of LANES channels: the fill transposes
+        # blocks in registers (a 16-channel 32x32 layer's fill had been ~40% of its replay)
+        pixels = xp.permute(0, 2, 3, 1)
+        cl = (not in_place and sh == sw == 1 and Cin % LANES == 0 and W >= LANES and pixels.is_contiguous()
+              and plane_of.max() == 0)
+        xcl = pixels.reshape(-1).numpy() if cl else np.empty(0, dtype=np.float32)
+        _direct_chains_simd(*args, xcl, work=len(toff) * run * NG)
+    else:
+        _direct_chains(*args, work=len(toff) * run * NG)
     return ChainFix(n_idx, tot, linear_tail)
 
 
@@ -569,6 +579,30 @@ def _fill_planes(x, g0, geometry, plane_of, out):
                     row = src[c, jj0:]
                     for k in range(n):
                         dst[k] = row[k * sw]
+
+
+@njit(cache=True)
+def _fill_planes_cl(xcl, B, g0, geometry, out):
+    """:func:`_fill_planes` for stride 1 from channels-last input with a multiple of ``LANES``
+    channels and rows of at least ``LANES`` pixels: ``xcl`` (B*H*W*C,) the input's storage.
+    Blocks of ``LANES`` pixels x ``LANES`` channels are transposed in registers
+    (:func:`~sysarray.engines._simd.transpose_block`); a row's last ``W % LANES`` pixels are
+    copied one by one."""
+    C, H, W, ph, pw, sh, sw, Hq, G, Wq = geometry
+    cs = Hq * G * Wq  # one channel's plane
+    images = min(G, B - g0 * G)
+    out[:] = 0
+    for g in range(images):
+        for ii in range(H):
+            src = ((g0 * G + g) * H + ii) * W * C
+            dst = ((ii + ph) * G + g) * Wq + pw
+            full = W - W % LANES
+            for jb in range(0, full, LANES):
+                for cb in range(0, C, LANES):
+                    transpose_block(xcl, src + jb * C + cb, C, out, cb * cs + dst + jb, cs)
+            for jj in range(full, W):
+                for c in range(C):
+                    out[c * cs + dst + jj] = xcl[src + jj * C + c]
 
 
 @njit(cache=True, inline="always")
@@ -734,20 +768,25 @@ def _scatter_runs(tots, out, g0, G, o_lo, oh, ow, Wq):
 
 @threaded(1 << 20)  # work: multiply-adds
 def _direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, Fr,
-                        chunks, oh, ow, out):
+                        chunks, oh, ow, out, xcl):
     """:func:`_direct_chains` (same arguments and results) with the lanes of a block of
     ``SIMD_BLOCK`` run values in registers (:mod:`sysarray.engines._simd`): every segment sum is
     one fused multiply-add per tap and lane, and the chain step and its total stay in registers
     across all folds, with one store per block and output. Taps need no zero padding
     (``min_taps`` 0). float32 planes and weights (sums exact below 2**24); runs of at least a
     block: the last block of a run starts ``SIMD_BLOCK`` values before its end, recomputing
-    values of the one before (the same values: stores, not sums)."""
+    values of the one before (the same values: stores, not sums). ``xcl``: the input's
+    channels-last storage, flat, where :func:`_fill_planes_cl` applies (else empty)."""
     O, S = keep.shape
     G, Wq, NG, L, per = _tasks(x.shape[0], O, geometry, chunks, oh, ow)
     sg = i32_splat(sign)  # 2**31 for 32-bit psums: -2**31 as an int32 bit pattern
     for task in prange(NG * chunks):
         g0 = task // chunks
-        xs = _task_planes(xg, x, in_place, geometry, plane_of, g0)
+        if xcl.size:
+            xs = np.empty(geometry[0] * geometry[7] * G * Wq, dtype=xg.dtype)
+            _fill_planes_cl(xcl, x.shape[0], g0, geometry, xs)
+        else:
+            xs = _task_planes(xg, x, in_place, geometry, plane_of, g0)
         o_lo = (task % chunks) * per
         o_hi = min(O, o_lo + per)
         tots = np.empty(max(0, o_hi - o_lo) * L, dtype=np.int32)

@@ -309,6 +309,41 @@ def test_saturating_results_equal_exact_ones_clamped(case, bound):
     assert np.all((got[beyond] == exact[beyond]) | (got[beyond] == np.sign(exact[beyond]) * bound))
 
 
+@pytest.mark.parametrize("channels,width,padding,groups_of", [(16, 16, 1, 2), (32, 21, 2, 2), (16, 37, 0, 3),
+                                                               (32, 16, 1, 0)])
+def test_simd_kernel_fills_channels_last_planes_by_blocks(channels, width, padding, groups_of):
+    """Stride-1 layers with channels-last input of a multiple of 16 channels: the SIMD kernel's
+    fill transposes 16x16 blocks (rows of ``width`` pixels: whole blocks and a tail), with image
+    groups side by side (the last one partial) or one image per group; the same bits as the
+    pass kernel and as fast_gemm on the im2col GEMM."""
+    from sysarray.engines import fast_conv as fc
+
+    rng = np.random.default_rng(channels + width)
+    x = torch.from_numpy(rng.integers(0, 256, size=(5, channels, 9, width)).astype(np.float32))
+    w = torch.from_numpy(rng.integers(-128, 128, size=(6, channels, 3, 3)).astype(np.int8))
+    cfg = sa.ArrayConfig(16, 4, "ws")
+    fm = sa.FaultMap(16, 4).add(3, 1, "psum", 30, 1).add(9, 1, "psum", 4, 0).add(15, 2, "psum", 12, 1)
+    case = ConvCase(x, w, cfg, fm, (1, 1), (padding, padding), 0, 1, False)
+    oh, wq = 9 + 2 * padding - 2, width + 2 * padding
+    blocks = []
+    simd = fc._direct_chains_simd
+
+    def recording(*args, **kwargs):
+        blocks.append(args[-1].size > 0)  # xcl: the block fill's input
+        return simd(*args, **kwargs)
+    try:
+        fc._direct_chains_simd = recording
+        fc.RUN_TARGET = groups_of * oh * wq if groups_of else 1
+        got = conv(case, channels_last=True)
+        fc.CPU_KERNEL = "passes"
+        passes = conv(case, channels_last=True)
+    finally:
+        fc._direct_chains_simd, fc.RUN_TARGET, fc.CPU_KERNEL = simd, 1024, "simd"
+    assert blocks and all(blocks)
+    np.testing.assert_array_equal(got, passes)
+    np.testing.assert_array_equal(got, im2col_gemms(case, "fast"))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_conv_matches_cpu():
