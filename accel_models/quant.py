@@ -162,19 +162,29 @@ def channels_last(t: torch.Tensor) -> bool:
 
 
 def _float64_requantize_ok(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> bool:
-    """True when :func:`_requantize_clamp_f64_kernel` is exact: int32-range accumulators (any
-    float32 or int32 tensor, or a small int64 one), |bias| < 2**32, 0 <= M0 < 2**31, 16 <= shift <= 52."""
+    """True when :func:`_requantize_clamp_f64_kernel` gives exactly the int64 formula of
+    :func:`requantize`: int32-range accumulators (any float32 or int32 tensor, or an int64 one
+    below 2**32), |bias| < 2**32, 0 <= M0 < 2**31, 16 <= shift <= 52, and in every channel
+    ``(max|acc| + |bias|) * M0 + 2**(shift - 1) < 2**63`` (the int64 product does not wrap; the
+    float64 kernel computes the unwrapped value)."""
     if not len(m0):
         return False
+    bound = 1 << 31
     if acc.dtype == torch.int64 and acc.numel():
         lo, hi = torch.aminmax(acc)
         if max(-int(lo), int(hi)) >= 1 << 32:
             return False
+        bound = 1 << 32
     elif acc.dtype not in (torch.float32, torch.int32, torch.int16, torch.int8, torch.uint8):
         return False
-    return _PARAMS_F64_OK.get((bias, m0, shift), None, lambda: (
-        int(bias.abs().max()) < 1 << 32 and int(m0.min()) >= 0 and int(m0.max()) < 1 << 31
-        and int(shift.min()) >= 16 and int(shift.max()) <= 52))
+
+    def check() -> bool:
+        if not (int(bias.abs().max()) < 1 << 32 and int(m0.min()) >= 0 and int(m0.max()) < 1 << 31
+                and int(shift.min()) >= 16 and int(shift.max()) <= 52):
+            return False
+        return all((bound + abs(b)) * m + (1 << (sh - 1)) < 1 << 63
+                   for b, m, sh in zip(bias.tolist(), m0.tolist(), shift.tolist()))
+    return _PARAMS_F64_OK.get((bias, m0, shift), bound, check)
 
 
 # A layer's requantization parameters pass the check above once, not on every run.

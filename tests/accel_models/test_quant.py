@@ -133,3 +133,14 @@ def test_requantize_saturates_on_a_real_layer_only_past_its_clamp():
     m0, shift, bias = torch.tensor([1 << 30, 1 << 30]), torch.tensor([39, 39]), torch.tensor([5, -5])
     assert quant.requantize_saturates(bias, m0, shift, 0, 0, 255, 1 << 24)  # 2**24 / 2**9 >> 255
     assert not quant.requantize_saturates(bias, m0, torch.tensor([39, 52]), 0, 0, 255, 1 << 24)  # 2**24 / 2**22 = 4
+
+
+def test_requantize_clamp_takes_the_int64_formula_where_its_product_wraps():
+    """(acc + bias) * M0 past 2**63 with |acc + bias| < 2**33: the float64 kernel would give the
+    unwrapped value, so the int64 kernel runs and both paths keep requantize's int64 semantics."""
+    acc = torch.tensor([[[1681942171, -704178231, 5]]], dtype=torch.int32)
+    bias, m0, shift = torch.tensor([3279327780]), torch.tensor([1940271679]), torch.tensor([49])
+    assert not quant._float64_requantize_ok(acc, bias, m0, shift)
+    got = quant.requantize_clamp(acc, bias, m0, shift, 0, 0, 255).to(torch.float64)
+    assert torch.equal(got, _reference_requantize(acc, bias, m0, shift, 0, 0, 255))
+    assert quant._float64_requantize_ok(acc, torch.tensor([1 << 20]), m0, shift)  # real layers' range
