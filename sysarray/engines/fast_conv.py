@@ -48,9 +48,6 @@ CPU_REPLAY = "direct"
 # The direct replay's kernel: "simd" (:func:`_direct_chains_simd`, lanes in registers) where it
 # applies, else "passes" (:func:`_direct_chains`); the tests run both.
 CPU_KERNEL = "simd"
-# Fault corrections of a saturating float32 result written by the SIMD kernel itself (else by
-# apply_fix from its ChainFix); the tests run both.
-FIX_IN_KERNEL = True
 SIMD_BLOCK = 4 * LANES  # run values per block of the SIMD kernel (four registers of lanes)
 # Values per contiguous run of the direct replay: images are laid side by side until one kernel
 # tap over their output planes is about this long (long runs amortise loop overheads; short ones
@@ -198,7 +195,7 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
     when no output is replayed either, the call returns ``clean`` itself (not a copy: callers
     tell an unchanged layer by identity, ``y is clean``)."""
     y, fix = _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound,
-                           clean, saturate)
+                           clean)
     if fix is not None:
         if saturate is not None and 0 < saturate <= _F32_LIMIT and y.dtype == torch.float32:
             y = y.clone() if y is clean else y
@@ -210,11 +207,10 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
 
 
 def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound,
-                  clean=None, saturate=None):
+                  clean=None):
     """``(y, fix)``: the layer's output without the direct replay's :class:`ChainFix` (None when
-    nothing is left to correct; the im2col and CUDA paths return ``y`` complete). ``y`` may be
-    ``clean`` itself (see :func:`fast_conv2d_exact`): not to be written. With ``saturate``
-    (:func:`fast_conv2d_exact`) the SIMD replay corrects a float32 result itself."""
+    nothing is replayed on CPU; the im2col and CUDA paths return ``y`` complete). ``y`` may be
+    ``clean`` itself (see :func:`fast_conv2d_exact`): not to be written."""
     cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     kh, kw = int(weight.shape[2]), int(weight.shape[3])
     if not conv_native_ok(cfg, cm, groups):
@@ -241,26 +237,16 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
     chain_cols = cm.psum_columns
     fix = None
     direct = len(chain_cols) > 0 and xp.device.type == "cpu" and CPU_REPLAY == "direct"
-    plan = _chain_setup(Wp, cfg, cm, chain_cols, N, pb == 32) if direct else None
-    replay = lambda into=None: _replay_direct(plan, xp, Wp, cfg, (kh, kw), stride, conv_pad, amax,  # noqa: E731
-                                              pb == 32, into)
-    # Corrections written into a float32 result by the kernel need the convolution first;
-    # otherwise the replay runs before it, while the input is still in cache from the layer
-    # that wrote it.
-    into = plan is not None and saturate is not None and 0 < saturate <= _F32_LIMIT and FIX_IN_KERNEL
-    if plan is not None and not into:
-        fix = replay()
+    if direct:
+        # Before the convolution, while the input is still in cache from the layer that wrote it.
+        fix = _replay_direct(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N,
+                             linear_tail=pb == 32)
     if clean is not None and cm.latches_sent_weights:
         y = clean  # the same convolution of the same input and weights, done fault-free
     else:
         y = _exact_conv(xp, cw, stride, conv_pad, amax)
         if K * amax * wmax >= 1 << 31:
             y = wrap(y.to(torch.int64), 32)
-    if into:
-        dense = y.dtype == torch.float32 and (y.is_contiguous() or y.is_contiguous(memory_format=torch.channels_last))
-        if dense:
-            y = y.clone() if y is clean else y
-        fix = replay((y, saturate) if dense else None)
     if len(chain_cols) and not direct:
         y = y.to(torch.int32, copy=y is clean)
         _replay_by_fold_convs(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, y, linear_tail=pb == 32)
@@ -484,8 +470,7 @@ def _chain_setup(Wp, cfg, cm, chain_cols, N, linear_tail):
     return plan if len(plan[0]) else None
 
 
-def _replay_direct(plan, xp, Wp, cfg, kernel, stride, padding, amax, linear_tail,
-                   into: tuple[torch.Tensor, int] | None = None) -> ChainFix | None:
+def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N, linear_tail) -> ChainFix | None:
     """CPU: the segment sums come straight from the input in one jitted kernel that also replays
     the chains; only the nonzero latched weights of each segment are visited (a segment ends at
     its faulty row, so with ``linear_tail`` about half a fold).
@@ -497,12 +482,11 @@ def _replay_direct(plan, xp, Wp, cfg, kernel, stride, padding, amax, linear_tail
     cache across all its outputs' taps, so the input is read from memory once (a separate
     layout pass over the whole batch cost as much as the replay itself).
 
-    ``plan``: :func:`_chain_setup`'s (not None); Wp: (Fr*R, Fc*C) int64 latched weights. The
-    replayed outputs are returned as a :class:`ChainFix`, or, with ``into = (y, limit)`` (the
-    layer's float32 result, dense, and a saturation bound of :func:`fast_conv2d_exact`) where
-    the SIMD kernel runs, corrected in ``y`` by the kernel itself (returns None): the result's
-    lines are then in cache for every replayed output of a block, and no pass of
-    :func:`apply_fix` reads it back from memory."""
+    Wp: (Fr*R, Fc*C) int64 latched weights; the replayed columns' outputs are returned as a
+    :class:`ChainFix` (``None``: no output has a faulty column)."""
+    plan = _chain_setup(Wp, cfg, cm, chain_cols, N, linear_tail)
+    if plan is None:
+        return None
     n_idx, seg_of_row, keep, ones, n_seg, _ = plan
     sign = 1 << (cfg.psum_bits - 1)
     kh, kw = kernel
@@ -543,7 +527,7 @@ def _replay_direct(plan, xp, Wp, cfg, kernel, stride, padding, amax, linear_tail
     # Tasks are (group, chunk of outputs); a task fills its group's planes once for all its outputs.
     chunks = min(len(n_idx), -(-4 * numba.get_num_threads() // NG))
     geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
-    tot = np.empty((0, 0, 0) if simd and into is not None else (B, len(n_idx), oh * ow), dtype=np.int32)
+    tot = np.empty((B, len(n_idx), oh * ow), dtype=np.int32)
     args = (xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail,
             Wp.shape[0] // R, chunks, oh, ow, tot)
     if simd:
@@ -553,14 +537,7 @@ def _replay_direct(plan, xp, Wp, cfg, kernel, stride, padding, amax, linear_tail
         cl = (not in_place and sh == sw == 1 and Cin % LANES == 0 and W >= LANES and pixels.is_contiguous()
               and plane_of.max() == 0)
         xcl = pixels.reshape(-1).numpy() if cl else np.empty(0, dtype=np.float32)
-        yf, ystr, limit = np.empty(0, dtype=np.float32), np.zeros(4, dtype=np.int64), 0
-        if into is not None:
-            y, limit = into
-            yf = torch.as_strided(y, (y.numel(),), (1,), y.storage_offset()).numpy()
-            ystr = np.array(y.stride(), dtype=np.int64)
-        _direct_chains_simd(*args, xcl, n_idx, yf, ystr, limit, work=len(toff) * run * NG)
-        if into is not None:
-            return None
+        _direct_chains_simd(*args, xcl, work=len(toff) * run * NG)
     else:
         _direct_chains(*args, work=len(toff) * run * NG)
     return ChainFix(n_idx, tot, linear_tail)
@@ -791,7 +768,7 @@ def _scatter_runs(tots, out, g0, G, o_lo, oh, ow, Wq):
 
 @threaded(1 << 20)  # work: multiply-adds
 def _direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, Fr,
-                        chunks, oh, ow, out, xcl, n_idx, yf, ystr, limit):
+                        chunks, oh, ow, out, xcl):
     """:func:`_direct_chains` (same arguments and results) with the lanes of a block of
     ``SIMD_BLOCK`` run values in registers (:mod:`sysarray.engines._simd`): every segment sum is
     one fused multiply-add per tap and lane, and the chain step and its total stay in registers
@@ -799,13 +776,9 @@ def _direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_se
     (``min_taps`` 0). float32 planes and weights (sums exact below 2**24); runs of at least a
     block: the last block of a run starts ``SIMD_BLOCK`` values before its end, recomputing
     values of the one before (the same values: stores, not sums). ``xcl``: the input's
-    channels-last storage, flat, where :func:`_fill_planes_cl` applies (else empty). With a
-    non-empty ``yf`` (the layer's float32 result, flat storage, element strides ``ystr`` of (B, N,
-    oh, ow)) the corrections go straight into it (:func:`_corrected`, clamped to ``limit``) and
-    ``out`` is not used; ``n_idx`` (O,): the replayed outputs' channels."""
-    B = x.shape[0]
+    channels-last storage, flat, where :func:`_fill_planes_cl` applies (else empty)."""
     O, S = keep.shape
-    G, Wq, NG, L, per = _tasks(B, O, geometry, chunks, oh, ow)
+    G, Wq, NG, L, per = _tasks(x.shape[0], O, geometry, chunks, oh, ow)
     sg = i32_splat(sign)  # 2**31 for 32-bit psums: -2**31 as an int32 bit pattern
     for task in prange(NG * chunks):
         g0 = task // chunks
@@ -816,9 +789,7 @@ def _direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_se
             xs = _task_planes(xg, x, in_place, geometry, plane_of, g0)
         o_lo = (task % chunks) * per
         o_hi = min(O, o_lo + per)
-        direct = yf.size > 0
-        tots = np.empty(0 if direct else max(0, o_hi - o_lo) * L, dtype=np.int32)
-        block_tot = np.empty(SIMD_BLOCK, dtype=np.int32)
+        tots = np.empty(max(0, o_hi - o_lo) * L, dtype=np.int32)
         for block in range(0, L, SIMD_BLOCK):
             e = min(block, L - SIMD_BLOCK)
             for o in range(o_lo, o_hi):
@@ -868,42 +839,11 @@ def _direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_se
                         t1 = add(t1, p1)
                         t2 = add(t2, p2)
                         t3 = add(t3, p3)
-                if direct:
-                    i32_store(block_tot, 0, t0)
-                    i32_store(block_tot, LANES, t1)
-                    i32_store(block_tot, 2 * LANES, t2)
-                    i32_store(block_tot, 3 * LANES, t3)
-                    _correct_block(yf, ystr, block_tot, block - e, e, n_idx[o], g0, G, Wq, ow, B, linear_tail, limit)
-                else:
-                    i32_store(tots, dst, t0)
-                    i32_store(tots, dst + LANES, t1)
-                    i32_store(tots, dst + 2 * LANES, t2)
-                    i32_store(tots, dst + 3 * LANES, t3)
-        if not direct:
-            _scatter_runs(tots.reshape(-1, L), out, g0, G, o_lo, oh, ow, Wq)
-
-
-@njit(cache=True, inline="always")
-def _correct_block(yf, ystr, block_tot, j0, e, n, g0, G, Wq, ow, B, add, limit):
-    """Corrections ``block_tot[j0:]`` of run values ``e + j0 ..`` (``e = (r*G + g)*Wq + q``) of
-    output channel ``n`` written into the result ``yf`` (flat, element strides ``ystr``): values
-    before ``j0`` belong to the run's previous block (the last block overlaps it)."""
-    at = e + j0
-    r = at // (G * Wq)
-    g = (at - r * G * Wq) // Wq
-    q = at - (r * G + g) * Wq
-    base = n * ystr[1]
-    for j in range(j0, SIMD_BLOCK):
-        if q < ow and g0 * G + g < B:
-            i = base + (g0 * G + g) * ystr[0] + r * ystr[2] + q * ystr[3]
-            yf[i] = _corrected(yf[i], block_tot[j], add, limit)
-        q += 1
-        if q == Wq:
-            q = 0
-            g += 1
-            if g == G:
-                g = 0
-                r += 1
+                i32_store(tots, dst, t0)
+                i32_store(tots, dst + LANES, t1)
+                i32_store(tots, dst + 2 * LANES, t2)
+                i32_store(tots, dst + 3 * LANES, t3)
+        _scatter_runs(tots.reshape(-1, L), out, g0, G, o_lo, oh, ow, Wq)
 
 
 def _replay_by_fold_convs(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, y, linear_tail) -> None:

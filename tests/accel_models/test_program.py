@@ -455,13 +455,11 @@ def test_threaded_kernels_parallel_equals_serial(zoo, digits, name, dataflow):
         assert _direct_chains.parallel.signatures and _apply_fix.parallel.signatures
 
 
-@pytest.mark.parametrize("in_kernel", [True, False])
 @pytest.mark.parametrize("name", ["lenet", "resnet"])
-def test_saturated_faulty_accumulators_give_the_exact_logits(zoo, digits, name, in_kernel, monkeypatch):
+def test_saturated_faulty_accumulators_give_the_exact_logits(zoo, digits, name, monkeypatch):
     """Hidden layers take faulty accumulators clamped to 2**24 in float32 (their requantization
     has saturated by then) unless changes are counted: psum bits 30 and 31 stuck make replayed
-    outputs far beyond it, and the logits equal the int32 path's bit for bit; with the
-    corrections written by the SIMD replay kernel itself and with apply_fix."""
+    outputs far beyond it, and the logits equal the int32 path's bit for bit."""
     from accel_models.program import saturation
     from sysarray.engines import fast_conv as fc
 
@@ -472,14 +470,12 @@ def test_saturated_faulty_accumulators_give_the_exact_logits(zoo, digits, name, 
     cfg = ArrayConfig(8, 8, "ws")
     fm = FaultMap(8, 8).add(1, 2, "psum", 30, 1).add(6, 2, "psum", 29, 1).add(4, 0, "psum", 31, 1).add(3, 5, "psum", 30, 0)
     clamped = []
-    real = fc.fast_conv2d_exact
+    real = fc.apply_fix
 
-    def spy(*args, saturate=None, **kwargs):
-        y = real(*args, saturate=saturate, **kwargs)
-        clamped.append(saturate is not None and bool((y.abs() == saturate).any()))
-        return y
-    monkeypatch.setattr(fc, "fast_conv2d_exact", spy)
-    monkeypatch.setattr(fc, "FIX_IN_KERNEL", in_kernel)
+    def spy(y, fix, saturate=1 << 31):
+        real(y, fix, saturate)
+        clamped.append(saturate < 1 << 31 and bool((y.abs() == saturate).any()))
+    monkeypatch.setattr(fc, "apply_fix", spy)
     fast = program.run(x, cfg, fm, count_changes=False)
     assert any(clamped)  # the saturated path ran and clamped values
     clamped.clear()

@@ -309,31 +309,6 @@ def test_saturating_results_equal_exact_ones_clamped(case, bound):
     assert np.all((got[beyond] == exact[beyond]) | (got[beyond] == np.sign(exact[beyond]) * bound))
 
 
-@settings(max_examples=100, **SETTINGS)
-@given(long_run_cases(), st.booleans(), st.sampled_from([1 << 24, 1 << 20, 1000]))
-def test_corrections_written_by_the_simd_kernel_equal_apply_fix(case, channels_last, bound):
-    """``saturate``: the SIMD kernel writes the corrections into the float32 result itself (every
-    run value once, the overlapping last block included); the same values as apply_fix from a
-    ChainFix, and as the exact result clamped where it passes the bound."""
-    from sysarray.engines import fast_conv as fc
-    from sysarray.engines.fast_conv import fast_conv2d_exact
-
-    x = case.x.contiguous(memory_format=torch.channels_last) if channels_last else case.x
-    run = lambda: fast_conv2d_exact(x, case.w, case.cfg, case.faults, stride=case.stride,  # noqa: E731
-                                    padding=case.padding, saturate=bound).to(torch.int64).numpy()
-    try:
-        in_kernel = run()
-        fc.FIX_IN_KERNEL = False
-        by_fix = run()
-    finally:
-        fc.FIX_IN_KERNEL = True
-    np.testing.assert_array_equal(in_kernel, by_fix)
-    exact = conv(case).astype(np.int64)
-    beyond = np.abs(exact) >= bound
-    np.testing.assert_array_equal(in_kernel[~beyond], exact[~beyond])
-    assert np.all((in_kernel[beyond] == exact[beyond]) | (in_kernel[beyond] == np.sign(exact[beyond]) * bound))
-
-
 @pytest.mark.parametrize("channels,width,padding,groups_of", [(16, 16, 1, 2), (32, 21, 2, 2), (16, 37, 0, 3),
                                                                (32, 16, 1, 0)])
 def test_simd_kernel_fills_channels_last_planes_by_blocks(channels, width, padding, groups_of):
@@ -354,7 +329,7 @@ def test_simd_kernel_fills_channels_last_planes_by_blocks(channels, width, paddi
     simd = fc._direct_chains_simd
 
     def recording(*args, **kwargs):
-        blocks.append(args[18].size > 0)  # xcl: the block fill's input
+        blocks.append(args[-1].size > 0)  # xcl: the block fill's input
         return simd(*args, **kwargs)
     try:
         fc._direct_chains_simd = recording
