@@ -393,3 +393,23 @@ def test_interface_md_call():
     fm = sa.FaultMap.random(cfg, pe_rate=0.01, registers=("psum",), bits=range(0, 32), values=(0, 1), seed=0)
     assert fm.n_faulty_pes == round(0.01 * 256) and fm.registers() == (sa.Register.PSUM,)
     fm.check_fits(16, 16, psum_bits=32)
+
+
+def test_cached_sites_keep_their_checks():
+    """make_sites keeps the sites of plain choices for the next call; a choice that only equals a
+    cached one (True == 1, 3.0 == 3) is still checked and refused, and kept sites are read-only."""
+    import pytest
+
+    from sysarray.faultgen import make_sites
+
+    sites = make_sites(("psum",), (1, 2), (0, 1), 32)
+    assert make_sites(("psum",), (1, 2), (0, 1), 32) is sites
+    assert not sites.weight.flags.writeable
+    with pytest.raises(TypeError):
+        make_sites(("psum",), (True, 2), (0, 1), 32)
+    with pytest.raises(TypeError):
+        make_sites(("psum",), (1.0, 2), (0, 1), 32)
+    with pytest.raises(ValueError):
+        make_sites(("psum",), (1, 2), (0, True), 32)
+    fresh = make_sites(["psum"], [1, 2], [0, 1], 32)  # lists: built anew, the same sites
+    assert fresh is not sites and (fresh.bit == sites.bit).all() and (fresh.weight == sites.weight).all()
