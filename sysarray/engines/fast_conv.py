@@ -13,7 +13,8 @@ faster than materialising the ``M x K`` operand:
   segment sums of fold ``fr`` only involve the ``R`` taps ``k = fr*R .. fr*R + R - 1``, i.e. a
   few input channels. On CPU one jitted kernel computes them straight from the input, laid out
   so that a tap over whole output planes is one contiguous run, and replays the chain
-  ``p = force(p + segment)`` as it goes; on CUDA they come from one small convolution per fold
+  ``p = force(p + segment)`` as it goes (blocks of 64 run values held in SIMD registers,
+  :mod:`sysarray.engines._simd`); on CUDA they come from one small convolution per fold
   with masked weights and the chain runs in torch ops.
 
 Cases this form does not cover (stuck bits in the streamed ``act`` register, IS/OS dataflows,
@@ -498,6 +499,7 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
     Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
     G = int(min(B, max(1, round(RUN_TARGET / (oh * Wq)))))
     run = ((oh - 1) * G + G - 1) * Wq + ow  # values per run (see _direct_chains)
+
     def taps(min_taps: int):
         return _direct_taps(Wp.numpy(), n_idx, seg_of_row, n_seg, keep.shape[1], Cin * kh * kw, kh, kw, sh, sw, Hq,
                             G * Wq, min_taps)
