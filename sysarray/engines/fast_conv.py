@@ -49,6 +49,9 @@ CPU_REPLAY = "direct"
 # The direct replay's kernel: "simd" (:func:`_direct_chains_simd`, lanes in registers) where it
 # applies, else "passes" (:func:`_direct_chains`); the tests run both.
 CPU_KERNEL = "simd"
+# The SIMD kernel runs the outputs of one array column (column folds of a wide layer: the same
+# faulty rows, so the same taps) in pairs that share each tap's input loads.
+PAIRS = True
 SIMD_BLOCK = 4 * LANES  # run values per block of the SIMD kernel (four registers of lanes)
 # Values per contiguous run of the direct replay: images are laid side by side until one kernel
 # tap over their output planes is about this long (long runs amortise loop overheads; short ones
@@ -395,7 +398,7 @@ def _chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tai
 
 
 @njit(cache=True)
-def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq, min_taps):
+def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq, min_taps, all_rows):
     """The direct kernel's tap tables. For every replayed output, fold and segment, the nonzero
     latched weights of its rows (K order), padded with zero taps to at least ``min_taps``:
     segment ``(o, fold, s)`` is ``ptr[(o*Fr + fold)*S + s] .. ptr[... + 1]``, tap ``t`` reads the
@@ -405,7 +408,9 @@ def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq, mi
     plane_of, wmax)``. Rows are walked fold by fold, once, up to an output's last segment
     (segments only grow along a fold's rows); a division for every row of ``K`` had made this
     90 us a call, more than LeNet-5's replay of a linear layer. ``min_taps``: 4 for
-    :func:`_direct_chains` (its passes take four taps), 0 for :func:`_direct_chains_simd`."""
+    :func:`_direct_chains` (its passes take four taps), 0 for :func:`_direct_chains_simd`;
+    ``all_rows``: every row of a segment is a tap, zero weights included (outputs of one array
+    column then have the same taps, which the SIMD kernel's pairs share)."""
     R = seg_of_row.shape[1]
     Fr = Wp.shape[0] // R
     O = n_idx.shape[0]
@@ -434,7 +439,7 @@ def _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq, mi
                 if s >= n_seg[o]:
                     break
                 w = Wp[k + r, n]
-                if w != 0:
+                if w != 0 or all_rows:
                     seg_id[m] = (o * Fr + f) * S + s
                     row_k[m] = k + r
                     m += 1
@@ -502,7 +507,7 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
 
     def taps(min_taps: int):
         return _direct_taps(Wp.numpy(), n_idx, seg_of_row, n_seg, keep.shape[1], Cin * kh * kw, kh, kw, sh, sw, Hq,
-                            G * Wq, min_taps)
+                            G * Wq, min_taps, min_taps == 0 and PAIRS)
     # The SIMD kernel needs float32 input, runs of at least a block of lanes and float32 sums.
     simd = xp.dtype == torch.float32 and run >= SIMD_BLOCK and CPU_KERNEL == "simd"
     ptr, toff, tw, plane_of, wmax = taps(0 if simd else 4)
@@ -539,7 +544,7 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
         cl = (not in_place and sh == sw == 1 and Cin % LANES == 0 and W >= LANES and pixels.is_contiguous()
               and plane_of.max() == 0)
         xcl = pixels.reshape(-1).numpy() if cl else np.empty(0, dtype=np.float32)
-        _direct_chains_simd(*args, xcl, work=len(toff) * run * NG)
+        _direct_chains_simd(*args, xcl, _mates(n_idx, cfg.cols), work=len(toff) * run * NG)
     else:
         _direct_chains(*args, work=len(toff) * run * NG)
     return ChainFix(n_idx, tot, linear_tail)
@@ -768,9 +773,38 @@ def _scatter_runs(tots, out, g0, G, o_lo, oh, ow, Wq):
                     dst[r * ow + q] = src[q]
 
 
+@njit(cache=True, inline="always")
+def _chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on, sg, linear_tail):
+    """The chain step of four vectors of segment sums ``a``: ``q = p + a`` (wrapping), ``p =
+    force(q)``; with a linear tail the totals ``t`` gather ``force(q) - q``. Returns ``(p, t)``."""
+    q0 = add(to_i32(a0), p0)
+    q1 = add(to_i32(a1), p1)
+    q2 = add(to_i32(a2), p2)
+    q3 = add(to_i32(a3), p3)
+    p0 = sub(xor(or_(and_(q0, k), on), sg), sg)
+    p1 = sub(xor(or_(and_(q1, k), on), sg), sg)
+    p2 = sub(xor(or_(and_(q2, k), on), sg), sg)
+    p3 = sub(xor(or_(and_(q3, k), on), sg), sg)
+    if linear_tail:
+        t0 = add(t0, sub(p0, q0))
+        t1 = add(t1, sub(p1, q1))
+        t2 = add(t2, sub(p2, q2))
+        t3 = add(t3, sub(p3, q3))
+    return p0, p1, p2, p3, t0, t1, t2, t3
+
+
+@njit(cache=True, inline="always")
+def _store4(tots, at, t0, t1, t2, t3):
+    """Four vectors of chain totals to ``tots[at:at + 4*LANES]``."""
+    i32_store(tots, at, t0)
+    i32_store(tots, at + LANES, t1)
+    i32_store(tots, at + 2 * LANES, t2)
+    i32_store(tots, at + 3 * LANES, t3)
+
+
 @threaded(1 << 20)  # work: multiply-adds
 def _direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, Fr,
-                        chunks, oh, ow, out, xcl):
+                        chunks, oh, ow, out, xcl, mate):
     """:func:`_direct_chains` (same arguments and results) with the lanes of a block of
     ``SIMD_BLOCK`` run values in registers (:mod:`sysarray.engines._simd`): every segment sum is
     one fused multiply-add per tap and lane, and the chain step and its total stay in registers
@@ -795,6 +829,12 @@ def _direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_se
         for block in range(0, L, SIMD_BLOCK):
             e = min(block, L - SIMD_BLOCK)
             for o in range(o_lo, o_hi):
+                m = mate[o]
+                if o_lo <= m < o_hi:
+                    if m > o:
+                        _pair_block(xs, toff, tw, ptr, n_seg, keep, ones, sg, linear_tail, Fr, S, o, m, e, tots,
+                                    (o - o_lo) * L + e, (m - o_lo) * L + e)
+                    continue
                 dst = (o - o_lo) * L + e
                 t0 = i32_zeros()
                 t1 = i32_zeros()
@@ -821,31 +861,97 @@ def _direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_se
                             a3 = fma(a3, w, load(xs, at + 3 * LANES))
                         k = i32_splat(keep[o, s])
                         on = i32_splat(ones[o, s])
-                        # q = p + segment (wrapping), p = force(q); with a linear tail the total
-                        # gathers force(q) - q, else the chain's end
-                        q0 = add(to_i32(a0), p0)
-                        q1 = add(to_i32(a1), p1)
-                        q2 = add(to_i32(a2), p2)
-                        q3 = add(to_i32(a3), p3)
-                        p0 = sub(xor(or_(and_(q0, k), on), sg), sg)
-                        p1 = sub(xor(or_(and_(q1, k), on), sg), sg)
-                        p2 = sub(xor(or_(and_(q2, k), on), sg), sg)
-                        p3 = sub(xor(or_(and_(q3, k), on), sg), sg)
-                        if linear_tail:
-                            t0 = add(t0, sub(p0, q0))
-                            t1 = add(t1, sub(p1, q1))
-                            t2 = add(t2, sub(p2, q2))
-                            t3 = add(t3, sub(p3, q3))
-                    if not linear_tail:
-                        t0 = add(t0, p0)
-                        t1 = add(t1, p1)
-                        t2 = add(t2, p2)
-                        t3 = add(t3, p3)
-                i32_store(tots, dst, t0)
-                i32_store(tots, dst + LANES, t1)
-                i32_store(tots, dst + 2 * LANES, t2)
-                i32_store(tots, dst + 3 * LANES, t3)
+                        p0, p1, p2, p3, t0, t1, t2, t3 = _chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on,
+                                                                 sg, linear_tail)
+                    if not linear_tail:  # the chain's end
+                        t0, t1, t2, t3 = add(t0, p0), add(t1, p1), add(t2, p2), add(t3, p3)
+                _store4(tots, dst, t0, t1, t2, t3)
         _scatter_runs(tots.reshape(-1, L), out, g0, G, o_lo, oh, ow, Wq)
+
+
+@njit(cache=True, inline="always")
+def _pair_block(xs, toff, tw, ptr, n_seg, keep, ones, sg, linear_tail, Fr, S, o, m, e, tots, dst_o, dst_m):
+    """One block of :func:`_direct_chains_simd` for two outputs of one array column (``m`` has
+    the same segments and taps as ``o``, its own weights): each tap's four input vectors serve
+    both."""
+    t0 = i32_zeros()
+    t1 = i32_zeros()
+    t2 = i32_zeros()
+    t3 = i32_zeros()
+    u0 = i32_zeros()
+    u1 = i32_zeros()
+    u2 = i32_zeros()
+    u3 = i32_zeros()
+    for f in range(Fr):
+        p0 = i32_zeros()
+        p1 = i32_zeros()
+        p2 = i32_zeros()
+        p3 = i32_zeros()
+        r0 = i32_zeros()
+        r1 = i32_zeros()
+        r2 = i32_zeros()
+        r3 = i32_zeros()
+        for s in range(n_seg[o]):
+            base = (o * Fr + f) * S + s
+            shift = ptr[(m * Fr + f) * S + s] - ptr[base]
+            a0 = f32_zeros()
+            a1 = f32_zeros()
+            a2 = f32_zeros()
+            a3 = f32_zeros()
+            b0 = f32_zeros()
+            b1 = f32_zeros()
+            b2 = f32_zeros()
+            b3 = f32_zeros()
+            for t in range(np.uint64(ptr[base]), np.uint64(ptr[base + 1])):
+                w = tw[t]
+                v = tw[np.uint64(t + shift)]
+                at = toff[t] + e
+                x0 = load(xs, at)
+                x1 = load(xs, at + LANES)
+                x2 = load(xs, at + 2 * LANES)
+                x3 = load(xs, at + 3 * LANES)
+                a0 = fma(a0, w, x0)
+                a1 = fma(a1, w, x1)
+                a2 = fma(a2, w, x2)
+                a3 = fma(a3, w, x3)
+                b0 = fma(b0, v, x0)
+                b1 = fma(b1, v, x1)
+                b2 = fma(b2, v, x2)
+                b3 = fma(b3, v, x3)
+            k = i32_splat(keep[o, s])
+            on = i32_splat(ones[o, s])
+            p0, p1, p2, p3, t0, t1, t2, t3 = _chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on, sg,
+                                                     linear_tail)
+            r0, r1, r2, r3, u0, u1, u2, u3 = _chain4(b0, b1, b2, b3, r0, r1, r2, r3, u0, u1, u2, u3, k, on, sg,
+                                                     linear_tail)
+        if not linear_tail:  # the chains' ends
+            t0, t1, t2, t3 = add(t0, p0), add(t1, p1), add(t2, p2), add(t3, p3)
+            u0, u1, u2, u3 = add(u0, r0), add(u1, r1), add(u2, r2), add(u3, r3)
+    _store4(tots, dst_o, t0, t1, t2, t3)
+    _store4(tots, dst_m, u0, u1, u2, u3)
+
+
+def _mates(n_idx: np.ndarray, C: int) -> np.ndarray:
+    """(O,) int64: for each replayed output, the one of the next column fold in the same array
+    column (channel ``n + C``) when ``n`` is in an even column fold, and back; -1 for none
+    (``PAIRS`` off: all -1)."""
+    return _pair_outputs(n_idx, C) if PAIRS else np.full(len(n_idx), -1, dtype=np.int64)
+
+
+@njit(cache=True)
+def _pair_outputs(n_idx, C):
+    """:func:`_mates` in numba (a Python dict cost LeNet-5 ~10 us a layer)."""
+    O = n_idx.shape[0]
+    mate = np.full(O, -1, dtype=np.int64)
+    at = np.full(n_idx.max() + C + 1 if O else 1, -1, dtype=np.int64)
+    for o in range(O):
+        at[n_idx[o]] = o
+    for o in range(O):
+        q = at[n_idx[o] + C]
+        if (n_idx[o] // C) % 2 == 0 and q >= 0:
+            mate[o] = q
+            mate[q] = o
+    return mate
 
 
 def _replay_by_fold_convs(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, y, linear_tail) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -265,7 +266,8 @@ def long_run_cases(draw) -> ConvCase:
 @given(long_run_cases(), st.booleans())
 def test_simd_replay_kernel_equals_the_pass_kernel_and_fast_gemm(case, channels_last):
     """The SIMD kernel (lanes in registers) runs on long runs and gives the pass kernel's bits,
-    and both give fast_gemm's on the im2col GEMM."""
+    with the outputs of one array column in pairs and each on its own, and all give fast_gemm's
+    on the im2col GEMM."""
     from sysarray.engines import fast_conv as fc
 
     calls = []
@@ -274,13 +276,21 @@ def test_simd_replay_kernel_equals_the_pass_kernel_and_fast_gemm(case, channels_
     def counting(*args, **kwargs):
         calls.append(1)
         return simd(*args, **kwargs)
+    threads = numba.get_num_threads()
     try:
         fc._direct_chains_simd = counting
         got = conv(case, channels_last)
+        numba.set_num_threads(1)  # one task takes every output: column pairs stay together
+        paired = conv(case, channels_last)
+        fc.PAIRS = False  # every output on its own
+        single = conv(case, channels_last)
         fc.CPU_KERNEL = "passes"
         passes = conv(case, channels_last)
     finally:
-        fc._direct_chains_simd, fc.CPU_KERNEL = simd, "simd"
+        fc._direct_chains_simd, fc.CPU_KERNEL, fc.PAIRS = simd, "simd", True
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(got, paired)
+    np.testing.assert_array_equal(got, single)
     np.testing.assert_array_equal(got, passes)
     np.testing.assert_array_equal(got, im2col_gemms(case, "fast"))
     B, _, H, W = case.x.shape
@@ -355,3 +365,29 @@ def test_cuda_conv_matches_cpu():
     cpu = fast_conv2d(x, w, cfg, fm, padding=(1, 1), pad_value=3)
     gpu = fast_conv2d(x.cuda(), w.cuda(), cfg, fm, padding=(1, 1), pad_value=3)
     np.testing.assert_array_equal(gpu.cpu().numpy(), cpu.numpy())
+
+
+def test_simd_pairs_share_taps_of_one_column():
+    """Outputs n and n + C of a faulty array column are paired (and only those), and a layer whose
+    weights have zeros in one output but not its mate gives the same bits paired and alone."""
+    from sysarray.engines import fast_conv as fc
+
+    assert fc._pair_outputs(np.array([1, 3, 5, 7, 9, 11, 13]), 4).tolist() == [2, 3, 0, 1, 6, -1, 4]
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy(rng.integers(0, 256, size=(3, 4, 12, 12)).astype(np.float32))
+    w = torch.from_numpy(rng.integers(-128, 128, size=(10, 4, 3, 3)).astype(np.int8))
+    w[5, :2] = 0  # the mate of output 1 has zero weights where output 1 has none
+    cfg = sa.ArrayConfig(8, 4, "ws")
+    fm = sa.FaultMap(8, 4).add(5, 1, "psum", 30, 1).add(2, 1, "psum", 7, 0).add(6, 3, "psum", 19, 1)
+    case = ConvCase(x, w, cfg, fm, (1, 1), (1, 1), 0, 1, False)
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)  # one task takes every output (with more, tasks split the pairs)
+        paired = conv(case)
+        fc.PAIRS = False
+        single = conv(case)
+    finally:
+        fc.PAIRS = True
+        numba.set_num_threads(threads)
+    np.testing.assert_array_equal(paired, single)
+    np.testing.assert_array_equal(paired, im2col_gemms(case, "fast"))
