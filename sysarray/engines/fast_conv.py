@@ -85,6 +85,11 @@ def _conv(x: torch.Tensor, w: torch.Tensor, stride, padding) -> torch.Tensor:
     which torch's convolution runs about 3x slower."""
     if x.shape[2] == x.shape[3] == w.shape[2] == w.shape[3] == 1 and not any(padding):
         return (x.flatten(1) @ w.flatten(1).t()).view(x.shape[0], w.shape[0], 1, 1)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        # A channel slice of channels-last data (chunked or per-fold convolutions): torch 2.13's
+        # CPU float32 convolution read such a slice wrongly (2 images, 1 of 2 channels, 9x4,
+        # kernel 2x3, stride (1, 2)): off by 36255, so the convolution gets a plain copy
+        x = x.contiguous()
     return F.conv2d(x, w, stride=stride, padding=padding)
 
 

@@ -391,3 +391,20 @@ def test_simd_pairs_share_taps_of_one_column():
         numba.set_num_threads(threads)
     np.testing.assert_array_equal(paired, single)
     np.testing.assert_array_equal(paired, im2col_gemms(case, "fast"))
+
+
+def test_convolution_of_a_channel_slice_of_channels_last_data_is_exact():
+    """torch's CPU float32 convolution read a channel slice of channels-last data wrongly for some
+    shapes (found by hypothesis through the per-fold replay); ``fast_conv._conv`` gives it a
+    plain copy."""
+    import torch.nn.functional as F
+
+    from sysarray.engines.fast_conv import _conv
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.integers(0, 256, size=(2, 2, 9, 4)).astype(np.float32))
+    x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.from_numpy(rng.integers(-128, 128, size=(1, 1, 2, 3)).astype(np.float32))
+    for c in range(2):
+        want = F.conv2d(x[:, c:c + 1].double().contiguous(), w.double(), stride=(1, 2))
+        np.testing.assert_array_equal(_conv(x[:, c:c + 1], w, (1, 2), (0, 0)).double().numpy(), want.numpy())
