@@ -42,7 +42,6 @@ count.
 from __future__ import annotations
 
 import functools
-
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Union

@@ -74,16 +74,14 @@ def i32_zeros(typingctx):
 
 @intrinsic
 def load(typingctx, arr, index):
-    """``arr[index:index + LANES]`` of a 1-d contiguous float32 (-> F32x) or int32 (-> I32x) array."""
-    kinds = {types.float32: (F32x, ir.FloatType()), types.int32: (I32x, ir.IntType(32))}
-    if not isinstance(arr, types.Array) or arr.dtype not in kinds or not _contiguous(arr, arr.dtype):
+    """``arr[index:index + LANES]`` of a 1-d contiguous float32 array."""
+    if not _contiguous(arr, types.float32):
         return None
-    vtype, element = kinds[arr.dtype]
 
     def codegen(context, builder, sig, args):
         idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        return builder.load(_pointer(context, builder, sig.args[0], args[0], idx, element), align=4)
-    return vtype(arr, index), codegen
+        return builder.load(_pointer(context, builder, sig.args[0], args[0], idx, ir.FloatType()), align=4)
+    return F32x(arr, index), codegen
 
 
 @intrinsic

@@ -546,8 +546,7 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
         # Stride 1 from channels-last input of a multiple of LANES channels: the fill transposes
         # blocks in registers (a 16-channel 32x32 layer's fill had been ~40% of its replay)
         pixels = xp.permute(0, 2, 3, 1)
-        cl = (not in_place and sh == sw == 1 and Cin % LANES == 0 and W >= LANES and pixels.is_contiguous()
-              and plane_of.max() == 0)
+        cl = not in_place and sh == sw == 1 and Cin % LANES == 0 and W >= LANES and pixels.is_contiguous()
         xcl = pixels.reshape(-1).numpy() if cl else np.empty(0, dtype=np.float32)
         _direct_chains_simd(*args, xcl, _mates(n_idx, cfg.cols), work=len(toff) * run * NG)
     else:
@@ -757,10 +756,16 @@ def _task_planes(xg, x, in_place, geometry, plane_of, g0):
     """A task's phase planes of image group ``g0``: ``xg[g0]`` (``in_place``) or filled from ``x``."""
     if in_place:
         return xg[g0]
-    C, Hq, G, Wq = geometry[0], geometry[7], geometry[8], geometry[9]
-    xs_all = np.empty(C * max(1, plane_of.max() + 1) * Hq * G * Wq, dtype=xg.dtype)
+    xs_all = _planes_buffer(geometry, plane_of, xg.dtype)
     _fill_planes(x, g0, geometry, plane_of, xs_all)
     return xs_all
+
+
+@njit(cache=True, inline="always")
+def _planes_buffer(geometry, plane_of, dtype):
+    """An uninitialised buffer for one image group's phase planes (C*P*Hq*G*Wq,)."""
+    C, Hq, G, Wq = geometry[0], geometry[7], geometry[8], geometry[9]
+    return np.empty(C * max(1, plane_of.max() + 1) * Hq * G * Wq, dtype=dtype)
 
 
 @njit(cache=True, inline="always")
@@ -823,8 +828,8 @@ def _direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_se
     sg = i32_splat(sign)  # 2**31 for 32-bit psums: -2**31 as an int32 bit pattern
     for task in prange(NG * chunks):
         g0 = task // chunks
-        if xcl.size:
-            xs = np.empty(geometry[0] * geometry[7] * G * Wq, dtype=xg.dtype)
+        if xcl.size:  # stride 1, channels-last: filled by blocks (a float32-only path)
+            xs = _planes_buffer(geometry, plane_of, xg.dtype)
             _fill_planes_cl(xcl, x.shape[0], g0, geometry, xs)
         else:
             xs = _task_planes(xg, x, in_place, geometry, plane_of, g0)
