@@ -642,68 +642,105 @@ def _run_serial(evaluator: Evaluator, population: Population, jobs: Iterator[Job
 
 
 def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job], sink: Callable[[list[dict]], None],
-              workers: int, chunk_size: int) -> None:
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+              workers: int, chunk_size: int, total: int) -> None:
+    """``workers`` processes evaluate ``total`` jobs: this one and ``workers - 1`` forked ones.
+
+    This process is warm (no fork, no unpickling, no first calls), so it evaluates chips one at
+    a time throughout and keeps the pool's workers fed between them; their results are written
+    from the pool's callback thread as they arrive. Pool tasks shrink as the jobs run out (at
+    most the remaining jobs over four per process), and at the end this process takes back the
+    tasks no worker has started, so that no core idles long while another finishes.
+    """
+    from concurrent.futures import ProcessPoolExecutor
 
     # The evaluator goes to the workers as plain pickle bytes made here, before this process starts
     # evaluating chips: multiprocessing's own pickler would move the program's tensors into shared
     # memory (torch's reductions) from the thread that starts the workers, while this thread reads
     # them, and a chip evaluated meanwhile could see half-moved weights (seen as a flaky result).
     blob = pickle.dumps((evaluator, _shipped_population(population)), protocol=pickle.HIGHEST_PROTOCOL)
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_init_worker,
+    pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=_mp_context(), initializer=_init_worker,
                                initargs=(blob,))
-    inflight: set = set()
+    lock = threading.Lock()  # sink() is called from this thread and the pool's callback thread
+    errors: list[BaseException] = []
+    inflight: dict = {}  # future -> its jobs (changed by both threads, under `lock`)
+    left = [total]  # jobs not yet handed to a process
+    stopped = [False]  # after a failure: results still arriving are dropped (the store is closing)
 
-    def drain(block_until_below: int) -> None:
-        nonlocal inflight
-        while len(inflight) > block_until_below:
-            done, inflight = wait(inflight, return_when=FIRST_COMPLETED)
-            good, error = [], None
-            for f in done:
-                if f.exception() is not None:
-                    error = error or f.exception()
-                else:
-                    good += f.result()
-            sink(good)  # finished chips are kept even when another one failed
-            if error is not None:
-                raise error
+    def keep(records: list[dict]) -> None:
+        with lock:
+            if not stopped[0]:
+                sink(records)
 
-    window = 3 * workers  # a bounded window: maps are drawn as workers free up
-    chunks = _chunks(jobs, chunk_size)
+    def finished(f) -> None:
+        with lock:
+            inflight.pop(f, None)
+        if f.cancelled():
+            return
+        try:
+            keep(f.result())
+        except BaseException as e:  # re-raised in the main thread
+            errors.append(e)
+
+    def submit(chunk: list[Job]):
+        f = pool.submit(_pool_task, chunk)
+        with lock:
+            inflight[f] = chunk
+        f.add_done_callback(finished)
+        return f
+
+    def take(n: int) -> list[Job]:
+        chunk = list(itertools.islice(jobs, n))
+        left[0] -= len(chunk)
+        return chunk
+
+    def task_size() -> int:
+        return max(1, min(chunk_size, left[0] // (4 * workers)))
+
+    window = 3 * (workers - 1)  # tasks in flight: maps are drawn as workers free up
     try:
-        # Submitting starts the worker processes, which takes a while (fork server start and
-        # warm-up): a thread submits the first window while this process evaluates chips itself.
-        first = list(itertools.islice(chunks, window))
-        submitted: list = []
+        # Submitting starts the worker processes (a fork from the warm fork server, then unpickling
+        # the evaluator): a thread submits the first window while this process evaluates chips.
+        first = [c for c in (take(task_size()) for _ in range(window)) if c]
         failure: list[BaseException] = []
 
         def submit_first() -> None:
             try:
-                submitted.extend(pool.submit(_pool_task, c) for c in first)
+                for c in first:
+                    submit(c)
             except BaseException as e:  # re-raised below, in this thread
                 failure.append(e)
 
         starter = threading.Thread(target=submit_first, name="campaign-start-workers", daemon=True)
         starter.start()
-        while starter.is_alive() or not any(f.done() for f in submitted):
-            if failure:
+        while True:
+            if errors or failure:
                 break
-            chunk = next(chunks, None)
-            if chunk is None:
+            if not starter.is_alive():
+                while len(inflight) < window and left[0] > 0:
+                    submit(take(task_size()))
+            chunk = take(1)
+            if not chunk:
                 break
-            sink(evaluate_jobs(evaluator, population, chunk))
+            keep(evaluate_jobs(evaluator, population, chunk))
         starter.join()
-        if failure:
-            raise failure[0]
-        inflight.update(submitted)
-        for chunk in chunks:
-            drain(window - 1)
-            inflight.add(pool.submit(_pool_task, chunk))
-        drain(0)
+        if failure or errors:
+            raise (failure or errors)[0]
+        # The jobs have run out: take back the tasks no worker has started, newest first.
+        with lock:
+            unstarted = sorted(inflight.items(), key=lambda item: -item[1][0][0])
+        for f, chunk in unstarted:
+            if errors:
+                raise errors[0]
+            if f.cancel():
+                keep(evaluate_jobs(evaluator, population, chunk))
+        pool.shutdown(wait=True)
+        if errors:
+            raise errors[0]
     except BaseException:
+        with lock:
+            stopped[0] = True
         pool.shutdown(wait=False, cancel_futures=True)
         raise
-    pool.shutdown(wait=True)
 
 
 def _shipped_population(population: Population) -> Population | None:
@@ -845,7 +882,7 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
                     _run_dask(evaluator, population, jobs, sink, scheduler, n_workers, chunk_size)
                 elif use_pool:
                     with one_thread():
-                        _run_pool(evaluator, population, jobs, sink, min(n_workers, len(todo)), chunk_size)
+                        _run_pool(evaluator, population, jobs, sink, min(n_workers, len(todo)), chunk_size, len(todo))
                 else:
                     _run_serial(evaluator, population, jobs, sink)
             finally:

@@ -5,18 +5,43 @@ element is a pass over a buffer per few terms (a load and a store per pass). Wit
 kernel keeps per-lane accumulators in registers across a loop of any length: one load and one
 fused multiply-add per term (the direct psum replay's segment sums).
 
-``LANES`` lanes per value (16: one AVX-512 register, or two AVX2 ones where LLVM splits it).
+``LANES`` lanes per value: 16 (one AVX-512 register) or 8 (one AVX2 register), from the target.
 Loads and stores are unaligned, unchecked and unmasked: the caller keeps ``i .. i + LANES - 1``
 inside the array.
 """
 from __future__ import annotations
+
+import os
 
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core.extending import intrinsic, models, register_model
 
-LANES = 16
+
+def _target_lanes() -> int:
+    """16 lanes where numba's target has AVX-512 (one register), else 8 (one AVX2 register): with
+    16 lanes split over two AVX2 registers the kernels' accumulators no longer fit the sixteen
+    registers and spill (the column-pair loop of the psum replay ran 1.7x slower on an AVX2 EPYC).
+    Numba's own choice of features (``NUMBA_CPU_FEATURES``, else the host's), which also keys its
+    on-disk cache, so cached kernels always match this width. ``SYSARRAY_SIMD_LANES`` overrides it
+    for tests, only with a ``NUMBA_CACHE_DIR`` of its own: the cache does not know the width, and a
+    kernel cached at another width would read past its runs."""
+    forced = os.environ.get("SYSARRAY_SIMD_LANES")
+    if forced:
+        if forced not in ("4", "8", "16"):
+            raise ValueError(f"SYSARRAY_SIMD_LANES must be 4, 8 or 16. Got {forced!r} instead.")
+        if not os.environ.get("NUMBA_CACHE_DIR"):
+            raise ValueError("SYSARRAY_SIMD_LANES needs NUMBA_CACHE_DIR set to a directory used with that width only.")
+        return int(forced)
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return 16 if "+avx512f" in features.split(",") else 8
+
+
+LANES = _target_lanes()
 
 
 class _VectorType(types.Type):

@@ -52,7 +52,9 @@ CPU_KERNEL = "simd"
 # The SIMD kernel runs the outputs of one array column (column folds of a wide layer: the same
 # faulty rows, so the same taps) in pairs that share each tap's input loads.
 PAIRS = True
-SIMD_BLOCK = 4 * LANES  # run values per block of the SIMD kernel (four registers of lanes)
+# Run values per block of the SIMD kernel: four vectors of lanes (64 values with AVX-512, 32 with
+# AVX2; the width comes from the target, see sysarray.engines._simd).
+SIMD_BLOCK = 4 * LANES
 # Values per contiguous run of the direct replay: images are laid side by side until one kernel
 # tap over their output planes is about this long (long runs amortise loop overheads; short ones
 # keep a task's buffers in L1).

@@ -61,10 +61,40 @@ def test_same_campaign_twice_and_with_two_workers_is_byte_identical(reference, t
     task = CheckpointTask(lenet_ckpt, limit=LIMIT)
     run_campaign(task, small_grid(), str(tmp_path / "again"), CFG, workers=1)
     run_campaign(task, small_grid(), str(tmp_path / "pool"), CFG, workers=2)
-    run_campaign(task, small_grid(), str(tmp_path / "chunks"), CFG, workers=2, chunk_size=5)  # 5 + 5 + 2 chips
-    for name in ("again", "pool", "chunks"):
+    run_campaign(task, small_grid(), str(tmp_path / "chunks"), CFG, workers=2, chunk_size=5)
+    run_campaign(task, small_grid(), str(tmp_path / "three"), CFG, workers=3, chunk_size=1)
+    for name in ("again", "pool", "chunks", "three"):
         assert (tmp_path / name / RESULTS).read_bytes() == ref
     assert (tmp_path / "again" / "aggregates.csv").read_bytes() == (tmp_path / "pool" / "aggregates.csv").read_bytes()
+
+
+class FailingGrid(RateGrid):
+    """``small_grid`` whose chip ``fail_on`` cannot be drawn (in whichever process evaluates it)."""
+
+    def __init__(self, fail_on: int) -> None:
+        g = small_grid()
+        super().__init__(g.rates, g.chips_per_rate, g.seed, g.groups)
+        self.fail_on = fail_on
+
+    def chip(self, i, cfg):
+        if i == self.fail_on:
+            raise RuntimeError(f"chip {i} failed")
+        return super().chip(i, cfg)
+
+
+@pytest.mark.parametrize("fail_on", [0, 11])
+def test_a_failing_chip_stops_a_pool_campaign_and_a_rerun_completes_it(reference, tmp_path, lenet_ckpt, fail_on):
+    # chip 0 fails in this process (it evaluates the first chips while the worker starts), chip 11
+    # most likely in the worker or as a task this process takes back at the end
+    _, ref = reference
+    task, out = CheckpointTask(lenet_ckpt, limit=LIMIT), str(tmp_path / "c")
+    with pytest.raises(RuntimeError, match=f"chip {fail_on} failed"):
+        run_campaign(task, FailingGrid(fail_on), out, CFG, workers=2, chunk_size=2)
+    journal, _ = read_journal(os.path.join(out, JOURNAL))
+    assert fail_on not in journal
+    again = run_campaign(task, small_grid(), out, CFG, workers=2)
+    assert again.evaluated == 12 - len(journal)
+    assert (tmp_path / "c" / RESULTS).read_bytes() == ref
 
 
 def test_dask_local_cluster_gives_the_same_results(reference, tmp_path, lenet_ckpt):

@@ -322,8 +322,9 @@ def test_saturating_results_equal_exact_ones_clamped(case, bound):
 @pytest.mark.parametrize("channels,width,padding,groups_of", [(16, 16, 1, 2), (32, 21, 2, 2), (16, 37, 0, 3),
                                                                (32, 16, 1, 0)])
 def test_simd_kernel_fills_channels_last_planes_by_blocks(channels, width, padding, groups_of):
-    """Stride-1 layers with channels-last input of a multiple of 16 channels: the SIMD kernel's
-    fill transposes 16x16 blocks (rows of ``width`` pixels: whole blocks and a tail), with image
+    """Stride-1 layers with channels-last input of a multiple of LANES (16 or 8) channels: the SIMD
+    kernel's fill transposes LANES x LANES blocks (rows of ``width`` pixels: whole blocks and a
+    tail, or whole blocks only where 16 pixels are two blocks of 8), with image
     groups side by side (the last one partial) or one image per group; the same bits as the
     pass kernel and as fast_gemm on the im2col GEMM."""
     from sysarray.engines import fast_conv as fc
@@ -365,6 +366,28 @@ def test_cuda_conv_matches_cpu():
     cpu = fast_conv2d(x, w, cfg, fm, padding=(1, 1), pad_value=3)
     gpu = fast_conv2d(x.cuda(), w.cuda(), cfg, fm, padding=(1, 1), pad_value=3)
     np.testing.assert_array_equal(gpu.cpu().numpy(), cpu.numpy())
+
+
+def test_simd_width_is_the_targets_or_the_forced_one():
+    """16 lanes with AVX-512, else 8 (the tests of this module run at the other width too, see
+    test_simd_width.py); a forced width needs a numba cache of its own."""
+    import os
+    import subprocess
+    import sys
+
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    from sysarray.engines import _simd, fast_conv as fc
+
+    forced = os.environ.get("SYSARRAY_SIMD_LANES")
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    assert _simd.LANES == (int(forced) if forced else 16 if "+avx512f" in features.split(",") else 8)
+    assert fc.SIMD_BLOCK == 4 * _simd.LANES
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    r = subprocess.run([sys.executable, "-c", "import sysarray.engines._simd"], capture_output=True, text=True,
+                       env={**env, "SYSARRAY_SIMD_LANES": "8"})
+    assert r.returncode != 0 and "NUMBA_CACHE_DIR" in r.stderr
 
 
 def test_simd_pairs_share_taps_of_one_column():
