@@ -614,13 +614,18 @@ def start_workers_early(wait: bool = False) -> None:
 # the parent, on the cores the workers run on, about a millisecond, which with one LeNet-5 chip
 # (~8 ms) per task cut the 2-worker efficiency to 0.65-0.8 (0.93-1.0 with four chips a task).
 TASK_SECONDS = 0.05
+# A chip costs about this many fault-free runs (the faulty engine's usual cost).
+CHIP_PER_CLEAN_RUN = 1.5
+# Pool tasks at least this long (estimated) are submitted one per worker at a time: a worker with a
+# second one queued at the end of a ResNet-20 campaign (~3 s chips) left this process idle for it.
+LONG_TASK_S = 0.25
 
 
 def auto_chunk_size(clean_s: float, chips: int, workers: int) -> int:
     """Chips per task: about ``TASK_SECONDS`` of work, a chip taken as 1.5 fault-free runs of
     ``clean_s`` seconds (the faulty engine's usual cost), and at least four tasks per worker, so
     that the last tasks still balance."""
-    per_chip = max(1e-4, 1.5 * clean_s)
+    per_chip = max(1e-4, CHIP_PER_CLEAN_RUN * clean_s)
     return max(1, min(math.ceil(TASK_SECONDS / per_chip), chips // (4 * max(1, workers))))
 
 
@@ -642,14 +647,16 @@ def _run_serial(evaluator: Evaluator, population: Population, jobs: Iterator[Job
 
 
 def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job], sink: Callable[[list[dict]], None],
-              workers: int, chunk_size: int, total: int) -> None:
+              workers: int, chunk_size: int, total: int, chip_s: float) -> None:
     """``workers`` processes evaluate ``total`` jobs: this one and ``workers - 1`` forked ones.
 
     This process is warm (no fork, no unpickling, no first calls), so it evaluates chips one at
-    a time throughout and keeps the pool's workers fed between them; their results are written
-    from the pool's callback thread as they arrive. Pool tasks shrink as the jobs run out (at
-    most the remaining jobs over four per process), and at the end this process takes back the
-    tasks no worker has started, so that no core idles long while another finishes.
+    a time throughout. The pool is fed from its callback thread: a finished task's results are
+    written and the next task submitted as it comes back, so each worker holds one task ahead
+    (none for tasks of at least ``LONG_TASK_S``, estimated from ``chip_s`` seconds a chip: at
+    the end a worker would otherwise still have a whole task to run while this process idles).
+    Pool tasks shrink as the jobs run out (at most the remaining jobs over four per process),
+    and at the end this process takes back the tasks no worker has started.
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -660,71 +667,66 @@ def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job],
     blob = pickle.dumps((evaluator, _shipped_population(population)), protocol=pickle.HIGHEST_PROTOCOL)
     pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=_mp_context(), initializer=_init_worker,
                                initargs=(blob,))
-    lock = threading.Lock()  # sink() is called from this thread and the pool's callback thread
+    # `lock` guards the jobs, the tasks in flight and the sink: this thread and the pool's
+    # callback thread both take jobs, submit tasks and write results.
+    # (re-entrant: a task already done when its callback is added runs it at once, in feed).
+    lock = threading.RLock()
     errors: list[BaseException] = []
-    inflight: dict = {}  # future -> its jobs (changed by both threads, under `lock`)
+    inflight: dict = {}  # future -> its jobs
     left = [total]  # jobs not yet handed to a process
-    stopped = [False]  # after a failure: results still arriving are dropped (the store is closing)
+    stopped = [False]  # after a failure nothing more is submitted or written (the store is closing)
+    ahead = 1 if chunk_size * chip_s >= LONG_TASK_S else 2
+    window = ahead * (workers - 1)
 
-    def keep(records: list[dict]) -> None:
-        with lock:
-            if not stopped[0]:
-                sink(records)
-
-    def finished(f) -> None:
-        with lock:
-            inflight.pop(f, None)
-        if f.cancelled():
-            return
-        try:
-            keep(f.result())
-        except BaseException as e:  # re-raised in the main thread
-            errors.append(e)
-
-    def submit(chunk: list[Job]):
-        f = pool.submit(_pool_task, chunk)
-        with lock:
-            inflight[f] = chunk
-        f.add_done_callback(finished)
-        return f
-
-    def take(n: int) -> list[Job]:
+    def take(n: int) -> list[Job]:  # under `lock`
         chunk = list(itertools.islice(jobs, n))
         left[0] -= len(chunk)
         return chunk
 
-    def task_size() -> int:
-        return max(1, min(chunk_size, left[0] // (4 * workers)))
+    def feed() -> None:  # under `lock`
+        while not (stopped[0] or errors) and len(inflight) < window and left[0] > 0:
+            chunk = take(max(1, min(chunk_size, left[0] // (4 * workers))))
+            f = pool.submit(_pool_task, chunk)
+            inflight[f] = chunk
+            f.add_done_callback(finished)
 
-    window = 3 * (workers - 1)  # tasks in flight: maps are drawn as workers free up
+    def keep(records: list[dict]) -> None:  # under `lock`
+        if not stopped[0]:
+            sink(records)
+
+    def finished(f) -> None:
+        try:
+            with lock:
+                inflight.pop(f, None)
+                if not f.cancelled():
+                    keep(f.result())
+                    feed()
+        except BaseException as e:  # re-raised in the main thread
+            errors.append(e)
+
     try:
         # Submitting starts the worker processes (a fork from the warm fork server, then unpickling
-        # the evaluator): a thread submits the first window while this process evaluates chips.
-        first = [c for c in (take(task_size()) for _ in range(window)) if c]
-        failure: list[BaseException] = []
-
-        def submit_first() -> None:
+        # the evaluator): a thread submits the first tasks while this process evaluates chips.
+        def start() -> None:
             try:
-                for c in first:
-                    submit(c)
-            except BaseException as e:  # re-raised below, in this thread
-                failure.append(e)
+                with lock:
+                    feed()
+            except BaseException as e:
+                errors.append(e)
 
-        starter = threading.Thread(target=submit_first, name="campaign-start-workers", daemon=True)
+        starter = threading.Thread(target=start, name="campaign-start-workers", daemon=True)
         starter.start()
-        while True:
-            if errors or failure:
-                break
-            if not starter.is_alive():
-                while len(inflight) < window and left[0] > 0:
-                    submit(take(task_size()))
-            chunk = take(1)
+        while not errors:
+            with lock:
+                chunk = take(1)
             if not chunk:
                 break
-            keep(evaluate_jobs(evaluator, population, chunk))
+            records = evaluate_jobs(evaluator, population, chunk)
+            with lock:
+                keep(records)
         starter.join()
-        if failure or errors:
-            raise (failure or errors)[0]
+        if errors:
+            raise errors[0]
         # The jobs have run out: take back the tasks no worker has started, newest first.
         with lock:
             unstarted = sorted(inflight.items(), key=lambda item: -item[1][0][0])
@@ -732,7 +734,9 @@ def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job],
             if errors:
                 raise errors[0]
             if f.cancel():
-                keep(evaluate_jobs(evaluator, population, chunk))
+                records = evaluate_jobs(evaluator, population, chunk)
+                with lock:
+                    keep(records)
         pool.shutdown(wait=True)
         if errors:
             raise errors[0]
@@ -855,8 +859,9 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
             program, images, labels = task.load()
             t_clean = time.perf_counter()
             evaluator = Evaluator.build(program, images, labels, cfg, engine, critical_drop, batch_size)
+            clean_s = time.perf_counter() - t_clean
             if chunk_size is None:
-                chunk_size = auto_chunk_size(time.perf_counter() - t_clean, len(todo), n_workers)
+                chunk_size = auto_chunk_size(clean_s, len(todo), n_workers)
             clean = evaluator.clean_accuracy
             store.update_info(clean_accuracy=clean, clean_correct=evaluator.clean_correct, images=evaluator.images_count)
             bar = _progress_bar(population.size, done_before, progress)
@@ -882,7 +887,8 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
                     _run_dask(evaluator, population, jobs, sink, scheduler, n_workers, chunk_size)
                 elif use_pool:
                     with one_thread():
-                        _run_pool(evaluator, population, jobs, sink, min(n_workers, len(todo)), chunk_size, len(todo))
+                        _run_pool(evaluator, population, jobs, sink, min(n_workers, len(todo)), chunk_size, len(todo),
+                                  CHIP_PER_CLEAN_RUN * clean_s)
                 else:
                     _run_serial(evaluator, population, jobs, sink)
             finally:

@@ -56,14 +56,18 @@ def test_results_have_one_sorted_row_per_chip_and_no_wall_time(reference):
     assert [int(t["chip"]) for t in timings] == list(range(12)) and all(float(t["seconds"]) > 0 for t in timings)
 
 
-def test_same_campaign_twice_and_with_two_workers_is_byte_identical(reference, tmp_path, lenet_ckpt):
+def test_same_campaign_twice_and_with_two_workers_is_byte_identical(reference, tmp_path, lenet_ckpt, monkeypatch):
+    from mitigation import campaign
+
     _, ref = reference
     task = CheckpointTask(lenet_ckpt, limit=LIMIT)
     run_campaign(task, small_grid(), str(tmp_path / "again"), CFG, workers=1)
     run_campaign(task, small_grid(), str(tmp_path / "pool"), CFG, workers=2)
     run_campaign(task, small_grid(), str(tmp_path / "chunks"), CFG, workers=2, chunk_size=5)
     run_campaign(task, small_grid(), str(tmp_path / "three"), CFG, workers=3, chunk_size=1)
-    for name in ("again", "pool", "chunks", "three"):
+    monkeypatch.setattr(campaign, "LONG_TASK_S", 0.0)  # long tasks: no task queued ahead in a worker
+    run_campaign(task, small_grid(), str(tmp_path / "long"), CFG, workers=2, chunk_size=2)
+    for name in ("again", "pool", "chunks", "three", "long"):
         assert (tmp_path / name / RESULTS).read_bytes() == ref
     assert (tmp_path / "again" / "aggregates.csv").read_bytes() == (tmp_path / "pool" / "aggregates.csv").read_bytes()
 
