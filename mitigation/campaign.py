@@ -709,6 +709,10 @@ def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job],
         # the evaluator): a thread submits the first tasks while this process evaluates chips.
         def start() -> None:
             try:
+                # The processes start on these no-op tasks, outside `lock`: this process's first
+                # job waits on the lock, and starting a worker while holding it cost LeNet-5 ~50 ms.
+                for _ in range(workers - 1):
+                    pool.submit(int)
                 with lock:
                     feed()
             except BaseException as e:

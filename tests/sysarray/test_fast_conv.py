@@ -12,9 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sysarray as sa
-from sysarray.engines.fast_conv import fast_conv2d, im2col
+from sysarray.engines.fast_conv import PLANES_BUDGET, fast_conv2d, im2col
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+BUDGET = PLANES_BUDGET  # tests that force image groups lift it, then restore it
 
 
 @dataclass
@@ -185,10 +186,10 @@ def test_direct_replay_with_partial_image_groups(stride, padding, kernel):
     oh = (6 + 2 * padding[0] - kernel) // stride[0] + 1
     wq = -(-(5 + 2 * padding[1]) // stride[1])
     try:
-        fc.RUN_TARGET = 2 * oh * wq  # two images per run
+        fc.RUN_TARGET, fc.PLANES_BUDGET = 2 * oh * wq, 1 << 40  # two images per run
         y = fast_conv2d(x, w, cfg, fm, stride=stride, padding=padding)
     finally:
-        fc.RUN_TARGET = 1024
+        fc.RUN_TARGET, fc.PLANES_BUDGET = 1024, BUDGET
     np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
 
 
@@ -205,10 +206,10 @@ def test_direct_replay_of_linear_layers_in_image_groups(run):
     fm = sa.FaultMap(4, 3).add(0, 1, "psum", 3, 1).add(2, 1, "psum", 30, 0).add(3, 2, "psum", 12, 1)
     case = ConvCase(x, w, cfg, fm, (1, 1), (0, 0), 0, 1, False)
     try:
-        fc.RUN_TARGET = run
+        fc.RUN_TARGET, fc.PLANES_BUDGET = run, 1 << 40
         y = fast_conv2d(x, w, cfg, fm)
     finally:
-        fc.RUN_TARGET = 1024
+        fc.RUN_TARGET, fc.PLANES_BUDGET = 1024, BUDGET
     np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
 
 
@@ -225,11 +226,12 @@ def test_every_chain_replay_path_gives_the_same_bits(case):
         for mode, run, kernel in (("direct", 1, "simd"), ("direct", 1, "passes"), ("direct", 1 << 30, "simd"),
                                   ("direct", 1 << 30, "passes"), ("torch", fc.RUN_TARGET, "simd")):
             fc.CPU_REPLAY, fc.RUN_TARGET, fc.CPU_KERNEL = mode, run, kernel
+            fc.PLANES_BUDGET = 1 << 40 if run > 1024 else BUDGET
             for channels_last in (False, True):  # the program keeps activations channels-last on CPU
                 np.testing.assert_array_equal(conv(case, channels_last), default,
                                               err_msg=f"{mode} {run} {kernel} {channels_last}")
     finally:
-        fc.CPU_REPLAY, fc.RUN_TARGET, fc.CPU_KERNEL = "direct", 1024, "simd"
+        fc.CPU_REPLAY, fc.RUN_TARGET, fc.CPU_KERNEL, fc.PLANES_BUDGET = "direct", 1024, "simd", BUDGET
 
 
 @st.composite
@@ -297,7 +299,8 @@ def test_simd_replay_kernel_equals_the_pass_kernel_and_fast_gemm(case, channels_
     kh, kw = case.w.shape[2:]
     (sh, sw), (ph, pw) = case.stride, case.padding
     oh, ow, wq = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1, -(-(W + 2 * pw) // sw)
-    g = min(B, max(1, round(fc.RUN_TARGET / (oh * wq))))
+    per_image = case.x.shape[1] * -(-(H + 2 * ph) // sh) * wq * sh * sw * 4
+    g = min(B, max(1, min(round(fc.RUN_TARGET / (oh * wq)), fc.PLANES_BUDGET // per_image)))
     replayed = not case.cfg.bypass and any(f.register.value == "psum" and f.col < case.w.shape[0] for f in case.faults)
     if replayed and ((oh - 1) * g + g - 1) * wq + ow >= fc.SIMD_BLOCK:
         assert calls, "the SIMD kernel did not run"
@@ -345,11 +348,12 @@ def test_simd_kernel_fills_channels_last_planes_by_blocks(channels, width, paddi
     try:
         fc._direct_chains_simd = recording
         fc.RUN_TARGET = groups_of * oh * wq if groups_of else 1
+        fc.PLANES_BUDGET = 1 << 40
         got = conv(case, channels_last=True)
         fc.CPU_KERNEL = "passes"
         passes = conv(case, channels_last=True)
     finally:
-        fc._direct_chains_simd, fc.RUN_TARGET, fc.CPU_KERNEL = simd, 1024, "simd"
+        fc._direct_chains_simd, fc.RUN_TARGET, fc.CPU_KERNEL, fc.PLANES_BUDGET = simd, 1024, "simd", BUDGET
     assert blocks and all(blocks)
     np.testing.assert_array_equal(got, passes)
     np.testing.assert_array_equal(got, im2col_gemms(case, "fast"))
