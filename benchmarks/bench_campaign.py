@@ -29,11 +29,17 @@ For each it measures, in one run:
   from the campaign fork server, which imports torch and warms the kernels once per process
   (about 4 s here; ``sysarray campaign`` starts it before loading the model): it is started
   before the timed campaigns and its start-up is reported on its own (``fork_server_start_s``);
-- both campaigns as a pair, repeated three times (alternating) when a pair takes under 15 s
-  (``--campaign-repeats``), each wall the median run's;
-- ``chips_per_min`` for both, ``cost_per_chip_over_fault_free`` = (1-worker wall / chips) /
-  ``fault_free_s`` (target at most 1.5), and ``parallel_efficiency`` = (1-worker wall / 2-worker
-  wall) / 2 (target at least 0.85). The 2-worker wall includes starting the worker processes;
+- both campaigns as a pair, repeated five times (alternating) when a pair takes under 15 s
+  (``--campaign-repeats``), each wall the median run's, and around each 1-worker campaign a
+  short fault-free unit (about 0.5 s of runs, at least one, before it and after it; the first
+  pair's also takes the unit timed before the campaigns, the last pair's the one after);
+- ``chips_per_min`` for both; ``cost_per_chip_over_fault_free`` = the median over the pairs of
+  (1-worker wall / chips) / that pair's short unit (target at most 1.5), and
+  ``parallel_efficiency`` = the median over the pairs of (1-worker wall / 2-worker wall) / 2
+  (target at least 0.85): each ratio of measurements seconds apart, since this machine's speed
+  moved by up to 1.7x within a minute (session 8: the unit before the LeNet-5 campaigns 3.5 ms,
+  after them 6.0 ms). The figures from the median walls and the pooled unit are in the JSON
+  too (``..._pooled``, ``..._of_median_walls``). The 2-worker wall includes starting the worker processes;
   ``parallel_efficiency_steady`` compares the chip rates after the first chip finished (workers
   running). ``faulty_over_fault_free`` (the engine's faulty inference over the fault-free one, from
   the per-chip times) and ``campaign_overhead`` (1-worker wall over the sum of per-chip times)
@@ -64,7 +70,8 @@ REPO = Path(__file__).resolve().parent.parent
 TARGET_COST = 1.5
 TARGET_EFFICIENCY = 0.85
 MIN_UNIT_S = 2.0  # timed fault-free runs last at least about this long in all
-SHORT_PAIR_S = 15.0  # a 1-worker + 2-worker campaign pair shorter than this is run three times
+SHORT_PAIR_S = 15.0  # a 1-worker + 2-worker campaign pair shorter than this is run five times
+PAIR_UNIT_S = 0.5  # fault-free runs right before and after each 1-worker campaign: about this long
 PE_RATE = 0.01
 
 
@@ -136,20 +143,34 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
         # Pairs of campaigns (1 worker, then 2), alternating: one pair for long campaigns, three
         # when a pair takes under SHORT_PAIR_S (LeNet-5's take ~3 s, and the speed of a shared
         # machine moves by up to 2x between seconds); each figure is the median run's.
-        ones, twos, conts = [], [], []
+        ones, twos, conts, pair_units = [], [], [], []
+        # A short fault-free unit right before and after each 1-worker campaign: the pair's cost
+        # ratio divides by the machine's speed of the same seconds.
+        pair_repeats = max(1, math.ceil(PAIR_UNIT_S / max(1e-3, clean_before["median_s"])))
+        short_unit = lambda: time_round_robin(  # noqa: E731
+            {"fault_free": lambda: task.program.run(task.images, cfg, count_changes=False)}, pair_repeats,
+            warmup=0)["fault_free"]["times_s"]
         while True:
+            before = short_unit()
             one_run, cont_one = gate.measure(lambda: campaign(1))
+            after = short_unit()
             two_run, cont_two = gate.measure(lambda: campaign(2))
             ones.append(one_run)
             twos.append(two_run)
             conts.append((cont_one, cont_two))
+            pair_units.append(before + after)
             if not campaign_repeats:
-                campaign_repeats = 3 if one_run["wall_s"] + two_run["wall_s"] < SHORT_PAIR_S else 1
+                campaign_repeats = 5 if one_run["wall_s"] + two_run["wall_s"] < SHORT_PAIR_S else 1
             if len(ones) >= campaign_repeats:
                 break
         # The unit again after the campaigns, pooled with the first: the machine's speed drifts
         # over a ResNet-20 campaign's minutes, and a unit timed only before it skews the ratio.
         clean_after, _ = gate.measure(unit)
+    # The first pair's unit also takes the runs timed just before it, the last pair's those just
+    # after it (all of them adjacent in time; with one ResNet-20 pair, two runs alone were noisy).
+    pair_units[0] = clean_before["times_s"] + pair_units[0]
+    pair_units[-1] = pair_units[-1] + clean_after["times_s"]
+    pair_units = [sum(u) / len(u) for u in pair_units]
     clean = summarize_times(clean_before["times_s"] + clean_after["times_s"], clean_before.get("first_call_s"))
     clean["median_s_before"], clean["median_s_after"] = clean_before["median_s"], clean_after["median_s"]
     median_run = lambda runs: sorted(runs, key=lambda r: r["wall_s"])[(len(runs) - 1) // 2]  # noqa: E731
@@ -157,7 +178,15 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
     cont_one, cont_two = conts[ones.index(one_run)][0], conts[twos.index(two_run)][1]
     fault_free_s = sum(clean["times_s"]) / len(clean["times_s"])
     one, two = one_run["wall_s"], two_run["wall_s"]
+    median = lambda xs: sorted(xs)[(len(xs) - 1) // 2]  # noqa: E731
+    pair_costs = [(r["wall_s"] / chips) / u for r, u in zip(ones, pair_units)]
+    pair_efficiencies = [a["wall_s"] / b["wall_s"] / 2.0 for a, b in zip(ones, twos)]
     return {
+        "cost_per_chip_over_fault_free": median(pair_costs),
+        "cost_per_chip_over_fault_free_pairs": pair_costs,
+        "parallel_efficiency": median(pair_efficiencies),
+        "parallel_efficiency_pairs": pair_efficiencies,
+        "fault_free_pair_units_s": pair_units,
         "campaign_1_worker": one_run, "campaign_2_workers": two_run,
         "campaign_1_worker_walls_s": [r["wall_s"] for r in ones], "campaign_2_workers_walls_s": [r["wall_s"] for r in twos],
         "faulty_inference_mean_s": one_run["chip_seconds_sum"] / chips,
@@ -168,10 +197,10 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
         "chips": chips, "fault_free": clean, "fault_free_s": fault_free_s,
         "campaign_1_worker_s": one, "campaign_2_workers_s": two,
         "chips_per_min_1_worker": 60.0 * chips / one, "chips_per_min_2_workers": 60.0 * chips / two,
-        "cost_per_chip_over_fault_free": (one / chips) / fault_free_s,
-        # informational: over the median fault-free run
+        # the same figures from the median walls and the pooled unit (before session 8's pairing)
+        "cost_per_chip_over_fault_free_pooled": (one / chips) / fault_free_s,
         "cost_per_chip_over_fault_free_median": (one / chips) / clean["median_s"],
-        "parallel_efficiency": (one / two) / 2.0,
+        "parallel_efficiency_of_median_walls": (one / two) / 2.0,
         "contention": {"fault_free": cont_clean, "1_worker": cont_one, "2_workers": cont_two},
     }
 
@@ -183,7 +212,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5,
                     help=f"timed fault-free runs: at least this many (default 5) and about {MIN_UNIT_S:g} s of them")
     ap.add_argument("--campaign-repeats", type=int, default=0, metavar="N",
-                    help=f"pairs of timed campaigns (1 worker, 2 workers), medians reported (default 0: three when a "
+                    help=f"pairs of timed campaigns (1 worker, 2 workers), medians reported (default 0: five when a "
                          f"pair takes under {SHORT_PAIR_S:g} s, else one)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workloads", default="lenet5,resnet20", help="comma-separated: lenet5, resnet20")
