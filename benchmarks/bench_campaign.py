@@ -52,6 +52,7 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -140,9 +141,9 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
 
-        # Pairs of campaigns (1 worker, then 2), alternating: one pair for long campaigns, three
+        # Pairs of campaigns (1 worker, then 2), alternating: one pair for long campaigns, five
         # when a pair takes under SHORT_PAIR_S (LeNet-5's take ~3 s, and the speed of a shared
-        # machine moves by up to 2x between seconds); each figure is the median run's.
+        # machine moves by up to 2x between seconds); each figure is a median over the pairs.
         ones, twos, conts, pair_units = [], [], [], []
         # A short fault-free unit right before and after each 1-worker campaign: the pair's cost
         # ratio divides by the machine's speed of the same seconds.
@@ -178,13 +179,12 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
     cont_one, cont_two = conts[ones.index(one_run)][0], conts[twos.index(two_run)][1]
     fault_free_s = sum(clean["times_s"]) / len(clean["times_s"])
     one, two = one_run["wall_s"], two_run["wall_s"]
-    median = lambda xs: sorted(xs)[(len(xs) - 1) // 2]  # noqa: E731
     pair_costs = [(r["wall_s"] / chips) / u for r, u in zip(ones, pair_units)]
     pair_efficiencies = [a["wall_s"] / b["wall_s"] / 2.0 for a, b in zip(ones, twos)]
     return {
-        "cost_per_chip_over_fault_free": median(pair_costs),
+        "cost_per_chip_over_fault_free": statistics.median_low(pair_costs),
         "cost_per_chip_over_fault_free_pairs": pair_costs,
-        "parallel_efficiency": median(pair_efficiencies),
+        "parallel_efficiency": statistics.median_low(pair_efficiencies),
         "parallel_efficiency_pairs": pair_efficiencies,
         "fault_free_pair_units_s": pair_units,
         "campaign_1_worker": one_run, "campaign_2_workers": two_run,

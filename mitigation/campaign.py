@@ -622,8 +622,8 @@ LONG_TASK_S = 0.25
 
 
 def auto_chunk_size(clean_s: float, chips: int, workers: int) -> int:
-    """Chips per task: about ``TASK_SECONDS`` of work, a chip taken as 1.5 fault-free runs of
-    ``clean_s`` seconds (the faulty engine's usual cost), and at least four tasks per worker, so
+    """Chips per task: about ``TASK_SECONDS`` of work, a chip taken as ``CHIP_PER_CLEAN_RUN``
+    fault-free runs of ``clean_s`` seconds, and at least four tasks per worker, so
     that the last tasks still balance."""
     per_chip = max(1e-4, CHIP_PER_CLEAN_RUN * clean_s)
     return max(1, min(math.ceil(TASK_SECONDS / per_chip), chips // (4 * max(1, workers))))

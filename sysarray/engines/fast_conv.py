@@ -61,7 +61,7 @@ SIMD_BLOCK = 4 * LANES
 RUN_TARGET = 1024
 # ... and only as long as one group's phase planes stay within this many bytes: the planes are read
 # once per tap and output, so they should stay in the core's cache (session 8: ResNet-20's
-# 32-channel layers' replay -12% and 64-channel -25% with at most 64 KB of planes on the AVX2 VM,
+# 32-channel layers' replay -10% and 64-channel -15% with at most 64 KB of planes on the AVX2 VM,
 # against groups up to ~330 KB before).
 PLANES_BUDGET = 64 << 10
 
