@@ -501,45 +501,33 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
     layout pass over the whole batch cost as much as the replay itself).
 
     Wp: (Fr*R, Fc*C) int64 latched weights; the replayed columns' outputs are returned as a
-    :class:`ChainFix` (``None``: no output has a faulty column)."""
-    plan = _chain_setup(Wp, cfg, cm, chain_cols, N, linear_tail)
-    if plan is None:
-        return None
-    n_idx, seg_of_row, keep, ones, n_seg, _ = plan
-    sign = 1 << (cfg.psum_bits - 1)
+    :class:`ChainFix` (``None``: no output has a faulty column). The plan and tap tables come
+    from one jitted call and the arrays are numpy's (this runs once per faulty layer and chip: a
+    LeNet-5 chip's layers spent ~100 us each in small Python and torch calls around the kernel)."""
     kh, kw = kernel
     sh, sw = stride
     ph, pw = padding
-    B, Cin, H, W = xp.shape
+    x = xp.numpy()  # (B, C, H, W) stored either way: channels-last input is laid out by the tasks
+    B, Cin, H, W = x.shape
     oh, ow = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
-    R = seg_of_row.shape[1]
     Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
-    per_image = Cin * Hq * Wq * sh * sw * xp.element_size()  # its phase planes at most
-    G = int(min(B, max(1, min(round(RUN_TARGET / (oh * Wq)), PLANES_BUDGET // per_image))))
+    per_image = Cin * Hq * Wq * sh * sw * x.itemsize  # its phase planes at most
+    G = min(B, max(1, min(round(RUN_TARGET / (oh * Wq)), PLANES_BUDGET // per_image)))
     run = ((oh - 1) * G + G - 1) * Wq + ow  # values per run (see _direct_chains)
-
-    def taps(min_taps: int):
-        return _direct_taps(Wp.numpy(), n_idx, seg_of_row, n_seg, keep.shape[1], Cin * kh * kw, kh, kw, sh, sw, Hq,
-                            G * Wq, min_taps, min_taps == 0 and PAIRS)
     # The SIMD kernel needs float32 input, runs of at least a block of lanes and float32 sums.
-    simd = xp.dtype == torch.float32 and run >= SIMD_BLOCK and CPU_KERNEL == "simd"
-    ptr, toff, tw, plane_of, wmax = taps(0 if simd else 4)
-    # Partial sums of at most R products: float32 is exact below 2**24, else float64.
-    f32 = R * max(1, amax) * max(1, wmax) < _F32_LIMIT
-    if simd and not f32:
-        simd = False
-        ptr, toff, tw, plane_of, wmax = taps(4)
+    simd = x.dtype == np.float32 and run >= SIMD_BLOCK and CPU_KERNEL == "simd"
+    preg = cm.psum
+    n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd = _direct_plan(
+        preg.faulty, preg.keep, preg.ones, chain_cols, Wp.numpy(), N, cfg.cols, (1 << cfg.psum_bits) - 1,
+        linear_tail, Cin * kh * kw, kh, kw, sh, sw, Hq, G * Wq, simd, amax, PAIRS)
+    if not len(n_idx):
+        return None
     if f32:
         tw = tw.astype(np.float32)
-    x = xp.numpy()  # (B, C, H, W) stored either way: channels-last input is laid out by the tasks
     NG = -(-B // G)
     in_place = True
     if H == W == Hq == Wq == 1:  # 1x1 images (linear layers): the planes are the transposed batch
-        xq = x.reshape(B, Cin)
-        if NG * G != B:
-            xq = np.zeros((NG * G, Cin), dtype=x.dtype)
-            xq[:B] = x.reshape(B, Cin)
-        xg = np.ascontiguousarray(xq.reshape(NG, G, Cin).transpose(0, 2, 1)).reshape(NG, -1)
+        xg = _transposed_groups(x.reshape(B, Cin), NG, G)
     elif G == 1 and plane_of.max() == 0 and not (ph or pw or sh > 1 or sw > 1) and x.flags.c_contiguous:
         xg = x.reshape(B, -1)  # stride 1, no padding, one plain image per group: its own plane
     else:
@@ -548,18 +536,56 @@ def _replay_direct(xp, Wp, cfg, cm, chain_cols, kernel, stride, padding, amax, N
     chunks = min(len(n_idx), -(-4 * numba.get_num_threads() // NG))
     geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
     tot = np.empty((B, len(n_idx), oh * ow), dtype=np.int32)
-    args = (xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail,
-            Wp.shape[0] // R, chunks, oh, ow, tot)
+    args = (xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, 1 << (cfg.psum_bits - 1),
+            linear_tail, Wp.shape[0] // cfg.rows, chunks, oh, ow, tot)
     if simd:
         # Stride 1 from channels-last input of a multiple of LANES channels: the fill transposes
         # blocks in registers (a 16-channel 32x32 layer's fill had been ~40% of its replay)
-        pixels = xp.permute(0, 2, 3, 1)
-        cl = not in_place and sh == sw == 1 and Cin % LANES == 0 and W >= LANES and pixels.is_contiguous()
-        xcl = pixels.reshape(-1).numpy() if cl else np.empty(0, dtype=np.float32)
-        _direct_chains_simd(*args, xcl, _mates(n_idx, cfg.cols), work=len(toff) * run * NG)
+        pixels = x.transpose(0, 2, 3, 1)
+        cl = not in_place and sh == sw == 1 and Cin % LANES == 0 and W >= LANES and pixels.flags.c_contiguous
+        xcl = pixels.reshape(-1) if cl else np.empty(0, dtype=np.float32)
+        _direct_chains_simd(*args, xcl, mates, work=len(toff) * run * NG)
     else:
         _direct_chains(*args, work=len(toff) * run * NG)
     return ChainFix(n_idx, tot, linear_tail)
+
+
+@njit(cache=True)
+def _direct_plan(faulty, pkeep, pones, chain_cols, Wp, N, C, full, linear_tail, K, kh, kw, sh, sw, Hq, GWq, simd,
+                 amax, pairs):
+    """:func:`_chain_plan` and :func:`_direct_taps` for the direct replay, in one call: returns
+    ``(n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd)``: ``f32`` when
+    every partial sum of at most ``R`` products is exact in float32 (``R * amax * wmax <
+    2**24``); ``simd`` is the caller's choice, off when the sums need float64 (the SIMD kernel
+    is float32-only); ``mates`` (:func:`_pair_outputs`) all -1 without it or ``pairs``. No
+    replayed output: ``n_idx`` is empty. The weights ``tw`` come back float64 either way
+    (numba returns one type); the caller casts them."""
+    R = faulty.shape[0]
+    n_idx, seg_of_row, keep, ones, n_seg, _ = _chain_plan(faulty, pkeep, pones, chain_cols, Wp.shape[1] // C, N, full,
+                                                          linear_tail)
+    S = keep.shape[1]
+    ptr, toff, tw, plane_of, wmax = _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq,
+                                                 0 if simd else 4, simd and pairs)
+    f32 = R * max(1, amax) * max(1, wmax) < _F32_LIMIT
+    if simd and not f32:
+        simd = False
+        ptr, toff, tw, plane_of, wmax = _direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq, 4,
+                                                     False)
+    mates = _pair_outputs(n_idx, C) if simd and pairs else np.full(n_idx.shape[0], -1, dtype=np.int64)
+    return n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd
+
+
+@njit(cache=True)
+def _transposed_groups(x, NG, G):
+    """Linear layers' phase planes: ``x`` (B, C) -> (NG, C*G), ``out[q, c*G + g] = x[q*G + g, c]``
+    (zero for images past B)."""
+    B, C = x.shape
+    out = np.zeros((NG, C * G), dtype=x.dtype)
+    for i in range(B):
+        q, g = i // G, i % G
+        for c in range(C):
+            out[q, c * G + g] = x[i, c]
+    return out
 
 
 @njit(cache=True)
@@ -949,16 +975,11 @@ def _pair_block(xs, toff, tw, ptr, n_seg, keep, ones, sg, linear_tail, Fr, S, o,
     _store4(tots, dst_m, u0, u1, u2, u3)
 
 
-def _mates(n_idx: np.ndarray, C: int) -> np.ndarray:
-    """(O,) int64: for each replayed output, the one of the next column fold in the same array
-    column (channel ``n + C``) when ``n`` is in an even column fold, and back; -1 for none
-    (``PAIRS`` off: all -1)."""
-    return _pair_outputs(n_idx, C) if PAIRS else np.full(len(n_idx), -1, dtype=np.int64)
-
-
 @njit(cache=True)
 def _pair_outputs(n_idx, C):
-    """:func:`_mates` in numba (a Python dict cost LeNet-5 ~10 us a layer)."""
+    """(O,) int64: for each replayed output, the one of the next column fold in the same array
+    column (channel ``n + C``) when ``n`` is in an even column fold, and back; -1 for none (in
+    numba: a Python dict cost LeNet-5 ~10 us a layer)."""
     O = n_idx.shape[0]
     mate = np.full(O, -1, dtype=np.int64)
     at = np.full(n_idx.max() + C + 1 if O else 1, -1, dtype=np.int64)
