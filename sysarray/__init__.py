@@ -11,6 +11,12 @@ import os
 # before torch; an explicit setting wins.
 os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
+# Large freed buffers stay in the process for the next run's activations (no page fault per 4 KB of
+# every new tensor; see sysarray._malloc). SYSARRAY_MALLOC_TUNING=0 leaves glibc's defaults.
+from sysarray._malloc import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()
+
 from sysarray.config import PRESETS, ArrayConfig, Dataflow, parse_array
 from sysarray.faults import Fault, FaultMap, Register
 from sysarray.stats import GemmStats
