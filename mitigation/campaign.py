@@ -739,7 +739,7 @@ def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job],
                 keep(records)
         while not errors:
             with lock:  # a few chips at a time (maps drawn together), one when tasks are long
-                chunk = take(max(1, min(chunk_size if ahead > 1 else 1, left[0] // (4 * workers))))
+                chunk = take(max(1, min(chunk_size if ahead > 1 else 1, left[0] // (16 * workers))))
             if not chunk:
                 break
             evaluate_jobs(evaluator, population, chunk, each=keep_now)
