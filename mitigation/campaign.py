@@ -664,8 +664,9 @@ def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job],
     """``workers`` processes evaluate ``total`` jobs: this one and ``workers - 1`` forked ones.
 
     This process is warm (no fork, no unpickling, no first calls), so it evaluates chips
-    throughout, a task's worth at a time (their maps drawn together), one at a time for long
-    tasks, each written as it finishes. The pool is fed from its callback thread: a finished task's results are
+    throughout, a few at a time (their maps drawn together; at most ``chunk_size`` and the
+    remaining jobs over 16 per process, one at a time for long tasks), each written as it
+    finishes. The pool is fed from its callback thread: a finished task's results are
     written and the next task submitted as it comes back, so each worker holds one task ahead
     (none for tasks of at least ``LONG_TASK_S``, estimated from ``chip_s`` seconds a chip: at
     the end a worker would otherwise still have a whole task to run while this process idles).
@@ -734,11 +735,12 @@ def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job],
 
         starter = threading.Thread(target=start, name="campaign-start-workers", daemon=True)
         starter.start()
+
         def keep_now(records: list[dict]) -> None:
             with lock:
                 keep(records)
         while not errors:
-            with lock:  # a few chips at a time (maps drawn together), one when tasks are long
+            with lock:  # a sixteenth of a process's share at most: the end stays balanced
                 chunk = take(max(1, min(chunk_size if ahead > 1 else 1, left[0] // (16 * workers))))
             if not chunk:
                 break
