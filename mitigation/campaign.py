@@ -755,9 +755,7 @@ def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job],
             if errors:
                 raise errors[0]
             if f.cancel():
-                records = evaluate_jobs(evaluator, population, chunk)
-                with lock:
-                    keep(records)
+                evaluate_jobs(evaluator, population, chunk, each=keep_now)
         pool.shutdown(wait=True)
         if errors:
             raise errors[0]
