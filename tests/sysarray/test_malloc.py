@@ -1,7 +1,6 @@
 """``sysarray._malloc``: freed activation-sized buffers are reused without page faults."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -23,9 +22,8 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
-def _faults(**env) -> int:
-    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env})
+def _faults() -> int:
+    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True)
     return int(out.stdout.split()[-1])
 
 
