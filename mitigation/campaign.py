@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from mitigation.campaign_spawn import starting_without_main, worker_blob
 from mitigation.campaign_store import AGGREGATES, RESULTS, CampaignStore, csv_text, file_sha256
 from sysarray.atomic import write_text
 
@@ -679,7 +680,8 @@ def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job],
     # evaluating chips: multiprocessing's own pickler would move the program's tensors into shared
     # memory (torch's reductions) from the thread that starts the workers, while this thread reads
     # them, and a chip evaluated meanwhile could see half-moved weights (seen as a flaky result).
-    blob = pickle.dumps((evaluator, _shipped_population(population)), protocol=pickle.HIGHEST_PROTOCOL)
+    # Its tensors travel as numpy arrays (campaign_spawn: ~6x faster both ways).
+    blob = worker_blob((evaluator, _shipped_population(population)))
     pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=_mp_context(), initializer=_init_worker,
                                initargs=(blob,))
     # `lock` guards the jobs, the tasks in flight and the sink: this thread and the pool's
@@ -726,8 +728,9 @@ def _run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job],
             try:
                 # The processes start on these no-op tasks, outside `lock`: this process's first
                 # job waits on the lock, and starting a worker while holding it cost LeNet-5 ~50 ms.
-                for _ in range(workers - 1):
-                    pool.submit(int)
+                with starting_without_main(blob):
+                    for _ in range(workers - 1):
+                        pool.submit(int)
                 with lock:
                     feed()
             except BaseException as e:
