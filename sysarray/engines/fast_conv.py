@@ -273,20 +273,23 @@ def apply_fix(y: torch.Tensor, fix: ChainFix, saturate: int = 1 << 31) -> None:
     """Apply a :class:`ChainFix` to ``y`` (B, N, oh, ow) (any strides), in place: int32, or
     float32 with the corrected values clamped to ``[-saturate, saturate]`` (at most 2**24, so
     that they are exact; see :func:`fast_conv2d_exact`)."""
-    _apply_fix(y.numpy(), fix.n_idx, fix.tot, fix.add, saturate, work=fix.tot.size)
+    lo, hi = max(-saturate, -(1 << 31)), min(saturate, (1 << 31) - 1)  # int32 bounds (a no-op for 2**31)
+    _apply_fix(y.numpy(), fix.n_idx, fix.tot, fix.add, np.int32(lo), np.int32(hi), work=fix.tot.size)
 
 
 @njit(cache=True, inline="always")
-def _corrected(y, t, add, limit):
-    """One replayed output: ``wrap32(y + t)`` (``add``) or ``wrap32(t)``, clamped to
-    ``[-limit, limit]`` (a no-op for ``limit = 2**31``)."""
-    val = np.int64(t) + (np.int64(y) if add else 0)
-    val = ((val & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
-    return min(max(val, -limit), limit)
+def _corrected(y, t, add, lo, hi):
+    """One replayed output: ``wrap32(y + t)`` (``add``) or ``wrap32(t)``, clamped to ``[lo,
+    hi]`` (int32). In 32-bit lanes: ``y`` is an int32 or an integer float32 below 2**24 in
+    magnitude (exact both ways), and an int32 sum truncated to 32 bits is the sum mod 2**32
+    (with int64 arithmetic, which AVX2 cannot convert from float or clamp in vectors, the fix
+    took ~2x longer)."""
+    val = np.int32(np.int32(t) + np.int32(y)) if add else np.int32(t)
+    return min(max(val, lo), hi)
 
 
 @threaded(ELEMENTWISE)
-def _apply_fix(y, n_idx, tot, add, limit):
+def _apply_fix(y, n_idx, tot, add, lo, hi):
     """y (B, N, oh, ow), any strides: plane by plane, or pixel by pixel for channels-last ``y``
     (all replayed outputs of a pixel share its cache lines: plane by plane was 4x slower) and
     for linear layers' 1x1 planes (16 ns a value plane by plane)."""
@@ -297,7 +300,7 @@ def _apply_fix(y, n_idx, tot, add, limit):
             for r in range(oh):
                 for q in range(ow):
                     for o in range(O):
-                        y[b, n_idx[o], r, q] = _corrected(y[b, n_idx[o], r, q], tot[b, o, r * ow + q], add, limit)
+                        y[b, n_idx[o], r, q] = _corrected(y[b, n_idx[o], r, q], tot[b, o, r * ow + q], add, lo, hi)
         return
     for bo in prange(B * O):
         b = bo // O
@@ -305,7 +308,7 @@ def _apply_fix(y, n_idx, tot, add, limit):
         yp = y[b, n_idx[o]]
         for r in range(oh):
             for q in range(ow):
-                yp[r, q] = _corrected(yp[r, q], tot[b, o, r * ow + q], add, limit)
+                yp[r, q] = _corrected(yp[r, q], tot[b, o, r * ow + q], add, lo, hi)
 
 
 def _conv_by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks=None) -> torch.Tensor:

@@ -551,3 +551,21 @@ def test_a_trace_of_other_images_or_another_chip_is_refused(zoo, digits):
     torch.testing.assert_close(program.run(x, cfg, fm, reference=empty, count_changes=False).logits,
                                program.run(x, cfg, fm, count_changes=False).logits, rtol=0, atol=0)
     assert empty.nbytes == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(b=st.integers(1, 3), c=st.integers(1, 20), h=st.integers(2, 9), w=st.integers(2, 9),
+       seed=st.integers(0, 2**31 - 1), channels_last=st.booleans(), parallel=st.booleans())
+def test_max_pool_2x2_stride_2_equals_torch(b, c, h, w, seed, channels_last, parallel):
+    """The one-pass 2x2 stride-2 pool (accel_models/pool_kernels.py), serial and threaded: exactly
+    F.max_pool2d on either layout (odd sides, negative codes), layout kept."""
+    from accel_models.program import MaxPool, max_pool
+
+    x = torch.from_numpy(np.random.default_rng(seed).integers(-128, 128, size=(b, c, h, w)).astype(np.float32))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with _kernels(parallel):
+        y = max_pool(x, MaxPool("x", "y", (2, 2), (2, 2), (0, 0)))
+    assert torch.equal(y, F.max_pool2d(x, 2, 2))
+    fmt = torch.channels_last if channels_last and c > 1 and (h // 2) * (w // 2) > 1 else torch.contiguous_format
+    assert y.is_contiguous(memory_format=fmt)

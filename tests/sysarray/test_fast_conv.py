@@ -435,3 +435,39 @@ def test_convolution_of_a_channel_slice_of_channels_last_data_is_exact():
     for c in range(2):
         want = F.conv2d(x[:, c:c + 1].double().contiguous(), w.double(), stride=(1, 2))
         np.testing.assert_array_equal(_conv(x[:, c:c + 1], w, (1, 2), (0, 0)).double().numpy(), want.numpy())
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), add=st.booleans(), as_float=st.booleans(), channels_last=st.booleans(),
+       saturate=st.sampled_from([1 << 31, 1 << 24, 1000, 1]), parallel=st.booleans())
+def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, channels_last, saturate, parallel):
+    """apply_fix's 32-bit lanes give exactly ``clamp(wrap32(y + t))`` computed in int64, for int32
+    results (any values: the sum wraps) and exact float32 ones (|y| <= 2**24), on either layout."""
+    from sysarray.engines.fast_conv import ChainFix, _apply_fix, apply_fix
+
+    rng = np.random.default_rng(seed)
+    B, N, oh, ow = 3, 7, 4, 5
+    if as_float:
+        y0 = rng.integers(-(1 << 24), (1 << 24) + 1, size=(B, N, oh, ow)).astype(np.float32)
+        saturate = min(saturate, 1 << 24)
+    else:
+        y0 = rng.integers(-(1 << 31), 1 << 31, size=(B, N, oh, ow), dtype=np.int64).astype(np.int32)
+    extremes = np.array([-(1 << 31), (1 << 31) - 1, 0, -1, 1 << 24, -(1 << 24)], dtype=np.int64)
+    n_idx = np.array(sorted(rng.choice(N, size=3, replace=False)), dtype=np.int64)
+    tot = rng.integers(-(1 << 31), 1 << 31, size=(B, 3, oh * ow), dtype=np.int64)
+    tot.flat[:len(extremes)] = extremes
+    tot = tot.astype(np.int32)
+    y = torch.from_numpy(y0.copy())
+    if channels_last:
+        y = y.contiguous(memory_format=torch.channels_last)
+    min_work = _apply_fix.min_work
+    _apply_fix.min_work = 0 if parallel else 1 << 62
+    try:
+        apply_fix(y, ChainFix(n_idx, tot, add), saturate)
+    finally:
+        _apply_fix.min_work = min_work
+    want = y0.astype(np.int64)
+    sub = tot.reshape(B, 3, oh, ow).astype(np.int64) + (want[:, n_idx] if add else 0)
+    sub = ((sub + (1 << 31)) % (1 << 32)) - (1 << 31)
+    want[:, n_idx] = np.clip(sub, -saturate, saturate)
+    np.testing.assert_array_equal(y.numpy().astype(np.int64), want)
