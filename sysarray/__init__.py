@@ -1,5 +1,27 @@
 """sysarray: exact simulation of systolic-array DNN accelerators with permanent PE faults."""
 import os
+import sys
+import warnings
+
+
+class ImportOrderWarning(UserWarning):
+    """sysarray was imported after torch, too late to set torch's OpenMP spin time."""
+
+
+def _warn_if_torch_spins() -> None:
+    """Warn when torch (multi-threaded) was loaded first with libgomp's default spin time."""
+    try:
+        threads = sys.modules["torch"].get_num_threads()
+    except Exception:  # a partly imported torch
+        return
+    if threads > 1:  # one thread: no OpenMP team to spin
+        # Measured (ResNet-20, batch 256, 1% psum faults, 2 threads): faulty inference 1.74-1.87x
+        # float32 with torch imported first, 1.28-1.46x with the setting.
+        warnings.warn("sysarray was imported after torch, so torch's OpenMP threads spin for milliseconds after each op "
+                      "and slow the fault engines' threads (faulty inference about 25% slower on several threads): "
+                      "import sysarray (or accel_models, mitigation) before torch, or set GOMP_SPINCOUNT=3000 in the "
+                      "environment.", ImportOrderWarning, stacklevel=3)
+
 
 # torch's OpenMP threads (libgomp, in torch's Linux wheels) spin for about 300,000 pause loops,
 # milliseconds, after every parallel region, and the engines' numba kernels that follow each
@@ -9,26 +31,8 @@ import os
 # slowed LeNet-5 by 7%: waking a sleeping thread is slow in a VM.) libgomp reads it when torch
 # loads it, so it takes effect only where sysarray (or accel_models, mitigation) is imported
 # before torch; an explicit setting wins.
-import sys  # noqa: E402
-import warnings  # noqa: E402
-
-
-class ImportOrderWarning(UserWarning):
-    """sysarray was imported after torch, too late to set torch's OpenMP spin time."""
-
-
-if "torch" in sys.modules and not ({"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ)):
-    try:
-        _threads = sys.modules["torch"].get_num_threads()
-    except Exception:  # a partly imported torch
-        _threads = 1
-    if _threads > 1:  # one thread: no OpenMP team to spin
-        # Measured (ResNet-20, batch 256, 1% psum faults, 2 threads): faulty inference 1.74-1.87x
-        # float32 with torch imported first, 1.28-1.46x with the setting.
-        warnings.warn("sysarray was imported after torch, so torch's OpenMP threads spin for milliseconds after each op "
-                      "and slow the fault engines' threads (faulty inference about 25% slower on several threads): "
-                      "import sysarray (or accel_models, mitigation) before torch, or set GOMP_SPINCOUNT=3000 in the "
-                      "environment.", ImportOrderWarning, stacklevel=2)
+if "torch" in sys.modules and not {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):
+    _warn_if_torch_spins()
 os.environ.setdefault("GOMP_SPINCOUNT", "3000")
 
 # Large freed buffers stay in the process for the next run's activations (no page fault per 4 KB of
