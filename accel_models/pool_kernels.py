@@ -45,7 +45,7 @@ def _max_pool_2x2_pixels(x, out):
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
     """``F.max_pool2d(x, 2, 2)`` of a CPU float32 (B, C, H, W) tensor, contiguous or channels-last
     (the result keeps the layout); None for anything else (the caller's generic path)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.numel() == 0:
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 4 or x.numel() == 0 or x.requires_grad:
         return None
     B, C, H, W = x.shape
     oh, ow = H // 2, W // 2
