@@ -35,11 +35,12 @@ def _max_pool_2x2_pixels(x, out):
     for bi in prange(B * oh):
         b, i = bi // oh, bi % oh
         for j in range(ow):
-            a, c = x[b, 2 * i, 2 * j], x[b, 2 * i, 2 * j + 1]
-            e, f = x[b, 2 * i + 1, 2 * j], x[b, 2 * i + 1, 2 * j + 1]
+            # the block's four pixels (all their channels): top left, top right, bottom left, bottom right
+            tl, tr = x[b, 2 * i, 2 * j], x[b, 2 * i, 2 * j + 1]
+            bl, br = x[b, 2 * i + 1, 2 * j], x[b, 2 * i + 1, 2 * j + 1]
             d = out[b, i, j]
             for k in range(C):
-                d[k] = max(max(a[k], c[k]), max(e[k], f[k]))
+                d[k] = max(max(tl[k], tr[k]), max(bl[k], br[k]))
 
 
 def max_pool_2x2(x: torch.Tensor) -> torch.Tensor | None:
