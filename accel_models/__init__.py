@@ -4,7 +4,6 @@
 faults=..., engine=...)`` runs it on a (faulty) systolic array. ``FakeQuantProgram`` is its
 trainable float twin. Datasets, the model zoo, the trainer and checkpoints live in submodules.
 """
-import sysarray  # noqa: F401  (first: it sets torch's OpenMP spin time before torch loads)
 from accel_models.fakequant import FakeQuantProgram
 from accel_models.lowering import UnsupportedModelError, lower, register_lowering, supported_layers
 from accel_models.program import Program, RunResult

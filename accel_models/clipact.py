@@ -1,4 +1,4 @@
-"""Clipped activations (mitigation.md section 1): a ReLU with a threshold ``T`` above which values
+"""Clipped activations (docs/design.md §6.3): a ReLU with a threshold ``T`` above which values
 are clamped or zeroed, and how a model's ReLUs are swapped for them and read back.
 
 Policies for a pre-activation ``x`` and a threshold ``T`` (broadcast to ``x``):
@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from accel_models.quant import QParams
+from sysarray.validation import check_choice, check_instance
 
 POLICIES = ("clamp", "zero", "smooth")
 GRANULARITIES = ("layer", "channel", "neuron")
@@ -39,12 +40,6 @@ SPEC_GRANULARITIES = GRANULARITIES + ("hybrid",)
 SMOOTH_K = 20.0
 SPEC_FORMAT = "sysarray-clipping"
 SPEC_VERSION = 1
-
-
-def _check_choice(name: str, value: Any, allowed: Sequence[str], where: str) -> str:
-    if not isinstance(value, str) or value not in allowed:
-        raise ValueError(f"The '{name}' argument of {where} must be one of {', '.join(allowed)}. Got {value!r} instead.")
-    return value
 
 
 def threshold_shape(granularity: str, act_shape: Sequence[int]) -> tuple[int, ...]:
@@ -66,8 +61,8 @@ class ClippedReLU(nn.Module):
     def __init__(self, threshold: torch.Tensor | float, act_shape: Sequence[int], policy: str = "zero",
                  granularity: str = "layer", k: float = SMOOTH_K) -> None:
         super().__init__()
-        _check_choice("policy", policy, POLICIES, "ClippedReLU")
-        _check_choice("granularity", granularity, GRANULARITIES, "ClippedReLU")
+        check_choice(policy, "policy", "ClippedReLU", POLICIES)
+        check_choice(granularity, "granularity", "ClippedReLU", GRANULARITIES)
         shape = tuple(int(d) for d in act_shape)
         if not shape or any(d < 1 for d in shape):
             raise ValueError(f"The 'act_shape' argument of ClippedReLU must be (C, H, W) or (F,). Got {act_shape!r} instead.")
@@ -76,10 +71,11 @@ class ClippedReLU(nn.Module):
             t = t.reshape(())
         want = threshold_shape(granularity, shape)
         if tuple(t.shape) != want:
-            raise ValueError(f"A {granularity}-wise threshold for an activation of shape {list(shape)} must have shape "
-                             f"{list(want)}. Got {list(t.shape)} instead.")
+            raise ValueError(f"The 'threshold' argument of ClippedReLU must have shape {list(want)} (a {granularity}-wise "
+                             f"threshold for an activation of shape {list(shape)}). Got shape {list(t.shape)} instead.")
         if not bool(torch.isfinite(t).all()):
-            raise ValueError("Clipping thresholds must be finite numbers.")
+            raise ValueError("The 'threshold' argument of ClippedReLU must hold finite numbers. "
+                             "Got NaN or infinite values instead.")
         self.threshold = nn.Parameter(t)
         self.act_shape = shape
         self.policy = policy
@@ -192,14 +188,14 @@ def make_spec(model: nn.Module, thresholds: Mapping[str, torch.Tensor], *, polic
               granularity: str = "layer", method: str = "manual", settings: Mapping | None = None) -> dict:
     """A clipping spec for ``model`` with the given thresholds (module name -> tensor of the layer's
     granularity; modules not named are left unclipped)."""
-    _check_choice("policy", policy, POLICIES, "make_spec")
-    _check_choice("granularity", granularity, SPEC_GRANULARITIES, "make_spec")
+    check_choice(policy, "policy", "make_spec", POLICIES)
+    check_choice(granularity, "granularity", "make_spec", SPEC_GRANULARITIES)
     acts = clippable_activations(model)
     grans = hybrid_granularities(list(acts)) if granularity == "hybrid" else {n: granularity for n in acts}
     unknown = [n for n in thresholds if n not in acts]
     if unknown:
-        raise ValueError(f"make_spec got thresholds for {', '.join(unknown)}, which are not ReLU modules of the model. "
-                         f"Its ReLU modules: {', '.join(acts)}.")
+        raise ValueError(f"The 'thresholds' argument of make_spec must name ReLU modules of the model ({', '.join(acts)}). "
+                         f"Got {', '.join(unknown)} instead.")
     layers = []
     for name, shape in acts.items():
         if name not in thresholds:
@@ -209,8 +205,8 @@ def make_spec(model: nn.Module, thresholds: Mapping[str, torch.Tensor], *, polic
         if grans[name] == "layer":
             t = t.reshape(())
         if tuple(t.shape) != want:
-            raise ValueError(f"The threshold of '{name}' ({grans[name]}-wise, activation {list(shape)}) must have shape "
-                             f"{list(want)}. Got {list(t.shape)} instead.")
+            raise ValueError(f"The 'thresholds' argument of make_spec must give '{name}' ({grans[name]}-wise, activation "
+                             f"{list(shape)}) a threshold of shape {list(want)}. Got shape {list(t.shape)} instead.")
         layers.append({"module": name, "granularity": grans[name], "shape": list(shape), "threshold": t})
     arch = getattr(model, "arch", None)
     return {
@@ -228,16 +224,16 @@ def check_spec(spec: Any) -> dict:
                          "and `sysarray clip` write). Got something else.")
     if spec.get("version") != SPEC_VERSION:
         raise ValueError(f"This sysarray reads clipping specs of version {SPEC_VERSION}. Got version {spec.get('version')!r}.")
-    _check_choice("policy", spec.get("policy"), POLICIES, "a clipping spec")
+    check_choice(spec.get("policy"), "policy", "a clipping spec", POLICIES)
     layers = spec.get("layers")
     if not isinstance(layers, list) or not layers:
         raise ValueError("A clipping spec must list at least one clipped layer under 'layers'.")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Mapping) or not {"module", "granularity", "shape", "threshold"} <= set(layer):
             raise ValueError(f"Layer {i} of the clipping spec must have 'module', 'granularity', 'shape' and 'threshold'.")
-        _check_choice("granularity", layer["granularity"], GRANULARITIES, f"layer {i} of a clipping spec")
-        if not isinstance(layer["threshold"], torch.Tensor):
-            raise TypeError(f"The threshold of layer '{layer['module']}' must be a tensor. Got {type(layer['threshold']).__name__}.")
+        check_choice(layer["granularity"], "granularity", f"layer {i} of a clipping spec", GRANULARITIES)
+        check_instance(layer["threshold"], torch.Tensor, "threshold", f"layer '{layer['module']}' of a clipping spec",
+                       what="a tensor")
     return dict(spec)
 
 
@@ -313,7 +309,7 @@ def threshold_count(spec: Mapping) -> int:
 
 def set_policy(model: nn.Module, policy: str) -> None:
     """Set the policy of every clipped activation of ``model`` (e.g. ``smooth`` to train, ``zero`` to deploy)."""
-    _check_choice("policy", policy, POLICIES, "set_policy")
+    check_choice(policy, "policy", "set_policy", POLICIES)
     for m in clipped_modules(model).values():
         m.policy = policy
 

@@ -1,4 +1,4 @@
-"""Offline dataset loaders (models.md section 3): ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``.
+"""Offline dataset loaders (docs/design.md §5): ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``.
 
 Nothing is ever downloaded. ``load_dataset(name, data_dir)`` reads files that are already on disk
 and returns a :class:`Dataset` of float32 torch tensors ``N x C x H x W`` with values in ``[0, 1]``
@@ -53,6 +53,8 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+
+from sysarray.validation import as_rng, check_fraction, check_instance, check_positive_int
 
 DEFAULT_DATA_DIRS: dict[str, str] = {"fashion-mnist": "/usr/share/datasets/fashion-mnist"}
 
@@ -132,23 +134,22 @@ class Dataset:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
         object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
-            raise ValueError(f"The 'input_shape' of Dataset must be (C, H, W) with positive sizes. Got {self.input_shape!r} instead.")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(f"The 'num_classes' of Dataset must be a positive integer. Got {self.num_classes!r} instead.")
+            raise ValueError(f"The 'input_shape' argument of Dataset must be (C, H, W) with positive sizes. Got {self.input_shape!r} instead.")
+        object.__setattr__(self, "num_classes", check_positive_int(self.num_classes, "num_classes", "Dataset"))
         if len(self.classes) != self.num_classes:
-            raise ValueError(f"The 'classes' of Dataset must name {self.num_classes} classes. Got {len(self.classes)} names instead.")
+            raise ValueError(f"The 'classes' argument of Dataset must name {self.num_classes} classes. Got {len(self.classes)} names instead.")
         for part in ("train", "test"):
             x, y = getattr(self, f"{part}_x"), getattr(self, f"{part}_y")
             if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or tuple(x.shape[1:]) != self.input_shape or x.dim() != 4:
                 got = f"{x.dtype} {tuple(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
-                raise ValueError(f"The '{part}_x' of Dataset must be a float32 tensor N x {' x '.join(map(str, self.input_shape))}. Got {got} instead.")
+                raise ValueError(f"The '{part}_x' argument of Dataset must be a float32 tensor N x {' x '.join(map(str, self.input_shape))}. Got {got} instead.")
             if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.shape != (x.shape[0],):
                 got = f"{y.dtype} {tuple(y.shape)}" if isinstance(y, torch.Tensor) else type(y).__name__
-                raise ValueError(f"The '{part}_y' of Dataset must be an int64 tensor of {x.shape[0]} labels. Got {got} instead.")
+                raise ValueError(f"The '{part}_y' argument of Dataset must be an int64 tensor of {x.shape[0]} labels. Got {got} instead.")
             if y.numel() and (int(y.min()) < 0 or int(y.max()) >= self.num_classes):
-                raise ValueError(f"The '{part}_y' of Dataset must hold labels 0..{self.num_classes - 1}. Got {int(y.min())}..{int(y.max())} instead.")
+                raise ValueError(f"The '{part}_y' argument of Dataset must hold labels 0..{self.num_classes - 1}. Got {int(y.min())}..{int(y.max())} instead.")
             if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-                raise ValueError(f"The '{part}_x' of Dataset must hold values in [0, 1]. Got {float(x.min())}..{float(x.max())} instead.")
+                raise ValueError(f"The '{part}_x' argument of Dataset must hold values in [0, 1]. Got {float(x.min())}..{float(x.max())} instead.")
 
     def __repr__(self) -> str:
         return (f"Dataset(name={self.name!r}, train={tuple(self.train_x.shape)}, test={tuple(self.test_x.shape)}, "
@@ -175,8 +176,8 @@ class Dataset:
         the validation set has ``round(fraction * N)`` images in all). The same ``seed`` gives
         the same split; both parts keep the training set's order and are new tensors.
         """
-        fraction = _check_fraction(fraction, "Dataset.validation_split")
-        rng = _check_seed(seed, "Dataset.validation_split")
+        fraction = check_fraction(fraction, "fraction", "Dataset.validation_split", open_ends=True)
+        rng = as_rng(seed, "Dataset.validation_split")
         n = int(self.train_y.shape[0])
         if n < 2:
             raise ValueError(f"Dataset.validation_split needs at least 2 training images. Got {n} instead.")
@@ -206,14 +207,13 @@ def load_dataset(
     case-insensitively with ``_`` read as ``-``. Raises FileNotFoundError when the files are not
     there and ValueError when a file is malformed; both say what was expected and how to get it.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"The 'name' argument of load_dataset must be a str. Got {type(name).__name__} instead.")
+    check_instance(name, str, "name", "load_dataset")
     key = name.strip().lower().replace("_", "-")
     if key not in _LOADERS:
         raise ValueError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS)}.")
-    if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
-        raise TypeError(f"The 'data_dir' argument of load_dataset must be a path or None. Got {type(data_dir).__name__} instead.")
-    limits = (_check_limit(limit_train, "limit_train"), _check_limit(limit_test, "limit_test"))
+    check_instance(data_dir, (str, os.PathLike), "data_dir", "load_dataset", none_ok=True, what="a path")
+    limits = tuple(check_positive_int(v, n, "load_dataset", none_ok=True)
+                   for v, n in ((limit_train, "limit_train"), (limit_test, "limit_test")))
     return _LOADERS[key](key, data_dir, *limits)
 
 
@@ -231,29 +231,6 @@ def clear_cache() -> None:
     _read_idx_cached.cache_clear()
     _read_cifar_cached.cache_clear()
     _digits_arrays.cache_clear()
-
-
-# --------------------------------------------------------------------------- argument checks
-def _check_limit(value: object, name: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"The '{name}' argument of load_dataset must be a positive integer or None. Got {value!r} instead.")
-    return int(value)
-
-
-def _check_fraction(value: object, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 < float(value) < 1.0:
-        raise ValueError(f"The 'fraction' argument of {where} must be a number strictly between 0 and 1. Got {value!r} instead.")
-    return float(value)
-
-
-def _check_seed(seed: object, where: str) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"The 'seed' argument of {where} must be a non-negative integer or a numpy Generator. Got {seed!r} instead.")
-    return np.random.default_rng(int(seed))
 
 
 def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -291,7 +268,7 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 1797 digits: images uint8 ``n x 8 x 8`` (values 0..16), labels int64 ``n``.
 
     Reads the CSV that ``sklearn.datasets.load_digits`` reads, without importing scikit-learn
-    (which costs seconds at start-up); falls back to ``load_digits`` if the file has moved.
+    (a heavy import for one small file); falls back to ``load_digits`` if the file has moved.
     """
     spec = importlib.util.find_spec("sklearn")
     for root in (spec.submodule_search_locations or []) if spec else []:

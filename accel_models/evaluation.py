@@ -12,6 +12,7 @@ import torch
 from accel_models.data import Dataset, load_dataset
 from accel_models.lowering import lower
 from accel_models.program import Program, RunResult
+from sysarray.validation import check_positive_int
 
 DEFAULT_CALIBRATION_IMAGES = 512
 
@@ -54,8 +55,7 @@ def prepare(checkpoint: str, dataset: str | None = None, data_dir: str | None = 
             f"The model in {checkpoint} takes {'x'.join(map(str, shape))} inputs but dataset '{name}' has "
             f"{'x'.join(map(str, data.input_shape))} images."
         )
-    if limit is not None and limit < 1:
-        raise ValueError(f"The image limit must be a positive integer. Got {limit} instead.")
+    check_positive_int(limit, "limit", "prepare", none_ok=True)
     calib = meta.get("extra", {}).get("calibration", {}) if isinstance(meta.get("extra"), dict) else {}
     n_cal = int(calib.get("images", DEFAULT_CALIBRATION_IMAGES))
     program = lower(model, calibration_images(data, n_cal), percentile=calib.get("percentile", percentile))

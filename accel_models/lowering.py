@@ -1,4 +1,4 @@
-"""torch.fx graph -> integer program (models.md section 1).
+"""torch.fx graph -> integer program (docs/design.md §5).
 
 ``lower(model, calibration=images)`` traces the model, folds every BatchNorm into the conv or
 linear layer before it, runs the float model over the calibration images to record the range
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from accel_models.clipact import ClippedReLU, threshold_codes, threshold_range
 from accel_models.program import ADD_SHIFT, Add, AvgPool, Clamp, Clip, Flatten, Gemm, MaxPool, Program, QuantizeInput
 from accel_models.quant import QParams, choose_qparams, quantize_multiplier, quantize_weight
+from sysarray.validation import check_instance
 
 
 class UnsupportedModelError(ValueError):
@@ -432,10 +433,12 @@ def lower(model: nn.Module, calibration: torch.Tensor, *, percentile: float | No
     calibration: float images (N, C, H, W) whose activation ranges set the quantization.
     percentile: e.g. 99.99 to clip ranges at that percentile instead of min/max.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"The 'model' argument of lower must be a torch.nn.Module. Got {type(model).__name__} instead.")
+    check_instance(model, nn.Module, "model", "lower", what="a torch.nn.Module")
     if not isinstance(calibration, torch.Tensor) or calibration.dim() < 2 or not calibration.is_floating_point():
-        raise ValueError("The 'calibration' argument of lower must be a float tensor of images (N, C, H, W).")
+        got = f"{calibration.dtype} {tuple(calibration.shape)}" if isinstance(calibration, torch.Tensor) else \
+            type(calibration).__name__
+        raise ValueError(f"The 'calibration' argument of lower must be a float tensor of images (N, C, H, W). "
+                         f"Got {got} instead.")
     model = copy.deepcopy(model).eval().cpu()
     gm = _trace(model)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]

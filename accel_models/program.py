@@ -10,7 +10,6 @@ step is the final dequantization of the last layer's int32 accumulators into log
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Callable
 
 import numpy as np
@@ -20,7 +19,10 @@ import torch.nn.functional as F
 from accel_models.pool_kernels import max_pool_2x2
 from accel_models.quant import (QParams, quantize_codes, requantize_clamp, requantize_saturates, rescale_add,
                                 rounding_divide)
+from sysarray import ArrayConfig, Chip, ConvHints, Engine, FaultMap, GemmStats
+from sysarray.mapping import im2col as _im2col
 from sysarray.tensor_memo import TensorMemo
+from sysarray.validation import check_instance, check_int, check_positive_int
 
 ADD_SHIFT = 20  # fixed-point bits of the residual-add rescaling multipliers
 
@@ -268,22 +270,13 @@ def quantize_input(x: torch.Tensor, qp: QParams) -> torch.Tensor:
 
 def im2col(x: torch.Tensor, op: Gemm) -> torch.Tensor:
     """Codes (B, C, H, W) -> GEMM operand (B*L, C*kh*kw), padded with the input zero point;
-    K order (c, kh, kw), rows in (b, oh, ow) order (:func:`sysarray.engines.fast_conv.im2col`)."""
-    from sysarray.engines.fast_conv import im2col as _im2col
-
+    K order (c, kh, kw), rows in (b, oh, ow) order (:func:`sysarray.mapping.im2col`)."""
     return _im2col(x, tuple(op.weight.shape[2:]), op.stride, op.padding, op.in_qp.zero_point)
 
 
 def conv_out_size(op: Gemm, h: int, w: int) -> tuple[int, int]:
     kh, kw = op.weight.shape[2], op.weight.shape[3]
     return ((h + 2 * op.padding[0] - kh) // op.stride[0] + 1, (w + 2 * op.padding[1] - kw) // op.stride[1] + 1)
-
-
-GemmFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, object]]
-"""``gemm(A, W) -> (Y int32 (M, N), stats)`` with A (M, K) int8/uint8 codes and W (K, N) int8.
-A function with the attribute ``float_codes = True`` gets A as float32 codes instead (no copy).
-A function with a ``conv`` attribute runs conv layers itself without im2col:
-``gemm.conv(x, op) -> (Y int32 (B, N, oh, ow), [stats per group])``."""
 
 
 def postprocess(acc: torch.Tensor, op: Gemm) -> torch.Tensor:
@@ -308,7 +301,7 @@ def saturation(op: Gemm) -> int | None:
     """``2**24`` when every output code of ``op`` is the same for all accumulators at or beyond
     ``2**24`` (and at or beyond ``-2**24``): the requantization, monotone in the accumulator, has
     reached the clamp there, in every channel (or the channel's multiplier is zero). The fast
-    engine may then return faulty accumulators beyond it clamped (``fast_conv2d_exact``'s
+    engine may then return faulty accumulators beyond it clamped (:class:`sysarray.ConvHints`'
     ``saturate``). None for the last layer (its accumulators are the logits) and for clipped
     activations (their zero policy reads the unsaturated code)."""
     if op.out_qp is None or op.clip_codes is not None or not op.out_channels:
@@ -329,54 +322,42 @@ def apply_clip(raw: torch.Tensor, q: torch.Tensor, codes: torch.Tensor, policy: 
     return torch.where(raw <= t, q, torch.full_like(q, float(zero_point)))
 
 
-def run_gemm_layer(x: torch.Tensor, op: Gemm, gemm: GemmFn, clean: LayerTrace | None = None):
-    """Run one Gemm op on codes ``x`` with ``gemm(A, W) -> (int32 (M, N), stats)``.
+def layer_accumulators(x: torch.Tensor, op: Gemm, chip: Chip, *, saturate: bool = True,
+                       clean: torch.Tensor | None = None) -> tuple[torch.Tensor, list[GemmStats]]:
+    """One Gemm op's accumulators on ``chip``: conv (B, N, oh, ow) or linear (B, N), exact int32
+    values (int32 or float32 tensor), and the timing of each GEMM (one per group).
 
-    Returns ``(out, [(M, K, N, stats) per group], acc)`` with ``acc`` the layer's accumulators as
-    the engine returned them (conv layout). ``clean``: the layer's fault-free trace, for an ``x``
-    equal to the fault-free run's (see :class:`CleanTrace`); when the engine returns its
-    accumulators unchanged, ``out`` is the traced output.
+    ``saturate``: the chip may clamp accumulators beyond the op's :func:`saturation` bound (its
+    output codes are the same); ``clean``: the op's fault-free accumulators for this same ``x``,
+    which the chip returns itself when it changes none of them (see :class:`sysarray.ConvHints`).
     """
-    as_codes = (lambda t: t) if getattr(gemm, "float_codes", False) else (lambda t: t.to(op.in_qp.torch_dtype))
-    conv = getattr(gemm, "conv", None)
-    if conv is not None:
-        # Linear layers run as 1x1 convolutions of (B, K, 1, 1): the im2col-free path's psum replay
-        # also serves them (same bits, property-tested in tests/sysarray/test_fast_conv.py).
-        linear = op.kind == "linear"
-        xc = x.reshape(x.shape[0], -1, 1, 1) if linear else x
-        acc, stats = conv(xc, op, None if clean is None else clean.acc)
-        if clean is not None and acc is clean.acc and clean.out is not None:
-            out = clean.out
-        else:
-            out = postprocess(acc.reshape(acc.shape[0], -1) if linear else acc, op)
-        B, _, oh, ow = acc.shape
-        return out, [(B * oh * ow, op.weight[0].numel(), op.out_channels // op.groups, st) for st in stats], acc
+    hints = ConvHints(x_bound=max(-op.in_qp.qmin, op.in_qp.qmax),  # the codes are clamped to their range
+                      saturate=saturation(op) if saturate else None, clean=clean)
+    signed = op.in_qp.signed
     if op.kind == "linear":
-        a = as_codes(x.reshape(x.shape[0], -1))
-        w = op.weight.t().contiguous()
-        y, st = gemm(a, w)
-        return postprocess(y, op), [(a.shape[0], a.shape[1], w.shape[1], st)], y
-    B, _, H, W = x.shape
-    oh, ow = conv_out_size(op, H, W)
-    g = op.groups
-    ng = op.out_channels // g
-    kg = op.weight[0].numel()
-    cols = im2col(x, op)
-    outs, parts = [], []
-    for i in range(g):
-        a = as_codes(cols[:, i * kg:(i + 1) * kg] if g > 1 else cols)
-        w = op.weight[i * ng:(i + 1) * ng].reshape(ng, -1).t().contiguous()
-        y, st = gemm(a, w)
-        outs.append(y)
-        parts.append((a.shape[0], a.shape[1], w.shape[1], st))
-    acc = outs[0] if g == 1 else torch.cat(outs, dim=1)
-    acc = acc.reshape(B, oh * ow, -1).transpose(1, 2).reshape(B, -1, oh, ow)
-    return postprocess(acc, op), parts, acc
+        acc, stats = chip.linear(x.reshape(x.shape[0], -1), op.weight.reshape(op.out_channels, -1), act_signed=signed,
+                                 hints=hints)
+        return acc, [stats]
+    return chip.conv2d(x, op.weight, stride=op.stride, padding=op.padding, pad_value=op.in_qp.zero_point,
+                       groups=op.groups, act_signed=signed, hints=hints)
+
+
+def run_gemm_layer(x: torch.Tensor, op: Gemm, chip: Chip, clean: LayerTrace | None = None, *,
+                   saturate: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[GemmStats]]:
+    """Run one Gemm op on codes ``x`` on ``chip``: returns ``(out, acc, stats)`` with ``out`` the
+    output codes, ``acc`` the accumulators (:func:`layer_accumulators`) and one GemmStats per
+    GEMM. ``clean``: the layer's fault-free trace, for an ``x`` equal to the fault-free run's
+    (see :class:`CleanTrace`); when the chip leaves the accumulators unchanged, ``out`` is the
+    traced output."""
+    acc, stats = layer_accumulators(x, op, chip, saturate=saturate, clean=None if clean is None else clean.acc)
+    if clean is not None and acc is clean.acc and clean.out is not None:
+        return clean.out, acc, stats
+    return postprocess(acc, op), acc, stats
 
 
 def max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
     """``F.max_pool2d`` (no dilation, floor mode) as the maximum of its ``kh*kw`` strided window
-    slices: the same values, several times faster than torch's CPU kernel on NCHW codes."""
+    slices: the same values, without torch's CPU kernel's slow path for NCHW codes."""
     (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
     if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
         out = max_pool_2x2(x)  # one pass (None: a layout or device it does not take)
@@ -406,15 +387,6 @@ def add(a: torch.Tensor, b: torch.Tensor, op: Add) -> torch.Tensor:
                        int(op.lo), int(op.hi))
 
 
-@lru_cache(maxsize=4096)
-def _layer_timing(m: int, k: int, n: int, cfg):
-    """:func:`sysarray.timing.gemm_timing` (frozen results), cached across runs: a campaign runs
-    the same layers on thousands of chips of one array."""
-    from sysarray.timing import gemm_timing
-
-    return gemm_timing(m, k, n, cfg)
-
-
 # --------------------------------------------------------------------------- the program
 @dataclass
 class Program:
@@ -432,11 +404,14 @@ class Program:
     def gemms(self) -> list[Gemm]:
         return [op for op in self.ops if isinstance(op, Gemm)]
 
-    def execute(self, images: torch.Tensor, gemm_for: Callable[[Gemm], GemmFn],
-                on_layer: Callable | None = None, reference: BatchTrace | None = None,
-                record: BatchTrace | None = None, record_bytes: int = 0) -> torch.Tensor:
-        """Run every op; chip layers call ``gemm_for(op)(A, W)``. Returns the final int64
-        accumulators (N, classes); ``on_layer(op, parts)`` sees every chip layer.
+    def execute(self, images: torch.Tensor, chip: Chip, on_layer: Callable | None = None,
+                reference: BatchTrace | None = None, record: BatchTrace | None = None, record_bytes: int = 0,
+                saturate: bool = True) -> torch.Tensor:
+        """Run every op on ``images`` (one batch), the chip layers on ``chip``. Returns the final
+        int64 accumulators (N, classes); ``on_layer(op, x, acc, stats)`` sees every chip layer's
+        input codes, accumulators and GEMM timings. ``saturate``: hidden layers may take
+        accumulators clamped where their requantization saturates (:func:`saturation`; the
+        outputs are the same, the accumulators ``on_layer`` sees are not exact then).
 
         ``reference``: this batch's fault-free trace (:class:`CleanTrace`): ops whose inputs
         still equal the fault-free ones reuse it. ``record``: filled with the values of the
@@ -453,14 +428,14 @@ class Program:
             layer = None
             if isinstance(op, QuantizeInput):
                 q = quantize_input(images, op.qp)
-                # Channels-last on CPU: oneDNN convolves NHWC without reordering (20-30% faster
-                # here); every op keeps whichever layout it is given (values are the same).
+                # Channels-last on CPU: oneDNN convolves NHWC without reordering; every op keeps
+                # whichever layout it is given (values are the same).
                 env[op.output] = q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 and not q.is_cuda else q
             elif isinstance(op, Gemm):
                 clean = reference.layers.get(op.name) if unchanged else None
-                out, parts, acc = run_gemm_layer(env[op.input], op, gemm_for(op), clean)
+                out, acc, stats = run_gemm_layer(env[op.input], op, chip, clean, saturate=saturate)
                 if on_layer is not None:
-                    on_layer(op, parts)
+                    on_layer(op, env[op.input], acc, stats)
                 env[op.output] = out
                 unchanged = clean is not None and acc is clean.acc
                 layer = LayerTrace(acc, out)
@@ -505,21 +480,21 @@ class Program:
         return max(1, budget // (widest * pixels))
 
     def check_images(self, images) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"Program.run needs a float torch tensor of images. Got {type(images).__name__} instead.")
+        check_instance(images, torch.Tensor, "images", "Program.run", what="a float torch tensor of images")
         if images.dim() == len(self.input_shape):
             images = images.unsqueeze(0)
         if tuple(images.shape[1:]) != tuple(self.input_shape) or not images.is_floating_point():
             raise ValueError(
-                f"Program.run needs float images of shape (N, {', '.join(map(str, self.input_shape))}). "
-                f"Got {images.dtype} {tuple(images.shape)} instead."
+                f"The 'images' argument of Program.run must be float images of shape "
+                f"(N, {', '.join(map(str, self.input_shape))}). Got {images.dtype} {tuple(images.shape)} instead."
             )
-        # min and max propagate NaN and show infinities: 20x cheaper than isfinite(images).all()
+        # min and max propagate NaN and show infinities: two values to test instead of a mask of every pixel
         if images.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(images))).all()):
-            raise ValueError("Program.run needs finite images. Got NaN or infinite values instead.")
+            raise ValueError("The 'images' argument of Program.run must be finite images. "
+                             "Got NaN or infinite values instead.")
         return images
 
-    def trace(self, images: torch.Tensor, cfg, *, batch_size: int | None = None,
+    def trace(self, images: torch.Tensor, cfg: ArrayConfig, *, batch_size: int | None = None,
               max_bytes: int = 64 << 20) -> CleanTrace:
         """A fault-free run of ``images`` on ``cfg`` (fast engine, CPU) that keeps the values of
         the program's first ops, at most ``max_bytes`` of them, for faulty runs of the same
@@ -528,25 +503,22 @@ class Program:
         if isinstance(images, torch.Tensor) and images.device.type != "cpu":
             raise ValueError(f"Program.trace runs on CPU tensors (the fast engine's CPU path). Got images on "
                              f"{images.device} instead.")
-        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
-            raise ValueError(f"The 'max_bytes' argument of Program.trace must be a non-negative integer. "
-                             f"Got {max_bytes!r} instead.")
+        check_int(max_bytes, "max_bytes", "Program.trace", lo=0)
         batch_size = self._batch_size(batch_size, "Program.trace")
         batches: list[BatchTrace] = []
-        result = self._run(images, cfg, None, "fast", batch_size, False, None, None, (batches, max_bytes))
+        chip = Chip(check_instance(cfg, ArrayConfig, "cfg", "Program.trace"))
+        result = self._run(images, chip, batch_size, False, None, (batches, max_bytes))
         return CleanTrace(images, cfg, batch_size, result, batches)
 
     def _batch_size(self, batch_size, where: str = "Program.run") -> int:
-        if batch_size is None:
-            return self.auto_batch_size()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"The 'batch_size' argument of {where} must be a positive integer. Got {batch_size!r} instead.")
-        return batch_size
+        return self.auto_batch_size() if batch_size is None else check_positive_int(batch_size, "batch_size", where)
 
-    def run(self, images: torch.Tensor, cfg, faults=None, engine: str = "fast", *,
-            batch_size: int | None = None, count_changes: bool = True, device=None,
-            reference: CleanTrace | None = None) -> RunResult:
-        """Run ``images`` (N, C, H, W float) through the program on the chip ``cfg`` + ``faults``.
+    def run(self, images: torch.Tensor, cfg: ArrayConfig | Chip, faults: FaultMap | None = None,
+            engine: Engine | str = "fast", *, batch_size: int | None = None, count_changes: bool = True,
+            device=None, reference: CleanTrace | None = None) -> RunResult:
+        """Run ``images`` (N, C, H, W float) through the program on the chip ``cfg`` + ``faults``
+        (or on a :class:`sysarray.Chip` given as ``cfg``, which then carries the faults, engine and
+        device).
 
         Each batch of ``batch_size`` images (default :meth:`auto_batch_size`) is one GEMM per
         layer (M = batch x output pixels); layer statistics add up over batches. Outputs do not
@@ -556,104 +528,66 @@ class Program:
         size) whose fault-free values the run reuses where the chip leaves them unchanged (the
         results are the same without it).
         """
+        if isinstance(cfg, Chip):
+            if faults is not None or engine != "fast" or device is not None:
+                raise ValueError("Program.run takes either a Chip or an ArrayConfig with 'faults', 'engine' and "
+                                 "'device'; a Chip carries its own.")
+            chip = cfg
+        else:
+            check_instance(cfg, ArrayConfig, "cfg", "Program.run", what="an ArrayConfig or a Chip")
+            chip = Chip(cfg, faults, engine, device)
         batch_size = self._batch_size(batch_size)
         if reference is not None:
-            if not isinstance(reference, CleanTrace):
-                raise TypeError(f"The 'reference' argument of Program.run must be a CleanTrace (Program.trace). "
-                                f"Got {type(reference).__name__} instead.")
-            from sysarray.gemm import _as_engine
-
-            if (reference.images is not images or reference.cfg != cfg or reference.batch_size != batch_size
-                    or _as_engine(engine).value != "fast" or (device is not None and torch.device(device).type != "cpu")):
+            check_instance(reference, CleanTrace, "reference", "Program.run", what="a CleanTrace (Program.trace)")
+            if (reference.images is not images or reference.cfg != chip.config or reference.batch_size != batch_size
+                    or chip.engine is not Engine.FAST or (chip.device is not None and chip.device.type != "cpu")):
                 raise ValueError("The 'reference' trace of Program.run must come from Program.trace of the same images "
                                  "tensor on the same array and batch size, and serves the fast engine on CPU only.")
-        return self._run(images, cfg, faults, engine, batch_size, count_changes, device, reference, None)
+        return self._run(images, chip, batch_size, count_changes, reference, None)
 
-    def _run(self, images, cfg, faults, engine, batch_size: int, count_changes: bool, device,
-             reference: CleanTrace | None, record: tuple[list[BatchTrace], int] | None) -> RunResult:
+    def _run(self, images, chip: Chip, batch_size: int, count_changes: bool, reference: CleanTrace | None,
+             record: tuple[list[BatchTrace], int] | None) -> RunResult:
         """:meth:`run` on checked arguments; ``record = (batches, max_bytes)`` fills one
         :class:`BatchTrace` per batch, each within an equal share of ``max_bytes``."""
-        import sysarray as sa
-        from sysarray.engines._prep import chip_masks
-        from sysarray.engines.fast import fast_gemm
-        from sysarray.engines.fast_conv import fast_conv2d_exact
-        from sysarray.gemm import _as_engine, check_chip
-
-        check_chip(cfg, faults, "Program.run")
-        gemm_timing = lambda m, k, n: _layer_timing(m, k, n, cfg)  # noqa: E731
-        masks: dict[bool, object] = {}  # per activation signedness, made when a layer first needs it
-
-        def masks_for(signed: bool):
-            if signed not in masks:
-                masks[signed] = chip_masks(cfg, faults, act_signed=signed)
-            return masks[signed]
-        engine = _as_engine(engine).value
         images = self.check_images(images)
-        if device is not None:
-            images = images.to(device)
-        faulty = faults is not None and not faults.is_empty
-        totals: dict[str, dict] = {}
-
-        changed: dict[str, int] = {}
+        if chip.device is not None:
+            images = images.to(chip.device)
+        faulty = chip.faulty
         count = faulty and count_changes
+        counter = Chip(chip.config, None, Engine.FAST, chip.device) if count else None
+        totals: dict[str, dict] = {}
+        changed: dict[str, int] = {}
 
-        def gemm_for(op):
-            signed = op.in_qp.signed
-
-            def gemm(a, w):
-                if engine == "fast":
-                    y = fast_gemm(a, w, cfg, faults, act_signed=signed, masks=masks_for(signed))
-                    st = gemm_timing(a.shape[0], a.shape[1], w.shape[1])
-                else:
-                    y, st = sa.simulate_gemm(a.to(op.in_qp.torch_dtype), w, cfg, faults=faults, engine=engine)
-                if count:
-                    clean = fast_gemm(a, w, cfg, None, act_signed=signed)
-                    changed[op.name] = changed.get(op.name, 0) + int((clean != y.to(clean.device)).sum())
-                return y, st
-
-            def conv(x, op, clean=None):
-                kw = dict(stride=op.stride, padding=op.padding, pad_value=op.in_qp.zero_point, groups=op.groups,
-                          act_signed=signed, x_bound=max(-op.in_qp.qmin, op.in_qp.qmax))  # codes are clamped
-                weight = op.weight if op.kind == "conv" else op.weight.view(op.out_channels, -1, 1, 1)
-                y = fast_conv2d_exact(x, weight, cfg, faults, masks=masks_for(signed),
-                                      saturate=None if count else saturation(op), clean=clean, **kw)
-                if count:
-                    clean = fast_conv2d_exact(x, weight, cfg, None, **kw)
-                    changed[op.name] = changed.get(op.name, 0) + int((clean != y).sum())
-                B, _, oh, ow = y.shape
-                m, k, n = B * oh * ow, op.weight[0].numel(), op.out_channels // op.groups
-                return y, [gemm_timing(m, k, n)] * op.groups
-
-            gemm.float_codes = True
-            if engine == "fast":
-                gemm.conv = conv
-            return gemm
-
-        def on_layer(op, parts):
-            t = totals.setdefault(op.name, dict(m=0, k=parts[0][1], macs=0, cycles=0, gemms=0, util=[]))
-            t["m"] += parts[0][0]  # the groups of a grouped conv share M
-            for m, k, n, st in parts:
+        def on_layer(op, x, acc, stats):
+            t = totals.setdefault(op.name, dict(m=0, k=int(op.weight[0].numel()), macs=0, cycles=0, gemms=0, util=[]))
+            B = x.shape[0]
+            t["m"] += B * (acc.shape[2] * acc.shape[3] if acc.dim() == 4 else 1)  # the groups of a grouped conv share M
+            for st in stats:
                 t["macs"] += st.macs
                 t["cycles"] += st.cycles
                 t["gemms"] += 1
                 t["util"].append((st.cycles, st.mapping_efficiency, st.compute_util))
+            if count:
+                ref, _ = layer_accumulators(x, op, counter, saturate=False)
+                changed[op.name] = changed.get(op.name, 0) + int((ref.to(acc.device) != acc).sum())
 
         accs = []
+        n_batches = -(-images.shape[0] // batch_size)
         for b, i in enumerate(range(0, images.shape[0], batch_size)):
             keep = None
             if record is not None:
                 keep = BatchTrace()
                 record[0].append(keep)
-            accs.append(self.execute(images[i:i + batch_size], gemm_for, on_layer,
+            accs.append(self.execute(images[i:i + batch_size], chip, on_layer,
                                      None if reference is None else reference.batches[b], keep,
-                                     0 if record is None else record[1] // max(1, -(-images.shape[0] // batch_size))))
+                                     0 if record is None else record[1] // max(1, n_batches), saturate=not count))
         logits = self.logits_from(torch.cat(accs))
         layers = []
-        n_pes = cfg.rows * cfg.cols
+        n_pes = chip.config.n_pes
         for op in self.gemms:
             t = totals[op.name]
             cycles = sum(u[0] for u in t["util"])
-            # cycle-weighted means over the layer's GEMMs (np.average costs 20 us a call)
+            # cycle-weighted means over the layer's GEMMs
             weighted = lambda i: sum(u[0] * u[i] for u in t["util"]) / cycles if cycles else t["util"][0][i]  # noqa: E731
             layers.append(LayerStats(
                 name=op.name, kind=op.kind, m=t["m"], k=t["k"], n=op.out_channels, macs=t["macs"],

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from sysarray.engines._threaded import ELEMENTWISE, threaded
+from sysarray.parallel import ELEMENTWISE, threaded
 from sysarray.tensor_memo import TensorMemo
+from sysarray.validation import check_float
 
 WEIGHT_QMAX = 127
 
@@ -73,8 +74,7 @@ def quantize_weight(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
     """``m > 0`` as ``(M0, shift)`` with ``M0`` in [2**30, 2**31) and ``m ~ M0 * 2**-shift``."""
-    if not m > 0 or not math.isfinite(m):
-        raise ValueError(f"A requantization multiplier must be positive and finite. Got {m!r} instead.")
+    m = check_float(m, "m", "quantize_multiplier", lo=0.0, lo_open=True)
     mant, exp = math.frexp(m)  # m = mant * 2**exp, mant in [0.5, 1)
     m0 = int(round(mant * (1 << 31)))
     if m0 == 1 << 31:
@@ -120,8 +120,8 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
     bias, m0, shift = (t.to(torch.int64) for t in (bias, m0, shift))
     B, N = acc.shape[:2]
     if exact_f64 and (channels_last(acc) or acc.dim() == 2):
-        # (B, N, H, W) stored as (B, H, W, N), or a linear layer's (B, N): one pass in memory
-        # order, channels innermost (the plane loop ran a linear layer at 9 ns a value).
+        # (B, N, H, W) stored as (B, H, W, N), or a linear layer's (B, N): one pass in memory order,
+        # channels innermost (a linear layer's planes hold one value each, too short to vectorize).
         acc = acc.contiguous(memory_format=torch.channels_last) if acc.dim() == 4 else acc.contiguous()
         out = torch.empty_like(acc, dtype=torch.float32)
         last = (lambda t: t.permute(0, 2, 3, 1).reshape(B, -1, N)) if acc.dim() == 4 else (lambda t: t.view(B, 1, N))
@@ -244,7 +244,7 @@ def _requantize_f64(acc, bi, mh, ml, half, p2, ip2, ish, zp, lo, hi):
 @threaded(ELEMENTWISE)
 def _requantize_clamp_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out):
     """:func:`_requantize_clamp_kernel` in float64 (:func:`_requantize_f64`), which vectorizes
-    (about 2x faster). acc, out: (B, N, L), channels on dim 1."""
+    where int64 shifts do not. acc, out: (B, N, L), channels on dim 1."""
     B, N, L = acc.shape
     c = _requantize_constants(bias, m0, shift)
     for b in prange(B):
@@ -305,8 +305,8 @@ def _rescale_add_kernel(a, b, za, ma, zb, mb, shift, zp, lo, hi, out):
 
 @threaded(ELEMENTWISE)
 def _rescale_add_f64_kernel(a, b, za, ma, zb, mb, shift, zp, lo, hi, out):
-    """:func:`_rescale_add_kernel` in float64 (vectorizes; about 10x faster), exact for 8-bit codes
-    (see :func:`rescale_add`)."""
+    """:func:`_rescale_add_kernel` in float64 (vectorizes, unlike the int64 shifts), exact for 8-bit
+    codes (see :func:`rescale_add`)."""
     half = np.float64(np.int64(1) << (shift - 1))
     inv = 1.0 / np.float64(np.int64(1) << shift)
     fza, fzb, fma, fmb = np.float64(za), np.float64(zb), np.float64(ma), np.float64(mb)

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from accel_models.zoo import build_model
+from sysarray.validation import check_choice, check_float, check_positive_int, check_seed
 
 if TYPE_CHECKING:  # accel_models.data is imported lazily by train_zoo_model
     from accel_models.data import Dataset
@@ -30,36 +31,34 @@ AUGMENTATIONS = ("crop", "flip", "crop+flip")
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 
-def _as_images(x: Any, name: str) -> torch.Tensor:
+def _as_images(x: Any, name: str, where: str) -> torch.Tensor:
     """``x`` (array-like, N x C x H x W) as a float32 CPU tensor."""
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     if t.ndim != 4:
-        raise ValueError(f"The '{name}' argument must be a 4-d array N x C x H x W. Got shape {tuple(t.shape)} instead.")
+        raise ValueError(f"The '{name}' argument of {where} must be a 4-d array N x C x H x W. "
+                         f"Got shape {tuple(t.shape)} instead.")
     if not t.is_floating_point():
-        raise TypeError(f"The '{name}' argument must hold floats (images in [0, 1]). Got dtype {t.dtype} instead.")
+        raise TypeError(f"The '{name}' argument of {where} must hold floats (images in [0, 1]). "
+                        f"Got dtype {t.dtype} instead.")
     t = t.detach().to("cpu", torch.float32)
     if t.stride() != torch.empty(t.shape).stride():  # plain NCHW strides (see the note in train)
         t = t.clone(memory_format=torch.contiguous_format)
     return t
 
 
-def _as_labels(y: Any, n: int, name: str) -> torch.Tensor:
+def _as_labels(y: Any, n: int, name: str, where: str) -> torch.Tensor:
     """``y`` (array-like, N) as an int64 CPU tensor of non-negative class indices."""
     t = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
     if t.ndim != 1 or t.shape[0] != n:
-        raise ValueError(f"The '{name}' argument must be a 1-d array of {n} labels. Got shape {tuple(t.shape)} instead.")
+        raise ValueError(f"The '{name}' argument of {where} must be a 1-d array of {n} labels. "
+                         f"Got shape {tuple(t.shape)} instead.")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"The '{name}' argument must hold integer class indices. Got dtype {t.dtype} instead.")
+        raise TypeError(f"The '{name}' argument of {where} must hold integer class indices. "
+                        f"Got dtype {t.dtype} instead.")
     t = t.detach().to("cpu", torch.int64)
     if n and int(t.min()) < 0:
-        raise ValueError(f"The '{name}' argument must hold class indices >= 0. Got {int(t.min())} instead.")
+        raise ValueError(f"The '{name}' argument of {where} must hold class indices >= 0. Got {int(t.min())} instead.")
     return t
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"The '{name}' argument must be a positive int. Got {value!r} instead.")
-    return int(value)
 
 
 def random_crop(x: torch.Tensor, generator: torch.Generator, padding: int | None = None) -> torch.Tensor:
@@ -102,8 +101,8 @@ def predict(model: nn.Module, x: Any, *, batch_size: int = 512, device: str | to
 
     The model's train/eval mode is restored afterwards.
     """
-    x = _as_images(x, "x")
-    batch_size = _check_positive_int(batch_size, "batch_size")
+    x = _as_images(x, "x", "predict")
+    batch_size = check_positive_int(batch_size, "batch_size", "predict")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -116,8 +115,8 @@ def predict(model: nn.Module, x: Any, *, batch_size: int = 512, device: str | to
 
 def evaluate(model: nn.Module, x: Any, y: Any, batch_size: int = 512, *, device: str | torch.device | None = None) -> float:
     """Top-1 accuracy (a fraction in [0, 1]) of ``model`` on images ``x`` (N x C x H x W), labels ``y`` (N)."""
-    x = _as_images(x, "x")
-    y = _as_labels(y, len(x), "y")
+    x = _as_images(x, "x", "evaluate")
+    y = _as_labels(y, len(x), "y", "evaluate")
     if len(x) == 0:
         raise ValueError("The 'x' argument of evaluate must hold at least one image. Got 0 instead.")
     logits = predict(model, x, batch_size=batch_size, device=device)
@@ -157,26 +156,21 @@ def train(
     per-epoch ``train_loss``, ``train_accuracy``, ``lr`` (at the epoch's end) and ``val_accuracy``
     (when ``val`` is given), ``train_time_s``, and ``final_val_accuracy`` (or None).
     """
-    x = _as_images(train_x, "train_x")
-    y = _as_labels(train_y, len(x), "train_y")
+    x = _as_images(train_x, "train_x", "train")
+    y = _as_labels(train_y, len(x), "train_y", "train")
     if len(x) < 2:
         raise ValueError(f"The 'train_x' argument of train must hold at least 2 images. Got {len(x)} instead.")
-    epochs = _check_positive_int(epochs, "epochs")
-    batch_size = _check_positive_int(batch_size, "batch_size")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"The 'optimizer' argument of train must be one of {', '.join(OPTIMIZERS)}. Got {optimizer!r} instead.")
-    lr = DEFAULT_LR[optimizer] if lr is None else float(lr)
-    weight_decay = DEFAULT_WEIGHT_DECAY[optimizer] if weight_decay is None else float(weight_decay)
-    if not lr > 0:
-        raise ValueError(f"The 'lr' argument of train must be > 0. Got {lr!r} instead.")
-    if weight_decay < 0:
-        raise ValueError(f"The 'weight_decay' argument of train must be >= 0. Got {weight_decay!r} instead.")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"The 'seed' argument of train must be an int. Got {seed!r} instead.")
+    epochs = check_positive_int(epochs, "epochs", "train")
+    batch_size = check_positive_int(batch_size, "batch_size", "train")
+    check_choice(optimizer, "optimizer", "train", OPTIMIZERS)
+    lr = DEFAULT_LR[optimizer] if lr is None else check_float(lr, "lr", "train", lo=0.0, lo_open=True)
+    weight_decay = DEFAULT_WEIGHT_DECAY[optimizer] if weight_decay is None else \
+        check_float(weight_decay, "weight_decay", "train", lo=0.0)
+    seed = check_seed(seed, "train")
     aug = _resolve_augment(augment)
     if val is not None:
-        val_x = _as_images(val[0], "val[0]")
-        val_y = _as_labels(val[1], len(val_x), "val[1]")
+        val_x = _as_images(val[0], "val[0]", "train")
+        val_y = _as_labels(val[1], len(val_x), "val[1]", "train")
     dev = torch.device("cpu" if device is None else device)
 
     settings = {
@@ -222,7 +216,7 @@ def train(
                 xb, yb = x[idx], y[idx]
                 if aug is not None:
                     # plain NCHW strides: a 1-channel batch with channels-last strides counts as
-                    # contiguous, and torch 2.13's CPU backward crashed on such batches in our tests
+                    # contiguous, a layout torch's CPU backward can crash on
                     xb = aug(xb, gen).clone(memory_format=torch.contiguous_format)
                 xb, yb = xb.to(dev), yb.to(dev)
                 logits = model(xb)
@@ -276,8 +270,8 @@ def train_zoo_model(
         from accel_models.data import load_dataset  # lazy: only this convenience needs the loaders
 
         dataset = load_dataset(dataset, data_dir)
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"The 'val_fraction' argument must be in [0, 1). Got {val_fraction!r} instead.")
+    val_fraction = check_float(val_fraction, "val_fraction", "train_zoo_model", lo=0.0, hi=1.0, hi_open=True)
+    seed = check_seed(seed, "train_zoo_model")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(name, dataset.input_shape, dataset.num_classes, **(model_kwargs or {}))

@@ -1,2 +1,1 @@
 """Mitigation methods: clipping, fault-aware training, eFAT, importance sampling, campaigns."""
-import sysarray  # noqa: F401  (first: it sets torch's OpenMP spin time before torch loads)

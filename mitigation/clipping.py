@@ -1,4 +1,4 @@
-"""Clipped-activation hardening (mitigation.md section 1): four ways to find the thresholds.
+"""Clipped-activation hardening (docs/design.md §6.3): four ways to find the thresholds.
 
 - ``ranger`` (Chen et al., DSN 2021): ``T`` = the activation's maximum over a calibration subset
   (default 1,024 training images), no training.
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +40,11 @@ from accel_models.clipact import (
     make_spec, set_policy, threshold_count,
 )
 from mitigation.weightfaults import WEIGHT_FORMATS, corrupt_model, corrupt_program, float_accuracy
+from sysarray.validation import check_choice, check_instance, check_int, check_positive_int, check_seed, is_number
 
 DEFAULT_BER_RATES = (1e-7, 1e-6, 3e-6, 1e-5, 3e-5)
 DEFAULT_PE_RATES = (0.005, 0.01, 0.02, 0.03, 0.05)
+DEPLOY_POLICIES = ("clamp", "zero")  # smooth is only used while training
 DEFAULT_CHIP_BITS = tuple(range(24, 31))  # psum bits stuck at 1 that make a value huge (bit 31 makes it negative)
 CALIBRATION_IMAGES = 1024
 QUANT_CALIBRATION_IMAGES = 512  # the lowering's calibration (accel_models.evaluation default)
@@ -94,10 +95,9 @@ def base_parameter_count(model: nn.Module) -> int:
 def find_thresholds(model: nn.Module, dataset, method: str, *, seed: int = 0, progress: bool = True,
                     **options: Any) -> ClipResult:
     """Run clipping method ``method`` on a copy of ``model`` with ``dataset``'s training split."""
-    if method not in CLIP_METHODS:
-        raise ValueError(f"Unknown clipping method {method!r}. Known methods: {', '.join(CLIP_METHODS)}.")
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"The 'model' argument of find_thresholds must be a torch.nn.Module. Got {type(model).__name__} instead.")
+    check_choice(method, "method", "find_thresholds", list(CLIP_METHODS))
+    check_instance(model, nn.Module, "model", "find_thresholds", what="a torch.nn.Module")
+    seed = check_seed(seed, "find_thresholds")
     model = copy.deepcopy(model).cpu().eval()
     if clipped_modules(model):
         raise ValueError("The model is already clipped; find thresholds for the unclipped model it came from.")
@@ -112,16 +112,11 @@ def find_thresholds(model: nn.Module, dataset, method: str, *, seed: int = 0, pr
 
 
 # --------------------------------------------------------------------------- shared pieces
-def _check_options(where: str, options: Mapping, allowed: Sequence[str]) -> None:
-    bad = [k for k in options if k not in allowed]
-    if bad:
-        raise TypeError(f"{where} got unknown option(s) {', '.join(bad)}. Its options: {', '.join(allowed)}.")
-
-
-def calibration_subset(dataset, count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first ``count`` training images and labels (deterministic, never the test split)."""
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"The calibration image count must be a positive int. Got {count!r} instead.")
+def calibration_subset(dataset, count: int, *, name: str = "count",
+                       where: str = "calibration_subset") -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` training images and labels (deterministic, never the test split);
+    ``name`` and ``where`` name the count in the error message of a bad one."""
+    count = check_positive_int(count, name, where)
     return dataset.train_x[:count], dataset.train_y[:count]
 
 
@@ -159,17 +154,18 @@ def profile_maxima(model: nn.Module, images: torch.Tensor, granularities: Mappin
     return {n: out[n].clone() for n in granularities}
 
 
-def _granularities(model: nn.Module, granularity: str) -> dict[str, str]:
-    if granularity not in SPEC_GRANULARITIES:
-        raise ValueError(f"The 'granularity' option must be one of {', '.join(SPEC_GRANULARITIES)}. Got {granularity!r} instead.")
+def _granularities(model: nn.Module, granularity: str, where: str) -> dict[str, str]:
+    check_choice(granularity, "granularity", where, SPEC_GRANULARITIES)
     names = list(clippable_activations(model))
     return hybrid_granularities(names) if granularity == "hybrid" else {n: granularity for n in names}
 
 
-def _check_policy(policy: str) -> str:
-    if policy not in ("clamp", "zero"):
-        raise ValueError(f"The 'policy' option must be clamp or zero (smooth is only used while training). Got {policy!r} instead.")
-    return policy
+def _profiled_maxima(model: nn.Module, dataset, granularity: str, profile_images: int,
+                     where: str) -> dict[str, torch.Tensor]:
+    """:func:`profile_maxima` at ``granularity`` over the first ``profile_images`` training images."""
+    grans = _granularities(model, granularity, where)
+    images, _ = calibration_subset(dataset, profile_images, name="profile_images", where=where)
+    return profile_maxima(model, images, grans)
 
 
 # --------------------------------------------------------------------------- fault injection
@@ -203,20 +199,19 @@ class FaultSetting:
     weight_format: str = "int8"
 
     def __post_init__(self) -> None:
-        if self.site not in ("memory", "chip"):
-            raise ValueError(f"The fault site must be memory or chip. Got {self.site!r} instead.")
-        if self.weight_format not in WEIGHT_FORMATS:
-            raise ValueError(f"The weight format of the memory fault site must be one of {', '.join(WEIGHT_FORMATS)}. "
-                             f"Got {self.weight_format!r} instead.")
+        check_choice(self.site, "site", "FaultSetting", ("memory", "chip"))
+        check_choice(self.weight_format, "weight_format", "FaultSetting", WEIGHT_FORMATS)
         if self.site == "chip" and self.weight_format != "int8":
-            raise ValueError(f"The weight format applies to the memory fault site only (a chip runs int8). "
-                             f"Got weight_format={self.weight_format!r} with site='chip'.")
+            raise ValueError(f"The 'weight_format' argument of FaultSetting must be int8 with site='chip': the weight "
+                             f"format applies to the memory fault site only (a chip runs int8). "
+                             f"Got {self.weight_format!r} instead.")
         rates = tuple(float(r) for r in self.rates)
         if not rates or any(not 0 <= r <= 1 for r in rates) or list(rates) != sorted(rates):
-            raise ValueError(f"Fault rates must be an increasing list of numbers in [0, 1]. Got {self.rates!r} instead.")
+            raise ValueError(f"The 'rates' argument of FaultSetting must be an increasing list of numbers in [0, 1]. "
+                             f"Got {self.rates!r} instead.")
         object.__setattr__(self, "rates", rates)
-        if isinstance(self.repetitions, bool) or not isinstance(self.repetitions, int) or self.repetitions < 1:
-            raise ValueError(f"The fault repetitions must be a positive int. Got {self.repetitions!r} instead.")
+        check_positive_int(self.repetitions, "repetitions", "FaultSetting")
+        check_seed(self.seed, "FaultSetting")
 
     @classmethod
     def chip(cls, rates=DEFAULT_PE_RATES, **kw) -> "FaultSetting":
@@ -258,8 +253,9 @@ class FaultSetting:
         want = nn.Module if self.on_float_model else Program
         if not isinstance(target, want):
             what = "a float torch model" if self.on_float_model else "an integer Program (lower_clipped)"
-            raise TypeError(f"The {self.site} fault site{' with float32 weights' if self.on_float_model else ''} is "
-                            f"judged on {what}. Got {type(target).__name__} instead.")
+            site = f"the {self.site} fault site{' with float32 weights' if self.on_float_model else ''}"
+            raise TypeError(f"The 'target' argument of FaultSetting.accuracy for {site} must be {what}. "
+                            f"Got {type(target).__name__} instead.")
         seed = self.seed_of(rate_index, repetition)
         if self.on_float_model:
             return float_accuracy(corrupt_model(target, self.rates[rate_index], seed=seed, mode=self.mode), images, labels)
@@ -306,10 +302,11 @@ def ranger(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, c
     A max pool after a clipped activation is bounded by the same ``T`` for free (the max of
     clipped values is clipped). ``policy`` zero (default, spec section 1) or clamp (Ranger's own).
     """
-    grans = _granularities(model, granularity)
-    x, _ = calibration_subset(dataset, calibration_images)
+    grans = _granularities(model, granularity, "ranger")
+    x, _ = calibration_subset(dataset, calibration_images, name="calibration_images", where="ranger")
     maxima = profile_maxima(model, x, grans)
-    spec = make_spec(model, maxima, policy=_check_policy(policy), granularity=granularity, method="ranger",
+    policy = check_choice(policy, "policy", "ranger", DEPLOY_POLICIES)
+    spec = make_spec(model, maxima, policy=policy, granularity=granularity, method="ranger",
                      settings={"calibration_images": int(min(calibration_images, len(dataset.train_x)))})
     return spec, {}
 
@@ -338,8 +335,8 @@ def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True
     ``scorer(model, program) -> points`` replaces the fault-injection score (tests, other metrics).
 
     ``clean_drop`` (accuracy points, default 0.5) is a choice, in neither the paper nor the spec:
-    the fault score alone may pick a tight threshold that costs fault-free accuracy, and issue 5
-    caps clipping's fault-free cost at 1 point. A candidate is eligible only if the clipped float
+    the fault score alone may pick a tight threshold that costs fault-free accuracy, and clipping
+    may cost at most 1 point of fault-free accuracy. A candidate is eligible only if the clipped float
     model's fault-free accuracy on the first ``profile_images`` training images is at most
     ``clean_drop`` points below the unclipped model's on the same images (earlier layers at their
     fixed thresholds, so the bound holds for the final model). An ineligible candidate scores
@@ -351,20 +348,21 @@ def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True
     (``"clean"``, %) and ``"eligible"``.
     """
     faults = faults if faults is not None else FaultSetting(seed=seed)
-    if not isinstance(faults, FaultSetting):
-        raise TypeError(f"The 'faults' option of ftclipact must be a FaultSetting. Got {type(faults).__name__} instead.")
-    if not 1 <= min_rounds <= max_rounds or candidates < 2:
-        raise ValueError(f"ftclipact needs 1 <= min_rounds <= max_rounds and candidates >= 2. Got {min_rounds}, {max_rounds}, {candidates}.")
-    if isinstance(clean_drop, bool) or not isinstance(clean_drop, numbers.Real) or not clean_drop >= 0:
-        raise ValueError(f"The 'clean_drop' option of ftclipact must be a number of accuracy points >= 0 "
-                         f"(math.inf turns the guard off). Got {clean_drop!r} instead.")
+    check_instance(faults, FaultSetting, "faults", "ftclipact")
+    min_rounds = check_positive_int(min_rounds, "min_rounds", "ftclipact")
+    max_rounds = check_int(max_rounds, "max_rounds", "ftclipact", lo=min_rounds)
+    candidates = check_int(candidates, "candidates", "ftclipact", lo=2)
+    if not is_number(clean_drop) or not clean_drop >= 0:
+        message = (f"The 'clean_drop' argument of ftclipact must be a number of accuracy points >= 0 "
+                   f"(math.inf turns the guard off). Got {clean_drop!r} instead.")
+        raise (ValueError if is_number(clean_drop) else TypeError)(message)
     clean_drop = float(clean_drop)
-    grans = _granularities(model, "layer")
-    px, py = calibration_subset(dataset, profile_images)
+    grans = _granularities(model, "layer", "ftclipact")
+    px, py = calibration_subset(dataset, profile_images, name="profile_images", where="ftclipact")
     maxima = {n: float(t) for n, t in profile_maxima(model, px, grans).items()}
     baseline = 100 * float_accuracy(model, px, py)
-    x, y = calibration_subset(dataset, calibration_images)
-    policy = _check_policy(policy)
+    x, y = calibration_subset(dataset, calibration_images, name="calibration_images", where="ftclipact")
+    policy = check_choice(policy, "policy", "ftclipact", DEPLOY_POLICIES)
     thresholds = dict(maxima)
     scores_seen: dict[tuple, float] = {}
     clean_seen: dict[tuple, float] = {}
@@ -489,8 +487,7 @@ def fitact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, p
     the training split with every weight, bias and BatchNorm statistic frozen (smooth-zero policy,
     cross-entropy + ``l2`` on the thresholds, Adam ``lr``, cosine schedule); deployed with the
     hard zero policy."""
-    grans = _granularities(model, granularity)
-    maxima = profile_maxima(model, calibration_subset(dataset, profile_images)[0], grans)
+    maxima = _profiled_maxima(model, dataset, granularity, profile_images, "fitact")
     clipped = apply_clipping(copy.deepcopy(model), make_spec(model, maxima, policy="zero", granularity=granularity))
     losses = _train_thresholds(clipped, _threshold_params(clipped), dataset.train_x, dataset.train_y, epochs=epochs,
                                lr=lr, weight_decay=l2, batch_size=batch_size, seed=seed, progress=progress, desc="fitact")
@@ -520,16 +517,16 @@ def proact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, p
     if none is, the layer keeps its profiled maximum. Then the layer is frozen.
     """
     if not weight_decays or list(weight_decays) != sorted(weight_decays, reverse=True):
-        raise ValueError(f"The 'weight_decays' option of proact must go from strong to weak. Got {weight_decays!r} instead.")
-    grans = _granularities(model, granularity)
-    maxima = profile_maxima(model, calibration_subset(dataset, profile_images)[0], grans)
+        raise ValueError(f"The 'weight_decays' argument of proact must go from strong to weak. "
+                         f"Got {weight_decays!r} instead.")
+    maxima = _profiled_maxima(model, dataset, granularity, profile_images, "proact")
     tx, ty, vx, vy = dataset.validation_split(fraction=val_fraction, seed=seed)
     clipped = apply_clipping(copy.deepcopy(model), make_spec(model, maxima, policy="zero", granularity=granularity))
     teacher = copy.deepcopy(model).eval()
     reference = float_accuracy(clipped, vx, vy)
     mods = clipped_modules(clipped)
     history: dict[str, Any] = {"reference_val_accuracy": reference, "layers": {}}
-    order = list(grans)[::-1]
+    order = list(maxima)[::-1]
     bar = tqdm(total=len(order) * len(weight_decays), desc="proact", unit="setting", disable=not progress, leave=False)
     for li, name in enumerate(order):
         start = mods[name].threshold.detach().clone()

@@ -11,7 +11,8 @@ DEMO_CHECKPOINT = os.path.join(".cache", "demo", "lenet5-digits.pt")
 
 
 def ensure_model(path: str = DEMO_CHECKPOINT, epochs: int = 40, seed: int = 0) -> str:
-    """Train the demo LeNet-5 on digits once (about half a minute) and reuse it afterwards."""
+    """Train the demo LeNet-5 on digits once and reuse the checkpoint afterwards: training is the
+    demo's one slow step, so later runs go straight to the chips."""
     if os.path.exists(path):
         return path
     from accel_models.checkpoint import save_checkpoint

@@ -1,4 +1,4 @@
-"""eFAT: fault-aware training for many chips (mitigation.md section 4; Ahmad et al. 2023).
+"""eFAT: fault-aware training for many chips (docs/design.md §6.5; Hanif and Shafique, arXiv 2304.12949, 2023).
 
 1. A resilience map (:mod:`mitigation.resilience`) over a fault-rate grid and a retraining-amount
    grid, the minimum accuracy over ``S`` random maps per rate.
@@ -17,7 +17,9 @@ alternating between them (multi-map training); the fused rate still picks the am
 
 Durability: OUTDIR/config.json fixes the configuration (a different one in the same OUTDIR is
 refused); every finished stage (the map, each group) writes its files atomically and then one
-fsync'ed line to OUTDIR/journal.jsonl, so a rerun skips what is done.
+fsync'ed line to the journal OUTDIR/journal.jsonl (:mod:`mitigation.campaign.journal`: a line cut
+by a kill is dropped, that stage redone; a corrupt line elsewhere is refused), so a rerun skips
+what is done.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mitigation.campaign_store import file_sha256
+from mitigation.campaign.journal import Journal
+from mitigation.campaign.store import file_sha256
 from mitigation.fat import (
     METHOD_DEFAULTS, chip_accuracy, check_chip_geometry, check_ws, fap, fap_masks, lower_like, retrain,
     save_fat_checkpoint, stuckat_fat,
@@ -43,6 +46,7 @@ from mitigation.resilience import ResilienceMap, build_resilience_map, check_gri
 from sysarray.atomic import write_json, write_text
 from sysarray.config import ArrayConfig
 from sysarray.faults import FaultMap
+from sysarray.validation import check_choice, check_float, check_instance, check_int, check_positive_int
 
 CONFIG_VERSION = 1
 DEFAULT_AMOUNTS = (0.0, 1.0, 2.0, 4.0, 8.0)
@@ -86,26 +90,19 @@ class EfatSettings:
         if (self.max_drop is None) == (self.min_accuracy is None):
             raise ValueError("Give exactly one accuracy constraint: max_drop (--max-drop) or min_accuracy "
                              f"(--min-accuracy). Got max_drop={self.max_drop!r}, min_accuracy={self.min_accuracy!r}.")
+        where = "EfatSettings"
         for name in ("max_drop", "min_accuracy"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):
-                raise ValueError(f"The '{name}' constraint must be a fraction in [0, 1]. Got {v!r} instead.")
+            check_float(getattr(self, name), name, where, lo=0.0, hi=1.0, none_ok=True)
         if self.rates is not None:
             check_grid(self.rates, "fault-rate", 1.0)
         check_grid(self.amounts, "retraining-amount")
         parse_aggregate(self.aggregate)
         get_grouping(self.grouping)
-        if self.map_faults not in MAP_FAULTS:
-            raise ValueError(f"The map's fault placement must be one of {', '.join(MAP_FAULTS)}. "
-                             f"Got {self.map_faults!r} instead.")
-        if isinstance(self.maps_per_rate, bool) or not isinstance(self.maps_per_rate, int) or self.maps_per_rate < 1:
-            raise ValueError(f"The number of maps per rate must be a positive integer. Got {self.maps_per_rate!r} instead.")
-        if self.conventional_epochs is not None and not (self.conventional_epochs >= 0 and math.isfinite(self.conventional_epochs)):
-            raise ValueError(f"The conventional FAT amount must be a number of epochs >= 0. Got {self.conventional_epochs!r} instead.")
+        check_choice(self.map_faults, "map_faults", where, MAP_FAULTS)
+        check_positive_int(self.maps_per_rate, "maps_per_rate", where)
+        check_float(self.conventional_epochs, "conventional_epochs", where, lo=0, none_ok=True)
         for name in ("limit", "train_limit"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 2):
-                raise ValueError(f"The '{name}' argument must be an integer >= 2. Got {v!r} instead.")
+            check_int(getattr(self, name), name, where, lo=2, none_ok=True)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -260,25 +257,6 @@ class EfatResult:
 
 
 # ----------------------------------------------------------------------------------- the run
-def _read_journal(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash: that stage is simply redone
-            continue
-    return out
-
-
-def _append_journal(path: Path, entry: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(entry, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def target_accuracy(settings: EfatSettings, clean: float) -> float:
     """The accuracy every chip must reach; ValueError when even the fault-free chip misses it."""
     target = settings.min_accuracy if settings.min_accuracy is not None else clean - settings.max_drop
@@ -298,8 +276,7 @@ def run_efat(model_path: str, chips_dir: str, cfg: ArrayConfig, settings: EfatSe
     from accel_models.evaluation import prepare
     from tqdm.auto import tqdm
 
-    if not isinstance(cfg, ArrayConfig):
-        raise TypeError(f"The 'cfg' argument of run_efat must be an ArrayConfig. Got {type(cfg).__name__} instead.")
+    check_instance(cfg, ArrayConfig, "cfg", "run_efat")
     settings.check()
     cfg = cfg.replace(bypass=settings.bypass)
     chips = load_chips(chips_dir, cfg)
@@ -324,46 +301,45 @@ def run_efat(model_path: str, chips_dir: str, cfg: ArrayConfig, settings: EfatSe
                              f"{', '.join(changed)}); use another -o directory or delete it.")
     else:
         write_json(cfg_path, config)
-    journal_path = outdir / "journal.jsonl"
-    journal = _read_journal(journal_path)
+    with Journal(outdir / "journal.jsonl", what="eFAT journal") as journal:
+        done = journal.recover()
+        # 1. the resilience map
+        done_map = [e for e in done if e.get("kind") == "map"]
+        if done_map and (outdir / "resilience.csv").exists():
+            rmap = ResilienceMap.from_csv((outdir / "resilience.csv").read_text(), settings.aggregate)
+            rmap.epochs, rmap.seconds = done_map[-1]["epochs"], done_map[-1]["seconds"]
+        else:
+            rates = settings.rates if settings.rates is not None else default_rates(max(fm.pe_rate for _, fm in chips))
+            rmap = build_resilience_map(trainer.map_cell, trainer.random_map, rates, settings.amounts,
+                                        settings.maps_per_rate, settings.aggregate, progress=progress)
+            rmap.save(str(outdir), target)
+            journal.append([{"kind": "map", "epochs": rmap.epochs, "seconds": rmap.seconds}])
 
-    # 1. the resilience map
-    done_map = [e for e in journal if e.get("kind") == "map"]
-    if done_map and (outdir / "resilience.csv").exists():
-        rmap = ResilienceMap.from_csv((outdir / "resilience.csv").read_text(), settings.aggregate)
-        rmap.epochs, rmap.seconds = done_map[-1]["epochs"], done_map[-1]["seconds"]
-    else:
-        rates = settings.rates if settings.rates is not None else default_rates(max(fm.pe_rate for _, fm in chips))
-        rmap = build_resilience_map(trainer.map_cell, trainer.random_map, rates, settings.amounts,
-                                    settings.maps_per_rate, settings.aggregate, progress=progress)
-        rmap.save(str(outdir), target)
-        _append_journal(journal_path, {"kind": "map", "epochs": rmap.epochs, "seconds": rmap.seconds})
+        # 2. per-chip amounts and 3. groups
+        amount = lambda rate: rmap.amount_for(rate, target)  # noqa: E731
+        own = {name: amount(fm.pe_rate) for name, fm in chips}
+        maps = dict(chips)
+        accepted = [Chip(name, fm.faulty_pes()) for name, fm in chips if own[name] is not None]
+        plan = []
+        if accepted:
+            for gid, members in enumerate(make_groups(accepted, amount, settings.grouping)):
+                f = fused(accepted, members)
+                plan.append({"group": gid, "members": [accepted[i].name for i in members],
+                             "fused_rate": float(f.mean()), "epochs": amount(float(f.mean()))})
+        write_json(outdir / "groups.json", {"target_accuracy": target, "groups": plan,
+                                             "beyond_resilience": [n for n, _ in chips if own[n] is None]})
 
-    # 2. per-chip amounts and 3. groups
-    amount = lambda rate: rmap.amount_for(rate, target)  # noqa: E731
-    own = {name: amount(fm.pe_rate) for name, fm in chips}
-    maps = dict(chips)
-    accepted = [Chip(name, fm.faulty_pes()) for name, fm in chips if own[name] is not None]
-    plan = []
-    if accepted:
-        for gid, members in enumerate(make_groups(accepted, amount, settings.grouping)):
-            f = fused(accepted, members)
-            plan.append({"group": gid, "members": [accepted[i].name for i in members],
-                         "fused_rate": float(f.mean()), "epochs": amount(float(f.mean()))})
-    write_json(outdir / "groups.json", {"target_accuracy": target, "groups": plan,
-                                         "beyond_resilience": [n for n, _ in chips if own[n] is None]})
-
-    # 4. one retraining per group, validation of every member, repairs
-    finished = {e["group"]: e for e in journal if e.get("kind") == "group"}
-    records = []
-    for g in tqdm(plan, desc="eFAT groups", unit="group", disable=not progress, leave=False):
-        prev = finished.get(g["group"])
-        if prev is not None and prev["members"] == g["members"] and prev["epochs"] == g["epochs"] \
-                and (outdir / prev["model"]).exists():
-            records.append(prev)
-            continue
-        records.append(_retrain_group(g, trainer, maps, own, target, settings, task, outdir))
-        _append_journal(journal_path, dict(records[-1], kind="group"))
+        # 4. one retraining per group, validation of every member, repairs
+        finished = {e["group"]: e for e in done if e.get("kind") == "group"}
+        records = []
+        for g in tqdm(plan, desc="eFAT groups", unit="group", disable=not progress, leave=False):
+            prev = finished.get(g["group"])
+            if prev is not None and prev["members"] == g["members"] and prev["epochs"] == g["epochs"] \
+                    and (outdir / prev["model"]).exists():
+                records.append(prev)
+                continue
+            records.append(_retrain_group(g, trainer, maps, own, target, settings, task, outdir))
+            journal.append([dict(records[-1], kind="group")])
 
     result = _report(chips, own, plan, records, rmap, target, trainer, settings, cfg)
     result.resilience = rmap

@@ -1,23 +1,23 @@
-"""Fault-aware training for one chip (mitigation.md section 3).
+"""Fault-aware training for one chip (docs/design.md §6.4).
 
 Four methods, all producing a normal zoo-model checkpoint that ``sysarray run`` evaluates unchanged:
 
 - **FAP** (Zhang et al., "Analyzing and mitigating the impact of permanent faults on a systolic
   array based neural network accelerator", VTS 2018): on bypass hardware, prune every weight
-  mapped to a faulty PE (chip.md section 1); no training. WS only: in IS bypass zeroes stationary
+  mapped to a faulty PE (docs/design.md §2.1); no training. WS only: in IS bypass zeroes stationary
   *inputs* and in OS it zeroes *outputs*, which no weight pruning reproduces.
 - **FAP+T** (same paper): retrain with that pruning mask fixed. Gradients are masked by a tensor
   hook, so masked weights stay exactly 0 under SGD, momentum, weight decay and Adam alike.
 - **Stuck-at-aware FAT**: the forward pass runs the fake-quant twin
   (:class:`accel_models.fakequant.FakeQuantProgram`) with a ``gemm_hook`` that substitutes the
-  chip's exact accumulators (:func:`sysarray.engines.fast.fast_gemm` with this chip's stuck bits);
+  chip's exact accumulators (:class:`sysarray.Chip` with this chip's stuck bits);
   the backward pass is the straight-through gradient of the fault-free GEMM.
 - **Random-error FAT** (Zahid et al., "FAT: training neural networks for reliable inference under
   hardware faults", ITC 2020): after every chip layer but the classifier, a Bernoulli(p) mask
   redrawn every batch replaces outputs by uniform values of the layer's quantized range; the
   gradient is zero at the replaced positions.
 
-How trained weights get back into a checkpoint (docs/design.md, issue 6): every method trains the
+How trained weights get back into a checkpoint: every method trains the
 *float zoo model* itself (its conv/linear weights and BatchNorm affine parameters). FAP/FAP+T mask
 the unfolded conv/linear weight, which is exact for pruning because a folded BatchNorm scales each
 output channel (``0 * s = 0``). Stuck-at FAT runs the twin on weights folded on the fly from the
@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -41,17 +41,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from accel_models.fakequant import FakeQuantProgram, ste
-from accel_models.program import Gemm, Program, im2col, conv_out_size
-from sysarray.config import ArrayConfig, Dataflow
-from sysarray.faults import FaultMap
+from accel_models.program import Gemm, Program, layer_accumulators
+from sysarray import ArrayConfig, Chip, Dataflow, FaultMap, mapping
+from sysarray.validation import check_choice, check_float, check_fraction, check_instance, check_int, check_seed
 
 METHODS = ("fap", "fapt", "stuckat", "random")
 DEFAULT_EPOCHS = 10.0
 SCHEDULES = ("cosine", "constant")
 OPTIMIZERS = ("sgd", "adam")
-# (optimizer, learning rate) per method; every schedule is cosine to 0 by default (docs/design.md, issue 6).
+# (optimizer, learning rate) per method; every schedule is cosine to 0 by default.
 # Adam for the chip-forward methods: a stuck high psum bit saturates whole channels, and the large
-# constant inputs that follow made SGD with momentum diverge.
+# constant inputs that follow can make SGD with momentum diverge.
 METHOD_DEFAULTS = {"fapt": ("sgd", 0.02), "stuckat": ("adam", 1e-3), "random": ("adam", 1e-3)}
 DEFAULT_LR = METHOD_DEFAULTS["fapt"][1]
 DEFAULT_BATCH = 64
@@ -61,8 +61,7 @@ DEFAULT_RANDOM_P = 0.01
 # ----------------------------------------------------------------------------------- checks
 def check_chip_geometry(cfg: ArrayConfig, faults: FaultMap, where: str) -> None:
     """Raise ValueError unless ``faults`` is a map of ``cfg``'s array (rows, cols, psum bits)."""
-    if not isinstance(faults, FaultMap):
-        raise TypeError(f"The 'faults' argument of {where} must be a FaultMap. Got {type(faults).__name__} instead.")
+    check_instance(faults, FaultMap, "faults", where)
     try:
         faults.check_fits(cfg.rows, cfg.cols, cfg.psum_bits)
     except ValueError as exc:
@@ -70,7 +69,7 @@ def check_chip_geometry(cfg: ArrayConfig, faults: FaultMap, where: str) -> None:
 
 
 def check_ws(cfg: ArrayConfig, where: str) -> None:
-    """FAP is weight pruning, which equals bypass only in the WS dataflow (chip.md section 3)."""
+    """FAP is weight pruning, which equals bypass only in the WS dataflow (docs/design.md §2.7)."""
     if cfg.dataflow is not Dataflow.WS:
         raise ValueError(
             f"{where} prunes weights, which is what bypass hardware does only in the weight-stationary "
@@ -84,14 +83,13 @@ def keep_mask(weight_shape: Sequence[int], groups: int, faulty: np.ndarray) -> t
     """Bool tensor of ``weight_shape``: False where the weight sits on a faulty PE in WS.
 
     ``weight_shape`` is torch's (N, C/groups, kh, kw) or (N, K); group ``g`` runs its own GEMM with
-    ``W[k, n] = weight[g*ng + n].reshape(-1)[k]``, held by PE ``(k % R, n % C)`` (chip.md section 1,
+    ``W[k, n] = weight[g*ng + n].reshape(-1)[k]``, held by PE ``(k % R, n % C)`` (docs/design.md §2.1,
     K order (c, kh, kw)). ``faulty`` is the (R, C) bool faulty-PE view of a map.
     """
     n_out = int(weight_shape[0])
     k = int(np.prod(weight_shape[1:]))
-    rows, cols = faulty.shape
-    n_local = np.arange(n_out) % (n_out // groups)
-    bad = faulty[(np.arange(k) % rows)[None, :], (n_local % cols)[:, None]]  # (N, K)
+    ng = n_out // groups
+    bad = np.tile(mapping.per_element(faulty, (k, ng)).T, (groups, 1))  # (N, K): every group folds alike
     return torch.from_numpy(~bad).reshape(tuple(int(s) for s in weight_shape))
 
 
@@ -194,28 +192,13 @@ class ZooTwin(FakeQuantProgram):
 def chip_hook(cfg: ArrayConfig, faults: FaultMap | None):
     """A ``gemm_hook`` that replaces each layer's accumulators by the chip's exact ones (forward
     value) and keeps the fault-free gradient (straight-through)."""
-    from sysarray.engines.fast import fast_gemm
+    chip = Chip(cfg, faults)
 
     def hook(op: Gemm, a: torch.Tensor, wq: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            w_codes = wq.detach().round().to(torch.int8)
-            x = a.detach()
-            if op.kind == "linear":
-                y = fast_gemm(x.reshape(x.shape[0], -1), w_codes.t().contiguous(), cfg, faults,
-                              act_signed=op.in_qp.signed)
-            else:
-                B, _, H, W = x.shape
-                oh, ow = conv_out_size(op, H, W)
-                cols = im2col(x, op)
-                g, n = op.groups, w_codes.shape[0]
-                ng, kg = n // g, cols.shape[1] // g
-                parts = [fast_gemm(cols[:, i * kg:(i + 1) * kg] if g > 1 else cols,
-                                   w_codes[i * ng:(i + 1) * ng].reshape(ng, -1).t().contiguous(), cfg, faults,
-                                   act_signed=op.in_qp.signed) for i in range(g)]
-                y = parts[0] if g == 1 else torch.cat(parts, dim=1)
-                y = y.reshape(B, oh * ow, n).transpose(1, 2).reshape(B, n, oh, ow)
+            y, _ = layer_accumulators(a.detach(), replace(op, weight=wq.detach().round()), chip, saturate=False)
         # float64: a stuck high psum bit gives accumulators float32 cannot hold exactly
-        return ste(acc.double(), y.double())
+        return ste(acc.double(), y.reshape(acc.shape).double())
 
     return hook
 
@@ -235,14 +218,6 @@ def steps_for(epochs: float, n_images: int, batch_size: int) -> int:
     return int(round(float(epochs) * math.ceil(n_images / batch_size)))
 
 
-def check_epochs(epochs: object, where: str) -> float:
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, float, np.integer, np.floating)) or \
-            not math.isfinite(float(epochs)) or epochs < 0:
-        raise ValueError(f"The 'epochs' argument of {where} must be a number of epochs >= 0 (fractions allowed). "
-                         f"Got {epochs!r} instead.")
-    return float(epochs)
-
-
 def retrain(model: nn.Module, forward: Callable[[torch.Tensor, int], torch.Tensor], x: torch.Tensor,
             y: torch.Tensor, epochs: float, *, optimizer: str = "sgd", lr: float = DEFAULT_LR,
             momentum: float = 0.9, schedule: str = "cosine", batch_size: int = DEFAULT_BATCH, seed: int = 0,
@@ -259,15 +234,12 @@ def retrain(model: nn.Module, forward: Callable[[torch.Tensor, int], torch.Tenso
     mode. ``on_epoch(step)`` runs before every pass over the data. Shuffling and any torch
     randomness in ``forward`` are seeded by ``seed``.
     """
-    epochs = check_epochs(epochs, "retrain")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"The learning rate must be a number > 0. Got {lr!r} instead.")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"The optimizer must be one of {', '.join(OPTIMIZERS)}. Got {optimizer!r} instead.")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"The learning-rate schedule must be one of {', '.join(SCHEDULES)}. Got {schedule!r} instead.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 2:
-        raise ValueError(f"The batch size must be an integer >= 2. Got {batch_size!r} instead.")
+    epochs = check_float(epochs, "epochs", "retrain", lo=0.0)
+    lr = check_float(lr, "lr", "retrain", lo=0.0, lo_open=True)
+    check_choice(optimizer, "optimizer", "retrain", OPTIMIZERS)
+    check_choice(schedule, "schedule", "retrain", SCHEDULES)
+    batch_size = check_int(batch_size, "batch_size", "retrain", lo=2)
+    seed = check_seed(seed, "retrain")
     n = len(x)
     total = steps_for(epochs, n, batch_size)
     per_epoch = math.ceil(n / batch_size)
@@ -329,7 +301,7 @@ def stuckat_fat(model: nn.Module, program: Program, cfg: ArrayConfig, maps: Faul
                 relower: Callable[[nn.Module], Program] | None = None, **kw) -> tuple[nn.Module, RetrainResult]:
     """Stuck-at-aware FAT: the forward pass is the twin on the chip's exact fast engine with its
     stuck bits; gradients are straight-through. With several maps, batches alternate between them
-    (multi-map training for a group, mitigation.md section 4). BatchNorm statistics are frozen.
+    (multi-map training for a group, docs/design.md §6.5). BatchNorm statistics are frozen.
 
     ``relower(model) -> Program`` (e.g. ``lambda m: lower_like(m, task)``) re-lowers the model
     before every epoch, so the twin's activation quantization follows the re-calibration that
@@ -363,8 +335,7 @@ def random_fat(model: nn.Module, program: Program, x: torch.Tensor, y: torch.Ten
     batch from the seeded torch RNG, and the gradient is 0 at replaced positions."""
     kw.setdefault("optimizer", METHOD_DEFAULTS["random"][0])
     kw.setdefault("lr", METHOD_DEFAULTS["random"][1])
-    if not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"The error probability p of random FAT must be in [0, 1]. Got {p!r} instead.")
+    p = check_fraction(p, "p", "random_fat")
     out = copy.deepcopy(model)
     gemms = program.gemms
     bns = batchnorm_after(out, [op.name for op in gemms])
@@ -445,12 +416,11 @@ def fault_aware_train(task, cfg: ArrayConfig, faults: FaultMap, method: str, epo
     task (:func:`accel_models.evaluation.prepare`); returns the new float model and the report,
     accuracies measured on the chip with the test images of ``task``. ``optimizer``/``lr``
     default to :data:`METHOD_DEFAULTS`; FAP and FAP+T are judged on the bypass chip."""
-    if method not in METHODS:
-        raise ValueError(f"The fault-aware training method must be one of {', '.join(METHODS)}. Got {method!r} instead.")
+    check_choice(method, "method", "fault_aware_train", METHODS)
     check_chip_geometry(cfg, faults, f"sysarray fat --method {method}")
     if method in ("fap", "fapt"):
         check_ws(cfg, f"--method {method}")
-    epochs = check_epochs(epochs, "fault_aware_train")
+    epochs = check_float(epochs, "epochs", "fault_aware_train", lo=0.0)
     ecfg = eval_config(method, cfg)
     program = task.program
     before = chip_accuracy(program, task, ecfg, faults)
@@ -489,7 +459,7 @@ def save_fat_checkpoint(path, model: nn.Module, task, record: dict) -> None:
 
 __all__ = [
     "METHODS", "FatReport", "RetrainResult", "ZooTwin", "apply_masks", "batchnorm_after", "chip_accuracy",
-    "chip_hook", "check_chip_geometry", "check_epochs", "check_ws", "eval_config", "fap", "fap_masks", "fap_t",
+    "chip_hook", "check_chip_geometry", "check_ws", "eval_config", "fap", "fap_masks", "fap_t",
     "fault_aware_train", "keep_mask", "lower_like", "prune_program", "random_fat", "retrain",
     "save_fat_checkpoint", "steps_for", "stuckat_fat",
 ]

@@ -1,4 +1,4 @@
-"""Pluggable chip-grouping policies for eFAT (mitigation.md section 4.3).
+"""Pluggable chip-grouping policies for eFAT (docs/design.md §6.5).
 
 A group of chips is retrained once, for its *fused* fault map: the union (OR) of its members'
 faulty PEs. In bypass mode a model pruned and retrained for the fused map is exact on every member

@@ -1,4 +1,4 @@
-"""Importance sampling of critical PE faults (mitigation.md section 5; ISimDL adapted to PEs).
+"""Importance sampling of critical PE faults (docs/design.md §6.2; ISimDL adapted to PEs).
 
 ISimDL (Sensitivity-based Importance Sampling for DL fault injection) samples faults in
 proportion to a gradient sensitivity, mixed with uniform sampling so every fault keeps a
@@ -28,8 +28,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from sysarray import mapping
 from mitigation.campaign import SingleFaults, run_campaign
-from mitigation.campaign_stats import wilson_interval, z_value
+from mitigation.campaign.stats import wilson_interval, z_value
+from sysarray.validation import check_int, check_seed
 
 BIT_WEIGHTINGS = ("uniform", "linear", "exponential")
 SENSITIVITY_MODES = ("wgrad", "grad")
@@ -39,18 +41,9 @@ RESULT_FILE = "importance.json"
 
 # ====================================================================== sensitivity
 def fold_to_array(s_kn: np.ndarray, cfg: Any) -> np.ndarray:
-    """(K, N) per-weight scores of one GEMM -> (R, C) per-PE sums for the dataflow of ``cfg``."""
-    R, C = cfg.rows, cfg.cols
-    K, N = s_kn.shape
-    padded = np.zeros((-(-K // R) * R, -(-N // C) * C))
-    padded[:K, :N] = s_kn
-    per_pe = padded.reshape(-1, R, padded.shape[1] // C, C).sum(axis=(0, 2))
-    flow = cfg.dataflow.value
-    if flow == "is":  # W[k, n] streams along row k mod R
-        return np.repeat(per_pe.sum(axis=1, keepdims=True) / C, C, axis=1)
-    if flow == "os":  # W[k, n] streams down column n mod C
-        return np.repeat(per_pe.sum(axis=0, keepdims=True) / R, R, axis=0)
-    return per_pe
+    """(K, N) per-weight scores of one GEMM -> (R, C) per-PE sums for the dataflow of ``cfg``
+    (:func:`sysarray.mapping.weight_pe_totals`)."""
+    return mapping.weight_pe_totals(s_kn, cfg)
 
 
 def pe_sensitivity(program: Any, images: Any, labels: Any, cfg: Any, mode: str = "wgrad",
@@ -219,8 +212,8 @@ def run_importance(task: Any, cfg: Any, out: str, registers: Sequence[str], bits
     Returns the JSON-ready result: both samplers' precision and estimates, the precision gain, the
     settings and the (R, C) PE sensitivity.
     """
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < 2:
-        raise ValueError(f"The importance-sampling budget must be an integer of at least 2 draws. Got {budget!r} instead.")
+    budget = check_int(budget, "budget", "run_importance", lo=2)
+    seed = check_seed(seed, "run_importance")
     space = FaultSpace.build(cfg, registers, bits, values)
     program, _, _ = task.load()
     cal_x, cal_y = task.calibration(calibration_images)
@@ -237,7 +230,7 @@ def run_importance(task: Any, cfg: Any, out: str, registers: Sequence[str], bits
     population = SingleFaults(cfg.rows, cfg.cols, space.records(distinct), {"importance": settings})
     options = {"confidence": confidence, **campaign_options}
     run_campaign(task, population, out, cfg, **options)
-    from mitigation.campaign_store import read_results
+    from mitigation.campaign.store import read_results
 
     _, rows = read_results(out)
     crit_by_fault = dict(zip(distinct.tolist(), (int(r["critical"]) for r in rows)))

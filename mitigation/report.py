@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mitigation.campaign_stats import aggregate
-from mitigation.campaign_store import read_results
+from mitigation.campaign.stats import aggregate
+from mitigation.campaign.store import read_results
 from mitigation.sweep import bit_sensitivity, heatmaps
 from sysarray.atomic import write_text
 

@@ -1,4 +1,4 @@
-"""The eFAT resilience map (mitigation.md section 4.1; Ahmad et al., "eFAT: improving the
+"""The eFAT resilience map (docs/design.md §6.5; Hanif and Shafique, "eFAT: improving the
 effectiveness of fault-aware training for mitigating permanent faults in DNN hardware
 accelerators", 2023).
 
@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from sysarray.atomic import atomic_write, write_text
+from sysarray.validation import check_positive_int
 
 Trainer = Callable[[object, float], float]  # (FaultMap, epochs) -> accuracy on that map's chip
 
@@ -181,8 +182,7 @@ def build_resilience_map(trainer: Trainer, make_map: Callable[[float, int], obje
     rates = check_grid(rates, "fault-rate", 1.0)
     amounts = check_grid(amounts, "retraining-amount")
     parse_aggregate(aggregate)
-    if isinstance(maps_per_rate, bool) or not isinstance(maps_per_rate, int) or maps_per_rate < 1:
-        raise ValueError(f"The number of maps per rate must be a positive integer. Got {maps_per_rate!r} instead.")
+    maps_per_rate = check_positive_int(maps_per_rate, "maps_per_rate", "build_resilience_map")
     samples = np.zeros((len(rates), maps_per_rate, len(amounts)))
     spent = 0.0
     start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Single-fault sweeps (campaigns.md "Views"): the accuracy drop of one stuck bit at every PE.
+"""Single-fault sweeps (docs/design.md §6.1): the accuracy drop of one stuck bit at every PE.
 
 A sweep is a campaign of one-fault chips (:class:`mitigation.campaign.SingleFaults`), so it runs
 in parallel, resumes and is reproducible like any campaign. From its rows:
@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mitigation.campaign import CampaignRun, SingleFaults, run_campaign
-from mitigation.campaign_stats import bootstrap_interval
+from mitigation.campaign.stats import bootstrap_interval
 
 
 def run_sweep(task: Any, cfg: Any, out: str, registers: Sequence[str], bits: Sequence[int] | None = None,

@@ -1,4 +1,4 @@
-"""The weight-memory fault site (mitigation.md section 2), in two weight formats.
+"""The weight-memory fault site (docs/design.md §6.3), in two weight formats.
 
 - ``int8`` (the spec's, the default everywhere): bit errors in the stored int8 weights and in the
   stored threshold codes of a lowered :class:`~accel_models.program.Program`
@@ -49,7 +49,8 @@ import torch.nn as nn
 
 from accel_models.clipact import ClippedReLU
 from accel_models.program import Clip, Gemm, Program
-from sysarray.faultgen import Seed, as_rng
+from sysarray.faultgen import Seed
+from sysarray.validation import as_rng, check_choice, check_fraction, check_instance
 
 MODES = ("flip", "stuck0", "stuck1", "stuck")
 WORD_BITS = 8
@@ -71,14 +72,12 @@ class MemoryFaultReport:
 
 def _check(ber: float, mode: str, bits: Sequence[int] | None, width: int = WORD_BITS,
            where: str = "corrupt_program") -> tuple[float, np.ndarray]:
-    if isinstance(ber, bool) or not isinstance(ber, (int, float, np.floating)) or not 0.0 <= float(ber) <= 1.0:
-        raise ValueError(f"The 'ber' argument of {where} must be a bit error rate in [0, 1]. Got {ber!r} instead.")
-    if mode not in MODES:
-        raise ValueError(f"The 'mode' argument of {where} must be one of {', '.join(MODES)}. Got {mode!r} instead.")
+    ber = check_fraction(ber, "ber", where)
+    check_choice(mode, "mode", where, MODES)
     allowed = np.arange(width) if bits is None else np.unique(np.asarray(list(bits), dtype=np.int64))
     if allowed.size == 0 or allowed.min() < 0 or allowed.max() >= width:
         raise ValueError(f"The 'bits' argument of {where} must be bit positions in 0..{width - 1}. Got {bits!r} instead.")
-    return float(ber), allowed
+    return ber, allowed
 
 
 def _root_seed(seed: Seed, where: str) -> np.random.SeedSequence:
@@ -137,8 +136,7 @@ def corrupt_program(program: Program, ber: float, *, seed: Seed, mode: str = "fl
     value). ``bits``: the bit positions that can fail (default 0..7). With ``report=True`` also
     returns a :class:`MemoryFaultReport`.
     """
-    if not isinstance(program, Program):
-        raise TypeError(f"The 'program' argument of corrupt_program must be an accel_models Program. Got {type(program).__name__} instead.")
+    check_instance(program, Program, "program", "corrupt_program", what="an accel_models Program")
     ber, allowed = _check(ber, mode, bits)
     tensors = []  # (op index, field) in program order
     for i, op in enumerate(program.ops):
@@ -201,14 +199,13 @@ def corrupt_model(model: nn.Module, ber: float, *, seed: Seed, mode: str = "flip
     ``report=True`` also returns a :class:`MemoryFaultReport` (bits per ``"<module>.weight"`` /
     ``"<module>.threshold"``).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"The 'model' argument of corrupt_model must be a torch.nn.Module. Got {type(model).__name__} instead.")
+    check_instance(model, nn.Module, "model", "corrupt_model", what="a torch.nn.Module")
     ber, allowed = _check(ber, mode, bits, FLOAT_WORD_BITS, "corrupt_model")
     tensors = float_tensors(model)
     bad_dtype = [f"{n} ({p.dtype})" for n, _, p in tensors if p.dtype != torch.float32]
     if bad_dtype:
-        raise TypeError(f"The float32 weight-memory site needs float32 weights and thresholds. Got {', '.join(bad_dtype)}; "
-                        "convert the model with model.float().")
+        raise TypeError(f"The 'model' argument of corrupt_model must have float32 weights and thresholds (the float32 "
+                        f"weight-memory site). Got {', '.join(bad_dtype)} instead; convert the model with model.float().")
     children = _root_seed(seed, "corrupt_model").spawn(len(tensors))
     out = copy.deepcopy(model).eval()
     params = dict(out.named_parameters(remove_duplicate=False))

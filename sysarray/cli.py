@@ -146,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``sysarray`` and ``python -m sysarray``; returns the exit code."""
+    from sysarray import runtime
+
+    runtime.configure()  # a program's process, tuned before the subcommands load torch
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

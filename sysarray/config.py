@@ -5,11 +5,13 @@ import enum
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from sysarray.validation import check_bool, check_enum, check_int, check_positive_int
+
 CONFIG_VERSION = 1
 
 
 class Dataflow(str, enum.Enum):
-    """Which operand stays in the PEs (chip.md section 1, SCALE-Sim's convention)."""
+    """Which operand stays in the PEs (docs/design.md §2.1, SCALE-Sim's convention)."""
 
     WS = "ws"  # weight-stationary: rows hold K, columns hold N, M streams
     OS = "os"  # output-stationary: rows hold M, columns hold N, K streams
@@ -48,22 +50,12 @@ class ArrayConfig:
 
     def __post_init__(self) -> None:
         for name in ("rows", "cols"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"The '{name}' of ArrayConfig must be a positive integer. Got {value!r} instead.")
-        try:
-            flow = Dataflow(str(getattr(self.dataflow, "value", self.dataflow)).lower())
-        except ValueError:
-            allowed = ", ".join(d.value for d in Dataflow)
-            raise ValueError(f"The 'dataflow' of ArrayConfig must be one of {allowed}. Got {self.dataflow!r} instead.") from None
-        object.__setattr__(self, "dataflow", flow)
-        pb = self.psum_bits
-        if isinstance(pb, bool) or not isinstance(pb, int) or not MIN_PSUM_BITS <= pb <= MAX_PSUM_BITS:
-            raise ValueError(
-                f"The 'psum_bits' of ArrayConfig must be an integer within {MIN_PSUM_BITS}..{MAX_PSUM_BITS}. Got {pb!r} instead."
-            )
-        if not isinstance(self.bypass, bool):
-            raise ValueError(f"The 'bypass' of ArrayConfig must be True or False. Got {self.bypass!r} instead.")
+            object.__setattr__(self, name, check_positive_int(getattr(self, name), name, "ArrayConfig"))
+        flow = str(getattr(self.dataflow, "value", self.dataflow)).lower()
+        object.__setattr__(self, "dataflow", check_enum(flow, Dataflow, "dataflow", "ArrayConfig"))
+        object.__setattr__(self, "psum_bits", check_int(self.psum_bits, "psum_bits", "ArrayConfig", lo=MIN_PSUM_BITS,
+                                                        hi=MAX_PSUM_BITS))
+        object.__setattr__(self, "bypass", check_bool(self.bypass, "bypass", "ArrayConfig"))
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""Seeded, reproducible fault-map generators (chip.md section 4).
+"""Seeded, reproducible fault-map generators (docs/design.md §2.9).
 
 Every generator takes a ``seed`` (an int, a :class:`numpy.random.SeedSequence` or a
 :class:`numpy.random.Generator`) and the array geometry (an :class:`~sysarray.ArrayConfig`, a
@@ -29,7 +29,7 @@ A *site* is one ``(register, bit)`` of a PE. How a stuck bit picks its site:
   ``8 + 8 + psum_bits`` bits of every PE is equally likely); with a dict, a stuck bit lands in
   register ``g`` with probability ``weight[g]`` and uniformly on its allowed bits.
 
-Rates follow chip.md: the PE fault rate is faulty PEs / (R x C); the bit error rate is stuck bits
+Rates (docs/design.md §2.9): the PE fault rate is faulty PEs / (R x C); the bit error rate is stuck bits
 / all register bits of the array, ``R x C x (16 + psum_bits)``, whatever the allowed choices are.
 ``exact=True`` draws exactly ``round(rate x total)`` (Python's ``round``, half to even) distinct
 PEs or sites; ``exact=False`` makes every PE (site) faulty independently, with the same expected
@@ -49,7 +49,8 @@ from typing import Any, Callable, Mapping, Union
 import numpy as np
 
 from sysarray.config import MAX_PSUM_BITS, MIN_PSUM_BITS, ArrayConfig, parse_array
-from sysarray.faults import REGISTER_ORDER, FaultMap, Register, _check_int
+from sysarray.faults import REGISTER_ORDER, FaultMap, Register
+from sysarray.validation import as_rng, check_bool, check_float, check_fraction, check_int, is_int, is_number
 
 Geometry = Union[ArrayConfig, "tuple[int, int]", str]
 Seed = Union[int, np.integer, np.random.SeedSequence, np.random.Generator]
@@ -58,27 +59,13 @@ _ALL_REGISTERS = tuple(r.value for r in REGISTER_ORDER)
 
 
 # --------------------------------------------------------------------------- seeds and geometry
-def as_rng(seed: Seed, where: str = "a fault generator") -> np.random.Generator:
-    """A numpy Generator from an int seed, a SeedSequence or a Generator (returned as is)."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, np.random.SeedSequence):
-        return np.random.default_rng(seed)
-    if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)) and seed >= 0:
-        return np.random.default_rng(int(seed))
-    raise TypeError(
-        f"The 'seed' argument of {where} must be a non-negative int, a numpy SeedSequence or a "
-        f"numpy Generator (an explicit seed makes the map reproducible). Got {seed!r} instead."
-    )
-
-
 def chip_seeds(seed: Seed, n_chips: int) -> list:
     """The per-chip seeds of a population: ``SeedSequence(seed).spawn(n_chips)``.
 
     Returns a list of SeedSequences (or of Generators when ``seed`` is a Generator, from
     ``Generator.spawn``). Chip ``i`` of an int seed equals :func:`chip_rng(seed, i) <chip_rng>`.
     """
-    n = _check_int("n_chips", n_chips, 0, 1 << 31, "population")
+    n = check_int(n_chips, "n_chips", "population", lo=0, hi=1 << 31)
     if isinstance(seed, np.random.Generator):
         return seed.spawn(n)
     if isinstance(seed, np.random.SeedSequence):
@@ -93,7 +80,7 @@ def chip_rng(seed: int, index: int) -> np.random.Generator:
     ``SeedSequence(seed).spawn(n)[index]`` is ``SeedSequence(seed, spawn_key=(index,))``.
     """
     as_rng(seed, "chip_rng")
-    index = _check_int("index", index, 0, 1 << 31, "chip_rng")
+    index = check_int(index, "index", "chip_rng", lo=0, hi=1 << 31)
     return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(index,)))
 
 
@@ -120,9 +107,9 @@ def resolve_geometry(geometry: Geometry, psum_bits: int | None = None, where: st
                 f"The geometry argument of {where} must be an ArrayConfig, a (rows, cols) pair or "
                 f"an 'RxC' string. Got {geometry!r} instead."
             ) from None
-    rows = _check_int("rows", rows, 1, 1 << 20, where)
-    cols = _check_int("cols", cols, 1, 1 << 20, where)
-    pb = 32 if psum_bits is None else _check_int("psum_bits", psum_bits, MIN_PSUM_BITS, MAX_PSUM_BITS, where)
+    rows = check_int(rows, "rows", where, lo=1, hi=1 << 20)
+    cols = check_int(cols, "cols", where, lo=1, hi=1 << 20)
+    pb = 32 if psum_bits is None else check_int(psum_bits, "psum_bits", where, lo=MIN_PSUM_BITS, hi=MAX_PSUM_BITS)
     return rows, cols, pb
 
 
@@ -146,9 +133,7 @@ class Sites:
 
 
 def _check_weight(name: str, key: object, w: object, where: str) -> float:
-    if isinstance(w, (bool, np.bool_)) or not isinstance(w, (int, float, np.integer, np.floating)) or not (
-        math.isfinite(w) and w >= 0
-    ):
+    if not is_number(w) or not (math.isfinite(w) and w >= 0):
         raise ValueError(
             f"The '{name}' argument of {where} must map each key to a finite non-negative weight. "
             f"Got {w!r} for {key!r} instead."
@@ -196,7 +181,7 @@ def _parse_registers(registers: object, where: str) -> tuple[dict[Register, floa
 
 
 def _parse_bit_list(bits: object, reg: Register, width: int, where: str) -> np.ndarray:
-    if isinstance(bits, (int, np.integer)) and not isinstance(bits, (bool, np.bool_)):
+    if is_int(bits):
         bits = (bits,)
     try:
         items = list(bits)  # type: ignore[arg-type]
@@ -210,7 +195,7 @@ def _parse_bit_list(bits: object, reg: Register, width: int, where: str) -> np.n
             f"The 'bits' argument of {where} must allow at least one bit for register '{reg.value}'. Got {bits!r} instead."
         )
     for b in items:
-        if isinstance(b, (bool, np.bool_)) or not isinstance(b, (int, np.integer)):
+        if not is_int(b):
             raise TypeError(f"The 'bits' argument of {where} must hold integer bit positions. Got {b!r} instead.")
         if not 0 <= b < width:
             raise ValueError(
@@ -224,13 +209,13 @@ def _parse_values(values: object, where: str) -> float:
     if isinstance(values, Mapping):
         w = {0: 0.0, 1: 0.0}
         for k, p in values.items():
-            if k not in (0, 1) or isinstance(k, (bool, np.bool_)):
+            if not is_int(k) or k not in (0, 1):
                 raise ValueError(f"The 'values' argument of {where} must use the stuck values 0 and 1 as keys. Got {k!r} instead.")
             w[int(k)] += _check_weight("values", k, p, where)
         if w[0] + w[1] <= 0:
             raise ValueError(f"The 'values' argument of {where} must give 0 or 1 a positive weight. Got {dict(values)!r} instead.")
         return w[1] / (w[0] + w[1])
-    if isinstance(values, (int, np.integer)) and not isinstance(values, (bool, np.bool_)):
+    if is_int(values):
         values = (values,)
     try:
         items = list(values)  # type: ignore[arg-type]
@@ -239,7 +224,7 @@ def _parse_values(values: object, where: str) -> float:
     if not items:
         raise ValueError(f"The 'values' argument of {where} must allow at least one stuck value. Got {values!r} instead.")
     for v in items:
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)) or v not in (0, 1):
+        if not is_int(v) or v not in (0, 1):
             raise ValueError(f"The 'values' argument of {where} must hold stuck values 0 and/or 1. Got {v!r} instead.")
     uniq = set(int(v) for v in items)
     return 0.5 if uniq == {0, 1} else float(uniq.pop())
@@ -259,7 +244,7 @@ def make_sites(
     ``per_site=True`` is the bit-error-rate convention (a tuple of registers makes every allowed
     site equally likely); ``False`` the PE-rate one (the register uniform over the tuple, then
     the bit uniform). See the module docstring. Sites of hashable choices are kept (read-only):
-    a campaign draws thousands of chips with the same ones (~80 us a call).
+    a campaign draws thousands of chips with the same ones.
     """
     key = (registers, bits, values, psum_bits, bool(per_site), where)
     if not _plain(key[:4]):  # lists, dicts, arrays, bools, floats: validated and built every time
@@ -324,22 +309,17 @@ def _make_sites(registers, bits, values, psum_bits, per_site, where) -> Sites:
 
 
 # --------------------------------------------------------------------------- checks
-def _check_rate(name: str, rate: object, where: str) -> float:
-    if isinstance(rate, (bool, np.bool_)) or not isinstance(rate, (int, float, np.integer, np.floating)):
-        raise TypeError(f"The '{name}' argument of {where} must be a number within [0, 1]. Got {rate!r} instead.")
-    if not (math.isfinite(rate) and 0.0 <= rate <= 1.0):
-        raise ValueError(f"The '{name}' argument of {where} must be within [0, 1]. Got {rate!r} instead.")
-    return float(rate)
-
-
-def _check_bool(name: str, value: object, where: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"The '{name}' argument of {where} must be True or False. Got {value!r} instead.")
-    return bool(value)
+def _checked(where: str, geometry: Geometry, rate_name: str, rate: object, seed: Seed, registers: object, bits: object,
+             values: object, exact: object, psum_bits: int | None, per_site: bool = False):
+    """The arguments every generator takes, checked: ``(rows, cols, psum_bits, rate, sites, exact, rng)``."""
+    rows, cols, pb = resolve_geometry(geometry, psum_bits, where)
+    rate = check_fraction(rate, rate_name, where)
+    sites = make_sites(registers, bits, values, pb, per_site=per_site, where=where)
+    return rows, cols, pb, rate, sites, check_bool(exact, "exact", where), as_rng(seed, where)
 
 
 def _check_per_pe(k: object, sites: Sites, where: str) -> int:
-    return _check_int("faults_per_pe", k, 1, len(sites), f"{where} (the number of allowed register bits per PE)")
+    return check_int(k, "faults_per_pe", f"{where} (the number of allowed register bits per PE)", lo=1, hi=len(sites))
 
 
 # --------------------------------------------------------------------------- sampling
@@ -397,12 +377,9 @@ def by_pe_rate(
     distinct stuck bits drawn from ``registers``/``bits``/``values`` (module docstring).
     """
     where = "FaultMap.random"
-    rows, cols, pb = resolve_geometry(geometry, psum_bits, where)
-    rate = _check_rate("pe_rate", pe_rate, where)
-    sites = make_sites(registers, bits, values, pb, where=where)
+    rows, cols, pb, rate, sites, exact, rng = _checked(where, geometry, "pe_rate", pe_rate, seed, registers, bits,
+                                                       values, exact, psum_bits)
     k = _check_per_pe(faults_per_pe, sites, where)
-    exact = _check_bool("exact", exact, where)
-    rng = as_rng(seed, where)
     n = rows * cols
     if exact:
         pes = np.sort(rng.choice(n, size=round(rate * n), replace=False)).astype(np.int64)
@@ -432,11 +409,8 @@ def by_ber(
     error.
     """
     where = "FaultMap.random_ber"
-    rows, cols, pb = resolve_geometry(geometry, psum_bits, where)
-    rate = _check_rate("ber", ber, where)
-    sites = make_sites(registers, bits, values, pb, per_site=True, where=where)
-    exact = _check_bool("exact", exact, where)
-    rng = as_rng(seed, where)
+    rows, cols, pb, rate, sites, exact, rng = _checked(where, geometry, "ber", ber, seed, registers, bits, values,
+                                                       exact, psum_bits, per_site=True)
     n_pes, n_sites = rows * cols, len(sites)
     if exact:
         count = round(rate * n_pes * (16 + pb))
@@ -523,21 +497,16 @@ def clustered(
     Each faulty PE then gets ``faults_per_pe`` stuck bits as in :func:`by_pe_rate`.
     """
     where = "FaultMap.clustered"
-    rows, cols, pb = resolve_geometry(geometry, psum_bits, where)
-    rate = _check_rate("pe_rate", pe_rate, where)
-    n_clusters = _check_int("n_clusters", n_clusters, 1, 1 << 20, where)
-    sites = make_sites(registers, bits, values, pb, where=where)
+    rows, cols, pb, rate, sites, exact, rng = _checked(where, geometry, "pe_rate", pe_rate, seed, registers, bits,
+                                                       values, exact, psum_bits)
+    n_clusters = check_int(n_clusters, "n_clusters", where, lo=1, hi=1 << 20)
     k = _check_per_pe(faults_per_pe, sites, where)
-    exact = _check_bool("exact", exact, where)
     n = rows * cols
     count = round(rate * n)
     if radius is None:
         radius = max(1.0, math.sqrt(count / (math.pi * n_clusters)))
-    elif isinstance(radius, (bool, np.bool_)) or not isinstance(radius, (int, float, np.integer, np.floating)) or not (
-        math.isfinite(radius) and radius > 0
-    ):
-        raise ValueError(f"The 'radius' argument of {where} must be a positive number of PEs. Got {radius!r} instead.")
-    rng = as_rng(seed, where)
+    else:
+        radius = check_float(radius, "radius", f"{where} (in PEs)", lo=0.0, lo_open=True)
     centres = rng.uniform((0.0, 0.0), (rows - 1.0, cols - 1.0), size=(n_clusters, 2))
     log_w = cluster_log_weights(rows, cols, centres, float(radius))
     if exact:
@@ -586,9 +555,9 @@ def population_meta(n_chips: int, geometry: Geometry, *, seed: Seed, method: str
     from sysarray.faultio import jsonable
 
     _generator(method)
-    n = _check_int("n_chips", n_chips, 0, 1 << 31, "population")
+    n = check_int(n_chips, "n_chips", "population", lo=0, hi=1 << 31)
     rows, cols, pb = resolve_geometry(geometry, settings.get("psum_bits"), "population")
-    int_seed = int(seed) if isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_)) else None
+    int_seed = int(seed) if is_int(seed) else None
     clean = jsonable({k: v for k, v in settings.items() if k != "psum_bits"})
     return [
         {"generator": method, "seed": int_seed, "chip": i, "n_chips": n, "rows": rows, "cols": cols,

@@ -1,8 +1,10 @@
-"""FaultMap: the permanent stuck-at faults of one chip's PE array (chip.md sections 3-4).
+"""FaultMap: the permanent stuck-at faults of one chip's PE array (docs/design.md §2.3, §2.9).
 
 A fault is ``(row, col, register, bit, value)``: bit ``bit`` of register ``register`` in PE
 ``(row, col)`` always reads ``value``. A map belongs to one array geometry ``rows x cols``.
-Generators live in :mod:`sysarray.faultgen`, the file format in :mod:`sysarray.faultio`.
+Maps are immutable values (hashable, equal by content): :meth:`FaultMap.add` and
+:meth:`FaultMap.union` return new maps. Generators live in :mod:`sysarray.faultgen`, the file
+format in :mod:`sysarray.faultio`.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import enum
 from typing import Iterable, Iterator, NamedTuple
 
 import numpy as np
+
+from sysarray.validation import check_int
 
 
 class Register(str, enum.Enum):
@@ -48,6 +52,20 @@ class Fault(NamedTuple):
     value: int
 
 
+def _init(fm: "FaultMap", rows: int, cols: int, faults: np.ndarray) -> None:
+    faults.setflags(write=False)
+    object.__setattr__(fm, "rows", rows)
+    object.__setattr__(fm, "cols", cols)
+    object.__setattr__(fm, "_faults", faults)
+
+
+def _rebuild(rows: int, cols: int, faults: np.ndarray) -> "FaultMap":
+    """Unpickling: the map of already validated faults."""
+    fm = FaultMap.__new__(FaultMap)
+    _init(fm, rows, cols, np.array(faults))
+    return fm
+
+
 _DTYPE = np.dtype([("row", np.int32), ("col", np.int32), ("reg", np.int8), ("bit", np.int8), ("value", np.int8)])
 
 
@@ -60,37 +78,36 @@ def _structured(records: np.ndarray) -> np.ndarray:
     return out
 
 
-def _check_int(name: str, value: object, lo: int, hi: int, where: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"The '{name}' argument of {where} must be an integer. Got {value!r} instead.")
-    if not lo <= int(value) <= hi:
-        raise ValueError(f"The '{name}' argument of {where} must be within {lo}..{hi}. Got {value} instead.")
-    return int(value)
-
-
 class FaultMap:
-    """Stuck-at faults of an ``rows x cols`` PE array.
+    """Stuck-at faults of an ``rows x cols`` PE array; an immutable value.
 
     Faults are kept sorted by (row, col, register, bit); the same fault added twice is kept
     once, and the same bit stuck at both 0 and 1 is refused.
     """
 
+    __slots__ = ("rows", "cols", "_faults", "_masks_cache")
+
     def __init__(self, rows: int, cols: int) -> None:
-        self.rows = _check_int("rows", rows, 1, 1 << 20, "FaultMap")
-        self.cols = _check_int("cols", cols, 1, 1 << 20, "FaultMap")
-        self._faults = np.zeros(0, dtype=_DTYPE)
+        _init(self, check_int(rows, "rows", "FaultMap", lo=1, hi=1 << 20),
+              check_int(cols, "cols", "FaultMap", lo=1, hi=1 << 20), np.zeros(0, dtype=_DTYPE))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"FaultMap is immutable: its '{name}' cannot be set. add() and union() return new maps.")
+
+    def __reduce__(self):
+        return (_rebuild, (self.rows, self.cols, self._faults))
 
     # ----------------------------------------------------------------- building
     def add(self, row: int, col: int, register: "Register | str", bit: int, value: int) -> "FaultMap":
-        """Add one stuck bit; returns ``self`` so calls chain."""
+        """A new map with one more stuck bit (this one is unchanged; calls chain:
+        ``FaultMap(16, 16).add(...).add(...)``)."""
         reg = as_register(register, "FaultMap.add")
-        row = _check_int("row", row, 0, self.rows - 1, "FaultMap.add")
-        col = _check_int("col", col, 0, self.cols - 1, "FaultMap.add")
-        bit = _check_int("bit", bit, 0, reg.max_width - 1, f"FaultMap.add for register '{reg.value}'")
-        value = _check_int("value", value, 0, 1, "FaultMap.add")
+        row = check_int(row, "row", "FaultMap.add", lo=0, hi=self.rows - 1)
+        col = check_int(col, "col", "FaultMap.add", lo=0, hi=self.cols - 1)
+        bit = check_int(bit, "bit", f"FaultMap.add for register '{reg.value}'", lo=0, hi=reg.max_width - 1)
+        value = check_int(value, "value", "FaultMap.add", lo=0, hi=1)
         rec = np.array([(row, col, reg.code, bit, value)], dtype=_DTYPE)
-        self._set(np.concatenate([self._faults, rec]))
-        return self
+        return FaultMap._of(self.rows, self.cols, np.concatenate([self._faults, rec]))
 
     @classmethod
     def from_records(cls, rows: int, cols: int, records: np.ndarray | Iterable) -> "FaultMap":
@@ -121,23 +138,26 @@ class FaultMap:
             i = int(np.flatnonzero(bad)[0])
             name = REGISTER_ORDER[reg[i]].value
             raise ValueError(f"Fault bit must be within 0..{widths[i] - 1} for register '{name}'. Got {bit[i]} instead.")
-        fm._set(_structured(arr))
-        return fm
+        return cls._of(rows, cols, _structured(arr))
 
     @classmethod
     def _from_generated(cls, rows: int, cols: int, records: np.ndarray) -> "FaultMap":
         """:meth:`from_records` for a generator's (n, 5) int64 records, which lie on the array and
         hold valid register bits by construction: sorted by ``lexsort`` into the order ``_set``
-        gives (``np.unique`` on the structured array was 40% of drawing a map). Repeated sites
+        gives (``np.unique`` on the structured array is a large part of drawing a map). Repeated sites
         take the general path, which decides about them."""
         rec = records[np.lexsort(records.T[::-1])]
         if len(rec) > 1 and (rec[1:, :4] == rec[:-1, :4]).all(axis=1).any():
             return cls.from_records(rows, cols, rec)
         fm = cls(rows, cols)
-        fm._faults = _structured(rec)
+        faults = _structured(rec)
+        faults.setflags(write=False)
+        object.__setattr__(fm, "_faults", faults)
         return fm
 
-    def _set(self, faults: np.ndarray) -> None:
+    @classmethod
+    def _of(cls, rows: int, cols: int, faults: np.ndarray) -> "FaultMap":
+        """A map of validated structured ``faults`` (any order, repeats allowed)."""
         faults = np.unique(faults)  # sorts by (row, col, reg, bit, value) and drops repeats
         key = faults[["row", "col", "reg", "bit"]]
         clash = key[1:] == key[:-1]
@@ -147,11 +167,9 @@ class FaultMap:
                 f"PE ({f['row']}, {f['col']}) register '{REGISTER_ORDER[f['reg']].value}' bit {f['bit']} "
                 "cannot be stuck at both 0 and 1."
             )
-        self._faults = faults
-
-    def copy(self) -> "FaultMap":
-        fm = FaultMap(self.rows, self.cols)
-        fm._faults = self._faults.copy()
+        faults.setflags(write=False)
+        fm = cls(rows, cols)
+        object.__setattr__(fm, "_faults", faults)
         return fm
 
     def union(self, *others: "FaultMap") -> "FaultMap":
@@ -160,9 +178,7 @@ class FaultMap:
         for o in others:
             self._check_same_shape(o, "union")
             parts.append(o._faults)
-        fm = FaultMap(self.rows, self.cols)
-        fm._set(np.concatenate(parts))
-        return fm
+        return FaultMap._of(self.rows, self.cols, np.concatenate(parts))
 
     __or__ = union
 
@@ -236,7 +252,7 @@ class FaultMap:
 
     def masks(self, register: "Register | str") -> tuple[np.ndarray, np.ndarray]:
         """Per-PE forcing masks of one register: ``(stuck, ones)``, each (rows, cols) int64
-        (read-only: shared by every call until the map changes).
+        (read-only: computed once per map).
 
         ``stuck`` has a 1 at every stuck bit, ``ones`` at every bit stuck at 1, so a register
         pattern ``x`` reads ``(x & ~stuck) | ones``.
@@ -246,18 +262,18 @@ class FaultMap:
 
     def _all_masks(self) -> np.ndarray:
         """(registers, 2, rows, cols) int64: every register's ``stuck`` and ``ones``, made in one
-        pass and kept for this set of faults (a map's faults array is replaced, never written)."""
+        pass and kept (the map never changes)."""
         f = self._faults
         cached = getattr(self, "_masks_cache", None)
-        if cached is not None and cached[0] is f:
-            return cached[1]
+        if cached is not None:
+            return cached
         out = np.zeros((len(REGISTER_ORDER), 2, self.rows, self.cols), dtype=np.int64)
         bits = np.left_shift(np.int64(1), f["bit"].astype(np.int64))
         reg, row, col = f["reg"].astype(np.int64), f["row"].astype(np.int64), f["col"].astype(np.int64)
         np.bitwise_or.at(out, (reg, 0, row, col), bits)
         np.bitwise_or.at(out, (reg, 1, row, col), bits * f["value"].astype(np.int64))
         out.setflags(write=False)
-        self._masks_cache = (f, out)
+        object.__setattr__(self, "_masks_cache", out)
         return out
 
     def max_bit(self, register: "Register | str") -> int:
@@ -279,74 +295,33 @@ class FaultMap:
 
     # ----------------------------------------------------------------- generators (sysarray.faultgen)
     @classmethod
-    def random(
-        cls,
-        geometry: object,
-        pe_rate: float,
-        *,
-        seed: object,
-        registers: object = None,
-        bits: object = None,
-        values: object = (0, 1),
-        exact: bool = True,
-        faults_per_pe: int = 1,
-        psum_bits: int | None = None,
-    ) -> "FaultMap":
-        """Faulty PEs at a PE fault rate; see :func:`sysarray.faultgen.by_pe_rate`.
+    def random(cls, geometry: object, pe_rate: float, *, seed: object, **options: object) -> "FaultMap":
+        """Faulty PEs at a PE fault rate: :func:`sysarray.faultgen.by_pe_rate` (options ``registers``,
+        ``bits``, ``values``, ``exact``, ``faults_per_pe``, ``psum_bits``).
 
         ``geometry`` is an ArrayConfig, ``(rows, cols)`` or ``"RxC"``; ``exact=True`` gives exactly
         ``round(pe_rate * rows * cols)`` faulty PEs, ``False`` independent Bernoulli PEs.
         """
         from sysarray import faultgen
 
-        return faultgen.by_pe_rate(
-            geometry, pe_rate, seed=seed, registers=registers, bits=bits, values=values,
-            exact=exact, faults_per_pe=faults_per_pe, psum_bits=psum_bits,
-        )
+        return faultgen.by_pe_rate(geometry, pe_rate, seed=seed, **options)
 
     @classmethod
-    def random_ber(
-        cls,
-        geometry: object,
-        ber: float,
-        *,
-        seed: object,
-        registers: object = None,
-        bits: object = None,
-        values: object = (0, 1),
-        exact: bool = True,
-        psum_bits: int | None = None,
-    ) -> "FaultMap":
-        """Stuck bits at a bit error rate (stuck bits / all register bits); see :func:`sysarray.faultgen.by_ber`."""
+    def random_ber(cls, geometry: object, ber: float, *, seed: object, **options: object) -> "FaultMap":
+        """Stuck bits at a bit error rate (stuck bits / all register bits): :func:`sysarray.faultgen.by_ber`
+        (options ``registers``, ``bits``, ``values``, ``exact``, ``psum_bits``)."""
         from sysarray import faultgen
 
-        return faultgen.by_ber(
-            geometry, ber, seed=seed, registers=registers, bits=bits, values=values, exact=exact, psum_bits=psum_bits
-        )
+        return faultgen.by_ber(geometry, ber, seed=seed, **options)
 
     @classmethod
-    def clustered(
-        cls,
-        geometry: object,
-        pe_rate: float,
-        *,
-        seed: object,
-        n_clusters: int = 3,
-        radius: float | None = None,
-        registers: object = None,
-        bits: object = None,
-        values: object = (0, 1),
-        exact: bool = True,
-        faults_per_pe: int = 1,
-        psum_bits: int | None = None,
-    ) -> "FaultMap":
-        """Faulty PEs in a few Gaussian blobs; see :func:`sysarray.faultgen.clustered`."""
+    def clustered(cls, geometry: object, pe_rate: float, *, seed: object, **options: object) -> "FaultMap":
+        """Faulty PEs in a few Gaussian blobs: :func:`sysarray.faultgen.clustered` (options
+        ``n_clusters``, ``radius``, ``registers``, ``bits``, ``values``, ``exact``, ``faults_per_pe``,
+        ``psum_bits``)."""
         from sysarray import faultgen
 
-        return faultgen.clustered(
-            geometry, pe_rate, seed=seed, n_clusters=n_clusters, radius=radius, registers=registers, bits=bits,
-            values=values, exact=exact, faults_per_pe=faults_per_pe, psum_bits=psum_bits,
-        )
+        return faultgen.clustered(geometry, pe_rate, seed=seed, **options)
 
     # ----------------------------------------------------------------- files (sysarray.faultio)
     def save(self, path: object, meta: dict | None = None) -> None:

@@ -2,7 +2,7 @@
 
 A campaign runs the same program on thousands of chips, and a run recomputes small things from
 each layer's weights and parameters (latched weights, norms, range checks), each a few torch
-calls of 5-25 us. :class:`TensorMemo` keeps such values keyed by the source tensors' storage
+calls. :class:`TensorMemo` keeps such values keyed by the source tensors' storage
 address, version counter (bumped by every in-place write), shape, strides, dtype and device,
 plus a caller's key; an entry holds its tensors, so their addresses cannot be reused by other
 tensors while it is kept.

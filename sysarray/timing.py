@@ -1,9 +1,9 @@
 """Closed-form, stall-free timing of a GEMM on the array, exactly as SCALE-Sim v2 computes it.
 
-This is the fast path for timing-only questions (chip.md section 5); the cycle engine counts the
+This is the fast path for timing-only questions (docs/design.md §2.10); the cycle engine counts the
 same numbers from its own clock and both go through :func:`sysarray.stats.summarize`.
 
-Mapping (chip.md section 1, SCALE-Sim's ``systolic_compute_{ws,os,is}``): a GEMM
+Mapping (:mod:`sysarray.mapping`, SCALE-Sim's ``systolic_compute_{ws,os,is}``): a GEMM
 ``Y[M x N] = A[M x K] . W[K x N]`` puts a spatial dimension ``Sr`` on the array rows, ``Sc`` on the
 array columns and streams ``T`` in time:
 
@@ -24,96 +24,20 @@ columns run back to back, so the int32 accumulator outside the array holds one b
 """
 from __future__ import annotations
 
-import operator
-from typing import NamedTuple
+from functools import lru_cache
 
 import numpy as np
 
 from sysarray.config import ArrayConfig, Dataflow
+from sysarray.mapping import check_gemm, fold_layout
 from sysarray.stats import GemmStats, summarize
+from sysarray.validation import check_positive_int
 
-__all__ = [
-    "Fold",
-    "conv_gemm_dims",
-    "fold_cycles",
-    "fold_grid",
-    "fold_layout",
-    "gemm_timing",
-    "spatial_dims",
-]
-
-
-class Fold(NamedTuple):
-    """One fold: how many array rows and columns hold real data, and how long it streams.
-
-    ``rows_used`` <= R and ``cols_used`` <= C (PEs); ``T`` is the streamed length (cycles of data).
-    """
-
-    rows_used: int
-    cols_used: int
-    T: int
-
-
-def _positive_int(value: object, name: str, func: str) -> int:
-    """``value`` as a Python int >= 1 (numpy integers accepted, bools and floats refused)."""
-    if isinstance(value, bool):
-        raise TypeError(f"The '{name}' argument of {func} must be a positive integer. Got {value!r} instead.")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"The '{name}' argument of {func} must be a positive integer. Got {value!r} instead.") from None
-    if v < 1:
-        raise ValueError(f"The '{name}' argument of {func} must be a positive integer. Got {v!r} instead.")
-    return v
-
-
-def _check_gemm(M: object, K: object, N: object, cfg: object, func: str) -> tuple[int, int, int]:
-    if not isinstance(cfg, ArrayConfig):
-        raise TypeError(f"The 'cfg' argument of {func} must be an ArrayConfig. Got {type(cfg).__name__} instead.")
-    return _positive_int(M, "M", func), _positive_int(K, "K", func), _positive_int(N, "N", func)
-
-
-def spatial_dims(M: int, K: int, N: int, dataflow: Dataflow | str) -> tuple[int, int, int]:
-    """``(Sr, Sc, T)``: the GEMM dimension on the array rows, on the columns, and streamed in time."""
-    try:
-        flow = Dataflow(str(getattr(dataflow, "value", dataflow)).lower())
-    except ValueError:
-        allowed = ", ".join(d.value for d in Dataflow)
-        raise ValueError(f"The 'dataflow' argument of spatial_dims must be one of {allowed}. Got {dataflow!r} instead.") from None
-    if flow is Dataflow.WS:
-        return K, N, M
-    if flow is Dataflow.OS:
-        return M, N, K
-    return K, M, N
-
-
-def fold_grid(M: int, K: int, N: int, cfg: ArrayConfig) -> tuple[int, int]:
-    """``(row_folds, col_folds)`` = ``(ceil(Sr / R), ceil(Sc / C))``."""
-    M, K, N = _check_gemm(M, K, N, cfg, "fold_grid")
-    sr, sc, _ = spatial_dims(M, K, N, cfg.dataflow)
-    return -(-sr // cfg.rows), -(-sc // cfg.cols)
-
-
-def fold_layout(M: int, K: int, N: int, cfg: ArrayConfig) -> list[Fold]:
-    """Every fold of ``Y[M x N] = A[M x K] . W[K x N]`` on ``cfg``, in execution order.
-
-    Order: column fold outer, row fold inner (SCALE-Sim v2's order, see the module docstring),
-    so ``folds[fc * row_folds + fr]`` is row fold ``fr`` of column fold ``fc``. Only the last row
-    fold and the last column fold can be partly used.
-    """
-    M, K, N = _check_gemm(M, K, N, cfg, "fold_layout")
-    sr, sc, t = spatial_dims(M, K, N, cfg.dataflow)
-    R, C = cfg.rows, cfg.cols
-    row_folds, col_folds = -(-sr // R), -(-sc // C)
-    return [
-        Fold(min(R, sr - fr * R), min(C, sc - fc * C), t)
-        for fc in range(col_folds)
-        for fr in range(row_folds)
-    ]
+__all__ = ["cached_gemm_timing", "conv_gemm_dims", "fold_cycles", "gemm_timing"]
 
 
 def fold_cycles(T: int, cfg: ArrayConfig) -> int:
-    """Clock cycles of one stall-free fold that streams ``T`` elements (chip.md section 5).
+    """Clock cycles of one stall-free fold that streams ``T`` elements (docs/design.md §2.10).
 
     WS/IS: ``2R + C + T - 2`` (R cycles to load the stationary operand, then the skewed stream
     and the drain); OS: ``R + C + T - 2``. A partly used fold costs as much as a full one.
@@ -131,13 +55,20 @@ def gemm_timing(M: int, K: int, N: int, cfg: ArrayConfig) -> GemmStats:
     Cycles" is ``cycles - 1``), ``macs`` = M*K*N, and SCALE-Sim's three utilization
     percentages (see :func:`sysarray.stats.summarize` for the float details).
     """
-    M, K, N = _check_gemm(M, K, N, cfg, "gemm_timing")
+    M, K, N = check_gemm(M, K, N, cfg, "gemm_timing")
     folds = fold_layout(M, K, N, cfg)
     per_fold = fold_cycles(folds[0].T, cfg)
     cycles = np.full(len(folds), per_fold, dtype=np.int64)
     mapped = np.array([f.rows_used * f.cols_used for f in folds], dtype=np.int64)
     useful = np.array([f.rows_used * f.cols_used * f.T for f in folds], dtype=np.int64)
     return summarize(cfg.rows, cfg.cols, M * K * N, cycles, mapped, useful, dataflow=cfg.dataflow)
+
+
+@lru_cache(maxsize=4096)
+def cached_gemm_timing(M: int, K: int, N: int, cfg: ArrayConfig) -> GemmStats:
+    """:func:`gemm_timing`, remembered: a campaign times the same layers on thousands of chips of one
+    array. The result is shared; do not modify its ``fold_cycles``."""
+    return gemm_timing(M, K, N, cfg)
 
 
 def conv_gemm_dims(
@@ -159,7 +90,7 @@ def conv_gemm_dims(
     func = "conv_gemm_dims"
     names = ("ifmap_h", "ifmap_w", "filt_h", "filt_w", "channels", "num_filters", "stride", "batch")
     vals = [
-        _positive_int(v, n, func)
+        check_positive_int(v, n, func)
         for v, n in zip((ifmap_h, ifmap_w, filt_h, filt_w, channels, num_filters, stride, batch), names)
     ]
     h, w, fh, fw, ch, nf, s, b = vals

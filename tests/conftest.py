@@ -1,14 +1,19 @@
-"""Suite-wide settings: one torch thread for every test.
+"""Suite-wide settings: the test process is tuned as the ``sysarray`` command tunes its own
+(:func:`sysarray.runtime.configure`), with one torch thread for every test.
 
 The models here are tiny, so intra-op threads only add contention: ``make test`` runs two workers
-on two cores, and two threads per worker made small trainings 10-50x slower (OpenMP spinning).
+on two cores, and two threads per worker made small trainings many times slower (OpenMP spinning).
 One thread everywhere also makes the session fixtures' trained weights the same with and without
-pytest-xdist. Campaign worker processes set their own thread counts.
+pytest-xdist. Campaign worker processes set their own thread counts. Tests of the import-time
+contract and of untuned processes run in child processes.
 """
 from __future__ import annotations
 
 
 def pytest_configure(config) -> None:
+    from sysarray import runtime
+
+    runtime.configure()
     import torch
 
     torch.set_num_threads(1)

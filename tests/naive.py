@@ -1,6 +1,6 @@
 """Slow, obviously correct references for the sysarray engines.
 
-Written from ``shared/specs/chip.md`` and the "Chip semantics" section of ``docs/design.md``
+Written from the chip semantics of ``docs/design.md`` (§2)
 alone, without reading the engines, so that a disagreement points at a bug. Every value is a
 Python int (no fixed-width overflow anywhere); each dataflow is its own plain loop nest that
 follows the data PE by PE. Use small shapes only (up to about 10 x 40 x 20 on a 4 x 4 array).

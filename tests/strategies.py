@@ -33,11 +33,34 @@ def _matrix(rng: np.random.Generator, shape, dtype, style: str) -> np.ndarray:
 
 
 @st.composite
+def fault_maps(draw, cfg: ArrayConfig, max_faults: int = 8, registers=("weight", "act", "psum")) -> FaultMap:
+    """Up to ``max_faults`` stuck bits on ``cfg``'s array: bits 0, the top bit and the sign bit
+    often, and often all in one column (psum chains with several faulty rows)."""
+    R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
+    fm = FaultMap(R, C)
+    n = draw(st.integers(0, max_faults))
+    same_col = draw(st.booleans())
+    col = draw(st.integers(0, C - 1))
+    for _ in range(n):
+        reg = draw(st.sampled_from(registers))
+        width = pb if reg == "psum" else 8
+        bit = draw(st.one_of(st.sampled_from([0, width - 1, width - 2]), st.integers(0, width - 1)))
+        r = draw(st.integers(0, R - 1))
+        c = col if same_col else draw(st.integers(0, C - 1))
+        value = draw(st.integers(0, 1))
+        try:
+            fm = fm.add(r, c, reg, bit, value)
+        except ValueError:
+            pass  # the same bit already stuck at the other value
+    return fm
+
+
+@st.composite
 def cases(draw, max_rc: int = 6, max_m: int = 12, max_folds: int = 4, max_faults: int = 8,
           registers=("weight", "act", "psum"), bypass=None, dataflows=("ws", "os", "is"),
           psum_bits=(20, 32), faulty: bool = True) -> Case:
     """A GEMM and a chip: shapes that are rarely multiples of the array (M may be 1, K spans
-    several folds), bits 0, the top bit and the sign bit often, several faults per column."""
+    several folds), faults as :func:`fault_maps` draws them."""
     R = draw(st.integers(1, max_rc))
     C = draw(st.integers(1, max_rc))
     dataflow = draw(st.sampled_from(dataflows))
@@ -52,20 +75,5 @@ def cases(draw, max_rc: int = 6, max_m: int = 12, max_folds: int = 4, max_faults
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     a = _matrix(rng, (M, K), a_dtype, style)
     w = _matrix(rng, (K, N), np.int8, style)
-    fm = FaultMap(R, C)
-    if faulty:
-        n = draw(st.integers(0, max_faults))
-        same_col = draw(st.booleans())
-        col = draw(st.integers(0, C - 1))
-        for _ in range(n):
-            reg = draw(st.sampled_from(registers))
-            width = pb if reg == "psum" else 8
-            bit = draw(st.one_of(st.sampled_from([0, width - 1, width - 2]), st.integers(0, width - 1)))
-            r = draw(st.integers(0, R - 1))
-            c = col if same_col else draw(st.integers(0, C - 1))
-            value = draw(st.integers(0, 1))
-            try:
-                fm.add(r, c, reg, bit, value)
-            except ValueError:
-                pass  # the same bit already stuck at the other value
+    fm = draw(fault_maps(cfg, max_faults, registers)) if faulty else FaultMap(R, C)
     return Case(a, w, cfg, fm)

@@ -38,7 +38,7 @@ def campaign_args(model, out, *extra):
 
 
 def test_sigkilled_campaign_resumes_to_the_uninterrupted_rows(mlp_checkpoint, tmp_path, capsys):
-    from mitigation.campaign_store import JOURNAL, RESULTS, read_journal
+    from mitigation.campaign.store import JOURNAL, RESULTS, read_journal
 
     ref, out = tmp_path / "ref", tmp_path / "killed"
     code, _, err = run_cli(campaign_args(mlp_checkpoint, ref, "--workers", "1"), capsys)
@@ -123,13 +123,17 @@ def test_sweep_and_importance_commands_and_their_reports(mlp_checkpoint, tmp_pat
     (["--rates", "0.1", "--register", "psun"], "must be one of weight, act, psum. Got 'psun'"),
     (["--rates", "0.1", "--register", "weight", "--bits", "0-8"], "within 0..7 for register 'weight'. Got 8"),
     (["--rates", "0.1", "--psum-bits", "20", "--bits", "0-25"], "within 0..19 for register 'psum'. Got 20"),
-    (["--rates", "0,1.5"], r"within [0, 1]. Got 1.5"),
+    (["--rates", "0,1.5"], r"'rates[1]' argument of RateGrid must be a finite number within [0, 1]. Got 1.5"),
     (["--rates", "-0.01"], r"within [0, 1]. Got -0.01"),
     (["--rates", "a,b"], "--rates must be comma-separated numbers"),
     ([], "needs --rates"),
     (["--rates", "0.1", "--chips-per-rate", "2", "--margin", "0.1"], "either --chips-per-rate or --margin"),
     (["--faults-dir", "/nonexistent/chips"], "does not exist"),
-    (["--rates", "0.1", "--workers", "0"], "workers must be a positive integer"),
+    (["--rates", "0.1", "--workers", "0"], "'workers' argument of run_campaign must be a positive integer or None. Got 0"),
+    (["--rates", "0.1", "--margin", "0.1", "--confidence", "1"], "'confidence' argument of z_value"),
+    (["--rates", "0.1", "--chips-per-rate", "2", "--confidence", "1"], "'confidence' argument of run_campaign must be "
+                                                                       "a finite number within (0, 1). Got 1.0"),
+    (["--rates", "0.1", "--seed", "-1"], "'seed' argument of RateGrid must be a non-negative integer"),
 ])
 def test_campaign_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
     code, out, err = run_cli(["campaign", "--model", "unused.pt", "-o", tmp_path / "x", "--quiet", *extra], capsys)

@@ -65,7 +65,7 @@ def test_bad_input_is_one_line_exit_2(lenet_ckpt, tmp_path, capsys):
     _one_line_error(capsys, ["clip", "--method", "ranger", "--model", lenet_ckpt, "-o", out, "--clean-drop", "1"],
                     "does not take --clean-drop")
     _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--clean-drop", "-1"],
-                    "'clean_drop' option of ftclipact")
+                    "'clean_drop' argument of ftclipact")
     _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--weight-format", "fp16"],
                     "invalid choice: 'fp16'")
     _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--site", "chip",

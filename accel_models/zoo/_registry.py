@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from sysarray.validation import check_int
+
 MODELS: dict[str, type[nn.Module]] = {}
 
 
@@ -33,22 +35,22 @@ def model_names() -> list[str]:
     return sorted(MODELS)
 
 
-def check_input_shape(input_shape: Sequence[int], num_classes: int) -> tuple[tuple[int, int, int], int]:
+def check_input_shape(input_shape: Sequence[int], num_classes: int,
+                      where: str = "build_model") -> tuple[tuple[int, int, int], int]:
     """Validate and normalise ``(C, H, W)`` and ``num_classes``; returns plain ints."""
     try:
         shape = tuple(int(d) for d in input_shape)
     except TypeError:
         raise TypeError(
-            f"The 'input_shape' argument must be a sequence (C, H, W) of positive ints. "
+            f"The 'input_shape' argument of {where} must be a sequence (C, H, W) of positive ints. "
             f"Got {input_shape!r} instead."
         ) from None
     if len(shape) != 3 or any(d < 1 for d in shape) or any(int(d) != d for d in input_shape):
         raise ValueError(
-            f"The 'input_shape' argument must be (C, H, W) with positive ints. Got {tuple(input_shape)!r} instead."
+            f"The 'input_shape' argument of {where} must be (C, H, W) with positive ints. "
+            f"Got {tuple(input_shape)!r} instead."
         )
-    if isinstance(num_classes, bool) or int(num_classes) != num_classes or num_classes < 2:
-        raise ValueError(f"The 'num_classes' argument must be an int >= 2. Got {num_classes!r} instead.")
-    return shape, int(num_classes)  # type: ignore[return-value]
+    return shape, check_int(num_classes, "num_classes", where, lo=2)  # type: ignore[return-value]
 
 
 def _plain(value: Any) -> Any:
@@ -67,7 +69,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kwarg
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}. Known models: {', '.join(model_names())}.")
     cls = MODELS[name]
-    shape, n_cls = check_input_shape(input_shape, num_classes)
+    shape, n_cls = check_input_shape(input_shape, num_classes, "build_model")
     try:
         bound = inspect.signature(cls).bind(shape, n_cls, **kwargs)
     except TypeError as exc:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sysarray.validation import check_float, check_positive_int
+
 from ._registry import check_input_shape, pooled_size, register_model
 
 # (base channels, kernel size) per conv, grouped into the stages that end with a pool
@@ -34,13 +36,10 @@ class AlexNet(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        (c, h, w), num_classes = check_input_shape(input_shape, num_classes)
-        if not width > 0:
-            raise ValueError(f"The 'width' argument of alexnet must be > 0. Got {width!r} instead.")
-        if int(hidden) < 1:
-            raise ValueError(f"The 'hidden' argument of alexnet must be a positive int. Got {hidden!r} instead.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"The 'dropout' argument of alexnet must be in [0, 1). Got {dropout!r} instead.")
+        (c, h, w), num_classes = check_input_shape(input_shape, num_classes, "alexnet")
+        width = check_float(width, "width", "alexnet", lo=0.0, lo_open=True)
+        hidden = check_positive_int(hidden, "hidden", "alexnet")
+        dropout = check_float(dropout, "dropout", "alexnet", lo=0.0, hi=1.0, hi_open=True)
         n_pools, _ = pooled_size(min(h, w), len(_STAGES))
         layers: list[nn.Module] = []
         channels = c
@@ -56,7 +55,6 @@ class AlexNet(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
         self.features = nn.Sequential(*layers)
-        hidden = int(hidden)
         head: list[nn.Module] = []
         if dropout > 0:
             head.append(nn.Dropout(dropout))

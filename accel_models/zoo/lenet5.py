@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sysarray.validation import check_float
+
 from ._registry import check_input_shape, register_model
 
 
@@ -24,9 +26,8 @@ class LeNet5(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
-        (c, h, w), num_classes = check_input_shape(input_shape, num_classes)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"The 'dropout' argument of lenet5 must be in [0, 1). Got {dropout!r} instead.")
+        (c, h, w), num_classes = check_input_shape(input_shape, num_classes, "lenet5")
+        dropout = check_float(dropout, "dropout", "lenet5", lo=0.0, hi=1.0, hi_open=True)
         feats: list[nn.Module] = []
         channels = c
         for out_ch, classic in zip((6, 16), _CLASSIC_SIDES):

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sysarray.validation import check_float, check_positive_int, check_sequence
+
 from ._registry import check_input_shape, register_model
 
 
@@ -25,11 +27,10 @@ class MLP(nn.Module):
         dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        (c, h, w), num_classes = check_input_shape(input_shape, num_classes)
-        if not hidden or any(int(n) < 1 for n in hidden):
-            raise ValueError(f"The 'hidden' argument of mlp must be a non-empty list of positive ints. Got {hidden!r} instead.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"The 'dropout' argument of mlp must be in [0, 1). Got {dropout!r} instead.")
+        (c, h, w), num_classes = check_input_shape(input_shape, num_classes, "mlp")
+        hidden = [check_positive_int(n, f"hidden[{i}]", "mlp")
+                  for i, n in enumerate(check_sequence(hidden, "hidden", "mlp"))]
+        dropout = check_float(dropout, "dropout", "mlp", lo=0.0, hi=1.0, hi_open=True)
         layers: list[nn.Module] = [nn.Flatten()]
         width = c * h * w
         for n in hidden:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sysarray.validation import check_positive_int
+
 from ._registry import check_input_shape, register_model
 
 
@@ -50,9 +52,8 @@ class ResNet20(nn.Module):
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, base_width: int = 16) -> None:
         super().__init__()
-        (c, _, _), num_classes = check_input_shape(input_shape, num_classes)
-        if isinstance(base_width, bool) or int(base_width) != base_width or base_width < 1:
-            raise ValueError(f"The 'base_width' argument of resnet20 must be a positive int. Got {base_width!r} instead.")
+        (c, _, _), num_classes = check_input_shape(input_shape, num_classes, "resnet20")
+        base_width = check_positive_int(base_width, "base_width", "resnet20")
         widths = (base_width, 2 * base_width, 4 * base_width)
         self.stem = nn.Sequential(
             nn.Conv2d(c, widths[0], kernel_size=3, padding=1, bias=False),

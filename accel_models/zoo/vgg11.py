@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from sysarray.validation import check_float, check_positive_int
+
 from ._registry import check_input_shape, pooled_size, register_model
 
 _STAGES = ((64,), (128,), (256, 256), (512, 512), (512, 512))
@@ -22,7 +24,7 @@ class VGG11(nn.Module):
     """``N x C x H x W`` float images -> ``N x num_classes`` logits.
 
     ``width`` scales every conv's channels (0.25 gives 16..128 channels, about 0.6 M weights,
-    which trains on a CPU in minutes); ``hidden`` is the classifier's hidden width.
+    small enough to train on a CPU); ``hidden`` is the classifier's hidden width.
     """
 
     def __init__(
@@ -35,13 +37,10 @@ class VGG11(nn.Module):
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
-        (c, h, w), num_classes = check_input_shape(input_shape, num_classes)
-        if not width > 0:
-            raise ValueError(f"The 'width' argument of vgg11 must be > 0. Got {width!r} instead.")
-        if int(hidden) < 1:
-            raise ValueError(f"The 'hidden' argument of vgg11 must be a positive int. Got {hidden!r} instead.")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"The 'dropout' argument of vgg11 must be in [0, 1). Got {dropout!r} instead.")
+        (c, h, w), num_classes = check_input_shape(input_shape, num_classes, "vgg11")
+        width = check_float(width, "width", "vgg11", lo=0.0, lo_open=True)
+        hidden = check_positive_int(hidden, "hidden", "vgg11")
+        dropout = check_float(dropout, "dropout", "vgg11", lo=0.0, hi=1.0, hi_open=True)
         n_pools, _ = pooled_size(min(h, w), len(_STAGES))
         layers: list[nn.Module] = []
         channels = c
@@ -57,10 +56,10 @@ class VGG11(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
         self.features = nn.Sequential(*layers)
-        head: list[nn.Module] = [nn.Linear(channels * h * w, int(hidden)), nn.ReLU()]
+        head: list[nn.Module] = [nn.Linear(channels * h * w, hidden), nn.ReLU()]
         if dropout > 0:
             head.append(nn.Dropout(dropout))
-        head.append(nn.Linear(int(hidden), num_classes))
+        head.append(nn.Linear(hidden, num_classes))
         self.classifier = nn.Sequential(*head)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ import numpy as np
 
 from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines import _cycle_kernels as K
-from sysarray.engines._prep import ChipMasks, RegisterMasks, chip_masks
+from sysarray.engines.registers import ChipMasks, RegisterMasks, chip_masks
 from sysarray.faults import FaultMap
 from sysarray.stats import GemmStats, summarize
 

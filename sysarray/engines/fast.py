@@ -1,6 +1,6 @@
 """The fast exact engine: whole-matrix GEMMs plus exact fault corrections (torch, CPU or CUDA).
 
-It returns, bit for bit, what the cycle engine clocks out (chip.md section 6, docs/design.md):
+It returns, bit for bit, what the cycle engine clocks out (docs/design.md §3.2):
 
 - stationary dataflows (WS, and IS as WS on the transposed problem): the stuck bits of the
   stationary register give a modified stationary matrix; streamed-register faults give exact
@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from numba import njit, prange
+from numba import njit
 
+from sysarray import mapping
 from sysarray.config import ArrayConfig, Dataflow
-from sysarray.engines._exact import exact_matmul, float_dtype_for, float_gemm_is_exact, force, wrap
-from sysarray.engines._prep import ChipMasks, RegisterMasks, chip_masks, compose
-from sysarray.engines._threaded import ELEMENTWISE, threaded
+from sysarray.engines import psum
+from sysarray.engines.exact import exact_matmul, float_dtype_for, float_gemm_is_exact
+from sysarray.engines.registers import (ChipMasks, RegisterMasks, chip_masks, compose, force, force_jit, keep_of, latched,
+                                        wrap)
 from sysarray.faults import FaultMap
 
 # Largest segment-sum tensor (elements) held at once; the stream is processed in chunks above it.
@@ -59,7 +61,7 @@ def _strided(start: int, stop: int, step: int, dev) -> torch.Tensor:
 
 
 def _apply(x: torch.Tensor, stuck: int, ones: int, width: int, sign: int) -> torch.Tensor:
-    return force(x, ((1 << width) - 1) & ~stuck, ones, sign)
+    return force(x, keep_of(stuck, width), ones, sign)
 
 
 def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
@@ -78,14 +80,7 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
     # Stationary operand as latched by each PE (forced; gated off where bypassed), held as exact
     # float values: it is a GEMM operand, and in IS it is the (large) activation matrix.
     fdt = float_dtype_for(dev)
-    Wp = torch.zeros((Kp, Np), dtype=fdt, device=dev)
-    Wp[:Kd, :Nd] = Wst
-    if treg.faulty.any():
-        keep = torch.from_numpy(np.tile(treg.keep, (Fr, Fc))).to(dev)
-        ones = torch.from_numpy(np.tile(treg.ones, (Fr, Fc))).to(dev)
-        Wp = force(Wp.to(torch.int64), keep, ones, treg.sign).to(fdt)
-    if cm.bypassed.any():
-        Wp[torch.from_numpy(np.tile(cm.bypassed, (Fr, Fc))).to(dev)] = 0
+    Wp = latched(Wst, treg, cm.bypassed, fdt)
     smax = _operand_max(S, sreg)
     wmax = max(-int(Wp.min()), int(Wp.max())) if Wp.numel() else 0
     S_int = S
@@ -106,7 +101,7 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
     n_corr = len(corr_rows)
     dmax = 255
 
-    col_of_n = torch.arange(Np, device=dev) % C
+    _, col_of_n = mapping.pe_of(0, torch.arange(Np, device=dev), R, C)
     # A column must replay its psum chain per fold when it has psum faults, or when a partial
     # sum could wrap inside the array (then even healthy columns need the per-fold wrap).
     wrap_possible = R * max(smax, dmax if n_corr else 0) * wmax >= (1 << (pb - 1))
@@ -125,61 +120,40 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             Y = Y + exact_matmul(D, Wd.view(n_corr * Fr, Nd), dmax, wmax)
         Y = wrap(Y, 32)
     if len(chain_cols):
-        _replay_psum_chains(S_int, Wp, cfg, cm.psum, chain_cols, corr_rows, corr_lo, corr_hi, corr_delta,
+        _replay_psum_chains(S_int, Wp, cfg, cm, chain_cols, corr_rows, corr_lo, corr_hi, corr_delta,
                             max(smax, dmax if n_corr else 0), wmax, Y,
                             linear_tail=pb == 32 and len(chain_cols) < C)
     return Y
 
 
-def _replay_psum_chains(S, Wp, cfg, preg: RegisterMasks, chain_cols, corr_rows, corr_lo, corr_hi,
-                        corr_delta, amax, wmax, Y, linear_tail: bool) -> None:
-    """Overwrite the outputs of array columns ``chain_cols`` by replaying their psum chains.
-
-    The K rows of a fold are cut after each faulty psum register; each segment's sum is one
-    GEMM column per fold, and the chain ``p = force(p + segment)`` runs over those sums.
-    """
+def _replay_psum_chains(S, Wp, cfg, cm: ChipMasks, chain_cols, corr_rows, corr_lo, corr_hi, corr_delta, amax, wmax,
+                        Y, linear_tail: bool) -> None:
+    """Overwrite the outputs of array columns ``chain_cols`` by replaying their psum chains
+    (:mod:`sysarray.engines.psum`): each segment's sum is one GEMM column per fold, the act
+    corrections of the segment's rows extra inputs, and the chain runs over those sums.
+    ``linear_tail``: Y already holds the plain sums and the register is 32 bits wide, so the chain
+    stops at each column's last faulty row and its correction is added."""
     R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
     dev = S.device
     T, Kd = S.shape
-    Nd = Y.shape[1]
     Kp, Np = Wp.shape
-    Fr, Fc = Kp // R, Np // C
-    full = (1 << pb) - 1
-    nch = len(chain_cols)
-    fault_rows = [np.flatnonzero(preg.faulty[:, c]) for c in chain_cols]
-    J = max(len(fr) for fr in fault_rows)
-    # Segment s of a column ends at its s-th faulty row; the last one (index J) is the
-    # healthy tail. ``linear_tail``: Y already holds the plain sums and the register is 32 bits
-    # wide, so the tail needs no replay (segment J is dropped from the GEMM).
-    S_n = J if linear_tail else J + 1
-    seg_of_row = np.zeros((nch, R), dtype=np.int64)
-    keep = np.full((nch, S_n), full, dtype=np.int64)
-    ones = np.zeros((nch, S_n), dtype=np.int64)
-    for i, (c, rows) in enumerate(zip(chain_cols, fault_rows)):
-        for s, r in enumerate(rows):
-            seg_of_row[i, r + 1:] = s + 1
-            keep[i, s] = preg.keep[r, c]
-            ones[i, s] = preg.ones[r, c]
-    n_idx = (torch.arange(Fc, device=dev).view(1, Fc) * C + torch.from_numpy(np.asarray(chain_cols)).to(dev).view(nch, 1))
-    valid = n_idx < Nd
-    # Segment-selection weights: Wv[fr, r, i, fc, s] = Wp[fr*R + r, fc*C + c_i] if row r is in segment s.
-    Wsel = Wp.view(Fr, R, Fc, C)[:, :, :, torch.from_numpy(chain_cols).to(dev)]  # (Fr, R, Fc, nch)
-    seg_mask = torch.nn.functional.one_hot(torch.from_numpy(seg_of_row).to(dev), J + 1)[..., :S_n]  # (nch, R, S_n)
-    # Wv: (Fr, R, S_n, nch, Fc); segments outermost so the chain walks whole rows of outputs.
-    Wv = Wsel.permute(0, 1, 3, 2).unsqueeze(2) * seg_mask.permute(1, 2, 0).unsqueeze(-1).unsqueeze(0)
-    V = nch * Fc * S_n
+    Fr = Kp // R
+    p = psum.plan(cm, cfg, chain_cols, Np // C, Y.shape[1], linear_tail)
+    if p is None:
+        return
+    O, S_n = p.keep.shape
+    n_t = torch.from_numpy(p.n_idx).to(dev)
+    Wv = psum.segment_weights(Wp, p, R)  # (Fr, R, S_n, O)
+    V = S_n * O
     parts = [Wv.reshape(Fr, R, V)]
     if corr_rows:
-        cc = torch.from_numpy(np.asarray(chain_cols)).to(dev)
+        _, col_o = mapping.pe_of(0, n_t, R, C)
         for r, lo, hi in zip(corr_rows, corr_lo, corr_hi):
-            in_iv = ((cc >= lo) & (cc < hi)).view(1, 1, nch, 1)
+            in_iv = ((col_o >= lo) & (col_o < hi)).view(1, 1, O)
             parts.append((Wv[:, r] * in_iv).reshape(Fr, 1, V))
     Wall = torch.cat(parts, dim=1)  # (Fr, R + n_corr, V)
-    # Per replayed output (segment, chain column, column fold) masks, in the order of V.
-    keep_v = np.ascontiguousarray(np.repeat(keep.T[:, :, None], Fc, axis=2).reshape(S_n, nch * Fc))
-    ones_v = np.ascontiguousarray(np.repeat(ones.T[:, :, None], Fc, axis=2).reshape(S_n, nch * Fc))
-    keep_t = torch.from_numpy(keep_v).to(dev).view(S_n, 1, 1, nch * Fc)
-    ones_t = torch.from_numpy(ones_v).to(dev).view(S_n, 1, 1, nch * Fc)
+    keep_v = np.ascontiguousarray(p.keep.T)  # (S_n, O)
+    ones_v = np.ascontiguousarray(p.ones.T)
     sign = 1 << (pb - 1)
     n_in = R + len(corr_rows)
     fdt = float_dtype_for(dev)
@@ -199,65 +173,19 @@ def _replay_psum_chains(S, Wp, cfg, preg: RegisterMasks, chain_cols, corr_rows, 
             x[Fr_full, :, Kd - Fr_full * R:R] = 0
         for j, dl in enumerate(corr_delta):
             x[:, :, R + j] = dl[t0:t1].t()
-        if fdt == torch.int64:
-            seg = exact_matmul(x, Wall, amax, wmax)
-        else:
-            seg = torch.bmm(x, Wall_f)
-        seg = seg.view(Fr, t1 - t0, S_n, nch * Fc)
+        seg = exact_matmul(x, Wall, amax, wmax) if fdt == torch.int64 else torch.bmm(x, Wall_f)
+        seg = seg.view(Fr, t1 - t0, S_n, O)
         if dev.type == "cpu":
-            out = torch.empty((t1 - t0, nch * Fc), dtype=torch.int64)
-            _psum_chains(seg.numpy(), keep_v, ones_v, sign, linear_tail, out.numpy(), work=seg.numel())
+            out = torch.empty((t1 - t0, O), dtype=torch.int64)
+            psum.chain_totals_cpu(seg.numpy(), keep_v, ones_v, sign, linear_tail, out.numpy(), work=seg.numel())
         else:
-            seg = seg.to(torch.int64)
-            p = torch.zeros((Fr, t1 - t0, nch * Fc), dtype=torch.int64, device=dev)
-            for s in range(S_n):
-                p = force(p + seg[:, :, s], keep_t[s], ones_t[s], sign)
-            if linear_tail:
-                p = p - seg.sum(dim=2)
-            out = wrap(p.sum(dim=0), 32)
-        out = out.view(t1 - t0, nch, Fc)
+            keep_t = torch.from_numpy(keep_v).to(dev).view(S_n, 1, 1, O)
+            ones_t = torch.from_numpy(ones_v).to(dev).view(S_n, 1, 1, O)
+            folds = psum.fold_chain_torch(seg.to(torch.int64).permute(2, 0, 1, 3), keep_t, ones_t, sign, linear_tail)
+            out = wrap(folds.sum(dim=0), 32)
         if linear_tail:
-            out = wrap(Y[t0:t1, n_idx[valid]] + out[:, valid], 32)
-        else:
-            out = out[:, valid]
-        Y[t0:t1, n_idx[valid]] = out
-
-
-@threaded(ELEMENTWISE)
-def _psum_chains(seg, keep, ones, sign, linear_tail, out):
-    """Replay psum chains: per fold ``p = force_s(p + seg_s)`` over the segments, summed over
-    folds with int32 wraparound; vectorised over the replayed outputs.
-
-    seg: (Fr, T, S, V) exact integers below 2**31 (float or int); keep/ones: (S, V) int64;
-    out: (T, V) int64. With ``linear_tail`` the segments stop at the last faulty row and
-    ``out`` gets ``sum_folds(p - sum(seg))``: the correction to add to the plain GEMM (exact
-    mod 2**32 when the psum register is 32 bits wide, so the healthy tail adds linearly).
-    """
-    Fr, T, S, V = seg.shape
-    block = 256
-    for b in prange((T + block - 1) // block):
-        p = np.empty(V, dtype=np.int64)
-        pre = np.empty(V, dtype=np.int64)
-        tot = np.empty(V, dtype=np.int64)
-        for t in range(b * block, min(T, (b + 1) * block)):
-            tot[:] = 0
-            for fr in range(Fr):
-                p[:] = 0
-                pre[:] = 0
-                for s in range(S):
-                    for v in range(V):
-                        x = np.int64(np.int32(seg[fr, t, s, v]))
-                        y = p[v] + x
-                        p[v] = (((y & keep[s, v]) | ones[s, v]) ^ sign) - sign
-                        pre[v] += x
-                if linear_tail:
-                    for v in range(V):
-                        tot[v] += p[v] - pre[v]
-                else:
-                    for v in range(V):
-                        tot[v] += p[v]
-            for v in range(V):
-                out[t, v] = ((tot[v] & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000
+            out = wrap(Y[t0:t1, n_t] + out, 32)
+        Y[t0:t1, n_t] = out
 
 
 @njit(cache=True)
@@ -268,15 +196,15 @@ def _accumulate_chain(prod, keep, ones, sign, out):
     """
     L, K = prod.shape
     for i in range(L):
-        acc = ((ones[i]) ^ sign) - sign
+        acc = force_jit(0, keep[i], ones[i], sign)  # the clear at the start of a fold is forced too
         for k in range(K):
-            acc = (((acc + prod[i, k]) & keep[i]) | ones[i]) ^ sign
-            acc -= sign
+            acc = force_jit(acc + prod[i, k], keep[i], ones[i], sign)
         out[i] = acc
 
 
 def _chain_torch(prod, keep, ones, sign):
-    acc = (ones ^ sign) - sign
+    """:func:`_accumulate_chain` in torch ops (CUDA)."""
+    acc = force(torch.zeros_like(ones), keep, ones, sign)
     for k in range(prod.shape[1]):
         acc = force(acc + prod[:, k], keep, ones, sign)
     return acc
@@ -292,7 +220,7 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) 
     Y = wrap(exact_matmul(A, W, amax, wmax), pb)
     if cm.bypassed.any():
         for r, c in zip(*np.nonzero(cm.bypassed)):
-            Y[r::R, c::C] = 0
+            Y[mapping.pe_elements(r, c, R, C)] = 0
         return Y
     act, wt, ps = cm.act, cm.weight, cm.psum
     # Composite forcing seen by PE (r, c): act faults at (r, <=c), weight faults at (<=r, c).
@@ -309,8 +237,9 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) 
     psum_pes = {(int(r), int(c)) for r, c in zip(*np.nonzero(ps.faulty))}
 
     def operands(r, c):
-        a = A[r::R].to(torch.int64)
-        w = W[:, c::C].to(torch.int64)
+        rows, cols = mapping.pe_elements(r, c, R, C)  # PE (r, c) owns outputs Y[rows, cols]
+        a = A[rows].to(torch.int64)
+        w = W[:, cols].to(torch.int64)
         if (r, c) in act_comp:
             a = _apply(a, *act_comp[(r, c)], 8, act.sign)
         if (r, c) in wt_comp:
@@ -328,16 +257,18 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) 
     for (kind, idx, masks), members in groups.items():
         members = sorted(members)
         if kind == "a":
-            a = _apply(A[idx::R].to(torch.int64), *masks, 8, act.sign)
+            rows = mapping.pe_elements(idx, 0, R, C)[0]
+            a = _apply(A[rows].to(torch.int64), *masks, 8, act.sign)
             ns = torch.cat([_strided(c, N, C, dev) for c in members])
-            Y[idx::R, ns] = wrap(exact_matmul(a, W[:, ns], 255, wmax), pb)
+            Y[rows, ns] = wrap(exact_matmul(a, W[:, ns], 255, wmax), pb)
         else:
-            w = _apply(W[:, idx::C].to(torch.int64), *masks, 8, wt.sign)
+            cols = mapping.pe_elements(0, idx, R, C)[1]
+            w = _apply(W[:, cols].to(torch.int64), *masks, 8, wt.sign)
             ms = torch.cat([_strided(r, M, R, dev) for r in members])
-            Y[ms, idx::C] = wrap(exact_matmul(A[ms], w, amax, 128), pb)
+            Y[ms, cols] = wrap(exact_matmul(A[ms], w, amax, 128), pb)
     for (r, c) in both - psum_pes:
         a, w = operands(r, c)
-        Y[r::R, c::C] = wrap(exact_matmul(a, w, 255, 128), pb)
+        Y[mapping.pe_elements(r, c, R, C)] = wrap(exact_matmul(a, w, 255, 128), pb)
     if psum_pes:
         prods, keeps, oness, where = [], [], [], []
         for (r, c) in sorted(psum_pes):
@@ -359,7 +290,7 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) 
                 res = _chain_torch(prod, keep, ones, ps.sign)
             i = 0
             for r, c, mr, nc in where:
-                Y[r::R, c::C] = res[i:i + mr * nc].view(mr, nc)
+                Y[mapping.pe_elements(r, c, R, C)] = res[i:i + mr * nc].view(mr, nc)
                 i += mr * nc
     return Y
 

@@ -2,8 +2,8 @@
 
 Every model is written the ordinary way a user would (nested ``nn.Sequential`` blocks, BatchNorm,
 ``x.flatten(1)`` / ``x.view(n, -1)`` in ``forward``, functional ReLU after a residual add), trained
-with a fixed seed in a second or two, and then lowered once per session. Nothing is written to
-disk, so the fixtures are safe under ``pytest -n``.
+with a fixed seed for a few epochs (small, so the suite stays quick), and lowered once per session.
+Nothing is written to disk, so the fixtures are safe under ``pytest -n``.
 """
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def digits() -> Digits:
 
 @pytest.fixture(scope="session")
 def zoo(digits) -> dict[str, Fixture]:
-    """Every fixture model trained once per session (a few seconds in all) and lowered."""
+    """Every fixture model trained once per session (shared by all tests, as training dominates) and lowered."""
     from accel_models.lowering import lower
 
     out = {}

@@ -1,6 +1,6 @@
 """A plain numpy int64 interpreter of an :class:`accel_models.program.Program`: the test reference.
 
-Written from the op docstrings and models.md, independently of the torch kernels in
+Written from the op docstrings and docs/design.md §5, independently of the torch kernels in
 ``accel_models/program.py`` (no ``F.unfold``, no float pooling, no float GEMM): every op is
 evaluated on int64 numpy arrays with explicit window loops, so it is slow and obviously right.
 The only floating-point step is the input quantization, as in the program.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-ADD_SHIFT = 20  # models.md / Add docstring: the residual-add multipliers have 20 fractional bits
+ADD_SHIFT = 20  # docs/design.md §5 / Add docstring: the residual-add multipliers have 20 fractional bits
 
 
 def _np(t) -> np.ndarray:

@@ -89,7 +89,7 @@ def assert_chip_twin_and_reference_agree(program, images) -> np.ndarray:
     """The program on the chip, its fake-quant twin and the numpy reference give the same outputs
     bit for bit; returns the reference's final accumulators."""
     ref = numpy_run(program, images)
-    acc = program.execute(images, lambda op: (lambda a, w: sa.simulate_gemm(a, w, CHIP, engine="fast")))
+    acc = program.execute(images, sa.Chip(CHIP))
     np.testing.assert_array_equal(acc.numpy(), ref)
     with torch.no_grad():
         twin = FakeQuantProgram(program)(images)

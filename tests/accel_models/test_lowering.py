@@ -134,7 +134,7 @@ def test_functional_forms_lower_exactly():
     assert op_types(program) == ["QuantizeInput", "Gemm", "MaxPool", "Gemm", "Add", "AvgPool", "Flatten", "Gemm"]
     ref = numpy_run(program, x)
     for cfg, engine in [(sa.ArrayConfig(4, 4), "fast"), (sa.ArrayConfig(4, 4, "os"), "cycle")]:
-        got = program.execute(x, lambda op: (lambda a, w: sa.simulate_gemm(a, w, cfg, engine=engine)))
+        got = program.execute(x, sa.Chip(cfg, engine=engine))
         np.testing.assert_array_equal(got.numpy(), ref)
     logits = program.logits_from(torch.from_numpy(ref))
     with torch.no_grad():

@@ -39,15 +39,8 @@ CLEAN_CHIPS = {
 }
 
 
-def chip(cfg, engine="fast", faults=None):
-    """``gemm_for`` for Program.execute: every layer on ``cfg`` with ``faults``."""
-    def gemm_for(op):
-        return lambda a, w: sa.simulate_gemm(a, w, cfg, faults=faults, engine=engine)
-    return gemm_for
-
-
 def accumulators(program, images, cfg, engine="fast", faults=None) -> np.ndarray:
-    return program.execute(images, chip(cfg, engine, faults)).numpy()
+    return program.execute(images, sa.Chip(cfg, faults, engine)).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +256,7 @@ def _every_register_faults(cfg, seed):
     free = np.argwhere(~fm.faulty_pes())  # PEs the random draw left healthy, in row-major order
     picks = [("weight", 6, 1), ("act", 7, 1), ("psum", cfg.psum_bits - 2, 1), ("act", 0, 0), ("psum", 3, 0)]
     for (r, c), (reg, bit, value) in zip(free[::5], picks):
-        fm.add(int(r), int(c), reg, bit, value)
+        fm = fm.add(int(r), int(c), reg, bit, value)
     return fm
 
 
@@ -418,9 +411,9 @@ def test_fault_map_for_another_array_is_refused(zoo, digits):
 
 @contextlib.contextmanager
 def _kernels(parallel: bool):
-    """Every threaded numba kernel (sysarray.engines._threaded) forced to its parallel compilation
+    """Every threaded numba kernel (sysarray.parallel) forced to its parallel compilation
     on all of numba's threads, or to its serial one."""
-    from sysarray.engines._threaded import KERNELS
+    from sysarray.parallel import KERNELS
 
     saved, threads = [k.min_work for k in KERNELS], numba.get_num_threads()
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if parallel else 1)
@@ -450,9 +443,11 @@ def test_threaded_kernels_parallel_equals_serial(zoo, digits, name, dataflow):
             parallel = program.run(x, cfg, faults, count_changes=False).logits
         torch.testing.assert_close(parallel, serial, rtol=0, atol=0)
     if dataflow == "ws":  # the parallel compilations really ran
-        from sysarray.engines.fast_conv import _apply_fix, _direct_chains, _direct_chains_simd
+        from sysarray.engines.conv.fix import _apply_fix
+        from sysarray.engines.conv.replay_passes import direct_chains
+        from sysarray.engines.conv.replay_simd import direct_chains_simd
 
-        replay = _direct_chains.parallel.signatures or _direct_chains_simd.parallel.signatures
+        replay = direct_chains.parallel.signatures or direct_chains_simd.parallel.signatures
         assert replay and _apply_fix.parallel.signatures
 
 
@@ -462,7 +457,7 @@ def test_saturated_faulty_accumulators_give_the_exact_logits(zoo, digits, name, 
     has saturated by then) unless changes are counted: psum bits 30 and 31 stuck make replayed
     outputs far beyond it, and the logits equal the int32 path's bit for bit."""
     from accel_models.program import saturation
-    from sysarray.engines import fast_conv as fc
+    from sysarray.engines.conv import conv2d as fc
 
     program, x = zoo[name].program, digits.test_x[:40]
     hidden = [op for op in program.gemms if op.out_qp is not None]
@@ -513,15 +508,15 @@ def test_a_trace_reuses_what_the_chip_leaves_unchanged(zoo, digits, monkeypatch)
     """A psum fault in a column beyond every layer's outputs changes nothing: the run then
     convolves nothing; a fault in the first layer's columns replays only (its fault-free
     convolution is the kept one)."""
-    from sysarray.engines import fast_conv as fc
+    from sysarray.engines.conv import conv2d as fc
 
     program, x = zoo["lenet"].program, digits.test_x[:20]
     cfg = ArrayConfig(8, 128, "ws")
     trace = program.trace(x, cfg)
     assert max(op.out_channels for op in program.gemms) < 127
     calls = []
-    real = fc._exact_conv
-    monkeypatch.setattr(fc, "_exact_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fc.exact_conv
+    monkeypatch.setattr(fc, "exact_conv", lambda *a, **k: calls.append(1) or real(*a, **k))
     unused = FaultMap(8, 128).add(3, 127, "psum", 30, 1)
     got = program.run(x, cfg, unused, count_changes=False, reference=trace)
     assert calls == []

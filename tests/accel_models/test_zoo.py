@@ -13,7 +13,7 @@ from accel_models.zoo.resnet20 import BasicBlock
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
-# leaf modules the lowering handles (models.md section 1); containers are checked separately
+# leaf modules the lowering handles (docs/design.md §5); containers are checked separately
 SUPPORTED_LEAVES = (
     nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d, nn.ReLU, nn.ReLU6, nn.Hardtanh,
     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout,

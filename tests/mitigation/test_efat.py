@@ -3,6 +3,7 @@ to end, fused-map exactness, resuming an interrupted run, and bad input."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -168,6 +169,39 @@ def test_interrupted_run_resumes_without_redoing_groups(lenet_ckpt, tmp_path, mo
                  str(out))
 
 
+def test_a_journal_line_cut_by_a_kill_is_redone_and_a_corrupt_middle_line_refused(lenet_ckpt, tmp_path, monkeypatch):
+    chips = write_chips(tmp_path / "chips", 4, rates=(0.02, 0.04))
+    out = tmp_path / "out"
+    settings = small_settings(max_drop=0.5, rates=[0.0, 0.1], amounts=[0], maps_per_rate=1)  # no retraining: quick
+    real = efat._retrain_group
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(efat, "_retrain_group", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_efat(lenet_ckpt, str(chips), WS, settings, str(out))
+    journal = out / "journal.jsonl"
+    assert [json.loads(line)["kind"] for line in journal.read_text().splitlines()] == ["map"]
+    journal.write_bytes(journal.read_bytes() + b'{"group": 0, "kind": "gro')  # killed while writing a group's line
+
+    def no_map(*a, **k):
+        raise AssertionError("the resilience map was rebuilt")
+
+    monkeypatch.setattr(efat, "_retrain_group", real)
+    monkeypatch.setattr(efat, "build_resilience_map", no_map)
+    res = run_efat(lenet_ckpt, str(chips), WS, settings, str(out))
+    assert res.groups
+    lines = journal.read_text().splitlines()
+    assert [json.loads(line)["kind"] for line in lines] == ["map"] + ["group"] * len(res.groups)  # the cut line is gone
+    # A corrupt line before the last is no write cut by a kill: refused, naming the file and the line.
+    journal.write_text("\n".join([lines[0], "garbage", *lines[1:]]) + "\n")
+    before = journal.read_bytes()
+    with pytest.raises(ValueError, match=re.escape(f"The eFAT journal '{journal}' has a corrupt line 2 (not the last one")):
+        run_efat(lenet_ckpt, str(chips), WS, settings, str(out))
+    assert journal.read_bytes() == before
+
+
 # ------------------------------------------------------------------------------ stuck-at mode
 def test_stuckat_mode_runs_multi_map_groups(lenet_ckpt, tmp_path):
     chips = write_chips(tmp_path / "chips", 4, rates=(0.02,), registers=("psum",), bits=range(0, 10))
@@ -210,7 +244,11 @@ def test_empty_or_missing_chips_directory(lenet_ckpt, tmp_path):
 @pytest.mark.parametrize("kw, message", [
     (dict(max_drop=0.02, min_accuracy=0.9), "exactly one accuracy constraint"),
     (dict(max_drop=None), "exactly one accuracy constraint"),
-    (dict(max_drop=1.5), r"fraction in \[0, 1\]"),
+    (dict(max_drop=1.5), r"'max_drop' argument of EfatSettings must be a finite number within \[0, 1\] or None"),
+    (dict(maps_per_rate=0), "'maps_per_rate' argument of EfatSettings must be a positive integer. Got 0"),
+    (dict(map_faults="stripes"), "'map_faults' argument of EfatSettings must be one of uniform, clustered"),
+    (dict(conventional_epochs=-1.0), "'conventional_epochs' argument of EfatSettings must be a finite number >= 0"),
+    (dict(limit=1), "'limit' argument of EfatSettings must be an integer >= 2 or None. Got 1"),
     (dict(amounts=[-1, 2]), "retraining-amount grid"),
     (dict(rates=[0.1, 1.5]), "fault-rate grid"),
     (dict(grouping="kmeans"), "grouping policy must be one of"),

@@ -123,7 +123,7 @@ def hidden_psum_faults() -> FaultMap:
     """psum stuck-at-1 bits in columns 10..15: hidden channels saturate, the 10 logits stay clean."""
     fm = FaultMap(16, 16)
     for r, c, b in [(3, 10, 20), (7, 12, 22), (11, 14, 21)]:
-        fm.add(r, c, "psum", b, 1)
+        fm = fm.add(r, c, "psum", b, 1)
     return fm
 
 
@@ -179,7 +179,7 @@ def test_bad_arguments(task):
     fm = quarter_faulty(0)
     with pytest.raises(ValueError, match="must be one of fap, fapt, stuckat, random"):
         fault_aware_train(task, WS, fm, "magic")
-    with pytest.raises(ValueError, match="number of epochs >= 0"):
+    with pytest.raises(ValueError, match="'epochs' argument of fault_aware_train must be a finite number >= 0"):
         fault_aware_train(task, WS, fm, "fapt", -1)
-    with pytest.raises(ValueError, match=r"p of random FAT must be in \[0, 1\]"):
+    with pytest.raises(ValueError, match=r"'p' argument of random_fat must be a finite number within \[0, 1\]"):
         fault_aware_train(task, WS, fm, "random", 1, p=2.0)

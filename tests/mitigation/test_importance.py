@@ -14,7 +14,7 @@ import pytest
 
 import sysarray as sa
 from mitigation.campaign import CheckpointTask
-from mitigation.campaign_store import read_results
+from mitigation.campaign.store import read_results
 from mitigation.importance import (FaultSpace, compare_samplers, estimate_fraction, fold_to_array,
                                    importance_distribution, pe_sensitivity, site_weights)
 from mitigation.sweep import run_sweep

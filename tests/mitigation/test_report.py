@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mitigation.campaign import OUTCOME_COLUMNS, RateGrid, SingleFaults
-from mitigation.campaign_store import CampaignStore
+from mitigation.campaign.store import CampaignStore
 from mitigation.report import markdown_table, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ import pytest
 
 import sysarray as sa
 from mitigation.campaign import CheckpointTask
-from mitigation.campaign_store import read_results
+from mitigation.campaign.store import read_results
 from mitigation.sweep import bit_sensitivity, heatmaps, run_sweep
 
 CFG = sa.ArrayConfig(16, 16, "ws")

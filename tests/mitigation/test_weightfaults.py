@@ -90,13 +90,13 @@ def test_thresholds_are_stored_and_faulted_too(program):
 
 
 def test_bad_arguments(program):
-    with pytest.raises(ValueError, match="bit error rate"):
+    with pytest.raises(ValueError, match=r"'ber' argument of corrupt_program must be a finite number within \[0, 1\]"):
         corrupt_program(program, 1.5, seed=0)
     with pytest.raises(ValueError, match="mode"):
         corrupt_program(program, 1e-3, seed=0, mode="melt")
     with pytest.raises(ValueError, match="0..7"):
         corrupt_program(program, 1e-3, seed=0, bits=[8])
-    with pytest.raises(TypeError, match="seed"):
+    with pytest.raises(ValueError, match="seed"):
         corrupt_program(program, 1e-3, seed=-1)
     with pytest.raises(TypeError, match="Program"):
         corrupt_program(copy.deepcopy(program.ops), 1e-3, seed=0)
@@ -232,13 +232,13 @@ def test_faulty_float_models_evaluate_deterministically():
 
 
 def test_float_bad_arguments(float_model):
-    with pytest.raises(ValueError, match="bit error rate"):
+    with pytest.raises(ValueError, match=r"'ber' argument of corrupt_model must be a finite number within \[0, 1\]"):
         corrupt_model(float_model, -0.1, seed=0)
     with pytest.raises(ValueError, match="mode"):
         corrupt_model(float_model, 1e-3, seed=0, mode="melt")
     with pytest.raises(ValueError, match="0..31"):
         corrupt_model(float_model, 1e-3, seed=0, bits=[32])
-    with pytest.raises(TypeError, match="seed"):
+    with pytest.raises(ValueError, match="seed"):
         corrupt_model(float_model, 1e-3, seed=-1)
     with pytest.raises(TypeError, match="torch.nn.Module"):
         corrupt_model(float_model.state_dict(), 1e-3, seed=0)

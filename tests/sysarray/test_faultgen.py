@@ -47,9 +47,11 @@ def test_same_seed_same_map_different_seeds_differ(make):
 def test_seed_is_required_and_validated():
     with pytest.raises(TypeError):
         FaultMap.random((4, 4), 0.1)  # no seed
-    for bad in (None, -1, 1.5, True, "0"):
+    for bad in (None, 1.5, True, "0"):
         with pytest.raises(TypeError, match="'seed'"):
             FaultMap.random((4, 4), 0.1, seed=bad)
+    with pytest.raises(ValueError, match="'seed' argument of FaultMap.random must be a non-negative integer"):
+        FaultMap.random((4, 4), 0.1, seed=-1)
 
 
 def test_geometry_forms_agree():
@@ -341,7 +343,8 @@ def test_population_methods_and_meta():
 @pytest.mark.parametrize(
     "kwargs, err, match",
     [
-        (dict(pe_rate=1.5), ValueError, r"The 'pe_rate' argument of FaultMap.random must be within \[0, 1\]. Got 1.5 instead."),
+        (dict(pe_rate=1.5), ValueError,
+         r"The 'pe_rate' argument of FaultMap.random must be a finite number within \[0, 1\]. Got 1.5 instead."),
         (dict(pe_rate=-0.1), ValueError, r"'pe_rate'.*\[0, 1\]"),
         (dict(pe_rate=float("nan")), ValueError, "'pe_rate'"),
         (dict(pe_rate="0.1"), TypeError, "'pe_rate'"),
@@ -376,7 +379,8 @@ def test_psum_bits_limits_bit_choices():
 @pytest.mark.parametrize(
     "call, match",
     [
-        (lambda: FaultMap.random_ber((4, 4), 2.0, seed=0), "The 'ber' argument of FaultMap.random_ber must be within"),
+        (lambda: FaultMap.random_ber((4, 4), 2.0, seed=0),
+             r"The 'ber' argument of FaultMap.random_ber must be a finite number within \[0, 1\]"),
         (lambda: FaultMap.clustered((4, 4), 1.1, seed=0), "The 'pe_rate' argument of FaultMap.clustered"),
         (lambda: FaultMap.clustered((4, 4), 0.1, seed=0, radius=0), "'radius'"),
         (lambda: FaultMap.clustered((4, 4), 0.1, seed=0, n_clusters=0), "'n_clusters'"),

@@ -66,8 +66,8 @@ def test_duplicates_kept_once_and_conflicts_refused():
         fm.add(0, 1, "act", 3, 0)
     assert len(fm) == 1  # a refused add leaves the map unchanged
     # the same bit in another register or PE is no conflict
-    fm.add(0, 1, "weight", 3, 0).add(1, 1, "act", 3, 0)
-    assert len(fm) == 3
+    more = fm.add(0, 1, "weight", 3, 0).add(1, 1, "act", 3, 0)
+    assert len(more) == 3 and len(fm) == 1
 
 
 def test_from_records_round_trip_and_validation():
@@ -99,7 +99,7 @@ def test_union_equality_hash():
     assert u == (a | b) == b.union(a)
     assert len(u) == 2 and len(a) == 1  # operands untouched
     assert u == FaultMap(4, 4).add(3, 3, "weight", 7, 0).add(0, 0, "psum", 1, 1)  # order of adds is irrelevant
-    assert hash(u) == hash(b.copy())
+    assert hash(u) == hash(FaultMap.from_records(4, 4, b.records))
     assert a != b and a != FaultMap(4, 5).add(0, 0, "psum", 1, 1)
     assert (a == "not a map") is False
     assert a.union() == a
@@ -111,11 +111,25 @@ def test_union_equality_hash():
         a.union(FaultMap(4, 4).add(0, 0, "psum", 1, 0))
 
 
-def test_copy_is_independent():
+def test_maps_are_immutable_values():
+    """add() returns a new map and leaves the old one as it was; nothing can be set on a map, so its
+    hash (by content) never changes while it is a dict key or in a set; pickling keeps it."""
+    import pickle
+
     a = FaultMap(2, 2).add(0, 0, "act", 0, 1)
-    c = a.copy()
-    c.add(1, 1, "act", 0, 1)
-    assert len(a) == 1 and len(c) == 2
+    h = hash(a)
+    c = a.add(1, 1, "act", 0, 1)
+    assert len(a) == 1 and len(c) == 2 and hash(a) == h and c != a
+    for name in ("rows", "_faults", "anything"):
+        with pytest.raises(AttributeError, match="immutable"):
+            setattr(a, name, 3)
+    with pytest.raises(ValueError, match="read-only"):
+        a._faults["bit"][0] = 5
+    assert {a: 1}[FaultMap(2, 2).add(0, 0, "act", 0, 1)] == 1
+    b = pickle.loads(pickle.dumps(c))
+    assert b == c and hash(b) == hash(c) and len(b) == 2
+    with pytest.raises(AttributeError, match="immutable"):
+        b.rows = 1
 
 
 def test_faulty_pes_and_rates():
@@ -170,7 +184,7 @@ def test_register_helpers():
 
 def test_to_text_and_picture():
     fm = FaultMap(3, 12).add(0, 1, "weight", 7, 1).add(1, 10, "act", 0, 0).add(2, 11, "psum", 31, 1)
-    fm.add(2, 0, "psum", 1, 0).add(2, 0, "act", 1, 0)
+    fm = fm.add(2, 0, "psum", 1, 0).add(2, 0, "act", 1, 0)
     pic = fm.picture().splitlines()
     assert pic == ["  012345678901", "0 .w..........", "1 ..........a.", "2 *..........p"]
     text = fm.to_text()

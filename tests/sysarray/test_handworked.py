@@ -1,4 +1,4 @@
-"""Small cases worked out by hand, with the arithmetic in the comments (chip.md section 3).
+"""Small cases worked out by hand, with the arithmetic in the comments (docs/design.md §2.7).
 
 Each expected matrix below was computed on paper from design.md "Chip semantics" and is checked
 exactly against the naive reference and against both real engines.

@@ -1,4 +1,4 @@
-"""The naive reference itself, checked against the plain GEMM and chip.md's bypass identities."""
+"""The naive reference itself, checked against the plain GEMM and the bypass identities of docs/design.md §2.7."""
 from __future__ import annotations
 
 import numpy as np
@@ -32,7 +32,7 @@ def _random_faults(rng, rows, cols, count, psum_bits=32):
         if (r, c, reg, b) in seen:
             continue
         seen.add((r, c, reg, b))
-        fm.add(r, c, reg, b, int(rng.integers(2)))
+        fm = fm.add(r, c, reg, b, int(rng.integers(2)))
     return fm
 
 
@@ -84,7 +84,7 @@ def test_fault_free_20_bit_equals_plain_gemm_without_wrap(dataflow):
 
 # ---------------------------------------------------------------------------- bypass identities
 def _bypass_expected(a, w, cfg, faulty):
-    """chip.md section 3: what bypass must equal, built from fault-free runs."""
+    """docs/design.md §2.7: what bypass must equal, built from fault-free runs."""
     R, C = cfg.rows, cfg.cols
     M, K = a.shape
     N = w.shape[1]
@@ -125,7 +125,7 @@ def test_bypass_identities(dataflow, psum_bits, seed):
 # ---------------------------------------------------------------------------- structural identities
 @pytest.mark.parametrize("seed", range(4))
 def test_ws_weight_faults_equal_forced_weight_matrix(seed):
-    # chip.md: by default a weight fault changes only the weights held in that PE, w' = force(w).
+    # docs/design.md §2.4: by default a weight fault changes only the weights held in that PE, w' = force(w).
     rng = np.random.default_rng(seed)
     a, w = _random_operands(rng, 5, 9, 7, np.int8)
     R, C = 3, 2
@@ -164,7 +164,7 @@ def test_faults_in_unused_columns_are_harmless(dataflow):
     fm = FaultMap(R, C)
     for r in range(R):
         for c in (2, 3):
-            fm.add(r, c, "weight", 7, 1).add(r, c, "act", 0, 1).add(r, c, "psum", 31, 1)
+            fm = fm.add(r, c, "weight", 7, 1).add(r, c, "act", 0, 1).add(r, c, "psum", 31, 1)
     cfg = ArrayConfig(R, C, dataflow)
     np.testing.assert_array_equal(naive_gemm(a, w, cfg, fm), naive_plain_gemm(a, w))
 
@@ -219,7 +219,7 @@ def _problems(draw, bypass=False):
         faults[key] = draw(st.integers(0, 1))
     fm = FaultMap(rows, cols)
     for (r, c, reg, b), v in faults.items():
-        fm.add(r, c, reg, b, v)
+        fm = fm.add(r, c, reg, b, v)
     return a, w, ArrayConfig(rows, cols, dataflow, psum_bits=psum_bits, bypass=bypass), fm
 
 

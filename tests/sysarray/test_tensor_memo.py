@@ -43,7 +43,8 @@ def test_memo_is_bounded_by_entries_and_bytes():
 def test_in_place_weight_changes_reach_the_fast_engine():
     """The fast conv engine memoises latched weights; writing the weights in place must not leave
     it on the old ones (checked against the cycle engine, which memoises nothing)."""
-    from sysarray.engines.fast_conv import fast_conv2d, im2col
+    from sysarray.engines.conv import fast_conv2d
+    from sysarray.mapping import im2col
 
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, size=(2, 3, 5, 5)).astype(np.float32))

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from sysarray.config import ArrayConfig
 from sysarray.stats import summarize
-from sysarray.timing import Fold, conv_gemm_dims, fold_cycles, fold_grid, fold_layout, gemm_timing, spatial_dims
+from sysarray.mapping import Fold, fold_grid, fold_layout, spatial_dims
+from sysarray.timing import conv_gemm_dims, fold_cycles, gemm_timing
 
 # A small array and a GEMM with partial row and column folds in every dataflow:
 # R=4, C=3; M=5, K=10, N=7 (MACs = 350).

@@ -1,0 +1,181 @@
+"""The process-pool runner of a campaign: this process and forked single-threaded workers.
+
+Workers are forked from a fork server that has imported torch and the engines and run a tiny
+faulty network once (:mod:`mitigation.campaign.server_entry`, single-threaded): each starts warm
+and never inherits this process's thread pools (unlike 'fork'). 'spawn' where there is no fork
+server. A worker gets the evaluator once, as the pickle bytes of
+:func:`mitigation.campaign.spawn.worker_blob`, and runs one torch and one numba thread.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import pickle
+import threading
+from typing import Iterator, Sequence
+
+from mitigation.campaign.evaluator import Evaluator
+from mitigation.campaign.jobs import Job, Sink, evaluate_jobs, shipped_population
+from mitigation.campaign.populations import Population
+from mitigation.campaign.spawn import starting_without_main, worker_blob
+from sysarray.runtime import set_threads
+
+MP_CONTEXT = "forkserver"
+# What the fork server imports before it forks any worker: its process set-up and warm-up, then the
+# functions the workers run.
+PRELOAD = ["mitigation.campaign.server_entry", "mitigation.campaign.pool"]
+# Pool tasks at least this long (estimated) are submitted one per worker at a time: a worker with a
+# second task queued at the end of a campaign of long chips would leave this process idle meanwhile.
+LONG_TASK_S = 0.25
+
+_WORKER_STATE: tuple[Evaluator, Population | None] | None = None  # set in each pool worker by _init_worker
+
+
+def _init_worker(blob: bytes) -> None:
+    global _WORKER_STATE
+    set_threads(1)  # chips run in parallel, not GEMMs
+    _WORKER_STATE = pickle.loads(blob)
+
+
+def _pool_task(jobs: Sequence[Job]) -> list[dict]:
+    assert _WORKER_STATE is not None  # set by _init_worker
+    return evaluate_jobs(*_WORKER_STATE, jobs)
+
+
+def _mp_context():
+    import multiprocessing as mp
+
+    if MP_CONTEXT not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context(MP_CONTEXT)
+    if MP_CONTEXT == "forkserver":
+        ctx.set_forkserver_preload(PRELOAD)
+    return ctx
+
+
+def start_workers_early(wait: bool = False) -> None:
+    """Start the fork server now (it imports and warms up while this process loads the model).
+    ``wait``: return only once it has finished (one process forked from it has run), so that
+    campaigns started later fork their workers at once."""
+    ctx = _mp_context()
+    if ctx.get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+    if wait:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+            pool.submit(os.getpid).result()
+
+
+def run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job], sink: Sink, workers: int,
+             chunk_size: int, total: int, chip_s: float) -> None:
+    """``workers`` processes evaluate ``total`` jobs: this one and ``workers - 1`` forked ones.
+
+    This process is warm (no fork, no unpickling, no first calls), so it evaluates chips
+    throughout, a few at a time (their maps drawn together; at most ``chunk_size`` and the
+    remaining jobs over 16 per process, one at a time for long tasks), each written as it
+    finishes. The pool is fed from its callback thread: a finished task's results are
+    written and the next task submitted as it comes back, so each worker holds one task ahead
+    (none for tasks of at least ``LONG_TASK_S``, estimated from ``chip_s`` seconds a chip: at
+    the end a worker would otherwise still have a whole task to run while this process idles).
+    Pool tasks shrink as the jobs run out (at most the remaining jobs over four per process),
+    and at the end this process takes back the tasks no worker has started.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    # The evaluator goes to the workers as plain pickle bytes made here, before this process starts
+    # evaluating chips: multiprocessing's own pickler would move the program's tensors into shared
+    # memory (torch's reductions) from the thread that starts the workers, while this thread reads
+    # them, and a chip evaluated meanwhile could see half-moved weights (a wrong result that comes and goes).
+    # Its tensors travel as numpy arrays (mitigation.campaign.spawn: faster both ways).
+    blob = worker_blob((evaluator, shipped_population(population)))
+    pool = ProcessPoolExecutor(max_workers=workers - 1, mp_context=_mp_context(), initializer=_init_worker,
+                               initargs=(blob,))
+    # `lock` guards the jobs, the tasks in flight and the sink: this thread and the pool's
+    # callback thread both take jobs, submit tasks and write results.
+    # (re-entrant: a task already done when its callback is added runs it at once, in feed).
+    lock = threading.RLock()
+    errors: list[BaseException] = []
+    inflight: dict = {}  # future -> its jobs
+    left = [total]  # jobs not yet handed to a process
+    stopped = [False]  # after a failure nothing more is submitted or written (the store is closing)
+    ahead = 1 if chunk_size * chip_s >= LONG_TASK_S else 2
+    window = ahead * (workers - 1)
+
+    def take(n: int) -> list[Job]:  # under `lock`
+        chunk = list(itertools.islice(jobs, n))
+        left[0] -= len(chunk)
+        return chunk
+
+    def feed() -> None:  # under `lock`
+        while not (stopped[0] or errors) and len(inflight) < window and left[0] > 0:
+            chunk = take(max(1, min(chunk_size, left[0] // (4 * workers))))
+            f = pool.submit(_pool_task, chunk)
+            inflight[f] = chunk
+            f.add_done_callback(finished)
+
+    def keep(records: list[dict]) -> None:  # under `lock`
+        if not stopped[0]:
+            sink(records)
+
+    def finished(f) -> None:
+        try:
+            with lock:
+                inflight.pop(f, None)
+                if not f.cancelled():
+                    keep(f.result())
+                    feed()
+        except BaseException as e:  # re-raised in the main thread
+            errors.append(e)
+
+    try:
+        # Submitting starts the worker processes (a fork from the warm fork server, then unpickling
+        # the evaluator): a thread submits the first tasks while this process evaluates chips.
+        def start() -> None:
+            try:
+                # The processes start on these no-op tasks, outside `lock`: this process's first
+                # job waits on the lock, which starting a worker while holding it would delay.
+                with starting_without_main(blob):
+                    for _ in range(workers - 1):
+                        pool.submit(int)
+                with lock:
+                    feed()
+            except BaseException as e:
+                errors.append(e)
+
+        starter = threading.Thread(target=start, name="campaign-start-workers", daemon=True)
+        starter.start()
+
+        def keep_now(records: list[dict]) -> None:
+            with lock:
+                keep(records)
+        while not errors:
+            with lock:  # a sixteenth of a process's share at most: the end stays balanced
+                chunk = take(max(1, min(chunk_size if ahead > 1 else 1, left[0] // (16 * workers))))
+            if not chunk:
+                break
+            evaluate_jobs(evaluator, population, chunk, each=keep_now)
+        starter.join()
+        if errors:
+            raise errors[0]
+        # The jobs have run out: take back the tasks no worker has started, newest first.
+        with lock:
+            unstarted = sorted(inflight.items(), key=lambda item: -item[1][0][0])
+        for f, chunk in unstarted:
+            if errors:
+                raise errors[0]
+            if f.cancel():
+                evaluate_jobs(evaluator, population, chunk, each=keep_now)
+        pool.shutdown(wait=True)
+        if errors:
+            raise errors[0]
+    except BaseException:
+        with lock:
+            stopped[0] = True
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+
+
+__all__ = ["LONG_TASK_S", "MP_CONTEXT", "PRELOAD", "run_pool", "start_workers_early"]

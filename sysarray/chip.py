@@ -1,0 +1,196 @@
+"""``Chip``: one simulated chip (an array, its fault map, the engine that simulates it) and the
+operations a workload runs on it.
+
+A workload (an integer network, a fault-aware training step) never reaches into the engines:
+it builds a :class:`Chip` and calls :meth:`Chip.gemm`, :meth:`Chip.conv2d` or :meth:`Chip.linear`.
+Each returns the exact int32 accumulators the array produces, bit for bit the same whichever
+engine runs, and the timing of the GEMMs (SCALE-Sim v2's numbers). What a workload knows that
+lets the fast engine skip work travels as :class:`ConvHints`; results never depend on hints.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+
+from sysarray.config import ArrayConfig
+from sysarray.faults import FaultMap
+from sysarray.stats import GemmStats
+from sysarray.timing import cached_gemm_timing
+from sysarray.validation import check_enum, check_instance, check_int
+
+__all__ = ["Chip", "ConvHints", "Engine"]
+
+
+class Engine(str, enum.Enum):
+    """``fast``: whole-matrix torch engine (CPU or CUDA). ``cycle``: the numba clock-level reference."""
+
+    FAST = "fast"
+    CYCLE = "cycle"
+
+
+@dataclass(frozen=True)
+class ConvHints:
+    """What the caller of :meth:`Chip.conv2d` knows (all optional; the values returned are the same).
+
+    x_bound: a bound on ``|x|`` that holds (the 8-bit code range), sparing a pass over the input.
+    saturate: a bound ``L <= 2**24`` such that the caller treats every accumulator at or beyond
+    ``L`` (and at or beyond ``-L``) alike, as a requantization that saturates there: outputs the
+    faults push beyond it may then come back as ``sign(r) * L`` in a float32 result.
+    clean: what this same call returns on the fault-free chip (same input, weights and
+    arguments), kept by the caller (a fault-free trace). The fast engine then reuses it, and
+    returns ``clean`` itself (the same object) when the chip changes none of its outputs.
+    """
+
+    x_bound: int | None = None
+    saturate: int | None = None
+    clean: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+
+_NO_HINTS = ConvHints()
+
+
+def _pair(value: object, name: str, where: str, lo: int) -> tuple[int, int]:
+    v = (value, value) if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(v) != 2:
+        raise ValueError(f"The '{name}' argument of {where} must be an integer or a pair of integers. "
+                         f"Got {value!r} instead.")
+    return check_int(v[0], name, where, lo=lo), check_int(v[1], name, where, lo=lo)
+
+
+def _device(device: object, where: str) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"The 'device' argument of {where} must be a torch device such as 'cpu' or 'cuda'. "
+                         f"Got {device!r} instead.") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"The 'device' argument of {where} is {device!r}, but this torch has no CUDA device "
+                         f"(torch {torch.__version__}). Use 'cpu'.")
+    return dev
+
+
+@dataclass(frozen=True, eq=False)
+class Chip:
+    """One chip: ``config`` (the array), ``faults`` (its stuck bits; None for a fault-free chip),
+    the ``engine`` that simulates it (``"fast"`` or ``"cycle"``, bit for bit the same results)
+    and the torch ``device`` the fast engine runs on (None: where the operands are)."""
+
+    config: ArrayConfig
+    faults: FaultMap | None = None
+    engine: Engine | str = Engine.FAST
+    device: torch.device | str | None = None
+    _masks: dict = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        check_instance(self.config, ArrayConfig, "config", "Chip")
+        check_instance(self.faults, FaultMap, "faults", "Chip", none_ok=True)
+        if self.faults is not None:
+            self.faults.check_fits(self.config.rows, self.config.cols, self.config.psum_bits)
+        object.__setattr__(self, "engine", check_enum(self.engine, Engine, "engine", "Chip"))
+        object.__setattr__(self, "device", _device(self.device, "Chip"))
+
+    # ----------------------------------------------------------------------------- properties
+    @property
+    def faulty(self) -> bool:
+        """Whether the chip has any stuck bit."""
+        return self.faults is not None and not self.faults.is_empty
+
+    def fault_free(self, engine: Engine | str | None = None) -> "Chip":
+        """The same array without faults (on ``engine``, default this chip's)."""
+        return Chip(self.config, None, self.engine if engine is None else engine, self.device)
+
+    def masks(self, act_signed: bool):
+        """The chip's register masks for activations read back signed or not (made once)."""
+        from sysarray.engines.registers import chip_masks
+
+        if act_signed not in self._masks:
+            self._masks[act_signed] = chip_masks(self.config, self.faults, act_signed=act_signed)
+        return self._masks[act_signed]
+
+    def timing(self, m: int, k: int, n: int) -> GemmStats:
+        """Cycles and utilization of an (m, k, n) GEMM on this array (shared result: do not modify)."""
+        return cached_gemm_timing(m, k, n, self.config)
+
+    def __repr__(self) -> str:
+        faults = self.faults.summary() if self.faults is not None else "no faults"
+        dev = f", {self.device}" if self.device is not None else ""
+        return f"Chip({self.config}; {faults}; {self.engine.value} engine{dev})"
+
+    # ----------------------------------------------------------------------------- operations
+    def gemm(self, a: torch.Tensor, w: torch.Tensor, *, act_signed: bool | None = None) -> tuple[torch.Tensor, GemmStats]:
+        """``a @ w`` on the chip: a (M, K) int8 or uint8 activations, or a float tensor of 8-bit
+        codes with ``act_signed`` saying which; w (K, N) int8 weights (integer values in any
+        dtype). Returns (M, N) int32 on the operands' device and the GEMM's timing."""
+        if act_signed is None:
+            if a.is_floating_point():
+                raise ValueError("Chip.gemm needs 'act_signed' (True for int8 codes, False for uint8) when 'a' is a "
+                                 "float tensor of codes.")
+            act_signed = a.dtype != torch.uint8
+        M, K = a.shape
+        N = w.shape[1]
+        if self.engine is Engine.CYCLE:
+            from sysarray.engines.cycle import cycle_gemm
+
+            codes = a.to(torch.int8 if act_signed else torch.uint8) if a.is_floating_point() else a
+            y, stats = cycle_gemm(codes.detach().cpu().numpy(), w.detach().cpu().to(torch.int8).numpy(),
+                                  self.config, self.faults)
+            return torch.from_numpy(y).to(a.device), stats
+        from sysarray.engines.fast import fast_gemm
+
+        y = fast_gemm(a, w, self.config, self.faults, act_signed=act_signed, masks=self.masks(act_signed))
+        return y, self.timing(M, K, N)
+
+    def conv2d(self, x: torch.Tensor, weight: torch.Tensor, *, stride=(1, 1), padding=(0, 0), pad_value: float = 0,
+               groups: int = 1, act_signed: bool = False,
+               hints: ConvHints | None = None) -> tuple[torch.Tensor, list[GemmStats]]:
+        """A convolution on the chip, as the im2col GEMM of each group (:func:`sysarray.mapping.im2col`).
+
+        x: (B, Cin, H, W) float tensor of 8-bit codes (int8 values with ``act_signed``, else
+        uint8); weight: (N, Cin/groups, kh, kw) int8 values (any dtype); padding uses
+        ``pad_value`` (the input zero point). Returns the accumulators (B, N, oh, ow), exact
+        int32 values (int32, or float32 holding them; see :class:`ConvHints` for ``saturate``
+        and ``clean``), and one :class:`GemmStats` per group.
+        """
+        hints = _NO_HINTS if hints is None else hints
+        stride, padding = _pair(stride, "stride", "Chip.conv2d", 1), _pair(padding, "padding", "Chip.conv2d", 0)
+        B, _, H, W = x.shape
+        N, _, kh, kw = weight.shape
+        oh, ow = (H + 2 * padding[0] - kh) // stride[0] + 1, (W + 2 * padding[1] - kw) // stride[1] + 1
+        stats = [self.timing(B * oh * ow, int(weight[0].numel()), N // groups)] * groups
+        if self.engine is Engine.CYCLE:
+            from sysarray.mapping import im2col
+
+            cols = im2col(x, (kh, kw), stride, padding, pad_value)
+            ng, kg = N // groups, cols.shape[1] // groups
+            outs = [self.gemm(cols[:, g * kg:(g + 1) * kg], weight[g * ng:(g + 1) * ng].reshape(ng, -1).t(),
+                              act_signed=act_signed)[0] for g in range(groups)]
+            y = torch.cat(outs, dim=1) if groups > 1 else outs[0]
+            return y.reshape(B, oh * ow, N).transpose(1, 2).reshape(B, N, oh, ow), stats
+        from sysarray.engines.conv import fast_conv2d_exact
+
+        y = fast_conv2d_exact(x, weight, self.config, self.faults, stride=stride, padding=padding,
+                              pad_value=pad_value, groups=groups, act_signed=act_signed,
+                              masks=self.masks(act_signed), x_bound=hints.x_bound, saturate=hints.saturate,
+                              clean=hints.clean)
+        return y, stats
+
+    def linear(self, x: torch.Tensor, weight: torch.Tensor, *, act_signed: bool = False,
+               hints: ConvHints | None = None) -> tuple[torch.Tensor, GemmStats]:
+        """``x @ weight.t()`` on the chip: x (B, K) float tensor of 8-bit codes, weight (N, K) int8
+        values. Returns (B, N) accumulators (exact int32 values, as :meth:`conv2d`) and the timing.
+        The fast engine runs it as a 1x1 convolution of 1x1 images (the same GEMM)."""
+        B, K = x.shape
+        N = weight.shape[0]
+        if self.engine is Engine.CYCLE:
+            return self.gemm(x, weight.t(), act_signed=act_signed)
+        hints = _NO_HINTS if hints is None else hints
+        clean = hints.clean.view(B, N, 1, 1) if hints.clean is not None else None
+        conv_hints = ConvHints(hints.x_bound, hints.saturate, clean)
+        y, stats = self.conv2d(x.reshape(B, K, 1, 1), weight.reshape(N, K, 1, 1), act_signed=act_signed, hints=conv_hints)
+        if clean is not None and y is clean:
+            return hints.clean, stats[0]  # unchanged: the caller's own tensor, as conv2d promises
+        return y.reshape(B, N), stats[0]

@@ -1,0 +1,156 @@
+"""Convolutions on the faulty array without im2col: the fast engine's WS path in conv form.
+
+A convolution runs on the array as the im2col GEMM ``Y[M, N] = A[M, K] @ W[K, N]`` with
+``M = B*oh*ow``, ``K = Cin*kh*kw`` in PyTorch's ``(c, kh, kw)`` order and ``W = weight.reshape(N,
+K).t()`` (:mod:`sysarray.mapping`). :func:`fast_conv2d` returns exactly ``fast_gemm(im2col(x), W)``
+(same bits, shown by the property tests) but computes it with convolutions, without materialising
+the ``M x K`` operand:
+
+- the stationary weights as latched by each PE (stuck bits applied, bypassed PEs zeroed) are a
+  modified conv weight (:mod:`.weights`), and the fault-free part of every output is one exact
+  float convolution (:mod:`.exact`);
+- a column with psum faults is cut at its faulty rows into segments (:mod:`sysarray.engines.psum`);
+  the segment sums of fold ``fr`` only involve the ``R`` taps ``k = fr*R .. fr*R + R - 1``, a few
+  input channels. On CPU one jitted kernel computes them straight from the input and replays the
+  chains as it goes (:mod:`.replay_direct`, its result applied by :mod:`.fix`); on CUDA they come
+  from one small convolution per fold with the chains in torch ops (:mod:`.replay_torch`).
+
+Cases this form does not cover (stuck bits in the streamed ``act`` register, IS/OS dataflows,
+grouped convolutions, psum registers narrow enough for a fold to wrap) go through ``im2col`` and
+``fast_gemm``, which handle everything.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sysarray.config import ArrayConfig, Dataflow
+from sysarray.engines.conv.exact import F32_LIMIT, exact_conv
+from sysarray.engines.conv.fix import apply_fix
+from sysarray.engines.conv.replay_direct import replay_direct
+from sysarray.engines.conv.replay_torch import replay_by_fold_convs
+from sysarray.engines.conv.settings import DEFAULT, Replay, ReplaySettings
+from sysarray.engines.conv.weights import latched_weights
+from sysarray.engines.fast import fast_gemm
+from sysarray.engines.registers import ChipMasks, chip_masks, wrap
+from sysarray.faults import FaultMap
+from sysarray.mapping import im2col
+
+
+def conv_native_ok(cfg: ArrayConfig, cm: ChipMasks, groups: int) -> bool:
+    """True when :func:`fast_conv2d` can skip im2col for this chip and layer."""
+    return cfg.dataflow is Dataflow.WS and groups == 1 and not cm.act.faulty.any()
+
+
+def fast_conv2d(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
+                stride=(1, 1), padding=(0, 0), pad_value: float = 0.0, groups: int = 1,
+                act_signed: bool = False, masks: ChipMasks | None = None,
+                settings: ReplaySettings = DEFAULT) -> torch.Tensor:
+    """A convolution of 8-bit codes on the faulty array, exact.
+
+    x: (B, Cin, H, W) float tensor of activation codes (uint8 or int8 values, ``act_signed``);
+    weight: (N, Cin/groups, kh, kw) int8 codes; padding uses ``pad_value`` (the input zero point).
+    Returns (B, N, oh, ow) int32: for each group, ``fast_gemm(im2col(x_g), weight_g.reshape(N_g,
+    -1).t())`` laid out as a convolution output. ``masks``: ``chip_masks(cfg, faults, act_signed)``
+    when the caller already has them. ``settings``: how psum chains are replayed on CPU (the
+    result does not depend on it).
+    """
+    y = fast_conv2d_exact(x, weight, cfg, faults, stride=stride, padding=padding, pad_value=pad_value,
+                          groups=groups, act_signed=act_signed, masks=masks, settings=settings)
+    return y.to(torch.int32)
+
+
+def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
+                      stride=(1, 1), padding=(0, 0), pad_value: float = 0.0, groups: int = 1,
+                      act_signed: bool = False, masks: ChipMasks | None = None,
+                      x_bound: int | None = None, saturate: int | None = None,
+                      clean: torch.Tensor | None = None, settings: ReplaySettings = DEFAULT) -> torch.Tensor:
+    """:func:`fast_conv2d` without the final conversion: a float or integer tensor whose values
+    are the int32 results exactly (callers that post-process in one fused pass skip a copy).
+    ``x_bound``: a bound on ``|x|`` the caller knows (the 8-bit code range), sparing a pass over
+    ``x``; it must hold (it decides which float sums are exact).
+
+    ``saturate``: a bound ``L <= 2**24`` for a caller whose use of a value is the same for every
+    value at or beyond ``L`` (and at or beyond ``-L``), as a requantization that saturates there:
+    a value ``r`` with ``|r| >= L`` may then come back as ``sign(r) * L``. Fault-corrected
+    outputs are then written into the float convolution result, exactly representable, instead
+    of into an int32 copy of it.
+
+    ``clean``: what this same call returns fault-free (same ``x``, weights and arguments), when
+    the caller kept it (a campaign's fault-free run). Where every PE latches the weight it is
+    sent, the fault-free part of the result is then ``clean`` instead of a new convolution; and
+    when no output is replayed either, the call returns ``clean`` itself (not a copy: callers
+    tell an unchanged layer by identity, ``y is clean``)."""
+    y, fix = _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound,
+                           clean, settings)
+    if fix is not None:
+        if saturate is not None and 0 < saturate <= F32_LIMIT and y.dtype == torch.float32:
+            y = y.clone() if y is clean else y
+        else:
+            y = y.to(torch.int32, copy=y is clean)
+            saturate = 1 << 31
+        apply_fix(y, fix, saturate)
+    return y
+
+
+def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound, clean,
+                  settings: ReplaySettings):
+    """``(y, fix)``: the layer's output without the direct replay's :class:`ChainFix` (None when
+    nothing is replayed on CPU; the im2col and CUDA paths return ``y`` complete). ``y`` may be
+    ``clean`` itself (see :func:`fast_conv2d_exact`): not to be written."""
+    cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
+    kh, kw = int(weight.shape[2]), int(weight.shape[3])
+    if not conv_native_ok(cfg, cm, groups):
+        return by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, cm), None
+    R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
+    N = int(weight.shape[0])
+    K = int(weight[0].numel())
+    Wp, cw = latched_weights(weight, cfg, cm)  # (Fr*R, Fc*C) int64; the conv's weights
+    if x_bound is None:
+        lo, hi = torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
+        x_bound = max(-int(lo), int(hi))
+    amax = max(int(x_bound), abs(int(pad_value)) if any(padding) else 0)
+    wmax = cw.wmax
+    if R * amax * wmax >= 1 << (pb - 1):
+        # A fold's partial sum could wrap inside the psum register: every column replays.
+        return by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, cm), None
+    # Zero padding is the convolution's own (no padded copy of the input).
+    ph, pw = padding
+    if pad_value == 0 or not (ph or pw):
+        xp, conv_pad = x, (ph, pw)
+    else:
+        xp, conv_pad = F.pad(x, (pw, pw, ph, ph), value=float(pad_value)), (0, 0)
+    chain_cols = cm.psum_columns
+    fix = None
+    direct = len(chain_cols) > 0 and xp.device.type == "cpu" and settings.replay is Replay.DIRECT
+    if direct:
+        # Before the convolution, while the input is still in cache from the layer that wrote it.
+        fix = replay_direct(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N, pb == 32, settings)
+    if clean is not None and cm.latches_sent_weights:
+        y = clean  # the same convolution of the same input and weights, done fault-free
+    else:
+        y = exact_conv(xp, cw, stride, conv_pad, amax)
+        if K * amax * wmax >= 1 << 31:
+            y = wrap(y.to(torch.int64), 32)
+    if len(chain_cols) and not direct:
+        y = y.to(torch.int32, copy=y is clean)
+        replay_by_fold_convs(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, y, linear_tail=pb == 32)
+    return y, fix
+
+
+def by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks=None) -> torch.Tensor:
+    """The convolution as :func:`~sysarray.mapping.im2col` and one :func:`fast_gemm` per group:
+    (B, N, oh, ow) int32, every case covered."""
+    B = x.shape[0]
+    N, kh, kw = int(weight.shape[0]), int(weight.shape[2]), int(weight.shape[3])
+    cols = im2col(x, (kh, kw), stride, padding, pad_value)
+    oh = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
+    ow = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
+    ng, kg = N // groups, cols.shape[1] // groups
+    outs = []
+    for g in range(groups):
+        a = cols[:, g * kg:(g + 1) * kg] if groups > 1 else cols
+        w = weight[g * ng:(g + 1) * ng].reshape(ng, -1).t().contiguous()
+        outs.append(fast_gemm(a, w, cfg, faults, act_signed=act_signed, masks=masks))
+    y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
+    return y.reshape(B, oh * ow, N).transpose(1, 2).reshape(B, N, oh, ow)

@@ -1,0 +1,130 @@
+"""The direct replay's plan: tap tables of the replayed outputs' segments, and the task split."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from sysarray.engines.conv.exact import F32_LIMIT
+from sysarray.engines.psum import chain_plan
+
+
+@njit(cache=True)
+def direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq, min_taps, all_rows):
+    """The direct kernel's tap tables. For every replayed output, fold and segment, the nonzero
+    latched weights of its rows (K order), padded with zero taps to at least ``min_taps``:
+    segment ``(o, fold, s)`` is ``ptr[(o*Fr + fold)*S + s] .. ptr[... + 1]``, tap ``t`` reads the
+    phase planes at offset ``toff[t]`` with weight ``tw[t]`` (float64). ``plane_of`` maps a stride
+    phase ``(ti % sh)*sw + tj % sw`` to its plane (-1: no tap reads it, so it is not laid out);
+    ``GWq``: values per plane row (images per group x plane width). Returns ``(ptr, toff, tw,
+    plane_of, wmax)``. Rows are walked fold by fold, once, up to an output's last segment
+    (segments only grow along a fold's rows; no division per row of ``K``). ``min_taps``: 4 for
+    :func:`~sysarray.engines.conv.replay_passes.direct_chains` (its passes take four taps), 0 for
+    :func:`~sysarray.engines.conv.replay_simd.direct_chains_simd`;
+    ``all_rows``: every row of a segment is a tap, zero weights included (outputs of one array
+    column then have the same taps, which the SIMD kernel's pairs share)."""
+    R = seg_of_row.shape[1]
+    Fr = Wp.shape[0] // R
+    O = n_idx.shape[0]
+    taps = kh * kw
+    phase = np.empty(taps, dtype=np.int64)  # per kernel tap: its stride phase and plane shifts
+    drow = np.empty(taps, dtype=np.int64)
+    dcol = np.empty(taps, dtype=np.int64)
+    for t in range(taps):
+        ti, tj = t // kw, t % kw
+        phase[t] = (ti % sh) * sw + tj % sw
+        drow[t] = ti // sh
+        dcol[t] = tj // sw
+    # One walk records every nonzero tap in K order: its segment and its row.
+    seg_id = np.empty(O * Fr * R, dtype=np.int64)
+    row_k = np.empty(O * Fr * R, dtype=np.int64)
+    m = 0
+    count = np.zeros(O * Fr * S, dtype=np.int64)
+    plane_of = np.full(sh * sw, -1, dtype=np.int64)
+    wmax = 0
+    for o in range(O):
+        n = n_idx[o]
+        for f in range(Fr):
+            k = f * R
+            for r in range(min(R, K - k)):
+                s = seg_of_row[o, r]
+                if s >= n_seg[o]:
+                    break
+                w = Wp[k + r, n]
+                if w != 0 or all_rows:
+                    seg_id[m] = (o * Fr + f) * S + s
+                    row_k[m] = k + r
+                    m += 1
+                    count[(o * Fr + f) * S + s] += 1
+                    plane_of[phase[(k + r) % taps]] = 0
+                    wmax = max(wmax, abs(w))
+    P = 0
+    for i in range(sh * sw):
+        if plane_of[i] == 0:
+            plane_of[i] = P
+            P += 1
+    ptr = np.zeros(O * Fr * S + 1, dtype=np.int64)
+    for i in range(O * Fr * S):
+        ptr[i + 1] = ptr[i] + max(min_taps, count[i])
+    toff = np.zeros(ptr[-1], dtype=np.int64)
+    tw = np.zeros(ptr[-1], dtype=np.float64)
+    at = ptr[:-1].copy()
+    for j in range(m):
+        i = seg_id[j]
+        k = row_k[j]
+        c = k // taps  # input channel of row k
+        t = k - c * taps
+        toff[at[i]] = ((c * P + plane_of[phase[t]]) * Hq + drow[t]) * GWq + dcol[t]
+        tw[at[i]] = Wp[k, n_idx[i // (Fr * S)]]
+        at[i] += 1
+    return ptr, toff, tw, plane_of, wmax
+
+
+@njit(cache=True)
+def direct_plan(faulty, pkeep, pones, chain_cols, Wp, N, C, full, linear_tail, K, kh, kw, sh, sw, Hq, GWq, simd,
+                 amax, pairs):
+    """:func:`~sysarray.engines.psum.chain_plan` and :func:`direct_taps` for the direct replay, in one call: returns
+    ``(n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd)``: ``f32`` when
+    every partial sum of at most ``R`` products is exact in float32 (``R * amax * wmax <
+    2**24``); ``simd`` is the caller's choice, off when the sums need float64 (the SIMD kernel
+    is float32-only); ``mates`` (:func:`pair_outputs`) all -1 without it or ``pairs``. No
+    replayed output: ``n_idx`` is empty. The weights ``tw`` come back float64 either way
+    (numba returns one type); the caller casts them."""
+    R = faulty.shape[0]
+    n_idx, seg_of_row, keep, ones, n_seg, _ = chain_plan(faulty, pkeep, pones, chain_cols, Wp.shape[1] // C, N, full,
+                                                         linear_tail)
+    S = keep.shape[1]
+    ptr, toff, tw, plane_of, wmax = direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq,
+                                                 0 if simd else 4, simd and pairs)
+    f32 = R * max(1, amax) * max(1, wmax) < F32_LIMIT
+    if simd and not f32:
+        simd = False
+        ptr, toff, tw, plane_of, wmax = direct_taps(Wp, n_idx, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq, 4,
+                                                     False)
+    mates = pair_outputs(n_idx, C) if simd and pairs else np.full(n_idx.shape[0], -1, dtype=np.int64)
+    return n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd
+
+
+@njit(cache=True)
+def pair_outputs(n_idx, C):
+    """(O,) int64: for each replayed output, the one of the next column fold in the same array
+    column (channel ``n + C``) when ``n`` is in an even column fold, and back; -1 for none (in
+    numba: a Python dict would cost more than a small layer's replay)."""
+    O = n_idx.shape[0]
+    mate = np.full(O, -1, dtype=np.int64)
+    at = np.full(n_idx.max() + C + 1 if O else 1, -1, dtype=np.int64)
+    for o in range(O):
+        at[n_idx[o]] = o
+    for o in range(O):
+        q = at[n_idx[o] + C]
+        if (n_idx[o] // C) % 2 == 0 and q >= 0:
+            mate[o] = q
+            mate[q] = o
+    return mate
+
+
+@njit(cache=True, inline="always")
+def tasks(B, O, geometry, chunks, oh, ow):
+    """``(G, Wq, NG, L, per)``: images per group, plane width, groups, values per run, outputs per
+    task of the direct kernels."""
+    G, Wq = geometry[8], geometry[9]
+    return G, Wq, (B + G - 1) // G, ((oh - 1) * G + G - 1) * Wq + ow, (O + chunks - 1) // chunks

@@ -1,0 +1,78 @@
+"""The direct psum replay on CPU: segment sums straight from the input, chains fused, one kernel call."""
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+from sysarray.config import ArrayConfig
+from sysarray.engines.conv.fix import ChainFix
+from sysarray.engines.conv.plan import direct_plan
+from sysarray.engines.conv.planes import transposed_groups
+from sysarray.engines.conv.replay_passes import direct_chains
+from sysarray.engines.conv.replay_simd import SIMD_BLOCK, direct_chains_simd
+from sysarray.engines.conv.settings import Kernel, ReplaySettings
+from sysarray.engines.registers import ChipMasks
+from sysarray.engines.simd import LANES
+
+
+def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, chain_cols: np.ndarray, kernel,
+                  stride, padding, amax: int, N: int, linear_tail: bool, settings: ReplaySettings) -> ChainFix | None:
+    """CPU: the segment sums come straight from the input in one jitted kernel that also replays
+    the chains; only the nonzero latched weights of each segment are visited (a segment ends at
+    its faulty row, so with ``linear_tail`` about half a fold).
+
+    The input is laid out as phase planes of ``G`` images side by side (:mod:`sysarray.engines.conv.planes`),
+    in which one kernel tap over the whole output planes of the ``G`` images is one contiguous
+    run of about ``settings.run_target`` values, so a segment sum is a sum of vectorised axpys. A task is
+    (group of images, chunk of replayed outputs): it lays out its group in a buffer that stays in
+    cache across all its outputs' taps, so the input is read from memory once.
+
+    Wp: (Fr*R, Fc*C) int64 latched weights; the replayed columns' outputs are returned as a
+    :class:`ChainFix` (``None``: no output has a faulty column). The plan and tap tables come
+    from one jitted call and the arrays are numpy's: this runs once per faulty layer and chip, and
+    small Python and torch calls around the kernel would cost as much as a small layer's replay."""
+    kh, kw = kernel
+    sh, sw = stride
+    ph, pw = padding
+    x = xp.numpy()  # (B, C, H, W) stored either way: channels-last input is laid out by the tasks
+    B, Cin, H, W = x.shape
+    oh, ow = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
+    per_image = Cin * Hq * Wq * sh * sw * x.itemsize  # its phase planes at most
+    G = min(B, max(1, min(round(settings.run_target / (oh * Wq)), settings.planes_budget // per_image)))
+    run = ((oh - 1) * G + G - 1) * Wq + ow  # values per run (see direct_chains)
+    # The SIMD kernel needs float32 input, runs of at least a block of lanes and float32 sums.
+    simd = x.dtype == np.float32 and run >= SIMD_BLOCK and settings.kernel is Kernel.SIMD
+    preg = cm.psum
+    n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd = direct_plan(
+        preg.faulty, preg.keep, preg.ones, chain_cols, Wp.numpy(), N, cfg.cols, (1 << cfg.psum_bits) - 1,
+        linear_tail, Cin * kh * kw, kh, kw, sh, sw, Hq, G * Wq, simd, amax, settings.pairs)
+    if not len(n_idx):
+        return None
+    if f32:
+        tw = tw.astype(np.float32)
+    NG = -(-B // G)
+    in_place = True
+    if H == W == Hq == Wq == 1:  # 1x1 images (linear layers): the planes are the transposed batch
+        xg = transposed_groups(x.reshape(B, Cin), NG, G)
+    elif G == 1 and plane_of.max() == 0 and not (ph or pw or sh > 1 or sw > 1) and x.flags.c_contiguous:
+        xg = x.reshape(B, -1)  # stride 1, no padding, one plain image per group: its own plane
+    else:
+        xg, in_place = np.empty((0, 0), dtype=x.dtype), False
+    # Tasks are (group, chunk of outputs); a task fills its group's planes once for all its outputs.
+    chunks = min(len(n_idx), -(-4 * numba.get_num_threads() // NG))
+    geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
+    tot = np.empty((B, len(n_idx), oh * ow), dtype=np.int32)
+    args = (xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, 1 << (cfg.psum_bits - 1),
+            linear_tail, Wp.shape[0] // cfg.rows, chunks, oh, ow, tot)
+    if simd:
+        # Stride 1 from channels-last input of a multiple of LANES channels: the fill transposes
+        # blocks in registers, the costliest part of a narrow layer's replay otherwise
+        pixels = x.transpose(0, 2, 3, 1)
+        cl = not in_place and sh == sw == 1 and Cin % LANES == 0 and W >= LANES and pixels.flags.c_contiguous
+        xcl = pixels.reshape(-1) if cl else np.empty(0, dtype=np.float32)
+        direct_chains_simd(*args, xcl, mates, work=len(toff) * run * NG)
+    else:
+        direct_chains(*args, work=len(toff) * run * NG)
+    return ChainFix(n_idx, tot, linear_tail)

@@ -1,0 +1,172 @@
+"""The direct replay's SIMD kernel: a block of run values held in vector registers across all taps."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from sysarray.engines.conv.planes import fill_planes_cl, planes_buffer, scatter_runs, task_planes
+from sysarray.engines.conv.plan import tasks
+from sysarray.engines.registers import force_jit
+from sysarray.engines.simd import LANES, add, f32_zeros, fma, i32_splat, i32_store, i32_zeros, load, sub, to_i32
+from sysarray.parallel import threaded
+
+# Run values per block: four vectors of lanes (the width comes from the target, see sysarray.engines.simd).
+SIMD_BLOCK = 4 * LANES
+
+
+@njit(cache=True, inline="always")
+def _chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on, sg, linear_tail):
+    """The chain step of four vectors of segment sums ``a``: ``q = p + a`` (wrapping), ``p =
+    force(q)``; with a linear tail the totals ``t`` gather ``force(q) - q``. Returns ``(p, t)``."""
+    q0 = add(to_i32(a0), p0)
+    q1 = add(to_i32(a1), p1)
+    q2 = add(to_i32(a2), p2)
+    q3 = add(to_i32(a3), p3)
+    p0 = force_jit(q0, k, on, sg)
+    p1 = force_jit(q1, k, on, sg)
+    p2 = force_jit(q2, k, on, sg)
+    p3 = force_jit(q3, k, on, sg)
+    if linear_tail:
+        t0 = add(t0, sub(p0, q0))
+        t1 = add(t1, sub(p1, q1))
+        t2 = add(t2, sub(p2, q2))
+        t3 = add(t3, sub(p3, q3))
+    return p0, p1, p2, p3, t0, t1, t2, t3
+
+
+@njit(cache=True, inline="always")
+def _store4(tots, at, t0, t1, t2, t3):
+    """Four vectors of chain totals to ``tots[at:at + 4*LANES]``."""
+    i32_store(tots, at, t0)
+    i32_store(tots, at + LANES, t1)
+    i32_store(tots, at + 2 * LANES, t2)
+    i32_store(tots, at + 3 * LANES, t3)
+
+
+@threaded(1 << 20)  # work: multiply-adds
+def direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, sign, linear_tail, Fr,
+                       chunks, oh, ow, out, xcl, mate):
+    """:func:`~sysarray.engines.conv.replay_passes.direct_chains` (same arguments and results) with the lanes of a block of
+    ``SIMD_BLOCK`` run values in registers (:mod:`sysarray.engines.simd`): every segment sum is
+    one fused multiply-add per tap and lane, and the chain step and its total stay in registers
+    across all folds, with one store per block and output. Taps need no zero padding
+    (``min_taps`` 0). float32 planes and weights (sums exact below 2**24); runs of at least a
+    block: the last block of a run starts ``SIMD_BLOCK`` values before its end, recomputing
+    values of the one before (the same values: stores, not sums). ``xcl``: the input's
+    channels-last storage, flat, where :func:`~sysarray.engines.conv.planes.fill_planes_cl` applies (else empty)."""
+    O, S = keep.shape
+    G, Wq, NG, L, per = tasks(x.shape[0], O, geometry, chunks, oh, ow)
+    sg = i32_splat(sign)  # 2**31 for 32-bit psums: -2**31 as an int32 bit pattern
+    for task in prange(NG * chunks):
+        g0 = task // chunks
+        if xcl.size:  # stride 1, channels-last: filled by blocks (a float32-only path)
+            xs = planes_buffer(geometry, plane_of, xg.dtype)
+            fill_planes_cl(xcl, x.shape[0], g0, geometry, xs)
+        else:
+            xs = task_planes(xg, x, in_place, geometry, plane_of, g0)
+        o_lo = (task % chunks) * per
+        o_hi = min(O, o_lo + per)
+        tots = np.empty(max(0, o_hi - o_lo) * L, dtype=np.int32)
+        for block in range(0, L, SIMD_BLOCK):
+            e = min(block, L - SIMD_BLOCK)
+            for o in range(o_lo, o_hi):
+                m = mate[o]
+                if o_lo <= m < o_hi:
+                    if m > o:
+                        _pair_block(xs, toff, tw, ptr, n_seg, keep, ones, sg, linear_tail, Fr, S, o, m, e, tots,
+                                    (o - o_lo) * L + e, (m - o_lo) * L + e)
+                    continue
+                dst = (o - o_lo) * L + e
+                t0 = i32_zeros()
+                t1 = i32_zeros()
+                t2 = i32_zeros()
+                t3 = i32_zeros()
+                for f in range(Fr):
+                    p0 = i32_zeros()
+                    p1 = i32_zeros()
+                    p2 = i32_zeros()
+                    p3 = i32_zeros()
+                    for s in range(n_seg[o]):
+                        base = (o * Fr + f) * S + s
+                        a0 = f32_zeros()
+                        a1 = f32_zeros()
+                        a2 = f32_zeros()
+                        a3 = f32_zeros()
+                        # unsigned indices: no negative-index code (slices here cost reference counts)
+                        for t in range(np.uint64(ptr[base]), np.uint64(ptr[base + 1])):
+                            w = tw[t]
+                            at = toff[t] + e
+                            a0 = fma(a0, w, load(xs, at))
+                            a1 = fma(a1, w, load(xs, at + LANES))
+                            a2 = fma(a2, w, load(xs, at + 2 * LANES))
+                            a3 = fma(a3, w, load(xs, at + 3 * LANES))
+                        k = i32_splat(keep[o, s])
+                        on = i32_splat(ones[o, s])
+                        p0, p1, p2, p3, t0, t1, t2, t3 = _chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on,
+                                                                 sg, linear_tail)
+                    if not linear_tail:  # the chain's end
+                        t0, t1, t2, t3 = add(t0, p0), add(t1, p1), add(t2, p2), add(t3, p3)
+                _store4(tots, dst, t0, t1, t2, t3)
+        scatter_runs(tots.reshape(-1, L), out, g0, G, o_lo, oh, ow, Wq)
+
+
+@njit(cache=True, inline="always")
+def _pair_block(xs, toff, tw, ptr, n_seg, keep, ones, sg, linear_tail, Fr, S, o, m, e, tots, dst_o, dst_m):
+    """One block of :func:`direct_chains_simd` for two outputs of one array column (``m`` has
+    the same segments and taps as ``o``, its own weights): each tap's four input vectors serve
+    both."""
+    t0 = i32_zeros()
+    t1 = i32_zeros()
+    t2 = i32_zeros()
+    t3 = i32_zeros()
+    u0 = i32_zeros()
+    u1 = i32_zeros()
+    u2 = i32_zeros()
+    u3 = i32_zeros()
+    for f in range(Fr):
+        p0 = i32_zeros()
+        p1 = i32_zeros()
+        p2 = i32_zeros()
+        p3 = i32_zeros()
+        r0 = i32_zeros()
+        r1 = i32_zeros()
+        r2 = i32_zeros()
+        r3 = i32_zeros()
+        for s in range(n_seg[o]):
+            base = (o * Fr + f) * S + s
+            shift = ptr[(m * Fr + f) * S + s] - ptr[base]
+            a0 = f32_zeros()
+            a1 = f32_zeros()
+            a2 = f32_zeros()
+            a3 = f32_zeros()
+            b0 = f32_zeros()
+            b1 = f32_zeros()
+            b2 = f32_zeros()
+            b3 = f32_zeros()
+            for t in range(np.uint64(ptr[base]), np.uint64(ptr[base + 1])):
+                w = tw[t]
+                v = tw[np.uint64(t + shift)]
+                at = toff[t] + e
+                x0 = load(xs, at)
+                x1 = load(xs, at + LANES)
+                x2 = load(xs, at + 2 * LANES)
+                x3 = load(xs, at + 3 * LANES)
+                a0 = fma(a0, w, x0)
+                a1 = fma(a1, w, x1)
+                a2 = fma(a2, w, x2)
+                a3 = fma(a3, w, x3)
+                b0 = fma(b0, v, x0)
+                b1 = fma(b1, v, x1)
+                b2 = fma(b2, v, x2)
+                b3 = fma(b3, v, x3)
+            k = i32_splat(keep[o, s])
+            on = i32_splat(ones[o, s])
+            p0, p1, p2, p3, t0, t1, t2, t3 = _chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on, sg,
+                                                     linear_tail)
+            r0, r1, r2, r3, u0, u1, u2, u3 = _chain4(b0, b1, b2, b3, r0, r1, r2, r3, u0, u1, u2, u3, k, on, sg,
+                                                     linear_tail)
+        if not linear_tail:  # the chains' ends
+            t0, t1, t2, t3 = add(t0, p0), add(t1, p1), add(t2, p2), add(t3, p3)
+            u0, u1, u2, u3 = add(u0, r0), add(u1, r1), add(u2, r2), add(u3, r3)
+    _store4(tots, dst_o, t0, t1, t2, t3)
+    _store4(tots, dst_m, u0, u1, u2, u3)

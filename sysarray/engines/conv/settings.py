@@ -1,0 +1,52 @@
+"""How the convolution path replays psum chains on CPU: a frozen settings object, never a global.
+
+Results never depend on these settings (the property tests run every combination and compare);
+they choose between equally exact strategies and size their work units.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from sysarray.validation import check_bool, check_enum, check_positive_int
+
+
+class Replay(str, enum.Enum):
+    """Where the segment sums of psum-faulty columns come from on CPU."""
+
+    DIRECT = "direct"  # one numba kernel straight from the input, chains fused (replay_direct.py)
+    TORCH = "torch"  # one small convolution per fold, chains in torch ops (replay_torch.py; the CUDA path)
+
+
+class Kernel(str, enum.Enum):
+    """The direct replay's kernel."""
+
+    SIMD = "simd"  # blocks of lanes held in SIMD registers (replay_simd.py), where it applies
+    PASSES = "passes"  # vectorised passes over a buffer (replay_passes.py), everywhere
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    """replay, kernel: the strategies above. pairs: the SIMD kernel runs the outputs of one array
+    column (column folds of a wide layer: the same taps) in pairs that share each tap's loads.
+    run_target: values per contiguous run of the direct replay (images are laid side by side
+    until one tap over their output planes is about this long: long runs amortise loop
+    overheads, short ones keep a task's buffers in L1). planes_budget: bytes of one image
+    group's phase planes at most (they are read once per tap and output, so they should stay in
+    the core's cache)."""
+
+    replay: Replay = Replay.DIRECT
+    kernel: Kernel = Kernel.SIMD
+    pairs: bool = True
+    run_target: int = 1024
+    planes_budget: int = 64 << 10
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "replay", check_enum(self.replay, Replay, "replay", "ReplaySettings"))
+        object.__setattr__(self, "kernel", check_enum(self.kernel, Kernel, "kernel", "ReplaySettings"))
+        check_bool(self.pairs, "pairs", "ReplaySettings")
+        check_positive_int(self.run_target, "run_target", "ReplaySettings")
+        check_positive_int(self.planes_budget, "planes_budget", "ReplaySettings")
+
+
+DEFAULT = ReplaySettings()

@@ -1,0 +1,159 @@
+"""The psum chain: how the fast engine reproduces stuck partial-sum bits exactly.
+
+In WS (and IS, which runs as WS on the transposed problem) the partial sum that leaves array
+column ``c`` in a row fold is ``p_R`` of the chain ``p_0 = 0, p_{r+1} = force_r(p_r + a_r * w_r)``
+down the rows, where ``force_r`` is row ``r``'s psum register (:func:`registers.force`). Healthy
+rows only wrap, and wrapping commutes with addition, so the chain only needs to stop at the
+*faulty* rows: cut the column after each faulty row into segments, sum each segment (a GEMM
+column), and run ``p = force_s(p + segment_s)`` over the few segment sums (docs/design.md,
+"Where each fault is applied").
+
+This module is the single definition of that plan and of the chain step for every fast path:
+:func:`chain_plan` says which outputs replay which segments through which masks; the chain
+itself runs in torch (:func:`fold_chain_torch`, any device), in numba over precomputed segment
+sums (:func:`chain_totals_cpu`), or fused with the segment sums in the convolution kernels of
+:mod:`sysarray.engines.conv`, all through :func:`~sysarray.engines.registers.force`.
+
+With a 32-bit psum register, a column's healthy tail below its last faulty row adds linearly
+mod 2**32 (the int32 accumulator outside the array wraps the same way), so a replay can stop at
+the last faulty row and return only the correction ``sum over steps of (force(q) - q)`` to add to
+the plain GEMM (``linear_tail``).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from numba import njit, prange
+
+from sysarray.config import ArrayConfig
+from sysarray.engines.registers import ChipMasks, force, force_jit
+from sysarray.parallel import ELEMENTWISE, threaded
+
+
+class PsumPlan(NamedTuple):
+    """The replayed outputs of one layer and their chains.
+
+    n_idx: (O,) int64 output channels ``n`` replayed (column fold outer, then the array column);
+    seg_of_row: (O, R) int64 segment of each array row; keep, ones: (O, S) int64 masks of each
+    segment's last register (``keep`` all ones, ``ones`` 0 past an output's faulty rows);
+    n_seg: (O,) segments each output replays; J: the most faulty rows of any replayed column.
+    """
+
+    n_idx: np.ndarray
+    seg_of_row: np.ndarray
+    keep: np.ndarray
+    ones: np.ndarray
+    n_seg: np.ndarray
+    J: int
+
+
+@njit(cache=True)
+def chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tail):
+    """:class:`PsumPlan` fields for the array columns ``chain_cols`` of an ``N``-output GEMM.
+
+    faulty, pkeep, pones: (R, C) the psum register's faulty flags and masks; every output
+    channel ``n = fc*C + c < N`` with ``c`` in ``chain_cols`` is replayed. Segment ``s`` of a
+    column is its rows after faulty row ``s-1`` up to faulty row ``s`` (inclusive), read back
+    through that row's register; segment ``J`` (kept only without ``linear_tail``) is the healthy
+    tail, read through a healthy register (a wrap to the register's width). With a linear tail an
+    output's chain ends at its own last faulty row (``n_seg``)."""
+    R, C = faulty.shape
+    O = 0
+    J = 0
+    for c in chain_cols:
+        J = max(J, faulty[:, c].sum())
+        for fc in range(col_folds):
+            O += fc * C + c < N
+    S = J if linear_tail else J + 1
+    n_idx = np.empty(O, dtype=np.int64)
+    seg_of_row = np.zeros((O, R), dtype=np.int64)
+    keep = np.full((O, S), full, dtype=np.int64)
+    ones = np.zeros((O, S), dtype=np.int64)
+    n_seg = np.full(O, S, dtype=np.int64)
+    o = 0
+    for fc in range(col_folds):
+        for c in chain_cols:
+            if fc * C + c >= N:
+                continue
+            n_idx[o] = fc * C + c
+            s = 0
+            for r in range(R):
+                seg_of_row[o, r] = s
+                if faulty[r, c]:
+                    keep[o, s] = pkeep[r, c]
+                    ones[o, s] = pones[r, c]
+                    s += 1
+            if linear_tail:
+                n_seg[o] = s
+            o += 1
+    return n_idx, seg_of_row, keep, ones, n_seg, J
+
+
+def plan(cm: ChipMasks, cfg: ArrayConfig, chain_cols: np.ndarray, col_folds: int, N: int,
+         linear_tail: bool) -> PsumPlan | None:
+    """:func:`chain_plan` of a chip's psum register for a GEMM of ``N`` outputs in ``col_folds``
+    column folds (None when no output is replayed)."""
+    preg = cm.psum
+    p = PsumPlan(*chain_plan(preg.faulty, preg.keep, preg.ones, np.asarray(chain_cols, dtype=np.int64), col_folds,
+                             N, (1 << cfg.psum_bits) - 1, linear_tail))
+    return p if len(p.n_idx) else None
+
+
+def segment_weights(Wp: torch.Tensor, p: PsumPlan, rows: int) -> torch.Tensor:
+    """The latched weights split by segment: ``Wv[fr, r, s, o] = Wp[fr*R + r, n_idx[o]]`` where row
+    ``r`` of output ``o``'s column is in segment ``s``, else 0; Wp (Fr*R, Np), Wv (Fr, R, S, O).
+    A segment's sum is the product of the fold's inputs with its weights."""
+    Fr = Wp.shape[0] // rows
+    S = p.keep.shape[1]
+    dev = Wp.device
+    seg_mask = torch.nn.functional.one_hot(torch.from_numpy(p.seg_of_row).to(dev), p.J + 1)[..., :S]  # (O, R, S)
+    Wsel = Wp.view(Fr, rows, -1)[:, :, torch.from_numpy(p.n_idx).to(dev)]  # (Fr, R, O)
+    return Wsel.unsqueeze(2) * seg_mask.permute(1, 2, 0).unsqueeze(0).to(Wsel.dtype)
+
+
+def fold_chain_torch(seg: torch.Tensor, keep: torch.Tensor, ones: torch.Tensor, sign: int,
+                     linear_tail: bool) -> torch.Tensor:
+    """One fold's chains in torch ops (any device): seg (S, ...) int64 segment sums, keep/ones
+    broadcastable to seg's shape, segments first. Returns (...) int64: the chain's value, or with
+    ``linear_tail`` its correction ``value - sum(seg)``."""
+    p = torch.zeros_like(seg[0])
+    for s in range(seg.shape[0]):
+        p = force(p + seg[s], keep[s], ones[s], sign)
+    return p - seg.sum(dim=0) if linear_tail else p
+
+
+@threaded(ELEMENTWISE)
+def chain_totals_cpu(seg, keep, ones, sign, linear_tail, out):
+    """Replay chains over precomputed segment sums: per fold ``p = force_s(p + seg_s)`` over the
+    segments, summed over folds with int32 wraparound; vectorised over the replayed outputs.
+
+    seg: (Fr, T, S, V) exact integers below 2**31 (float or int); keep/ones: (S, V) int64;
+    out: (T, V) int64 gets the fold sum of the chain values, or with ``linear_tail`` of
+    ``value - sum(seg)``: the correction to add to the plain GEMM.
+    """
+    Fr, T, S, V = seg.shape
+    block = 256
+    for b in prange((T + block - 1) // block):
+        p = np.empty(V, dtype=np.int64)
+        pre = np.empty(V, dtype=np.int64)
+        tot = np.empty(V, dtype=np.int64)
+        for t in range(b * block, min(T, (b + 1) * block)):
+            tot[:] = 0
+            for fr in range(Fr):
+                p[:] = 0
+                pre[:] = 0
+                for s in range(S):
+                    for v in range(V):
+                        x = np.int64(np.int32(seg[fr, t, s, v]))
+                        p[v] = force_jit(p[v] + x, keep[s, v], ones[s, v], sign)
+                        pre[v] += x
+                if linear_tail:
+                    for v in range(V):
+                        tot[v] += p[v] - pre[v]
+                else:
+                    for v in range(V):
+                        tot[v] += p[v]
+            for v in range(V):
+                out[t, v] = force_jit(tot[v], 0xFFFFFFFF, 0, 0x80000000)  # the int32 accumulator's wrap

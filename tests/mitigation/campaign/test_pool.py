@@ -1,0 +1,23 @@
+"""The process-pool runner's fork server (mitigation/campaign/pool.py, mitigation/campaign/server_entry.py)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from mitigation.campaign import pool
+
+
+def test_the_fork_server_preloads_its_entry_point_first():
+    assert pool.PRELOAD[0] == "mitigation.campaign.server_entry"
+    assert "mitigation.campaign.pool" in pool.PRELOAD
+
+
+def test_library_imports_never_load_the_server_entry_point():
+    code = ("import os, sys; before = dict(os.environ); import mitigation.campaign, mitigation.commands, "
+            "mitigation.efat, mitigation.importance, mitigation.sweep, mitigation.report; "
+            "assert 'mitigation.campaign.server_entry' not in sys.modules; "
+            "assert all(os.environ.get(k) == before.get(k) for k in "
+            "('NUMBA_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS')); print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[3])
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
