@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench perf-doc clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/bench_engines.py
 	$(PY) benchmarks/bench_inference.py
+
+# docs/performance.md from benchmarks/results/*.json (the page is generated, never edited)
+perf-doc: $(STAMP)
+	$(PY) benchmarks/render_performance.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -5,13 +5,21 @@ its time is kept apart as ``first_call_s``), then ``repeats`` timed calls with t
 collector off, reported as the median (and min/max). Calls that are compared with each other
 are timed round-robin (one call of each per round), so a slow spell of a shared machine hits
 all of them alike instead of biasing one side of a ratio.
+
+Every benchmark is a program: it calls :func:`sysarray.runtime.configure` first thing, before
+torch loads, and its JSON carries :func:`provenance` (the command, the run mode, what
+``configure`` reported and the machine), which ``render_performance.py`` puts in
+docs/performance.md.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import gc
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -84,9 +92,7 @@ def use_fresh_numba_cache() -> str:
     path = tempfile.mkdtemp(prefix="bench-numba-cache-")
     os.environ["NUMBA_CACHE_DIR"] = path
     if "numba" in sys.modules:
-        # Re-read the environment now: numba's compiler calls reload_config() and, on seeing a
-        # changed NUMBA_* variable, resets every setting from the environment, which would undo
-        # the threading layer sysarray.engines sets when it is imported after this.
+        # re-read numba's config so later kernels cache here (the layer configure() chose is in the environment too)
         from numba.core import config
 
         config.reload_config()
@@ -251,8 +257,13 @@ def _git(repo: Path, *args: str) -> str | None:
         return None
 
 
+# CPU flags that decide which kernels and GEMMs run fast (numba's SIMD width, torch's int8 paths).
+ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+             "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16")
+
+
 def machine_info(repo: Path | None = None) -> dict[str, Any]:
-    """CPU, cores, memory, library versions and thread settings of this run.
+    """CPU (model, ISA flags, cores), memory, library versions and thread settings of this run.
 
     Call it after the measured kernels ran: numba's threading layer is only known once a
     parallel kernel has launched its threads.
@@ -266,6 +277,7 @@ def machine_info(repo: Path | None = None) -> dict[str, Any]:
     except ValueError:  # no parallel kernel has run yet
         layer = f"not launched (configured: {numba.config.THREADING_LAYER})"
     cpu = _cpuinfo()
+    flags = set(cpu.get("flags", "").split())
     info: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "hostname": platform.node(),
@@ -274,8 +286,7 @@ def machine_info(repo: Path | None = None) -> dict[str, Any]:
         "cpu_model": cpu.get("model name", platform.processor() or "unknown"),
         "cpu_family_model": f"{cpu.get('cpu family', '?')}/{cpu.get('model', '?')}",
         "cpu_mhz": cpu.get("cpu mhz"),
-        "simd": [f for f in ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "amx_int8")
-                 if f in cpu.get("flags", "").split()],
+        "simd": [f for f in ISA_FLAGS if f in flags],
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "mem_total_gib": _mem_total_gib(),
@@ -291,8 +302,10 @@ def machine_info(repo: Path | None = None) -> dict[str, Any]:
     }
     try:
         import sysarray
+        from sysarray.engines.simd import LANES
 
         info["sysarray"] = sysarray.__version__
+        info["engine_simd_lanes"] = LANES  # the lane width the engines' SIMD kernels are compiled for
     except ImportError:
         pass
     if repo is not None:
@@ -300,6 +313,34 @@ def machine_info(repo: Path | None = None) -> dict[str, Any]:
         status = _git(repo, "status", "--porcelain", "--untracked-files=no")
         info["git_dirty"] = None if status is None else bool(status)
     return info
+
+
+def command_line(repo: Path | None = None) -> str:
+    """This process's command as one could retype it from ``repo`` (the script path relative to it)."""
+    argv = list(sys.argv)
+    if argv and repo is not None:
+        with contextlib.suppress(ValueError):
+            argv[0] = str(Path(argv[0]).resolve().relative_to(repo.resolve()))
+    exe = Path(sys.executable)
+    if repo is not None:
+        with contextlib.suppress(ValueError):
+            exe = Path(os.path.abspath(sys.executable)).relative_to(repo.resolve())
+    return shlex.join([str(exe), *argv])
+
+
+def provenance(tuning: Any, mode: str, repo: Path | None = None) -> dict[str, Any]:
+    """What a benchmark's JSON records beside its figures: the run ``mode`` ("full" or "quick"),
+    the command, what :func:`sysarray.runtime.configure` reported (``tuning``, its ``Tuning``) and
+    :func:`machine_info`."""
+    return {"mode": mode, "command": command_line(repo), "tuning": dataclasses.asdict(tuning),
+            "machine": machine_info(repo)}
+
+
+def describe_tuning(tuning: Mapping[str, Any] | None) -> str:
+    """One line of what :func:`sysarray.runtime.configure` reported (a ``Tuning`` as a dict)."""
+    if not tuning:
+        return "not recorded"
+    return ", ".join(f"{k}={v}" for k, v in tuning.items())
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -320,7 +361,7 @@ def _json_default(x: Any) -> Any:
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], title: str | None = None) -> str:
     """A plain-text table; numbers right-aligned, text left-aligned."""
-    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in row] for row in rows]
+    cells = [[str(h) for h in headers]] + [[format_value(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     numeric = [all(_is_num(row[i]) for row in rows) if rows else False for i in range(len(headers))]
 
@@ -340,7 +381,8 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) or v is None
 
 
-def _fmt(v: Any) -> str:
+def format_value(v: Any) -> str:
+    """A table cell: ``-`` for None, yes/NO for booleans, floats to about three significant digits."""
     if v is None:
         return "-"
     if isinstance(v, bool):

@@ -16,34 +16,32 @@ psum stuck-at faults on random bits and values (``RateGrid``, one rate):
 For each it measures, in one run:
 
 - ``fault_free_s``: one fault-free inference of the same images in this process with one torch
-  and one numba thread (the mean of repeats: at least ``--repeats`` and about 2 s of them, timed
-  before the campaigns and again after them, pooled) -- the unit of the cost ratio. A mean, as
-  the cost per chip it divides is (a campaign's wall over its chips): on a shared machine whose
-  speed comes in bursts, a median unit against a mean cost counts the bursts on one side only
-  (the JSON also has the ratio over the median, ``cost_per_chip_over_fault_free_median``);
-  before it,
-  one untimed faulty inference of 16 images loads the faulty path's kernels in this process;
-- a campaign with 1 worker in this process (one torch and one numba thread) and a campaign with 2 worker
-  processes (``run_campaign(workers=2)``: each worker uses 1 thread), each end to end (setup, one
+  and one numba thread, the unit of the cost ratio: the mean of at least ``--repeats`` runs and
+  about ``MIN_UNIT_S`` of them, timed before the campaigns and again after them, pooled. A mean,
+  as the cost per chip it divides is one (a campaign's wall over its chips); the ratio over the
+  median is in the JSON too (``cost_per_chip_over_fault_free_median``). Before it, one untimed
+  faulty inference of 16 images loads the faulty path's kernels in this process;
+- a campaign with 1 worker in this process (one torch and one numba thread) and a campaign with 2
+  worker processes (``run_campaign(workers=2)``, one thread each), each end to end (setup, one
   fault-free run, the journal and result files included) in a fresh directory. The workers fork
   from the campaign fork server, which imports torch and warms the kernels once per process
-  (about 4 s here; ``sysarray campaign`` starts it before loading the model): it is started
-  before the timed campaigns and its start-up is reported on its own (``fork_server_start_s``);
-- both campaigns as a pair, repeated five times (alternating) when a pair takes under 15 s
-  (``--campaign-repeats``), each wall the median run's, and around each 1-worker campaign a
-  short fault-free unit (about 0.5 s of runs, at least one, before it and after it; the first
-  pair's also takes the unit timed before the campaigns, the last pair's the one after);
+  (``sysarray campaign`` starts it before loading the model): it is started before the timed
+  campaigns and its start-up is reported on its own (``fork_server_start_s``);
+- both campaigns as a pair, repeated five times (alternating) when a pair takes under
+  ``SHORT_PAIR_S`` (``--campaign-repeats``), each wall the median run's, and around each 1-worker
+  campaign a short fault-free unit (about ``PAIR_UNIT_S`` of runs, at least one, before it and
+  after it; the first pair's also takes the unit timed before the campaigns, the last pair's the
+  one after);
 - ``chips_per_min`` for both; ``cost_per_chip_over_fault_free`` = the median over the pairs of
   (1-worker wall / chips) / that pair's short unit (target at most 1.5), and
   ``parallel_efficiency`` = the median over the pairs of (1-worker wall / 2-worker wall) / 2
-  (target at least 0.85): each ratio of measurements seconds apart, since this machine's speed
-  moved by up to 1.7x within a minute (session 8: the unit before the LeNet-5 campaigns 3.5 ms,
-  after them 6.0 ms). The figures from the median walls and the pooled unit are in the JSON
-  too (``..._pooled``, ``..._of_median_walls``). The 2-worker wall includes starting the worker processes;
-  ``parallel_efficiency_steady`` compares the chip rates after the first chip finished (workers
-  running). ``faulty_over_fault_free`` (the engine's faulty inference over the fault-free one, from
-  the per-chip times) and ``campaign_overhead`` (1-worker wall over the sum of per-chip times)
-  split the cost ratio into the engine's share and the campaign's own.
+  (target at least 0.85): each a ratio of measurements seconds apart, since a shared machine's
+  speed drifts within a minute. The figures from the median walls and the pooled unit are in
+  the JSON too (``..._pooled``, ``..._of_median_walls``). The 2-worker wall includes starting
+  the worker processes; ``parallel_efficiency_steady`` compares the chip rates after the first
+  chip finished (workers running). ``faulty_over_fault_free`` (the engine's faulty inference over
+  the fault-free one, from the per-chip times) and ``campaign_overhead`` (1-worker wall over the
+  sum of per-chip times) split the cost ratio into the engine's share and the campaign's own.
 
 Writes ``OUT/bench_campaign.json``.
 """
@@ -58,21 +56,24 @@ import tempfile
 import time
 from pathlib import Path
 
-import sysarray  # noqa: F401  (before torch: it sets torch's OpenMP spin time)
-import torch
+import sysarray.runtime
+
+TUNING = sysarray.runtime.configure()  # a program: tuned first, before torch loads
+
+import torch  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (CpuMonitor, IdleGate, format_table, load_average, machine_info,  # noqa: E402
+from benchmarks._common import (CpuMonitor, IdleGate, format_table, load_average, provenance,  # noqa: E402
                                 summarize_times, time_round_robin, write_json)
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_COST = 1.5
 TARGET_EFFICIENCY = 0.85
-MIN_UNIT_S = 2.0  # timed fault-free runs last at least about this long in all
-SHORT_PAIR_S = 15.0  # a 1-worker + 2-worker campaign pair shorter than this is run five times
-PAIR_UNIT_S = 0.5  # fault-free runs right before and after each 1-worker campaign: about this long
+MIN_UNIT_S = 2.0  # seconds of timed fault-free runs at least: a few short runs alone drift with the machine
+SHORT_PAIR_S = 15.0  # seconds: a 1-worker + 2-worker campaign pair shorter than this is run five times
+PAIR_UNIT_S = 0.5  # seconds of fault-free runs right before and after each 1-worker campaign
 PE_RATE = 0.01
 
 
@@ -103,23 +104,18 @@ def workload(name: str, seed: int, quick: bool):
 
 def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: IdleGate, campaign_repeats: int) -> dict:
     import sysarray as sa
-    from mitigation.campaign import FaultGroup, RateGrid, one_thread, run_campaign
+    from mitigation.campaign import FaultGroup, RateGrid, run_campaign
+    from sysarray.runtime import threads
 
     task, desc = workload(name, seed, quick)
     cfg = sa.ArrayConfig(16, 16, "ws")
     population = RateGrid([PE_RATE], chips, seed, [FaultGroup(("psum",))])
-    # One torch and one numba thread here, as in every campaign worker: the 1-worker campaign and
-    # the fault-free unit then run exactly as a worker does (the engine's numba kernels would
-    # otherwise use two threads here and one in the workers).
-    with one_thread():
-        # Untimed warm-up: numba loads the faulty path's kernels from its cache and numpy imports
-        # what drawing a map needs, once per process (the workers' fork server warms itself). Left
-        # in, that falls on the 1-worker campaign, timed first (about 0.8 s for LeNet-5).
+    # One torch and one numba thread, as in every campaign worker: the 1-worker campaign and the unit run as a worker does.
+    with threads(1):
+        # Untimed warm-up of the faulty path's kernels, once per process, which would otherwise fall on the first campaign.
         task.program.run(task.images[:16], cfg, faults=population.chip(0, cfg)[0], count_changes=False)
         t0 = time.perf_counter()
         task.program.run(task.images, cfg, count_changes=False)
-        # At least `repeats` runs and about MIN_UNIT_S of them: the median of five 7-ms LeNet-5 runs
-        # moved by up to 2x between runs of this benchmark on a shared machine.
         repeats = max(repeats, math.ceil(MIN_UNIT_S / max(1e-3, time.perf_counter() - t0)))
         unit = lambda: time_round_robin(  # noqa: E731
             {"fault_free": lambda: task.program.run(task.images, cfg, count_changes=False)}, repeats)["fault_free"]
@@ -134,19 +130,16 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
                 assert run.evaluated == chips
                 with open(folder + "/c/timings.csv") as f:
                     chip_s = sum(float(line.split(",")[1]) for line in f.readlines()[1:])
-                # after the first chip: every worker is running (steady state)
+                # after the first chip every worker is running: the steady state
                 steady = (chips - 1) / max(1e-9, run.seconds - run.setup_s - run.first_result_s)
                 return {"wall_s": wall, "setup_s": run.setup_s, "first_result_s": run.first_result_s,
                         "chip_seconds_sum": chip_s, "steady_chips_per_s": steady}
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
 
-        # Pairs of campaigns (1 worker, then 2), alternating: one pair for long campaigns, five
-        # when a pair takes under SHORT_PAIR_S (LeNet-5's take ~3 s, and the speed of a shared
-        # machine moves by up to 2x between seconds); each figure is a median over the pairs.
+        # Alternating pairs (1 worker, then 2), five when short: each figure is a median over the pairs.
         ones, twos, conts, pair_units = [], [], [], []
-        # A short fault-free unit right before and after each 1-worker campaign: the pair's cost
-        # ratio divides by the machine's speed of the same seconds.
+        # A short unit right around each 1-worker campaign: the pair's cost divides by the speed of the same seconds.
         pair_repeats = max(1, math.ceil(PAIR_UNIT_S / max(1e-3, clean_before["median_s"])))
         short_unit = lambda: time_round_robin(  # noqa: E731
             {"fault_free": lambda: task.program.run(task.images, cfg, count_changes=False)}, pair_repeats,
@@ -164,11 +157,9 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
                 campaign_repeats = 5 if one_run["wall_s"] + two_run["wall_s"] < SHORT_PAIR_S else 1
             if len(ones) >= campaign_repeats:
                 break
-        # The unit again after the campaigns, pooled with the first: the machine's speed drifts
-        # over a ResNet-20 campaign's minutes, and a unit timed only before it skews the ratio.
+        # The unit again after the campaigns, pooled with the first: a unit timed only before a long campaign skews the ratio.
         clean_after, _ = gate.measure(unit)
-    # The first pair's unit also takes the runs timed just before it, the last pair's those just
-    # after it (all of them adjacent in time; with one ResNet-20 pair, two runs alone were noisy).
+    # The first and last pairs' units also take the adjacent long units: a single long pair's few runs are noisy.
     pair_units[0] = clean_before["times_s"] + pair_units[0]
     pair_units[-1] = pair_units[-1] + clean_after["times_s"]
     pair_units = [sum(u) / len(u) for u in pair_units]
@@ -197,7 +188,7 @@ def measure(name: str, chips: int, seed: int, quick: bool, repeats: int, gate: I
         "chips": chips, "fault_free": clean, "fault_free_s": fault_free_s,
         "campaign_1_worker_s": one, "campaign_2_workers_s": two,
         "chips_per_min_1_worker": 60.0 * chips / one, "chips_per_min_2_workers": 60.0 * chips / two,
-        # the same figures from the median walls and the pooled unit (before session 8's pairing)
+        # the same figures from the median walls and the pooled unit, for comparison with the paired ones
         "cost_per_chip_over_fault_free_pooled": (one / chips) / fault_free_s,
         "cost_per_chip_over_fault_free_median": (one / chips) / clean["median_s"],
         "parallel_efficiency_of_median_walls": (one / two) / 2.0,
@@ -227,9 +218,7 @@ def main(argv=None) -> int:
     gate = IdleGate(args.wait_idle)
     monitor = CpuMonitor()
     load_start = load_average()
-    # The fork server the campaign workers come from imports torch and warms the kernels once per
-    # process (`sysarray campaign` starts it before loading the model, overlapping the two): start
-    # it before the timed campaigns, which then fork their workers from it, and report its start.
+    # The workers' fork server starts once per process: kept out of the campaign walls and reported on its own.
     from mitigation.campaign import start_workers_early
 
     t0 = time.perf_counter()
@@ -257,11 +246,11 @@ def main(argv=None) -> int:
         print(f"warning: other processes took {cont['other_frac']:.0%} of the CPUs during the run; figures are "
               "slowed and noisy (rerun with --wait-idle 600 on a shared machine)")
     path = Path(args.out) / "bench_campaign.json"
-    write_json(path, {"benchmark": "bench_campaign", "mode": "quick" if args.quick else "full", "results": results,
+    write_json(path, {"benchmark": "bench_campaign", "results": results,
                       "targets": {"cost_per_chip_over_fault_free": TARGET_COST, "parallel_efficiency": TARGET_EFFICIENCY},
                       "fork_server_start_s": fork_server_s,
                       "load_average_start": load_start, "cpu_contention": cont, "waited_for_idle_s": gate.waited_s,
-                      "machine": machine_info(REPO)})
+                      **provenance(TUNING, "quick" if args.quick else "full", REPO)})
     print(f"wrote {path}")
     return 0
 

@@ -34,14 +34,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import sysarray  # noqa: F401  (before torch: it sets torch's OpenMP spin time)
-import torch
+import sysarray.runtime
+
+TUNING = sysarray.runtime.configure()  # a program: tuned first, before torch loads
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import format_table, machine_info, write_json  # noqa: E402
+from benchmarks._common import format_table, provenance, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
@@ -229,7 +232,8 @@ def main(argv=None) -> int:
         all_results["VGG-11/fashion"] = run_model("VGG-11/fashion", vgg, fashion, fashion.test_x[:n], fashion.test_y[:n], args)
         print_tables("VGG-11/fashion", all_results["VGG-11/fashion"])
     report = {"benchmark": "bench_clipping", "settings": {k: v for k, v in vars(args).items()},
-              "results": all_results, "seconds": time.perf_counter() - t0, "machine": machine_info(REPO)}
+              "results": all_results, "seconds": time.perf_counter() - t0,
+              **provenance(TUNING, "quick" if args.quick else "full", REPO)}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench_clipping.json", report)
     plot(all_results, out / "bench_clipping.png")

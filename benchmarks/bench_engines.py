@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    .venv/bin/python benchmarks/bench_engines.py            # full run (a few minutes on 2 cores)
-    .venv/bin/python benchmarks/bench_engines.py --quick    # smoke run (< 1 minute)
+    .venv/bin/python benchmarks/bench_engines.py            # full run
+    .venv/bin/python benchmarks/bench_engines.py --quick    # smoke run: smaller problems
 
 Writes ``OUT/bench_engines.json`` (default ``benchmarks/results``) and prints the tables. What is
 measured (see benchmarks/README.md):
@@ -31,27 +31,32 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numba import njit
+import sysarray.runtime
+
+TUNING = sysarray.runtime.configure()  # a program: tuned first, before numba and torch load
+
+import numpy as np  # noqa: E402
+from numba import njit  # noqa: E402
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks._common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (  # noqa: E402
     CpuMonitor,
+    IdleGate,
+    describe_tuning,
     format_table,
     load_average,
-    machine_info,
     median,
+    provenance,
     time_once,
     time_round_robin,
-    IdleGate,
     use_fresh_numba_cache,
     write_json,
 )
 
 REPO = Path(__file__).resolve().parent.parent
-SCALESIM_RESNET18_32X32_S = 300.0  # stated in the issue: SCALE-Sim v2 needs over 5 minutes here
+SCALESIM_RESNET18_32X32_S = 300.0  # SCALE-Sim v2 on ResNet-18, 32x32 (timing only): a reference, not measured
 CYCLE_TARGET_128 = 2e9  # PE-register updates per second on 128x128
 
 # (R, M, K, N): conv-sized GEMMs for the clock-rate measurement.
@@ -179,7 +184,7 @@ def bench_jit(ctx) -> dict[str, Any]:
     """First call (compile or cache load) and second call of each engine on a tiny faulty GEMM."""
     sa, FaultMap, ArrayConfig = ctx["sysarray"], ctx["FaultMap"], ctx["ArrayConfig"]
     import torch
-    from sysarray.engines import _cycle_kernels, fast
+    from sysarray.engines import _cycle_kernels, fast, psum
 
     rng = np.random.default_rng(1000)
     a, w = _operands(rng, 70, 70, 70)
@@ -213,7 +218,7 @@ def bench_jit(ctx) -> dict[str, Any]:
     kernels = {
         "stationary_gemm": _cycle_kernels.stationary_gemm,
         "os_gemm": _cycle_kernels.os_gemm,
-        "fast._psum_chains": fast._psum_chains.parallel,
+        "psum.chain_totals_cpu": psum.chain_totals_cpu.parallel,
         "fast._accumulate_chain": fast._accumulate_chain,
     }
     return {
@@ -255,8 +260,7 @@ def bench_cycle(ctx, mode: str, repeats: int, seed: int) -> tuple[list[dict[str,
             "naive_fault_free": lambda: naive_ws_clock(a32, w32, R, R),
         }
         t, cont = ctx["gate"].measure(lambda: time_round_robin(calls, repeats))
-        # Untimed checks: the naive loop, the engine and the plain GEMM agree; the faulty run
-        # equals the fast engine; both loops count the same cycles.
+        # Untimed checks, so a fast but wrong loop cannot pass: every result and cycle count must agree.
         y_ff, st = sa.simulate_gemm(a, w, cfg, None, engine="cycle")
         y_fm, st_fm = sa.simulate_gemm(a, w, cfg, fm, engine="cycle")
         y_nv, cyc_nv = naive_ws_clock(a32, w32, R, R)
@@ -295,7 +299,7 @@ def bench_cycle(ctx, mode: str, repeats: int, seed: int) -> tuple[list[dict[str,
 def bench_resnet(ctx, mode: str, repeats: int, seed: int) -> tuple[dict[str, Any], bool]:
     sa, FaultMap, ArrayConfig = ctx["sysarray"], ctx["FaultMap"], ctx["ArrayConfig"]
     import torch
-    from sysarray.engines._exact import exact_matmul
+    from sysarray.engines.exact import exact_matmul
     from sysarray.engines.fast import fast_gemm
     from sysarray.timing import gemm_timing
 
@@ -358,7 +362,8 @@ def bench_resnet(ctx, mode: str, repeats: int, seed: int) -> tuple[dict[str, Any
         "repeats": n_rep, "fault_map": {"pe_rate": PE_RATE, "registers": ["psum", "act"], "seed": seed,
                                         "faulty_pes": fm.n_faulty_pes},
         "scalesim_v2_reference_s": SCALESIM_RESNET18_32X32_S if image == 224 else None,
-        "scalesim_reference_note": "stated in the issue (SCALE-Sim v2, ResNet-18, 32x32, this machine): over 5 minutes; not measured here",
+        "scalesim_reference_note": "SCALE-Sim v2's reference time for ResNet-18 on 32x32 (timing only): over 5 minutes; "
+                                   "not measured here",
         "variants": variants, "verified": ok,
     }, ok
 
@@ -368,7 +373,7 @@ def _fast_case(ctx, M, K, N, cfg, repeats, seeds, with_int_mm, data_seed, label)
     """Time (a) _int_mm, (b) exact_matmul, (c) fast fault-free, (d) psum faults, (e) all registers."""
     sa, FaultMap = ctx["sysarray"], ctx["FaultMap"]
     import torch
-    from sysarray.engines._exact import exact_matmul
+    from sysarray.engines.exact import exact_matmul
     from sysarray.engines.fast import fast_gemm
 
     rng = np.random.default_rng(data_seed)
@@ -389,8 +394,7 @@ def _fast_case(ctx, M, K, N, cfg, repeats, seeds, with_int_mm, data_seed, label)
     _log(f"{label}: GEMM M={M} K={K} N={N} on {cfg}")
     t, cont = ctx["gate"].measure(lambda: time_round_robin(calls, repeats))
 
-    # Untimed checks: full-size fault-free results equal the integer GEMM (and _int_mm's, un-shifted);
-    # a VERIFY_ROWS slice equals the cycle engine for every fault map.
+    # Untimed checks against the integer GEMM (full size) and the cycle engine (a VERIFY_ROWS slice, every map).
     ref = _exact_ref(a, w)
     checks = {"fast_fault_free_equals_gemm": bool(np.array_equal(fast_gemm(at, wt, cfg, None).numpy(), ref)),
               "exact_matmul_equals_gemm": bool(np.array_equal(exact_matmul(at, wt, 255, 128).numpy(), ref))}
@@ -466,6 +470,7 @@ def _tables(res: dict[str, Any]) -> str:
     parts.append(f"bench_engines ({res['mode']}, {res['repeats']} repeats, median)  {m['date']}\n"
                  f"{m['cpu_model']}, {m['usable_cores']} cores; torch {m['torch']} ({m['torch_threads']} threads), "
                  f"numba {m['numba']} ({m['numba_threads']} threads, {m['numba_threading_layer']}), numpy {m['numpy']}\n"
+                 f"configure(): {describe_tuning(res['tuning'])}\n"
                  f"load average at start {res['load_average_start']}; waited {res['waited_for_idle_s']:.0f} s "
                  f"for other work (budget {res['wait_idle_budget_s']:.0f} s); 'busy' = CPU share other processes took "
                  "during a measurement")
@@ -558,7 +563,6 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = use_fresh_numba_cache() if jit_cache == "fresh" else None
     try:
         import sysarray
-        import sysarray.engines  # noqa: F401  (sets numba's threading layer before any kernel runs)
         from sysarray import ArrayConfig, FaultMap
 
         gate = IdleGate(args.wait_idle)
@@ -567,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [args.seed + 100 + i for i in range(n_seeds)]
         t0 = time.perf_counter()
         _log(f"bench_engines {mode}: {repeats} repeats, fault seeds {seeds}")
-        res: dict[str, Any] = {"benchmark": "bench_engines", "mode": mode, "repeats": repeats, "seed": args.seed,
+        res: dict[str, Any] = {"benchmark": "bench_engines", "repeats": repeats, "seed": args.seed,
                                "fault_seeds": seeds, "pe_rate": PE_RATE, "jit_cache": jit_cache,
                                "wait_idle_budget_s": args.wait_idle, "load_average_start": load_average(),
                                "contention": {}}
@@ -592,7 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         res["wall_s"] = time.perf_counter() - t0
         res["cpu_contention"] = monitor.stop()
         res["waited_for_idle_s"] = round(gate.waited_s, 1)
-        res["machine"] = machine_info(REPO)
+        res.update(provenance(TUNING, mode, REPO))
         path = args.out / "bench_engines.json"
         res["json_path"] = str(path)
         write_json(path, res)

@@ -1,0 +1,352 @@
+"""Write docs/performance.md from the benchmarks' JSON files; the page is never edited by hand.
+
+Run from the repository root after the benchmarks (or ``make perf-doc``)::
+
+    .venv/bin/python benchmarks/render_performance.py [--results DIR] [--out FILE]
+
+For each benchmark the page has a paragraph on what it measures, a table with one row per figure
+(value, the project's target where it has one, and whether the figure meets it), the machine the
+JSON came from (CPU model, ISA flags, cores, date, library versions, what
+``sysarray.runtime.configure()`` reported) and the command that produced it. A benchmark whose
+JSON is missing or unreadable is listed as "not measured". The page depends only on the JSON
+files, so rendering the same files twice gives the same page.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks._common` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import describe_tuning, format_value  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_RESULTS = REPO / "benchmarks" / "results"
+DEFAULT_OUT = REPO / "docs" / "performance.md"
+COMMAND = ".venv/bin/python benchmarks/render_performance.py"
+MODELS = {"lenet5": "LeNet-5", "resnet20": "ResNet-20"}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure's bound: ``op`` is "<=" or ">=", ``unit`` follows the bound in the page."""
+
+    op: str
+    bound: float
+    unit: str = ""
+
+    def met(self, value: float) -> bool:
+        return value <= self.bound if self.op == "<=" else value >= self.bound
+
+    def __str__(self) -> str:
+        return f"{self.op} {_short_exponent(f'{self.bound:g}')}{self.unit}"
+
+
+Row = tuple[str, str, str, str]  # metric, value, target, met
+
+
+def number(v: Any) -> str:
+    """A figure as the page shows it: three significant digits, exponents as ``3.03e9``."""
+    return "n/a" if v is None else _short_exponent(format_value(v))
+
+
+def _short_exponent(text: str) -> str:
+    m = re.fullmatch(r"(-?[\d.]+)e([+-]\d+)", text)
+    return f"{m[1]}e{int(m[2])}" if m else text
+
+
+def row(metric: str, value: Any, unit: str = "", target: Target | None = None, scale: float = 1.0) -> Row:
+    """One table row; ``value`` None (absent from the JSON) shows as n/a, scaled by ``scale`` otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = value * scale if scale != 1.0 else value
+        shown = number(value) + unit
+        met = "" if target is None else ("yes" if target.met(value) else "**no**")
+    else:
+        shown = number(value) if value is None or isinstance(value, bool) else str(value)
+        met = ""
+    return metric, shown, "" if target is None else str(target), met
+
+
+def dig(d: Any, *keys: Any) -> Any:
+    """``d[k0][k1]...``, or None where a key or index is missing."""
+    for k in keys:
+        try:
+            d = d[k]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return d
+
+
+# --------------------------------------------------------------------------- per benchmark
+def engines_rows(d: dict) -> list[Row]:
+    rows: list[Row] = []
+    for r in d.get("cycle", []):
+        where = f"Cycle engine, WS {r['array']}, GEMM {r['M']}x{r['K']}x{r['N']}"
+        tgt = Target(">=", r["target_updates_per_s"]) if "target_updates_per_s" in r else None
+        rows += [row(f"{where}, fault-free: PE-register updates/s", dig(r, "updates_per_s", "engine_fault_free"),
+                     target=tgt),
+                 row(f"{where}, 1% faulty PEs (psum, act): PE-register updates/s",
+                     dig(r, "updates_per_s", "engine_faulty"), target=tgt),
+                 row(f"{where}, fault-free, one numba thread: PE-register updates/s",
+                     dig(r, "updates_per_s", "engine_fault_free_1thread")),
+                 row(f"{where}, fault-free: speed-up over the naive single-threaded clock loop",
+                     dig(r, "speedup_vs_naive", "fault_free"), "x")]
+    rn = d.get("resnet18") or {}
+    for key, label in (("fault_free", "fault-free"), ("faulty_1pct_psum_act", "1% faulty PEs (psum, act)")):
+        rows.append(row(f"ResNet-18 {rn.get('image')}x{rn.get('image')}, batch 1, clocked with values on WS 32x32, "
+                        f"{label}: seconds", dig(rn, "variants", key, "total_s"), " s"))
+    rows.append(row("ResNet-18: cycles", dig(rn, "variants", "fault_free", "total_cycles")))
+    for r in d.get("fast", []):
+        where = f"Fast engine, WS 32x32, GEMM {r['M']}x{r['K']}x{r['N']}"
+        q = r.get("ratios", {})
+        rows += [row(f"{where}, 1% psum-faulty PEs / `torch._int_mm`", q.get("d/a"), "x", Target("<=", 3, "x")),
+                 row(f"{where}, 1% psum-faulty PEs / exact float32 GEMM", q.get("d/b"), "x"),
+                 row(f"{where}, 1% faulty PEs (any register) / exact float32 GEMM", q.get("e/b"), "x"),
+                 row(f"{where}, fault-free / exact float32 GEMM", q.get("c/b"), "x")]
+    for r in d.get("dataflows", []):
+        where = f"Fast engine by dataflow, {r['dataflow'].upper()} 32x32, GEMM {r['M']}x{r['K']}x{r['N']}"
+        rows += [row(f"{where}, fault-free / exact float32 GEMM", dig(r, "ratios", "c/b"), "x"),
+                 row(f"{where}, 1% psum-faulty PEs / exact float32 GEMM", dig(r, "ratios", "d/b"), "x")]
+    calls = dig(d, "jit", "calls") or []
+    if calls:
+        how = "compile, fresh numba cache" if dig(d, "jit", "fresh_cache") else "compile or numba cache load"
+        rows.append(row(f"Slowest first call of an engine ({how})", max(c["first_call_s"] for c in calls), " s"))
+    rows.append(row("Every result verified bit for bit", d.get("verified")))
+    return rows
+
+
+def inference_rows(d: dict) -> list[Row]:
+    target = Target("<=", d.get("target", 2.0), "x")
+    rows: list[Row] = []
+    for r in d.get("results", []):
+        head = f"{MODELS.get(r['model'], r['model'])}, batch {r['batch']}"
+        chips = f"median over {len(r.get('maps', []))} chips"
+        rows += [row(f"{head}: float32 torch inference, ms", dig(r, "timings", "float32", "median_s"), " ms",
+                     scale=1e3),
+                 row(f"{head}: integer, fault-free / float32", r.get("fault_free_over_float"), "x"),
+                 row(f"{head}: integer, 1% psum-faulty PEs / float32 ({chips})", r.get("faulty_over_float"), "x",
+                     target),
+                 row(f"{head}: integer, 1% psum-faulty PEs / float32, worst chip", r.get("faulty_over_float_worst_map"),
+                     "x"),
+                 row(f"{head}: integer, 1% psum-faulty PEs / float32 under torch's own defaults ({chips})",
+                     r.get("faulty_over_float_torch_defaults"), "x", target),
+                 row(f"{head}: integer, 1% psum-faulty PEs / float32 under torch's own defaults, worst chip",
+                     r.get("faulty_over_float_torch_defaults_worst_map"), "x"),
+                 row(f"{head}: integer, 1% psum-faulty PEs, without / with `sysarray.runtime.configure()` ({chips})",
+                     r.get("untuned_over_tuned"), "x")]
+    return rows
+
+
+def campaign_rows(d: dict) -> list[Row]:
+    targets = d.get("targets", {})
+    cost = Target("<=", targets.get("cost_per_chip_over_fault_free", 1.5), "x")
+    eff = Target(">=", targets.get("parallel_efficiency", 0.85))
+    rows: list[Row] = []
+    for r in d.get("results", []):
+        head = f"{MODELS.get(r['workload'], r['workload'])}, {r['chips']} chips"
+        rows += [row(f"{head}: chips per minute, 1 worker", r.get("chips_per_min_1_worker")),
+                 row(f"{head}: chips per minute, 2 workers", r.get("chips_per_min_2_workers")),
+                 row(f"{head}: cost per chip / one fault-free inference", r.get("cost_per_chip_over_fault_free"), "x",
+                     cost),
+                 row(f"{head}: faulty inference / fault-free inference", r.get("faulty_over_fault_free"), "x"),
+                 row(f"{head}: 2-worker parallel efficiency", r.get("parallel_efficiency"), target=eff),
+                 row(f"{head}: 2-worker parallel efficiency, steady state", r.get("parallel_efficiency_steady"))]
+    rows.append(row("Campaign fork server start-up (once per process, outside the campaign walls)",
+                    d.get("fork_server_start_s"), " s"))
+    return rows
+
+
+CLIP_METHODS = ("none", "ranger", "ftclipact", "fitact", "proact")  # the page's order (the JSON's keys are sorted)
+CLIP_SETTINGS = {"chip_os": "(a) OS chip, psum bits 24-30 stuck at 1, PE rate",
+                 "memory": "(b) int8 weight-memory bit flips, BER",
+                 "chip_ws": "(c) WS chip, same faults, PE rate",
+                 "memory_float32": "(d) float32 weight-memory bit flips, BER"}
+
+
+def _by_method(d: dict) -> list[tuple[str, Any]]:
+    """``d``'s items, methods in :data:`CLIP_METHODS` order (variants such as ftclipact-chip by name)."""
+    def key(name: str) -> tuple[int, str]:
+        base = name.split("-")[0]
+        return (CLIP_METHODS.index(base) if base in CLIP_METHODS else len(CLIP_METHODS), name)
+    return sorted(((k, v) for k, v in d.items() if k != "rates"), key=lambda kv: key(kv[0]))
+
+
+def clipping_rows(d: dict) -> list[Row]:
+    rows: list[Row] = []
+    for model, r in d.get("results", {}).items():
+        for method, acc in _by_method(r.get("clean", {})):
+            rows.append(row(f"{model}, {method}: fault-free accuracy on the chip, %", acc))
+        for method, m in _by_method(r.get("methods", {})):
+            rows.append(row(f"{model}, {method}: clipping thresholds (share of parameters), search seconds",
+                            f"{m['thresholds']} ({m['overhead']:.3%}), {number(m['seconds'])} s"))
+        for key, title in CLIP_SETTINGS.items():
+            sec = r.get(key)
+            if not sec:
+                continue
+            rates = " / ".join(_short_exponent(f"{x:g}") for x in sec["rates"])
+            for method, curve in _by_method(sec):
+                value = " / ".join(f"{number(m)} ({number(w)})" for m, w in zip(curve["mean"], curve["worst"]))
+                rows.append(row(f"{model}, {title} {rates}, {method}: accuracy %, mean (worst chip)", value))
+    return rows
+
+
+def _count(v: Any) -> Any:
+    """Epoch counts, which the cost report keeps as floats, as integers where they are whole."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
+
+
+def fat_rows(d: dict) -> list[Row]:
+    rows: list[Row] = []
+    for e in d.get("results", []):
+        for kind, cost in e.get("populations", {}).items():
+            c = {k: _count(v) for k, v in cost.items()}
+            head = f"{e['dataset']}, {len(c.get('chip_rates', []))} chips, {kind} faults"
+            rows += [row(f"{head}: retraining epochs, conventional FAT", c.get("conventional_epochs")),
+                     row(f"{head}: retraining epochs, per-chip FAT", c.get("per_chip_epochs")),
+                     row(f"{head}: retraining epochs, eFAT planned / with repairs",
+                         f"{number(c.get('efat_planned_epochs'))} / {number(c.get('efat_epochs'))}"),
+                     row(f"{head}: eFAT groups", c.get("groups")),
+                     row(f"{head}: resilience-map epochs", c.get("map_epochs")),
+                     row(f"{head}: rejected chips / accuracy violations",
+                         f"{len(c.get('rejected', []))} / {len(c.get('violations', []))}")]
+        ec = e.get("epoch_cost") or {}
+        rows += [row(f"{e['dataset']}: one FAP+T epoch / one float32 epoch", ec.get("fapt_over_float"), "x"),
+                 row(f"{e['dataset']}: one stuck-at FAT epoch / one float32 epoch", ec.get("stuckat_over_float"), "x")]
+    return rows
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    title: str
+    measures: str
+    rows: Callable[[dict], list[Row]]
+
+
+BENCHMARKS = (
+    Bench("bench_engines", "Engines",
+          "The cycle engine's clock rate in PE-register updates per second (cycles x rows x columns / seconds) on "
+          "conv-sized GEMMs, against a naive single-threaded numba clock loop; ResNet-18 clocked layer by layer with "
+          "its values on a 32x32 WS array (SCALE-Sim v2 needs over 5 minutes for the timing alone); and the fast "
+          "engine's cost over `torch._int_mm` and over the exact float32 GEMM, fault-free and with 1% faulty PEs, "
+          "for each dataflow. Times are medians of round-robin repeats after a warm-up call; every result is checked "
+          "against an exact GEMM or the other engine.", engines_rows),
+    Bench("bench_inference", "Inference",
+          "Integer inference of LeNet-5 and ResNet-20 (32x32 inputs, untrained weights) on a 32x32 WS chip with the "
+          "fast engine, fault-free and on several chips with 1% psum-faulty PEs, over float32 torch inference of the "
+          "same model and batch. Float32 is timed in the benchmark's tuned process and again in a child process under "
+          "torch's own runtime defaults; the target holds only if both ratios meet it. The faulty chips are also timed in "
+          "two child processes that differ only in whether they call `sysarray.runtime.configure()` first: what "
+          "the process tuning is worth on this machine (below 1x: the untuned process is faster).", inference_rows),
+    Bench("bench_campaign", "Fault campaigns",
+          "Fault campaigns on a 16x16 WS chip with 1% psum-faulty PEs: LeNet-5 on the digits test split and ResNet-20 "
+          "on random 32x32 images. Chips per minute with 1 and 2 worker processes, the cost of one chip over one "
+          "fault-free inference (1 worker, end to end) and the 2-worker parallel efficiency, each the median over "
+          "alternating pairs of campaigns.", campaign_rows),
+    Bench("bench_clipping", "Activation clipping",
+          "Accuracy under faults of LeNet-5 (and VGG-11 on Fashion-MNIST where present) with no clipping, Ranger, "
+          "FT-ClipAct, FitAct and ProAct: on faulty chips and under weight-memory bit flips (int8, and float32 as the "
+          "clipping papers inject), mean and worst over seeded chips per rate; threshold counts and search times "
+          "(docs/clipping.md).", clipping_rows),
+    Bench("bench_fat", "Fault-aware training",
+          "The retraining cost of conventional FAT, per-chip FAT and eFAT for populations of chips with uniformly "
+          "placed and clustered faulty PEs (LeNet-5, 16x16 WS, bypass mode), and the cost of one FAP+T or stuck-at "
+          "FAT epoch over one float32 training epoch (docs/fat.md).", fat_rows),
+)
+
+
+# --------------------------------------------------------------------------- page
+def _table(rows: Sequence[Row]) -> list[str]:
+    out = ["| metric | value | target | met |", "|---|---:|---|---|"]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return out
+
+
+def _machine(d: dict, name: str) -> list[str]:
+    m = d.get("machine") or {}
+    cores = m.get("usable_cores") or m.get("logical_cores")
+    commit = m.get("git_commit")
+    at = f" at commit {commit[:12]}{' (uncommitted changes)' if m.get('git_dirty') else ''}" if commit else ""
+    lanes = f"; engine SIMD lanes: {m['engine_simd_lanes']}" if "engine_simd_lanes" in m else ""
+    command = d.get("command")
+    command_text = f"`{command}`" if command else f"not recorded (the default is `.venv/bin/python benchmarks/{name}.py`)"
+    return [
+        f"- Machine: {m.get('cpu_model', 'unknown')} (family/model {m.get('cpu_family_model', '?')}), "
+        f"{cores} cores, {number(m.get('mem_total_gib'))} GiB; ISA: {', '.join(m.get('simd', [])) or 'not recorded'}{lanes}",
+        f"- Run: {m.get('date', 'unknown date')}, {d.get('mode', 'full')} mode; Python {m.get('python', '?')}, "
+        f"torch {m.get('torch', '?')}, numba {m.get('numba', '?')}, numpy {m.get('numpy', '?')}, "
+        f"sysarray {m.get('sysarray', '?')}{at}; threads: torch {m.get('torch_threads', '?')}, "
+        f"numba {m.get('numba_threads', '?')} ({m.get('numba_threading_layer', '?')} layer)",
+        f"- `sysarray.runtime.configure()`: {describe_tuning(d.get('tuning'))}",
+        f"- Command: {command_text}",
+    ]
+
+
+def _load(path: Path) -> tuple[dict | None, str]:
+    """``(data, why)``: the JSON, or None and why it is not there."""
+    try:
+        return json.loads(path.read_text()), ""
+    except FileNotFoundError:
+        return None, f"no `{path.name}`"
+    except (OSError, ValueError) as e:
+        return None, f"`{path.name}` unreadable ({type(e).__name__})"
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(REPO)) + "/"
+    except ValueError:
+        return str(path) + "/"
+
+
+def render(results: Path, benchmarks: Iterable[Bench] = BENCHMARKS) -> str:
+    """The whole page (Markdown) from the JSON files in ``results``."""
+    src = _shown(results)
+    default = results.resolve() == DEFAULT_RESULTS.resolve()
+    command = f"`{COMMAND}` (or `make perf-doc`)" if default else f"`{COMMAND} --results {src}`"
+    lines = [
+        "# Performance",
+        "",
+        f"<!-- Generated by benchmarks/render_performance.py from {src}*.json: do not edit. -->",
+        "",
+        f"This page is generated from the benchmarks' JSON files in `{src}`; do not edit it by hand. "
+        f"Rerun the benchmarks (benchmarks/README.md), then regenerate it with {command}.",
+        "",
+        "Each section says what a benchmark measures, gives one row per figure (with the project's target and "
+        "whether the figure meets it, where there is a target) and the machine and command the figures come from. "
+        "Ratios are between measurements taken in the same run.",
+        "",
+    ]
+    for b in benchmarks:
+        data, why = _load(results / f"{b.name}.json")
+        lines += [f"## {b.title} (`benchmarks/{b.name}.py`)", "", b.measures, ""]
+        if data is None:
+            lines += [f"Not measured: {why} in `{src}`.", ""]
+            continue
+        if data.get("mode") == "quick":
+            lines += ["Smoke run (`--quick`): smaller problems and fewer repeats; the figures only show that the "
+                      "benchmark runs.", ""]
+        lines += _table(b.rows(data)) + [""] + _machine(data, b.name) + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS,
+                   help="folder of the benchmarks' JSON files (default benchmarks/results)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="page to write (default docs/performance.md)")
+    args = p.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(args.results))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
