@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from accel_models.zoo import MODELS, build_model, model_names
+from sysarray.validation import check_output_path
 
 FORMAT = "sysarray-checkpoint"
 VERSION = 1
@@ -115,6 +116,7 @@ def save_checkpoint(
     dict; ``test_accuracy`` defaults to its ``test_accuracy``. ``extra``: a dict for later stages.
     Parent folders are created. Returns the path written.
     """
+    check_output_path(path, "path", "save_checkpoint")  # before the work of gathering the record
     arch = getattr(model, "arch", None)
     if not isinstance(arch, Mapping) or arch.get("name") not in MODELS:
         raise ValueError(

@@ -46,7 +46,7 @@ from mitigation.resilience import ResilienceMap, build_resilience_map, check_gri
 from sysarray.atomic import write_json, write_text
 from sysarray.config import ArrayConfig
 from sysarray.faults import FaultMap
-from sysarray.validation import check_choice, check_float, check_instance, check_int, check_positive_int
+from sysarray.validation import check_choice, check_float, check_instance, check_int, check_output_path, check_positive_int
 
 CONFIG_VERSION = 1
 DEFAULT_AMOUNTS = (0.0, 1.0, 2.0, 4.0, 8.0)
@@ -284,7 +284,7 @@ def run_efat(model_path: str, chips_dir: str, cfg: ArrayConfig, settings: EfatSe
     trainer = ChipTrainer(task, cfg, settings)
     target = target_accuracy(settings, trainer.clean_accuracy)
 
-    outdir = Path(out)
+    outdir = check_output_path(out, "out", "run_efat", kind="dir")
     outdir.mkdir(parents=True, exist_ok=True)
     (outdir / "groups").mkdir(exist_ok=True)
     config = {

@@ -38,6 +38,7 @@ import numpy as np
 
 from sysarray.atomic import atomic_write
 from sysarray.faults import FaultMap
+from sysarray.validation import check_instance, check_output_path
 
 FORMAT = "sysarray-faultmap"
 VERSION = 1
@@ -67,8 +68,8 @@ def jsonable(obj: Any) -> Any:
 # --------------------------------------------------------------------------- save
 def save(fm: FaultMap, path: "str | os.PathLike[str]", meta: dict | None = None) -> None:
     """Write ``fm`` (and optional JSON-ready ``meta``) to ``path`` atomically, in the format above."""
-    if not isinstance(fm, FaultMap):
-        raise TypeError(f"The 'fm' argument of save must be a FaultMap. Got {type(fm).__name__} instead.")
+    check_instance(fm, FaultMap, "fm", "save")
+    path = check_output_path(path, "path", "FaultMap.save")
     arrays: dict[str, np.ndarray] = {
         "format": np.array(FORMAT),
         "version": np.array(VERSION, dtype=np.int64),
@@ -77,8 +78,7 @@ def save(fm: FaultMap, path: "str | os.PathLike[str]", meta: dict | None = None)
         "faults": fm.records.astype(np.int64).reshape(-1, 5),
     }
     if meta is not None:
-        if not isinstance(meta, dict):
-            raise TypeError(f"The 'meta' argument of save must be a dict (a JSON object). Got {type(meta).__name__} instead.")
+        check_instance(meta, dict, "meta", "save", what="a dict (a JSON object)")
         arrays["meta"] = np.array(json.dumps(jsonable(meta), sort_keys=True))
     _atomic_write(os.fspath(path), arrays)
 

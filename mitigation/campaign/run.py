@@ -29,7 +29,7 @@ from mitigation.campaign.stats import aggregate
 from mitigation.campaign.store import AGGREGATES, RESULTS, CampaignStore, csv_text
 from sysarray.atomic import write_text
 from sysarray.runtime import threads
-from sysarray.validation import check_choice, check_fraction, check_instance, check_positive_int
+from sysarray.validation import check_choice, check_fraction, check_instance, check_output_path, check_positive_int
 
 REWRITE_RESULTS_EVERY_S = 10.0
 
@@ -89,6 +89,7 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
     config = campaign_config(task, population, cfg, engine, critical_drop, confidence)
     columns = tuple(population.columns) + OUTCOME_COLUMNS
     info = {**task.info(), "package_version": sysarray.__version__}
+    check_output_path(out, "out", "run_campaign", kind="dir")
     store = CampaignStore.open(out, population.kind, config, columns, population.size, info)
     try:
         done_before = len(store.records)

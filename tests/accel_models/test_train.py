@@ -193,6 +193,8 @@ def test_checkpoint_round_trip(tmp_path, name):
     path = save_checkpoint(tmp_path / "sub" / "m.pt", model, dataset=_FakeDataset(), history=hist,
                            extra={"clip": {"thresholds": np.array([1.5, 2.0], dtype=np.float32), "n": np.int64(3)}})
     assert os.listdir(tmp_path / "sub") == ["m.pt"]  # the temporary file is gone
+    with pytest.raises(ValueError, match="'path' argument of save_checkpoint must be a file"):
+        save_checkpoint(tmp_path / "sub", model, dataset=_FakeDataset(), history=hist)  # refused before any work
     loaded, meta = load_checkpoint(path)
     assert not loaded.training and type(loaded) is type(model) and loaded.arch == model.arch
     model.eval()

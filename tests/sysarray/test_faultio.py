@@ -91,6 +91,12 @@ def test_save_validates_arguments(tmp_path):
     with pytest.raises(TypeError, match="JSON"):
         _map().save(tmp_path / "x.npz", meta={"f": object()})
     assert list(tmp_path.iterdir()) == []
+    (tmp_path / "d.npz").mkdir()
+    with pytest.raises(ValueError, match="'path' argument of FaultMap.save must be a file"):
+        _map().save(tmp_path / "d.npz")
+    (tmp_path / "f").write_text("")
+    with pytest.raises(ValueError, match="parent is a folder"):
+        _map().save(tmp_path / "f" / "x.npz")
 
 
 # --------------------------------------------------------------------------- bad files

@@ -123,6 +123,8 @@ def test_finished_campaign_does_no_work_and_changed_config_is_refused(reference,
         run_campaign(CheckpointTask(lenet_ckpt, limit=LIMIT + 1), small_grid(), out, CFG, workers=1)
     with pytest.raises(ValueError, match=r"different configuration.*bypass"):
         run_campaign(CheckpointTask(lenet_ckpt, limit=LIMIT), small_grid(), out, CFG.replace(bypass=True), workers=1)
+    with pytest.raises(ValueError, match="'out' argument of run_campaign must be a folder"):
+        run_campaign(CheckpointTask(lenet_ckpt, limit=LIMIT), small_grid(), journal, CFG, workers=1)
 
 
 def test_resume_after_a_partial_journal_ends_with_the_same_rows(reference, tmp_path, lenet_ckpt):
