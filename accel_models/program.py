@@ -20,7 +20,6 @@ from accel_models.pool_kernels import max_pool_2x2
 from accel_models.quant import (QParams, quantize_codes, requantize_clamp, requantize_saturates, rescale_add,
                                 rounding_divide)
 from sysarray import ArrayConfig, Chip, ConvHints, Engine, FaultMap, GemmStats
-from sysarray.mapping import im2col as _im2col
 from sysarray.tensor_memo import TensorMemo
 from sysarray.validation import check_instance, check_int, check_positive_int
 
@@ -266,17 +265,6 @@ class CleanTrace:
 def quantize_input(x: torch.Tensor, qp: QParams) -> torch.Tensor:
     """Float -> codes (round half up). The one place the program touches floats on the way in."""
     return quantize_codes(x, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
-
-
-def im2col(x: torch.Tensor, op: Gemm) -> torch.Tensor:
-    """Codes (B, C, H, W) -> GEMM operand (B*L, C*kh*kw), padded with the input zero point;
-    K order (c, kh, kw), rows in (b, oh, ow) order (:func:`sysarray.mapping.im2col`)."""
-    return _im2col(x, tuple(op.weight.shape[2:]), op.stride, op.padding, op.in_qp.zero_point)
-
-
-def conv_out_size(op: Gemm, h: int, w: int) -> tuple[int, int]:
-    kh, kw = op.weight.shape[2], op.weight.shape[3]
-    return ((h + 2 * op.padding[0] - kh) // op.stride[0] + 1, (w + 2 * op.padding[1] - kw) // op.stride[1] + 1)
 
 
 def postprocess(acc: torch.Tensor, op: Gemm) -> torch.Tensor:

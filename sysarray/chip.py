@@ -16,6 +16,7 @@ import torch
 
 from sysarray.config import ArrayConfig
 from sysarray.faults import FaultMap
+from sysarray.mapping import conv_by_gemms, conv_output_size
 from sysarray.stats import GemmStats
 from sysarray.timing import cached_gemm_timing
 from sysarray.validation import check_enum, check_instance, check_int
@@ -157,19 +158,13 @@ class Chip:
         """
         hints = _NO_HINTS if hints is None else hints
         stride, padding = _pair(stride, "stride", "Chip.conv2d", 1), _pair(padding, "padding", "Chip.conv2d", 0)
-        B, _, H, W = x.shape
-        N, _, kh, kw = weight.shape
-        oh, ow = (H + 2 * padding[0] - kh) // stride[0] + 1, (W + 2 * padding[1] - kw) // stride[1] + 1
-        stats = [self.timing(B * oh * ow, int(weight[0].numel()), N // groups)] * groups
+        N = int(weight.shape[0])
+        oh, ow = conv_output_size(x.shape[2], x.shape[3], tuple(weight.shape[2:]), stride, padding)
+        stats = [self.timing(x.shape[0] * oh * ow, int(weight[0].numel()), N // groups)] * groups
         if self.engine is Engine.CYCLE:
-            from sysarray.mapping import im2col
-
-            cols = im2col(x, (kh, kw), stride, padding, pad_value)
-            ng, kg = N // groups, cols.shape[1] // groups
-            outs = [self.gemm(cols[:, g * kg:(g + 1) * kg], weight[g * ng:(g + 1) * ng].reshape(ng, -1).t(),
-                              act_signed=act_signed)[0] for g in range(groups)]
-            y = torch.cat(outs, dim=1) if groups > 1 else outs[0]
-            return y.reshape(B, oh * ow, N).transpose(1, 2).reshape(B, N, oh, ow), stats
+            y = conv_by_gemms(x, weight, stride, padding, pad_value, groups,
+                              lambda a, w: self.gemm(a, w, act_signed=act_signed)[0])
+            return y, stats
         from sysarray.engines.conv import fast_conv2d_exact
 
         y = fast_conv2d_exact(x, weight, self.config, self.faults, stride=stride, padding=padding,

@@ -45,6 +45,8 @@ __all__ = [
     "element_of",
     "fold_grid",
     "fold_layout",
+    "conv_by_gemms",
+    "conv_output_size",
     "im2col",
     "pe_elements",
     "pe_of",
@@ -169,6 +171,30 @@ def weight_pe_totals(scores_kn: np.ndarray, cfg: ArrayConfig) -> np.ndarray:
     if cfg.dataflow is Dataflow.OS:
         return np.repeat(per_pe.sum(axis=0, keepdims=True) / R, R, axis=0)
     return per_pe
+
+
+def conv_output_size(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int],
+                     padding: tuple[int, int]) -> tuple[int, int]:
+    """``(oh, ow)`` of a convolution (no dilation, floor mode)."""
+    return (h + 2 * padding[0] - kernel[0]) // stride[0] + 1, (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+
+
+def conv_by_gemms(x: "torch.Tensor", weight: "torch.Tensor", stride: tuple[int, int], padding: tuple[int, int],
+                  pad_value: float, groups: int, gemm) -> "torch.Tensor":
+    """A convolution as the array runs it: :func:`im2col`, then one ``gemm(a, w)`` per group with
+    ``a`` (M, K/groups) the group's columns and ``w`` (K/groups, N/groups) its weights, laid out as
+    (B, N, oh, ow). ``gemm`` returns the (M, N/groups) product (an engine's)."""
+    import torch
+
+    B, N = x.shape[0], int(weight.shape[0])
+    kernel = (int(weight.shape[2]), int(weight.shape[3]))
+    oh, ow = conv_output_size(x.shape[2], x.shape[3], kernel, stride, padding)
+    cols = im2col(x, kernel, stride, padding, pad_value)
+    ng, kg = N // groups, cols.shape[1] // groups
+    outs = [gemm(cols[:, g * kg:(g + 1) * kg] if groups > 1 else cols,
+                 weight[g * ng:(g + 1) * ng].reshape(ng, -1).t().contiguous()) for g in range(groups)]
+    y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
+    return y.reshape(B, oh * ow, N).transpose(1, 2).reshape(B, N, oh, ow)
 
 
 def im2col(x: "torch.Tensor", kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],

@@ -34,7 +34,7 @@ from sysarray.engines.conv.weights import latched_weights
 from sysarray.engines.fast import fast_gemm
 from sysarray.engines.registers import ChipMasks, chip_masks, wrap
 from sysarray.faults import FaultMap
-from sysarray.mapping import im2col
+from sysarray.mapping import conv_by_gemms
 
 
 def conv_native_ok(cfg: ArrayConfig, cm: ChipMasks, groups: int) -> bool:
@@ -139,18 +139,7 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
 
 
 def by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks=None) -> torch.Tensor:
-    """The convolution as :func:`~sysarray.mapping.im2col` and one :func:`fast_gemm` per group:
-    (B, N, oh, ow) int32, every case covered."""
-    B = x.shape[0]
-    N, kh, kw = int(weight.shape[0]), int(weight.shape[2]), int(weight.shape[3])
-    cols = im2col(x, (kh, kw), stride, padding, pad_value)
-    oh = (x.shape[2] + 2 * padding[0] - kh) // stride[0] + 1
-    ow = (x.shape[3] + 2 * padding[1] - kw) // stride[1] + 1
-    ng, kg = N // groups, cols.shape[1] // groups
-    outs = []
-    for g in range(groups):
-        a = cols[:, g * kg:(g + 1) * kg] if groups > 1 else cols
-        w = weight[g * ng:(g + 1) * ng].reshape(ng, -1).t().contiguous()
-        outs.append(fast_gemm(a, w, cfg, faults, act_signed=act_signed, masks=masks))
-    y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
-    return y.reshape(B, oh * ow, N).transpose(1, 2).reshape(B, N, oh, ow)
+    """The convolution as :func:`~sysarray.mapping.im2col` and one :func:`fast_gemm` per group
+    (:func:`~sysarray.mapping.conv_by_gemms`): (B, N, oh, ow) int32, every case covered."""
+    return conv_by_gemms(x, weight, stride, padding, pad_value, groups,
+                         lambda a, w: fast_gemm(a, w, cfg, faults, act_signed=act_signed, masks=masks))

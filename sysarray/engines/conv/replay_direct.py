@@ -14,6 +14,7 @@ from sysarray.engines.conv.replay_simd import SIMD_BLOCK, direct_chains_simd
 from sysarray.engines.conv.settings import Kernel, ReplaySettings
 from sysarray.engines.registers import ChipMasks
 from sysarray.engines.simd import LANES
+from sysarray.mapping import conv_output_size
 
 
 def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, chain_cols: np.ndarray, kernel,
@@ -37,7 +38,7 @@ def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: Chip
     ph, pw = padding
     x = xp.numpy()  # (B, C, H, W) stored either way: channels-last input is laid out by the tasks
     B, Cin, H, W = x.shape
-    oh, ow = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    oh, ow = conv_output_size(H, W, kernel, stride, padding)
     Hq, Wq = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
     per_image = Cin * Hq * Wq * sh * sw * x.itemsize  # its phase planes at most
     G = min(B, max(1, min(round(settings.run_target / (oh * Wq)), settings.planes_budget // per_image)))
