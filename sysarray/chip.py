@@ -2,7 +2,8 @@
 operations a workload runs on it.
 
 A workload (an integer network, a fault-aware training step) never reaches into the engines:
-it builds a :class:`Chip` and calls :meth:`Chip.gemm`, :meth:`Chip.conv2d` or :meth:`Chip.linear`.
+it builds a :class:`Chip` and calls :meth:`Chip.gemm`, :meth:`Chip.bmm`, :meth:`Chip.conv2d` or
+:meth:`Chip.linear`.
 Each returns the exact int32 accumulators the array produces, bit for bit the same whichever
 engine runs, and the timing of the GEMMs (SCALE-Sim v2's numbers). What a workload knows that
 lets the fast engine skip work travels as :class:`ConvHints`; results never depend on hints.
@@ -19,7 +20,7 @@ from sysarray.faults import FaultMap
 from sysarray.mapping import conv_by_gemms, conv_output_size
 from sysarray.stats import GemmStats
 from sysarray.timing import cached_gemm_timing
-from sysarray.validation import check_enum, check_instance, check_int
+from sysarray.validation import check_array_dtype, check_bool, check_enum, check_instance, check_int
 
 __all__ = ["Chip", "ConvHints", "Engine"]
 
@@ -74,6 +75,45 @@ def _device(device: object, where: str) -> torch.device | None:
     return dev
 
 
+_CODE_DTYPES = (torch.int8, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_WEIGHT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32,
+                  torch.float64)
+
+
+def _act_signed(a: torch.Tensor, act_signed: bool | None, where: str) -> bool:
+    """Whether ``a`` holds int8 codes: its dtype says so, or (for float codes) ``act_signed``."""
+    if act_signed is None:
+        if a.is_floating_point():
+            raise ValueError(f"{where} needs 'act_signed' (True for int8 codes, False for uint8) when 'a' is a "
+                             "float tensor of codes.")
+        return a.dtype != torch.uint8
+    return act_signed
+
+
+def _check_bmm(a: object, w: object, act_signed: object) -> bool:
+    """Chip.bmm's operands: a (G, M, K) codes, w (G, K, N) integer values, on one device, no
+    dimension empty; returns whether the codes are int8."""
+    where = "Chip.bmm"
+    for name, x, dims, dtypes in (("a", a, "(G, M, K)", _CODE_DTYPES), ("w", w, "(G, K, N)", _WEIGHT_DTYPES)):
+        check_instance(x, torch.Tensor, name, where, what="a torch tensor")
+        if x.ndim != 3 or not min(x.shape):
+            raise ValueError(f"The '{name}' argument of {where} must be a 3-D tensor {dims} without an empty "
+                             f"dimension. Got shape {tuple(x.shape)} instead.")
+        check_array_dtype(x, name, where, dtypes)
+    if a.shape[0] != w.shape[0] or a.shape[2] != w.shape[1]:
+        raise ValueError(f"{where} needs a (G, M, K) and w (G, K, N) with the same G and K. Got a {tuple(a.shape)} "
+                         f"and w {tuple(w.shape)} instead.")
+    if a.device != w.device:
+        raise ValueError(f"The 'a' and 'w' tensors of {where} must be on one device. Got {a.device} and {w.device} "
+                         "instead.")
+    if act_signed is not None:
+        check_bool(act_signed, "act_signed", where)
+        if not a.is_floating_point() and bool(act_signed) != (a.dtype == torch.int8):
+            raise ValueError(f"The 'act_signed' argument of {where} must match the dtype of 'a' "
+                             f"({str(a.dtype)[6:]}) or be None. Got {act_signed!r} instead.")
+    return _act_signed(a, None if act_signed is None else bool(act_signed), where)
+
+
 @dataclass(frozen=True, eq=False)
 class Chip:
     """One chip: ``config`` (the array), ``faults`` (its stuck bits; None for a fault-free chip),
@@ -126,11 +166,7 @@ class Chip:
         """``a @ w`` on the chip: a (M, K) int8 or uint8 activations, or a float tensor of 8-bit
         codes with ``act_signed`` saying which; w (K, N) int8 weights (integer values in any
         dtype). Returns (M, N) int32 on the operands' device and the GEMM's timing."""
-        if act_signed is None:
-            if a.is_floating_point():
-                raise ValueError("Chip.gemm needs 'act_signed' (True for int8 codes, False for uint8) when 'a' is a "
-                                 "float tensor of codes.")
-            act_signed = a.dtype != torch.uint8
+        act_signed = _act_signed(a, act_signed, "Chip.gemm")
         M, K = a.shape
         N = w.shape[1]
         if self.engine is Engine.CYCLE:
@@ -144,6 +180,25 @@ class Chip:
 
         y = fast_gemm(a, w, self.config, self.faults, act_signed=act_signed, masks=self.masks(act_signed))
         return y, self.timing(M, K, N)
+
+    def bmm(self, a: torch.Tensor, w: torch.Tensor, *,
+            act_signed: bool | None = None) -> tuple[torch.Tensor, list[GemmStats]]:
+        """G independent GEMMs ``a[g] @ w[g]`` run one after another on the chip (attention's
+        ``Q K^T`` and ``P V``, one per image and head): a (G, M, K) int8 or uint8 activations, or a
+        float tensor of 8-bit codes with ``act_signed`` saying which; w (G, K, N) int8 values (any
+        dtype). Returns (G, M, N) int32 on the operands' device, ``[g]`` bit for bit
+        ``gemm(a[g], w[g])``, and one :class:`GemmStats` per GEMM. The fast engine runs the batch
+        as batched tensor operations."""
+        act_signed = _check_bmm(a, w, act_signed)
+        G, M, K = a.shape
+        N = w.shape[2]
+        if self.engine is Engine.CYCLE:
+            runs = [self.gemm(a[g], w[g], act_signed=act_signed) for g in range(G)]
+            return torch.stack([y for y, _ in runs]), [stats for _, stats in runs]
+        from sysarray.engines.fast import fast_bmm
+
+        y = fast_bmm(a, w, self.config, self.faults, act_signed=act_signed, masks=self.masks(act_signed))
+        return y, [self.timing(M, K, N)] * G
 
     def conv2d(self, x: torch.Tensor, weight: torch.Tensor, *, stride=(1, 1), padding=(0, 0), pad_value: float = 0,
                groups: int = 1, act_signed: bool = False,
@@ -163,7 +218,7 @@ class Chip:
         stats = [self.timing(x.shape[0] * oh * ow, int(weight[0].numel()), N // groups)] * groups
         if self.engine is Engine.CYCLE:
             y = conv_by_gemms(x, weight, stride, padding, pad_value, groups,
-                              lambda a, w: self.gemm(a, w, act_signed=act_signed)[0])
+                              lambda a, w: self.bmm(a, w, act_signed=act_signed)[0])
             return y, stats
         from sysarray.engines.conv import fast_conv2d_exact
 

@@ -180,21 +180,19 @@ def conv_output_size(h: int, w: int, kernel: tuple[int, int], stride: tuple[int,
 
 
 def conv_by_gemms(x: "torch.Tensor", weight: "torch.Tensor", stride: tuple[int, int], padding: tuple[int, int],
-                  pad_value: float, groups: int, gemm) -> "torch.Tensor":
-    """A convolution as the array runs it: :func:`im2col`, then one ``gemm(a, w)`` per group with
-    ``a`` (M, K/groups) the group's columns and ``w`` (K/groups, N/groups) its weights, laid out as
-    (B, N, oh, ow). ``gemm`` returns the (M, N/groups) product (an engine's)."""
-    import torch
-
+                  pad_value: float, groups: int, bmm) -> "torch.Tensor":
+    """A convolution as the array runs it: :func:`im2col`, then one GEMM per group, all of them
+    as one ``bmm(a, w)`` call with ``a`` (groups, M, K/groups) each group's columns and ``w``
+    (groups, K/groups, N/groups) its weights (``bmm`` returns the (groups, M, N/groups)
+    products, an engine's), laid out as (B, N, oh, ow)."""
     B, N = x.shape[0], int(weight.shape[0])
     kernel = (int(weight.shape[2]), int(weight.shape[3]))
     oh, ow = conv_output_size(x.shape[2], x.shape[3], kernel, stride, padding)
     cols = im2col(x, kernel, stride, padding, pad_value)
-    ng, kg = N // groups, cols.shape[1] // groups
-    outs = [gemm(cols[:, g * kg:(g + 1) * kg] if groups > 1 else cols,
-                 weight[g * ng:(g + 1) * ng].reshape(ng, -1).t().contiguous()) for g in range(groups)]
-    y = outs[0] if groups == 1 else torch.cat(outs, dim=1)
-    return y.reshape(B, oh * ow, N).transpose(1, 2).reshape(B, N, oh, ow)
+    M = cols.shape[0]
+    a = cols.view(M, groups, -1).transpose(0, 1)  # (groups, M, K/groups), a view
+    y = bmm(a, weight.reshape(groups, N // groups, -1).transpose(1, 2))  # (groups, M, N/groups)
+    return y.permute(1, 0, 2).reshape(B, oh * ow, N).transpose(1, 2).reshape(B, N, oh, ow)
 
 
 def im2col(x: "torch.Tensor", kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],

@@ -21,15 +21,22 @@ def _identity(t: torch.Tensor) -> tuple:
 
 
 class TensorMemo:
-    """A bounded memo (least recently used out first): ``memo.get(tensors, key, compute)``
-    returns ``compute()`` the first time for these tensors' current contents and ``key``, and the
-    same object afterwards. ``compute`` must depend only on the tensors' values and ``key``.
-    ``max_bytes`` bounds the sum of the values' sizes as ``nbytes(value)`` reports them."""
+    """A bounded memo: ``memo.get(tensors, key, compute)`` returns ``compute()`` the first time for
+    these tensors' current contents and ``key``, and the same object afterwards. ``compute``
+    must depend only on the tensors' values and ``key``. ``max_bytes`` bounds the sum of the
+    values' sizes as ``nbytes(value)`` reports them.
+
+    Eviction is least recently used first, except that it does not thrash: a key that comes back
+    after being evicted (a program whose values do not all fit, run again) is kept only if it
+    fits without evicting, so the memo holds a stable part of a working set too large for it
+    instead of evicting each value just before its next use. New keys (another program, changed
+    weights) evict as usual."""
 
     def __init__(self, max_entries: int = 256, max_bytes: int = 256 << 20) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self._entries: OrderedDict[tuple, tuple[tuple[torch.Tensor, ...], Any, int]] = OrderedDict()
+        self._evicted: OrderedDict[tuple, None] = OrderedDict()  # keys evicted lately (no tensors held)
         self._bytes = 0
         self._lock = threading.Lock()  # programs may run in several threads (Dask workers)
 
@@ -46,11 +53,20 @@ class TensorMemo:
         if size > self.max_bytes:
             return value
         with self._lock:
-            if full not in self._entries:
-                self._entries[full] = (tensors, value, size)
-                self._bytes += size
+            if full in self._entries:
+                return value
+            fits = len(self._entries) < self.max_entries and self._bytes + size <= self.max_bytes
+            if full in self._evicted and not fits:
+                return value  # a working set larger than the memo: keep the values it holds
+            self._evicted.pop(full, None)
+            self._entries[full] = (tensors, value, size)
+            self._bytes += size
             while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-                self._bytes -= self._entries.popitem(last=False)[1][2]
+                old, (_, _, old_size) = self._entries.popitem(last=False)
+                self._bytes -= old_size
+                self._evicted[old] = None
+            while len(self._evicted) > 4 * self.max_entries:
+                self._evicted.popitem(last=False)
         return value
 
     def __len__(self) -> int:
@@ -59,4 +75,5 @@ class TensorMemo:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._evicted.clear()
             self._bytes = 0

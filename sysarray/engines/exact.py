@@ -27,6 +27,14 @@ def float_dtype_for(device: torch.device) -> torch.dtype:
     return _float_dtype(device)
 
 
+def abs_max(x: torch.Tensor) -> int:
+    """max |x| of an integer-valued tensor as a Python int (0 when empty)."""
+    if not x.numel():
+        return 0
+    lo, hi = torch.aminmax(x)
+    return max(-int(lo), int(hi))  # not x.abs(): abs(-128) overflows in int8
+
+
 def float_gemm_is_exact(k: int, max_abs_a: int, max_abs_b: int, dtype: torch.dtype) -> bool:
     """True when a ``dtype`` GEMM with inner size ``k`` of such integers is exact."""
     limit = _F32_LIMIT if dtype == torch.float32 else _F64_LIMIT

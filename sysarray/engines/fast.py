@@ -10,6 +10,10 @@ It returns, bit for bit, what the cycle engine clocks out (docs/design.md §3.2)
 - OS: outputs owned by PEs whose operands pass a stuck act/weight register are recomputed
   from the corrupted operands; outputs owned by PEs with a stuck accumulator replay their K
   accumulation steps in a small jitted loop.
+
+Every step takes a batch of G GEMMs that run one after another on the same array (a single GEMM
+is a batch of one): the operands carry a leading batch dimension and each step is one batched
+tensor operation over it.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from numba import njit
 from sysarray import mapping
 from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines import psum
-from sysarray.engines.exact import exact_matmul, float_dtype_for, float_gemm_is_exact
+from sysarray.engines.exact import abs_max, exact_matmul, float_dtype_for, float_gemm_is_exact
 from sysarray.engines.registers import (ChipMasks, RegisterMasks, chip_masks, compose, force, force_jit, keep_of, latched,
                                         wrap)
 from sysarray.faults import FaultMap
@@ -31,11 +35,17 @@ _SEG_BUDGET = 8 << 20
 
 def _operand_max(x: torch.Tensor, reg: RegisterMasks) -> int:
     """Largest |value| the register can pass on for operand ``x``."""
-    # Not x.abs(): abs(-128) overflows in int8.
-    top = max(-int(x.min()), int(x.max())) if x.numel() else 0
+    top = abs_max(x)
     if reg.faulty.any():
         top = max(top, 255 if reg.sign == 0 else 128)
     return top
+
+
+def _to_int32(y: torch.Tensor, bound: int) -> torch.Tensor:
+    """Exact integer values ``y`` (float or int64) with ``|y| <= bound`` as int32, wrapped mod 2**32."""
+    if bound < 1 << 31:
+        return y.to(torch.int32)
+    return wrap(y.to(torch.int64), 32).to(torch.int32)
 
 
 def _row_intervals(faulty_cols: np.ndarray, keep: np.ndarray, ones: np.ndarray, width: int, C: int):
@@ -64,128 +74,159 @@ def _apply(x: torch.Tensor, stuck: int, ones: int, width: int, sign: int) -> tor
     return force(x, keep_of(stuck, width), ones, sign)
 
 
+def _act_corrections(S: torch.Tensor, sreg: RegisterMasks, R: int, C: int, Fr: int):
+    """Streamed-register faults as correction inputs: one per (row, interval of columns with
+    equal composite forcing), ``[(r, lo, hi, delta), ...]`` with delta (G, T, Fr) int64 the
+    change ``a' - a`` of the inputs row ``r`` streams in each fold (S (G, T, Kd))."""
+    G, T, Kd = S.shape
+    out = []
+    for r in np.flatnonzero(sreg.faulty.any(axis=1)):
+        X = torch.zeros((G, T, Fr), dtype=torch.int64, device=S.device)
+        ks = np.arange(r, Kd, R)
+        X[..., : len(ks)] = S[..., torch.from_numpy(ks).to(S.device)].to(torch.int64)
+        for lo, hi, stuck, ones in _row_intervals(np.flatnonzero(sreg.faulty[r]), sreg.keep[r], sreg.ones[r],
+                                                   sreg.width, C):
+            out.append((int(r), lo, hi, _apply(X, stuck, ones, sreg.width, sreg.sign) - X))
+    return out
+
+
 def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
                      sreg: RegisterMasks, treg: RegisterMasks, cm: ChipMasks) -> torch.Tensor:
-    """WS-style array: ``S`` (T, Kd) streams east, ``Wst`` (Kd, Nd) is stationary.
-
-    Returns the (T, Nd) int64 output already wrapped to int32 range.
-    """
+    """G GEMMs on a WS-style array, one after another: ``S`` (G, T, Kd) streams east, ``Wst``
+    (G, Kd, Nd) is stationary. Returns (G, T, Nd) int32."""
     R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
     dev = S.device
-    T, Kd = S.shape
-    Nd = Wst.shape[1]
-    Fr, Fc = -(-Kd // R), -(-Nd // C)
-    Kp, Np = Fr * R, Fc * C
+    G, T, Kd = S.shape
+    Nd = Wst.shape[-1]
+    Fr = -(-Kd // R)
 
     # Stationary operand as latched by each PE (forced; gated off where bypassed), held as exact
-    # float values: it is a GEMM operand, and in IS it is the (large) activation matrix.
+    # float values: it is a GEMM operand, and in IS it is the (large) activation matrix. Healthy
+    # registers latch what they are sent, so the whole-fold padded copy is made only when needed.
     fdt = float_dtype_for(dev)
-    Wp = latched(Wst, treg, cm.bypassed, fdt)
     smax = _operand_max(S, sreg)
-    wmax = max(-int(Wp.min()), int(Wp.max())) if Wp.numel() else 0
-    S_int = S
-    S = S.to(float_dtype_for(dev))  # converted once; every GEMM below reads exact float values
+    corr = _act_corrections(S, sreg, R, C, Fr) if sreg.faulty.any() else []
+    sent = not treg.faulty.any() and not cm.bypassed.any() and not corr
+    Wp = Wst if sent else latched(Wst, treg, cm.bypassed, fdt)  # as sent (G, Kd, Nd), or whole folds (G, Fr*R, Np)
+    wmax = abs_max(Wp)
+    amax = max(smax, 255 if corr else 0)
 
-    # Streamed-register faults: one correction term per (row, interval of equal forcing).
-    corr_rows, corr_lo, corr_hi, corr_delta = [], [], [], []
-    for r in np.flatnonzero(sreg.faulty.any(axis=1)):
-        cols = np.flatnonzero(sreg.faulty[r])
-        X = torch.zeros((T, Fr), dtype=torch.int64, device=dev)
-        ks = np.arange(r, Kd, R)
-        X[:, : len(ks)] = S_int[:, torch.from_numpy(ks).to(dev)].to(torch.int64)
-        for lo, hi, stuck, ones in _row_intervals(cols, sreg.keep[r], sreg.ones[r], sreg.width, C):
-            corr_rows.append(int(r))
-            corr_lo.append(lo)
-            corr_hi.append(hi)
-            corr_delta.append(_apply(X, stuck, ones, sreg.width, sreg.sign) - X)  # (T, Fr)
-    n_corr = len(corr_rows)
-    dmax = 255
-
-    _, col_of_n = mapping.pe_of(0, torch.arange(Np, device=dev), R, C)
     # A column must replay its psum chain per fold when it has psum faults, or when a partial
     # sum could wrap inside the array (then even healthy columns need the per-fold wrap).
-    wrap_possible = R * max(smax, dmax if n_corr else 0) * wmax >= (1 << (pb - 1))
-    chain_cols = np.arange(C) if wrap_possible else np.flatnonzero(cm.psum.faulty.any(axis=0))
-
-    Y = torch.zeros((T, Nd), dtype=torch.int64, device=dev)
-    if len(chain_cols) < C:
-        Y = exact_matmul(S, Wp[:Kd, :Nd], smax, wmax)
-        if n_corr:
-            D = torch.cat(corr_delta, dim=1)  # (T, n_corr * Fr)
-            Wd = torch.zeros((n_corr, Fr, Nd), dtype=torch.int64, device=dev)
-            Wrows = Wp.view(Fr, R, Np)
-            for j, (r, lo, hi) in enumerate(zip(corr_rows, corr_lo, corr_hi)):
-                in_iv = ((col_of_n >= lo) & (col_of_n < hi))[:Nd]
-                Wd[j] = Wrows[:, r, :Nd] * in_iv
-            Y = Y + exact_matmul(D, Wd.view(n_corr * Fr, Nd), dmax, wmax)
-        Y = wrap(Y, 32)
-    if len(chain_cols):
-        _replay_psum_chains(S_int, Wp, cfg, cm, chain_cols, corr_rows, corr_lo, corr_hi, corr_delta,
-                            max(smax, dmax if n_corr else 0), wmax, Y,
-                            linear_tail=pb == 32 and len(chain_cols) < C)
+    wrap_possible = R * amax * wmax >= (1 << (pb - 1))
+    chain_cols = np.arange(C) if wrap_possible else cm.psum_columns
+    plain = len(chain_cols) < C  # some outputs are the plain sums
+    Sf = S.to(fdt)  # converted once: every GEMM below reads exact float values
+    Wf = Wp.to(fdt)
+    if plain:
+        Y = exact_matmul(Sf, Wf[..., :Kd, :Nd], smax, wmax, keep_float=True)
+        if corr:
+            cols = np.arange(Nd)
+            D = torch.cat([delta for *_, delta in corr], dim=-1)  # (G, T, n_corr * Fr)
+            Wd = torch.stack([_act_row_weights(Wf[..., :Nd], r, lo, hi, cols, R, C) for r, lo, hi, _ in corr], dim=1)
+            Y = Y.to(torch.int64) + exact_matmul(D, Wd.flatten(1, 2), 255, wmax)  # Wd (G, n_corr, Fr, Nd)
+        Y = _to_int32(Y, (Kd + len(corr) * Fr) * amax * wmax)
+    else:
+        Y = torch.zeros((G, T, Nd), dtype=torch.int32, device=dev)
+    linear_tail = pb == 32 and plain
+    p = psum.plan(cm, cfg, chain_cols, -(-Nd // C), Nd, linear_tail) if len(chain_cols) else None
+    if p is not None:
+        cols = np.tile(p.n_idx, p.keep.shape[1])  # segment s of output o is column s*O + o
+        Wv = _columns(Wf, cols, np.tile(psum.segment_mask(p, R), (Fr, 1)))  # (G, rows, V)
+        if corr:  # padded rows carry act deltas: every fold whole
+            Wc = [_act_row_weights(Wv, r, lo, hi, cols, R, C).unsqueeze(-2) for r, lo, hi, _ in corr]
+            Wall = torch.cat([Wv.unflatten(-2, (Fr, R))] + Wc, dim=-2)  # (G, Fr, R + n_corr, V)
+        elif Fr == 1:  # rows past Kd stream zeros
+            Wall = Wv[:, :Kd].unsqueeze(1)
+        else:
+            Wall = torch.nn.functional.pad(Wv[:, :Kd], (0, 0, 0, Fr * R - Kd)).unflatten(-2, (Fr, R))
+        _replay_psum_chains(Sf, Wall.transpose(0, 1), corr, cfg, p, linear_tail, amax, wmax, Y)
     return Y
 
 
-def _replay_psum_chains(S, Wp, cfg, cm: ChipMasks, chain_cols, corr_rows, corr_lo, corr_hi, corr_delta, amax, wmax,
-                        Y, linear_tail: bool) -> None:
-    """Overwrite the outputs of array columns ``chain_cols`` by replaying their psum chains
-    (:mod:`sysarray.engines.psum`): each segment's sum is one GEMM column per fold, the act
-    corrections of the segment's rows extra inputs, and the chain runs over those sums.
-    ``linear_tail``: Y already holds the plain sums and the register is 32 bits wide, so the chain
-    stops at each column's last faulty row and its correction is added."""
-    R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
-    dev = S.device
-    T, Kd = S.shape
-    Kp, Np = Wp.shape
-    Fr = Kp // R
-    p = psum.plan(cm, cfg, chain_cols, Np // C, Y.shape[1], linear_tail)
-    if p is None:
-        return
-    O, S_n = p.keep.shape
-    n_t = torch.from_numpy(p.n_idx).to(dev)
-    Wv = psum.segment_weights(Wp, p, R)  # (Fr, R, S_n, O)
-    V = S_n * O
-    parts = [Wv.reshape(Fr, R, V)]
-    if corr_rows:
-        _, col_o = mapping.pe_of(0, n_t, R, C)
-        for r, lo, hi in zip(corr_rows, corr_lo, corr_hi):
-            in_iv = ((col_o >= lo) & (col_o < hi)).view(1, 1, O)
-            parts.append((Wv[:, r] * in_iv).reshape(Fr, 1, V))
-    Wall = torch.cat(parts, dim=1)  # (Fr, R + n_corr, V)
-    keep_v = np.ascontiguousarray(p.keep.T)  # (S_n, O)
+def _columns(W: torch.Tensor, cols: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+    """``W[..., cols] * mask``: W (G, rows, n) exact float values; mask (>= rows, len(cols)) 0/1,
+    its first ``rows`` rows used. (A gather from the 2-D view: torch's gathers along the last of
+    three dimensions are far slower.)"""
+    G, rows, n = W.shape
+    picked = W.reshape(G * rows, n).index_select(1, torch.from_numpy(cols).to(W.device)).view(G, rows, len(cols))
+    return picked.mul_(torch.from_numpy(mask[:rows]).to(W.device, W.dtype))
+
+
+def _act_row_weights(Wx: torch.Tensor, r: int, lo: int, hi: int, cols: np.ndarray, R: int, C: int) -> torch.Tensor:
+    """The weights (G, Fr, n) an act correction of row ``r`` (array columns ``lo..hi-1``) feeds:
+    row ``r`` of every fold of ``Wx`` (G, Fr*R, n), whose column ``j`` belongs to output
+    ``cols[j]``, for the outputs in those array columns, else 0."""
+    _, col = mapping.pe_of(0, torch.from_numpy(cols).to(Wx.device), R, C)
+    return Wx.unflatten(-2, (Wx.shape[-2] // R, R))[..., r, :] * ((col >= lo) & (col < hi))
+
+
+def _chains(seg: torch.Tensor, p: psum.PsumPlan, cfg: ArrayConfig, linear_tail: bool, y: torch.Tensor) -> None:
+    """Replay the chains of plan ``p`` over segment sums ``seg`` (Fr, S, O, n) (exact integers,
+    any strides) into the replayed columns of ``y`` (n, Nd) int32, in place
+    (:func:`~sysarray.engines.psum.chain_totals_cpu` on CPU, torch ops elsewhere)."""
+    S_n, O = p.keep.T.shape
+    sign = 1 << (cfg.psum_bits - 1)
+    keep_v = np.ascontiguousarray(p.keep.T)  # (S, O)
     ones_v = np.ascontiguousarray(p.ones.T)
-    sign = 1 << (pb - 1)
-    n_in = R + len(corr_rows)
-    fdt = float_dtype_for(dev)
+    if y.device.type == "cpu":
+        psum.chain_totals_cpu(seg.numpy(), keep_v, ones_v, sign, linear_tail, y.numpy(), p.n_idx, work=seg.numel())
+        return
+    dev = y.device
+    n_t = torch.from_numpy(p.n_idx).to(dev)
+    keep_t = torch.from_numpy(keep_v).to(dev).view(S_n, 1, O, 1)
+    ones_t = torch.from_numpy(ones_v).to(dev).view(S_n, 1, O, 1)
+    out = psum.fold_chain_torch(seg.to(torch.int64).transpose(0, 1), keep_t, ones_t, sign, linear_tail).sum(dim=0)
+    y[:, n_t] = wrap(y[:, n_t] + out.t() if linear_tail else out.t(), 32).to(torch.int32)
+
+
+def _replay_psum_chains(S, Wall, corr, cfg, p: psum.PsumPlan, linear_tail: bool, amax, wmax, Y) -> None:
+    """The replayed outputs ``p.n_idx`` of ``Y`` (G, T, Nd) int32 from their segment sums: one
+    batched GEMM of the stream in fold-major order (Fr, G, T, R), with the act corrections
+    ``corr`` as extra inputs, times ``Wall`` (Fr, G, R + n_corr, V) (segment weights, then the
+    corrections'), in blocks of the stream; then :func:`_chains`. S (G, T, Kd) exact floats."""
+    R = cfg.rows
+    dev = S.device
+    G, T, Kd = S.shape
+    Fr, _, n_in, V = Wall.shape
+    fdt = S.dtype
     if not float_gemm_is_exact(n_in, amax, wmax, fdt):
         fdt = torch.int64  # exact_matmul below then chunks the inner dimension
-    Wall_f = Wall.to(fdt) if fdt != torch.int64 else Wall
+    Wall = Wall.to(fdt)
     Fr_full = Kd // R
-    step = max(1, _SEG_BUDGET // max(1, Fr * max(V, n_in)))
-    for t0 in range(0, T, step):
-        t1 = min(T, t0 + step)
-        # Fold-major stream (Fr, t, R) plus the act deltas as extra inputs: one batched GEMM.
-        x = torch.empty((Fr, t1 - t0, n_in), dtype=fdt, device=dev)
-        if Fr_full:
-            x[:Fr_full, :, :R] = S[t0:t1, :Fr_full * R].view(t1 - t0, Fr_full, R).permute(1, 0, 2)
-        if Kd > Fr_full * R:
-            x[Fr_full, :, :Kd - Fr_full * R] = S[t0:t1, Fr_full * R:]
-            x[Fr_full, :, Kd - Fr_full * R:R] = 0
-        for j, dl in enumerate(corr_delta):
-            x[:, :, R + j] = dl[t0:t1].t()
-        seg = exact_matmul(x, Wall, amax, wmax) if fdt == torch.int64 else torch.bmm(x, Wall_f)
-        seg = seg.view(Fr, t1 - t0, S_n, O)
-        if dev.type == "cpu":
-            out = torch.empty((t1 - t0, O), dtype=torch.int64)
-            psum.chain_totals_cpu(seg.numpy(), keep_v, ones_v, sign, linear_tail, out.numpy(), work=seg.numel())
+    for g0, g1, t0, t1 in _blocks(G, T, Fr * max(V, n_in)):
+        Sb = S[g0:g1, t0:t1]
+        g, t = Sb.shape[:2]
+        if Fr == 1 and not corr and fdt == S.dtype:
+            x, Wb = Sb.unsqueeze(0), Wall[:, g0:g1, :Kd]  # one fold: the stream itself
         else:
-            keep_t = torch.from_numpy(keep_v).to(dev).view(S_n, 1, 1, O)
-            ones_t = torch.from_numpy(ones_v).to(dev).view(S_n, 1, 1, O)
-            folds = psum.fold_chain_torch(seg.to(torch.int64).permute(2, 0, 1, 3), keep_t, ones_t, sign, linear_tail)
-            out = wrap(folds.sum(dim=0), 32)
-        if linear_tail:
-            out = wrap(Y[t0:t1, n_t] + out, 32)
-        Y[t0:t1, n_t] = out
+            x, Wb = torch.empty((Fr, g, t, n_in), dtype=fdt, device=dev), Wall[:, g0:g1]
+            if Fr_full:
+                x[:Fr_full, ..., :R] = Sb[..., :Fr_full * R].unflatten(-1, (Fr_full, R)).permute(2, 0, 1, 3)
+            if Kd > Fr_full * R:
+                x[Fr_full, ..., :Kd - Fr_full * R] = Sb[..., Fr_full * R:]
+                x[Fr_full, ..., Kd - Fr_full * R:R] = 0
+            for j, (*_, delta) in enumerate(corr):
+                x[..., R + j] = delta[g0:g1, t0:t1].permute(2, 0, 1)
+        x, Wb = x.flatten(0, 1), Wb.flatten(0, 1)  # (Fr*g, t, n_in) @ (Fr*g, n_in, V): one bmm
+        seg = exact_matmul(x, Wb, amax, wmax) if fdt == torch.int64 else torch.bmm(x, Wb)
+        y = Y[g0:g1, t0:t1].view(g * t, Y.shape[-1])  # a view: _blocks keeps it contiguous
+        _chains(seg.view(Fr, g * t, *p.keep.T.shape).permute(0, 2, 3, 1), p, cfg, linear_tail, y)
+
+
+def _blocks(G: int, T: int, per_row: int):
+    """``(g0, g1, t0, t1)`` blocks of the stream rows ``(g, t)`` of G GEMMs of T rows each, of at
+    most about ``_SEG_BUDGET / per_row`` rows: whole GEMMs, or rows of one GEMM when a GEMM is
+    larger (each block's rows are contiguous in a (G, T, ...) tensor)."""
+    rows = max(1, _SEG_BUDGET // max(1, per_row))
+    if rows >= T:
+        step = rows // T
+        for g0 in range(0, G, step):
+            yield g0, min(G, g0 + step), 0, T
+        return
+    for g in range(G):
+        for t0 in range(0, T, rows):
+            yield g, g + 1, t0, min(T, t0 + rows)
 
 
 @njit(cache=True)
@@ -211,16 +252,17 @@ def _chain_torch(prod, keep, ones, sign):
 
 
 def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) -> torch.Tensor:
-    """Output-stationary array; returns (M, N) int64 in int32 range."""
+    """G GEMMs on an output-stationary array, one after another: A (G, M, K), W (G, K, N).
+    Returns (G, M, N) int64 in int32 range."""
     R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
     dev = A.device
-    M, K = A.shape
-    N = W.shape[1]
+    G, M, K = A.shape
+    N = W.shape[-1]
     amax, wmax = _operand_max(A, cm.act), _operand_max(W, cm.weight)
     Y = wrap(exact_matmul(A, W, amax, wmax), pb)
     if cm.bypassed.any():
         for r, c in zip(*np.nonzero(cm.bypassed)):
-            Y[mapping.pe_elements(r, c, R, C)] = 0
+            Y[(..., *mapping.pe_elements(r, c, R, C))] = 0
         return Y
     act, wt, ps = cm.act, cm.weight, cm.psum
     # Composite forcing seen by PE (r, c): act faults at (r, <=c), weight faults at (<=r, c).
@@ -237,9 +279,9 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) 
     psum_pes = {(int(r), int(c)) for r, c in zip(*np.nonzero(ps.faulty))}
 
     def operands(r, c):
-        rows, cols = mapping.pe_elements(r, c, R, C)  # PE (r, c) owns outputs Y[rows, cols]
-        a = A[rows].to(torch.int64)
-        w = W[:, cols].to(torch.int64)
+        rows, cols = mapping.pe_elements(r, c, R, C)  # PE (r, c) owns outputs Y[..., rows, cols]
+        a = A[..., rows, :].to(torch.int64)
+        w = W[..., cols].to(torch.int64)
         if (r, c) in act_comp:
             a = _apply(a, *act_comp[(r, c)], 8, act.sign)
         if (r, c) in wt_comp:
@@ -258,28 +300,28 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) 
         members = sorted(members)
         if kind == "a":
             rows = mapping.pe_elements(idx, 0, R, C)[0]
-            a = _apply(A[rows].to(torch.int64), *masks, 8, act.sign)
+            a = _apply(A[..., rows, :].to(torch.int64), *masks, 8, act.sign)
             ns = torch.cat([_strided(c, N, C, dev) for c in members])
-            Y[rows, ns] = wrap(exact_matmul(a, W[:, ns], 255, wmax), pb)
+            Y[..., rows, ns] = wrap(exact_matmul(a, W[..., ns], 255, wmax), pb)
         else:
             cols = mapping.pe_elements(0, idx, R, C)[1]
-            w = _apply(W[:, cols].to(torch.int64), *masks, 8, wt.sign)
+            w = _apply(W[..., cols].to(torch.int64), *masks, 8, wt.sign)
             ms = torch.cat([_strided(r, M, R, dev) for r in members])
-            Y[ms, cols] = wrap(exact_matmul(A[ms], w, amax, 128), pb)
+            Y[..., ms, cols] = wrap(exact_matmul(A[..., ms, :], w, amax, 128), pb)
     for (r, c) in both - psum_pes:
         a, w = operands(r, c)
-        Y[mapping.pe_elements(r, c, R, C)] = wrap(exact_matmul(a, w, 255, 128), pb)
+        Y[(..., *mapping.pe_elements(r, c, R, C))] = wrap(exact_matmul(a, w, 255, 128), pb)
     if psum_pes:
         prods, keeps, oness, where = [], [], [], []
         for (r, c) in sorted(psum_pes):
             a, w = operands(r, c)
-            if a.shape[0] == 0 or w.shape[1] == 0:
+            if a.shape[-2] == 0 or w.shape[-1] == 0:
                 continue
-            p = (a.unsqueeze(1) * w.t().unsqueeze(0)).reshape(-1, K)  # (Mr * Nc, K)
+            p = (a.unsqueeze(-2) * w.transpose(-1, -2).unsqueeze(-3)).reshape(-1, K)  # (G * Mr * Nc, K)
             prods.append(p)
             keeps.append(torch.full((p.shape[0],), int(ps.keep[r, c]), dtype=torch.int64, device=dev))
             oness.append(torch.full((p.shape[0],), int(ps.ones[r, c]), dtype=torch.int64, device=dev))
-            where.append((r, c, a.shape[0], w.shape[1]))
+            where.append((r, c, a.shape[-2], w.shape[-1]))
         if prods:
             prod, keep, ones = torch.cat(prods), torch.cat(keeps), torch.cat(oness)
             if dev.type == "cpu":
@@ -290,15 +332,16 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) 
                 res = _chain_torch(prod, keep, ones, ps.sign)
             i = 0
             for r, c, mr, nc in where:
-                Y[mapping.pe_elements(r, c, R, C)] = res[i:i + mr * nc].view(mr, nc)
-                i += mr * nc
+                Y[(..., *mapping.pe_elements(r, c, R, C))] = res[i:i + G * mr * nc].view(G, mr, nc)
+                i += G * mr * nc
     return Y
 
 
-def fast_gemm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None,
-              act_signed: bool | None = None, *, masks: ChipMasks | None = None) -> torch.Tensor:
-    """``a @ w`` on the faulty array, exact; a: (M, K) int8/uint8, w: (K, N) int8 tensors on
-    one device. Returns (M, N) int32 on that device.
+def fast_bmm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None,
+             act_signed: bool | None = None, *, masks: ChipMasks | None = None) -> torch.Tensor:
+    """G GEMMs ``a[g] @ w[g]`` run one after another on the faulty array, exact, as batched
+    tensor operations; a: (G, M, K) int8/uint8, w: (G, K, N) int8 tensors on one device.
+    Returns (G, M, N) int32 on that device, each ``[g]`` bit for bit ``fast_gemm(a[g], w[g])``.
 
     ``a`` may also be a float tensor holding 8-bit codes (callers that keep activations in float
     to save conversions); then ``act_signed`` says whether they are int8 or uint8 codes.
@@ -309,9 +352,15 @@ def fast_gemm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultM
         act_signed = a.dtype != torch.uint8
     cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     if cfg.dataflow is Dataflow.WS:
-        y = _stationary_fast(a, w, cfg, cm.act, cm.weight, cm)
-    elif cfg.dataflow is Dataflow.IS:
-        y = _stationary_fast(w.t(), a.t(), cfg, cm.weight, cm.act, cm).t()
-    else:
-        y = _os_fast(a, w, cfg, cm)
-    return y.to(torch.int32)
+        return _stationary_fast(a, w, cfg, cm.act, cm.weight, cm)
+    if cfg.dataflow is Dataflow.IS:
+        return _stationary_fast(w.transpose(-1, -2), a.transpose(-1, -2), cfg, cm.weight, cm.act, cm).transpose(-1, -2)
+    return _os_fast(a, w, cfg, cm).to(torch.int32)
+
+
+def fast_gemm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None,
+              act_signed: bool | None = None, *, masks: ChipMasks | None = None) -> torch.Tensor:
+    """``a @ w`` on the faulty array, exact; a: (M, K) int8/uint8 (or float codes, see
+    :func:`fast_bmm`), w: (K, N) int8 tensors on one device. Returns (M, N) int32 on that
+    device: :func:`fast_bmm` of a batch of one."""
+    return fast_bmm(a.unsqueeze(0), w.unsqueeze(0), cfg, faults, act_signed, masks=masks)[0]

@@ -63,7 +63,8 @@ def chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tail
     O = 0
     J = 0
     for c in chain_cols:
-        J = max(J, faulty[:, c].sum())
+        if c < N:  # a column without outputs adds no chain (nor segments to the others)
+            J = max(J, faulty[:, c].sum())
         for fc in range(col_folds):
             O += fc * C + c < N
     S = J if linear_tail else J + 1
@@ -101,16 +102,23 @@ def plan(cm: ChipMasks, cfg: ArrayConfig, chain_cols: np.ndarray, col_folds: int
     return p if len(p.n_idx) else None
 
 
-def segment_weights(Wp: torch.Tensor, p: PsumPlan, rows: int) -> torch.Tensor:
-    """The latched weights split by segment: ``Wv[fr, r, s, o] = Wp[fr*R + r, n_idx[o]]`` where row
-    ``r`` of output ``o``'s column is in segment ``s``, else 0; Wp (Fr*R, Np), Wv (Fr, R, S, O).
+def segment_mask(p: PsumPlan, rows: int) -> np.ndarray:
+    """(R, S*O) float32, 1 where row ``r`` of output ``o``'s column is in segment ``s`` (column
+    ``s*O + o``), else 0: which of a fold's rows each segment sum adds."""
+    O, S = p.keep.shape
+    seg = p.seg_of_row.T  # (R, O)
+    return (seg[:, None, :] == np.arange(S)[None, :, None]).reshape(rows, S * O).astype(np.float32)
+
+
+def segment_weights(Wcols: torch.Tensor, p: PsumPlan, rows: int) -> torch.Tensor:
+    """The latched weights of the replayed outputs split by segment: Wcols (..., Fr*R, O) is
+    ``Wp[..., n_idx]``, the replayed columns of the latched weights (one matrix per GEMM of a
+    batch); returns Wv (..., Fr, R, S, O) with ``Wv[..., fr, r, s, o] = Wcols[..., fr*R + r, o]``
+    where row ``r`` of output ``o``'s column is in segment ``s``, else 0 (:func:`segment_mask`).
     A segment's sum is the product of the fold's inputs with its weights."""
-    Fr = Wp.shape[0] // rows
-    S = p.keep.shape[1]
-    dev = Wp.device
-    seg_mask = torch.nn.functional.one_hot(torch.from_numpy(p.seg_of_row).to(dev), p.J + 1)[..., :S]  # (O, R, S)
-    Wsel = Wp.view(Fr, rows, -1)[:, :, torch.from_numpy(p.n_idx).to(dev)]  # (Fr, R, O)
-    return Wsel.unsqueeze(2) * seg_mask.permute(1, 2, 0).unsqueeze(0).to(Wsel.dtype)
+    O, S = p.keep.shape
+    mask = torch.from_numpy(segment_mask(p, rows)).to(Wcols.device, Wcols.dtype).view(rows, S, O)
+    return Wcols.unflatten(-2, (Wcols.shape[-2] // rows, rows)).unsqueeze(-2) * mask
 
 
 def fold_chain_torch(seg: torch.Tensor, keep: torch.Tensor, ones: torch.Tensor, sign: int,
@@ -125,35 +133,43 @@ def fold_chain_torch(seg: torch.Tensor, keep: torch.Tensor, ones: torch.Tensor, 
 
 
 @threaded(ELEMENTWISE)
-def chain_totals_cpu(seg, keep, ones, sign, linear_tail, out):
+def chain_totals_cpu(seg, keep, ones, sign, linear_tail, y, cols):
     """Replay chains over precomputed segment sums: per fold ``p = force_s(p + seg_s)`` over the
-    segments, summed over folds with int32 wraparound; vectorised over the replayed outputs.
+    segments, summed over folds with int32 wraparound; vectorised over the stream.
 
-    seg: (Fr, T, S, V) exact integers below 2**31 (float or int); keep/ones: (S, V) int64;
-    out: (T, V) int64 gets the fold sum of the chain values, or with ``linear_tail`` of
-    ``value - sum(seg)``: the correction to add to the plain GEMM.
+    seg: (Fr, S, V, T) exact integers below 2**31 (float or int), any strides (fastest with the
+    stream contiguous); keep/ones: (S, V) int64; y: (T, N) int32 outputs, of which output ``v``
+    is column ``cols[v]`` (cols (V,) int64): ``y[t, cols[v]]`` becomes the fold sum of the chain
+    values or, with ``linear_tail``, ``y`` plus the sum over all steps of ``force(q) - q`` (``y``
+    holds the plain GEMM, this is its correction), wrapped to int32 as the accumulator outside
+    the array does.
     """
-    Fr, T, S, V = seg.shape
-    block = 256
+    Fr, S, V, T = seg.shape
+    block = 256  # stream values per task: a block's (strided) segment sums stay in L1 across the outputs
     for b in prange((T + block - 1) // block):
-        p = np.empty(V, dtype=np.int64)
-        pre = np.empty(V, dtype=np.int64)
-        tot = np.empty(V, dtype=np.int64)
-        for t in range(b * block, min(T, (b + 1) * block)):
-            tot[:] = 0
+        t0 = b * block
+        n = min(T, t0 + block) - t0
+        p = np.empty(n, dtype=np.int64)
+        fix = np.empty(n, dtype=np.int64)  # sum of force(q) - q over the steps (linear tail)
+        tot = np.empty(n, dtype=np.int64)  # sum of the chains' values over the folds
+        for v in range(V):
+            c = cols[v]
+            for i in range(n):
+                fix[i] = 0
+                tot[i] = 0
             for fr in range(Fr):
-                p[:] = 0
-                pre[:] = 0
+                for i in range(n):
+                    p[i] = 0
                 for s in range(S):
-                    for v in range(V):
-                        x = np.int64(np.int32(seg[fr, t, s, v]))
-                        p[v] = force_jit(p[v] + x, keep[s, v], ones[s, v], sign)
-                        pre[v] += x
-                if linear_tail:
-                    for v in range(V):
-                        tot[v] += p[v] - pre[v]
-                else:
-                    for v in range(V):
-                        tot[v] += p[v]
-            for v in range(V):
-                out[t, v] = force_jit(tot[v], 0xFFFFFFFF, 0, 0x80000000)  # the int32 accumulator's wrap
+                    k = keep[s, v]
+                    o = ones[s, v]
+                    for i in range(n):
+                        q = p[i] + np.int64(np.int32(seg[fr, s, v, t0 + i]))
+                        f = force_jit(q, k, o, sign)
+                        p[i] = f
+                        fix[i] += f - q
+                for i in range(n):
+                    tot[i] += p[i]
+            for i in range(n):
+                val = fix[i] + y[t0 + i, c] if linear_tail else tot[i]
+                y[t0 + i, c] = force_jit(val, 0xFFFFFFFF, 0, 0x80000000)  # the int32 accumulator's wrap

@@ -106,23 +106,25 @@ class ChipMasks:
 def latched(stationary, reg: RegisterMasks, bypassed: np.ndarray, dtype):
     """The stationary operand as every PE of every fold latches it.
 
-    stationary: (I, J) torch tensor of integer values (WS: the weights K x N; IS: the inputs K x
-    M); reg: the register that holds it; bypassed: (R, C) bool. Returns (ceil(I/R)*R,
-    ceil(J/C)*C) ``dtype``: zero-padded to whole folds, forced through each PE's register
-    (:mod:`sysarray.mapping`: element (i, j) sits at PE (i % R, j % C)), zero where the PE is
-    bypassed."""
+    stationary: (..., I, J) torch tensor of integer values, one matrix per GEMM of a batch (WS:
+    the weights K x N; IS: the inputs K x M); reg: the register that holds it; bypassed: (R, C)
+    bool. Returns (..., ceil(I/R)*R, ceil(J/C)*C) ``dtype``: zero-padded to whole folds, forced
+    through each PE's register (:mod:`sysarray.mapping`: element (i, j) sits at PE (i % R,
+    j % C)), zero where the PE is bypassed. ``dtype`` must hold the register's read-back (int8
+    for a signed 8-bit register, int16 or a float type for any)."""
     R, C = reg.keep.shape
-    I, J = stationary.shape
+    *lead, I, J = stationary.shape
     shape = (-(-I // R) * R, -(-J // C) * C)
     dev = stationary.device
-    out = torch.zeros(shape, dtype=dtype, device=dev)
-    out[:I, :J] = stationary
+    out = torch.zeros((*lead, *shape), dtype=dtype, device=dev)
+    out[..., :I, :J] = stationary
     if reg.faulty.any():
-        keep = torch.from_numpy(mapping.per_element(reg.keep, shape)).to(dev)
-        ones = torch.from_numpy(mapping.per_element(reg.ones, shape)).to(dev)
-        out = force(out.to(torch.int64), keep, ones, reg.sign).to(dtype)
+        # int16 holds every 8-bit pattern and its read-back, so the masks apply exactly
+        keep = torch.from_numpy(mapping.per_element(reg.keep, shape)).to(dev, torch.int16)
+        ones = torch.from_numpy(mapping.per_element(reg.ones, shape)).to(dev, torch.int16)
+        out = force(out.to(torch.int16), keep, ones, reg.sign).to(dtype)
     if bypassed.any():
-        out[torch.from_numpy(mapping.per_element(bypassed, shape)).to(dev)] = 0
+        out.masked_fill_(torch.from_numpy(mapping.per_element(bypassed, shape)).to(dev), 0)
     return out
 
 

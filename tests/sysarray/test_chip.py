@@ -113,3 +113,51 @@ def test_chip_checks_its_parts():
     with pytest.raises(ValueError, match="act_signed"):
         chip.gemm(torch.zeros(2, 3), torch.zeros(3, 2, dtype=torch.int8))
     assert "cycle engine" in repr(chip)
+
+
+def test_bmm_checks_its_operands():
+    chip = sa.Chip(sa.ArrayConfig(4, 4))
+    a = torch.zeros(3, 2, 5, dtype=torch.uint8)
+    w = torch.zeros(3, 5, 4, dtype=torch.int8)
+    assert chip.bmm(a, w)[0].shape == (3, 2, 4)
+    with pytest.raises(TypeError, match="'a' argument of Chip.bmm must be a torch tensor. Got ndarray"):
+        chip.bmm(a.numpy(), w)
+    with pytest.raises(TypeError, match="'w' argument of Chip.bmm must be a torch tensor. Got list"):
+        chip.bmm(a, [[1]])
+    with pytest.raises(ValueError, match=r"'a' argument of Chip.bmm must be a 3-D tensor \(G, M, K\).* \(2, 5\)"):
+        chip.bmm(a[0], w)
+    with pytest.raises(ValueError, match=r"'w' argument of Chip.bmm must be a 3-D tensor \(G, K, N\).* \(3, 5, 0"):
+        chip.bmm(a, w[..., :0])
+    with pytest.raises(TypeError, match="'a' argument of Chip.bmm must have dtype int8 or uint8 .* Got int32"):
+        chip.bmm(a.int(), w)
+    with pytest.raises(TypeError, match="'w' argument of Chip.bmm must have dtype .* Got bool"):
+        chip.bmm(a, w.bool())
+    with pytest.raises(ValueError, match=r"same G and K. Got a \(3, 2, 5\) and w \(2, 5, 4\)"):
+        chip.bmm(a, w[:2])
+    with pytest.raises(ValueError, match=r"same G and K. Got a \(3, 2, 5\) and w \(3, 4, 4\)"):
+        chip.bmm(a, w[:, :4])
+    with pytest.raises(ValueError, match="Chip.bmm needs 'act_signed'"):
+        chip.bmm(a.float(), w)
+    with pytest.raises(TypeError, match="'act_signed' argument of Chip.bmm must be True or False. Got 1"):
+        chip.bmm(a.float(), w, act_signed=1)
+    with pytest.raises(ValueError, match=r"'act_signed' argument of Chip.bmm must match the dtype of 'a' \(uint8\)"):
+        chip.bmm(a, w, act_signed=True)
+    assert chip.bmm(a, w, act_signed=False)[0].shape == (3, 2, 4)  # agreeing with the dtype
+    assert chip.bmm(a.to(torch.int8), w, act_signed=True)[0].shape == (3, 2, 4)
+
+
+@settings(max_examples=40, **SETTINGS)
+@given(conv_problems())
+def test_bmm_of_conv_operands_agrees_with_gemm_on_both_engines(problem):
+    """The batch is its GEMMs run one after another: values and one timing per GEMM, both engines."""
+    cfg, faults, x, w, _, signed, _, _ = problem
+    a = x.reshape(2, x.shape[1], -1)  # (G, M, K) codes
+    rng = np.random.default_rng(2)
+    weights = torch.from_numpy(rng.integers(-128, 128, size=(2, a.shape[2], 3)).astype(np.int8))
+    for engine in ("fast", "cycle"):
+        chip = sa.Chip(cfg, faults, engine)
+        y, stats = chip.bmm(a, weights, act_signed=signed)
+        for g in range(2):
+            want, want_stats = chip.gemm(a[g], weights[g], act_signed=signed)
+            np.testing.assert_array_equal(y[g].numpy(), want.numpy())
+            assert stats[g] == want_stats

@@ -57,3 +57,46 @@ def test_in_place_weight_changes_reach_the_fast_engine():
         ref, _ = sa.simulate_gemm(cols, w.reshape(4, -1).t().numpy(), cfg, faults=fm, engine="cycle")
         np.testing.assert_array_equal(y.numpy().reshape(2, 4, 25).transpose(0, 2, 1).reshape(-1, 4), ref)
         w[:, 0] = -w[:, 0].clamp(-127, 127)  # in place: the next round must see it
+
+
+def test_memo_keeps_a_stable_part_of_a_working_set_too_large_for_it():
+    """Five values cycled through a memo of three: least-recently-used eviction would drop each
+    value just before its next use; the memo keeps three for good (hits from the second round
+    on), and a new program's values still take the place of the old ones."""
+    memo, calls = TensorMemo(max_entries=3), []
+    ts = [torch.zeros(1) + i for i in range(5)]
+    for _ in range(3):
+        for i, t in enumerate(ts):
+            memo.get((t,), None, lambda i=i: calls.append(i) or i)
+    assert len(calls) == 5 + 2 + 2
+    new = [torch.zeros(1) + 10 + i for i in range(3)]
+    for t in new:
+        memo.get((t,), None, lambda: 0)
+    calls.clear()
+    for t in new:
+        memo.get((t,), None, lambda: calls.append(1))
+    assert not calls and len(memo) == 3
+
+
+def test_latched_weights_are_narrow_and_made_once():
+    """The latched weights of a (grouped) convolution: the conv form float32, the GEMM form int8,
+    made on first use; memoised for healthy weight registers, forced through stuck ones."""
+    from sysarray.engines.conv.weights import latched_weights
+    from sysarray.engines.registers import chip_masks
+
+    cfg = sa.ArrayConfig(8, 4)
+    w = torch.from_numpy(np.random.default_rng(3).integers(-128, 128, size=(6, 2, 3, 3)).astype(np.int8))
+    lw = latched_weights(w, cfg, chip_masks(cfg, None, False), groups=3)
+    assert lw.conv.w.dtype == torch.float32 and lw.conv.groups == 3 and "gemm" not in vars(lw)
+    assert lw.gemm.dtype == torch.int8 and lw.gemm.shape == (3, 24, 4)  # K = 18 in 3 folds, 2 outputs in 1
+    for g in range(3):
+        np.testing.assert_array_equal(lw.gemm[g, :18, :2].numpy(), w[2 * g:2 * g + 2].reshape(2, -1).t().numpy())
+    assert not lw.gemm[:, 18:].any() and not lw.gemm[..., 2:].any()
+    assert latched_weights(w, cfg, chip_masks(cfg, None, False), groups=3) is lw
+    assert lw.nbytes() < 6 * w.numel()  # float32 and int8 forms (int64 would be 16 bytes a weight)
+    stuck = sa.FaultMap(8, 4).add(1, 0, "weight", 7, 1)  # the sign bit of rows 1, 9, 17, column 0
+    lf = latched_weights(w, cfg, chip_masks(cfg, stuck, False), groups=3)
+    gemm = w.reshape(3, 2, 18).transpose(1, 2).to(torch.int64)
+    gemm[:, 1::8, 0] |= -128  # the stuck sign bit: a signed 8-bit read-back
+    np.testing.assert_array_equal(lf.gemm[:, :18, :2].numpy(), gemm.numpy())
+    np.testing.assert_array_equal(lf.conv.w.numpy(), gemm.transpose(1, 2).reshape(6, 2, 3, 3).numpy())

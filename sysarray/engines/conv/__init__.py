@@ -4,8 +4,11 @@
 - :mod:`.weights`, :mod:`.exact`: latched weights and exact float convolutions;
 - :mod:`.settings`: :class:`ReplaySettings`, the replay strategy (results never depend on it);
 - :mod:`.replay_direct` with :mod:`.plan`, :mod:`.planes`, :mod:`.replay_passes`,
-  :mod:`.replay_simd`: the CPU psum replay; :mod:`.fix`: its result applied to the output;
+  :mod:`.replay_simd`: the CPU psum replay; :mod:`.replay_conv`: the CPU replay of single-fold
+  layers (depthwise) by a segment convolution; :mod:`.fix`: their result applied to the output;
 - :mod:`.replay_torch`: the psum replay in torch ops (CUDA).
+
+Grouped and depthwise convolutions take the same paths, every group's GEMM at once.
 """
 from sysarray.engines.conv.conv2d import by_im2col, conv_native_ok, fast_conv2d, fast_conv2d_exact
 from sysarray.engines.conv.fix import ChainFix, apply_fix

@@ -15,11 +15,15 @@ the ``M x K`` operand:
   chains as it goes (:mod:`.replay_direct`, its result applied by :mod:`.fix`); on CUDA they come
   from one small convolution per fold with the chains in torch ops (:mod:`.replay_torch`).
 
-Cases this form does not cover (stuck bits in the streamed ``act`` register, IS/OS dataflows,
-grouped convolutions, psum registers narrow enough for a fold to wrap) go through ``im2col`` and
-``fast_gemm``, which handle everything.
+A grouped (or depthwise) convolution is one GEMM per group on the array; the same path runs all
+of them at once: one grouped float convolution, and every group's replayed outputs in the same
+replay. Cases this form does not cover (stuck bits in the streamed ``act`` register, IS/OS
+dataflows, psum registers narrow enough for a fold to wrap) go through ``im2col`` and
+:func:`~sysarray.engines.fast.fast_bmm`, every group's GEMM in one batch, which handles everything.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -27,19 +31,21 @@ import torch.nn.functional as F
 from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines.conv.exact import F32_LIMIT, exact_conv
 from sysarray.engines.conv.fix import apply_fix
+from sysarray.engines.conv.replay_conv import replay_by_segment_conv
 from sysarray.engines.conv.replay_direct import replay_direct
 from sysarray.engines.conv.replay_torch import replay_by_fold_convs
 from sysarray.engines.conv.settings import DEFAULT, Replay, ReplaySettings
 from sysarray.engines.conv.weights import latched_weights
-from sysarray.engines.fast import fast_gemm
+from sysarray.engines.fast import fast_bmm
 from sysarray.engines.registers import ChipMasks, chip_masks, wrap
 from sysarray.faults import FaultMap
 from sysarray.mapping import conv_by_gemms
 
 
-def conv_native_ok(cfg: ArrayConfig, cm: ChipMasks, groups: int) -> bool:
-    """True when :func:`fast_conv2d` can skip im2col for this chip and layer."""
-    return cfg.dataflow is Dataflow.WS and groups == 1 and not cm.act.faulty.any()
+def conv_native_ok(cfg: ArrayConfig, cm: ChipMasks) -> bool:
+    """True when :func:`fast_conv2d` can skip im2col on this chip (the layer's weights and
+    input may still send it there: a fold whose partial sums could wrap)."""
+    return cfg.dataflow is Dataflow.WS and not cm.act.faulty.any()
 
 
 def fast_conv2d(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
@@ -51,9 +57,9 @@ def fast_conv2d(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults:
     x: (B, Cin, H, W) float tensor of activation codes (uint8 or int8 values, ``act_signed``);
     weight: (N, Cin/groups, kh, kw) int8 codes; padding uses ``pad_value`` (the input zero point).
     Returns (B, N, oh, ow) int32: for each group, ``fast_gemm(im2col(x_g), weight_g.reshape(N_g,
-    -1).t())`` laid out as a convolution output. ``masks``: ``chip_masks(cfg, faults, act_signed)``
-    when the caller already has them. ``settings``: how psum chains are replayed on CPU (the
-    result does not depend on it).
+    -1).t())`` laid out as a convolution output (all groups computed together). ``masks``:
+    ``chip_masks(cfg, faults, act_signed)`` when the caller already has them. ``settings``: how
+    psum chains are replayed on CPU (the result does not depend on it).
     """
     y = fast_conv2d_exact(x, weight, cfg, faults, stride=stride, padding=padding, pad_value=pad_value,
                           groups=groups, act_signed=act_signed, masks=masks, settings=settings)
@@ -100,12 +106,13 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
     ``clean`` itself (see :func:`fast_conv2d_exact`): not to be written."""
     cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     kh, kw = int(weight.shape[2]), int(weight.shape[3])
-    if not conv_native_ok(cfg, cm, groups):
+    if not conv_native_ok(cfg, cm):
         return by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, cm), None
-    R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
+    R, pb = cfg.rows, cfg.psum_bits
     N = int(weight.shape[0])
-    K = int(weight[0].numel())
-    Wp, cw = latched_weights(weight, cfg, cm)  # (Fr*R, Fc*C) int64; the conv's weights
+    K = int(weight[0].numel())  # rows of each group's GEMM
+    lw = latched_weights(weight, cfg, cm, groups)
+    cw = lw.conv
     if x_bound is None:
         lo, hi = torch.aminmax(x) if x.numel() else (torch.zeros(()), torch.zeros(()))
         x_bound = max(-int(lo), int(hi))
@@ -125,7 +132,9 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
     direct = len(chain_cols) > 0 and xp.device.type == "cpu" and settings.replay is Replay.DIRECT
     if direct:
         # Before the convolution, while the input is still in cache from the layer that wrote it.
-        fix = replay_direct(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N, pb == 32, settings)
+        single_fold = settings.segment_conv and K <= R
+        replay = replay_by_segment_conv if single_fold else partial(replay_direct, settings=settings)
+        fix = replay(xp, lw.gemm, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N, pb == 32)
     if clean is not None and cm.latches_sent_weights:
         y = clean  # the same convolution of the same input and weights, done fault-free
     else:
@@ -134,12 +143,13 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
             y = wrap(y.to(torch.int64), 32)
     if len(chain_cols) and not direct:
         y = y.to(torch.int32, copy=y is clean)
-        replay_by_fold_convs(xp, Wp, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, y, linear_tail=pb == 32)
+        replay_by_fold_convs(xp, lw.gemm, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, y, pb == 32)
     return y, fix
 
 
 def by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks=None) -> torch.Tensor:
-    """The convolution as :func:`~sysarray.mapping.im2col` and one :func:`fast_gemm` per group
-    (:func:`~sysarray.mapping.conv_by_gemms`): (B, N, oh, ow) int32, every case covered."""
+    """The convolution as :func:`~sysarray.mapping.im2col` and one GEMM per group, all groups'
+    GEMMs in one :func:`fast_bmm` (:func:`~sysarray.mapping.conv_by_gemms`): (B, N, oh, ow)
+    int32, every case covered."""
     return conv_by_gemms(x, weight, stride, padding, pad_value, groups,
-                         lambda a, w: fast_gemm(a, w, cfg, faults, act_signed=act_signed, masks=masks))
+                         lambda a, w: fast_bmm(a, w, cfg, faults, act_signed=act_signed, masks=masks))

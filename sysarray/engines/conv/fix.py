@@ -1,4 +1,4 @@
-"""The direct replay's result and how it lands in a layer's output (CPU)."""
+"""The CPU psum replay's result (direct kernels, segment convolution) and how it lands in a layer's output."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,27 +7,68 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from sysarray.engines.registers import force_i32
 from sysarray.parallel import ELEMENTWISE, threaded
+
+_SIGN32 = np.int32(-(1 << 31))  # a 32-bit register's sign bit as an int32 bit pattern
 
 
 @dataclass(frozen=True)
 class ChainFix:
-    """The direct psum replay's result: outputs ``y[:, n_idx]`` become ``wrap32(y[:, n_idx] +
-    tot)`` (``add``) or ``wrap32(tot)`` (:func:`apply_fix`). tot: (B, O, oh*ow) int32. The replay
-    runs before the layer's convolution, while its input is still in cache, and is applied to the
-    convolution's result afterwards."""
+    """The psum replay's result on CPU: outputs ``y[:, n_idx]`` become ``wrap32(y[:, n_idx] +
+    tot)`` (``add``) or ``wrap32(tot)`` (:func:`apply_fix`). tot: (B, O, >= oh*ow) int32, each
+    output plane a row (rows may be padded past ``oh*ow``), or (B, oh*ow, O) when
+    ``pixel_major`` (a channels-last output's order). The replay runs before the layer's
+    convolution, while its input is still in cache, and is applied to the convolution's result
+    afterwards.
+
+    ``tot`` None: every replayed output's chain is one step, through a 32-bit register whose
+    segment holds all of the output's taps, so the output is its plain sum read back,
+    ``force(y)``, through ``keep``, ``ones`` (O,) int32 bit patterns: nothing to compute before
+    the convolution."""
 
     n_idx: np.ndarray
-    tot: np.ndarray
+    tot: np.ndarray | None
     add: bool
+    pixel_major: bool = False
+    keep: np.ndarray | None = None
+    ones: np.ndarray | None = None
+
+
+def is_pixel_major(t: torch.Tensor) -> bool:
+    """Whether (B, C, H, W) ``t`` is stored channels-last (and not also plain: 1x1 images are both)."""
+    return t.shape[2] * t.shape[3] > 1 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def apply_fix(y: torch.Tensor, fix: ChainFix, saturate: int = 1 << 31) -> None:
     """Apply a :class:`ChainFix` to ``y`` (B, N, oh, ow) (any strides), in place: int32, or
     float32 with the corrected values clamped to ``[-saturate, saturate]`` (at most 2**24, so
-    that they are exact; see :func:`~sysarray.engines.conv.conv2d.fast_conv2d_exact`)."""
+    that they are exact; see :func:`~sysarray.engines.conv.conv2d.fast_conv2d_exact`). ``y`` is
+    read in its storage order, plane by plane or (channels-last) pixel by pixel: numba indexes a
+    C-ordered array fastest."""
     lo, hi = max(-saturate, -(1 << 31)), min(saturate, (1 << 31) - 1)  # int32 bounds (a no-op for 2**31)
-    _apply_fix(y.numpy(), fix.n_idx, fix.tot, fix.add, np.int32(lo), np.int32(hi), work=fix.tot.size)
+    B, N, oh, ow = y.shape
+    cl = is_pixel_major(y)
+    target = y if y.is_contiguous() or cl else y.contiguous()
+    tot = fix.tot
+    if fix.pixel_major and not cl and tot is not None:
+        tot = np.ascontiguousarray(tot.transpose(0, 2, 1))  # into the planes' order
+    bounds, work = (np.int32(lo), np.int32(hi)), B * N * oh * ow
+    if cl:
+        starts = np.flatnonzero(np.diff(fix.n_idx, prepend=-2) != 1)  # runs of consecutive channels
+        runs = np.stack([starts, np.diff(starts, append=len(fix.n_idx))], axis=1)
+        pixels = target.permute(0, 2, 3, 1).numpy().reshape(B, oh * ow, N)
+        if tot is None:
+            _force_pixels(pixels, runs, fix.n_idx, fix.keep, fix.ones, *bounds, work=work)
+        else:
+            kernel = _apply_fix_pixels if fix.pixel_major else _apply_fix_pixels_from_planes
+            kernel(pixels, runs, fix.n_idx, tot, fix.add, *bounds, work=work)
+    elif tot is None:
+        _force_planes(target.numpy().reshape(B, N, oh * ow), fix.n_idx, fix.keep, fix.ones, *bounds, work=work)
+    else:
+        _apply_fix(target.numpy().reshape(B, N, oh * ow), fix.n_idx, tot, fix.add, *bounds, work=work)
+    if target is not y:
+        y.copy_(target)
 
 
 @njit(cache=True, inline="always")
@@ -42,22 +83,87 @@ def _corrected(y, t, add, lo, hi):
 
 @threaded(ELEMENTWISE)
 def _apply_fix(y, n_idx, tot, add, lo, hi):
-    """y (B, N, oh, ow), any strides: plane by plane, or pixel by pixel for channels-last ``y``
-    (all replayed outputs of a pixel share its cache lines) and for linear layers' 1x1 planes
-    (where a plane is a single value)."""
-    B, N, oh, ow = y.shape
+    """y (B, N, L) output planes, tot (B, O, >= L): plane by plane."""
+    B, _, L = y.shape
     O = n_idx.shape[0]
-    if y.strides[1] < y.strides[3] or oh * ow == 1:
-        for b in prange(B):
-            for r in range(oh):
-                for q in range(ow):
-                    for o in range(O):
-                        y[b, n_idx[o], r, q] = _corrected(y[b, n_idx[o], r, q], tot[b, o, r * ow + q], add, lo, hi)
-        return
     for bo in prange(B * O):
         b = bo // O
         o = bo % O
         yp = y[b, n_idx[o]]
-        for r in range(oh):
-            for q in range(ow):
-                yp[r, q] = _corrected(yp[r, q], tot[b, o, r * ow + q], add, lo, hi)
+        tp = tot[b, o]
+        for p in range(L):
+            yp[p] = _corrected(yp[p], tp[p], add, lo, hi)
+
+
+_TILE = 16  # pixels a channels-last fix transposes at a time
+
+
+@threaded(ELEMENTWISE)
+def _apply_fix_pixels(y, runs, n_idx, tot, add, lo, hi):
+    """y (B, L, N) the pixels of a channels-last output, tot (B, L, O): pixel by pixel, each run
+    of consecutive channels (``runs`` (n, 2): first replayed output, length) a contiguous,
+    vectorised loop."""
+    B, L = y.shape[:2]
+    for bp in prange(B * L):
+        _apply_runs(y[bp // L, bp % L], tot[bp // L, bp % L], runs, n_idx, add, lo, hi)
+
+
+@threaded(ELEMENTWISE)
+def _apply_fix_pixels_from_planes(y, runs, n_idx, tot, add, lo, hi):
+    """y (B, L, N) the pixels of a channels-last output, tot (B, O, >= L): by tiles of ``_TILE``
+    pixels, whose totals are first transposed into a buffer (short runs of every row of
+    ``tot``), then applied pixel by pixel as :func:`_apply_fix_pixels`."""
+    B, L = y.shape[:2]
+    O = n_idx.shape[0]
+    nt = (L + _TILE - 1) // _TILE
+    for bt in prange(B * nt):
+        b = bt // nt
+        p0 = (bt % nt) * _TILE
+        p1 = min(L, p0 + _TILE)
+        buf = np.empty((_TILE, O), dtype=np.int32)
+        for o in range(O):
+            src = tot[b, o, p0:p1]
+            for p in range(p1 - p0):
+                buf[p, o] = src[p]
+        for p in range(p1 - p0):
+            _apply_runs(y[b, p0 + p], buf[p], runs, n_idx, add, lo, hi)
+
+
+@njit(cache=True, inline="always")
+def _apply_runs(yp, tp, runs, n_idx, add, lo, hi):
+    """One pixel: ``yp`` (N,) its channels, ``tp`` (O,) its replayed outputs' totals."""
+    for j in range(runs.shape[0]):
+        o0, n = runs[j, 0], runs[j, 1]
+        ys = yp[n_idx[o0]:n_idx[o0] + n]
+        ts = tp[o0:o0 + n]
+        for i in range(n):
+            ys[i] = _corrected(ys[i], ts[i], add, lo, hi)
+
+
+@threaded(ELEMENTWISE)
+def _force_planes(y, n_idx, keep, ones, lo, hi):
+    """``tot`` None (see :class:`ChainFix`), y (B, N, L) output planes: plane by plane."""
+    B, _, L = y.shape
+    O = n_idx.shape[0]
+    for bo in prange(B * O):
+        yp = y[bo // O, n_idx[bo % O]]
+        k = keep[bo % O]
+        on = ones[bo % O]
+        for p in range(L):
+            yp[p] = min(max(force_i32(np.int32(yp[p]), k, on, _SIGN32), lo), hi)
+
+
+@threaded(ELEMENTWISE)
+def _force_pixels(y, runs, n_idx, keep, ones, lo, hi):
+    """``tot`` None (see :class:`ChainFix`), y (B, L, N) the pixels of a channels-last output:
+    pixel by pixel, each run of consecutive channels one vectorised loop."""
+    B, L = y.shape[:2]
+    for bp in prange(B * L):
+        yp = y[bp // L, bp % L]
+        for j in range(runs.shape[0]):
+            o0, n = runs[j, 0], runs[j, 1]
+            ys = yp[n_idx[o0]:n_idx[o0] + n]
+            ks = keep[o0:o0 + n]
+            ons = ones[o0:o0 + n]
+            for i in range(n):
+                ys[i] = min(max(force_i32(np.int32(ys[i]), ks[i], ons[i], _SIGN32), lo), hi)

@@ -109,7 +109,8 @@ def task_planes(xg, x, in_place, geometry, plane_of, g0):
 @njit(cache=True, inline="always")
 def scatter_runs(tots, out, g0, G, o_lo, oh, ow, Wq):
     """Runs ``tots`` (outputs of a task, values ``e = (r*G + g)*Wq + q``) -> ``out`` (B, O,
-    oh*ow), element by element (a slice copy per row costs more than a linear layer's one-value rows)."""
+    >= oh*ow), element by element (a slice copy per row costs more than a linear layer's
+    one-value rows)."""
     B = out.shape[0]
     for i in range(tots.shape[0]):
         for g in range(min(G, B - g0 * G)):

@@ -29,10 +29,12 @@ def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: Chip
     (group of images, chunk of replayed outputs): it lays out its group in a buffer that stays in
     cache across all its outputs' taps, so the input is read from memory once.
 
-    Wp: (Fr*R, Fc*C) int64 latched weights; the replayed columns' outputs are returned as a
-    :class:`ChainFix` (``None``: no output has a faulty column). The plan and tap tables come
-    from one jitted call and the arrays are numpy's: this runs once per faulty layer and chip, and
-    small Python and torch calls around the kernel would cost as much as a small layer's replay."""
+    Wp: (groups, Fr*R, Fc*C) int8, each group's latched GEMM weights (a grouped convolution is
+    one GEMM per group; every group's replayed outputs run in the same kernel call); N: the
+    layer's output channels. The replayed columns' outputs are returned as a :class:`ChainFix`
+    (``None``: no output has a faulty column). The plan and tap tables come from one jitted call
+    and the arrays are numpy's: this runs once per faulty layer and chip, and small Python and
+    torch calls around the kernel would cost as much as a small layer's replay."""
     kh, kw = kernel
     sh, sw = stride
     ph, pw = padding
@@ -46,9 +48,10 @@ def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: Chip
     # The SIMD kernel needs float32 input, runs of at least a block of lanes and float32 sums.
     simd = x.dtype == np.float32 and run >= SIMD_BLOCK and settings.kernel is Kernel.SIMD
     preg = cm.psum
+    groups = Wp.shape[0]
     n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd = direct_plan(
-        preg.faulty, preg.keep, preg.ones, chain_cols, Wp.numpy(), N, cfg.cols, (1 << cfg.psum_bits) - 1,
-        linear_tail, Cin * kh * kw, kh, kw, sh, sw, Hq, G * Wq, simd, amax, settings.pairs)
+        preg.faulty, preg.keep, preg.ones, chain_cols, Wp.numpy(), N // groups, cfg.cols, (1 << cfg.psum_bits) - 1,
+        linear_tail, Cin // groups * kh * kw, kh, kw, sh, sw, Hq, G * Wq, simd, amax, settings.pairs)
     if not len(n_idx):
         return None
     if f32:
@@ -64,9 +67,11 @@ def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: Chip
     # Tasks are (group, chunk of outputs); a task fills its group's planes once for all its outputs.
     chunks = min(len(n_idx), -(-4 * numba.get_num_threads() // NG))
     geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
-    tot = np.empty((B, len(n_idx), oh * ow), dtype=np.int32)
+    # rows of 4 KiB multiples would share cache sets; a channels-last fix reads a column of them
+    row = oh * ow + (16 if oh * ow % 1024 == 0 else 0)
+    tot = np.empty((B, len(n_idx), row), dtype=np.int32)
     args = (xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, 1 << (cfg.psum_bits - 1),
-            linear_tail, Wp.shape[0] // cfg.rows, chunks, oh, ow, tot)
+            linear_tail, Wp.shape[1] // cfg.rows, chunks, oh, ow, tot)
     if simd:
         # Stride 1 from channels-last input of a multiple of LANES channels: the fill transposes
         # blocks in registers, the costliest part of a narrow layer's replay otherwise

@@ -41,7 +41,7 @@ def direct_chains(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, kee
     ow`` are padding, computed and dropped), read for tap ``t`` at ``planes[toff[t] + e]``. Taps
     of segment ``(o, fold, s)`` are ``ptr[(o*Fr + fold)*S + s] .. ptr[...+1]``, at least four
     (zero-weight taps pad them), with weights ``tw``, for ``s < n_seg[o]``;
-    keep/ones: (O, S) int64. ``out`` (B, O, oh*ow) int32 gets, per replayed output, the sum over
+    keep/ones: (O, S) int64. ``out`` (B, O, >= oh*ow) int32 gets, per replayed output, the sum over
     folds of the chain's final value or, with ``linear_tail``, of ``chain - sum of segments``
     (the sum of ``force(q) - q`` over the chain's steps ``q = p + segment``): the correction to
     the plain sums (a :class:`~sysarray.engines.conv.fix.ChainFix`). The chain state is int32: a psum register value fits

@@ -27,7 +27,10 @@ class Kernel(str, enum.Enum):
 
 @dataclass(frozen=True)
 class ReplaySettings:
-    """replay, kernel: the strategies above. pairs: the SIMD kernel runs the outputs of one array
+    """replay, kernel: the strategies above. segment_conv: a direct replay of a layer whose GEMMs
+    fit one row fold (``K <= R``: depthwise and other small filters) takes its segment sums from
+    one grouped convolution and runs its chains in one pass (replay_conv.py) instead of the
+    kernel walking every output's taps. pairs: the SIMD kernel runs the outputs of one array
     column (column folds of a wide layer: the same taps) in pairs that share each tap's loads.
     run_target: values per contiguous run of the direct replay (images are laid side by side
     until one tap over their output planes is about this long: long runs amortise loop
@@ -37,6 +40,7 @@ class ReplaySettings:
 
     replay: Replay = Replay.DIRECT
     kernel: Kernel = Kernel.SIMD
+    segment_conv: bool = True
     pairs: bool = True
     run_target: int = 1024
     planes_budget: int = 64 << 10
@@ -44,6 +48,7 @@ class ReplaySettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "replay", check_enum(self.replay, Replay, "replay", "ReplaySettings"))
         object.__setattr__(self, "kernel", check_enum(self.kernel, Kernel, "kernel", "ReplaySettings"))
+        check_bool(self.segment_conv, "segment_conv", "ReplaySettings")
         check_bool(self.pairs, "pairs", "ReplaySettings")
         check_positive_int(self.run_target, "run_target", "ReplaySettings")
         check_positive_int(self.planes_budget, "planes_budget", "ReplaySettings")

@@ -1,66 +1,103 @@
-"""The stationary weights of a convolution as the array's PEs latch them, in conv form."""
+"""The stationary weights of a convolution as the array's PEs latch them, in conv and GEMM form.
+
+A convolution with ``groups`` groups is one GEMM per group on the array: group ``g`` multiplies
+its ``K = C/groups * kh * kw`` input columns with ``W_g = weight[g*Ng:(g+1)*Ng].reshape(Ng, K).t()``
+(:mod:`sysarray.mapping`). The latched weights are held in the narrowest exact types: int8 in GEMM
+form (a weight register reads back a signed 8-bit value) and float32 in conv form (what the float
+convolution reads; every int8 value is exact).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
-import numpy as np
 import torch
 
 from sysarray.config import ArrayConfig
+from sysarray.engines.exact import abs_max
 from sysarray.engines.registers import ChipMasks, latched
 from sysarray.tensor_memo import TensorMemo
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ConvWeights:
-    """Integer conv weights ``w`` (N, C, kh, kw) int64 and what :func:`~sysarray.engines.conv.exact.exact_conv` needs of
-    them: ``wmax`` = max |w|, ``l1`` (N, C) the per-filter, per-channel L1 norms."""
+    """Integer conv weights ``w`` (N, C/groups, kh, kw) float32 (exact integer values) and what
+    :func:`~sysarray.engines.conv.exact.exact_conv` needs of them: ``wmax`` = max |w|, the
+    ``groups``, the largest filter L1 norm and the channel chunks that keep float32 sums exact."""
 
     w: torch.Tensor
     wmax: int
-    l1: torch.Tensor
+    groups: int = 1
+    _chunks: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def of(cls, w: torch.Tensor, wmax: int | None = None) -> "ConvWeights":
-        if wmax is None:
-            wmax = int(w.abs().max()) if w.numel() else 0
-        return cls(w, int(wmax), w.abs().sum(dim=(2, 3)).to(torch.int64))
+    def of(cls, w: torch.Tensor, wmax: int | None = None, groups: int = 1) -> "ConvWeights":
+        """From integer-valued weights of any dtype (int8 range)."""
+        return cls(w.to(torch.float32).contiguous(), abs_max(w) if wmax is None else int(wmax), groups)
 
     @cached_property
     def l1_max(self) -> int:
         """The largest filter L1 norm (0 without weights)."""
-        return int(self.l1.sum(dim=1).max()) if self.w.numel() else 0
+        return int(self.w.abs().sum(dim=(1, 2, 3), dtype=torch.float64).max()) if self.w.numel() else 0
+
+    def channel_chunks(self, limit: int) -> tuple[tuple[int, int], ...]:
+        """Input channel ranges ``lo..hi-1`` (of a group), in order, each as long as every
+        filter's L1 norm over it stays below ``limit`` (at least one channel each): computed
+        once per limit."""
+        if limit not in self._chunks:
+            run = torch.cumsum(self.w.abs().sum(dim=(2, 3), dtype=torch.float64), dim=1)  # (N, C)
+            chunks, lo, C = [], 0, self.w.shape[1]
+            while lo < C:
+                base = run[:, lo - 1:lo] if lo else torch.zeros_like(run[:, :1])
+                hi = lo + max(1, int(((run[:, lo:] - base).max(dim=0).values < limit).sum()))
+                chunks.append((lo, hi))
+                lo = hi
+            self._chunks[limit] = tuple(chunks)
+        return self._chunks[limit]
+
+
+class LatchedWeights:
+    """A convolution's weights as every PE of every fold latches them: ``conv``, a
+    :class:`ConvWeights` (N, C/groups, kh, kw), and ``gemm`` (groups, Fr*R, Fc*C) int8, each
+    group's ``W_g`` zero-padded to whole folds and forced (``Fr = ceil(K/R)``, ``Fc =
+    ceil(Ng/C)``). The GEMM form is made on first use (only psum replays read it)."""
+
+    def __init__(self, conv: ConvWeights, gemm) -> None:
+        self.conv = conv
+        self._gemm = gemm  # the tensor, or a function making it
 
     @cached_property
-    def f32(self) -> torch.Tensor:
-        """``w`` as float32 (contiguous): computed once per cached layer, not per call."""
-        return self.w.to(torch.float32)
+    def gemm(self) -> torch.Tensor:
+        return self._gemm if isinstance(self._gemm, torch.Tensor) else self._gemm()
+
+    def nbytes(self) -> int:
+        """Bytes held once the GEMM form is made (it is counted from the start)."""
+        g = self._gemm if isinstance(self._gemm, torch.Tensor) else None
+        return self.conv.w.nbytes + (g.nbytes if g is not None else self.conv.w.numel() * 5 // 4)
 
 
-# Latched weights of healthy weight registers, per weight tensor and array shape: small torch ops
-# that a campaign would otherwise redo for every chip and run.
-_CLEAN_WEIGHTS = TensorMemo()
+# Latched weights of healthy weight registers, per weight tensor, array shape and groups: a
+# campaign would otherwise redo them for every chip and run. Big enough for the weights of a
+# large model (ResNet-50, VGG-11 at 224x224); TensorMemo keeps a stable part of a larger one.
+_CLEAN_WEIGHTS = TensorMemo(max_entries=1024, max_bytes=1 << 30)
 
 
-def latched_weights(weight: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) -> tuple[torch.Tensor, ConvWeights]:
-    """Conv weights (N, C, kh, kw) -> ``(Wp, cw)``: ``Wp`` (Fr*R, Fc*C) int64 (the GEMM's ``W = weight.reshape(N, K).t()``, folds ``Fr = ceil(K/R)``,
-    ``Fc = ceil(N/C)``) as every PE of
-    every fold latches them (zero-padded, forced through the PE's weight register, zero where the
-    PE is bypassed) and ``cw`` the conv weights (N, C, kh, kw) they amount to. Read-only: the
-    fault-free result is shared between calls."""
+def gemm_weights(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """Conv weights (N, C/groups, kh, kw) -> each group's GEMM operand ``W_g`` (groups, K, N/groups)."""
     N = int(weight.shape[0])
-    compute = lambda: _conv_weights(latched(weight.reshape(N, -1).t().to(torch.int64), cm.weight, cm.bypassed,  # noqa: E731
-                                            torch.int64), weight.shape)
+    return weight.reshape(groups, N // groups, -1).transpose(1, 2)
+
+
+def latched_weights(weight: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, groups: int = 1) -> LatchedWeights:
+    """Conv weights (N, C/groups, kh, kw) of integer values -> their :class:`LatchedWeights` on
+    this chip (zero-padded, forced through each PE's weight register, zero where the PE is
+    bypassed). Read-only: the fault-free result is shared between calls."""
     if not cm.latches_sent_weights:
-        return compute()
-    # sized with the float32 copy ConvWeights makes on first use
-    return _CLEAN_WEIGHTS.get((weight,), (cfg.rows, cfg.cols), compute,
-                              nbytes=lambda v: v[0].nbytes + v[1].w.nbytes * 3 // 2 + v[1].l1.nbytes)
-
-
-def _conv_weights(Wp: torch.Tensor, shape) -> tuple[torch.Tensor, ConvWeights]:
-    N, _, kh, kw = shape
-    K = int(np.prod(shape[1:]))
-    return Wp, ConvWeights.of(Wp[:K, :N].t().reshape(N, -1, kh, kw).contiguous(),
-                              int(Wp.abs().max()) if Wp.numel() else 0)
+        Wp = latched(gemm_weights(weight, groups), cm.weight, cm.bypassed, torch.int8)
+        K, Ng = int(weight[0].numel()), int(weight.shape[0]) // groups
+        conv = Wp[:, :K, :Ng].transpose(1, 2).reshape(weight.shape)
+        return LatchedWeights(ConvWeights.of(conv, groups=groups), Wp)
+    # every PE holds the weight it is sent: the conv form is the weight itself
+    compute = lambda: LatchedWeights(ConvWeights.of(weight, groups=groups),  # noqa: E731
+                                     lambda: latched(gemm_weights(weight, groups), cm.weight, cm.bypassed, torch.int8))
+    return _CLEAN_WEIGHTS.get((weight,), (cfg.rows, cfg.cols, groups), compute, nbytes=LatchedWeights.nbytes)

@@ -169,7 +169,8 @@ def test_direct_replay_with_partial_image_groups(stride, padding, kernel):
     case = ConvCase(x, w, cfg, fm, stride, padding, 0, 1, False)
     oh = (6 + 2 * padding[0] - kernel) // stride[0] + 1
     wq = -(-(5 + 2 * padding[1]) // stride[1])
-    two_images = ReplaySettings(run_target=2 * oh * wq, planes_budget=NO_BUDGET)  # two images per run
+    # two images per run
+    two_images = ReplaySettings(run_target=2 * oh * wq, planes_budget=NO_BUDGET, segment_conv=False)
     y = fast_conv2d(x, w, cfg, fm, stride=stride, padding=padding, settings=two_images)
     np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
 
@@ -192,12 +193,13 @@ def test_direct_replay_of_linear_layers_in_image_groups(run):
 @given(conv_cases(registers=("weight", "psum")))
 def test_every_chain_replay_path_gives_the_same_bits(case):
     """The direct CPU kernel, with one image per run (reading the input in place where it needs
-    no padding) and with all images side by side, and CUDA's per-fold convolutions with torch
-    chains (run on CPU here) give the same bits as the default, on plain and channels-last input."""
+    no padding) and with all images side by side, also on single-fold layers (which the default
+    replays by a segment convolution), and CUDA's per-fold convolutions with torch chains (run on
+    CPU here) give the same bits as the default, on plain and channels-last input."""
     default = conv(case)
     for mode, run, kernel in (("direct", 1, "simd"), ("direct", 1, "passes"), ("direct", 1 << 30, "simd"),
                               ("direct", 1 << 30, "passes"), ("torch", DEFAULT.run_target, "simd")):
-        settings_ = ReplaySettings(replay=mode, kernel=kernel, run_target=run,
+        settings_ = ReplaySettings(replay=mode, kernel=kernel, run_target=run, segment_conv=False,
                                    planes_budget=NO_BUDGET if run > 1024 else DEFAULT.planes_budget)
         for channels_last in (False, True):  # the program keeps activations channels-last on CPU
             np.testing.assert_array_equal(conv(case, channels_last, settings_), default,
@@ -261,15 +263,17 @@ def test_simd_replay_kernel_equals_the_pass_kernel_and_fast_gemm(case, channels_
     on the im2col GEMM."""
     calls = []
     threads = numba.get_num_threads()
+    kernels = ReplaySettings(segment_conv=False)  # single-fold layers too
     try:
         with _spied_simd_kernel(calls):
-            got = conv(case, channels_last)
+            got = conv(case, channels_last, kernels)
         numba.set_num_threads(1)  # one task takes every output: column pairs stay together
-        paired = conv(case, channels_last)
-        single = conv(case, channels_last, ReplaySettings(pairs=False))  # every output on its own
-        passes = conv(case, channels_last, ReplaySettings(kernel=Kernel.PASSES))
+        paired = conv(case, channels_last, kernels)
+        single = conv(case, channels_last, ReplaySettings(pairs=False, segment_conv=False))  # every output on its own
+        passes = conv(case, channels_last, ReplaySettings(kernel=Kernel.PASSES, segment_conv=False))
     finally:
         numba.set_num_threads(threads)
+    np.testing.assert_array_equal(got, conv(case, channels_last))
     np.testing.assert_array_equal(got, paired)
     np.testing.assert_array_equal(got, single)
     np.testing.assert_array_equal(got, passes)
@@ -406,9 +410,12 @@ def test_convolution_of_a_channel_slice_of_channels_last_data_is_exact():
 @given(seed=st.integers(0, 2**31 - 1), add=st.booleans(), as_float=st.booleans(), channels_last=st.booleans(),
        saturate=st.sampled_from([1 << 31, 1 << 24, 1000, 1]), parallel=st.booleans())
 def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, channels_last, saturate, parallel):
-    """apply_fix's 32-bit lanes give exactly ``clamp(wrap32(y + t))`` computed in int64, for int32
-    results (any values: the sum wraps) and exact float32 ones (|y| <= 2**24), on either layout."""
-    from sysarray.engines.conv.fix import ChainFix, _apply_fix, apply_fix
+    """apply_fix's 32-bit lanes give exactly ``clamp(wrap32(y + t))`` (or the read-back
+    ``clamp(force(y))``) computed in int64, for int32 results (any values: the sum wraps) and
+    exact float32 ones (|y| <= 2**24), on either layout."""
+    from sysarray.engines.registers import force
+    from sysarray.engines.conv.fix import (ChainFix, _apply_fix, _apply_fix_pixels, _apply_fix_pixels_from_planes,
+                                           _force_pixels, _force_planes, apply_fix)
 
     rng = np.random.default_rng(seed)
     B, N, oh, ow = 3, 7, 4, 5
@@ -425,14 +432,29 @@ def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, c
     y = torch.from_numpy(y0.copy())
     if channels_last:
         y = y.contiguous(memory_format=torch.channels_last)
-    min_work = _apply_fix.min_work
-    _apply_fix.min_work = 0 if parallel else 1 << 62
+    kernels = (_apply_fix, _apply_fix_pixels, _apply_fix_pixels_from_planes, _force_planes, _force_pixels)
+    min_work = [k.min_work for k in kernels]
+    for k in kernels:
+        k.min_work = 0 if parallel else 1 << 62
+    padded = np.zeros((B, 3, oh * ow + 5), dtype=np.int32)  # rows may be longer than a plane
+    padded[..., :oh * ow] = tot
+    stuck = rng.integers(0, 1 << 32, size=3) & rng.integers(0, 1 << 32, size=3)
+    keep, ones = ~stuck & 0xFFFFFFFF, stuck & rng.integers(0, 1 << 32, size=3)
+    # the totals plane by plane (rows padded or not) or pixel by pixel, on either layout of y, or
+    # the plain sums read back through a 32-bit register (no totals)
+    fix = (ChainFix(n_idx, tot, add), ChainFix(n_idx, padded, add),
+           ChainFix(n_idx, np.ascontiguousarray(tot.transpose(0, 2, 1)), add, pixel_major=True),
+           ChainFix(n_idx, None, True, keep=keep.astype(np.int32), ones=ones.astype(np.int32)))[seed % 4]
     try:
-        apply_fix(y, ChainFix(n_idx, tot, add), saturate)
+        apply_fix(y, fix, saturate)
     finally:
-        _apply_fix.min_work = min_work
+        for k, w in zip(kernels, min_work):
+            k.min_work = w
     want = y0.astype(np.int64)
-    sub = tot.reshape(B, 3, oh, ow).astype(np.int64) + (want[:, n_idx] if add else 0)
+    if fix.tot is None:
+        sub = force(want[:, n_idx], keep.reshape(1, 3, 1, 1), ones.reshape(1, 3, 1, 1), 1 << 31)
+    else:
+        sub = tot.reshape(B, 3, oh, ow).astype(np.int64) + (want[:, n_idx] if add else 0)
     sub = ((sub + (1 << 31)) % (1 << 32)) - (1 << 31)
     want[:, n_idx] = np.clip(sub, -saturate, saturate)
     np.testing.assert_array_equal(y.numpy().astype(np.int64), want)

@@ -91,9 +91,16 @@ def test_the_cpu_and_torch_chains_agree_with_a_plain_loop(seed, linear_tail, S, 
                     p = force(p + int(seg[f, t, s, v]), int(keep[s, v]), int(ones[s, v]), sign)
                 tot += p - (int(seg[f, t, :, v].sum()) if linear_tail else 0)
             want[t, v] = wrap(tot, 32)
-    cpu = np.empty((T, V), dtype=np.int64)
-    psum.chain_totals_cpu(seg, keep, ones, sign, linear_tail, cpu, work=0)
-    np.testing.assert_array_equal(cpu, want)
+    # into the outputs' columns of y: over the plain sums y holds with a linear tail, else in their place
+    base = rng.integers(-(1 << 31), 1 << 31, size=(T, V + 2)).astype(np.int32)
+    y, cols = base.copy(), rng.permutation(V + 2)[:V]
+    psum.chain_totals_cpu(seg.transpose(0, 2, 3, 1), keep, ones, sign, linear_tail, y, cols, work=0)
+    np.testing.assert_array_equal(y[:, cols], wrap(want + (base[:, cols] if linear_tail else 0), 32))
+    threaded = base.copy()  # the parallel compilation (work split over the outputs and the stream)
+    psum.chain_totals_cpu.parallel(seg.transpose(0, 2, 3, 1), keep, ones, sign, linear_tail, threaded, cols)
+    np.testing.assert_array_equal(threaded, y)
+    untouched = np.setdiff1d(np.arange(V + 2), cols)
+    np.testing.assert_array_equal(y[:, untouched], base[:, untouched])
     folds = psum.fold_chain_torch(torch.from_numpy(seg).permute(2, 0, 1, 3), torch.from_numpy(keep).view(S, 1, 1, V),
                                   torch.from_numpy(ones).view(S, 1, 1, V), sign, linear_tail)
     np.testing.assert_array_equal(wrap(folds.sum(dim=0), 32).numpy(), want)
