@@ -12,6 +12,7 @@ from accel_models.zoo import MODELS, build_model, model_names
 from accel_models.zoo.resnet20 import BasicBlock
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
+NEW_MODELS = ["mobilenetv2", "mobilenetv3", "vit"]  # today's families: layers beyond the int8 lowering's
 
 # leaf modules the lowering handles (docs/design.md §5); containers are checked separately
 SUPPORTED_LEAVES = (
@@ -30,17 +31,18 @@ def _seeded():
 
 
 def test_registry_names():
-    assert model_names() == ["alexnet", "lenet5", "mlp", "resnet20", "vgg11"]
+    assert model_names() == ["alexnet", "lenet5", "mlp", "mobilenetv2", "mobilenetv3", "resnet20", "vgg11", "vit"]
     assert set(MODELS) == set(model_names())
 
 
 def test_unknown_model_error():
     with pytest.raises(ValueError) as exc:
         build_model("foo", (1, 8, 8), 10)
-    assert str(exc.value) == "Unknown model 'foo'. Known models: alexnet, lenet5, mlp, resnet20, vgg11."
+    assert str(exc.value) == ("Unknown model 'foo'. Known models: alexnet, lenet5, mlp, mobilenetv2, mobilenetv3, "
+                              "resnet20, vgg11, vit.")
 
 
-@pytest.mark.parametrize("name", ["mlp", "lenet5", "vgg11", "alexnet", "resnet20"])
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "vgg11", "alexnet", "resnet20", *NEW_MODELS])
 def test_bad_arguments(name):
     with pytest.raises(TypeError, match="Bad arguments for model"):
         build_model(name, (1, 8, 8), 10, no_such_argument=1)
@@ -88,7 +90,7 @@ def test_model_shapes_trace_and_layers(name, shape):
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", ["mlp", "lenet5", "vgg11", "alexnet", "resnet20"])
+@pytest.mark.parametrize("name", ["mlp", "lenet5", "vgg11", "alexnet", "resnet20", *NEW_MODELS])
 def test_arch_rebuilds_same_model(name):
     model = build_model(name, (1, 8, 8), 10)
     arch = model.arch
@@ -147,3 +149,51 @@ def test_pools_fit_small_inputs(shape, vgg_pools):
     assert _count(alex, nn.MaxPool2d) == min(3, vgg_pools) and _count(alex, nn.Conv2d) == 5
     for model in (vgg, alex, build_model("lenet5", shape, 10), build_model("resnet20", shape, 10)):
         assert model.eval()(torch.rand(2, *shape)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", NEW_MODELS)
+def test_new_models_shapes_trace_and_export(name, shape):
+    model = build_model(name, shape, 10).eval()
+    x = torch.rand(3, *shape)
+    with torch.no_grad():
+        y = model(x)
+        assert y.shape == (3, 10) and torch.isfinite(y).all()
+        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), y, rtol=0, atol=0)
+        program = torch.export.export(model, (x,))
+        torch.testing.assert_close(program.module()(x), y)
+
+
+@pytest.mark.parametrize("name", NEW_MODELS)
+def test_new_models_train(name, digits):
+    model = build_model(name, (1, 8, 8), 10).train()
+    x, y = digits.train_x[:64], digits.train_y[:64]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(20):  # the ViT's loss falls slowest: about 0.2 in 20 steps, the MobileNets' by 1.5
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(p.grad is not None for p in model.parameters())
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_new_models_structure():
+    v2 = build_model("mobilenetv2", (1, 28, 28), 10)
+    convs = [m for m in v2.modules() if isinstance(m, nn.Conv2d)]
+    assert sum(m.groups == m.in_channels == m.out_channels > 1 for m in convs) == 10  # a depthwise conv per block
+    assert _count(v2, nn.ReLU6) == 2 + 2 * 9 + 1 and convs[0].stride == (2, 2)  # stem, blocks, last conv
+    assert build_model("mobilenetv2", (1, 8, 8), 10).features[0][0].stride == (1, 1)  # no stride-2 stem on 8x8
+    v3 = build_model("mobilenetv3", (1, 28, 28), 10)
+    assert _count(v3, nn.Hardsigmoid) == 9 and _count(v3, nn.Hardswish) > 10 and _count(v3, nn.ReLU) == 9 + 5  # SE + early blocks
+    vit = build_model("vit", (1, 28, 28), 10)
+    assert vit.patch_embed.patch_size == (7, 7) and vit.pos_embed.shape == (1, 16 + 1, 64)
+    assert build_model("vit", (1, 8, 8), 10).patch_embed.patch_size == (2, 2)
+    assert build_model("vit", (3, 32, 32), 10, patch_size=4).patch_embed.num_patches == 64
+    assert _count(vit, nn.LayerNorm) == 2 * 4 + 1 and _count(vit, nn.GELU) == 4
+    with pytest.raises(ValueError, match="patch_size"):
+        build_model("vit", (1, 28, 28), 10, patch_size=5)
+    n_params = {name: sum(p.numel() for p in build_model(name, (1, 28, 28), 10).parameters()) for name in NEW_MODELS}
+    assert all(1e5 < n < 6e5 for n in n_params.values()), n_params
