@@ -3,29 +3,24 @@ rounding, so it can be trained and stays within one LSB of the integer program.
 
 Codes are carried as float tensors holding integers. Weights are trainable float parameters,
 quantized per output channel on every forward (``round`` with a straight-through gradient);
-activation quantization parameters stay those of the program. ``gemm_hook(op, a, w)`` lets
-fault-aware training replace a layer's exact accumulators with a faulty chip's: the forward
-value becomes the chip's, the gradient stays the fault-free one.
+activation quantization parameters stay those of the program. ``gemm_hook(op, a, w, acc)`` lets
+fault-aware training replace a chip layer's exact accumulators with a faulty chip's (for a
+:class:`~accel_models.matmul.MatMul`, ``w`` is the right operand's codes and ``acc`` the
+zero-point-free sums): the forward value becomes the chip's, the gradient stays the fault-free one.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from accel_models.matmul import MatMul, fake_matmul
+from accel_models.ppu import PPU_OPS, RunContext, floor_ste, ste
 from accel_models.program import ADD_SHIFT, Add, AvgPool, Clamp, Clip, Flatten, Gemm, MaxPool, Program, QuantizeInput
 from accel_models.quant import WEIGHT_QMAX, requantize
-
-
-def ste(x: torch.Tensor, forward_value: torch.Tensor) -> torch.Tensor:
-    """``forward_value`` in the forward pass, the gradient of ``x`` in the backward pass."""
-    return x + (forward_value.to(x.dtype) - x).detach()
-
-
-def floor_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.floor(x) - x).detach()
 
 
 GemmHook = Callable[[Gemm, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -96,6 +91,7 @@ class FakeQuantProgram(nn.Module):
     def forward(self, images: torch.Tensor, gemm_hook: GemmHook | None = None) -> torch.Tensor:
         """Float images (N, C, H, W) -> float logits (N, classes)."""
         env: dict[str, torch.Tensor] = {}
+        rc = RunContext(batch=images.shape[0], device=images.device)
         for op in self.program.ops:
             if isinstance(op, QuantizeInput):
                 q = ste(images / op.qp.scale, torch.floor(images.detach().double() / op.qp.scale + 0.5))
@@ -104,7 +100,11 @@ class FakeQuantProgram(nn.Module):
             elif isinstance(op, Gemm):
                 env[op.output] = self._gemm(env[op.input], op, gemm_hook)
             elif isinstance(op, MaxPool):
-                env[op.output] = F.max_pool2d(env[op.input], op.kernel, op.stride, op.padding)
+                env[op.output] = F.max_pool2d(env[op.input], op.kernel, op.stride, op.padding, op.dilation, op.ceil_mode)
+            elif isinstance(op, MatMul):
+                env[op.output] = fake_matmul(env[op.a], env[op.b], op, gemm_hook)
+            elif isinstance(op, PPU_OPS):
+                env[op.output] = op.fake([env[name] for name in op.inputs()], rc)
             elif isinstance(op, AvgPool):
                 x = env[op.input]
                 ph, pw = op.padding
@@ -129,7 +129,9 @@ class FakeQuantProgram(nn.Module):
             elif isinstance(op, Flatten):
                 x = env[op.input]
                 env[op.output] = x.reshape(x.shape[0], -1)
-        return env[self.program.output_name]
+        out = env[self.program.output_name]
+        qp = self.program.output_qp
+        return out if qp is None else (out.double() - qp.zero_point) * qp.scale
 
     def to_program(self) -> Program:
         """A new integer program with this twin's (trained) weights and the same activation quantization."""
@@ -147,9 +149,7 @@ class FakeQuantProgram(nn.Module):
                 ops.append(new)
             else:
                 ops.append(op)
-        return Program(ops=ops, input_name=self.program.input_name, output_name=self.program.output_name,
-                       input_shape=self.program.input_shape, num_classes=self.program.num_classes,
-                       logit_repeat=self.program.logit_repeat, meta=dict(self.program.meta))
+        return dataclasses.replace(self.program, ops=ops, meta=dict(self.program.meta))
 
 
 def k_exceeds_f32(wq: torch.Tensor) -> bool:
@@ -160,7 +160,8 @@ def k_exceeds_f32(wq: torch.Tensor) -> bool:
 def _integer_gemm(x: torch.Tensor, wq: torch.Tensor, op: Gemm) -> torch.Tensor:
     """The layer's GEMM on codes (float tensors holding integers), zero-point padded."""
     if op.kind == "linear":
-        return x.reshape(x.shape[0], -1) @ wq.t()
+        k = wq[0].numel()
+        return (x if x.dim() > 2 and x.shape[-1] == k else x.reshape(x.shape[0], -1)) @ wq.reshape(wq.shape[0], -1).t()
     ph, pw = op.padding
     xp = F.pad(x, (pw, pw, ph, ph), value=float(op.in_qp.zero_point)) if (ph or pw) else x
     return F.conv2d(xp, wq, stride=op.stride, groups=op.groups)

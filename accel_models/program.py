@@ -16,7 +16,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from accel_models.matmul import MatMul, matmul_accumulators, run_matmul
 from accel_models.pool_kernels import max_pool_2x2
+from accel_models.ppu import (PPU_OPS, AdaptiveAvgPool, Cat, Constant, Div, Layout, LayerNorm, Lut, Mean, Mul,
+                               RunContext, Softmax)
 from accel_models.quant import (QParams, quantize_codes, requantize_clamp, requantize_saturates, rescale_add,
                                 rounding_divide)
 from sysarray import ArrayConfig, Chip, ConvHints, Engine, FaultMap, GemmStats
@@ -24,6 +27,9 @@ from sysarray.tensor_memo import TensorMemo
 from sysarray.validation import check_instance, check_int, check_positive_int
 
 ADD_SHIFT = 20  # fixed-point bits of the residual-add rescaling multipliers
+
+
+PpuOp = Lut | Mul | Div | Cat | Layout | Constant | Mean | AdaptiveAvgPool | LayerNorm | Softmax
 
 
 @dataclass
@@ -84,11 +90,15 @@ class Gemm:
 
 @dataclass
 class MaxPool:
+    """Max pool on codes (padding never wins), as ``F.max_pool2d`` with the same geometry."""
+
     input: str
     output: str
     kernel: tuple[int, int]
     stride: tuple[int, int]
     padding: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    ceil_mode: bool = False
 
     def inputs(self) -> tuple[str, ...]:
         return (self.input,)
@@ -170,7 +180,8 @@ class Flatten:
         return (self.input,)
 
 
-Op = QuantizeInput | Gemm | MaxPool | AvgPool | Add | Clamp | Clip | Flatten
+Op = QuantizeInput | Gemm | MatMul | MaxPool | AvgPool | Add | Clamp | Clip | Flatten | PpuOp
+CHIP_OPS = (Gemm, MatMul)  # ops that run on the array
 
 
 @dataclass
@@ -323,8 +334,8 @@ def layer_accumulators(x: torch.Tensor, op: Gemm, chip: Chip, *, saturate: bool 
                       saturate=saturation(op) if saturate else None, clean=clean)
     signed = op.in_qp.signed
     if op.kind == "linear":
-        acc, stats = chip.linear(x.reshape(x.shape[0], -1), op.weight.reshape(op.out_channels, -1), act_signed=signed,
-                                 hints=hints)
+        w = op.weight.reshape(op.out_channels, -1)
+        acc, stats = chip.linear(x.reshape(-1, w.shape[1]), w, act_signed=signed, hints=hints)
         return acc, [stats]
     return chip.conv2d(x, op.weight, stride=op.stride, padding=op.padding, pad_value=op.in_qp.zero_point,
                        groups=op.groups, act_signed=signed, hints=hints)
@@ -340,13 +351,18 @@ def run_gemm_layer(x: torch.Tensor, op: Gemm, chip: Chip, clean: LayerTrace | No
     acc, stats = layer_accumulators(x, op, chip, saturate=saturate, clean=None if clean is None else clean.acc)
     if clean is not None and acc is clean.acc and clean.out is not None:
         return clean.out, acc, stats
-    return postprocess(acc, op), acc, stats
+    out = postprocess(acc, op)
+    if op.kind == "linear" and x.dim() > 2 and x.shape[-1] == op.weight[0].numel():
+        out = out.reshape(*x.shape[:-1], op.out_channels)  # a linear layer over tokens (..., K) -> (..., N)
+    return out, acc, stats
 
 
 def max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
     """``F.max_pool2d`` (no dilation, floor mode) as the maximum of its ``kh*kw`` strided window
     slices: the same values, without torch's CPU kernel's slow path for NCHW codes."""
     (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
+    if tuple(op.dilation) != (1, 1) or op.ceil_mode:
+        return F.max_pool2d(x, op.kernel, op.stride, op.padding, op.dilation, op.ceil_mode)
     if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
         out = max_pool_2x2(x)  # one pass (None: a layout or device it does not take)
         if out is not None:
@@ -371,6 +387,10 @@ def avg_pool(x: torch.Tensor, op: AvgPool) -> torch.Tensor:
 
 
 def add(a: torch.Tensor, b: torch.Tensor, op: Add) -> torch.Tensor:
+    """``op`` on codes ``a`` and ``b``, broadcast as torch does (a position embedding)."""
+    if a.shape != b.shape:
+        shape = torch.broadcast_shapes(a.shape, b.shape)
+        a, b = a.expand(shape), b.expand(shape)
     return rescale_add(a, b, int(op.za), int(op.ma), int(op.zb), int(op.mb), ADD_SHIFT, int(op.zero_point),
                        int(op.lo), int(op.hi))
 
@@ -387,10 +407,47 @@ class Program:
     num_classes: int
     logit_repeat: int = 1  # output positions per channel of a conv classifier head (flattened c, h, w)
     meta: dict = field(default_factory=dict)
+    # The logits are either the accumulators of the layer without output quantization, of
+    # per-sample shape ``head_shape`` before the data movement that follows it, or (when the
+    # model ends in another op) output codes dequantized with ``output_qp``.
+    head_shape: tuple[int, ...] | None = None
+    output_qp: QParams | None = None
 
     @property
     def gemms(self) -> list[Gemm]:
+        """The weight layers (conv, linear) on the chip, in program order."""
         return [op for op in self.ops if isinstance(op, Gemm)]
+
+    @property
+    def chip_layers(self) -> list[Gemm | MatMul]:
+        """Every op that runs on the array: weight layers and activation-by-activation products."""
+        return [op for op in self.ops if isinstance(op, CHIP_OPS)]
+
+    @property
+    def logits_layer(self) -> Gemm | None:
+        """The layer whose accumulators are the logits (None when the output is codes)."""
+        if self.output_qp is not None:
+            return None
+        return next((op for op in self.gemms if op.out_qp is None), self.gemms[-1])
+
+    def logit_scales(self) -> torch.Tensor:
+        """float64 (classes,): the scale of each logit's accumulator, moved as the program moves
+        the logits layer's output channels."""
+        last = self.logits_layer
+        if self.head_shape is None:
+            return last.acc_scale.repeat_interleave(self.logit_repeat)
+        view = [1] * (len(self.head_shape) + 1)
+        axis = 1 if last.kind == "conv" else len(view) - 1
+        view[axis] = -1
+        value = last.acc_scale.double().view(view).expand(1, *self.head_shape)
+        start = self.ops.index(last)
+        names = {last.output}
+        rc = RunContext(batch=1, device=value.device)
+        for op in self.ops[start + 1:]:
+            if isinstance(op, (Layout, Flatten)) and op.input in names:
+                value = op.run([value], rc) if isinstance(op, Layout) else value.reshape(1, -1)
+                names.add(op.output)
+        return value.reshape(-1)
 
     def execute(self, images: torch.Tensor, chip: Chip, on_layer: Callable | None = None,
                 reference: BatchTrace | None = None, record: BatchTrace | None = None, record_bytes: int = 0,
@@ -407,9 +464,10 @@ class Program:
         env: dict[str, torch.Tensor] = {}
         same: set[str] = set()  # values equal to the reference run's
         recording = record is not None
+        rc = RunContext(batch=images.shape[0], device=images.device)
         for op in self.ops:
             unchanged = reference is not None and all(name in same for name in op.inputs())
-            if unchanged and not isinstance(op, Gemm) and op.output in reference.outputs:
+            if unchanged and not isinstance(op, CHIP_OPS) and op.output in reference.outputs:
                 env[op.output] = reference.outputs[op.output]
                 same.add(op.output)
                 continue
@@ -427,6 +485,14 @@ class Program:
                 env[op.output] = out
                 unchanged = clean is not None and acc is clean.acc
                 layer = LayerTrace(acc, out)
+            elif isinstance(op, MatMul):
+                a, b = env[op.a], env[op.b]
+                env[op.output], acc, stats = run_matmul(a, b, op, chip)
+                if on_layer is not None:
+                    on_layer(op, (a, b), acc, stats)
+                unchanged = False
+            elif isinstance(op, PPU_OPS):
+                env[op.output] = op.run([env[name] for name in op.inputs()], rc)
             elif isinstance(op, MaxPool):
                 env[op.output] = max_pool(env[op.input], op)
             elif isinstance(op, AvgPool):
@@ -456,9 +522,11 @@ class Program:
         return env[self.output_name]
 
     def logits_from(self, acc: torch.Tensor) -> torch.Tensor:
-        """Dequantize the last layer's accumulators: ``acc * s_in * s_w`` (float64)."""
-        scale = self.gemms[-1].acc_scale.repeat_interleave(self.logit_repeat)
-        return acc.reshape(acc.shape[0], -1).double() * scale.to(acc.device)
+        """Dequantize the program's output (N, classes) into float64 logits: the logits layer's
+        accumulators times ``s_in * s_w``, or output codes with ``output_qp``."""
+        if self.output_qp is not None:
+            return (acc.reshape(acc.shape[0], -1).double() - self.output_qp.zero_point) * self.output_qp.scale
+        return acc.reshape(acc.shape[0], -1).double() * self.logit_scales().to(acc.device)
 
     def auto_batch_size(self, budget: int = 1 << 24) -> int:
         """Images per batch so that the widest conv output (channels x input pixels, an upper
@@ -547,16 +615,20 @@ class Program:
         changed: dict[str, int] = {}
 
         def on_layer(op, x, acc, stats):
-            t = totals.setdefault(op.name, dict(m=0, k=int(op.weight[0].numel()), macs=0, cycles=0, gemms=0, util=[]))
-            B = x.shape[0]
-            t["m"] += B * (acc.shape[2] * acc.shape[3] if acc.dim() == 4 else 1)  # the groups of a grouped conv share M
+            matmul = isinstance(op, MatMul)
+            k = int(x[0].shape[-1]) if matmul else int(op.weight[0].numel())
+            n = int(acc.shape[-1]) if matmul else op.out_channels
+            t = totals.setdefault(op.name, dict(m=0, k=k, n=n, macs=0, cycles=0, gemms=0, util=[]))
+            # rows streamed: the groups of a grouped conv share them, a batch of products does not
+            t["m"] += acc.numel() // acc.shape[-1] if matmul or op.kind == "linear" else acc.numel() // acc.shape[1]
             for st in stats:
                 t["macs"] += st.macs
                 t["cycles"] += st.cycles
                 t["gemms"] += 1
                 t["util"].append((st.cycles, st.mapping_efficiency, st.compute_util))
             if count:
-                ref, _ = layer_accumulators(x, op, counter, saturate=False)
+                ref = matmul_accumulators(*x, op, counter)[0] if matmul else \
+                    layer_accumulators(x, op, counter, saturate=False)[0]
                 changed[op.name] = changed.get(op.name, 0) + int((ref.to(acc.device) != acc).sum())
 
         accs = []
@@ -572,13 +644,14 @@ class Program:
         logits = self.logits_from(torch.cat(accs))
         layers = []
         n_pes = chip.config.n_pes
-        for op in self.gemms:
+        for op in self.chip_layers:
             t = totals[op.name]
             cycles = sum(u[0] for u in t["util"])
             # cycle-weighted means over the layer's GEMMs
             weighted = lambda i: sum(u[0] * u[i] for u in t["util"]) / cycles if cycles else t["util"][0][i]  # noqa: E731
             layers.append(LayerStats(
-                name=op.name, kind=op.kind, m=t["m"], k=t["k"], n=op.out_channels, macs=t["macs"],
+                name=op.name, kind="matmul" if isinstance(op, MatMul) else op.kind, m=t["m"], k=t["k"], n=t["n"],
+                macs=t["macs"],
                 cycles=t["cycles"],
                 # SCALE-Sim's definition per GEMM (its total is cycles - 1), over all of them.
                 overall_util=100.0 * t["macs"] / max(1, (t["cycles"] - t["gemms"]) * n_pes),

@@ -41,6 +41,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from accel_models.fakequant import FakeQuantProgram, ste
+from accel_models.matmul import MatMul, chip_total
 from accel_models.program import Gemm, Program, layer_accumulators
 from sysarray import ArrayConfig, Chip, Dataflow, FaultMap, mapping
 from sysarray.validation import check_choice, check_float, check_fraction, check_instance, check_int, check_seed
@@ -194,9 +195,12 @@ def chip_hook(cfg: ArrayConfig, faults: FaultMap | None):
     value) and keeps the fault-free gradient (straight-through)."""
     chip = Chip(cfg, faults)
 
-    def hook(op: Gemm, a: torch.Tensor, wq: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
+    def hook(op: Gemm | MatMul, a: torch.Tensor, wq: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            y, _ = layer_accumulators(a.detach(), replace(op, weight=wq.detach().round()), chip, saturate=False)
+            if isinstance(op, MatMul):  # attention's activation products: the chip's zero-point-free sums
+                y = chip_total(a.detach(), wq.detach(), op, chip)
+            else:
+                y, _ = layer_accumulators(a.detach(), replace(op, weight=wq.detach().round()), chip, saturate=False)
         # float64: a stuck high psum bit gives accumulators float32 cannot hold exactly
         return ste(acc.double(), y.reshape(acc.shape).double())
 

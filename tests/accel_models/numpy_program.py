@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tests.accel_models import numpy_ppu
+
 ADD_SHIFT = 20  # docs/design.md §5 / Add docstring: the residual-add multipliers have 20 fractional bits
 
 
@@ -82,9 +84,11 @@ def gemm_layer(x: np.ndarray, op) -> np.ndarray:
     bias = _np(op.bias)
     n = w.shape[0]
     if op.kind == "linear":
-        a = x.reshape(x.shape[0], -1)
+        k = w.reshape(n, -1).shape[1]
+        a = x.reshape(-1, k)
         acc = _wrap32(a @ w.reshape(n, -1).T)
         out_shape = None
+        tokens = x.shape[:-1] if x.ndim > 2 and x.shape[-1] == k else None
     else:
         B, C, H, W = x.shape
         g = op.groups
@@ -109,6 +113,8 @@ def gemm_layer(x: np.ndarray, op) -> np.ndarray:
         raw = None if raw is None else raw.reshape(B, oh, ow, n).transpose(0, 3, 1, 2)
     if getattr(op, "clip_codes", None) is not None:
         acc = threshold(raw, acc, op.clip_codes, op.clip_policy, op.out_qp.zero_point)
+    if op.kind == "linear" and tokens is not None:
+        acc = acc.reshape(*tokens, n)
     return acc
 
 
@@ -156,6 +162,8 @@ def numpy_run(program, images, *, return_env: bool = False):
             env[op.output] = quantize_input(images, qp.scale, qp.zero_point, qp.qmin, qp.qmax)
         elif kind == "Gemm":
             env[op.output] = gemm_layer(env[op.input], op)
+        elif kind == "MaxPool" and (tuple(op.dilation) != (1, 1) or op.ceil_mode):
+            env[op.output] = numpy_ppu.max_pool(env[op.input], op)
         elif kind == "MaxPool":
             env[op.output] = max_pool(env[op.input], op)
         elif kind == "AvgPool":
@@ -171,6 +179,9 @@ def numpy_run(program, images, *, return_env: bool = False):
             x = env[op.input]
             env[op.output] = x.reshape(x.shape[0], -1)
         else:
-            raise TypeError(f"numpy_run does not know the op {kind}")
+            out = numpy_ppu.run_op(op, env, len(images))
+            if out is None:
+                raise TypeError(f"numpy_run does not know the op {kind}")
+            env[op.output] = out
     out = env[program.output_name]
     return (out, env) if return_env else out
