@@ -12,9 +12,12 @@ key                 value
 ``package_version`` the sysarray version that wrote it
 ``torch_version``   the torch version that wrote it
 ``arch``            ``{"name", "input_shape", "num_classes", "kwargs"}``: rebuilds the model with
-                    ``accel_models.zoo.build_model``
+                    ``accel_models.zoo.build_model``; or, for a user's own model,
+                    ``{"name", "factory", "kwargs", "input_shape", "num_classes"}``: rebuilds it with
+                    ``factory(**kwargs)`` (``accel_models.own_model``; this imports and runs the
+                    factory's code, see docs/own-models.md)
 ``state_dict``      the float weights and buffers (CPU tensors)
-``dataset``         the dataset name, e.g. ``"digits"``
+``dataset``         the dataset name, e.g. ``"digits"``, or the absolute path of a user's own data
 ``input_shape``     ``[C, H, W]``
 ``num_classes``     int
 ``classes``         the class names, index = label
@@ -42,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from accel_models import own_model
 from accel_models.zoo import MODELS, build_model, model_names
 from sysarray.validation import check_output_path
 
@@ -107,43 +111,48 @@ def save_checkpoint(
     history: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     test_accuracy: float | None = None,
+    factory: str | None = None,
+    factory_kwargs: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``model`` (a zoo model, with its ``arch``) and what it was trained on to ``path``.
+    """Write ``model``, its architecture and what it was trained on to ``path``.
+
+    The architecture: a zoo model carries it (``model.arch``); a user's own model names a
+    ``factory`` ("package.module:callable" or "path/to/file.py:callable", a file path is made
+    absolute) that ``factory(**factory_kwargs)`` rebuilds it with (kwargs: JSON). A model loaded
+    from a factory checkpoint carries its factory; a model whose class is importable by name and
+    takes no arguments needs none (its class is the factory). A factory is checked here: it must
+    rebuild a model with the same weight names and shapes, which maps images to logits.
 
     ``dataset``: an ``accel_models.data.Dataset`` (name, shape, classes and preprocessing are taken
-    from it) or a dataset name (shape and classes then come from ``model.arch``; class names are
-    "0".."K-1"). ``preprocessing`` overrides the dataset's. ``history``: the trainer's history
-    dict; ``test_accuracy`` defaults to its ``test_accuracy``. ``extra``: a dict for later stages.
-    Parent folders are created. Returns the path written.
+    from it) or a dataset name (zoo models only: shape and classes then come from ``model.arch``;
+    class names are "0".."K-1"). ``preprocessing`` overrides the dataset's. ``history``: the
+    trainer's history dict; ``test_accuracy`` defaults to its ``test_accuracy``. ``extra``: a dict
+    for later stages. Parent folders are created. Returns the path written.
     """
     check_output_path(path, "path", "save_checkpoint")  # before the work of gathering the record
-    arch = getattr(model, "arch", None)
-    if not isinstance(arch, Mapping) or arch.get("name") not in MODELS:
-        raise ValueError(
-            "The 'model' argument of save_checkpoint must be a zoo model built by "
-            "accel_models.zoo.build_model (it carries an 'arch' attribute naming one of "
-            f"{', '.join(model_names())}). Got {type(model).__name__} with arch={arch!r} instead."
-        )
-    arch = _plain(arch, "arch")
     if isinstance(dataset, str):
-        name = dataset
-        input_shape, num_classes = list(arch["input_shape"]), int(arch["num_classes"])
-        classes = [str(i) for i in range(num_classes)]
-        data_pre: Any = {}
+        name, data_shape, data_pre = dataset, None, {}
     elif all(hasattr(dataset, a) for a in ("name", "input_shape", "num_classes", "classes")):
         name = str(dataset.name)
-        input_shape, num_classes = [int(d) for d in dataset.input_shape], int(dataset.num_classes)
-        classes = [str(c) for c in dataset.classes]
+        data_shape = ([int(d) for d in dataset.input_shape], int(dataset.num_classes), [str(c) for c in dataset.classes])
         data_pre = getattr(dataset, "preprocessing", {}) or {}
     else:
         raise TypeError(
             f"The 'dataset' argument of save_checkpoint must be a Dataset or a dataset name. Got {type(dataset).__name__} instead."
         )
+    arch = _plain(_model_arch(model, factory, factory_kwargs, data_shape, extra), "arch")
+    if data_shape is None:
+        input_shape, num_classes = list(arch["input_shape"]), int(arch["num_classes"])
+        classes = [str(i) for i in range(num_classes)]
+    else:
+        input_shape, num_classes, classes = data_shape
     if list(arch["input_shape"]) != input_shape or int(arch["num_classes"]) != num_classes:
         raise ValueError(
             f"The model was built for inputs {arch['input_shape']} and {arch['num_classes']} classes, but "
             f"dataset {name!r} has {input_shape} and {num_classes}."
         )
+    if own_model.is_factory_arch(arch):
+        own_model.check_logits(model, input_shape, num_classes, "The 'model' argument of save_checkpoint")
     history = {} if history is None else history
     if test_accuracy is None:
         test_accuracy = history.get("test_accuracy")
@@ -176,6 +185,50 @@ def save_checkpoint(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _model_arch(model: nn.Module, factory: str | None, factory_kwargs: Mapping[str, Any] | None,
+                data_shape: tuple[list[int], int, list[str]] | None, extra: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The ``arch`` to record for ``model`` (see save_checkpoint); ``data_shape`` is the dataset's
+    ``(input_shape, num_classes, classes)`` or None for a dataset name. A new factory is checked by
+    rebuilding the model."""
+    arch = getattr(model, "arch", None)
+    if factory is None and factory_kwargs is not None:
+        raise ValueError("The 'factory_kwargs' argument of save_checkpoint needs 'factory' (the callable they are for).")
+    if factory is None and own_model.is_factory_arch(arch):
+        return own_model.check_factory_arch(arch)
+    if factory is None and isinstance(arch, Mapping) and arch.get("name") in MODELS:
+        return arch
+    if factory is None:
+        factory = own_model.factory_of_class(model)
+        if factory is None:
+            raise ValueError(
+                "The 'model' argument of save_checkpoint must be a zoo model built by accel_models.zoo.build_model, a "
+                "model loaded from a checkpoint, or come with factory='package.module:callable' (or "
+                "'path/to/file.py:callable') that builds it; its own class serves when it is importable by name and "
+                f"takes no arguments. Got {type(model).__name__} with arch={arch!r} instead."
+            )
+    if data_shape is None:
+        raise TypeError("The 'dataset' argument of save_checkpoint must be a Dataset for a model built by a factory "
+                        "(its input shape and classes are recorded). Got a dataset name instead.")
+    arch = own_model.factory_arch(factory, factory_kwargs, data_shape[0], data_shape[1], "save_checkpoint")
+    rebuilt = _clipped(own_model.build_from_arch(arch), extra)
+    problem = own_model.state_dict_mismatch(rebuilt.state_dict(), model.state_dict())
+    if problem:
+        raise ValueError(f"The factory '{arch['factory']}' with kwargs {arch['kwargs']} builds a model whose weights "
+                         f"differ from the 'model' argument of save_checkpoint ({problem}); a checkpoint of it could "
+                         "not be loaded.")
+    return arch
+
+
+def _clipped(model: nn.Module, extra: Any) -> nn.Module:
+    """``model`` with its ReLUs swapped for clipped ones when ``extra["clipping"]`` holds a spec."""
+    clipping = extra.get("clipping") if isinstance(extra, Mapping) else None
+    if clipping is not None:
+        from accel_models.clipact import apply_clipping
+
+        apply_clipping(model, clipping)
+    return model
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -217,47 +270,61 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     arch = ckpt["arch"]
     if not isinstance(arch, dict) or not isinstance(arch.get("name"), str) or not isinstance(ckpt["state_dict"], dict):
         raise CheckpointError(f"Checkpoint '{p}' is damaged: 'arch' must be a dict with a 'name' and 'state_dict' a dict; {hint}.")
+    if own_model.is_factory_arch(arch):
+        try:
+            ckpt["arch"] = own_model.check_factory_arch(arch)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"Checkpoint '{p}' is damaged: {exc}.") from None
     return ckpt
 
 
 def load_checkpoint(
     path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model saved at ``path`` from the zoo registry and load its weights.
+    """Rebuild the model saved at ``path`` and load its weights.
 
-    Returns ``(model, meta)``: the float model in eval mode on ``map_location``, and the checkpoint
-    dict without ``state_dict`` plus ``path`` (see the module docstring for the keys). Errors as in
-    ``read_checkpoint``, plus CheckpointError for an unknown architecture or mismatched weights.
+    A zoo architecture is rebuilt from the zoo registry; a factory architecture by importing the
+    factory and calling it with its kwargs, which runs the factory's code (docs/own-models.md).
+    Returns ``(model, meta)``: the float model in eval mode on ``map_location`` (``model.arch`` as
+    recorded), and the checkpoint dict without ``state_dict`` plus ``path`` (see the module
+    docstring for the keys). Errors as in ``read_checkpoint``, plus CheckpointError for an unknown
+    architecture, a factory that cannot be imported, raises or gives no ``N x K`` logits, and
+    mismatched weights.
     """
     ckpt = read_checkpoint(path, map_location=map_location)
     arch = ckpt["arch"]
     name = arch["name"]
-    if name not in MODELS:
+    own = own_model.is_factory_arch(arch)
+    if not own and name not in MODELS:
         raise CheckpointError(
             f"Checkpoint '{path}' holds architecture {name!r}, which this sysarray does not know. "
             f"Known models: {', '.join(model_names())}."
         )
     try:
-        model = build_model(
-            name, arch.get("input_shape", ckpt["input_shape"]), arch.get("num_classes", ckpt["num_classes"]),
-            **arch.get("kwargs", {}),
-        )
+        if own:
+            model = own_model.build_from_arch(arch)
+        else:
+            model = build_model(
+                name, arch.get("input_shape", ckpt["input_shape"]), arch.get("num_classes", ckpt["num_classes"]),
+                **arch.get("kwargs", {}),
+            )
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"Checkpoint '{path}' cannot rebuild its {name!r} model: {exc}") from None
-    clipping = ckpt.get("extra", {}).get("clipping") if isinstance(ckpt.get("extra"), dict) else None
-    if clipping is not None:  # a clipped model (sysarray clip): swap its ReLUs before loading the thresholds
-        from accel_models.clipact import apply_clipping
-
-        try:
-            apply_clipping(model, clipping)
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"Checkpoint '{path}' has clipping thresholds that do not fit its {name!r} model: {exc}") from None
+    try:  # a clipped model (sysarray clip): swap its ReLUs before loading the thresholds
+        _clipped(model, ckpt.get("extra"))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"Checkpoint '{path}' has clipping thresholds that do not fit its {name!r} model: {exc}") from None
     try:
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as exc:
         raise CheckpointError(
             f"Checkpoint '{path}' weights do not fit its {name!r} architecture: {_first_line(exc, 300)}"
         ) from None
+    if own:
+        try:
+            own_model.check_logits(model, arch["input_shape"], arch["num_classes"], f"The model built by '{name}'")
+        except ValueError as exc:
+            raise CheckpointError(f"Checkpoint '{path}': {exc}") from None
     model.to(map_location).eval()
     meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
     meta["path"] = os.fspath(path)

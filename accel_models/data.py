@@ -1,4 +1,5 @@
-"""Offline dataset loaders (docs/design.md §5): ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``.
+"""Offline dataset loaders (docs/design.md §5): ``digits``, ``mnist``, ``fashion-mnist``, ``cifar10``,
+and a user's own data (an ``.npz`` file or an image folder, :mod:`accel_models.own_data`).
 
 Nothing is ever downloaded. ``load_dataset(name, data_dir)`` reads files that are already on disk
 and returns a :class:`Dataset` of float32 torch tensors ``N x C x H x W`` with values in ``[0, 1]``
@@ -46,6 +47,7 @@ import importlib
 import importlib.util
 import os
 import pickle
+import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,28 +195,38 @@ def dataset_names() -> list[str]:
 
 
 def load_dataset(
-    name: str,
+    name: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
     *,
     limit_train: int | None = None,
     limit_test: int | None = None,
 ) -> Dataset:
-    """Load dataset ``name`` (one of :data:`DATASETS`) from local files; nothing is downloaded.
+    """Load dataset ``name`` from local files; nothing is downloaded.
 
-    ``data_dir`` is where the files are (ignored for ``digits``; ``fashion-mnist`` defaults to
+    ``name`` is one of :data:`DATASETS` (matched case-insensitively with ``_`` read as ``-``) or a
+    path to a user's own data: an ``.npz`` file or an image folder (:mod:`accel_models.own_data`,
+    docs/own-models.md). A name wins over a file of the same name in the working directory (write
+    ``./digits`` for the file); a str is taken as a path when it names an existing file or folder,
+    contains a path separator or ends with ``.npz``. ``data_dir`` is where a named dataset's files
+    are (ignored for ``digits`` and paths; ``fashion-mnist`` defaults to
     ``/usr/share/datasets/fashion-mnist``). ``limit_train``/``limit_test`` keep only the first
-    that many images of each split (all of them when larger or ``None``). Names are matched
-    case-insensitively with ``_`` read as ``-``. Raises FileNotFoundError when the files are not
-    there and ValueError when a file is malformed; both say what was expected and how to get it.
+    that many images of each split (all of them when larger or ``None``). Raises
+    FileNotFoundError when the files are not there and ValueError when a file is malformed; both
+    say what was expected and how to get it.
     """
-    check_instance(name, str, "name", "load_dataset")
-    key = name.strip().lower().replace("_", "-")
-    if key not in _LOADERS:
-        raise ValueError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS)}.")
+    check_instance(name, (str, os.PathLike), "name", "load_dataset", what="a str (a dataset name) or a path")
     check_instance(data_dir, (str, os.PathLike), "data_dir", "load_dataset", none_ok=True, what="a path")
     limits = tuple(check_positive_int(v, n, "load_dataset", none_ok=True)
                    for v, n in ((limit_train, "limit_train"), (limit_test, "limit_test")))
-    return _LOADERS[key](key, data_dir, *limits)
+    key = name.strip().lower().replace("_", "-") if isinstance(name, str) else None
+    if key in _LOADERS:
+        return _LOADERS[key](key, data_dir, *limits)
+    text = os.fspath(name)
+    if not isinstance(name, str) or os.path.exists(text) or os.sep in text or "/" in text or text.lower().endswith(".npz"):
+        from accel_models.own_data import load_own_dataset
+
+        return load_own_dataset(Path(text).expanduser(), *limits)
+    raise ValueError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASETS)}.")
 
 
 def read_idx(path: str | os.PathLike[str], magic: int | None = None) -> np.ndarray:
@@ -231,6 +243,9 @@ def clear_cache() -> None:
     _read_idx_cached.cache_clear()
     _read_cifar_cached.cache_clear()
     _digits_arrays.cache_clear()
+    own = sys.modules.get("accel_models.own_data")  # only loaded once an own dataset was
+    if own is not None:
+        own.clear_cache()
 
 
 def _stratified_split(y: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -35,6 +35,11 @@ class ChipTask:
         return float((pred == self.labels).double().mean())
 
 
+def calibration_settings() -> dict:
+    """The calibration a new checkpoint records (``extra["calibration"]``), which :func:`prepare` lowers with."""
+    return {"images": DEFAULT_CALIBRATION_IMAGES, "split": "train", "method": "minmax"}
+
+
 def calibration_images(dataset: Dataset, count: int = DEFAULT_CALIBRATION_IMAGES) -> torch.Tensor:
     """The first ``count`` training images: deterministic, never the test split."""
     return dataset.train_x[:count]

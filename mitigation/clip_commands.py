@@ -28,7 +28,7 @@ def add_clip_parser(subparsers) -> None:
                "-o ft32.pt; sysarray clip --model other.pt --thresholds ranger.pt -o same.pt",
     )
     p.add_argument("--method", choices=METHODS, help="threshold method (required unless --thresholds is given)")
-    p.add_argument("--model", required=True, metavar="MODEL.pt", help="checkpoint written by `sysarray train`")
+    p.add_argument("--model", required=True, metavar="MODEL.pt", help="checkpoint written by `sysarray train` or `sysarray import-model`")
     p.add_argument("--dataset", help="dataset (default: the checkpoint's); only its training split is used")
     p.add_argument("--data-dir", help="directory of the dataset files")
     p.add_argument("-o", "--out", required=True, metavar="CLIPPED.pt", help="clipped checkpoint to write")

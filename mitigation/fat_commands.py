@@ -43,7 +43,7 @@ def add_fat_parser(subparsers) -> None:
                     "the epochs and the seconds spent. fap and fapt are judged on the bypass chip (WS only).",
         epilog="Example: sysarray fat --model model.pt --chip chip.npz --method fapt --epochs 10 -o chip_model.pt",
     )
-    p.add_argument("--model", required=True, metavar="MODEL.pt", help="checkpoint written by `sysarray train`")
+    p.add_argument("--model", required=True, metavar="MODEL.pt", help="checkpoint written by `sysarray train` or `sysarray import-model`")
     p.add_argument("--chip", required=True, metavar="CHIP.npz", help="the chip's fault-map file")
     p.add_argument("--method", required=True, choices=("fap", "fapt", "stuckat", "random"), help="the method")
     p.add_argument("--epochs", type=float, default=10.0, help="retraining epochs, fractions allowed (default 10)")
@@ -93,7 +93,7 @@ def add_efat_parser(subparsers) -> None:
                     "run continues where it stopped when started again with the same arguments.",
         epilog="Example: sysarray efat --model model.pt --chips chips/ --max-drop 0.02 --bypass -o efat/",
     )
-    p.add_argument("--model", required=True, metavar="MODEL.pt", help="checkpoint written by `sysarray train`")
+    p.add_argument("--model", required=True, metavar="MODEL.pt", help="checkpoint written by `sysarray train` or `sysarray import-model`")
     p.add_argument("--chips", required=True, metavar="DIR", help="directory of fault-map files (*.npz), one per chip")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--max-drop", type=float, help="largest accuracy drop against the fault-free chip, a fraction")

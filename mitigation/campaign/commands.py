@@ -10,7 +10,7 @@ from sysarray.faults_commands import add_fault_model_arguments
 
 # ------------------------------------------------------------------------------------ shared options
 def _add_task_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="MODEL.pt", help="checkpoint written by `sysarray train`")
+    p.add_argument("--model", required=True, metavar="MODEL.pt", help="checkpoint written by `sysarray train` or `sysarray import-model`")
     p.add_argument("--dataset", help="dataset to test on (default: the checkpoint's)")
     p.add_argument("--data-dir", help="directory of the dataset files")
     p.add_argument("--limit", type=int, help="use only the first N test images")

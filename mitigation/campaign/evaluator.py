@@ -83,14 +83,21 @@ class Evaluator:
 
 
 def program_digest(program: Any, images: Any, labels: Any) -> str:
-    """SHA-256 (hex) of a lowered program's integer GEMMs and of the images and labels it is judged on."""
+    """SHA-256 (hex) of a lowered program (every op's fields: tables, weights, constants) and of the
+    images and labels it is judged on."""
+    import dataclasses
     import hashlib
 
     h = hashlib.sha256()
-    for op in program.gemms:
-        for t in (op.weight, op.bias, op.m0, op.shift):
-            h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
-        h.update(repr((op.name, op.lo, op.hi, op.in_qp, op.out_qp)).encode())
+    for op in program.ops:
+        h.update(type(op).__name__.encode())
+        for f in dataclasses.fields(op):
+            value = getattr(op, f.name)
+            if hasattr(value, "detach"):
+                h.update(np.ascontiguousarray(value.detach().cpu().numpy()).tobytes())
+            else:
+                h.update(repr((f.name, value)).encode())
+    h.update(repr((program.output_name, program.head_shape, program.output_qp)).encode())
     h.update(np.ascontiguousarray(images.detach().cpu().numpy()).tobytes())
     h.update(np.ascontiguousarray(labels.detach().cpu().numpy()).tobytes())
     return h.hexdigest()
@@ -111,7 +118,12 @@ class CheckpointTask:
 
         check_positive_int(self.limit, "limit", "CheckpointTask", none_ok=True)
         name = self.dataset or read_checkpoint(self.checkpoint)["dataset"]
-        return {"model_sha256": file_sha256(self.checkpoint), "dataset": name, "split": "test", "limit": self.limit}
+        out = {"model_sha256": file_sha256(self.checkpoint), "dataset": name, "split": "test", "limit": self.limit}
+        from accel_models.data import DATASETS
+
+        if name not in DATASETS and os.path.isfile(name):  # an own .npz file: a resume must see the same data
+            out["dataset_sha256"] = file_sha256(name)
+        return out
 
     def info(self) -> dict:
         return {"model": os.path.abspath(self.checkpoint), "data_dir": self.data_dir}
