@@ -397,3 +397,28 @@ def format_value(v: Any) -> str:
             return f"{v:.1f}"
         return f"{v:.3g}" if a < 1 else f"{v:.2f}"
     return str(v)
+
+
+def float_and_chip_calls(model, x, program, cfg, seed: int, n_maps: int) -> tuple[dict, dict]:
+    """``(maps, calls)`` for timing a model against its integer program: ``maps`` the fault maps
+    by seed (``seed .. seed + n_maps - 1``, 1% psum-faulty PEs on ``cfg``), ``calls`` float32
+    inference (``"float32"``), the program fault-free (``"int_fault_free"``) and on each map
+    (``"int_faulty_map<seed>"``), without the fault-free GEMMs that count changed outputs."""
+    import torch
+
+    import sysarray as sa
+
+    # Several chips: the replay's cost depends on where the faulty PEs sit (their rows set the chains' length).
+    maps = {s: sa.FaultMap.random(cfg, pe_rate=0.01, registers=("psum",), seed=s) for s in range(seed, seed + n_maps)}
+
+    def float_run():
+        with torch.no_grad():
+            return model(x)
+
+    calls = {
+        "float32": float_run,
+        "int_fault_free": lambda: program.run(x, cfg, count_changes=False),
+        **{f"int_faulty_map{s}": (lambda fm=fm: program.run(x, cfg, faults=fm, count_changes=False))
+           for s, fm in maps.items()},
+    }
+    return maps, calls

@@ -52,7 +52,7 @@ import torch  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import format_table, provenance, summarize_times, time_round_robin, write_json  # noqa: E402
+from benchmarks._common import float_and_chip_calls, format_table, provenance, summarize_times, time_round_robin, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 2.0
@@ -138,20 +138,7 @@ def measure(name: str, shape, batch: int, repeats: int, seed: int, n_maps: int) 
     x = torch.rand(batch, *shape)
     program = lower(model, x)
     cfg = sa.ArrayConfig(32, 32, "ws")
-    # Several chips: the replay's cost depends on where the faulty PEs sit (their rows set the chains' length).
-    maps = {map_seed: sa.FaultMap.random(cfg, pe_rate=0.01, registers=("psum",), seed=map_seed)
-            for map_seed in range(seed, seed + n_maps)}
-
-    def float_run():
-        with torch.no_grad():
-            return model(x)
-
-    calls = {
-        "float32": float_run,
-        "int_fault_free": lambda: program.run(x, cfg, count_changes=False),
-        **{f"int_faulty_map{s}": (lambda fm=fm: program.run(x, cfg, faults=fm, count_changes=False))
-           for s, fm in maps.items()},
-    }
+    maps, calls = float_and_chip_calls(model, x, program, cfg, seed, n_maps)
     t = time_round_robin(calls, repeats)
     defaults = float_with_torch_defaults(name, shape, batch, repeats, seed)
     untuned = dict(zip(maps, faulty_in_child(name, shape, batch, repeats, seed, list(maps), tuned=False)))

@@ -143,6 +143,27 @@ def inference_rows(d: dict) -> list[Row]:
     return rows
 
 
+def models_rows(d: dict) -> list[Row]:
+    targets = d.get("targets", {})
+    free, faulty = Target("<=", targets.get("fault_free_over_float", 3.0), "x"), \
+        Target("<=", targets.get("faulty_over_float", 5.0), "x")
+    rows: list[Row] = []
+    for r in d.get("results", []):
+        head = f"{r['model']}, {'x'.join(map(str, r['input']))}, batch {r['batch']}"
+        rows += [row(f"{head}: lowering, s", r.get("lowering_s"), " s"),
+                 row(f"{head}: float32 torch inference, ms", dig(r, "timings", "float32", "median_s"), " ms", scale=1e3),
+                 row(f"{head}: integer, fault-free / float32", r.get("fault_free_over_float"), "x", free),
+                 row(f"{head}: integer, 1% psum-faulty PEs / float32 (median over chips)", r.get("faulty_over_float"),
+                     "x", faulty)]
+    drop = Target("<=", d.get("accuracy_target", 0.01))
+    for z in d.get("zoo", []):
+        head = f"zoo {z['model']} on {z['dataset']}, {z['epochs']} epochs"
+        rows += [row(f"{head}: float32 test accuracy", z.get("float_accuracy")),
+                 row(f"{head}: fault-free chip test accuracy (16x16 WS)", z.get("chip_accuracy")),
+                 row(f"{head}: float32 - chip accuracy", z.get("drop"), "", drop)]
+    return rows
+
+
 def campaign_rows(d: dict) -> list[Row]:
     targets = d.get("targets", {})
     cost = Target("<=", targets.get("cost_per_chip_over_fault_free", 1.5), "x")
@@ -244,6 +265,12 @@ BENCHMARKS = (
           "torch's own runtime defaults; the target holds only if both ratios meet it. The faulty chips are also timed in "
           "two child processes that differ only in whether they call `sysarray.runtime.configure()` first: what "
           "the process tuning is worth on this machine (below 1x: the untuned process is faster).", inference_rows),
+    Bench("bench_models", "Architectures",
+          "Compact re-implementations of today's CNN and vision-transformer families (`accel_models.zoo.families`, "
+          "random weights, BatchNorm statistics settled on the images) at batch 8 on 3x64x64 inputs: the lowering's time (capture, calibration, integer program) "
+          "and integer inference on a 32x32 WS chip with the fast engine, fault-free and with 1% psum-faulty PEs, over "
+          "float32 torch inference of the same model and batch; and the zoo's MobileNet-v2, MobileNet-v3 and ViT trained "
+          "here, their fault-free chip accuracy against float32.", models_rows),
     Bench("bench_campaign", "Fault campaigns",
           "Fault campaigns on a 16x16 WS chip with 1% psum-faulty PEs: LeNet-5 on the digits test split and ResNet-20 "
           "on random 32x32 images. Chips per minute with 1 and 2 worker processes, the cost of one chip over one "

@@ -45,6 +45,19 @@ def default_input_shape(name: str) -> tuple[int, int, int]:
     return tuple(inspect.signature(FAMILIES[name]).parameters["input_shape"].default)
 
 
+def settle_batchnorm(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """``model`` in eval mode with every BatchNorm's running statistics those of ``images`` (N, C,
+    H, W), as training leaves them: untrained families then keep their activations' scale through
+    depth instead of shrinking them layer by layer. Changes ``model`` in place and returns it."""
+    for bn in model.modules():
+        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+            bn.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(images)
+    return model.eval()
+
+
 def _check(input_shape: Shape, num_classes: int, where: str, min_side: int = 1) -> tuple[tuple[int, int, int], int]:
     """Validated ``(C, H, W)`` and ``num_classes``; ValueError where a side is below ``min_side``."""
     shape, num_classes = check_input_shape(input_shape, num_classes, where)

@@ -8,27 +8,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import sysarray as sa
 from accel_models import FakeQuantProgram, lower
-from accel_models.zoo.families import FAMILIES, default_input_shape
+from accel_models.zoo.families import FAMILIES, default_input_shape, settle_batchnorm
 from tests.accel_models.numpy_program import numpy_run
 
 FAULTS = [(1, 2, "weight", 6, 1), (3, 5, "act", 3, 0), (6, 1, "psum", 14, 1), (7, 7, "psum", 2, 0)]
 
 
-def settled(name: str, x: torch.Tensor) -> nn.Module:
+def settled(name: str, x: torch.Tensor) -> torch.nn.Module:
     """Family ``name`` with random weights and each BatchNorm's statistics those of ``x``."""
     torch.manual_seed(0)
-    model = FAMILIES[name]()
-    for bn in model.modules():
-        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
-            bn.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(x)
-    return model.eval()
+    return settle_batchnorm(FAMILIES[name](), x)
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
