@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from accel_models.ppu import ste
+from accel_models.ppu_kernels import product_codes
 from accel_models.quant import QParams, requantize
 from sysarray import Chip, GemmStats
 
@@ -65,9 +66,10 @@ def batched_operands(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
 def matmul_accumulators(a: torch.Tensor, b: torch.Tensor, op: MatMul, chip: Chip
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[GemmStats], tuple[int, ...]]:
     """The chip's raw accumulators ``sum_k a * b8``: returns ``(acc (G, M, N) int32, a3, b8, stats,
-    lead)`` with ``a3`` (G, M, K) and ``b8`` (G, K, N) int64 the operands as the chip took them."""
+    lead)`` with ``a3`` (G, M, K) and ``b8`` (G, K, N) the operands as the chip took them (codes,
+    exact integers in the inputs' dtype)."""
     a3, b3, lead = batched_operands(a, b)
-    b8 = b3.to(torch.int64) - op.b_offset
+    b8 = b3 - op.b_offset  # codes are exact integers in any dtype
     acc, stats = chip.bmm(a3, b8, act_signed=op.a_qp.signed)
     return acc, a3, b8, stats, lead
 
@@ -78,8 +80,10 @@ def matmul_total(acc: torch.Tensor, a3: torch.Tensor, b8: torch.Tensor, op: MatM
     post-processing unit removes the zero-point terms exactly (module docstring)."""
     za, zb8 = op.a_qp.zero_point, op.b_qp.zero_point - op.b_offset
     k = a3.shape[-1]
-    total = (acc.to(torch.int64) - zb8 * a3.to(torch.int64).sum(-1, keepdim=True) - za * b8.sum(-2, keepdim=True)
-             + k * za * zb8)
+    # row and column sums of 8-bit codes over K are exact in float64
+    rows = a3.to(torch.float64).sum(-1, keepdim=True).to(torch.int64)
+    cols = b8.to(torch.float64).sum(-2, keepdim=True).to(torch.int64)
+    total = acc.to(torch.int64) - zb8 * rows - za * cols + k * za * zb8
     return total.reshape(*lead, *total.shape[-2:])
 
 
@@ -100,7 +104,13 @@ def run_matmul(a: torch.Tensor, b: torch.Tensor, op: MatMul, chip: Chip
                ) -> tuple[torch.Tensor, torch.Tensor, list[GemmStats]]:
     """``(out codes float32, raw accumulators (G, M, N), stats)`` of ``op`` on ``chip``."""
     acc, a3, b8, stats, lead = matmul_accumulators(a, b, op, chip)
-    return requantize_total(matmul_total(acc, a3, b8, op, lead), op).to(torch.float32), acc, stats
+    if acc.device.type != "cpu":
+        return requantize_total(matmul_total(acc, a3, b8, op, lead), op).to(torch.float32), acc, stats
+    out = torch.empty(acc.shape, dtype=torch.float32)
+    product_codes(acc.to(torch.int32).contiguous().numpy(), a3.to(torch.float32).contiguous().numpy(),
+                  b8.to(torch.float32).contiguous().numpy(), op.a_qp.zero_point, op.b_qp.zero_point - op.b_offset,
+                  op.m0, op.shift, op.zero_point, op.lo, op.hi, out.numpy(), work=acc.numel())
+    return out.reshape(*lead, *out.shape[-2:]), acc, stats
 
 
 def fake_matmul(a: torch.Tensor, b: torch.Tensor, op: MatMul, hook=None) -> torch.Tensor:

@@ -24,10 +24,12 @@ Semantics (docs/design.md §5):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from accel_models.ppu_kernels import layer_norm_rows, softmax_rows
 from accel_models.quant import requantize, rounding_divide
 
 LN_FRACTION_BITS = 16  # fixed-point bits of the normalised value in LayerNorm
@@ -334,10 +336,11 @@ class AdaptiveAvgPool:
 
 # --------------------------------------------------------------------------- normalisation units
 def isqrt(v: torch.Tensor) -> torch.Tensor:
-    """``floor(sqrt(v))`` of non-negative int64 ``v`` (below 2**52), exactly."""
-    r = torch.sqrt(v.double()).floor().to(torch.int64)
-    r = r - (r * r > v).to(torch.int64)
-    return r + ((r + 1) * (r + 1) <= v).to(torch.int64)
+    """``floor(sqrt(v))`` of non-negative integers ``v`` below 2**52 (int64, or float64 holding
+    them), exactly, in ``v``'s dtype."""
+    r = torch.sqrt(v.double()).floor().to(v.dtype)
+    r = r - (r * r > v).to(v.dtype)
+    return r + ((r + 1) * (r + 1) <= v).to(v.dtype)
 
 
 @dataclass
@@ -371,21 +374,39 @@ class LayerNorm:
     def inputs(self) -> tuple[str, ...]:
         return (self.input,)
 
+    def _float64_exact(self, size: int) -> bool:
+        """True when every step of :meth:`_integer` is an integer below 2**53 in float64 (then
+        float64 computes the int64 formulas exactly: ``|n| <= sqrt(D) * 2**F + 1``)."""
+        bound = (math.isqrt(size) + 1) * (1 << LN_FRACTION_BITS) + 1
+        big = bound * int(self.gain.abs().max()) + int(self.offset.abs().max()) + (1 << 32)
+        return size <= 1 << 16 and big < 1 << 53
+
     def _integer(self, q: torch.Tensor) -> torch.Tensor:
         size = q.shape[-1]
+        dtype = torch.float64 if self._float64_exact(size) else torch.int64
+        q = q.to(dtype)
         s1 = q.sum(-1, keepdim=True)
-        s2 = (q * q).sum(-1, keepdim=True)
         d = size * q - s1
-        r = isqrt(size * s2 - s1 * s1 + self.eps_codes)
-        safe = r.clamp_min(1)
-        n = torch.where(r > 0, torch.div(2 * d * (1 << LN_FRACTION_BITS) + safe, 2 * safe, rounding_mode="floor"),
-                        torch.zeros_like(d))
+        r = isqrt(size * (q * q).sum(-1, keepdim=True) - s1 * s1 + self.eps_codes)
+        safe = (2 * r).clamp_min(1)
+        num = 2 * d * (1 << LN_FRACTION_BITS) + r
+        # float64 floor division is exact here: the quotient's distance to an integer exceeds its rounding error
+        n = torch.floor(num / safe) if dtype == torch.float64 else torch.div(num, safe, rounding_mode="floor")
+        n = torch.where(r > 0, n, torch.zeros_like(n))
         bits = LN_FRACTION_BITS + LN_GAIN_BITS
-        y = torch.bitwise_right_shift(n * self.gain.to(q.device) + self.offset.to(q.device) + (1 << (bits - 1)), bits)
+        y = n * self.gain.to(q.device, dtype) + self.offset.to(q.device, dtype) + (1 << (bits - 1))
+        y = torch.floor(y / (1 << bits)) if dtype == torch.float64 else torch.bitwise_right_shift(y, bits)
         return (y + self.zero_point).clamp(self.lo, self.hi)
 
     def run(self, xs, rc: RunContext) -> torch.Tensor:
-        return self._integer(xs[0].to(torch.int64)).to(torch.float32)
+        x = xs[0]
+        if x.device.type != "cpu":
+            return self._integer(x).to(torch.float32)
+        rows = x.to(torch.float32).contiguous().view(-1, x.shape[-1])
+        out = torch.empty_like(rows)
+        layer_norm_rows(rows.numpy(), self.eps_codes, self.gain.numpy(), self.offset.numpy(), LN_FRACTION_BITS,
+                        LN_GAIN_BITS, self.zero_point, self.lo, self.hi, out.numpy(), work=rows.numel())
+        return out.view(x.shape)
 
     def fake(self, xs, rc: RunContext) -> torch.Tensor:
         x = xs[0]
@@ -421,13 +442,22 @@ class Softmax:
         return (self.input,)
 
     def _integer(self, q: torch.Tensor) -> torch.Tensor:
-        t = q.amax(dim=self.dim, keepdim=True) - q
-        e = self.table.to(q.device)[t]
+        # float64 holds every step exactly (e <= 2**16, sums below 2**53), and the floor of its
+        # quotient is exact: a non-integer quotient is at least 1/(2S) from an integer
+        t = (q.amax(dim=self.dim, keepdim=True) - q).to(torch.int64)
+        e = self.table.to(q.device, torch.float64)[t]
         total = e.sum(dim=self.dim, keepdim=True)
-        return torch.div(2 * SOFTMAX_LEVELS * e + total, 2 * total, rounding_mode="floor")
+        return torch.floor((2 * SOFTMAX_LEVELS * e + total) / (2 * total))
 
     def run(self, xs, rc: RunContext) -> torch.Tensor:
-        return self._integer(xs[0].to(torch.int64)).to(torch.float32)
+        x = xs[0]
+        if x.device.type != "cpu":
+            return self._integer(x).to(torch.float32)
+        moved = x.to(torch.float32).movedim(self.dim, -1)
+        rows = moved.contiguous().view(-1, moved.shape[-1])
+        out = torch.empty_like(rows)
+        softmax_rows(rows.numpy(), self.table.double().numpy(), SOFTMAX_LEVELS, out.numpy(), work=rows.numel())
+        return out.view(moved.shape).movedim(-1, self.dim)
 
     def fake(self, xs, rc: RunContext) -> torch.Tensor:
         x = xs[0]

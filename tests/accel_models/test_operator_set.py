@@ -258,3 +258,19 @@ def test_a_shape_guard_with_a_wrong_size_is_resolved_at_capture():
         model(torch.randn(2, 1, 9, 9))
     program = lower(model, torch.randn(16, 1, 8, 8))  # the guard passed at capture: no control flow remains
     assert program.input_shape == (1, 8, 8)
+
+
+@pytest.mark.skipif(__import__("numba").config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads (one core here)")
+def test_normalisation_and_product_kernels_parallel_equal_serial(lowered):
+    """LayerNorm, softmax and the activation products' fused kernels (accel_models.ppu_kernels),
+    compiled with and without threads, on a faulty chip."""
+    from tests.accel_models.test_program import _kernels
+
+    _, program, x = lowered["vit"]
+    cfg = sa.ArrayConfig(4, 4)
+    faults = sa.FaultMap(4, 4).add(0, 1, "psum", 17, 1).add(2, 2, "act", 1, 1)
+    with _kernels(parallel=False):
+        serial = program.run(x, cfg, faults, count_changes=False).logits
+    with _kernels(parallel=True):
+        parallel = program.run(x, cfg, faults, count_changes=False).logits
+    torch.testing.assert_close(serial, parallel, rtol=0, atol=0)
