@@ -528,12 +528,17 @@ class Program:
             return (acc.reshape(acc.shape[0], -1).double() - self.output_qp.zero_point) * self.output_qp.scale
         return acc.reshape(acc.shape[0], -1).double() * self.logit_scales().to(acc.device)
 
-    def auto_batch_size(self, budget: int = 1 << 24) -> int:
-        """Images per batch so that the widest conv output (channels x input pixels, an upper
-        bound) holds about ``budget`` values: few large batches keep per-call overheads small."""
-        pixels = int(np.prod(self.input_shape[1:])) if len(self.input_shape) > 1 else 1
-        widest = max([op.out_channels for op in self.gemms if op.kind == "conv"] or [1])
-        return max(1, budget // (widest * pixels))
+    def auto_batch_size(self, budget: int = 1 << 25) -> int:
+        """Images per batch so that the largest tensor of one batch holds about ``budget`` values
+        (128 MiB of float32): few large batches keep per-call overheads small. The largest tensor
+        per image is ``meta["peak_values"]`` where the lowering recorded it (a value or a
+        convolution's im2col rows), else bounded by the widest conv's channels times the input's
+        pixels."""
+        peak = self.meta.get("peak_values")
+        if not peak:
+            pixels = int(np.prod(self.input_shape[1:])) if len(self.input_shape) > 1 else 1
+            peak = max([op.out_channels for op in self.gemms if op.kind == "conv"] or [1]) * pixels
+        return max(1, budget // int(peak))
 
     def check_images(self, images) -> torch.Tensor:
         check_instance(images, torch.Tensor, "images", "Program.run", what="a float torch tensor of images")

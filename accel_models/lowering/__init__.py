@@ -15,6 +15,7 @@ with the module it comes from and the reason.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -182,7 +183,14 @@ def _program(ctx: Ctx, result: fx.Node, placeholder: fx.Node, calibration: torch
         raise UnsupportedModelError(f"The model must return (N, classes) logits; it returns shape {tuple(out_shape)}.")
     value = ctx.value(result)
     final = [op for op in chip_ops if op.out_qp is None]
-    meta = {"percentile": percentile, "calibration_images": int(calibration.shape[0]), "capture": "torch.export"}
+    # the largest value one image makes (sizes the batches of a run); shapes are the last calibration batch's
+    batch = ctx.shape(placeholder)[0]
+    peak = max(int(np.prod(shape)) for shape in ctx.shapes.values()) // batch
+    for op in chip_ops:  # a convolution's im2col rows (output pixels x K), where the engine needs them
+        if op.kind == "conv" and op.output in ctx.shapes:
+            peak = max(peak, int(np.prod(ctx.shapes[op.output][2:])) * int(op.weight[0].numel()))
+    meta = {"percentile": percentile, "calibration_images": int(calibration.shape[0]), "capture": "torch.export",
+            "peak_values": peak}
     common = dict(ops=ctx.ops, input_name=placeholder.name, output_name=value,
                   input_shape=tuple(calibration.shape[1:]), num_classes=int(out_shape[-1]), meta=meta)
     if final:
