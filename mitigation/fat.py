@@ -136,9 +136,7 @@ def prune_program(program: Program, cfg: ArrayConfig, faults: FaultMap) -> Progr
             op = copy.copy(op)
             op.weight = op.weight * masks[op.name].to(op.weight.dtype)
         ops.append(op)
-    return Program(ops=ops, input_name=program.input_name, output_name=program.output_name,
-                   input_shape=program.input_shape, num_classes=program.num_classes,
-                   logit_repeat=program.logit_repeat, meta=dict(program.meta))
+    return replace(program, ops=ops, meta=dict(program.meta))  # head_shape, output_qp and the rest carried over
 
 
 # ----------------------------------------------------------------------------------- the twin on a zoo model

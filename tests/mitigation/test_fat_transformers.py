@@ -35,3 +35,18 @@ def test_the_hook_trains_through_the_products():
     grads = [p.grad for p in twin.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_pruning_keeps_a_program_whose_output_is_codes():
+    """FAP's pruned program keeps how the program's output becomes logits (here dequantized codes:
+    the model ends in the average of two heads)."""
+    from mitigation.fat import prune_program
+    from tests.accel_models.test_operator_set import TwoHeads
+
+    torch.manual_seed(0)
+    x = torch.randn(24, 1, 8, 8)
+    program = lower(TwoHeads().eval(), x[:16])
+    assert program.output_qp is not None
+    cfg = sa.ArrayConfig(4, 4)
+    pruned = prune_program(program, cfg, sa.FaultMap(4, 4))
+    torch.testing.assert_close(pruned.run(x[16:], cfg).logits, program.run(x[16:], cfg).logits, rtol=0, atol=0)
