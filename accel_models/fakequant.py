@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from accel_models.matmul import MatMul, fake_matmul
 from accel_models.ppu import PPU_OPS, RunContext, floor_ste, ste
-from accel_models.program import ADD_SHIFT, Add, AvgPool, Clamp, Clip, Flatten, Gemm, MaxPool, Program, QuantizeInput
+from accel_models.program import ADD_SHIFT, Add, AvgPool, Clamp, Clip, Gemm, MaxPool, Program, QuantizeInput
 from accel_models.quant import WEIGHT_QMAX, requantize
 
 
@@ -126,9 +126,6 @@ class FakeQuantProgram(nn.Module):
             elif isinstance(op, Clip):
                 x = env[op.input]
                 env[op.output] = _clip_ste(x, _clamp_ste(x, op.lo, op.hi), op.codes, op.policy, op.zero_point)
-            elif isinstance(op, Flatten):
-                x = env[op.input]
-                env[op.output] = x.reshape(x.shape[0], -1)
         out = env[self.program.output_name]
         qp = self.program.output_qp
         return out if qp is None else (out.double() - qp.zero_point) * qp.scale

@@ -171,16 +171,7 @@ class Clip:
         return (self.input,)
 
 
-@dataclass
-class Flatten:
-    input: str
-    output: str
-
-    def inputs(self) -> tuple[str, ...]:
-        return (self.input,)
-
-
-Op = QuantizeInput | Gemm | MatMul | MaxPool | AvgPool | Add | Clamp | Clip | Flatten | PpuOp
+Op = QuantizeInput | Gemm | MatMul | MaxPool | AvgPool | Add | Clamp | Clip | PpuOp
 CHIP_OPS = (Gemm, MatMul)  # ops that run on the array
 
 
@@ -405,11 +396,11 @@ class Program:
     output_name: str
     input_shape: tuple[int, ...]
     num_classes: int
-    logit_repeat: int = 1  # output positions per channel of a conv classifier head (flattened c, h, w)
     meta: dict = field(default_factory=dict)
     # The logits are either the accumulators of the layer without output quantization, of
-    # per-sample shape ``head_shape`` before the data movement that follows it, or (when the
-    # model ends in another op) output codes dequantized with ``output_qp``.
+    # per-sample shape ``head_shape`` before the data movement that follows it (None: they are
+    # the output as they are), or (when the model ends in another op) output codes dequantized
+    # with ``output_qp``.
     head_shape: tuple[int, ...] | None = None
     output_qp: QParams | None = None
 
@@ -435,7 +426,7 @@ class Program:
         the logits layer's output channels."""
         last = self.logits_layer
         if self.head_shape is None:
-            return last.acc_scale.repeat_interleave(self.logit_repeat)
+            return last.acc_scale.double()
         view = [1] * (len(self.head_shape) + 1)
         axis = 1 if last.kind == "conv" else len(view) - 1
         view[axis] = -1
@@ -444,8 +435,8 @@ class Program:
         names = {last.output}
         rc = RunContext(batch=1, device=value.device)
         for op in self.ops[start + 1:]:
-            if isinstance(op, (Layout, Flatten)) and op.input in names:
-                value = op.run([value], rc) if isinstance(op, Layout) else value.reshape(1, -1)
+            if isinstance(op, Layout) and op.input in names:
+                value = op.run([value], rc)
                 names.add(op.output)
         return value.reshape(-1)
 
@@ -504,9 +495,6 @@ class Program:
             elif isinstance(op, Clip):
                 x = env[op.input]
                 env[op.output] = apply_clip(x, x.clamp(op.lo, op.hi), op.codes.to(x.device), op.policy, op.zero_point)
-            elif isinstance(op, Flatten):
-                x = env[op.input]
-                env[op.output] = x.reshape(x.shape[0], -1)
             else:
                 raise TypeError(f"Unknown op {type(op).__name__}")
             if unchanged:

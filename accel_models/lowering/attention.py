@@ -7,7 +7,7 @@ import math
 import torch
 import torch.fx as fx
 
-from accel_models.lowering.context import Ctx, Unsupported, positional, register_lowering
+from accel_models.lowering.context import Ctx, Unsupported, innermost_module, positional, register_lowering
 from accel_models.lowering.gemms import linear_from_matmul
 from accel_models.matmul import MatMul
 from accel_models.ppu import LN_FRACTION_BITS, LN_GAIN_BITS, SOFTMAX_LEVELS, Layout, LayerNorm, Softmax, softmax_table
@@ -27,8 +27,7 @@ def emit_matmul(ctx: Ctx, name: str, a: str, b: str, qa: QParams, qb: QParams, o
 
 
 def _matmul_name(ctx: Ctx, node: fx.Node) -> str:
-    stack = list((node.meta.get("nn_module_stack") or {}).values())
-    path = stack[-1][0] if stack else ""
+    path = (innermost_module(node) or ("",))[0]
     return f"{path}.{node.name}" if path else node.name
 
 

@@ -167,14 +167,20 @@ class Ctx:
         return value
 
 
-def module_path(node: fx.Node) -> str:
-    """Where ``node`` comes from in the user's model: the innermost module's path and type."""
+def innermost_module(node: fx.Node) -> tuple[str, str] | None:
+    """``(path, type name)`` of the innermost module ``node`` comes from (path "" for the model
+    itself); None when the capture recorded none."""
     stack = node.meta.get("nn_module_stack") or {}
     if not stack:
-        return "the model's forward"
+        return None
     path, kind = list(stack.values())[-1]
-    kind = kind.rsplit(".", 1)[-1] if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
-    return f"{path or '(top level)'} ({kind})"
+    return path, kind.rsplit(".", 1)[-1] if isinstance(kind, str) else getattr(kind, "__name__", str(kind))
+
+
+def module_path(node: fx.Node) -> str:
+    """Where ``node`` comes from in the user's model, for messages: the innermost module's path and type."""
+    found = innermost_module(node)
+    return "the model's forward" if found is None else f"{found[0] or '(top level)'} ({found[1]})"
 
 
 def positional(node: fx.Node, names: tuple[str, ...], defaults: dict) -> dict:

@@ -313,13 +313,3 @@ def _identity(ctx: Ctx, node: fx.Node) -> None:
     if op_name(node.target) in ("_to_copy", "to") and node.kwargs.get("dtype") not in (None, torch.float32):
         raise Unsupported(f"a conversion to {node.kwargs.get('dtype')} (the program computes on 8-bit codes)")
     ctx.alias[node.name] = ctx.value(node.args[0])
-
-
-def _pointwise_fallback(ctx: Ctx, node: fx.Node) -> bool:
-    """Lower any ATen pointwise op without its own handler as a lookup table; False if ``node``
-    is not pointwise."""
-    if not is_pointwise(node):
-        return False
-    _elementwise(ctx, node)
-    return True
-

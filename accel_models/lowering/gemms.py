@@ -6,7 +6,7 @@ import torch
 import torch.fx as fx
 
 from accel_models.clipact import threshold_codes, threshold_range
-from accel_models.lowering.context import Ctx, Unsupported, op_name, positional, register_lowering
+from accel_models.lowering.context import Ctx, Unsupported, innermost_module, op_name, positional, register_lowering
 from accel_models.program import Gemm
 from accel_models.quant import QParams, choose_qparams, quantize_multiplier, quantize_weight
 
@@ -154,7 +154,7 @@ def lower_gemm(ctx: Ctx, node: fx.Node, kind: str, weight: torch.Tensor, bias: t
     out_node = act if act is not None else last
     final = act is None and ctx.feeds_output(out_node)
     out_qp = None if final else output_qparams(ctx, out_node)
-    name = (list(node.meta.get("nn_module_stack", {}).values()) or [(node.name, None)])[-1][0] or node.name
+    name = (innermost_module(node) or ("",))[0] or node.name
     if any(isinstance(op, Gemm) and op.name == name for op in ctx.ops):
         name = f"{name}.{node.name}"  # a module called twice: one op per call
     op = gemm_op(name, kind, in_value, out_node.name, in_qp, out_qp, weight.float(), None if bias is None else bias.float(),

@@ -18,7 +18,7 @@ Op semantics implemented here (codes are the 8-bit integers of ``x ~ scale * (q 
 - AvgPool: pad with the zero point, integer window sum ``s``, ``floor((2*s + d) / (2*d))`` with
   ``d`` the kernel area (count_include_pad).
 - Add: ``clip((((a - za)*ma + (b - zb)*mb + 2**(SHIFT-1)) >> SHIFT) + z, lo, hi)``, SHIFT = 20.
-- Clamp: ``clip(x, lo, hi)``. Flatten: ``x.reshape(N, -1)`` (NCHW order).
+- Clamp: ``clip(x, lo, hi)``.
 - Clipped activations (Gemm ``clip_codes``, the Clip op): threshold codes ``t`` broadcast against
   one sample in NCHW layout; "clamp": ``min(q, t)``; "zero": ``q`` where the value before the 8-bit
   clip is ``<= t``, else the zero point.
@@ -175,9 +175,6 @@ def numpy_run(program, images, *, return_env: bool = False):
         elif kind == "Clip":
             x = env[op.input]
             env[op.output] = threshold(x, np.clip(x, op.lo, op.hi), op.codes, op.policy, op.zero_point)
-        elif kind == "Flatten":
-            x = env[op.input]
-            env[op.output] = x.reshape(x.shape[0], -1)
         else:
             out = numpy_ppu.run_op(op, env, len(images))
             if out is None:
