@@ -149,13 +149,17 @@ def _walk(ctx: Ctx, model_name: str) -> fx.Node:
         elif node.op != "call_function" or node.name in ctx.consumed or not _is_tensor_node(node):
             continue  # parameters (taken when used), guards, shape arithmetic
         elif any(n.name in ctx.poisoned for n in _inputs(node)):
-            ctx.poisoned.add(node.name)  # already reported where it started
+            ctx.poisoned.add(node.name)  # no calibrated range to stand in for its input: reported where it started
         else:
             try:
                 _lower_node(ctx, node)
             except Unsupported as exc:
                 ctx.errors.append(f"{module_path(node)}: aten.{op_name(node.target)}: {exc}")
-                ctx.poisoned.add(node.name)
+                if node.name in ctx.ranges:
+                    # its calibrated range stands in for the value, so what follows is still examined
+                    ctx.define(node, ctx.calibrated(node))
+                else:
+                    ctx.poisoned.add(node.name)
     result = output.args[0]
     if isinstance(result, (list, tuple)):
         if len(result) != 1:

@@ -338,6 +338,14 @@ def test_every_unsupported_construct_is_reported_at_once(digits):
         assert word in msg, msg
 
 
+def test_a_construct_after_an_unsupported_one_is_examined_too(digits):
+    model = _seq(nn.Conv2d(1, 2, 3, dilation=2), nn.ConvTranspose2d(2, 2, 3), nn.Flatten(), nn.Linear(72, 10))
+    with pytest.raises(UnsupportedModelError) as info:
+        lower(model, digits.train_x[:32])
+    msg = str(info.value)
+    assert "2 constructs" in msg and "0 (Conv2d)" in msg and "1 (ConvTranspose2d)" in msg, msg
+
+
 def test_supported_layers_lists_the_registry():
     names = supported_layers()
     for op in ("aten.conv2d", "aten.linear", "aten.relu", "aten.max_pool2d", "aten.avg_pool2d", "aten.adaptive_avg_pool2d",
