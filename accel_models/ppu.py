@@ -24,7 +24,6 @@ Semantics (docs/design.md §5):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -336,11 +335,10 @@ class AdaptiveAvgPool:
 
 # --------------------------------------------------------------------------- normalisation units
 def isqrt(v: torch.Tensor) -> torch.Tensor:
-    """``floor(sqrt(v))`` of non-negative integers ``v`` below 2**52 (int64, or float64 holding
-    them), exactly, in ``v``'s dtype."""
-    r = torch.sqrt(v.double()).floor().to(v.dtype)
-    r = r - (r * r > v).to(v.dtype)
-    return r + ((r + 1) * (r + 1) <= v).to(v.dtype)
+    """``floor(sqrt(v))`` of non-negative int64 ``v`` (below 2**52), exactly."""
+    r = torch.sqrt(v.double()).floor().to(torch.int64)
+    r = r - (r * r > v).to(torch.int64)
+    return r + ((r + 1) * (r + 1) <= v).to(torch.int64)
 
 
 @dataclass
@@ -374,29 +372,19 @@ class LayerNorm:
     def inputs(self) -> tuple[str, ...]:
         return (self.input,)
 
-    def _float64_exact(self, size: int) -> bool:
-        """True when every step of :meth:`_integer` is an integer below 2**53 in float64 (then
-        float64 computes the int64 formulas exactly: ``|n| <= sqrt(D) * 2**F + 1``)."""
-        bound = (math.isqrt(size) + 1) * (1 << LN_FRACTION_BITS) + 1
-        big = bound * int(self.gain.abs().max()) + int(self.offset.abs().max()) + (1 << 32)
-        return size <= 1 << 16 and big < 1 << 53
-
     def _integer(self, q: torch.Tensor) -> torch.Tensor:
+        """The unit in int64 torch ops (the twin's forward value, CUDA runs; CPU runs take the
+        fused kernel ``ppu_kernels.layer_norm_rows``)."""
+        q = q.to(torch.int64)
         size = q.shape[-1]
-        dtype = torch.float64 if self._float64_exact(size) else torch.int64
-        q = q.to(dtype)
         s1 = q.sum(-1, keepdim=True)
         d = size * q - s1
         r = isqrt(size * (q * q).sum(-1, keepdim=True) - s1 * s1 + self.eps_codes)
-        safe = (2 * r).clamp_min(1)
-        num = 2 * d * (1 << LN_FRACTION_BITS) + r
-        # float64 floor division is exact here: the quotient's distance to an integer exceeds its rounding error
-        n = torch.floor(num / safe) if dtype == torch.float64 else torch.div(num, safe, rounding_mode="floor")
+        n = torch.div(2 * d * (1 << LN_FRACTION_BITS) + r, (2 * r).clamp_min(1), rounding_mode="floor")
         n = torch.where(r > 0, n, torch.zeros_like(n))
         bits = LN_FRACTION_BITS + LN_GAIN_BITS
-        y = n * self.gain.to(q.device, dtype) + self.offset.to(q.device, dtype) + (1 << (bits - 1))
-        y = torch.floor(y / (1 << bits)) if dtype == torch.float64 else torch.bitwise_right_shift(y, bits)
-        return (y + self.zero_point).clamp(self.lo, self.hi)
+        y = n * self.gain.to(q.device) + self.offset.to(q.device) + (1 << (bits - 1))
+        return (torch.bitwise_right_shift(y, bits) + self.zero_point).clamp(self.lo, self.hi)
 
     def run(self, xs, rc: RunContext) -> torch.Tensor:
         x = xs[0]
