@@ -57,9 +57,9 @@ class MatMul:
 def batched_operands(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
     """``a`` (..., M, K) and ``b`` (..., K, N) broadcast to (G, M, K) and (G, K, N); also the
     broadcast leading shape."""
-    lead = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    a3 = a.expand(*lead, *a.shape[-2:]).reshape(-1, *a.shape[-2:])
-    b3 = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
+    lead = a.shape[:-2] if a.shape[:-2] == b.shape[:-2] else torch.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a3 = (a if a.shape[:-2] == lead else a.expand(*lead, *a.shape[-2:])).reshape(-1, *a.shape[-2:])
+    b3 = (b if b.shape[:-2] == lead else b.expand(*lead, *b.shape[-2:])).reshape(-1, *b.shape[-2:])
     return a3, b3, tuple(lead)
 
 
@@ -69,8 +69,9 @@ def matmul_accumulators(a: torch.Tensor, b: torch.Tensor, op: MatMul, chip: Chip
     lead)`` with ``a3`` (G, M, K) and ``b8`` (G, K, N) the operands as the chip took them (codes,
     exact integers in the inputs' dtype)."""
     a3, b3, lead = batched_operands(a, b)
-    b8 = b3 - op.b_offset  # codes are exact integers in any dtype
-    acc, stats = chip.bmm(a3, b8, act_signed=op.a_qp.signed)
+    b8 = b3 - op.b_offset if op.b_offset else b3  # codes are exact integers in any dtype
+    bounds = (max(-op.a_qp.qmin, op.a_qp.qmax), max(op.b_offset - op.b_qp.qmin, op.b_qp.qmax - op.b_offset))
+    acc, stats = chip.bmm(a3, b8, act_signed=op.a_qp.signed, bounds=bounds)
     return acc, a3, b8, stats, lead
 
 

@@ -24,12 +24,15 @@ Semantics (docs/design.md §5):
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from accel_models.ppu_kernels import layer_norm_rows, softmax_rows
-from accel_models.quant import requantize, rounding_divide
+from accel_models.ppu_kernels import layer_norm_rows, lut_codes, lut_flat, softmax_rows
+from accel_models.quant import channels_last, requantize, rounding_divide
+from sysarray.tensor_memo import TensorMemo
 
 LN_FRACTION_BITS = 16  # fixed-point bits of the normalised value in LayerNorm
 LN_GAIN_BITS = 16  # fixed-point bits of LayerNorm's per-channel gain
@@ -65,6 +68,7 @@ def _as_codes(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- lookup tables
+_FLOAT_TABLES = TensorMemo()  # a Lut's table as the CPU kernel reads it, made once per table
 @dataclass
 class Lut:
     """``out = table[c, q - qmin]``: an elementwise function on 8-bit codes.
@@ -97,7 +101,24 @@ class Lut:
 
     def run(self, xs, rc: RunContext) -> torch.Tensor:
         q = xs[0]
-        return self.table.to(q.device).reshape(-1)[self._index(q.to(torch.int64))].to(torch.float32)
+        if q.device.type != "cpu":
+            return self.table.to(q.device).reshape(-1)[self._index(q.to(torch.int64))].to(torch.float32)
+        q = q.to(torch.float32)
+        channels = self.table.shape[0]
+        # one table, or channels innermost in memory: the storage walked in order
+        pixels = q.dim() == 4 and channels_last(q) and (channels == 1 or self.axis == 1)
+        flat = q.permute(0, 2, 3, 1) if pixels else q.contiguous()
+        out = torch.empty_like(flat)
+        table = self._float_table()
+        if channels == 1:
+            lut_flat(flat.view(-1).numpy(), table[0], self.qmin, out.view(-1).numpy(), work=q.numel())
+        else:
+            view = flat.reshape(-1, channels, 1) if pixels else flat.reshape(math.prod(q.shape[:self.axis]), channels, -1)
+            lut_codes(view.numpy(), table, self.qmin, out.view(view.shape).numpy(), work=q.numel())
+        return out.permute(0, 3, 1, 2) if pixels else out
+
+    def _float_table(self) -> np.ndarray:
+        return _FLOAT_TABLES.get((self.table,), (), lambda: self.table.to(torch.float32).numpy())
 
     def fake(self, xs, rc: RunContext) -> torch.Tensor:
         q = xs[0]

@@ -1,10 +1,12 @@
-"""Fused CPU kernels of the post-processing unit's normalisation units: one pass per row in int64,
-the same integer formulas as :class:`accel_models.ppu.LayerNorm` and :class:`~accel_models.ppu.Softmax`
-(which the fake-quant twin and CUDA runs compute with torch ops; the tests compare them)."""
+"""Fused CPU kernels of the post-processing unit: lookup tables, the normalisation units (one pass
+per row) and activation products, the same integer formulas as :class:`accel_models.ppu.Lut`,
+:class:`~accel_models.ppu.LayerNorm`, :class:`~accel_models.ppu.Softmax` and
+:mod:`accel_models.matmul` (which the fake-quant twin and CUDA runs compute with torch ops; the
+tests compare them)."""
 from __future__ import annotations
 
 import numpy as np
-from numba import prange
+from numba import njit, prange
 
 from sysarray.parallel import ELEMENTWISE, threaded
 
@@ -15,7 +17,7 @@ def layer_norm_rows(q, eps_codes, gain, offset, fraction_bits, gain_bits, zero_p
     rows, size = q.shape
     bits = fraction_bits + gain_bits
     half = np.int64(1) << (bits - 1)
-    one = np.int64(1) << fraction_bits
+    one = np.float64(np.int64(1) << fraction_bits)
     for r in prange(rows):
         s1 = np.int64(0)
         s2 = np.int64(0)
@@ -30,40 +32,73 @@ def layer_norm_rows(q, eps_codes, gain, offset, fraction_bits, gain_bits, zero_p
         while (root + 1) * (root + 1) <= var:
             root += 1
         den = 2.0 * root
+        inv = 1.0 / den if root > 0 else 0.0
+        centre = np.float64(s1)
+        width = np.float64(size)
         for c in range(size):
-            n = np.int64(0)
+            n = 0.0
             if root > 0:
-                # float64 floor division is exact: numerator below 2**53, and a non-integer quotient
-                # is at least 1/(2 root) from an integer
-                n = np.int64(np.floor((2.0 * (size * np.float64(q[r, c]) - s1) * one + root) / den))
-            y = ((n * gain[c] + offset[c] + half) >> bits) + zero_point
+                t = 2.0 * (width * np.float64(q[r, c]) - centre) * one + np.float64(root)
+                n = _floor_quotient(t, den, inv)
+            y = ((np.int64(n) * gain[c] + offset[c] + half) >> bits) + zero_point
             out[r, c] = min(max(y, lo), hi)
+
+
+@njit(cache=True, inline="always")
+def _floor_quotient(t, den, inv):
+    """``floor(t / den)`` for integers ``t``, ``den > 0`` held exactly in float64 with
+    ``|t| < 2**53``: the product by the reciprocal ``inv``, floored, is at most one off, and the
+    exact products ``f * den`` (integers near ``t``) say which way."""
+    f = np.floor(t * inv)
+    f -= 1.0 if f * den > t else 0.0
+    f += 1.0 if (f + 1.0) * den <= t else 0.0
+    return f
 
 
 @threaded(ELEMENTWISE)
 def softmax_rows(q, table, levels, out):
     """q (R, N) codes (float32 holding integers), softmax along N; table (256,) float64 holding
     the exp table's integers; out (R, N) float32: ``floor((2 * levels * e + S) / (2 * S))`` with
-    ``e = table[max q - q]``. float64 holds every step exactly and its quotient's floor is exact
-    (a non-integer quotient is at least ``1 / (2S)`` from an integer)."""
+    ``e = table[max q - q]`` and ``S`` the row's sum of ``e``; every step is an integer below
+    2**53, exact in float64."""
     rows, size = q.shape
     for r in prange(rows):
+        e = np.empty(size, dtype=np.float64)
         top = q[r, 0]
         for c in range(1, size):
             top = max(top, q[r, c])
         total = 0.0
         for c in range(size):
-            total += table[np.int64(top - q[r, c])]
-        inv = 1.0 / (2.0 * total)
+            e[c] = table[np.int64(top - q[r, c])]
+            total += e[c]
+        den = 2.0 * total
+        inv = 1.0 / den
         for c in range(size):
-            t = (2.0 * levels * table[np.int64(top - q[r, c])] + total)
-            f = np.floor(t * inv)
-            # t * inv may round across an integer: fix with the exact products (integers below 2**53)
-            if f * 2.0 * total > t:
-                f -= 1.0
-            elif (f + 1.0) * 2.0 * total <= t:
-                f += 1.0
-            out[r, c] = f
+            out[r, c] = _floor_quotient(2.0 * levels * e[c] + total, den, inv)
+
+
+@threaded(ELEMENTWISE)
+def lut_codes(q, table, qmin, out):
+    """A lookup table on codes, one row per channel: q (P, C, I) float32 codes in ``[qmin, qmin +
+    255]``, table (C, 256) float32, out (P, C, I) float32 ``table[c, q - qmin]``. An index outside
+    the table (not a code of the op's input) reads its nearest end."""
+    P, C, I = q.shape
+    for p in prange(P):
+        for c in range(C):
+            for i in range(I):
+                out[p, c, i] = table[c, min(max(np.int64(q[p, c, i]) - qmin, 0), 255)]
+
+
+_LUT_BLOCK = 1 << 14  # codes per task of lut_flat
+
+
+@threaded(ELEMENTWISE)
+def lut_flat(q, table, qmin, out):
+    """:func:`lut_codes` with one table for all: q, out (n,) float32, table (256,) float32."""
+    n = q.shape[0]
+    for j in prange((n + _LUT_BLOCK - 1) // _LUT_BLOCK):
+        for i in range(j * _LUT_BLOCK, min(n, (j + 1) * _LUT_BLOCK)):
+            out[i] = table[min(max(np.int64(q[i]) - qmin, 0), 255)]
 
 
 @threaded(ELEMENTWISE)

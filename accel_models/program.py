@@ -9,7 +9,9 @@ step is the final dequantization of the last layer's int32 accumulators into log
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import numpy as np
@@ -23,6 +25,8 @@ from accel_models.ppu import (PPU_OPS, AdaptiveAvgPool, Cat, Constant, Div, Layo
 from accel_models.quant import (QParams, quantize_codes, requantize_clamp, requantize_saturates, rescale_add,
                                 rounding_divide)
 from sysarray import ArrayConfig, Chip, ConvHints, Engine, FaultMap, GemmStats
+from sysarray.parallel import MeasuredChoice
+from sysarray.runtime import threads
 from sysarray.tensor_memo import TensorMemo
 from sysarray.validation import check_instance, check_int, check_positive_int
 
@@ -281,6 +285,26 @@ def postprocess(acc: torch.Tensor, op: Gemm) -> torch.Tensor:
         raw = requantize_clamp(acc, op.bias, op.m0, op.shift, op.out_qp.zero_point, -(1 << 31), (1 << 31) - 1)
         return apply_clip(raw, raw.clamp(op.lo, op.hi), op.clip_codes, op.clip_policy, op.out_qp.zero_point)
     return requantize_clamp(acc, op.bias, op.m0, op.shift, op.out_qp.zero_point, op.lo, op.hi)
+
+
+# Per program, batch shape and chip kind: whether the run is faster on torch's threads or on one.
+_THREADS = MeasuredChoice()
+
+
+def _measured_threads(run: Callable[[], torch.Tensor], key: tuple, chip: Chip) -> torch.Tensor:
+    """``run()`` on torch's and numba's threads or on one thread, whichever measured faster for
+    ``key`` on this machine (the same values either way). Small layers run many short torch ops
+    between numba kernels, and waking torch's thread pool for each can cost more than it saves;
+    large ones gain from the threads. CPU fast engine with several threads, in the main thread
+    only (torch's thread count is the process's: other threads running programs keep it)."""
+    if chip.engine is not Engine.FAST or (chip.device is not None and chip.device.type != "cpu") \
+            or torch.get_num_threads() == 1 or threading.current_thread() is not threading.main_thread():
+        return run()
+
+    def one_thread() -> torch.Tensor:
+        with threads(1):
+            return run()
+    return _THREADS(key, (run, one_thread))
 
 
 SATURATION = 1 << 24  # the largest bound float32 holds exactly (see saturation)
@@ -631,9 +655,10 @@ class Program:
             if record is not None:
                 keep = BatchTrace()
                 record[0].append(keep)
-            accs.append(self.execute(images[i:i + batch_size], chip, on_layer,
-                                     None if reference is None else reference.batches[b], keep,
-                                     0 if record is None else record[1] // max(1, n_batches), saturate=not count))
+            batch = images[i:i + batch_size]
+            run = partial(self.execute, batch, chip, on_layer, None if reference is None else reference.batches[b], keep,
+                          0 if record is None else record[1] // max(1, n_batches), saturate=not count)
+            accs.append(_measured_threads(run, (id(self), tuple(batch.shape), chip.config, faulty, count), chip))
         logits = self.logits_from(torch.cat(accs))
         layers = []
         n_pes = chip.config.n_pes

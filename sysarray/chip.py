@@ -181,15 +181,20 @@ class Chip:
         y = fast_gemm(a, w, self.config, self.faults, act_signed=act_signed, masks=self.masks(act_signed))
         return y, self.timing(M, K, N)
 
-    def bmm(self, a: torch.Tensor, w: torch.Tensor, *,
-            act_signed: bool | None = None) -> tuple[torch.Tensor, list[GemmStats]]:
+    def bmm(self, a: torch.Tensor, w: torch.Tensor, *, act_signed: bool | None = None,
+            bounds: tuple[int | None, int | None] = (None, None)) -> tuple[torch.Tensor, list[GemmStats]]:
         """G independent GEMMs ``a[g] @ w[g]`` run one after another on the chip (attention's
         ``Q K^T`` and ``P V``, one per image and head): a (G, M, K) int8 or uint8 activations, or a
         float tensor of 8-bit codes with ``act_signed`` saying which; w (G, K, N) int8 values (any
         dtype). Returns (G, M, N) int32 on the operands' device, ``[g]`` bit for bit
         ``gemm(a[g], w[g])``, and one :class:`GemmStats` per GEMM. The fast engine runs the batch
-        as batched tensor operations."""
+        as batched tensor operations. ``bounds``: bounds on ``|a|`` and ``|w|`` the caller knows
+        (the code ranges; they must hold), sparing the fast engine a pass over each."""
         act_signed = _check_bmm(a, w, act_signed)
+        if not (isinstance(bounds, tuple) and len(bounds) == 2):
+            raise ValueError(f"The 'bounds' argument of Chip.bmm must be a pair (bound on |a| or None, bound on |w| "
+                             f"or None). Got {bounds!r} instead.")
+        bounds = tuple(check_int(b, "bounds", "Chip.bmm", lo=0, none_ok=True) for b in bounds)
         G, M, K = a.shape
         N = w.shape[2]
         if self.engine is Engine.CYCLE:
@@ -197,7 +202,7 @@ class Chip:
             return torch.stack([y for y, _ in runs]), [stats for _, stats in runs]
         from sysarray.engines.fast import fast_bmm
 
-        y = fast_bmm(a, w, self.config, self.faults, act_signed=act_signed, masks=self.masks(act_signed))
+        y = fast_bmm(a, w, self.config, self.faults, act_signed=act_signed, masks=self.masks(act_signed), bounds=bounds)
         return y, [self.timing(M, K, N)] * G
 
     def conv2d(self, x: torch.Tensor, weight: torch.Tensor, *, stride=(1, 1), padding=(0, 0), pad_value: float = 0,

@@ -1,46 +1,110 @@
 """Numba kernels compiled twice, with threads and without, each call taking the one that pays.
 
-Launching a parallel numba region has a fixed cost (tens of microseconds), even with one
-thread, and a campaign worker runs one thread; the kernels of small layers (linear layers, a
-handful of replayed outputs) do less work than a launch costs. :func:`threaded` compiles a kernel written with ``prange`` both ways (``prange``
-is ``range`` without ``parallel=True``: same code, same results); a call runs the serial one
-when numba has one thread or ``work`` is below the kernel's threshold.
+Launching a parallel numba region has a fixed cost that depends on the machine and the
+threading layer (from a few to a couple of hundred microseconds), and a campaign worker runs
+one thread; the kernels of small layers (linear layers, a handful of replayed outputs) do less
+work than a launch costs. :func:`threaded` compiles a kernel written with ``prange`` both ways
+(``prange`` is ``range`` without ``parallel=True``: same code, same results). A call runs the
+serial one when numba has one thread or ``work`` is below the kernel's floor; above it, the
+first calls of each size class (a power of two of ``work``) time both compilations in turn and
+the class then keeps the faster, so the choice is made by measurement on the machine at hand.
 """
 from __future__ import annotations
 
 import functools
+import threading
+import time
 import types
-from typing import Callable
+from collections import OrderedDict
+from typing import Callable, Hashable, Sequence, TypeVar
 
 import numba
 from numba import njit
 
 
-# Elements a simple elementwise kernel (about a nanosecond each) must have for two threads to
-# beat one by more than a launch costs.
+# Elements a simple elementwise kernel (about a nanosecond each) must have before two threads
+# can beat one by more than the cheapest launches cost; above it the choice is measured.
 ELEMENTWISE = 1 << 17
 KERNELS: list["ThreadedKernel"] = []  # every kernel made here (the tests run each both ways)
+TRIALS = 3  # timed calls of each option per key, after one untimed warm-up call each
+T = TypeVar("T")
+
+
+class MeasuredChoice:
+    """The fastest of interchangeable ways to compute one result, chosen per key by timing.
+
+    ``choice(key, options)`` runs one of ``options`` (callables returning the same value) and
+    returns its result. While a key is new, calls take the options in turn; the first call of
+    each is a warm-up and then ``trials`` are timed, after which the key keeps the option with
+    the lowest median time. Keys are kept for the ``max_keys`` most recently decided."""
+
+    def __init__(self, trials: int = TRIALS, max_keys: int = 4096) -> None:
+        self.trials = trials
+        self.max_keys = max_keys
+        self._timings: dict[Hashable, list[list[float]]] = {}
+        self._chosen: OrderedDict[Hashable, int] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __call__(self, key: Hashable, options: Sequence[Callable[[], T]]) -> T:
+        chosen = self._chosen.get(key)
+        if chosen is not None:
+            return options[chosen]()
+        with self._lock:
+            times = self._timings.setdefault(key, [[] for _ in options])
+            which = min(range(len(options)), key=lambda i: len(times[i]))
+        start = time.perf_counter()
+        out = options[which]()
+        elapsed = time.perf_counter() - start
+        with self._lock:
+            times[which].append(elapsed)
+            if key in self._timings and min(len(t) for t in times) > self.trials:
+                medians = [sorted(t[1:])[len(t[1:]) // 2] for t in times]
+                self._chosen[key] = medians.index(min(medians))
+                del self._timings[key]
+                while len(self._chosen) > self.max_keys:
+                    self._chosen.popitem(last=False)
+        return out
+
+    def chosen(self, key: Hashable) -> int | None:
+        """The index of the option chosen for ``key`` (None while it is measured)."""
+        return self._chosen.get(key)
+
+    def choices(self) -> dict[Hashable, int]:
+        return dict(self._chosen)
 
 
 class ThreadedKernel:
-    """``kernel(*args, work=n)``: the parallel or the serial compilation of one function."""
+    """``kernel(*args, work=n)``: the parallel or the serial compilation of one function.
+
+    ``force``: "serial" or "parallel" runs that compilation whatever the work (tests, and
+    benchmarks that want one fixed path); None measures (see the module docstring)."""
 
     def __init__(self, fn: Callable, min_work: int, **options) -> None:
         self.parallel = njit(cache=True, parallel=True, **options)(fn)
         self.serial = njit(cache=True, **options)(_renamed(fn, "_serial"))
         self.min_work = min_work
+        self.force: str | None = None
+        self._choice = MeasuredChoice()
         functools.update_wrapper(self, fn)
         KERNELS.append(self)
 
     def __call__(self, *args, work: int):
-        if work < self.min_work or numba.get_num_threads() == 1:
+        if self.force is not None:
+            return (self.parallel if self.force == "parallel" else self.serial)(*args)
+        threads = numba.get_num_threads()
+        if work < self.min_work or threads == 1:
             return self.serial(*args)
-        return self.parallel(*args)
+        return self._choice((int(work).bit_length(), threads),
+                            (lambda: self.serial(*args), lambda: self.parallel(*args)))
+
+    def choices(self) -> dict[tuple[int, int], str]:
+        """The measured choice per (size class, threads): "serial" or "parallel" (for reports)."""
+        return {k: ("serial", "parallel")[v] for k, v in self._choice.choices().items()}
 
 
 def threaded(min_work: int, **options) -> Callable[[Callable], ThreadedKernel]:
-    """Decorator: a :class:`ThreadedKernel` that runs in parallel from ``min_work`` units of work
-    (the caller's measure: elements, multiply-adds) on; ``options`` go to ``njit``."""
+    """Decorator: a :class:`ThreadedKernel` that may run in parallel from ``min_work`` units of
+    work (the caller's measure: elements, multiply-adds) on; ``options`` go to ``njit``."""
     return lambda fn: ThreadedKernel(fn, min_work, **options)
 
 

@@ -57,16 +57,15 @@ def check_int(value: object, name: str, where: str, *, lo: int | None = None, hi
     ``none_ok``. ``what`` names the requirement in the message (default: from the bounds)."""
     if value is None and none_ok:
         return None
+    if is_int(value):
+        v = int(value)
+        if (lo is None or v >= lo) and (hi is None or v <= hi):
+            return v
     if what is None:
         bounds = _range_text(lo, hi)
         what = "an integer" + (f" {bounds}" if bounds else "")
     what += " or None" if none_ok else ""
-    if not is_int(value):
-        raise TypeError(_message(name, where, what, value))
-    v = int(value)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise ValueError(_message(name, where, what, value))
-    return v
+    raise (ValueError if is_int(value) else TypeError)(_message(name, where, what, value))
 
 
 def check_positive_int(value: object, name: str, where: str, *, none_ok: bool = False) -> int | None:

@@ -33,9 +33,10 @@ from sysarray.faults import FaultMap
 _SEG_BUDGET = 8 << 20
 
 
-def _operand_max(x: torch.Tensor, reg: RegisterMasks) -> int:
-    """Largest |value| the register can pass on for operand ``x``."""
-    top = abs_max(x)
+def _operand_max(x: torch.Tensor, reg: RegisterMasks, known: int | None = None) -> int:
+    """Largest |value| the register can pass on for operand ``x``; ``known``: a bound on |x|
+    the caller has (spares a pass over ``x``)."""
+    top = abs_max(x) if known is None else int(known)
     if reg.faulty.any():
         top = max(top, 255 if reg.sign == 0 else 128)
     return top
@@ -91,9 +92,11 @@ def _act_corrections(S: torch.Tensor, sreg: RegisterMasks, R: int, C: int, Fr: i
 
 
 def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
-                     sreg: RegisterMasks, treg: RegisterMasks, cm: ChipMasks) -> torch.Tensor:
+                     sreg: RegisterMasks, treg: RegisterMasks, cm: ChipMasks,
+                     bounds: tuple[int | None, int | None] = (None, None)) -> torch.Tensor:
     """G GEMMs on a WS-style array, one after another: ``S`` (G, T, Kd) streams east, ``Wst``
-    (G, Kd, Nd) is stationary. Returns (G, T, Nd) int32."""
+    (G, Kd, Nd) is stationary; ``bounds`` on |S| and |Wst| where the caller knows them.
+    Returns (G, T, Nd) int32."""
     R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
     dev = S.device
     G, T, Kd = S.shape
@@ -104,11 +107,11 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
     # float values: it is a GEMM operand, and in IS it is the (large) activation matrix. Healthy
     # registers latch what they are sent, so the whole-fold padded copy is made only when needed.
     fdt = float_dtype_for(dev)
-    smax = _operand_max(S, sreg)
+    smax = _operand_max(S, sreg, bounds[0])
     corr = _act_corrections(S, sreg, R, C, Fr) if sreg.faulty.any() else []
     sent = not treg.faulty.any() and not cm.bypassed.any() and not corr
     Wp = Wst if sent else latched(Wst, treg, cm.bypassed, fdt)  # as sent (G, Kd, Nd), or whole folds (G, Fr*R, Np)
-    wmax = abs_max(Wp)
+    wmax = abs_max(Wp) if bounds[1] is None else _operand_max(Wp, treg, bounds[1])
     amax = max(smax, 255 if corr else 0)
 
     # A column must replay its psum chain per fold when it has psum faults, or when a partial
@@ -251,14 +254,15 @@ def _chain_torch(prod, keep, ones, sign):
     return acc
 
 
-def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) -> torch.Tensor:
-    """G GEMMs on an output-stationary array, one after another: A (G, M, K), W (G, K, N).
-    Returns (G, M, N) int64 in int32 range."""
+def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks,
+             bounds: tuple[int | None, int | None] = (None, None)) -> torch.Tensor:
+    """G GEMMs on an output-stationary array, one after another: A (G, M, K), W (G, K, N),
+    ``bounds`` on |A| and |W| where known. Returns (G, M, N) int64 in int32 range."""
     R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
     dev = A.device
     G, M, K = A.shape
     N = W.shape[-1]
-    amax, wmax = _operand_max(A, cm.act), _operand_max(W, cm.weight)
+    amax, wmax = _operand_max(A, cm.act, bounds[0]), _operand_max(W, cm.weight, bounds[1])
     Y = wrap(exact_matmul(A, W, amax, wmax), pb)
     if cm.bypassed.any():
         for r, c in zip(*np.nonzero(cm.bypassed)):
@@ -338,7 +342,8 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks) 
 
 
 def fast_bmm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None,
-             act_signed: bool | None = None, *, masks: ChipMasks | None = None) -> torch.Tensor:
+             act_signed: bool | None = None, *, masks: ChipMasks | None = None,
+             bounds: tuple[int | None, int | None] = (None, None)) -> torch.Tensor:
     """G GEMMs ``a[g] @ w[g]`` run one after another on the faulty array, exact, as batched
     tensor operations; a: (G, M, K) int8/uint8, w: (G, K, N) int8 tensors on one device.
     Returns (G, M, N) int32 on that device, each ``[g]`` bit for bit ``fast_gemm(a[g], w[g])``.
@@ -346,16 +351,19 @@ def fast_bmm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMa
     ``a`` may also be a float tensor holding 8-bit codes (callers that keep activations in float
     to save conversions); then ``act_signed`` says whether they are int8 or uint8 codes.
     ``masks``: ``chip_masks(cfg, faults, act_signed)`` when the caller already has them (layers of
-    one network on one chip share them).
+    one network on one chip share them). ``bounds``: bounds on ``|a|`` and ``|w|`` that hold
+    (the 8-bit code ranges), sparing a pass over each; None where unknown. They decide which
+    float sums are exact.
     """
     if act_signed is None:
         act_signed = a.dtype != torch.uint8
     cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     if cfg.dataflow is Dataflow.WS:
-        return _stationary_fast(a, w, cfg, cm.act, cm.weight, cm)
+        return _stationary_fast(a, w, cfg, cm.act, cm.weight, cm, bounds)
     if cfg.dataflow is Dataflow.IS:
-        return _stationary_fast(w.transpose(-1, -2), a.transpose(-1, -2), cfg, cm.weight, cm.act, cm).transpose(-1, -2)
-    return _os_fast(a, w, cfg, cm).to(torch.int32)
+        return _stationary_fast(w.transpose(-1, -2), a.transpose(-1, -2), cfg, cm.weight, cm.act, cm,
+                                bounds[::-1]).transpose(-1, -2)
+    return _os_fast(a, w, cfg, cm, bounds).to(torch.int32)
 
 
 def fast_gemm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None,

@@ -415,16 +415,16 @@ def _kernels(parallel: bool):
     on all of numba's threads, or to its serial one."""
     from sysarray.parallel import KERNELS
 
-    saved, threads = [k.min_work for k in KERNELS], numba.get_num_threads()
+    threads = numba.get_num_threads()
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS if parallel else 1)
     for k in KERNELS:
-        k.min_work = 0 if parallel else 1 << 62
+        k.force = "parallel" if parallel else "serial"
     try:
         yield
     finally:
         numba.set_num_threads(threads)
-        for k, w in zip(KERNELS, saved):
-            k.min_work = w
+        for k in KERNELS:
+            k.force = None
 
 
 @pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads (one core here)")
@@ -564,3 +564,26 @@ def test_max_pool_2x2_stride_2_equals_torch(b, c, h, w, seed, channels_last, par
     assert torch.equal(y, F.max_pool2d(x, 2, 2))
     fmt = torch.channels_last if channels_last and c > 1 and (h // 2) * (w // 2) > 1 else torch.contiguous_format
     assert y.is_contiguous(memory_format=fmt)
+
+
+def test_runs_choose_their_thread_count_by_measurement_and_give_the_same_logits(zoo, digits):
+    """Program runs on CPU time torch's threads against one thread per program, batch shape and
+    chip kind, then keep the faster (accel_models.program._measured_threads); the logits never
+    depend on it."""
+    import accel_models.program as prog
+    from sysarray.parallel import TRIALS
+    from sysarray.runtime import threads
+
+    program, x = zoo["lenet"].program, digits.test_x[:24]
+    cfg = ArrayConfig(8, 8)
+    faults = FaultMap.random(cfg, 0.1, seed=3, registers=("psum",))
+    with threads(2):
+        if torch.get_num_threads() < 2:
+            pytest.skip("torch has one thread here")
+        first = program.run(x, cfg, faults, count_changes=False, batch_size=8).logits
+        for _ in range(TRIALS):
+            again = program.run(x, cfg, faults, count_changes=False, batch_size=8).logits
+            torch.testing.assert_close(again, first, rtol=0, atol=0)
+        assert torch.get_num_threads() == 2  # restored after every one-thread run
+    key = (id(program), (8, *x.shape[1:]), cfg, True, False)
+    assert prog._THREADS.chosen(key) in (0, 1)

@@ -48,6 +48,12 @@ def apply_fix(y: torch.Tensor, fix: ChainFix, saturate: int = 1 << 31) -> None:
     C-ordered array fastest."""
     lo, hi = max(-saturate, -(1 << 31)), min(saturate, (1 << 31) - 1)  # int32 bounds (a no-op for 2**31)
     B, N, oh, ow = y.shape
+    if oh * ow == 1 and fix.tot is not None and y.is_contiguous():
+        # 1x1 outputs (linear layers): each image's outputs are one row, its totals one column
+        rows = fix.tot.reshape(B, -1) if fix.pixel_major else fix.tot[:, :, 0]
+        _apply_fix_rows(y.numpy().reshape(B, N), fix.n_idx, rows, fix.add, np.int32(lo), np.int32(hi),
+                        work=B * len(fix.n_idx))
+        return
     cl = is_pixel_major(y)
     target = y if y.is_contiguous() or cl else y.contiguous()
     tot = fix.tot
@@ -93,6 +99,16 @@ def _apply_fix(y, n_idx, tot, add, lo, hi):
         tp = tot[b, o]
         for p in range(L):
             yp[p] = _corrected(yp[p], tp[p], add, lo, hi)
+
+
+@threaded(ELEMENTWISE)
+def _apply_fix_rows(y, n_idx, tot, add, lo, hi):
+    """y (B, N) the outputs of 1x1 images, tot (B, O): row by row."""
+    B = y.shape[0]
+    O = n_idx.shape[0]
+    for b in prange(B):
+        for o in range(O):
+            y[b, n_idx[o]] = _corrected(y[b, n_idx[o]], tot[b, o], add, lo, hi)
 
 
 _TILE = 16  # pixels a channels-last fix transposes at a time

@@ -408,17 +408,18 @@ def test_convolution_of_a_channel_slice_of_channels_last_data_is_exact():
 
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), add=st.booleans(), as_float=st.booleans(), channels_last=st.booleans(),
-       saturate=st.sampled_from([1 << 31, 1 << 24, 1000, 1]), parallel=st.booleans())
-def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, channels_last, saturate, parallel):
+       saturate=st.sampled_from([1 << 31, 1 << 24, 1000, 1]), parallel=st.booleans(), one_pixel=st.booleans())
+def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, channels_last, saturate, parallel,
+                                                          one_pixel):
     """apply_fix's 32-bit lanes give exactly ``clamp(wrap32(y + t))`` (or the read-back
     ``clamp(force(y))``) computed in int64, for int32 results (any values: the sum wraps) and
-    exact float32 ones (|y| <= 2**24), on either layout."""
+    exact float32 ones (|y| <= 2**24), on either layout, and for 1x1 outputs (linear layers)."""
     from sysarray.engines.registers import force
     from sysarray.engines.conv.fix import (ChainFix, _apply_fix, _apply_fix_pixels, _apply_fix_pixels_from_planes,
-                                           _force_pixels, _force_planes, apply_fix)
+                                           _apply_fix_rows, _force_pixels, _force_planes, apply_fix)
 
     rng = np.random.default_rng(seed)
-    B, N, oh, ow = 3, 7, 4, 5
+    B, N, oh, ow = (3, 7, 1, 1) if one_pixel else (3, 7, 4, 5)
     if as_float:
         y0 = rng.integers(-(1 << 24), (1 << 24) + 1, size=(B, N, oh, ow)).astype(np.float32)
         saturate = min(saturate, 1 << 24)
@@ -432,10 +433,10 @@ def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, c
     y = torch.from_numpy(y0.copy())
     if channels_last:
         y = y.contiguous(memory_format=torch.channels_last)
-    kernels = (_apply_fix, _apply_fix_pixels, _apply_fix_pixels_from_planes, _force_planes, _force_pixels)
-    min_work = [k.min_work for k in kernels]
+    kernels = (_apply_fix, _apply_fix_pixels, _apply_fix_pixels_from_planes, _apply_fix_rows, _force_planes,
+               _force_pixels)
     for k in kernels:
-        k.min_work = 0 if parallel else 1 << 62
+        k.force = "parallel" if parallel else "serial"
     padded = np.zeros((B, 3, oh * ow + 5), dtype=np.int32)  # rows may be longer than a plane
     padded[..., :oh * ow] = tot
     stuck = rng.integers(0, 1 << 32, size=3) & rng.integers(0, 1 << 32, size=3)
@@ -448,8 +449,8 @@ def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, c
     try:
         apply_fix(y, fix, saturate)
     finally:
-        for k, w in zip(kernels, min_work):
-            k.min_work = w
+        for k in kernels:
+            k.force = None
     want = y0.astype(np.int64)
     if fix.tot is None:
         sub = force(want[:, n_idx], keep.reshape(1, 3, 1, 1), ones.reshape(1, 3, 1, 1), 1 << 31)

@@ -1,0 +1,64 @@
+"""sysarray.parallel: the measured choice between interchangeable computations, and the threaded
+kernels that use it."""
+from __future__ import annotations
+
+import time
+
+import numba
+import numpy as np
+import pytest
+from numba import prange
+
+from sysarray.parallel import TRIALS, MeasuredChoice, threaded
+
+
+def test_a_measured_choice_keeps_the_faster_option_per_key_after_its_trials():
+    choice = MeasuredChoice(max_keys=2)
+    calls = []
+
+    def slow():
+        calls.append("slow")
+        time.sleep(0.003)
+        return 1
+
+    def fast():
+        calls.append("fast")
+        return 1
+
+    for _ in range(2 * (TRIALS + 1)):
+        assert choice("a", (slow, fast)) == 1
+    assert calls.count("slow") == calls.count("fast") == TRIALS + 1  # taken in turn while measured
+    assert choice.chosen("a") == 1
+    calls.clear()
+    for _ in range(5):
+        choice("a", (slow, fast))
+    assert calls == ["fast"] * 5
+    assert choice.chosen("b") is None  # each key is measured on its own
+    for key in ("b", "c"):
+        for _ in range(2 * (TRIALS + 1)):
+            choice(key, (fast, slow))
+    assert choice.chosen("c") == 0 and choice.chosen("a") is None  # the oldest decided key is dropped
+
+
+@threaded(1 << 10)
+def _double(x, out):
+    for i in prange(x.shape[0]):
+        out[i] = 2 * x[i]
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="needs two numba threads (one core here)")
+def test_a_threaded_kernel_measures_above_its_floor_and_forced_runs_take_one_compilation():
+    x = np.arange(1 << 12, dtype=np.float64)
+    out = np.empty_like(x)
+    for _ in range(2 * (TRIALS + 1)):
+        _double(x, out, work=x.size)
+        np.testing.assert_array_equal(out, 2 * x)
+    assert set(_double.choices()) == {(x.size.bit_length(), numba.get_num_threads())}
+    _double(x[:10], out[:10], work=10)  # below the floor: serial, nothing measured
+    assert len(_double.choices()) == 1
+    _double.force = "parallel"
+    try:
+        _double(x, out, work=1)
+    finally:
+        _double.force = None
+    assert _double.parallel.signatures and _double.serial.signatures
