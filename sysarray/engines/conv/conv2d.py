@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines.conv.exact import F32_LIMIT, exact_conv
 from sysarray.engines.conv.fix import apply_fix
+from sysarray.engines.conv.pointwise import pointwise_gemm
 from sysarray.engines.conv.replay_conv import replay_by_segment_conv
 from sysarray.engines.conv.replay_direct import replay_direct
 from sysarray.engines.conv.replay_torch import replay_by_fold_convs
@@ -138,7 +139,11 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
     if clean is not None and cm.latches_sent_weights:
         y = clean  # the same convolution of the same input and weights, done fault-free
     else:
-        y = exact_conv(xp, cw, stride, conv_pad, amax)
+        y = None
+        if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and not any(conv_pad) and groups == 1:
+            y = pointwise_gemm(xp, cw, act_signed, amax, cw.l1_max * max(1, amax) < F32_LIMIT)
+        if y is None:
+            y = exact_conv(xp, cw, stride, conv_pad, amax)
         if K * amax * wmax >= 1 << 31:
             y = wrap(y.to(torch.int64), 32)
     if len(chain_cols) and not direct:

@@ -40,6 +40,15 @@ class ConvWeights:
         """The largest filter L1 norm (0 without weights)."""
         return int(self.w.abs().sum(dim=(1, 2, 3), dtype=torch.float64).max()) if self.w.numel() else 0
 
+    @cached_property
+    def int8_gemm(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """A pointwise (1x1, one group) ``w`` as the int8 GEMM operand (K, N) and ``128 * sum_k
+        w[n, k]`` (N,) int32: what :mod:`sysarray.engines.conv.pointwise` adds back for codes
+        shifted from uint8 to int8."""
+        w2 = self.w.reshape(self.w.shape[0], -1)
+        w8 = torch.empty(w2.shape[::-1], dtype=torch.int8).copy_(w2.t())  # canonical strides (pointwise.py)
+        return w8, (128 * w2.sum(1, dtype=torch.float64)).to(torch.int32)
+
     def channel_chunks(self, limit: int) -> tuple[tuple[int, int], ...]:
         """Input channel ranges ``lo..hi-1`` (of a group), in order, each as long as every
         filter's L1 norm over it stays below ``limit`` (at least one channel each): computed

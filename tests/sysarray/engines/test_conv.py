@@ -459,3 +459,48 @@ def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, c
     sub = ((sub + (1 << 31)) % (1 << 32)) - (1 << 31)
     want[:, n_idx] = np.clip(sub, -saturate, saturate)
     np.testing.assert_array_equal(y.numpy().astype(np.int64), want)
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(seed=st.integers(0, 2**32 - 1), signed=st.booleans(), channels_last=st.booleans(),
+       one_pixel=st.booleans(), kernel=st.sampled_from(["float32", "int8"]))
+def test_pointwise_gemm_kernels_equal_the_int64_convolution(seed, signed, channels_last, one_pixel, kernel):
+    """A pointwise layer's GEMM (sysarray.engines.conv.pointwise) on either kernel, forced, equals
+    the int64 convolution for extreme and random codes, on 1x1 images (linear layers) and on
+    channels-last or plain pixels (size-1 dimensions included, whose strides are arbitrary)."""
+    from sysarray.engines.conv import pointwise
+    from sysarray.engines.conv.weights import ConvWeights
+
+    rng = np.random.default_rng(seed)
+    B, K, N = rng.integers(1, 5), rng.integers(1, 40), rng.integers(1, 12)
+    H, W = (1, 1) if one_pixel else (rng.integers(1, 6), rng.integers(1, 6))
+    lo, hi = (-128, 127) if signed else (0, 255)
+    x = torch.from_numpy(rng.choice(np.array([lo, hi, 0, rng.integers(lo, hi + 1)]), size=(B, K, H, W))).float()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = torch.from_numpy(rng.choice(np.array([-128, 127, 0, rng.integers(-128, 128)]), size=(N, K, 1, 1))).float()
+    pointwise.FORCE = kernel
+    try:
+        y = pointwise.pointwise_gemm(x, ConvWeights.of(w), signed, hi if not signed else 128, float_exact=True)
+    finally:
+        pointwise.FORCE = None
+    want = torch.nn.functional.conv2d(x.double(), w.double()).to(torch.int64)
+    if y is None:  # not stored as pixels by channels: the caller convolves
+        assert not one_pixel and not channels_last and H * W > 1 and K > 1
+        return
+    np.testing.assert_array_equal(y.to(torch.int64).numpy(), want.numpy())
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(conv_cases(registers=("weight", "psum")), st.sampled_from(["float32", "int8"]))
+def test_layers_on_either_pointwise_kernel_equal_fast_gemm(case, kernel):
+    """With the pointwise GEMM's kernel forced (pointwise layers among the cases), the engine
+    still equals im2col + fast_gemm, also on channels-last input."""
+    from sysarray.engines.conv import pointwise
+
+    pointwise.FORCE = kernel
+    try:
+        for channels_last in (False, True):
+            np.testing.assert_array_equal(conv(case, channels_last), im2col_gemms(case, "fast"))
+    finally:
+        pointwise.FORCE = None

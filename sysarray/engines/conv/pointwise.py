@@ -1,0 +1,75 @@
+"""Pointwise convolutions (1x1 kernel, stride 1, no padding, one group; linear layers are these
+on 1x1 images) as one GEMM of pixels by channels, on the faster of two exact kernels.
+
+- float32: ``x @ w.t()`` in float32, exact when every partial sum stays below 2**24 (the caller's
+  L1 bound, as for the float convolution);
+- int8: ``torch._int_mm`` (oneDNN's VNNI / AMX int8 GEMM on CPU) with int32 sums, exact while
+  ``K * 255 * 128 < 2**31``. Unsigned codes ``a`` in [0, 255] go in as ``a - 128`` and the GEMM
+  adds ``128 * sum_k w[k, n]`` back.
+
+Which is faster depends on the CPU (int8 instructions or none) and the shape, so it is measured
+per shape class in the running process (:class:`sysarray.parallel.MeasuredChoice`); both give the
+same values. CPU only; the float32 kernel alone where torch has no int8 GEMM.
+"""
+from __future__ import annotations
+
+import torch
+
+from sysarray.engines.conv.weights import ConvWeights
+from sysarray.parallel import MeasuredChoice
+
+_CHOICE = MeasuredChoice()
+# "float32" or "int8" runs that kernel wherever it is exact (tests, reproducible benchmarks);
+# None measures
+FORCE: str | None = None
+INT32_LIMIT = 1 << 31
+_HAS_INT_MM = hasattr(torch, "_int_mm")
+
+
+def pixels(x: torch.Tensor) -> torch.Tensor | None:
+    """(B, K, H, W) -> the (B*H*W, K) view of its pixels as GEMM rows, or None when ``x`` is not
+    stored so (1x1 images, or channels-last storage)."""
+    B, K, H, W = x.shape
+    if H == W == 1:
+        return x.reshape(B, K) if x.is_contiguous() or x.stride(1) == 1 else None
+    if x.permute(0, 2, 3, 1).is_contiguous():
+        return x.permute(0, 2, 3, 1).reshape(-1, K)
+    return None
+
+
+def pointwise_gemm(x: torch.Tensor, cw: ConvWeights, act_signed: bool | None, amax: int,
+                   float_exact: bool) -> torch.Tensor | None:
+    """``conv2d(x, cw.w)`` for a pointwise ``cw`` (N, K, 1, 1), one group, on CPU: (B, N, H, W)
+    exact integer values (float32 or int32) stored like ``x`` (channels-last, or 1x1 images), or
+    None when this shape is not one GEMM here (the caller convolves). ``act_signed``: ``x``
+    holds int8 codes (True) or uint8 codes (False), None when unknown (float32 only);
+    ``amax``: a bound on |x|; ``float_exact``: one float32 GEMM is exact (the L1 bound)."""
+    B, K, H, W = x.shape
+    N = int(cw.w.shape[0])
+    rows = pixels(x) if x.device.type == "cpu" and x.dtype == torch.float32 else None
+    if rows is None:
+        return None
+    codes = act_signed is not None and amax <= (128 if act_signed else 255)
+    int8_ok = _HAS_INT_MM and codes and K * 255 * 128 < INT32_LIMIT and rows.shape[0] > 0
+    if not float_exact and not int8_ok:
+        return None
+    w2 = cw.w.view(N, K)
+    options = []
+    if float_exact and FORCE != "int8" or not int8_ok:
+        options.append(lambda: rows @ w2.t())
+    if int8_ok and FORCE != "float32":
+        options.append(lambda: _int8_gemm(rows, cw, act_signed))
+    y = options[0]() if len(options) == 1 else \
+        _CHOICE((rows.shape[0].bit_length(), K, N, act_signed, torch.get_num_threads()), options)
+    return y.view(B, H, W, N).permute(0, 3, 1, 2)
+
+
+def _int8_gemm(rows: torch.Tensor, cw: ConvWeights, act_signed: bool) -> torch.Tensor:
+    """(M, K) codes (float32) times the int8 weights: (M, N) int32, exact."""
+    w8, colsum = cw.int8_gemm
+    # a new tensor with the canonical strides: oneDNN reads a size-1 dimension's odd stride as a
+    # leading dimension
+    codes = torch.empty(rows.shape, dtype=torch.int8)
+    if act_signed:
+        return torch._int_mm(codes.copy_(rows), w8)
+    return torch._int_mm(codes.copy_(torch.sub(rows, 128)), w8).add_(colsum)
