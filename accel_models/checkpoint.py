@@ -29,14 +29,14 @@ key                 value
                     swap the model's ReLUs for clipped ones before loading the weights
 ==================  ==========================================================================
 
-Files are written atomically (a temporary file in the same folder, then ``os.replace``), so a
-crash never leaves a half-written checkpoint under the final name.
+Files are written atomically (:func:`sysarray.atomic.atomic_write`: a temporary file in the same
+folder, then ``os.replace``), so a crash never leaves a half-written checkpoint under the final
+name; a new checkpoint gets the usual permissions (0o666 less the umask).
 """
 from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ from torch import nn
 
 from accel_models import own_model
 from accel_models.zoo import MODELS, build_model, model_names
+from sysarray.atomic import atomic_write
 from sysarray.validation import check_output_path
 
 FORMAT = "sysarray-checkpoint"
@@ -173,17 +174,7 @@ def save_checkpoint(
         "extra": _plain({} if extra is None else extra, "extra"),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(ckpt, f), binary=True)
     return path
 
 

@@ -220,6 +220,19 @@ class RunResult:
         return 100.0 * self.macs / max(1, self.cycles * n_pes)
 
     def accuracy(self, labels: torch.Tensor) -> float:
+        """The share of images whose prediction equals ``labels`` (N,) integer class indices."""
+        if isinstance(labels, np.ndarray):
+            labels = torch.from_numpy(labels)
+        if not isinstance(labels, torch.Tensor) or labels.dtype == torch.bool or labels.is_floating_point() \
+                or labels.is_complex():
+            got = f"{labels.dtype} tensor" if isinstance(labels, torch.Tensor) else type(labels).__name__
+            raise TypeError(f"The 'labels' argument of RunResult.accuracy must be an integer tensor of class indices. "
+                            f"Got {got} instead.")
+        n = self.predictions.shape[0]
+        if labels.dim() != 1 or labels.shape[0] != n:
+            raise ValueError(f"The 'labels' argument of RunResult.accuracy must have one label per image: shape ({n},) "
+                             f"for the {n} images run. Got shape {tuple(labels.shape)} ({labels.numel()} labels) "
+                             f"instead.")
         return float((self.predictions == labels.to(self.predictions.device)).double().mean())
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from accel_models.zoo import build_model
-from sysarray.validation import check_choice, check_float, check_positive_int, check_seed
+from sysarray.validation import check_choice, check_device, check_float, check_positive_int, check_seed
 
 if TYPE_CHECKING:  # accel_models.data is imported lazily by train_zoo_model
     from accel_models.data import Dataset
@@ -103,7 +103,7 @@ def predict(model: nn.Module, x: Any, *, batch_size: int = 512, device: str | to
     """
     x = _as_images(x, "x", "predict")
     batch_size = check_positive_int(batch_size, "batch_size", "predict")
-    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    dev = check_device(device, "device", "predict") or next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
@@ -171,7 +171,7 @@ def train(
     if val is not None:
         val_x = _as_images(val[0], "val[0]", "train")
         val_y = _as_labels(val[1], len(val_x), "val[1]", "train")
-    dev = torch.device("cpu" if device is None else device)
+    dev = check_device("cpu" if device is None else device, "device", "train")
 
     settings = {
         "epochs": epochs,

@@ -1,12 +1,16 @@
 """``sysarray report DIR``: PNG plots and a Markdown summary of a campaign directory.
 
 - Rate campaigns (``grid``, ``files``): ``accuracy_vs_rate.png``, mean accuracy per fault group
-  versus the fault rate with its bootstrap confidence band, and the aggregate table.
-- Single-fault sweeps (``single``): ``heatmap.png``, the drop of one stuck bit at each PE per
-  (register, bit, value); ``bit_sensitivity.png``, the mean drop versus bit position per register
-  and stuck value; with an ``importance.json`` also the PE sensitivity map and the samplers' table.
+  versus the fault rate with its bootstrap confidence band (log rate axis when the rates span a
+  decade or more), and the aggregate table.
+- Single-fault sweeps (``single``): ``heatmap.png``, the drop of one stuck bit at each PE, one
+  panel per (register, bit, value), unswept PEs grey and hatched; ``bit_sensitivity.png``, the mean
+  drop versus bit position per register and stuck value, from a drop of 0 up; with an
+  ``importance.json`` also the PE sensitivity map and the samplers' table.
 
-Plots use matplotlib's object API on an Agg canvas (no pyplot state, no display needed).
+Plots use matplotlib's object API on an Agg canvas (no pyplot state, no display needed); each
+``plot_*`` saves the Figure its ``figure_*`` twin returns, and the confidence level of every band
+and error bar is in the plot.
 """
 from __future__ import annotations
 
@@ -20,10 +24,10 @@ import numpy as np
 from mitigation.campaign.stats import aggregate
 from mitigation.campaign.store import read_results
 from mitigation.sweep import bit_sensitivity, heatmaps
-from sysarray.atomic import write_text
+from sysarray.atomic import atomic_write, write_text
 
 REPORT = "report.md"
-MAX_HEATMAPS = 12
+UNSWEPT = "not swept"
 
 
 def _figure(width: float, height: float):
@@ -32,8 +36,32 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def plot_accuracy_vs_rate(agg: Sequence[dict], path: str, clean: float | None = None, rate_name: str = "fault rate") -> str:
-    """Mean accuracy versus rate per group, with the interval ``mean_accuracy_lo..hi`` as a band."""
+def _save(fig: Any, path: str) -> str:
+    """Write ``fig`` as a PNG atomically; no software version in the metadata, so reruns give the same bytes."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", metadata={"Software": None}), binary=True)
+    return path
+
+
+def _percent(confidence: float) -> str:
+    return f"{100 * float(confidence):g}%"
+
+
+def rate_axis_scale(rates: Sequence[float]) -> tuple[str, float | None]:
+    """``(scale, linthresh)`` of a fault-rate axis: ``"linear"`` unless the positive rates span a
+    decade or more, then ``"log"``, or ``"symlog"`` with its linear part below the smallest positive
+    rate when rate 0 (the fault-free point) is among them (a log axis cannot show 0)."""
+    r = np.asarray([float(x) for x in rates], dtype=np.float64)
+    positive = r[r > 0]
+    if positive.size < 2 or math.log10(positive.max() / positive.min()) < 1 - 1e-9:
+        return ("linear", None)
+    return ("symlog", float(positive.min())) if (r == 0).any() else ("log", None)
+
+
+def figure_accuracy_vs_rate(agg: Sequence[dict], clean: float | None = None, rate_name: str = "fault rate",
+                            confidence: float = 0.95) -> Any:
+    """The Figure of :func:`plot_accuracy_vs_rate`."""
+    from matplotlib.patches import Patch
+
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
     groups: dict[str, list[dict]] = {}
@@ -47,73 +75,122 @@ def plot_accuracy_vs_rate(agg: Sequence[dict], path: str, clean: float | None = 
         hi = np.array([float(r["mean_accuracy_hi"]) for r in rows])
         line, = ax.plot(x, y, marker="o", label=name)
         ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
-    rates = [float(r["rate"]) for r in agg]
-    positive = [r for r in rates if r > 0]
-    if positive and max(positive) / min(positive) >= 20:
-        ax.set_xscale("symlog", linthresh=min(positive))
+    scale, linthresh = rate_axis_scale([float(r["rate"]) for r in agg])
+    if scale == "symlog":
+        ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
+        ax.set_xlim(left=-0.25 * linthresh)  # rates are never negative: show 0 at the left edge, not a mirrored axis
+    elif scale == "log":
+        ax.set_xscale("log")
     if clean is not None:
         ax.axhline(clean, color="grey", linestyle=":", linewidth=1, label="fault-free")
-    ax.set_xlabel(rate_name)
+    handles, _ = ax.get_legend_handles_labels()
+    band = Patch(facecolor="grey", alpha=0.2, label=f"{_percent(confidence)} confidence band (bootstrap)")
+    ax.set_xlabel(rate_name + (" (log scale; 0 = fault-free)" if scale == "symlog" else
+                               " (log scale)" if scale == "log" else ""))
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Accuracy versus fault rate (mean, confidence band)")
-    fig.savefig(path)
-    return path
+    ax.legend(handles=handles + [band], fontsize=8)
+    ax.set_title(f"Accuracy versus fault rate (mean, {_percent(confidence)} confidence band)")
+    return fig
 
 
-def plot_heatmaps(maps: dict[tuple[str, int, int], np.ndarray], path: str, title: str = "accuracy drop of one fault") -> str:
-    """One panel per (register, bit, value): the drop of a single fault at each PE (blank: not swept)."""
-    keys = list(maps)[:MAX_HEATMAPS]
+def plot_accuracy_vs_rate(agg: Sequence[dict], path: str, clean: float | None = None, rate_name: str = "fault rate",
+                          confidence: float = 0.95) -> str:
+    """Mean accuracy versus rate per group, with the interval ``mean_accuracy_lo..hi`` (at
+    ``confidence``, stated in the legend and title) as a band. A log rate axis when the positive
+    rates span a decade or more (:func:`rate_axis_scale`)."""
+    return _save(figure_accuracy_vs_rate(agg, clean, rate_name, confidence), path)
+
+
+def heatmap_grid(n: int) -> tuple[int, int]:
+    """``(rows, cols)`` of panels for ``n`` heatmaps: near square, at most 4 columns up to 16 panels."""
+    cols = min(n, 4) if n <= 16 else math.ceil(math.sqrt(n))
+    return (-(-n // max(cols, 1)), cols)
+
+
+def figure_heatmaps(maps: dict[tuple[str, int, int], np.ndarray], title: str = "accuracy drop of one fault") -> Any:
+    """The Figure of :func:`plot_heatmaps`: one panel per site, every site."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Patch, Rectangle
+
+    keys = list(maps)
+    if not keys:
+        raise ValueError("plot_heatmaps needs at least one (register, bit, value) heatmap. Got an empty dict instead.")
     n = len(keys)
-    ncols = min(n, 4)
-    nrows = -(-n // ncols)
-    fig = _figure(3.2 * ncols + 0.8, 3.0 * nrows)
-    vmax = max(1e-9, max(float(np.nanmax(np.abs(maps[k]))) if np.isfinite(maps[k]).any() else 0.0 for k in keys))
+    nrows, ncols = heatmap_grid(n)
+    panel = 3.2 if ncols <= 4 else 2.4
+    fig = _figure(panel * ncols + 0.8, (panel - 0.2) * nrows + 0.4)
+    values = np.concatenate([maps[k][np.isfinite(maps[k])] for k in keys])
+    vmin = min(0.0, float(values.min())) if values.size else 0.0
+    vmax = max(1e-9, float(np.abs(values).max())) if values.size else 1e-9
+    cmap = colormaps["magma_r"].with_extremes(bad=(0.0, 0.0, 0.0, 0.0))  # unswept: see-through to the hatching below
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n)]
     im = None
     for ax, key in zip(axes, keys):
-        grid = np.ma.masked_invalid(maps[key])
-        im = ax.imshow(grid, cmap="magma_r", vmin=min(0.0, float(np.nanmin(maps[key])) if np.isfinite(maps[key]).any() else 0.0),
-                       vmax=vmax, interpolation="nearest")
-        ax.set_title(f"{key[0]} bit {key[1]} stuck-at-{key[2]}", fontsize=9)
+        grid = maps[key]
+        r, c = grid.shape
+        ax.add_patch(Rectangle((-0.5, -0.5), c, r, facecolor="0.85", edgecolor="0.55", hatch="///", linewidth=0,
+                               zorder=0))
+        im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", zorder=1)
+        ax.set_title(f"{key[0]} bit {key[1]} stuck-at-{key[2]}", fontsize=9 if ncols <= 4 else 8)
         ax.set_xlabel("PE column", fontsize=8)
         ax.set_ylabel("PE row", fontsize=8)
         ax.tick_params(labelsize=7)
-    if im is not None:
-        fig.colorbar(im, ax=axes, shrink=0.8, label=title)
-    fig.savefig(path)
-    return path
+    fig.colorbar(im, ax=axes, shrink=0.8, label=title)
+    if any(not np.isfinite(maps[k]).all() for k in keys):
+        unswept = Patch(facecolor="0.85", edgecolor="0.55", hatch="///", label=UNSWEPT)
+        fig.legend(handles=[unswept], loc="outside lower center", fontsize=8)
+    return fig
 
 
-def plot_bit_sensitivity(rows: Sequence[dict], path: str) -> str:
-    """Mean drop versus bit position per (register, stuck value), with interval error bars."""
+def plot_heatmaps(maps: dict[tuple[str, int, int], np.ndarray], path: str,
+                  title: str = "accuracy drop of one fault") -> str:
+    """One panel per (register, bit, value), all of them: the drop of a single fault at each PE.
+
+    PEs not swept (NaN) are grey and hatched, and named in the legend; a zero drop is the
+    colormap's zero colour."""
+    return _save(figure_heatmaps(maps, title), path)
+
+
+def figure_bit_sensitivity(rows: Sequence[dict], confidence: float = 0.95) -> Any:
+    """The Figure of :func:`plot_bit_sensitivity`."""
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(7, 4.5)
     ax = fig.add_subplot()
     series: dict[str, list[dict]] = {}
     for r in rows:
         series.setdefault(f"{r['register']} stuck-at-{r['value']}", []).append(r)
+    lowest, highest = 0.0, 0.0
     for name, members in series.items():
         members = sorted(members, key=lambda r: r["bit"])
         x = np.array([m["bit"] for m in members])
-        y = np.array([m["mean_drop"] for m in members])
-        err = np.array([[m["mean_drop"] - m["mean_drop_lo"] for m in members],
-                        [m["mean_drop_hi"] - m["mean_drop"] for m in members]])
-        ax.errorbar(x, y, yerr=np.clip(err, 0, None), marker="o", capsize=3, label=name)
-    from matplotlib.ticker import MaxNLocator
-
+        y = np.array([m["mean_drop"] for m in members], dtype=np.float64)
+        lo = np.minimum(np.array([m["mean_drop_lo"] for m in members], dtype=np.float64), y)
+        hi = np.maximum(np.array([m["mean_drop_hi"] for m in members], dtype=np.float64), y)
+        ax.errorbar(x, y, yerr=np.array([y - lo, hi - y]), marker="o", capsize=3, label=name)
+        lowest, highest = min(lowest, float(np.nanmin(lo))), max(highest, float(np.nanmax(hi)))
+    span = max(highest - lowest, 1e-3)
+    ax.set_ylim(lowest - (0.03 * span if lowest < 0 else 0.0), highest + 0.05 * span)  # a drop axis includes 0
+    ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("bit position")
     ax.set_ylabel("mean accuracy drop of one fault")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Bit sensitivity")
-    fig.savefig(path)
-    return path
+    ax.legend(fontsize=8, title=f"error bars: {_percent(confidence)} bootstrap CI", title_fontsize=8)
+    ax.set_title(f"Bit sensitivity (mean drop, {_percent(confidence)} confidence intervals)")
+    return fig
 
 
-def plot_sensitivity(sens: np.ndarray, path: str) -> str:
+def plot_bit_sensitivity(rows: Sequence[dict], path: str, confidence: float = 0.95) -> str:
+    """Mean drop versus bit position per (register, stuck value), with ``mean_drop_lo..hi`` error
+    bars at ``confidence`` (stated in the legend and title); the y axis starts at 0 (or below a negative drop)."""
+    return _save(figure_bit_sensitivity(rows, confidence), path)
+
+
+def figure_sensitivity(sens: np.ndarray) -> Any:
+    """The Figure of :func:`plot_sensitivity`."""
     fig = _figure(5, 4.2)
     ax = fig.add_subplot()
     im = ax.imshow(sens, cmap="viridis", interpolation="nearest")
@@ -121,8 +198,12 @@ def plot_sensitivity(sens: np.ndarray, path: str) -> str:
     ax.set_xlabel("PE column")
     ax.set_ylabel("PE row")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    fig.savefig(path)
-    return path
+    return fig
+
+
+def plot_sensitivity(sens: np.ndarray, path: str) -> str:
+    """The (R, C) PE sensitivity map of an importance run."""
+    return _save(figure_sensitivity(sens), path)
 
 
 def _fmt(v: Any) -> str:
@@ -172,7 +253,7 @@ def write_report(directory: str) -> str:
         lines.append("")
         agg = aggregate(rows, conf, seed=seed, keys=("group", "rate"))
         rate_name = "bit error rate" if pop.get("method") == "ber" else "PE fault rate"
-        plot_accuracy_vs_rate(agg, os.path.join(directory, "accuracy_vs_rate.png"), clean, rate_name)
+        plot_accuracy_vs_rate(agg, os.path.join(directory, "accuracy_vs_rate.png"), clean, rate_name, conf)
         lines += ["## Accuracy versus fault rate", "", "![accuracy versus fault rate](accuracy_vs_rate.png)", ""]
         table = [{**r, "mean": _interval(r, "mean_accuracy"), "median": _interval(r, "median_accuracy"),
                   "iqr": f"{r['q1_accuracy']:.4f}..{r['q3_accuracy']:.4f}",
@@ -186,11 +267,10 @@ def write_report(directory: str) -> str:
         shape = (int(array.get("rows")), int(array.get("cols")))
         maps = heatmaps(rows, shape)
         plot_heatmaps(maps, os.path.join(directory, "heatmap.png"))
-        lines += ["## PE-array heatmap", "", "Accuracy drop of a single stuck bit at each PE (blank: not swept)"
-                  + (f"; the first {MAX_HEATMAPS} of {len(maps)} sites." if len(maps) > MAX_HEATMAPS else "."), "",
-                  "![heatmap](heatmap.png)", ""]
+        lines += ["## PE-array heatmap", "", f"Accuracy drop of a single stuck bit at each PE, {len(maps)} sites "
+                  f"(grey, hatched: {UNSWEPT}).", "", "![heatmap](heatmap.png)", ""]
         bits = bit_sensitivity(rows, conf, seed)
-        plot_bit_sensitivity(bits, os.path.join(directory, "bit_sensitivity.png"))
+        plot_bit_sensitivity(bits, os.path.join(directory, "bit_sensitivity.png"), conf)
         lines += ["## Bit sensitivity", "", "![bit sensitivity](bit_sensitivity.png)", "",
                   markdown_table([{**b, "drop": _interval(b, "mean_drop")} for b in bits], [
                       ("register", "register"), ("value", "stuck at"), ("bit", "bit"), ("faults", "faults"),
@@ -213,5 +293,6 @@ def write_report(directory: str) -> str:
     return path
 
 
-__all__ = ["markdown_table", "plot_accuracy_vs_rate", "plot_bit_sensitivity", "plot_heatmaps", "plot_sensitivity",
-           "write_report"]
+__all__ = ["figure_accuracy_vs_rate", "figure_bit_sensitivity", "figure_heatmaps", "figure_sensitivity", "heatmap_grid",
+           "markdown_table", "plot_accuracy_vs_rate", "plot_bit_sensitivity", "plot_heatmaps", "plot_sensitivity",
+           "rate_axis_scale", "write_report"]

@@ -20,7 +20,7 @@ from sysarray.faults import FaultMap
 from sysarray.mapping import conv_by_gemms, conv_output_size
 from sysarray.stats import GemmStats
 from sysarray.timing import cached_gemm_timing
-from sysarray.validation import check_array_dtype, check_bool, check_enum, check_instance, check_int
+from sysarray.validation import check_array_dtype, check_bool, check_device, check_enum, check_instance, check_int
 
 __all__ = ["Chip", "ConvHints", "Engine"]
 
@@ -59,20 +59,6 @@ def _pair(value: object, name: str, where: str, lo: int) -> tuple[int, int]:
         raise ValueError(f"The '{name}' argument of {where} must be an integer or a pair of integers. "
                          f"Got {value!r} instead.")
     return check_int(v[0], name, where, lo=lo), check_int(v[1], name, where, lo=lo)
-
-
-def _device(device: object, where: str) -> torch.device | None:
-    if device is None:
-        return None
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"The 'device' argument of {where} must be a torch device such as 'cpu' or 'cuda'. "
-                         f"Got {device!r} instead.") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"The 'device' argument of {where} is {device!r}, but this torch has no CUDA device "
-                         f"(torch {torch.__version__}). Use 'cpu'.")
-    return dev
 
 
 _CODE_DTYPES = (torch.int8, torch.uint8, torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -132,7 +118,7 @@ class Chip:
         if self.faults is not None:
             self.faults.check_fits(self.config.rows, self.config.cols, self.config.psum_bits)
         object.__setattr__(self, "engine", check_enum(self.engine, Engine, "engine", "Chip"))
-        object.__setattr__(self, "device", _device(self.device, "Chip"))
+        object.__setattr__(self, "device", check_device(self.device, "device", "Chip"))
 
     # ----------------------------------------------------------------------------- properties
     @property

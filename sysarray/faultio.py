@@ -84,9 +84,9 @@ def save(fm: FaultMap, path: "str | os.PathLike[str]", meta: dict | None = None)
 
 
 def _atomic_write(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Write the npz atomically (:func:`sysarray.atomic.atomic_write`), keeping an existing file's mode."""
-    mode = os.stat(path).st_mode & 0o7777 if os.path.exists(path) else 0o644
-    atomic_write(path, lambda f: np.savez_compressed(f, **arrays), binary=True, mode=mode)
+    """Write the npz atomically (:func:`sysarray.atomic.atomic_write`: an existing file keeps its
+    mode, a new one gets the umask's)."""
+    atomic_write(path, lambda f: np.savez_compressed(f, **arrays), binary=True)
 
 
 # --------------------------------------------------------------------------- load

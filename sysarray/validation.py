@@ -207,3 +207,28 @@ def check_array_dtype(x: Any, name: str, where: str, dtypes: Sequence[Any]) -> N
     if x.dtype not in tuple(dtypes):
         allowed = " or ".join(_dtype_name(d) for d in dtypes)
         raise TypeError(f"The '{name}' argument of {where} must have dtype {allowed}. Got {_dtype_name(x.dtype)} instead.")
+
+
+def check_device(device: object, name: str, where: str):
+    """``device`` as a ``torch.device`` on which the engines and the trainer run: a CPU or an
+    existing CUDA device; None passes through (the caller's default)."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"The '{name}' argument of {where} must be a torch device such as 'cpu' or 'cuda'. "
+                         f"Got {device!r} instead.") from None
+    if dev.type not in ("cpu", "cuda"):  # the fast engine's kernels and the cycle engine's copies are CPU or CUDA
+        raise ValueError(f"The '{name}' argument of {where} must be a CPU or CUDA device such as 'cpu' or 'cuda:0'. "
+                         f"Got {device!r} instead.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        why = "is a CPU-only build" if torch.version.cuda is None else "sees no CUDA device"
+        raise ValueError(f"The '{name}' argument of {where} is {device!r}, but this torch has no CUDA device: torch "
+                         f"{torch.__version__} {why}. Use 'cpu'.")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"The '{name}' argument of {where} is {device!r}, but this machine has "
+                         f"{torch.cuda.device_count()} CUDA device(s), numbered from 0.")
+    return dev

@@ -71,7 +71,8 @@ def _check_calibration(calibration) -> None:
         raise ValueError(f"The 'calibration' argument of lower must be a float tensor of images (N, C, H, W). "
                          f"Got {got} instead.")
     if not bool(torch.isfinite(torch.stack(torch.aminmax(calibration.float()))).all()):
-        raise ValueError("The 'calibration' argument of lower must hold finite values. Got NaN or infinite values instead.")
+        raise ValueError("The 'calibration' argument of lower must hold finite float32 values. Got NaN or infinite "
+                         "values (after conversion to float32) instead.")
 
 
 def _batches(calibration: torch.Tensor, batch_size: int) -> list[torch.Tensor]:

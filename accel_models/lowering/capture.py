@@ -129,9 +129,22 @@ class RangeRecorder(fx.Interpreter):
         self.samples: dict[str, list[np.ndarray]] = {}
         self.percentile = percentile
         self.extra = extra
+        self.nan_at: str | None = None  # the first recorded tensor holding NaN
+
+    def run(self, *args, **kwargs):
+        """One calibration batch; raises ValueError naming the first tensor that held NaN (a NaN
+        range has no quantization, and the error it causes later names no node)."""
+        out = super().run(*args, **kwargs)
+        if self.nan_at is not None:
+            raise ValueError(f"Calibrating the model gives NaN values in its tensor {self.nan_at!r} (the first such "
+                             f"tensor); lower needs finite weights and activations. Check the model's weights and "
+                             f"buffers for NaN or infinite values.")
+        return out
 
     def _record(self, name: str, out: torch.Tensor) -> None:
         lo, hi = float(out.min()), float(out.max())
+        if (np.isnan(lo) or np.isnan(hi)) and self.nan_at is None:  # min and max propagate NaN
+            self.nan_at = name
         old = self.ranges.get(name)
         self.ranges[name] = (lo, hi) if old is None else (min(old[0], lo), max(old[1], hi))
         self.shapes[name] = tuple(out.shape)

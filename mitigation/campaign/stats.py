@@ -1,6 +1,7 @@
 """Statistics of fault campaigns: confidence intervals and the statistical fault-injection sample size.
 
-- :func:`wilson_interval`: Wilson score interval of a proportion (share of critical chips).
+- :func:`wilson_interval`: Wilson score interval of a proportion (share of critical chips);
+  :func:`wilson_score_interval` the same from a proportion and an effective sample size.
 - :func:`bootstrap_interval`: percentile bootstrap of a statistic (mean, median, quartiles), seeded.
 - :func:`leveugle_sample_size`: how many chips / faults to inject for an error margin at a
   confidence level (Leveugle, Calvez, Maistri, Vanhauwaert, "Statistical fault injection:
@@ -34,13 +35,21 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
         raise ValueError(f"wilson_interval needs 0 <= successes <= n. Got successes={successes}, n={n} instead.")
     if n == 0:
         return (math.nan, math.nan)
+    return wilson_score_interval(successes / n, n, confidence)
+
+
+def wilson_score_interval(p: float, n: float, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of an estimated proportion ``p`` with a (possibly fractional, effective)
+    sample size ``n > 0``; it always lies in [0, 1] and contains ``p``."""
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0) or not (math.isfinite(n) and n > 0):
+        raise ValueError(f"wilson_score_interval needs a proportion 0 <= p <= 1 and a sample size n > 0. "
+                         f"Got p={p}, n={n} instead.")
     z = z_value(confidence)
-    p = successes / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends: rounding must not exclude p
-    hi = 1.0 if successes == n else min(1.0, centre + half)
+    lo = 0.0 if p == 0.0 else min(p, max(0.0, centre - half))  # exact ends: rounding must not exclude p
+    hi = 1.0 if p == 1.0 else max(p, min(1.0, centre + half))
     return (lo, hi)
 
 
@@ -177,4 +186,5 @@ def aggregate(rows: Iterable[dict], confidence: float = 0.95, seed: int = 0,
     return out
 
 
-__all__ = ["aggregate", "bootstrap_interval", "leveugle_sample_size", "wilson_interval", "z_value"]
+__all__ = ["aggregate", "bootstrap_interval", "leveugle_sample_size", "wilson_interval", "wilson_score_interval",
+           "z_value"]

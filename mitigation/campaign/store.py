@@ -268,7 +268,7 @@ def _lock(directory: str) -> int | None:
         import fcntl
     except ImportError:  # not POSIX: no advisory lock
         return None
-    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(os.path.join(directory, LOCK), os.O_RDWR | os.O_CREAT, 0o666)  # the umask decides, as for any new file
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -72,3 +72,87 @@ def test_report_refuses_an_empty_campaign(tmp_path):
 
 def test_markdown_table():
     assert markdown_table([{"a": 0.123456, "b": "x"}], [("a", "A"), ("b", "B")]) == "| A | B |\n|---|---|\n| 0.1235 | x |"
+
+
+# --------------------------------------------------------------------------- the plots' properties
+def _agg(rates, groups=("g",)):
+    return [{"group": g, "rate": r, "mean_accuracy": 0.9 - r, "mean_accuracy_lo": 0.85 - r,
+             "mean_accuracy_hi": 0.95 - r} for g in groups for r in rates]
+
+
+def _legend_texts(legend):
+    return [t.get_text() for t in legend.get_texts()] + [legend.get_title().get_text()]
+
+
+@pytest.mark.parametrize("rates, scale", [((0.0, 1e-3, 1e-2, 1e-1), "symlog"), ((1e-4, 1e-3, 1e-2), "log"),
+                                          ((0.0, 0.01, 0.02, 0.05), "linear"), ((0.0, 1e-3, 1e-2), "symlog")])
+def test_accuracy_vs_rate_uses_a_log_axis_for_rates_spanning_decades(rates, scale):
+    from mitigation.report import figure_accuracy_vs_rate, rate_axis_scale
+
+    fig = figure_accuracy_vs_rate(_agg(rates, ("a", "b")), clean=0.9, confidence=0.9)
+    ax = fig.axes[0]
+    assert ax.get_xscale() == scale and rate_axis_scale(rates)[0] == scale
+    if scale == "symlog":  # 0 is shown, and on the left edge: no mirrored negative rates
+        left, right = ax.get_xlim()
+        assert -min(r for r in rates if r > 0) < left < 0 and right >= max(rates)
+    texts = _legend_texts(ax.get_legend())
+    assert "a" in texts and "b" in texts and "fault-free" in texts
+    assert any("90% confidence band" in t for t in texts) and "90% confidence band" in ax.get_title()
+
+
+def test_heatmaps_show_every_site_and_unswept_cells_differ_from_zero_drops():
+    from matplotlib.colors import to_rgba
+
+    from mitigation.report import UNSWEPT, figure_heatmaps
+
+    maps = {}
+    for i in range(25):
+        grid = np.zeros((4, 6))
+        grid[0, 0] = 0.1 * (i % 5)
+        grid[3, 5] = np.nan  # not swept
+        maps[("psum", i, 1)] = grid
+    fig = figure_heatmaps(maps)
+    images = [ax.images[0] for ax in fig.axes if ax.images]
+    assert len(images) == 25  # every site, no cut-off at 12
+    assert {ax.get_title() for ax in fig.axes if ax.images} == {f"psum bit {i} stuck-at-1" for i in range(25)}
+    geometry = {ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes if ax.images}
+    assert geometry == {(5, 5)}  # the grid is sized to the sites
+    im = images[0]
+    zero = im.cmap(im.norm(0.0))
+    assert im.norm.vmin == 0.0 and zero == im.cmap(0.0)  # a zero drop: the colormap's zero colour
+    assert to_rgba(im.cmap.get_bad())[3] == 0.0  # unswept cells are see-through...
+    under = [p for p in fig.axes[0].patches if p.get_hatch()]
+    assert len(under) == 1 and under[0].get_zorder() < im.get_zorder()  # ...onto a hatched grey patch
+    assert to_rgba(under[0].get_facecolor()) != zero
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [UNSWEPT]
+    swept = figure_heatmaps({("act", 7, 1): np.zeros((2, 2))})
+    assert sum(bool(ax.images) for ax in swept.axes) == 1 and not swept.legends  # nothing unswept: no legend entry
+
+
+def test_bit_sensitivity_drop_axis_starts_at_zero_and_states_the_confidence():
+    from mitigation.report import figure_bit_sensitivity
+
+    rows = [{"register": "psum", "value": 1, "bit": b, "mean_drop": 0.7 + 0.01 * b, "mean_drop_lo": 0.65 + 0.01 * b,
+             "mean_drop_hi": 0.75 + 0.01 * b} for b in range(24, 32)]
+    ax = figure_bit_sensitivity(rows, confidence=0.99).axes[0]
+    lo, hi = ax.get_ylim()
+    assert lo == 0.0 and hi >= 0.75 + 0.31
+    assert "99%" in ax.get_title() and any("99%" in t for t in _legend_texts(ax.get_legend()))
+    rows.append({"register": "act", "value": 0, "bit": 3, "mean_drop": -0.01, "mean_drop_lo": -0.02,
+                 "mean_drop_hi": 0.0})
+    lo, _ = figure_bit_sensitivity(rows).axes[0].get_ylim()
+    assert lo < -0.02  # a negative drop (a fault that helped) stays in view
+
+
+def test_report_files_get_the_usual_mode(tmp_path):
+    import os
+    import stat
+
+    from mitigation.report import plot_accuracy_vs_rate
+
+    old = os.umask(0o022)
+    try:
+        path = plot_accuracy_vs_rate(_agg((0.0, 0.01)), str(tmp_path / "a.png"))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o644 and open(path, "rb").read(8) == PNG

@@ -105,6 +105,11 @@ def test_chip_checks_its_parts():
             sa.Chip(cfg, device="cuda")
     with pytest.raises(ValueError, match="'device' argument of Chip"):
         sa.Chip(cfg, device="gpu0")
+    for other in ("meta", "mps", torch.device("meta")):  # torch devices the engines do not run on
+        with pytest.raises(ValueError, match="must be a CPU or CUDA device"):
+            sa.Chip(cfg, device=other)
+    with pytest.raises(ValueError, match="no CUDA device|CUDA device\\(s\\)"):
+        sa.Chip(cfg, device=f"cuda:{torch.cuda.device_count()}")
     chip = sa.Chip(cfg, sa.FaultMap(4, 4).add(0, 0, "psum", 3, 1), "cycle")
     assert chip.engine is sa.Engine.CYCLE and chip.faulty and not chip.fault_free().faulty
     assert chip.fault_free("fast").engine is sa.Engine.FAST
