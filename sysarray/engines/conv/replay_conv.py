@@ -13,6 +13,7 @@ from sysarray.engines.conv.fix import ChainFix, is_pixel_major
 from sysarray.engines.conv.weights import ConvWeights
 from sysarray.engines.registers import ChipMasks, force_i32
 from sysarray.parallel import ELEMENTWISE, threaded
+from sysarray.tensor_memo import TensorMemo
 
 
 def replay_by_segment_conv(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, chain_cols: np.ndarray,
@@ -25,6 +26,42 @@ def replay_by_segment_conv(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig,
     Wp: (groups, R, Fc*C) each group's latched GEMM weights; N: the layer's output channels.
     Returns the :class:`ChainFix` the direct kernels give (in the input's layout), or None when
     no output is replayed."""
+    cin = int(xp.shape[1])
+    plan = _SEGMENT_PLANS.get((Wp,), (id(cm), cfg, chain_cols.tobytes(), tuple(kernel), N, linear_tail, cin),
+                              lambda: (cm, _segment_plan(Wp, cfg, cm, chain_cols, kernel, N, linear_tail, cin)),
+                              nbytes=lambda v: Wp.nbytes + (0 if v[1] is None or v[1][0] is None else v[1][0].w.nbytes))[1]
+    if plan is None:
+        return None
+    filters, n_idx, keep, ones = plan
+    if filters is None:  # one step whose segment holds every tap: the plain sums read back
+        return ChainFix(n_idx, None, True, keep=keep, ones=ones)
+    O = len(n_idx)
+    seg = exact_conv(xp, filters, stride, padding, amax)  # (B, groups*O*S, oh, ow)
+    B, _, oh, ow = seg.shape
+    one_pixel = oh * ow == 1  # linear layers: the batch as the pixels of one image, outputs innermost
+    pixel_major = one_pixel or is_pixel_major(seg)
+    if pixel_major:
+        seg3 = seg.reshape(B, -1).contiguous().numpy()[None] if one_pixel else \
+            seg.permute(0, 2, 3, 1).numpy().reshape(B, oh * ow, -1)
+        tot = np.empty((1, B, O) if one_pixel else (B, oh * ow, O), dtype=np.int32)
+    else:
+        seg3 = seg.contiguous().numpy().reshape(B, -1, oh * ow)
+        tot = np.empty((B, O, oh * ow), dtype=np.int32)
+    segment_chains(seg3, keep, ones, 1 << (cfg.psum_bits - 1), linear_tail, pixel_major, tot, work=seg.numel())
+    return ChainFix(n_idx, tot.reshape(B, oh * ow, -1) if one_pixel else tot, linear_tail, pixel_major)
+
+
+# Per chip, latched weights and replayed columns: what the replay needs besides the input (a
+# campaign's chip runs every batch through the same plans).
+_SEGMENT_PLANS = TensorMemo(max_entries=1024, max_bytes=256 << 20)
+
+
+def _segment_plan(Wp: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, chain_cols: np.ndarray, kernel, N: int,
+                  linear_tail: bool, cin: int):
+    """``(filters, n_idx, keep, ones)`` for :func:`replay_by_segment_conv`: the segment filters as
+    :class:`ConvWeights` (None when every output is one step holding every tap, read back through
+    ``keep``, ``ones`` (O,) int32), the replayed output channels, and each step's register bit
+    patterns (S, groups*O) int32. None when no output is replayed. ``cin``: the input's channels."""
     R = cfg.rows
     groups = Wp.shape[0]
     Ng = N // groups
@@ -33,30 +70,18 @@ def replay_by_segment_conv(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig,
         return None
     O, S = p.keep.shape
     kh, kw = kernel
-    cg = xp.shape[1] // groups
-    n_loc = torch.from_numpy(p.n_idx).to(xp.device)
+    cg = cin // groups
     K = cg * kh * kw
-    Wcols = Wp[..., n_loc]  # (groups, R, O): the fold, K rows used
+    Wcols = Wp[..., torch.from_numpy(p.n_idx)]  # (groups, R, O): the fold, K rows used
     Wv = psum.segment_weights(Wcols, p, R)[:, 0, :K]  # (groups, K, S, O)
     n_idx = (np.arange(groups)[:, None] * Ng + p.n_idx).ravel()
     if linear_tail and S == 1 and torch.equal(Wv[..., 0, :], Wcols[:, :K]):
-        # one step whose segment holds every tap: the outputs are their plain sums read back
         keep, ones = (np.tile(m[:, 0], groups).astype(np.int32) for m in (p.keep, p.ones))
-        return ChainFix(n_idx, None, True, keep=keep, ones=ones)
+        return None, n_idx, keep, ones
     filters = Wv.permute(0, 3, 2, 1).reshape(groups * O * S, cg, kh, kw)  # filter (g, o, s)
-    seg = exact_conv(xp, ConvWeights.of(filters, groups=groups), stride, padding, amax)  # (B, groups*O*S, oh, ow)
-    B, _, oh, ow = seg.shape
-    pixel_major = is_pixel_major(seg)
-    if pixel_major:
-        seg3 = seg.permute(0, 2, 3, 1).numpy().reshape(B, oh * ow, -1)
-        tot = np.empty((B, oh * ow, groups * O), dtype=np.int32)
-    else:
-        seg3 = seg.contiguous().numpy().reshape(B, -1, oh * ow)
-        tot = np.empty((B, groups * O, oh * ow), dtype=np.int32)
     keep = np.ascontiguousarray(np.tile(p.keep, (groups, 1)).T).astype(np.int32)  # (S, groups*O) bit patterns
     ones = np.ascontiguousarray(np.tile(p.ones, (groups, 1)).T).astype(np.int32)
-    segment_chains(seg3, keep, ones, 1 << (cfg.psum_bits - 1), linear_tail, pixel_major, tot, work=seg.numel())
-    return ChainFix(n_idx, tot, linear_tail, pixel_major)
+    return ConvWeights.of(filters, groups=groups), n_idx, keep, ones
 
 
 @threaded(ELEMENTWISE)

@@ -504,3 +504,38 @@ def test_layers_on_either_pointwise_kernel_equal_fast_gemm(case, kernel):
             np.testing.assert_array_equal(conv(case, channels_last), im2col_gemms(case, "fast"))
     finally:
         pointwise.FORCE = None
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(seed=st.integers(0, 2**32 - 1), signed=st.booleans(), single_fold=st.booleans(),
+       kernel=st.sampled_from(["float32", "int8"]))
+def test_linear_layers_with_psum_and_weight_faults_equal_the_cycle_engine(seed, signed, single_fold, kernel):
+    """Chip.linear (1x1 images: the batch is the pixels) on the fast engine, with K within one
+    row fold (the segment-convolution replay) or beyond it (the direct replay), and either
+    pointwise kernel, equals the cycle engine bit for bit."""
+    from sysarray.engines.conv import pointwise
+
+    rng = np.random.default_rng(seed)
+    R, C = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    pb = int(rng.choice([32, 32, 20]))
+    cfg = sa.ArrayConfig(R, C, "ws", psum_bits=pb)
+    K = int(rng.integers(1, R + 1)) if single_fold else int(rng.integers(R + 1, 3 * R + 2))
+    B, N = int(rng.integers(1, 40)), int(rng.integers(1, 2 * C + 2))
+    lo, hi = (-128, 127) if signed else (0, 255)
+    x = torch.from_numpy(rng.integers(lo, hi + 1, size=(B, K))).float()
+    w = torch.from_numpy(rng.integers(-128, 128, size=(N, K))).to(torch.int8)
+    fm = sa.FaultMap(R, C)
+    for _ in range(int(rng.integers(1, 6))):
+        reg = str(rng.choice(["psum", "psum", "weight"]))
+        try:
+            fm = fm.add(int(rng.integers(0, R)), int(rng.integers(0, C)), reg,
+                        int(rng.integers(0, pb if reg == "psum" else 8)), int(rng.integers(0, 2)))
+        except ValueError:  # the same bit drawn stuck at the other value
+            pass
+    pointwise.FORCE = kernel
+    try:
+        fast, _ = sa.Chip(cfg, fm).linear(x, w, act_signed=signed)
+    finally:
+        pointwise.FORCE = None
+    cycle, _ = sa.Chip(cfg, fm, engine="cycle").linear(x, w, act_signed=signed)
+    np.testing.assert_array_equal(fast.to(torch.int64).numpy(), cycle.to(torch.int64).numpy())
