@@ -15,6 +15,12 @@ from sysarray.engines.conv.settings import Kernel, ReplaySettings
 from sysarray.engines.registers import ChipMasks
 from sysarray.engines.simd import LANES
 from sysarray.mapping import conv_output_size
+from sysarray.tensor_memo import TensorMemo
+
+
+# Per chip, latched weights and input geometry: the plan and tap tables (the chip holds them for
+# every batch; the entry holds the chip's masks, whose identity is in the key).
+_DIRECT_PLANS = TensorMemo(max_entries=1024, max_bytes=256 << 20)
 
 
 def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, chain_cols: np.ndarray, kernel,
@@ -49,13 +55,20 @@ def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: Chip
     simd = x.dtype == np.float32 and run >= SIMD_BLOCK and settings.kernel is Kernel.SIMD
     preg = cm.psum
     groups = Wp.shape[0]
-    n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd = direct_plan(
-        preg.faulty, preg.keep, preg.ones, chain_cols, Wp.numpy(), N // groups, cfg.cols, (1 << cfg.psum_bits) - 1,
-        linear_tail, Cin // groups * kh * kw, kh, kw, sh, sw, Hq, G * Wq, simd, amax, settings.pairs)
+
+    def plan():
+        out = direct_plan(preg.faulty, preg.keep, preg.ones, chain_cols, Wp.numpy(), N // groups, cfg.cols,
+                          (1 << cfg.psum_bits) - 1, linear_tail, Cin // groups * kh * kw, kh, kw, sh, sw, Hq, G * Wq,
+                          simd, amax, settings.pairs)
+        if out[7]:  # every partial sum exact in float32: the kernels read float32 weights
+            out = out[:6] + (out[6].astype(np.float32),) + out[7:]
+        return cm, out
+    key = (id(cm), chain_cols.tobytes(), N, cfg.cols, cfg.psum_bits, linear_tail, Cin, kh, kw, sh, sw, Hq, G * Wq,
+           simd, amax, settings.pairs)
+    n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd = _DIRECT_PLANS.get(
+        (Wp,), key, plan, nbytes=lambda v: Wp.nbytes + sum(a.nbytes for a in v[1] if isinstance(a, np.ndarray)))[1]
     if not len(n_idx):
         return None
-    if f32:
-        tw = tw.astype(np.float32)
     NG = -(-B // G)
     in_place = True
     if H == W == Hq == Wq == 1:  # 1x1 images (linear layers): the planes are the transposed batch
