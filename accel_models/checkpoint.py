@@ -230,7 +230,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, map_location: str | torch.d
     checkpoint version this package cannot read.
     """
     p = Path(path)
-    hint = f"train one with `sysarray train --model lenet5 --dataset digits -o {p}`"
+    hint = f"train one with `sysarray train --arch lenet5 --dataset digits -o {p}`"
     if not p.exists():
         raise CheckpointNotFoundError(f"Checkpoint file '{p}' does not exist; {hint}.")
     if not p.is_file():

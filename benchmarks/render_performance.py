@@ -243,6 +243,13 @@ def fat_rows(d: dict) -> list[Row]:
     return rows
 
 
+def cli_rows(d: dict) -> list[Row]:
+    target = Target("<=", d.get("target_s", 0.5), " s")
+    runs = d.get("repeats")
+    return [row(f"`{r['command']}`: wall time of a fresh process (median of {runs})", r.get("median_s"), " s", target)
+            for r in d.get("results", [])]
+
+
 @dataclass(frozen=True)
 class Bench:
     name: str
@@ -287,6 +294,10 @@ BENCHMARKS = (
           "The retraining cost of conventional FAT, per-chip FAT and eFAT for populations of chips with uniformly "
           "placed and clustered faulty PEs (LeNet-5, 16x16 WS, bypass mode), and the cost of one FAP+T or stuck-at "
           "FAT epoch over one float32 training epoch (docs/fat.md).", fat_rows),
+    Bench("bench_cli", "Command-line start-up",
+          "Wall time of `sysarray --help` and of every `sysarray COMMAND --help`, each in a fresh process started "
+          "as a user starts it (the console script): Python's start, the parser modules' imports, the parser and "
+          "the help text. The median of round-robin repeats after one untimed round (docs/cli.md).", cli_rows),
 )
 
 

@@ -8,9 +8,14 @@ import argparse
 import inspect
 
 from sysarray.cli import EXIT_OK, subcommand
-from sysarray.cliargs import parse_bits, parse_registers, parse_values, write_json
+from sysarray.cliargs import (
+    add_array_arguments, add_data_arguments, add_device_argument, add_json_argument, add_model_argument,
+    add_out_argument, add_quiet_argument, add_random_fault_arguments, add_seed_argument, float_within,
+    non_negative_float, positive_float, positive_int,
+)
 
 METHODS = ("ranger", "ftclipact", "fitact", "proact")
+CPU_ONLY = "the threshold search and training are computed on the CPU"
 
 
 @subcommand
@@ -28,55 +33,53 @@ def add_clip_parser(subparsers) -> None:
                "-o ft32.pt; sysarray clip --model other.pt --thresholds ranger.pt -o same.pt",
     )
     p.add_argument("--method", choices=METHODS, help="threshold method (required unless --thresholds is given)")
-    p.add_argument("--model", required=True, metavar="MODEL.pt", help="checkpoint written by `sysarray train` or `sysarray import-model`")
-    p.add_argument("--dataset", help="dataset (default: the checkpoint's); only its training split is used")
-    p.add_argument("--data-dir", help="directory of the dataset files")
-    p.add_argument("-o", "--out", required=True, metavar="CLIPPED.pt", help="clipped checkpoint to write")
+    add_model_argument(p)
+    add_data_arguments(p, what="dataset whose training split the thresholds are found on")
+    add_out_argument(p, "file", "CLIPPED.pt", "clipped checkpoint to write (required)")
     p.add_argument("--thresholds", metavar="FILE", help="take the thresholds from a clipped checkpoint or spec file "
-                                                        "instead of searching (same architecture only)")
-    p.add_argument("--policy", choices=("zero", "clamp"), help="above the threshold: zero (default) or clamp")
+                                                        "instead of searching, same architecture only (default: search)")
+    p.add_argument("--policy", choices=("zero", "clamp"), help="above the threshold: zero or clamp (default zero)")
     p.add_argument("--granularity", choices=("layer", "channel", "neuron", "hybrid"),
-                   help="ranger (default layer), fitact (default neuron), proact (default hybrid)")
-    p.add_argument("--calibration-images", type=int, help="ranger: profiling images (1024); ftclipact: scoring images (256)")
-    p.add_argument("--epochs", type=int, help="fitact (10), proact (3 per weight-decay setting)")
-    p.add_argument("--lr", type=float, help="Adam learning rate: fitact 1e-3, proact 1e-2")
-    p.add_argument("--tolerance", type=float, help="ftclipact: score tolerance (0.2 points); proact: accuracy tolerance (0.2 points)")
-    p.add_argument("--clean-drop", type=float, metavar="POINTS",
+                   help="thresholds per layer, channel or neuron (default: ranger layer, fitact neuron, proact hybrid)")
+    p.add_argument("--calibration-images", type=positive_int, metavar="N",
+                   help="ranger: profiling images; ftclipact: scoring images (default: ranger 1024, ftclipact 256)")
+    p.add_argument("--epochs", type=positive_int, metavar="N",
+                   help="training epochs (default: fitact 10, proact 3 per weight-decay setting)")
+    p.add_argument("--lr", type=positive_float, help="Adam learning rate (default: fitact 1e-3, proact 1e-2)")
+    p.add_argument("--tolerance", type=non_negative_float, metavar="POINTS",
+                   help="ftclipact: score tolerance; proact: accuracy tolerance (default 0.2 points)")
+    p.add_argument("--clean-drop", type=float_within(0.0, allow_inf=True, what="a non-negative number or inf"),
+                   metavar="POINTS",
                    help="ftclipact: skip candidate thresholds whose fault-free float accuracy on the profiling images "
-                        "(1,024 training images) is more than POINTS below the unclipped model's (default 0.5; inf: "
-                        "no guard)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fault draws, shuffling and validation split (default 0)")
-    g = p.add_argument_group("ftclipact fault injection")
+                        "(1,024 training images) is more than POINTS below the unclipped model's; inf: no guard "
+                        "(default 0.5)")
+    add_seed_argument(p, "the fault draws, shuffling and validation split")
+    add_device_argument(p, cpu_only=CPU_ONLY)
+    add_quiet_argument(p)
+    add_json_argument(p, "the summary")
+    g = add_random_fault_arguments(
+        p, rate="list", models=("pe_rate",), extras=False, bits_default="24-30", title="ftclipact fault injection",
+        rates_help="fault-rate grid, comma-separated, each in [0, 1]: with --site memory the bit error rates of the "
+                   "stored weights and thresholds (default 1e-7,1e-6,3e-6,1e-5,3e-5); with --site chip PE fault "
+                   "rates, faulty PEs / all PEs (default 0.005,0.01,0.02,0.03,0.05)")
     g.add_argument("--site", choices=("memory", "chip"), default="memory",
-                   help="memory: bit errors in stored weights/thresholds (default); chip: PE faults")
-    g.add_argument("--rates", help="fault-rate grid: bit error rates (memory, default 1e-7,1e-6,3e-6,1e-5,3e-5) or "
-                                   "PE fault rates (chip, default 0.005,0.01,0.02,0.03,0.05)")
-    g.add_argument("--repetitions", type=int, default=5, help="fault draws per rate (default 5)")
-    g.add_argument("--mode", choices=("flip", "stuck0", "stuck1", "stuck"), default="flip", help="memory bit errors (default flip)")
+                   help="memory: bit errors in stored weights/thresholds; chip: stuck-at PE faults from --register, "
+                        "--bits and --value on the --array chip (default memory)")
+    g.add_argument("--repetitions", type=positive_int, default=5, metavar="N", help="fault draws per rate (default 5)")
+    g.add_argument("--mode", choices=("flip", "stuck0", "stuck1", "stuck"), default="flip",
+                   help="memory site: bit flips or stuck bits (default flip)")
     g.add_argument("--weight-format", choices=("int8", "float32"),
-                   help="memory site: how the weights are stored: int8 (the chip's weight memory and threshold codes, "
-                        "default) or float32 (the float model's IEEE-754 conv/linear weights and thresholds, as the "
-                        "clipping papers inject; scored on the float model)")
-    g.add_argument("--array", default="16x16", metavar="RxC", help="chip array (default 16x16)")
-    g.add_argument("--dataflow", choices=("ws", "os", "is"), default="ws", help="chip dataflow (default ws)")
-    g.add_argument("--register", default="psum", help="chip fault registers (default psum)")
-    g.add_argument("--bits", default="24-30", help="chip fault bits (default 24-30)")
-    g.add_argument("--value", default="1", help="chip stuck value 0, 1 or random (default 1)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", metavar="OUT.json", help="also write the summary as JSON")
+                   help="memory site: how the weights are stored: int8 (the chip's weight memory and threshold codes) "
+                        "or float32 (the float model's IEEE-754 conv/linear weights and thresholds, as the clipping "
+                        "papers inject; scored on the float model) (default int8)")
+    add_array_arguments(g)
     p.set_defaults(func=run_clip)
-
-
-def _rates(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(r) for r in text.split(","))
-    except ValueError:
-        raise ValueError(f"--rates must be numbers separated by commas, e.g. 1e-6,1e-5. Got {text!r} instead.") from None
 
 
 def method_options(args: argparse.Namespace) -> dict:
     """The options the user set that ``args.method`` takes (an option it does not take is an error)."""
     from mitigation.clipping import CLIP_METHODS, FaultSetting
+    from sysarray.cliargs import array_config, check_rates_place_faults, fault_choices
 
     given = {k: getattr(args, k) for k in ("policy", "granularity", "calibration_images", "epochs", "lr", "tolerance",
                                          "clean_drop")
@@ -84,7 +87,7 @@ def method_options(args: argparse.Namespace) -> dict:
     if args.method == "ftclipact":
         kw = dict(site=args.site, repetitions=args.repetitions, seed=args.seed)
         if args.rates:
-            kw["rates"] = _rates(args.rates)
+            kw["rates"] = tuple(sorted(args.rates))
         if args.site == "memory":
             kw["mode"] = args.mode
             kw["weight_format"] = args.weight_format or "int8"
@@ -92,9 +95,12 @@ def method_options(args: argparse.Namespace) -> dict:
             raise ValueError(f"--weight-format applies to --site memory only (a chip runs int8). Got --weight-format "
                              f"{args.weight_format} with --site chip.")
         else:
-            kw.update(array=args.array, dataflow=args.dataflow, registers=parse_registers(args.register),
-                      bits=tuple(parse_bits(args.bits)), values=parse_values(args.value))
+            cfg = array_config(args)
+            registers, bits, values = fault_choices(args)
+            kw.update(array=args.array, dataflow=args.dataflow, psum_bits=args.psum_bits, registers=registers,
+                      bits=None if bits is None else tuple(bits), values=values)
             kw.setdefault("rates", FaultSetting.chip().rates)
+            check_rates_place_faults(kw["rates"], "pe_rate", True, cfg.rows, cfg.cols, cfg.psum_bits, "--rates")
         given["faults"] = FaultSetting(**kw)
     accepted = inspect.signature(CLIP_METHODS[args.method]).parameters
     bad = [k for k in given if k not in accepted]
@@ -106,7 +112,9 @@ def method_options(args: argparse.Namespace) -> dict:
 
 def run_clip(args: argparse.Namespace) -> int:
     from mitigation.clipping import clip_checkpoint
+    from sysarray.cliargs import resolve_device, write_json
 
+    resolve_device(args, "clip")
     if args.method is None and args.thresholds is None:
         raise ValueError("Give --method ranger|ftclipact|fitact|proact, or --thresholds FILE to reuse found thresholds.")
     if args.method is not None and args.thresholds is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from sysarray.cli import EXIT_OK, subcommand
+from sysarray.cliargs import add_seed_argument
 
 
 @subcommand
@@ -15,7 +16,7 @@ def add_demo_parser(subparsers) -> None:
                     "chips with the faulty PEs bypassed (FAP), and with the pruned model retrained for each "
                     "chip (FAP+T).",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the fault maps and the retraining (default 0)")
+    add_seed_argument(p, "the fault maps and the retraining")
     p.set_defaults(func=_demo)
 
 

@@ -169,7 +169,7 @@ def _parse(arrays: dict[str, np.ndarray]) -> tuple[FaultMap, dict]:
     try:
         fm = FaultMap.from_records(rows, cols, faults)
     except ValueError as e:
-        raise _Bad(f"bad fault: {e}") from e
+        raise _Bad(f"bad fault: {str(e).rstrip('.')}") from e  # the file's message adds its own period
     return fm, meta
 
 

@@ -12,7 +12,9 @@ import os
 from typing import Sequence
 
 from sysarray.cli import EXIT_OK, subcommand
-from sysarray.cliargs import parse_bits, parse_registers, parse_values
+from sysarray.cliargs import (
+    add_array_arguments, add_out_argument, add_random_fault_arguments, add_seed_argument, non_negative_int, positive_int,
+)
 
 FILE_PATTERN = "chip-{:04d}.npz"
 
@@ -38,38 +40,6 @@ def group_label(registers: Sequence[str], bits: Sequence[int] | None, values: Se
     return f"{'+'.join(registers)}:{bits_label(bits)}:{value}"
 
 
-def add_fault_model_arguments(p: argparse.ArgumentParser) -> None:
-    """--register, --bits, --value, --fault-model, --bernoulli, --faults-per-pe, --clusters, --seed."""
-    g = p.add_argument_group("fault model")
-    g.add_argument("--register", default="psum", help="registers that get stuck bits: weight, act, psum or a list (default psum)")
-    g.add_argument("--bits", help="allowed bits, e.g. 24-31 or 0,5,7 (default: every bit of the register)")
-    g.add_argument("--value", default="random", help="stuck value: 0, 1 or random (default)")
-    g.add_argument("--fault-model", choices=("pe_rate", "ber", "clustered"), default="pe_rate",
-                   help="pe_rate: the rate is faulty PEs / all PEs (default); ber: stuck bits / all register bits; "
-                        "clustered: faulty PEs in Gaussian blobs at a PE rate")
-    g.add_argument("--bernoulli", action="store_true",
-                   help="each PE (bit) faulty independently with the rate as probability, instead of exactly "
-                        "round(rate x total) faulty PEs (bits)")
-    g.add_argument("--faults-per-pe", type=int, default=1, help="stuck bits per faulty PE (default 1; pe_rate, clustered)")
-    g.add_argument("--clusters", type=int, default=3, help="number of blobs of the clustered model (default 3)")
-    g.add_argument("--seed", type=int, default=0, help="population seed (default 0)")
-
-
-def fault_model_settings(args: argparse.Namespace) -> dict:
-    """The generator keyword arguments (registers, bits, values, exact, ...) from the parsed options."""
-    settings: dict = {
-        "registers": parse_registers(args.register),
-        "bits": parse_bits(args.bits) if args.bits else None,
-        "values": parse_values(args.value),
-        "exact": not args.bernoulli,
-    }
-    if args.fault_model != "ber":
-        settings["faults_per_pe"] = args.faults_per_pe
-    if args.fault_model == "clustered":
-        settings["n_clusters"] = args.clusters
-    return settings
-
-
 @subcommand
 def add_faults_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -83,18 +53,16 @@ def add_faults_parser(subparsers) -> None:
         "generate", help="write a chip population as fault-map files DIR/chip-NNNN.npz",
         description="Draw N fault maps with one seed (chip i uses SeedSequence(seed).spawn(N)[i], so chip i does "
                     "not depend on N) and write them as fault-map files with their generator settings in 'meta'. "
-                    "The same seed, rate and fault model give the chips of `sysarray campaign`.",
-        epilog="Example: sysarray faults generate --array 16x16 --pe-rate 0.01 --register psum --bits 0-31 "
+                    "The same seed, rate and fault model give the chips of `sysarray campaign`; chip 0 is the map "
+                    "`sysarray run` draws with the same options.",
+        epilog="Example: sysarray faults generate --array 16x16 --rate 0.01 --register psum --bits 0-31 "
                "--value random --chips 20 --seed 0 -o chips/",
     )
-    g.add_argument("--array", default="16x16", metavar="RxC", help="array rows x columns (default 16x16)")
-    g.add_argument("--psum-bits", type=int, default=32, help="partial-sum register width, 17..32 (default 32)")
-    rate = g.add_mutually_exclusive_group(required=True)
-    rate.add_argument("--pe-rate", type=float, help="share of faulty PEs, in [0, 1] (pe_rate and clustered models)")
-    rate.add_argument("--ber", type=float, help="bit error rate: stuck bits / all register bits, in [0, 1] (ber model)")
-    add_fault_model_arguments(g)
-    g.add_argument("--chips", type=int, default=20, help="number of chips (default 20)")
-    g.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    add_array_arguments(g, dataflow=False)
+    add_random_fault_arguments(g, rate="one", title="fault model (--rate is required)", aliases=("--pe-rate", "--ber"))
+    add_seed_argument(g, "the population: chip i is drawn with SeedSequence(seed).spawn(chips)[i]")
+    g.add_argument("--chips", type=positive_int, default=20, metavar="N", help="number of chips (default 20)")
+    add_out_argument(g, "dir", "DIR", "output directory, created if missing (required)")
     g.set_defaults(func=run_faults_generate)
 
     s = sub.add_parser(
@@ -105,30 +73,24 @@ def add_faults_parser(subparsers) -> None:
         epilog="Example: sysarray faults show chips/chip-0000.npz",
     )
     s.add_argument("file", metavar="FILE", help="a fault-map .npz file, or a directory of them")
-    s.add_argument("--max-faults", type=int, default=64, help="list at most this many stuck bits (default 64; 0: all)")
-    s.add_argument("--picture-cols", type=int, default=64, help="draw the array when it has at most this many columns")
+    s.add_argument("--max-faults", type=non_negative_int, default=64, metavar="N",
+                   help="list at most N stuck bits; 0: all (default 64)")
+    s.add_argument("--picture-cols", type=non_negative_int, default=64, metavar="N",
+                   help="draw the array when it has at most N columns (default 64)")
     s.set_defaults(func=run_faults_show)
 
 
 def run_faults_generate(args: argparse.Namespace) -> int:
     from sysarray import faultgen
+    from sysarray.cliargs import check_rates_place_faults, random_fault_settings, rate_keyword, require
     from sysarray.config import parse_array
 
     rows, cols = parse_array(args.array)
-    if args.chips < 1:
-        raise ValueError(f"--chips must be a positive integer. Got {args.chips} instead.")
-    settings = fault_model_settings(args)
-    method = args.fault_model
-    if method == "ber":
-        if args.ber is None:
-            raise ValueError("The ber fault model needs --ber RATE (not --pe-rate).")
-        rate, rate_key = args.ber, "ber"
-    else:
-        if args.pe_rate is None:
-            raise ValueError(f"The {method} fault model needs --pe-rate RATE (not --ber).")
-        rate, rate_key = args.pe_rate, "pe_rate"
+    rate = require(args, "rate", "--rate R")
+    method, settings = random_fault_settings(args)
+    check_rates_place_faults([rate], method, settings["exact"], rows, cols, args.psum_bits, "--rate")
     geometry = (rows, cols)
-    kwargs = {**settings, rate_key: rate, "psum_bits": args.psum_bits}
+    kwargs = {**settings, rate_keyword(method): rate, "psum_bits": args.psum_bits}
     maps = faultgen.population(args.chips, geometry, seed=args.seed, method=method, **kwargs)
     metas = faultgen.population_meta(args.chips, geometry, seed=args.seed, method=method, **kwargs)
     label = group_label(settings["registers"], settings["bits"], settings["values"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sysarray.cli import main
+from tests.clitools import run_cli
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,15 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def mlp_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "mlp.pt"
-    assert main(["train", "--model", "mlp", "--dataset", "digits", "--epochs", "3", "--seed", "0",
+    assert main(["train", "--arch", "mlp", "--dataset", "digits", "--epochs", "3", "--seed", "0",
                  "--quiet", "-o", str(path)]) == 0
     return str(path)
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def campaign_args(model, out, *extra):
@@ -87,7 +82,7 @@ def test_sigkilled_campaign_resumes_to_the_uninterrupted_rows(mlp_checkpoint, tm
 
 def test_faults_dir_campaign_and_margin(mlp_checkpoint, tmp_path, capsys):
     chips = tmp_path / "chips"
-    assert run_cli(["faults", "generate", "--array", "8x8", "--pe-rate", "0.05", "--register", "psum", "--bits",
+    assert run_cli(["faults", "generate", "--array", "8x8", "--rate", "0.05", "--register", "psum", "--bits",
                     "20-31", "--value", "1", "--chips", "3", "--seed", "1", "-o", chips], capsys)[0] == 0
     code, out, err = run_cli(["campaign", "--model", mlp_checkpoint, "--limit", "50", "--array", "8x8", "--faults-dir",
                               chips, "--workers", "1", "--quiet", "-o", tmp_path / "c"], capsys)
@@ -111,7 +106,7 @@ def test_sweep_and_importance_commands_and_their_reports(mlp_checkpoint, tmp_pat
     md = (tmp_path / "s" / "report.md").read_text()
     assert "![heatmap](heatmap.png)" in md and "![bit sensitivity](bit_sensitivity.png)" in md
     code, out, err = run_cli(["importance", "--model", mlp_checkpoint, "--limit", "40", "--array", "4x4", "--register",
-                              "psum", "--bits", "10-31", "--value", "1", "--budget", "12", "--workers", "1", "--quiet",
+                              "psum", "--bits", "10-31", "--value", "1", "--draws", "12", "--workers", "1", "--quiet",
                               "-o", tmp_path / "i"], capsys)
     assert code == 0, err
     assert "importance precision" in out and "uniform    precision" in out
@@ -123,17 +118,27 @@ def test_sweep_and_importance_commands_and_their_reports(mlp_checkpoint, tmp_pat
     (["--rates", "0.1", "--register", "psun"], "must be one of weight, act, psum. Got 'psun'"),
     (["--rates", "0.1", "--register", "weight", "--bits", "0-8"], "within 0..7 for register 'weight'. Got 8"),
     (["--rates", "0.1", "--psum-bits", "20", "--bits", "0-25"], "within 0..19 for register 'psum'. Got 20"),
-    (["--rates", "0,1.5"], r"'rates[1]' argument of RateGrid must be a finite number within [0, 1]. Got 1.5"),
-    (["--rates", "-0.01"], r"within [0, 1]. Got -0.01"),
-    (["--rates", "a,b"], "--rates must be comma-separated numbers"),
+    (["--rates", "0,1.5"], "argument --rates: must be comma-separated distinct numbers within [0, 1], e.g. "
+                           "0,0.01,0.02. Got '0,1.5' instead"),
+    (["--rates", "-0.01"], "argument --rates: must be comma-separated distinct numbers within [0, 1]"),
+    (["--rates", "a,b"], "argument --rates: must be comma-separated"),
+    (["--rates", "0.1,0.1"], "argument --rates: must be comma-separated distinct numbers"),
     ([], "needs --rates"),
     (["--rates", "0.1", "--chips-per-rate", "2", "--margin", "0.1"], "either --chips-per-rate or --margin"),
     (["--faults-dir", "/nonexistent/chips"], "does not exist"),
-    (["--rates", "0.1", "--workers", "0"], "'workers' argument of run_campaign must be a positive integer or None. Got 0"),
-    (["--rates", "0.1", "--margin", "0.1", "--confidence", "1"], "'confidence' argument of z_value"),
-    (["--rates", "0.1", "--chips-per-rate", "2", "--confidence", "1"], "'confidence' argument of run_campaign must be "
-                                                                       "a finite number within (0, 1). Got 1.0"),
-    (["--rates", "0.1", "--seed", "-1"], "'seed' argument of RateGrid must be a non-negative integer"),
+    (["--rates", "0.1", "--workers", "0"], "argument --workers: must be a positive integer. Got '0' instead"),
+    (["--rates", "0.1", "--margin", "0.1", "--confidence", "1"], "argument --confidence: must be a number within "
+                                                                 "(0, 1). Got '1' instead"),
+    (["--rates", "0.1", "--margin", "0"], "argument --margin: must be a number within (0, 1). Got '0' instead"),
+    (["--rates", "0.1", "--critical-drop", "2"], "argument --critical-drop: must be a number within [0, 1]"),
+    (["--rates", "0.1", "--seed", "-1"], "argument --seed: must be a non-negative integer. Got '-1' instead"),
+    (["--rates", "0.1", "--chips-per-rate", "0"], "argument --chips-per-rate: must be a positive integer"),
+    (["--rates", "0.1", "--group", "bogus"], "argument --group: The register given to --group must be one of weight, "
+                                             "act, psum. Got 'bogus' instead"),
+    (["--rates", "0,0.001,0.01"], "--rates 0.001 places no faulty PE on a 16x16 array (0.001 x 256 PEs rounds to 0). "
+                                  "The smallest rate that places one is 0.00196; rate 0 stays allowed"),
+    (["--rates", "0.001", "--fault-model", "ber", "--array", "2x2"], "--rates 0.001 places no stuck bit on a 2x2 array"),
+    (["--rates", "0.1", "--device", "cuda"], "sysarray campaign runs on the CPU only"),
 ])
 def test_campaign_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
     code, out, err = run_cli(["campaign", "--model", "unused.pt", "-o", tmp_path / "x", "--quiet", *extra], capsys)

@@ -29,7 +29,7 @@ def test_clip_then_run(lenet_ckpt, tmp_path, capsys):
     assert "4 thresholds" in text and "% of the model's" in text and "found in" in text
     summary = json.loads((tmp_path / "c.json").read_text())
     assert summary["thresholds"] == 4 and 0 < summary["overhead"] < 1e-3
-    assert main(["run", "--model", str(out), "--limit", "50", "--dataflow", "os", "--pe-rate", "0.01",
+    assert main(["run", "--model", str(out), "--limit", "50", "--dataflow", "os", "--rate", "0.01",
                  "--bits", "24-30", "--value", "1", "--json", str(tmp_path / "r.json")]) == 0
     assert json.loads((tmp_path / "r.json").read_text())["images"] == 50
     # the thresholds of a clipped checkpoint can be reused for the same architecture
@@ -65,7 +65,7 @@ def test_bad_input_is_one_line_exit_2(lenet_ckpt, tmp_path, capsys):
     _one_line_error(capsys, ["clip", "--method", "ranger", "--model", lenet_ckpt, "-o", out, "--clean-drop", "1"],
                     "does not take --clean-drop")
     _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--clean-drop", "-1"],
-                    "'clean_drop' argument of ftclipact")
+                    "argument --clean-drop: must be a non-negative number or inf. Got '-1'")
     _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--weight-format", "fp16"],
                     "invalid choice: 'fp16'")
     _one_line_error(capsys, ["clip", "--method", "ftclipact", "--model", lenet_ckpt, "-o", out, "--site", "chip",

@@ -7,12 +7,13 @@ import pytest
 
 from sysarray import ArrayConfig, FaultMap
 from sysarray.cli import main
+from tests.clitools import run_cli
 
 
 @pytest.fixture(scope="module")
 def lenet(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli-fat") / "lenet.pt"
-    assert main(["train", "--model", "lenet5", "--dataset", "digits", "--epochs", "20", "--seed", "0",
+    assert main(["train", "--arch", "lenet5", "--dataset", "digits", "--epochs", "20", "--seed", "0",
                  "--quiet", "-o", str(path)]) == 0
     return path
 
@@ -25,16 +26,10 @@ def chips(tmp_path_factory):
     return folder
 
 
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def test_fat_fapt_then_run_gives_the_same_accuracy(lenet, chips, tmp_path, capsys):
     out_model, js = tmp_path / "chip_model.pt", tmp_path / "fat.json"
     chip = chips / "chip-3.npz"
-    code, out, err = run_cli(["fat", "--model", lenet, "--chip", chip, "--method", "fapt", "--epochs", "2",
+    code, out, err = run_cli(["fat", "--model", lenet, "--faults", chip, "--method", "fapt", "--epochs", "2",
                               "--quiet", "--json", js, "-o", out_model], capsys)
     assert code == 0, err
     assert "before" in out and "after" in out and "epochs" in out and " s;" in out
@@ -48,7 +43,7 @@ def test_fat_fapt_then_run_gives_the_same_accuracy(lenet, chips, tmp_path, capsy
 
 def test_efat_writes_the_report(lenet, chips, tmp_path, capsys):
     out = tmp_path / "efat"
-    code, stdout, err = run_cli(["efat", "--model", lenet, "--chips", chips, "--max-drop", "0.06", "--bypass",
+    code, stdout, err = run_cli(["efat", "--model", lenet, "--faults-dir", chips, "--max-drop", "0.06", "--bypass",
                                  "--rates", "0,0.1,0.2", "--amounts", "0,1", "--maps-per-rate", "1", "--quiet",
                                  "-o", out], capsys)
     assert code == 0, err
@@ -65,10 +60,10 @@ def test_efat_writes_the_report(lenet, chips, tmp_path, capsys):
 
 @pytest.mark.parametrize("extra, message", [
     (["--dataflow", "os"], "weight-stationary"),
-    (["--array", "8x8"], "16x16 array but the array is 8x8"),
+    (["--array", "8x8"], "--array 8x8 does not match the fault-map file"),
 ])
 def test_fat_bad_input_is_one_line(lenet, chips, tmp_path, capsys, extra, message):
-    code, out, err = run_cli(["fat", "--model", lenet, "--chip", chips / "chip-0.npz", "--method", "fap",
+    code, out, err = run_cli(["fat", "--model", lenet, "--faults", chips / "chip-0.npz", "--method", "fap",
                               "-o", tmp_path / "m.pt", *extra], capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1
@@ -81,11 +76,11 @@ def test_efat_bad_input_is_one_line(lenet, chips, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = [
-        (["--chips", small, "--max-drop", "0.02"], "is a 8x8 array but the model runs on 16x16"),
-        (["--chips", chips, "--min-accuracy", "0.9999"], "above the fault-free accuracy"),
-        (["--chips", empty, "--max-drop", "0.02"], "holds no fault-map files"),
-        (["--chips", chips, "--max-drop", "0.02", "--min-accuracy", "0.9"], "not allowed with argument"),
-        (["--chips", chips, "--max-drop", "0.02", "--amounts", "0,x"], "--amounts must be a comma-separated list"),
+        (["--faults-dir", small, "--max-drop", "0.02"], "is a 8x8 array but the model runs on 16x16"),
+        (["--faults-dir", chips, "--min-accuracy", "0.9999"], "above the fault-free accuracy"),
+        (["--faults-dir", empty, "--max-drop", "0.02"], "holds no fault-map files"),
+        (["--faults-dir", chips, "--max-drop", "0.02", "--min-accuracy", "0.9"], "not allowed with argument"),
+        (["--faults-dir", chips, "--max-drop", "0.02", "--amounts", "0,x"], "argument --amounts: must be comma-separated"),
     ]
     for args, message in cases:
         code, out, err = run_cli(["efat", "--model", lenet, "--bypass", "--quiet", "-o", tmp_path / "o", *args], capsys)

@@ -8,17 +8,11 @@ import pytest
 
 import sysarray as sa
 from sysarray import faultgen, faultio
-from sysarray.cli import main
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.clitools import run_cli
 
 
 def test_generate_writes_the_seeded_population(tmp_path, capsys):
-    code, out, err = run_cli(["faults", "generate", "--array", "16x8", "--pe-rate", "0.05", "--register", "psum,act",
+    code, out, err = run_cli(["faults", "generate", "--array", "16x8", "--rate", "0.05", "--register", "psum,act",
                               "--bits", "4-7", "--value", "1", "--chips", "4", "--seed", "11", "-o", tmp_path / "a"], capsys)
     assert code == 0, err
     assert "wrote 4 fault maps" in out
@@ -32,18 +26,18 @@ def test_generate_writes_the_seeded_population(tmp_path, capsys):
         assert all(f.value == 1 and 4 <= f.bit <= 7 for f in fm)
         assert (meta["chip"], meta["seed"], meta["group"], meta["rate"]) == (i, 11, "psum+act:4-7:1", 0.05)
     # chip i does not depend on the population size
-    assert run_cli(["faults", "generate", "--array", "16x8", "--pe-rate", "0.05", "--register", "psum,act", "--bits",
+    assert run_cli(["faults", "generate", "--array", "16x8", "--rate", "0.05", "--register", "psum,act", "--bits",
                     "4-7", "--value", "1", "--chips", "2", "--seed", "11", "-o", tmp_path / "b"], capsys)[0] == 0
     assert sa.FaultMap.load(tmp_path / "b" / "chip-0001.npz") == expected[1]
 
 
 def test_generate_ber_and_clustered_models(tmp_path, capsys):
-    code, _, err = run_cli(["faults", "generate", "--array", "8x8", "--ber", "0.01", "--fault-model", "ber",
+    code, _, err = run_cli(["faults", "generate", "--array", "8x8", "--fault-model", "ber", "--rate", "0.01",
                             "--register", "weight", "--chips", "2", "--seed", "0", "-o", tmp_path / "ber"], capsys)
     assert code == 0, err
     fm = sa.FaultMap.load(tmp_path / "ber" / "chip-0000.npz")
     assert len(fm) == round(0.01 * 64 * 48) and fm.registers() == (sa.Register.WEIGHT,)
-    code, _, err = run_cli(["faults", "generate", "--array", "16x16", "--pe-rate", "0.1", "--fault-model", "clustered",
+    code, _, err = run_cli(["faults", "generate", "--array", "16x16", "--rate", "0.1", "--fault-model", "clustered",
                             "--clusters", "2", "--chips", "1", "--seed", "0", "-o", tmp_path / "cl"], capsys)
     assert code == 0, err
     fm, meta = faultio.load_with_meta(tmp_path / "cl" / "chip-0000.npz")
@@ -68,13 +62,16 @@ def test_show_prints_the_faults_and_a_picture(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--pe-rate", "1.5"], "within [0, 1]. Got 1.5"),
-    (["--pe-rate", "0.1", "--register", "bogus"], "must be one of weight, act, psum. Got 'bogus'"),
-    (["--pe-rate", "0.1", "--register", "act", "--bits", "0-9"], "within 0..7 for register 'act'. Got 8"),
-    (["--pe-rate", "0.1", "--psum-bits", "24", "--bits", "30"], "within 0..23 for register 'psum'. Got 30"),
-    (["--pe-rate", "0.1", "--value", "2"], "--value must be 0, 1 or random"),
-    (["--pe-rate", "0.1", "--fault-model", "ber"], "needs --ber RATE"),
-    (["--pe-rate", "0.1", "--chips", "0"], "--chips must be a positive integer"),
+    (["--rate", "1.5"], "argument --rate: must be a number within [0, 1]. Got '1.5'"),
+    (["--rate", "0.1", "--register", "bogus"], "must be one of weight, act, psum. Got 'bogus'"),
+    (["--rate", "0.1", "--register", "act", "--bits", "0-9"], "within 0..7 for register 'act'. Got 8"),
+    (["--rate", "0.1", "--psum-bits", "24", "--bits", "30"], "within 0..23 for register 'psum'. Got 30"),
+    (["--rate", "0.1", "--value", "2"], "argument --value: invalid choice: '2'"),
+    (["--rate", "0.1", "--chips", "0"], "argument --chips: must be a positive integer. Got '0'"),
+    ([], "the following argument is required: --rate"),
+    (["--rate", "0.001"], "--rate 0.001 places no faulty PE on a 8x8 array"),
+    (["--rate", "0.0001", "--fault-model", "ber"], "--rate 0.0001 places no stuck bit on a 8x8 array"),
+    (["--pe-rate", "0.1", "--fault-model", "ber"], "--pe-rate is a rate of the pe_rate or clustered model"),
 ])
 def test_generate_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
     code, out, err = run_cli(["faults", "generate", "--array", "8x8", "-o", tmp_path / "x", *extra], capsys)

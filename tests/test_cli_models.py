@@ -8,20 +8,15 @@ import torch
 
 import sysarray as sa
 from sysarray.cli import main
+from tests.clitools import run_cli
 
 
 @pytest.fixture(scope="module")
 def mlp_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("cli") / "mlp.pt"
-    assert main(["train", "--model", "mlp", "--dataset", "digits", "--epochs", "3", "--seed", "0",
+    assert main(["train", "--arch", "mlp", "--dataset", "digits", "--epochs", "3", "--seed", "0",
                  "--quiet", "-o", str(path)]) == 0
     return path
-
-
-def run_cli(args, capsys):
-    code = main(args)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_run_prints_and_writes_json(mlp_checkpoint, tmp_path, capsys):
@@ -37,28 +32,29 @@ def test_run_prints_and_writes_json(mlp_checkpoint, tmp_path, capsys):
 
 def test_run_with_faults_reports_clean_accuracy(mlp_checkpoint, tmp_path, capsys):
     js = tmp_path / "r.json"
-    code, out, err = run_cli(["run", "--model", str(mlp_checkpoint), "--array", "8x8", "--limit", "60",
-                              "--pe-rate", "0.1", "--register", "psum", "--bits", "28-31", "--value", "1",
-                              "--seed", "1", "--json", str(js)], capsys)
+    chip = ["--rate", "0.1", "--register", "psum", "--bits", "28-31", "--value", "1", "--seed", "1"]
+    code, out, err = run_cli(["run", "--model", str(mlp_checkpoint), "--array", "8x8", "--limit", "60", *chip,
+                              "--json", str(js)], capsys)
     assert code == 0, err
     res = json.loads(js.read_text())
     assert res["clean_accuracy"] > res["accuracy"]
     assert "fault-free" in out
-    # The same chip from a file gives the same numbers.
-    cfg = sa.ArrayConfig(8, 8)
-    fm = sa.FaultMap.random(cfg, pe_rate=0.1, registers=("psum",), bits=range(28, 32), values=(1,), seed=1)
-    fm.save(tmp_path / "chip.npz")
+    # The same options and seed give chip 0 of `faults generate`; run on that file, which sets the array size.
+    assert main(["faults", "generate", "--array", "8x8", *chip, "--chips", "1", "-o", str(tmp_path / "chips")]) == 0
     js2 = tmp_path / "r2.json"
-    assert main(["run", "--model", str(mlp_checkpoint), "--array", "8x8", "--limit", "60",
-                 "--faults", str(tmp_path / "chip.npz"), "--json", str(js2)]) == 0
-    assert json.loads(js2.read_text())["accuracy"] == res["accuracy"]
+    assert main(["run", "--model", str(mlp_checkpoint), "--limit", "60", "--faults",
+                 str(tmp_path / "chips" / "chip-0000.npz"), "--json", str(js2)]) == 0
+    res2 = json.loads(js2.read_text())
+    assert res2["accuracy"] == res["accuracy"] and (res2["array"]["rows"], res2["array"]["cols"]) == (8, 8)
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["train", "--model", "lenet7", "-o", "x.pt"], "Unknown model 'lenet7'. Known models:"),
-        (["train", "--model", "mlp", "--dataset", "imagenet", "-o", "x.pt"], "Unknown dataset"),
+        (["train", "--arch", "lenet7", "-o", "x.pt"], "Unknown model 'lenet7'. Known models:"),
+        (["train", "--arch", "mlp", "--dataset", "imagenet", "-o", "x.pt"], "Unknown dataset"),
+        (["train", "-o", "x.pt"], "the following argument is required: --arch"),
+        (["train", "--arch", "mlp", "--epochs", "0", "-o", "x.pt"], "argument --epochs: must be a positive integer"),
         (["run", "--model", "missing.pt"], "missing.pt"),
     ],
 )
@@ -96,10 +92,14 @@ def test_dataset_of_another_shape(mlp_checkpoint, capsys, tmp_path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--faults", "chip.npz", "--pe-rate", "0.1"], "not both"),
-        (["--pe-rate", "1.5"], "pe_rate"),
-        (["--pe-rate", "0.1", "--register", "accumulator"], "register"),
-        (["--pe-rate", "0.1", "--bits", "30-40"], "bits"),
+        (["--faults", "chip.npz", "--rate", "0.1"], "not both"),
+        (["--rate", "1.5"], "argument --rate: must be a number within [0, 1]. Got '1.5' instead"),
+        (["--rate", "0.1", "--register", "accumulator"], "register"),
+        (["--rate", "0.1", "--bits", "30-40"], "bits"),
+        (["--rate", "0.001"], "--rate 0.001 places no faulty PE on a 16x16 array"),
+        (["--fault-model", "ber"], "--fault-model ber draws a random map at --rate R; give --rate"),
+        (["--psum-bits", "12"], "argument --psum-bits: must be an integer within 17..32. Got '12' instead"),
+        (["--device", "gpu"], "argument --device: invalid choice: 'gpu'"),
         (["--array", "16by16"], "ROWSxCOLS"),
         (["--limit", "0"], "limit"),
     ],

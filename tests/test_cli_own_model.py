@@ -13,6 +13,7 @@ import torch
 
 from sysarray import FaultMap
 from sysarray.cli import main
+from tests.clitools import run_cli
 
 NET = textwrap.dedent('''
     from torch import nn
@@ -26,12 +27,6 @@ NET = textwrap.dedent('''
             nn.Flatten(), nn.Linear(width * 6 * 6, num_classes),
         )
 ''')
-
-
-def run_cli(args, capsys):
-    code = main([str(a) for a in args])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +61,7 @@ def test_import_model_writes_a_checkpoint(own):
 
 def test_run(own, tmp_path, capsys):
     _, ckpt = own
-    code, out, err = run_cli(["run", "--model", ckpt, "--array", "8x8", "--limit", "30", "--pe-rate", "0.1",
+    code, out, err = run_cli(["run", "--model", ckpt, "--array", "8x8", "--limit", "30", "--rate", "0.1",
                               "--bits", "28-31", "--value", "1", "--json", tmp_path / "r.json"], capsys)
     assert code == 0, err
     res = json.loads((tmp_path / "r.json").read_text())
@@ -86,7 +81,7 @@ def test_campaign(own, tmp_path, capsys):
 def test_sweep(own, tmp_path, capsys):
     _, ckpt = own
     code, out, err = run_cli(["sweep", "--model", ckpt, "--limit", "20", "--array", "8x8", "--bits", "30", "--value",
-                              "1", "--budget", "2", "--workers", "1", "--quiet", "-o", tmp_path / "s"], capsys)
+                              "1", "--pes-per-site", "2", "--workers", "1", "--quiet", "-o", tmp_path / "s"], capsys)
     assert code == 0, err
     rows = list(csv.DictReader(open(tmp_path / "s" / "results.csv")))
     assert len(rows) == 2 and {r["bit"] for r in rows} == {"30"}
@@ -95,7 +90,7 @@ def test_sweep(own, tmp_path, capsys):
 def test_importance(own, tmp_path, capsys):
     _, ckpt = own
     code, out, err = run_cli(["importance", "--model", ckpt, "--limit", "20", "--array", "4x4", "--bits", "28-31",
-                              "--value", "1", "--budget", "4", "--calibration-images", "16", "--workers", "1",
+                              "--value", "1", "--draws", "4", "--calibration-images", "16", "--workers", "1",
                               "--quiet", "-o", tmp_path / "i"], capsys)
     assert code == 0, err
     res = json.loads((tmp_path / "i" / "importance.json").read_text())
@@ -122,12 +117,12 @@ def test_fat_and_efat(own, tmp_path, capsys):
     for i in range(2):
         FaultMap.random((4, 4), pe_rate=0.25, registers=("psum",), bits=range(20, 32), values=(1,), seed=i).save(
             chips / f"chip-{i}.npz")
-    code, out, err = run_cli(["fat", "--model", ckpt, "--chip", chips / "chip-0.npz", "--array", "4x4", "--method", "fapt",
+    code, out, err = run_cli(["fat", "--model", ckpt, "--faults", chips / "chip-0.npz", "--array", "4x4", "--method", "fapt",
                               "--epochs", "0.2", "--limit", "20", "--quiet", "--json", tmp_path / "f.json",
                               "-o", tmp_path / "fat.pt"], capsys)
     assert code == 0, err
     assert json.loads((tmp_path / "f.json").read_text())["method"] == "fapt" and (tmp_path / "fat.pt").is_file()
-    code, out, err = run_cli(["efat", "--model", ckpt, "--chips", chips, "--array", "4x4", "--max-drop", "0.5", "--bypass",
+    code, out, err = run_cli(["efat", "--model", ckpt, "--faults-dir", chips, "--array", "4x4", "--max-drop", "0.5", "--bypass",
                               "--rates", "0,0.3", "--amounts", "0", "--maps-per-rate", "1", "--limit", "20", "--quiet",
                               "-o", tmp_path / "e"], capsys)
     assert code == 0, err
@@ -154,7 +149,7 @@ def test_import_model_with_weights(own, tmp_path, capsys):
     (["--kwargs", '{"depth": 2}', "--train-epochs", "1"], "unexpected keyword argument 'depth'"),
     (["--kwargs", '{"num_classes": 4}', "--train-epochs", "1"], "to N x 3 logits. Got output (2, 4)"),
     ([], "needs weights (--weights STATE_DICT.pt) or training (--train-epochs N > 0)"),
-    (["--train-epochs", "-1"], "'train_epochs' argument of import_model"),
+    (["--train-epochs", "-1"], "argument --train-epochs: must be a non-negative integer. Got '-1'"),
     (["--weights", "missing.pt"], "Weights file not found: missing.pt"),
 ])
 def test_import_model_bad_input_is_one_line(own, tmp_path, capsys, monkeypatch, extra, message):

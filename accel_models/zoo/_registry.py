@@ -75,7 +75,7 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **kwarg
     except TypeError as exc:
         allowed = [p for p in inspect.signature(cls).parameters if p not in ("input_shape", "num_classes")]
         raise TypeError(
-            f"Bad arguments for model {name!r}: {exc}. Its arguments are: {', '.join(allowed) or 'none'}."
+            f"Bad arguments for model {name!r}: {str(exc).rstrip('.')}. Its arguments are: {', '.join(allowed) or 'none'}."
         ) from None
     bound.apply_defaults()
     model = cls(*bound.args, **bound.kwargs)

@@ -58,9 +58,9 @@ class FaultGroup:
         parts = str(text).split(":")
         if not 1 <= len(parts) <= 3 or not parts[0]:
             raise ValueError(f"A fault group must look like REGISTERS[:BITS[:VALUE]], e.g. psum:24-31:1. Got {text!r} instead.")
-        regs = parse_registers(parts[0].replace("+", ","))
-        bits = parse_bits(parts[1]) if len(parts) > 1 and parts[1] not in ("", "all") else None
-        values = parse_values(parts[2]) if len(parts) > 2 else (0, 1)
+        regs = parse_registers(parts[0].replace("+", ","), option="--group")
+        bits = parse_bits(parts[1], option="The bits of --group") if len(parts) > 1 and parts[1] not in ("", "all") else None
+        values = parse_values(parts[2], option="The value of --group") if len(parts) > 2 else (0, 1)
         return cls(regs, None if bits is None else tuple(bits), values)
 
     @property
