@@ -1,19 +1,26 @@
-"""Importance sampling of critical PE faults (docs/design.md §6.2; ISimDL adapted to PEs).
+"""Importance sampling of critical PE faults (docs/design.md §6.2, docs/importance.md; ISimDL adapted to PEs).
 
 ISimDL (Sensitivity-based Importance Sampling for DL fault injection) samples faults in
 proportion to a gradient sensitivity, mixed with uniform sampling so every fault keeps a
 non-zero probability, and counts how many sampled faults are critical. On the chip a fault is
 ``(PE row, PE column, register, bit, value)``:
 
-- PE sensitivity (:func:`pe_sensitivity`): one backward pass of the fake-quant twin over a
-  calibration batch; a PE's sensitivity is the sum over the weights mapped to it, across layers,
-  of ``|w * dL/dw|`` (``"wgrad"``) or ``|dL/dw|`` (``"grad"``). WS maps GEMM weight ``W[k, n]`` to
-  PE ``(k mod R, n mod C)``. IS streams ``W[k, n]`` along row ``k mod R`` and OS down column
-  ``n mod C``: there the row (column) total is spread evenly over the row (column).
-- Importance distribution (:func:`importance_distribution`): ``p_imp(pe, site) = s(pe) / sum(s) *
-  b(site)``, with the bit weight ``b`` uniform, linear (``bit + 1``) or exponential (``2^bit``),
-  normalised within each register, every register getting the same share and both stuck values
-  half of a bit's weight; ``q = (1 - mix) p_imp + mix / |F|`` (default ``mix = 0.1``).
+- PE sensitivity, per register (:func:`mitigation.sensitivity.register_sensitivity`, the default
+  ``sensitivity_target="register"``): one backward pass of the fake-quant twin over a calibration
+  batch; each register of a PE is scored by ``|v * dL/dv|`` (``"wgrad"``) or ``|dL/dv|``
+  (``"grad"``) summed over the values ``v`` it holds or passes on: weights for the weight register,
+  activations for the act register (their gradient from the GEMM outputs they reach), partial sums
+  for the psum register (the gradient of the output they end in); docs/importance.md.
+- PE sensitivity from the weights alone (:func:`pe_sensitivity`, ``sensitivity_target="weights"``):
+  the sum over the weights mapped to the PE, across layers, of ``|w * dL/dw|`` or ``|dL/dw|``, the
+  same map for every register. WS maps GEMM weight ``W[k, n]`` to PE ``(k mod R, n mod C)``. IS
+  streams ``W[k, n]`` along row ``k mod R`` and OS down column ``n mod C``: there the row (column)
+  total is spread evenly over the row (column).
+- Importance distribution (:func:`importance_distribution`): ``p_imp(pe, site) = s_g(pe) / sum(s_g)
+  * b(site)``, ``s_g`` the sensitivity of the site's register ``g``, with the separable bit prior
+  ``b`` uniform (off), linear (``bit + 1``) or exponential (``2^bit``), normalised within each
+  register, every register getting the same share and both stuck values half of a bit's weight;
+  ``q = (1 - mix) p_imp + mix / |F|`` (default ``mix = 0.1``).
   The mix must be in ``(0, 1]``: every fault then has ``q >= mix / |F| > 0``, which the estimator's
   weights ``p_u / q`` need (a fault with ``q = 0`` could never be drawn, so its criticality would
   be missing from every estimate).
@@ -49,6 +56,7 @@ from sysarray.validation import check_int, check_seed
 
 BIT_WEIGHTINGS = ("uniform", "linear", "exponential")
 SENSITIVITY_MODES = ("wgrad", "grad")
+SENSITIVITY_TARGETS = ("register", "weights")
 DEFAULT_UNIFORM_MIX = 0.1
 RESULT_FILE = "importance.json"
 
@@ -154,18 +162,55 @@ def check_uniform_mix(uniform_mix: Any) -> float:
     return float(uniform_mix)
 
 
-def importance_distribution(sensitivity: np.ndarray, space: FaultSpace, bit_weighting: str = "exponential",
+def sensitivity_by_site(sensitivity: Any, space: FaultSpace) -> np.ndarray:
+    """(PEs, S) non-negative sensitivity of each PE for each site's register: ``sensitivity`` is
+    one (R, C) array for every register or ``{register name: (R, C)}`` (each register its own)."""
+    from sysarray.faults import REGISTER_ORDER, as_register
+
+    shape = (space.rows, space.cols)
+    codes = space.sites[:, 0]
+    if isinstance(sensitivity, dict):
+        names = {as_register(name, "the sensitivity").code: name for name in sensitivity}
+        missing = sorted({int(g) for g in codes} - set(names))
+        if missing:
+            need = ", ".join(REGISTER_ORDER[g].value for g in missing)
+            raise ValueError(f"The sensitivity has no map for the register(s) {need} of the fault space.")
+        maps = {g: np.asarray(sensitivity[name], dtype=np.float64) for g, name in names.items()}
+    else:
+        maps = {int(g): np.asarray(sensitivity, dtype=np.float64) for g in np.unique(codes)}
+    out = np.zeros((space.rows * space.cols, len(space.sites)))
+    for g, m in maps.items():
+        if m.shape != shape:
+            raise ValueError(f"The sensitivity must be a ({space.rows}, {space.cols}) array per register. "
+                             f"Got shape {m.shape} instead.")
+        if not (codes == g).any():
+            continue
+        m = np.where(np.isfinite(m) & (m > 0), m, 0.0).ravel()
+        out[:, codes == g] = m[:, None]
+    return out
+
+
+def importance_distribution(sensitivity: Any, space: FaultSpace, bit_weighting: str = "exponential",
                             uniform_mix: float = DEFAULT_UNIFORM_MIX) -> np.ndarray:
-    """(|F|,) float64 sampling probabilities ``q`` over the fault space (sums to 1)."""
-    s = np.asarray(sensitivity, dtype=np.float64)
-    if s.shape != (space.rows, space.cols):
-        raise ValueError(f"The sensitivity must be a ({space.rows}, {space.cols}) array. Got shape {s.shape} instead.")
+    """(|F|,) float64 sampling probabilities ``q`` over the fault space (sums to 1).
+
+    ``p_imp(pe, site) = s_g(pe) / sum_pe s_g * b(site)`` with ``g`` the site's register, ``s_g``
+    its PE sensitivity (:func:`sensitivity_by_site`; all zero: PEs equally likely) and ``b`` the
+    bit prior (:func:`site_weights`); ``q = (1 - mix) p_imp + mix / |F|``. The two factors are
+    separable: ``bit_weighting="uniform"`` gives the pure sensitivity.
+    """
     uniform_mix = check_uniform_mix(uniform_mix)
-    s = np.where(np.isfinite(s) & (s > 0), s, 0.0).ravel()
-    pe_p = s / s.sum() if s.sum() > 0 else np.full(s.size, 1.0 / s.size)
-    p_imp = np.outer(pe_p, site_weights(space, bit_weighting)).ravel()
-    q = (1.0 - uniform_mix) * p_imp + uniform_mix / space.size
+    q = (1.0 - uniform_mix) * sensitivity_distribution(sensitivity, space, bit_weighting) + uniform_mix / space.size
     return q / q.sum()
+
+
+def sensitivity_distribution(sensitivity: Any, space: FaultSpace, bit_weighting: str = "exponential") -> np.ndarray:
+    """(|F|,) ``p_imp``: the importance distribution before the uniform mix (see
+    :func:`importance_distribution`)."""
+    s = sensitivity_by_site(sensitivity, space)
+    totals = s.sum(axis=0)
+    pe_p = np.where(totals > 0, s / np.where(totals > 0, totals, 1.0), 1.0 / s.shape[0])
+    return (pe_p * site_weights(space, bit_weighting)[None, :]).ravel()
 
 
 # ====================================================================== sampling and estimation
@@ -242,12 +287,18 @@ def compare_samplers(q: np.ndarray, critical_of: Callable[[np.ndarray], np.ndarr
 def run_importance(task: Any, cfg: Any, out: str, registers: Sequence[str], bits: Sequence[int] | None = None,
                    values: Sequence[int] = (0, 1), budget: int = 100, uniform_mix: float = DEFAULT_UNIFORM_MIX,
                    bit_weighting: str = "exponential", sensitivity: str = "wgrad", calibration_images: int = 256,
-                   seed: int = 0, confidence: float = 0.95, **campaign_options: Any) -> dict:
+                   seed: int = 0, confidence: float = 0.95, sensitivity_target: str = "register",
+                   **campaign_options: Any) -> dict:
     """Draw ``budget`` faults by importance and ``budget`` uniformly, inject the distinct ones (a
     resumable single-fault campaign in ``out``), and write ``out/importance.json``.
 
+    ``sensitivity_target``: ``"register"`` scores each register by the values it holds
+    (:func:`mitigation.sensitivity.register_sensitivity`), ``"weights"`` scores every register by
+    the weights mapped to the PE (:func:`pe_sensitivity`).
+
     Returns the JSON-ready result: both samplers' precision and estimates, the precision gain, the
-    settings and the (R, C) PE sensitivity.
+    settings, each register's (R, C) sensitivity and, as ``sensitivity``, the (R, C) PE marginal of
+    the importance distribution before the uniform mix.
     """
     budget = check_int(budget, "budget", "run_importance", lo=2)
     seed = check_seed(seed, "run_importance")
@@ -258,19 +309,28 @@ def run_importance(task: Any, cfg: Any, out: str, registers: Sequence[str], bits
     if sensitivity not in SENSITIVITY_MODES:
         raise ValueError(f"The sensitivity mode must be one of {', '.join(SENSITIVITY_MODES)}. "
                          f"Got {sensitivity!r} instead.")
+    if sensitivity_target not in SENSITIVITY_TARGETS:
+        raise ValueError(f"The sensitivity target must be one of {', '.join(SENSITIVITY_TARGETS)}. "
+                         f"Got {sensitivity_target!r} instead.")
     space = FaultSpace.build(cfg, registers, bits, values)
     program, _, _ = task.load()
     cal_x, cal_y = task.calibration(calibration_images)
-    sens = pe_sensitivity(program, cal_x, cal_y, cfg, sensitivity)
+    if sensitivity_target == "register":
+        from mitigation.sensitivity import register_sensitivity
+
+        sens = register_sensitivity(program, cal_x, cal_y, cfg, sensitivity)
+    else:
+        sens = pe_sensitivity(program, cal_x, cal_y, cfg, sensitivity)
     q = importance_distribution(sens, space, bit_weighting, uniform_mix)
+    pe_marginal = sensitivity_distribution(sens, space, bit_weighting).reshape(cfg.rows * cfg.cols, -1).sum(1)
     imp_seq, uni_seq = np.random.SeedSequence(seed).spawn(2)
     imp = draw(q, budget, np.random.default_rng(imp_seq))
     uni = np.random.default_rng(uni_seq).integers(0, len(q), size=budget)
     distinct = np.unique(np.concatenate([imp, uni]))
     settings = {"registers": list(registers), "bits": None if bits is None else [int(b) for b in bits],
                 "values": [int(v) for v in values], "budget": budget, "uniform_mix": float(uniform_mix),
-                "bit_weighting": bit_weighting, "sensitivity": sensitivity, "calibration_images": calibration_images,
-                "seed": seed}
+                "bit_weighting": bit_weighting, "sensitivity": sensitivity, "sensitivity_target": sensitivity_target,
+                "calibration_images": calibration_images, "seed": seed}
     population = SingleFaults(cfg.rows, cfg.cols, space.records(distinct), {"importance": settings})
     options = {"confidence": confidence, **campaign_options}
     run_campaign(task, population, out, cfg, **options)
@@ -286,13 +346,15 @@ def run_importance(task: Any, cfg: Any, out: str, registers: Sequence[str], bits
     b = summarize_draws("uniform", uni, critical_of, q, confidence)
     result = {"settings": settings, "fault_space": space.size, "confidence": confidence, "importance": a, "uniform": b,
               "precision_gain": a["precision"] / b["precision"] if b["precision"] > 0 else None,
-              "injected": int(len(distinct)), "sensitivity": sens.tolist()}
+              "injected": int(len(distinct)), "sensitivity": pe_marginal.reshape(cfg.rows, cfg.cols).tolist(),
+              "register_sensitivity": ({k: np.asarray(v).tolist() for k, v in sens.items()} if isinstance(sens, dict)
+                                       else {"all": np.asarray(sens).tolist()})}
     from sysarray.atomic import write_json
 
     write_json(os.path.join(out, RESULT_FILE), result)
     return result
 
 
-__all__ = ["BIT_WEIGHTINGS", "DEFAULT_UNIFORM_MIX", "FaultSpace", "check_uniform_mix", "compare_samplers", "draw",
-           "estimate_fraction", "fold_to_array", "importance_distribution", "pe_sensitivity", "run_importance",
-           "site_weights", "summarize_draws"]
+__all__ = ["BIT_WEIGHTINGS", "DEFAULT_UNIFORM_MIX", "SENSITIVITY_TARGETS", "FaultSpace", "check_uniform_mix",
+           "compare_samplers", "draw", "estimate_fraction", "fold_to_array", "importance_distribution", "pe_sensitivity",
+           "run_importance", "sensitivity_by_site", "sensitivity_distribution", "site_weights", "summarize_draws"]

@@ -306,7 +306,8 @@ BAD_NUMBERS = [
     ("campaign --model m.pt --rates 0.1 -o c", "--confidence", "0", "a number within (0, 1)"),
     ("sweep --model m.pt -o s", "--pes-per-site", "0", "a positive integer"),
     ("importance --model m.pt -o i", "--draws", "1", "an integer of at least 2"),
-    ("importance --model m.pt -o i", "--uniform-mix", "1.1", "a number within [0, 1]"),
+    ("importance --model m.pt -o i", "--uniform-mix", "1.1", "a number within (0, 1]"),
+    ("importance --model m.pt -o i", "--uniform-mix", "0", "a number within (0, 1]"),
     ("faults generate --rate 0.1 -o d", "--chips", "-3", "a positive integer"),
     ("faults show chip.npz", "--max-faults", "-1", "a non-negative integer"),
 ]

@@ -8,7 +8,7 @@ from sysarray.cli import EXIT_OK, subcommand
 from sysarray.cliargs import (
     add_array_arguments, add_data_arguments, add_deprecated_alias, add_device_argument, add_engine_argument,
     add_faults_dir_argument, add_limit_argument, add_model_argument, add_out_argument, add_quiet_argument,
-    add_random_fault_arguments, add_seed_argument, int_at_least, open_probability, positive_int, probability,
+    add_random_fault_arguments, add_seed_argument, float_within, int_at_least, open_probability, positive_int, probability,
 )
 
 SCHEDULER_TIMEOUT_S = 3.0  # long enough for a remote scheduler's handshake, short enough for a typo
@@ -259,7 +259,7 @@ def add_importance_parser(subparsers) -> None:
         "importance", help="importance sampling of critical faults (PE sensitivity) versus uniform sampling",
         description="Estimate the share of critical single faults (accuracy drop above --critical-drop) by drawing "
                     "--draws faults with probability proportional to PE sensitivity (one backward pass, sum of "
-                    "|w dL/dw| over the weights mapped to each PE) times a bit weighting, mixed with uniform "
+                    "|v dL/dv| over the values v the faulty register holds) times a bit weighting, mixed with uniform "
                     "sampling, and --draws faults uniformly; injects the distinct ones and writes DIR/importance.json "
                     "(precision of both samplers, self-normalised estimates with confidence intervals).",
         epilog="Example: sysarray importance --model model.pt --register psum --value 1 --draws 100 -o imp/",
@@ -269,12 +269,16 @@ def add_importance_parser(subparsers) -> None:
     p.add_argument("--draws", type=int_at_least(2), default=100, metavar="N", help="draws per sampler, at least 2 "
                                                                                    "(default 100)")
     add_deprecated_alias(p, "--budget", "draws", "--draws N", type=int_at_least(2), metavar="N")
-    p.add_argument("--uniform-mix", type=probability, default=0.1, metavar="FRACTION",
-                   help="share of uniform sampling in the mixture, in [0, 1] (default 0.1)")
+    p.add_argument("--uniform-mix", type=float_within(0.0, 1.0, lo_open=True), default=0.1, metavar="FRACTION",
+                   help="share of uniform sampling in the mixture, in (0, 1]: every fault keeps a chance to be "
+                        "drawn, which the estimate needs (default 0.1)")
     p.add_argument("--bit-weighting", choices=("uniform", "linear", "exponential"), default="exponential",
                    help="weight of a bit by significance (default exponential)")
     p.add_argument("--sensitivity", choices=("wgrad", "grad"), default="wgrad",
-                   help="PE sensitivity: |w dL/dw| or |dL/dw| (default wgrad)")
+                   help="PE sensitivity: |v dL/dv| or |dL/dv| of the values v a register holds (default wgrad)")
+    p.add_argument("--sensitivity-target", choices=("register", "weights"), default="register",
+                   help="register: each register by its own values (weights, activations, partial sums); weights: "
+                        "every register by the weights mapped to the PE (default register)")
     p.add_argument("--calibration-images", type=positive_int, default=256, metavar="N",
                    help="training images of the backward pass (default 256)")
     add_seed_argument(p, "both samplers' draws")
@@ -291,7 +295,8 @@ def run_importance_command(args: argparse.Namespace) -> int:
     options = _run_options(args, "importance")
     res = run_importance(_task(args), _array(args), args.out, registers, bits, values, budget=args.draws,
                          uniform_mix=args.uniform_mix, bit_weighting=args.bit_weighting, sensitivity=args.sensitivity,
-                         calibration_images=args.calibration_images, seed=args.seed, **options)
+                         calibration_images=args.calibration_images, seed=args.seed,
+                         sensitivity_target=args.sensitivity_target, **options)
     for k in ("importance", "uniform"):
         r = res[k]
         print(f"{k:<10} precision {r['precision']:.3f} ({r['critical_draws']}/{r['draws']} draws critical, "
