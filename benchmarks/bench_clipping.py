@@ -20,9 +20,15 @@ here on a subset, evaluated on the first ``--fashion-test`` test images). Fault 
     the float model (the clipping papers' setting).
 
 FT-ClipAct searches with the fault site of the setting it is judged on ((a) chip, (b) int8 memory,
-(d) float32 memory), with small settings (2 repetitions, 128 scoring images) and its default
-clean-accuracy guard (``clean_drop`` 0.5 points). ``--settings``
-picks the settings to run (default all; a method only a skipped setting needs is not searched).
+(d) float32 memory), over that setting's rates (its AUC grid), ``--ft-repetitions`` draws per
+rate (default 3; seeds apart from the evaluation's), on 128 validation images, with its default
+rounds (3-4) and clean-accuracy guard (``clean_drop`` 0.5 points). FitAct and ProAct run with
+their default budgets (FitAct up to 100 epochs with early stopping, ProAct 5 + 100 epochs per
+weight decay, 11 decays). ``--quick``: 4 draws per rate, FT-ClipAct 2 repetitions and 1-2
+rounds, FitAct at most 20 epochs, ProAct 1 + 10 epochs per decay; ``--fitact-epochs``,
+``--proact-epochs`` and ``--proact-warmup`` set those budgets in either mode.
+``--settings`` picks the settings to run (default all; a method only a skipped setting needs is
+not searched).
 Writes OUT/bench_clipping.json and OUT/bench_clipping.png, and prints the tables (mean and worst
 accuracy over the chips, in %).
 """
@@ -71,11 +77,12 @@ def train_model(name: str, data, epochs: int, cache: Path, **kw):
 def harden(model, data, args, chip_site, mem_site, mem32_site):
     from mitigation.clipping import find_thresholds
 
-    ft = dict(calibration_images=128, min_rounds=1 if args.quick else 3, max_rounds=2 if args.quick else 4)
+    ft = dict(calibration_images=128, **(dict(min_rounds=1, max_rounds=2) if args.quick else {}))
     out = {}
     wanted = [("ranger", {}), ("ftclipact-chip", dict(faults=chip_site, **ft)),
               ("ftclipact-memory", dict(faults=mem_site, **ft)), ("ftclipact-float32", dict(faults=mem32_site, **ft)),
-              ("fitact", dict(epochs=args.fitact_epochs)), ("proact", {})]
+              ("fitact", dict(epochs=args.fitact_epochs)),
+              ("proact", dict(epochs=args.proact_epochs, warmup_epochs=args.proact_warmup))]
     skip = {"ftclipact-chip": not {"chip_os", "chip_ws"} & set(args.settings),
             "ftclipact-memory": "memory" not in args.settings, "ftclipact-float32": "memory_float32" not in args.settings}
     for method, kw in wanted:
@@ -107,9 +114,10 @@ def run_model(label, model, data, x, y, args):
     ws_site = FaultSetting.chip(rates=(0.004, 0.01), repetitions=reps, dataflow="ws", seed=7)
     mem_site = FaultSetting(rates=tuple(args.bers), repetitions=reps, seed=7)
     mem32_site = FaultSetting(rates=tuple(args.bers32), repetitions=reps, seed=7, weight_format="float32")
-    ft_chip = FaultSetting.chip(rates=(args.pe_rates[1],), repetitions=2, dataflow="os", seed=99)
-    ft_mem = FaultSetting(rates=(args.bers[-2],), repetitions=2, seed=99)
-    ft_mem32 = FaultSetting(rates=(args.bers32[-2],), repetitions=2, seed=99, weight_format="float32")
+    # FT-ClipAct's AUC grid: the rates of the table it is judged in, draws seeded apart from the evaluation's
+    ft_chip = FaultSetting.chip(rates=chip_site.rates, repetitions=args.ft_repetitions, dataflow="os", seed=99)
+    ft_mem = FaultSetting(rates=mem_site.rates, repetitions=args.ft_repetitions, seed=99)
+    ft_mem32 = FaultSetting(rates=mem32_site.rates, repetitions=args.ft_repetitions, seed=99, weight_format="float32")
     print(f"{label}: hardening", flush=True)
     results = harden(model, data, args, ft_chip, ft_mem, ft_mem32)
     programs = {"none": lower_clipped(model, data)}
@@ -135,10 +143,31 @@ def run_model(label, model, data, x, y, args):
         res["memory_float32"] = {"rates": mem32_site.rates, **evaluate(mem32_models, mem32_site, x, y)}
     res.update({
         "methods": {k: {"thresholds": r.thresholds, "overhead": r.overhead, "seconds": r.seconds,
-                        "model_parameters": r.model_parameters} for k, r in results.items()},
+                        "model_parameters": r.model_parameters, "summary": summarize(k, r)} for k, r in results.items()},
         "images": int(len(x)), "chips_per_rate": reps,
     })
     return res
+
+
+def summarize(method: str, r) -> dict:
+    """What each search did, for the doc: thresholds against the profiled maxima, FT-ClipAct's
+    rounds and scores, FitAct's stopping epoch, ProAct's accepted and rolled-back epochs."""
+    h = r.history
+    if method.startswith("ftclipact"):
+        return {n: {"max": L["max"], "threshold": L["threshold"], "score": L["score"], "converged": L["converged"],
+                    "rounds": [{"candidates": rd["candidates"], "scores": rd["scores"]} for rd in L["rounds"]]}
+                for n, L in h["layers"].items()}
+    if method == "fitact":
+        return {"best_epoch": h["best_epoch"], "stopped": h["stopped"], "epochs_run": len(h["epochs"]),
+                "initial_val_loss": h["initial_val_loss"], "best_val_loss": h["best_val_loss"]}
+    if method == "proact":
+        return {"reference_val_accuracy": h["reference_val_accuracy"], "final_val_accuracy": h["final_val_accuracy"],
+                "layers": {n: {"lr": L["lr"], "threshold_count": L["threshold_count"], "start_mean": L["start_mean"],
+                               "end_mean": L["end_mean"],
+                               "decays": [{"weight_decay": d["weight_decay"], "epochs_run": len(d["epochs"]),
+                                           "violated": d["violated"]} for d in L["decays"]]}
+                           for n, L in h["layers"].items()}}
+    return {}
 
 
 def print_tables(label, r):
@@ -186,6 +215,11 @@ def plot(all_results, path):
     fig.savefig(path, dpi=110)
 
 
+def _paper_budgets(args) -> bool:
+    """Whether FitAct and ProAct ran with the papers' budgets (the defaults of a full run)."""
+    return args.fitact_epochs >= 100 and args.proact_epochs >= 100 and args.proact_warmup >= 5
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer chips and shorter searches")
@@ -195,7 +229,10 @@ def main(argv=None) -> int:
     p.add_argument("--bers32", default="1e-6,1e-5,3e-5,1e-4,3e-4", help="float32 weight-memory bit error rates, setting (d)")
     p.add_argument("--settings", default="a,b,c,d", help="fault settings to run, of a (OS chip), b (int8 memory), "
                                                          "c (WS chip), d (float32 memory); default all")
-    p.add_argument("--fitact-epochs", type=int, default=10)
+    p.add_argument("--ft-repetitions", type=int, help="FT-ClipAct's fault draws per rate (default 3, quick 2)")
+    p.add_argument("--fitact-epochs", type=int, help="FitAct's most epochs (default 100, its own; quick 20)")
+    p.add_argument("--proact-epochs", type=int, help="ProAct's epochs per weight decay (default 100, its own; quick 10)")
+    p.add_argument("--proact-warmup", type=int, help="ProAct's warm-up epochs per weight decay (default 5; quick 1)")
     p.add_argument("--fashion-train", type=int, default=12000, help="Fashion-MNIST training images used")
     p.add_argument("--fashion-test", type=int, default=1000, help="Fashion-MNIST test images evaluated")
     p.add_argument("--fashion-epochs", type=int, default=4)
@@ -203,6 +240,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = p.parse_args(argv)
     args.chips = args.chips or (4 if args.quick else 10)
+    args.ft_repetitions = args.ft_repetitions or (2 if args.quick else 3)
+    args.fitact_epochs = args.fitact_epochs or (20 if args.quick else 100)
+    args.proact_epochs = args.proact_epochs or (10 if args.quick else 100)
+    args.proact_warmup = (1 if args.quick else 5) if args.proact_warmup is None else args.proact_warmup
     args.pe_rates = [float(r) for r in args.pe_rates.split(",")]
     args.bers = [float(r) for r in args.bers.split(",")]
     args.bers32 = [float(r) for r in args.bers32.split(",")]
@@ -233,7 +274,7 @@ def main(argv=None) -> int:
         print_tables("VGG-11/fashion", all_results["VGG-11/fashion"])
     report = {"benchmark": "bench_clipping", "settings": {k: v for k, v in vars(args).items()},
               "results": all_results, "seconds": time.perf_counter() - t0,
-              **provenance(TUNING, "quick" if args.quick else "full", REPO)}
+              **provenance(TUNING, "quick" if args.quick else "full" if _paper_budgets(args) else "reduced budget", REPO)}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "bench_clipping.json", report)
     plot(all_results, out / "bench_clipping.png")

@@ -44,8 +44,9 @@ def add_clip_parser(subparsers) -> None:
     p.add_argument("--calibration-images", type=positive_int, metavar="N",
                    help="ranger: profiling images; ftclipact: scoring images (default: ranger 1024, ftclipact 256)")
     p.add_argument("--epochs", type=positive_int, metavar="N",
-                   help="training epochs (default: fitact 10, proact 3 per weight-decay setting)")
-    p.add_argument("--lr", type=positive_float, help="Adam learning rate (default: fitact 1e-3, proact 1e-2)")
+                   help="training epochs (default: fitact at most 100, early-stopped; proact 100 per weight decay, "
+                        "after 5 warm-up epochs)")
+    p.add_argument("--lr", type=positive_float, help="Adam learning rate (default: fitact 1e-3, proact 1e-2 for layer-wise thresholds)")
     p.add_argument("--tolerance", type=non_negative_float, metavar="POINTS",
                    help="ftclipact: score tolerance; proact: accuracy tolerance (default 0.2 points)")
     p.add_argument("--clean-drop", type=float_within(0.0, allow_inf=True, what="a non-negative number or inf"),

@@ -2,23 +2,26 @@
 
 - ``ranger`` (Chen et al., DSN 2021): ``T`` = the activation's maximum over a calibration subset
   (default 1,024 training images), no training.
-- ``ftclipact`` (Hoang et al., DATE 2020): layer-wise; from every layer zero-clipped at its
-  profiled maximum, each layer in forward order gets an interval search on ``[0, max]`` scored by
-  the area under the accuracy-vs-fault-rate curve, measured by fault injection (on the chip or in
-  the weight memory, :class:`FaultSetting`) on a calibration subset.
-- ``fitact`` (Ghavami et al., DATE 2022): neuron-wise thresholds from the profiled maxima, trained
-  with everything else frozen (smooth-zero policy, cross-entropy + L2 on the thresholds, Adam,
-  cosine schedule).
-- ``proact`` (Mousavi et al. 2024): hybrid thresholds (layer-wise, the last activation
-  neuron-wise) trained one layer at a time from the last toward the input, with distillation from
-  the unclipped model and a weight-decay sweep from strong to weak, keeping the strongest setting
-  whose validation accuracy stays within a tolerance of the clipped-at-maximum model.
+- ``ftclipact`` (Hoang, Hanif, Shafique, DATE 2020; :mod:`mitigation.clip_ftclipact`): layer-wise;
+  each layer in forward order gets an interval search on ``[0, max]`` scored by the area under the
+  accuracy-vs-fault-rate curve (fault injection on the chip or in the weight memory,
+  :class:`FaultSetting`), the maxima profiled again after each layer is clipped.
+- ``fitact`` (Ghavami et al., DATE 2022; :mod:`mitigation.clip_fitact`): neuron-wise thresholds
+  from the profiled maxima, trained with everything else frozen until the validation loss stops
+  improving.
+- ``proact`` (Mousavi et al. 2024; :mod:`mitigation.clip_proact`): hybrid thresholds (layer-wise,
+  the last activation neuron-wise) trained one layer at a time from the last toward the input,
+  with distillation from the unclipped model, a warm-up + cosine run per weight decay from strong
+  to weak, validation after every epoch and rollback of an epoch that breaks the accuracy
+  tolerance.
 
-Every method takes a float model (not changed) and a :class:`~accel_models.data.Dataset`, uses
-only its training split (calibration images are its first images, ProAct's validation images a
-seeded stratified part of it), and returns a :class:`ClipResult` with the clipped model, its spec
-(:mod:`accel_models.clipact`), the threshold count and the time the search or training took.
-Methods are registered in :data:`CLIP_METHODS` (``@register_clip_method``).
+Every method takes a float model (not changed) and a :class:`~accel_models.data.Dataset` and
+uses only its training split: Ranger profiles its first images; FT-ClipAct, FitAct and ProAct cut
+it (seeded, stratified, :func:`split_for_selection`) into a part they profile and train on and a
+validation part they choose thresholds on. The test split is never used. Each returns a
+:class:`ClipResult` with the clipped model, its spec (:mod:`accel_models.clipact`), the threshold
+count and the time the search or training took. Methods are registered in :data:`CLIP_METHODS`
+(``@register_clip_method``).
 """
 from __future__ import annotations
 
@@ -33,14 +36,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from accel_models.clipact import (
-    SPEC_GRANULARITIES, apply_clipping, clippable_activations, clipped_modules, clipping_spec, hybrid_granularities,
+    SPEC_GRANULARITIES, apply_clipping, clippable_activations, clipped_modules, hybrid_granularities,
     make_spec, set_policy, threshold_count,
 )
 from mitigation.weightfaults import WEIGHT_FORMATS, corrupt_model, corrupt_program, float_accuracy
-from sysarray.validation import check_choice, check_instance, check_int, check_positive_int, check_seed, is_number
+from sysarray.validation import check_choice, check_instance, check_positive_int, check_seed, is_number
 
 DEFAULT_BER_RATES = (1e-7, 1e-6, 3e-6, 1e-5, 3e-5)
 DEFAULT_PE_RATES = (0.005, 0.01, 0.02, 0.03, 0.05)
@@ -274,16 +276,26 @@ class FaultSetting:
                          for i in range(len(self.rates))])
 
     def auc(self, target, images, labels) -> float:
-        """Area under the mean accuracy-vs-rate curve (trapezoid), divided by the rate span, in
-        accuracy points: the curve's mean height (a single rate gives that rate's accuracy)."""
-        mean = self.curve(target, images, labels).mean(axis=1) * 100
-        if len(self.rates) == 1:
-            return float(mean[0])
-        x = np.asarray(self.rates)
-        return float(np.trapezoid(mean, x) / (x[-1] - x[0]))
+        """FT-ClipAct's score: the area under the mean accuracy-vs-rate curve with the rates placed
+        at equal spacing (the i-th rate at ``x = i``; trapezoid), divided by the span, in accuracy
+        points (a single rate gives that rate's accuracy). Equal spacing, as the authors' code
+        places its five rates at 0.2 ... 1, gives every rate the same weight; over the raw rates
+        the widest gap (1e-5 to 3e-5 of the default grid) would carry most of the area."""
+        return grid_auc(self.curve(target, images, labels).mean(axis=1) * 100)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def grid_auc(accuracy: Sequence[float]) -> float:
+    """Trapezoid area under ``accuracy`` (one value per rate) at unit spacing, divided by the
+    span: the end points weigh half, the inner points one (a single value is returned as is)."""
+    a = np.asarray(accuracy, dtype=float)
+    if a.ndim != 1 or not len(a):
+        raise ValueError(f"The 'accuracy' argument of grid_auc must be a non-empty list of numbers. Got {accuracy!r} instead.")
+    if len(a) == 1:
+        return float(a[0])
+    return float(np.trapezoid(a, dx=1.0) / (len(a) - 1))
 
 
 def lower_clipped(model: nn.Module, dataset, calibration: int = QUANT_CALIBRATION_IMAGES):
@@ -311,250 +323,105 @@ def ranger(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, c
     return spec, {}
 
 
-# --------------------------------------------------------------------------- FT-ClipAct
-def _candidates(lo: float, hi: float, n: int) -> list[float]:
-    """``n`` equally spaced points of ``(lo, hi]`` (the lower end is never a candidate: ``T = 0``
-    would silence the layer, and it is the previous round's neighbour)."""
-    return [lo + (hi - lo) * (i + 1) / n for i in range(n)]
+# --------------------------------------------------------------------------- training helpers (FitAct, ProAct)
+def split_for_selection(dataset, val_fraction: float, seed: int, where: str):
+    """``(train_x, train_y, val_x, val_y)``: the training split cut (seeded, stratified) into a
+    part the thresholds are profiled and trained on and a validation part they are chosen on;
+    the test split is never touched."""
+    if not is_number(val_fraction) or not 0 < val_fraction < 1:
+        raise ValueError(f"The 'val_fraction' argument of {where} must be a number in (0, 1). Got {val_fraction!r} instead.")
+    return dataset.validation_split(fraction=float(val_fraction), seed=seed)
 
 
-@register_clip_method("ftclipact")
-def ftclipact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, faults: FaultSetting | None = None,
-              calibration_images: int = 256, profile_images: int = CALIBRATION_IMAGES, candidates: int = 4,
-              min_rounds: int = 3, max_rounds: int = 4, tolerance: float = 0.2, policy: str = "zero",
-              clean_drop: float = 0.5, scorer: Callable | None = None) -> tuple[dict, dict]:
-    """FT-ClipAct's layer-by-layer interval search (Hoang et al. 2020, section IV).
-
-    Every activation starts zero-clipped at its profiled maximum. For each activation in forward
-    order: ``candidates`` equally spaced thresholds in ``(lo, hi]`` (start ``(0, max]``), each
-    scored by :meth:`FaultSetting.auc` of the lowered model (of the float model for the float32
-    weight-memory site, which is how the paper searches) on the first ``calibration_images``
-    training images; the interval shrinks to the neighbours of the best candidate; after
-    ``min_rounds`` rounds the search stops once the best candidate's neighbours score within
-    ``tolerance`` points of it, and always after ``max_rounds``. The best threshold seen is kept.
-    ``scorer(model, program) -> points`` replaces the fault-injection score (tests, other metrics).
-
-    ``clean_drop`` (accuracy points, default 0.5) is a choice, in neither the paper nor the spec:
-    the fault score alone may pick a tight threshold that costs fault-free accuracy, and clipping
-    may cost at most 1 point of fault-free accuracy. A candidate is eligible only if the clipped float
-    model's fault-free accuracy on the first ``profile_images`` training images is at most
-    ``clean_drop`` points below the unclipped model's on the same images (earlier layers at their
-    fixed thresholds, so the bound holds for the final model). An ineligible candidate scores
-    ``-inf`` (never chosen, not fault-injected); the starting threshold, the profiled maximum, is
-    always eligible (on the profiling images it changes nothing). In the stopping rule an
-    ineligible neighbour is never "within ``tolerance``": the search goes on refining toward the
-    eligibility boundary, up to ``max_rounds``. ``math.inf`` turns the guard off. ``history``
-    records the baseline (``"clean_baseline"``, %) and, per round, each candidate's clean accuracy
-    (``"clean"``, %) and ``"eligible"``.
-    """
-    faults = faults if faults is not None else FaultSetting(seed=seed)
-    check_instance(faults, FaultSetting, "faults", "ftclipact")
-    min_rounds = check_positive_int(min_rounds, "min_rounds", "ftclipact")
-    max_rounds = check_int(max_rounds, "max_rounds", "ftclipact", lo=min_rounds)
-    candidates = check_int(candidates, "candidates", "ftclipact", lo=2)
-    if not is_number(clean_drop) or not clean_drop >= 0:
-        message = (f"The 'clean_drop' argument of ftclipact must be a number of accuracy points >= 0 "
-                   f"(math.inf turns the guard off). Got {clean_drop!r} instead.")
-        raise (ValueError if is_number(clean_drop) else TypeError)(message)
-    clean_drop = float(clean_drop)
-    grans = _granularities(model, "layer", "ftclipact")
-    px, py = calibration_subset(dataset, profile_images, name="profile_images", where="ftclipact")
-    maxima = {n: float(t) for n, t in profile_maxima(model, px, grans).items()}
-    baseline = 100 * float_accuracy(model, px, py)
-    x, y = calibration_subset(dataset, calibration_images, name="calibration_images", where="ftclipact")
-    policy = check_choice(policy, "policy", "ftclipact", DEPLOY_POLICIES)
-    thresholds = dict(maxima)
-    scores_seen: dict[tuple, float] = {}
-    clean_seen: dict[tuple, float] = {}
-
-    def score(name: str, t: float) -> float:
-        key = (name, round(t, 9))
-        if key not in scores_seen:
-            trial = dict(thresholds, **{name: t})
-            m = apply_clipping(copy.deepcopy(model), make_spec(model, trial, policy=policy, granularity="layer")).eval()
-            clean_seen[key] = 100 * float_accuracy(m, px, py)
-            if t != maxima[name] and clean_seen[key] < baseline - clean_drop:
-                scores_seen[key] = -math.inf  # costs too much fault-free accuracy: never chosen, not fault-injected
-            elif scorer is not None:
-                scores_seen[key] = float(scorer(m, lower_clipped(m, dataset)))
-            else:
-                scores_seen[key] = faults.auc(faults.target(m, dataset), x, y)
-        return scores_seen[key]
-
-    def within_tolerance(best: float, other: float) -> bool:
-        return math.isfinite(other) and abs(best - other) <= tolerance  # an ineligible neighbour never is
-
-    history: dict[str, Any] = {"layers": {}, "faults": faults.to_dict(), "clean_baseline": baseline,
-                               "clean_drop": clean_drop}
-    total = len(grans) * max_rounds * candidates
-    bar = tqdm(total=total, desc="ftclipact", unit="candidate", disable=not progress, leave=False)
-    for name in grans:
-        lo, hi = 0.0, maxima[name]
-        best_t, best_s = hi, score(name, hi)
-        rounds = []
-        for r in range(max_rounds):
-            cands = _candidates(lo, hi, candidates)
-            s = [score(name, c) for c in cands]
-            bar.update(candidates)
-            b = int(np.argmax(s))
-            clean = [clean_seen[(name, round(c, 9))] for c in cands]
-            rounds.append({"candidates": cands, "scores": s, "clean": clean, "eligible": [math.isfinite(v) for v in s]})
-            if s[b] > best_s or (s[b] == best_s and cands[b] < best_t):
-                best_t, best_s = cands[b], s[b]
-            # neighbours of the best: the previous grid point below (lo when b == 0) and the next one
-            left = cands[b - 1] if b > 0 else lo
-            right = cands[b + 1] if b + 1 < len(cands) else hi
-            neigh = [s[i] for i in (b - 1, b + 1) if 0 <= i < len(s)]
-            lo, hi = left, right
-            if r + 1 >= min_rounds and all(within_tolerance(s[b], v) for v in neigh):
-                break
-        bar.update(candidates * (max_rounds - len(rounds)))
-        thresholds[name] = best_t
-        history["layers"][name] = {"max": maxima[name], "threshold": best_t, "score": best_s,
-                                   "clean": clean_seen[(name, round(best_t, 9))], "rounds": rounds}
-    bar.close()
-    spec = make_spec(model, thresholds, policy=policy, granularity="layer", method="ftclipact",
-                     settings={"calibration_images": calibration_images, "profile_images": profile_images,
-                               "candidates": candidates, "min_rounds": min_rounds, "max_rounds": max_rounds,
-                               "tolerance": tolerance, "clean_drop": clean_drop, "faults": faults.to_dict()})
-    return spec, history
-
-
-# --------------------------------------------------------------------------- training helpers
-def _threshold_params(model: nn.Module, names: Sequence[str] | None = None) -> list[nn.Parameter]:
+def threshold_params(model: nn.Module, names: Sequence[str] | None = None) -> list[nn.Parameter]:
+    """The threshold parameters of the named clipped activations (all of them by default)."""
     mods = clipped_modules(model)
     return [mods[n].threshold for n in (names if names is not None else mods)]
 
 
-def _freeze_all_but(model: nn.Module, trainable: Sequence[nn.Parameter]) -> None:
+def freeze_all_but(model: nn.Module, trainable: Sequence[nn.Parameter]) -> None:
     keep = {id(p) for p in trainable}
     for p in model.parameters():
         p.requires_grad_(id(p) in keep)
 
 
-def _train_thresholds(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, y: torch.Tensor, *, epochs: int,
-                      lr: float, weight_decay: float, batch_size: int, seed: int, teacher: nn.Module | None = None,
-                      temperature: float = 1.0, progress: bool = False, desc: str = "thresholds") -> list[float]:
-    """Train ``params`` (thresholds) only: model in eval mode (BatchNorm statistics and dropout
-    frozen), clipped activations in training mode with the smooth-zero policy, Adam (L2 as its
-    ``weight_decay``), cosine schedule per step; cross-entropy, plus KL distillation from
-    ``teacher`` at ``temperature`` when given. Thresholds stay >= 0. Returns the epoch losses."""
-    _freeze_all_but(model, params)
+def start_threshold_training(model: nn.Module, params: Sequence[nn.Parameter]) -> None:
+    """Only ``params`` trainable; the model in eval mode (BatchNorm statistics and dropout frozen:
+    the weights are not being trained) and its clipped activations in training mode with the
+    smooth-zero policy (the hard zero policy has no gradient with respect to ``T``)."""
+    freeze_all_but(model, params)
     model.eval()
     set_policy(model, "smooth")
     for m in clipped_modules(model).values():
         m.train()
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    steps = epochs * max(1, math.ceil(len(x) / batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    gen = torch.Generator().manual_seed(int(seed))
-    losses = []
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for _ in tqdm(range(epochs), desc=desc, unit="epoch", disable=not progress, leave=False):
-            order = torch.randperm(len(x), generator=gen)
-            total = 0.0
-            for i in range(0, len(x), batch_size):
-                idx = order[i:i + batch_size]
-                logits = model(x[idx])
-                loss = F.cross_entropy(logits, y[idx])
-                if teacher is not None:
-                    with torch.no_grad():
-                        soft = F.softmax(teacher(x[idx]) / temperature, dim=1)
-                    loss = loss + F.kl_div(F.log_softmax(logits / temperature, dim=1), soft,
-                                           reduction="batchmean") * temperature ** 2
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                with torch.no_grad():
-                    for p in params:
-                        p.clamp_(min=0.0)
-                total += float(loss.detach()) * len(idx)
-            losses.append(total / len(x))
+
+
+def end_threshold_training(model: nn.Module) -> None:
+    """Back to the deployed model: hard zero policy, eval mode, nothing trainable."""
     set_policy(model, "zero")
     model.eval()
-    _freeze_all_but(model, [])
-    return losses
+    freeze_all_but(model, [])
 
 
-# --------------------------------------------------------------------------- FitAct
-@register_clip_method("fitact")
-def fitact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, profile_images: int = CALIBRATION_IMAGES,
-           granularity: str = "neuron", epochs: int = 10, lr: float = 1e-3, l2: float = 1e-4,
-           batch_size: int = 64) -> tuple[dict, dict]:
-    """FitAct: thresholds (neuron-wise by default) start at the profiled maxima and are trained on
-    the training split with every weight, bias and BatchNorm statistic frozen (smooth-zero policy,
-    cross-entropy + ``l2`` on the thresholds, Adam ``lr``, cosine schedule); deployed with the
-    hard zero policy."""
-    maxima = _profiled_maxima(model, dataset, granularity, profile_images, "fitact")
-    clipped = apply_clipping(copy.deepcopy(model), make_spec(model, maxima, policy="zero", granularity=granularity))
-    losses = _train_thresholds(clipped, _threshold_params(clipped), dataset.train_x, dataset.train_y, epochs=epochs,
-                               lr=lr, weight_decay=l2, batch_size=batch_size, seed=seed, progress=progress, desc="fitact")
-    spec = clipping_spec(clipped, method="fitact", settings={"profile_images": profile_images, "epochs": epochs, "lr": lr,
-                                                            "l2": l2, "batch_size": batch_size})
-    spec["granularity"] = granularity
-    return spec, {"loss": losses}
+@torch.no_grad()
+def deployed_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Accuracy (fraction) of the model as deployed (clipped activations in eval mode: hard zero),
+    leaving the training/eval modes as they were."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        return float_accuracy(model, x, y)
+    finally:
+        for m, t in modes.items():
+            m.train(t)
 
 
-# --------------------------------------------------------------------------- ProAct
-PROACT_WEIGHT_DECAYS = tuple(4.0 * 10.0 ** -e for e in range(5, 16))  # 4e-5 ... 4e-15
+def soft_target_cross_entropy(logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Distillation term of ProAct's loss: cross-entropy of the student's log-softmax against the
+    teacher's softmax (temperature 1), batch mean."""
+    return -(F.softmax(teacher_logits, dim=1) * F.log_softmax(logits, dim=1)).sum(dim=1).mean()
 
 
-@register_clip_method("proact")
-def proact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, profile_images: int = CALIBRATION_IMAGES,
-           granularity: str = "hybrid", epochs: int = 3, lr: float = 1e-2, weight_decays: Sequence[float] = PROACT_WEIGHT_DECAYS,
-           tolerance: float = 0.2, val_fraction: float = 0.2, temperature: float = 1.0,
-           batch_size: int = 64) -> tuple[dict, dict]:
-    """ProAct: progressive layer-by-layer threshold training (last activation first).
-
-    Hybrid thresholds start at the profiled maxima. The training split is split (seeded,
-    stratified) into ``1 - val_fraction`` for training and ``val_fraction`` for validation. For
-    each activation from the last to the first: for each weight decay from strongest to weakest,
-    train only this layer's thresholds (from where they were) for ``epochs`` with cross-entropy +
-    distillation from the unclipped model (``temperature``), and accept the first setting whose
-    validation accuracy is at least the clipped-at-maximum model's minus ``tolerance`` points;
-    if none is, the layer keeps its profiled maximum. Then the layer is frozen.
-    """
-    if not weight_decays or list(weight_decays) != sorted(weight_decays, reverse=True):
-        raise ValueError(f"The 'weight_decays' argument of proact must go from strong to weak. "
-                         f"Got {weight_decays!r} instead.")
-    maxima = _profiled_maxima(model, dataset, granularity, profile_images, "proact")
-    tx, ty, vx, vy = dataset.validation_split(fraction=val_fraction, seed=seed)
-    clipped = apply_clipping(copy.deepcopy(model), make_spec(model, maxima, policy="zero", granularity=granularity))
-    teacher = copy.deepcopy(model).eval()
-    reference = float_accuracy(clipped, vx, vy)
-    mods = clipped_modules(clipped)
-    history: dict[str, Any] = {"reference_val_accuracy": reference, "layers": {}}
-    order = list(maxima)[::-1]
-    bar = tqdm(total=len(order) * len(weight_decays), desc="proact", unit="setting", disable=not progress, leave=False)
-    for li, name in enumerate(order):
-        start = mods[name].threshold.detach().clone()
-        accepted, tried = None, []
-        for wd in weight_decays:
+def train_epoch(model: nn.Module, params: Sequence[nn.Parameter], opt: torch.optim.Optimizer, lr_at: Callable[[int], float],
+                step: int, x: torch.Tensor, y: torch.Tensor, *, batch_size: int, gen: torch.Generator,
+                teacher: nn.Module | None = None) -> tuple[float, int]:
+    """One pass over ``(x, y)`` in a seeded order: cross-entropy (plus
+    :func:`soft_target_cross_entropy` from ``teacher``), an optimizer step at ``lr_at(step)`` per
+    batch, thresholds kept >= 0 (a negative threshold would zero every output). Returns the mean
+    loss and the next step index."""
+    order = torch.randperm(len(x), generator=gen)
+    total = 0.0
+    for i in range(0, len(x), batch_size):
+        idx = order[i:i + batch_size]
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        logits = model(x[idx])
+        loss = F.cross_entropy(logits, y[idx])
+        if teacher is not None:
             with torch.no_grad():
-                mods[name].threshold.copy_(start)
-            _train_thresholds(clipped, [mods[name].threshold], tx, ty, epochs=epochs, lr=lr, weight_decay=wd,
-                              batch_size=batch_size, seed=seed + li, teacher=teacher, temperature=temperature)
-            acc = float_accuracy(clipped, vx, vy)
-            tried.append({"weight_decay": wd, "val_accuracy": acc})
-            bar.update(1)
-            if acc * 100 >= reference * 100 - tolerance:
-                accepted = wd
-                break
-        bar.update(len(weight_decays) - len(tried))
-        if accepted is None:
-            with torch.no_grad():
-                mods[name].threshold.copy_(start)
-        history["layers"][name] = {"accepted_weight_decay": accepted, "tried": tried,
-                                   "mean_threshold": float(mods[name].threshold.detach().mean()),
-                                   "mean_max": float(start.mean())}
-    bar.close()
-    spec = clipping_spec(clipped, method="proact", settings={
-        "profile_images": profile_images, "epochs": epochs, "lr": lr, "weight_decays": list(weight_decays),
-        "tolerance": tolerance, "val_fraction": val_fraction, "temperature": temperature, "batch_size": batch_size})
-    spec["granularity"] = granularity
-    return spec, history
+                target = teacher(x[idx])
+            loss = loss + soft_target_cross_entropy(logits, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            for p in params:
+                p.clamp_(min=0.0)
+        total += float(loss.detach()) * len(idx)
+    return total / len(x), step
+
+
+def warmup_cosine(lr: float, warmup_steps: int, decay_steps: int) -> Callable[[int], float]:
+    """The learning rate at a step: ``lr`` for the first ``warmup_steps`` (a warm-up at the base
+    rate, as the authors' scheduler whose warm-up starts at the base rate), then a cosine from
+    ``lr`` to 0 over ``decay_steps``."""
+    def at(step: int) -> float:
+        if step < warmup_steps:
+            return lr
+        t = min(step - warmup_steps, decay_steps)
+        return 0.5 * lr * (1 + math.cos(math.pi * t / max(1, decay_steps)))
+    return at
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -615,8 +482,25 @@ def read_spec(path: str) -> dict:
     return check_spec(spec)
 
 
+# The methods register themselves in CLIP_METHODS when their modules load; plain module imports
+# (no ``from``) so that importing one of those modules first does not fail on this circle.
+import mitigation.clip_fitact  # noqa: E402
+import mitigation.clip_ftclipact  # noqa: E402
+import mitigation.clip_proact  # noqa: E402
+
+_METHOD_MODULES = {"ftclipact": "clip_ftclipact", "fitact": "clip_fitact", "proact": "clip_proact",
+                   "PROACT_WEIGHT_DECAYS": "clip_proact"}
+
+
+def __getattr__(name: str):
+    if name in _METHOD_MODULES:
+        import importlib
+
+        return getattr(importlib.import_module(f"mitigation.{_METHOD_MODULES[name]}"), name)
+    raise AttributeError(f"module 'mitigation.clipping' has no attribute {name!r}")
+
 __all__ = [
-    "CLIP_METHODS", "ClipResult", "FaultSetting", "base_parameter_count", "calibration_subset", "clip_checkpoint",
-    "find_thresholds", "fitact", "ftclipact", "lower_clipped", "method_names", "proact", "profile_maxima", "ranger",
+    "CLIP_METHODS", "PROACT_WEIGHT_DECAYS", "ClipResult", "FaultSetting", "base_parameter_count", "calibration_subset", "clip_checkpoint",
+    "find_thresholds", "fitact", "ftclipact", "grid_auc", "lower_clipped", "method_names", "proact", "profile_maxima", "ranger",
     "read_spec", "register_clip_method",
 ]
