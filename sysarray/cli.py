@@ -74,7 +74,9 @@ def add_cycles_parser(subparsers: argparse._SubParsersAction) -> None:
         "-i", "--input-type", choices=("conv", "gemm"), default="conv",
         help="topology format: conv layers or GEMM 'M, N, K' rows (default: conv)",
     )
-    p.add_argument("-o", "--out", required=True, metavar="DIR", help="output directory (created if missing)")
+    from sysarray.cliargs import add_out_argument
+
+    add_out_argument(p, "dir", "DIR", "output directory (created if missing)")
     p.set_defaults(func=run_cycles_command)
 
 
@@ -145,18 +147,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``sysarray`` and ``python -m sysarray``; returns the exit code."""
-    from sysarray import runtime
+    """Entry point of ``sysarray`` and ``python -m sysarray``; returns the exit code.
 
-    runtime.configure()  # a program's process, tuned before the subcommands load torch
-    parser = build_parser()
+    Besides bad input: an interrupt (Ctrl-C, or SIGTERM, which the command turns into one) is one
+    line on stderr and exit code 130; running out of memory is one ``error:`` line with a hint and
+    exit code 2; a closed stdout (``sysarray ... | head``) ends the command quietly, exit code 141.
+    """
+    from sysarray import lifecycle, runtime
+
+    resumable = ("campaign", "sweep", "importance", "efat")  # rerunning the same command continues them
+    command = None
     try:
-        args = parser.parse_args(argv)
-        return int(args.func(args))
-    except SystemExit as exc:  # --help, --version and usage errors
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_BAD_INPUT)
+        with lifecycle.sigterm_as_interrupt():
+            runtime.configure()  # a program's process, tuned before the subcommands load torch
+            parser = build_parser()
+            try:
+                args = parser.parse_args(argv)
+                command = args.command
+                code = int(args.func(args))
+            except SystemExit as exc:  # --help, --version and usage errors
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_BAD_INPUT)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit
+            return code
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, lifecycle.Interrupted):
+            message = _one_line(exc)
+        elif command in resumable:
+            message = "interrupted; rerun the same command to resume"
+        else:
+            message = "interrupted before it finished; rerun the command to start over"
+        print(f"{PROG}: {message}", file=sys.stderr)
+        # CPython marks an interrupt that left code run from a string (a dataclass being made) as
+        # unhandled, caught or not, and then exits by SIGINT instead of 130; running a string clears it
+        exec("")
+        return lifecycle.EXIT_INTERRUPTED
+    except BrokenPipeError as exc:
+        if lifecycle.stdout_reader_gone():
+            lifecycle.silence_stdout()
+            return lifecycle.EXIT_BROKEN_PIPE
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (ValueError, TypeError, OSError) as exc:
         print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (MemoryError, RuntimeError) as exc:
+        if not lifecycle.out_of_memory(exc):
+            raise
+        detail = _one_line(exc) if str(exc).strip() else "an allocation failed"
+        print(f"{PROG}: error: out of memory: {detail} (try a smaller array or model, fewer images, a smaller "
+              "batch or fewer workers)", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

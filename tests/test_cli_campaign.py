@@ -12,18 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from sysarray.cli import main
-from tests.clitools import run_cli
+from tests.clitools import run_cli, trained_mlp
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def mlp_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("cli") / "mlp.pt"
-    assert main(["train", "--arch", "mlp", "--dataset", "digits", "--epochs", "3", "--seed", "0",
-                 "--quiet", "-o", str(path)]) == 0
-    return str(path)
+    return trained_mlp(tmp_path_factory.mktemp("cli"))
 
 
 def campaign_args(model, out, *extra):

@@ -5,12 +5,22 @@ faulty network once (:mod:`mitigation.campaign.server_entry`, single-threaded): 
 and never inherits this process's thread pools (unlike 'fork'). 'spawn' where there is no fork
 server. A worker gets the evaluator once, as the pickle bytes of
 :func:`mitigation.campaign.spawn.worker_blob`, and runs one torch and one numba thread.
+
+No process outlives the campaign process. A worker ignores SIGINT (Ctrl-C reaches the whole
+process group; this process decides), exits as soon as the pipe only this process holds reads EOF
+(a thread on ``multiprocessing.parent_process().sentinel``) and, on Linux, is killed by the kernel
+when the fork server dies (``PR_SET_PDEATHSIG``). It closes its copy of the fork server's "alive"
+pipe, so the fork server sees EOF, and exits, as soon as this process is gone; the resource tracker
+then follows, its last writer gone. On an interrupt or error :func:`run_pool` kills the workers
+(and, on an interrupt, the fork server) before it re-raises.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import pickle
+import signal
 import threading
 from typing import Iterator, Sequence
 
@@ -18,6 +28,7 @@ from mitigation.campaign.evaluator import Evaluator
 from mitigation.campaign.jobs import Job, Sink, evaluate_jobs, shipped_population
 from mitigation.campaign.populations import Population
 from mitigation.campaign.spawn import starting_without_main, worker_blob
+from sysarray.lifecycle import die_with_parent, exit_when_readable
 from sysarray.runtime import set_threads
 
 MP_CONTEXT = "forkserver"
@@ -27,14 +38,51 @@ PRELOAD = ["mitigation.campaign.server_entry", "mitigation.campaign.pool"]
 # Pool tasks at least this long (estimated) are submitted one per worker at a time: a worker with a
 # second task queued at the end of a campaign of long chips would leave this process idle meanwhile.
 LONG_TASK_S = 0.25
+# Seconds to wait, after an interrupt or error, for the pool's threads once its workers are killed.
+STOP_WAIT_S = 5.0
 
 _WORKER_STATE: tuple[Evaluator, Population | None] | None = None  # set in each pool worker by _init_worker
 
 
 def _init_worker(blob: bytes) -> None:
     global _WORKER_STATE
+    _follow_campaign_process()
     set_threads(1)  # chips run in parallel, not GEMMs
     _WORKER_STATE = pickle.loads(blob)
+
+
+def _follow_campaign_process() -> None:
+    """Make this pool worker end with the campaign process that started it (see the module docstring)."""
+    import multiprocessing
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the campaign process stops its workers itself
+    parent = multiprocessing.parent_process()
+    if parent is not None and parent.pid != os.getppid():
+        # forked by the fork server: killed by the kernel when the fork server exits, which it does
+        # once the campaign process is gone; the thread below watches the campaign process itself
+        die_with_parent()
+    _release_fork_server()
+    if parent is not None and parent.sentinel is not None:
+        exit_when_readable(parent.sentinel)
+
+
+def _release_fork_server() -> None:
+    """Close this worker's copy of the fork server's "alive" pipe (multiprocessing hands one to each
+    process it forks, for their own children): with only the campaign process holding it, the
+    fork server reads EOF and exits when that process dies. A campaign worker starts no processes."""
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        fd = server._forkserver_alive_fd
+    except (ImportError, AttributeError):
+        return
+    if fd is not None:
+        server._forkserver_alive_fd = None
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def _pool_task(jobs: Sequence[Job]) -> list[dict]:
@@ -53,15 +101,81 @@ def _mp_context():
     return ctx
 
 
+def stop_fork_server() -> None:
+    """Kill the campaign fork server, if this process started one (its workers, forked from it,
+    die with it), and reap it; the next campaign starts a new one."""
+    if MP_CONTEXT != "forkserver":
+        return
+    try:
+        from multiprocessing import forkserver
+
+        server = forkserver._forkserver
+        pid = server._forkserver_pid
+        stop = server._stop
+    except (ImportError, AttributeError):
+        return
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)  # it may be importing and warming up, which nothing would wait for
+    except ProcessLookupError:
+        pass
+    try:
+        stop()  # closes its "alive" pipe and reaps it
+    except ChildProcessError:  # reaped already (a concurrent ensure_running found it dead)
+        server._forkserver_pid = None
+        server._forkserver_address = None
+
+
+def _kill_pool(pool) -> None:
+    """Stop ``pool`` (a ProcessPoolExecutor) at once: no new task or worker, its worker processes
+    killed (what they were computing is lost, a rerun recomputes it), its manager thread joined."""
+    # the executor's own dict: a worker still being started while shutdown() waits for it lands there
+    live = getattr(pool, "_processes", None)
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    processes = list(live.values()) if live is not None else []
+    for p in processes:
+        try:
+            p.kill()
+        except (OSError, ValueError, AttributeError):  # already gone or closed
+            pass
+    for p in processes:
+        try:
+            p.join(STOP_WAIT_S)
+        except (OSError, ValueError, AssertionError):
+            pass
+    if manager is not None:
+        manager.join(STOP_WAIT_S)
+
+
+@contextlib.contextmanager
+def _interrupts_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM held back from this thread inside the block, and from the processes it
+    starts until they unblock them (the fork server does, once it ignores SIGINT): a Ctrl-C sent to
+    the process group while the fork server starts up does not end it with a traceback."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def start_workers_early(wait: bool = False) -> None:
     """Start the fork server now (it imports and warms up while this process loads the model).
     ``wait``: return only once it has finished (one process forked from it has run), so that
     campaigns started later fork their workers at once."""
     ctx = _mp_context()
     if ctx.get_start_method() == "forkserver":
-        from multiprocessing import forkserver
+        from multiprocessing import forkserver, resource_tracker
 
-        forkserver.ensure_running()
+        resource_tracker.ensure_running()  # first: starting it unblocks the signals held back below
+        with _interrupts_blocked():
+            forkserver.ensure_running()
     if wait:
         from concurrent.futures import ProcessPoolExecutor
 
@@ -82,6 +196,10 @@ def run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job], 
     the end a worker would otherwise still have a whole task to run while this process idles).
     Pool tasks shrink as the jobs run out (at most the remaining jobs over four per process),
     and at the end this process takes back the tasks no worker has started.
+
+    On any exception (KeyboardInterrupt included) nothing more is written to ``sink``, the workers
+    are killed, and on KeyboardInterrupt the fork server too; then the exception is re-raised.
+    Every record written to ``sink`` before stays written.
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -171,11 +289,15 @@ def run_pool(evaluator: Evaluator, population: Population, jobs: Iterator[Job], 
         pool.shutdown(wait=True)
         if errors:
             raise errors[0]
-    except BaseException:
-        with lock:
-            stopped[0] = True
-        pool.shutdown(wait=False, cancel_futures=True)
+    except BaseException as exc:
+        # set before taking the lock: the callback thread may hold it while waiting on the fork server
+        stopped[0] = True
+        if isinstance(exc, KeyboardInterrupt):
+            stop_fork_server()  # first: it unblocks a thread waiting for a fork from it
+        _kill_pool(pool)
+        if lock.acquire(timeout=STOP_WAIT_S):  # a write to the sink in progress ends before the store closes
+            lock.release()
         raise
 
 
-__all__ = ["LONG_TASK_S", "MP_CONTEXT", "PRELOAD", "run_pool", "start_workers_early"]
+__all__ = ["LONG_TASK_S", "MP_CONTEXT", "PRELOAD", "STOP_WAIT_S", "run_pool", "start_workers_early", "stop_fork_server"]

@@ -12,6 +12,11 @@ grid uses ``SeedSequence(seed).spawn(chips_per_rate)[j]`` at every rate and grou
 :func:`sysarray.faultgen.population`); the fault-free run is done once, in the parent, and shipped
 to the workers; every result is computed from integer counts; rows are written sorted by chip id
 with floats in their shortest round-trip form. Nothing in ``results.csv`` depends on the workers.
+
+Interrupts: SIGINT, and SIGTERM while :func:`run_campaign` runs in the main thread of a process
+that left SIGTERM at its default, stop the workers (and the fork server), write ``results.csv``
+from every chip finished so far and raise :class:`sysarray.lifecycle.Interrupted` (a
+KeyboardInterrupt) saying how far it got; rerunning the same call resumes.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from mitigation.campaign.populations import Population
 from mitigation.campaign.stats import aggregate
 from mitigation.campaign.store import AGGREGATES, RESULTS, CampaignStore, csv_text
 from sysarray.atomic import write_text
+from sysarray.lifecycle import Interrupted, sigterm_as_interrupt
 from sysarray.runtime import threads
 from sysarray.validation import check_choice, check_fraction, check_instance, check_output_path, check_positive_int
 
@@ -66,6 +72,7 @@ def campaign_config(task: Any, population: Population, cfg: Any, engine: str, cr
             "confidence": confidence, "population": {"kind": population.kind, **population.describe()}}
 
 
+@sigterm_as_interrupt()
 def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out: str, cfg: Any, *,
                  engine: str = "fast", critical_drop: float = DEFAULT_CRITICAL_DROP, confidence: float = 0.95,
                  workers: int | None = None, scheduler: Any = None, progress: bool = False, batch_size: int | None = None,
@@ -76,6 +83,8 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
     ``scheduler``: a Dask scheduler address, ``"local"`` (a LocalCluster of ``workers`` processes),
     a Cluster or a Client. Results do not depend on either. Rerunning with the same arguments
     resumes (finished chips are skipped); a different configuration in ``out`` is a ValueError.
+    Interrupted (SIGINT; SIGTERM too, see the module docstring), it keeps every finished chip and
+    raises :class:`sysarray.lifecycle.Interrupted`, whose text gives the chips done out of all.
     ``chunk_size``: chips per task sent to a worker (default: enough for about
     ``jobs.TASK_SECONDS`` of work each, from the fault-free run's time; see :func:`auto_chunk_size`).
     """
@@ -147,6 +156,11 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
             write_aggregates(store, population.aggregate_keys, confidence)
         return CampaignRun(store.directory, population.size, done_before, evaluated, clean,
                            time.perf_counter() - t_start, setup_s, first_result_s)
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Interrupted):
+            raise
+        raise Interrupted(f"interrupted at {len(store.records)}/{population.size} chips; "
+                          "rerun the same command to resume") from exc
     finally:
         store.close()
 

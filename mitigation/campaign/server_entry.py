@@ -8,10 +8,35 @@ fork of a process with live thread pools can hang or run slowly), the engines' p
 that torch initialises and numba loads its cached kernels here and every worker forked from the
 server starts warm. It is the one module of the project that changes the process at import,
 because ``multiprocessing``'s fork-server preload can only import modules.
+
+The server ignores SIGINT from here on (a Ctrl-C reaches the whole process group; the campaign
+process stops the server and its workers itself), and its workers inherit that. While it warms up,
+a thread watches the campaign process and ends the server if it dies; afterwards the server's own
+loop does (its "alive" pipe reads EOF), and the thread is gone before the first fork.
 """
 from __future__ import annotations
 
 import os
+import signal
+import threading
+
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+if hasattr(signal, "pthread_sigmask"):  # held back by the campaign process while it started this one
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+_PARENT = os.getppid()
+_warm = threading.Event()
+
+
+def _exit_if_orphaned() -> None:
+    """Poll the parent every 0.1 s until the warm-up is done; exit at once if it died (this
+    process was re-parented)."""
+    while not _warm.wait(0.1):
+        if os.getppid() != _PARENT:
+            os._exit(0)
+
+
+_watcher = threading.Thread(target=_exit_if_orphaned, name="forkserver-warmup-watch", daemon=True)
+_watcher.start()
 
 # numba, OpenMP and MKL read these once, when they load: here, before (mitigation.campaign loads neither)
 for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -57,4 +82,8 @@ def warm_up() -> None:
     RateGrid([0.1], 1, 0, [FaultGroup(("psum",))]).chip(0, sa.ArrayConfig(4, 4))
 
 
-warm_up()
+try:
+    warm_up()
+finally:
+    _warm.set()
+    _watcher.join()  # the server forks its workers from a single-threaded process
