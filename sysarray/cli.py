@@ -169,7 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_BAD_INPUT)
             sys.stdout.flush()  # a closed pipe shows here, inside the handlers below, not at exit
             return code
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, SystemError) as raised:
+        exc = lifecycle.interrupt_of(raised)
+        if exc is None:
+            raise
         if isinstance(exc, lifecycle.Interrupted):
             message = _one_line(exc)
         elif command in resumable:

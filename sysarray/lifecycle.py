@@ -31,6 +31,21 @@ class Interrupted(KeyboardInterrupt):
     line for the user, e.g. ``interrupted at 1078/3000 chips; rerun the same command to resume``."""
 
 
+def interrupt_of(exc: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt behind ``exc``: itself, or for a SystemError the one in its cause
+    chain (an interrupt raised while a compiled function returns, e.g. a numba kernel, surfaces as
+    "returned a result with an exception set"); None when there is none."""
+    seen = 0
+    while exc is not None and seen < 16:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        if not isinstance(exc, SystemError):
+            return None
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Inside the block, SIGTERM raises KeyboardInterrupt in the main thread; the previous handler

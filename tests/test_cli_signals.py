@@ -18,6 +18,13 @@ from sysarray.cli import main
 REPO = Path(__file__).resolve().parent.parent
 
 
+def _compiled_interrupt() -> SystemError:
+    """What a KeyboardInterrupt raised while a compiled function (a numba kernel) returns becomes."""
+    exc = SystemError("CPUDispatcher(<function kernel>) returned a result with an exception set")
+    exc.__cause__ = KeyboardInterrupt()
+    return exc
+
+
 @pytest.fixture
 def boom(monkeypatch):
     """A subcommand ``boom KIND`` that raises what ``KIND`` names (registered for one test)."""
@@ -31,6 +38,8 @@ def boom(monkeypatch):
         "interrupt": KeyboardInterrupt,
         "interrupted": lambda: lifecycle.Interrupted("interrupted at 7/9 chips; rerun the same command to resume"),
         "pipe": lambda: BrokenPipeError(32, "Broken pipe"),
+        "compiled-interrupt": _compiled_interrupt,
+        "system": lambda: SystemError("a bug"),
     }
 
     def run(args):
@@ -124,3 +133,11 @@ def test_a_closed_stdout_ends_quietly(tmp_path, args, codes):
     finally:
         os.close(write_end)
     assert done.stderr.decode() == "" and done.returncode in codes
+
+
+
+def test_an_interrupt_inside_a_compiled_call_is_one_line_and_exit_code_130(boom, capsys):
+    code, out, err = run_cli(["boom", "compiled-interrupt"], capsys)
+    assert code == 130 and out == "" and err.count("\n") == 1 and err.startswith("sysarray: interrupted")
+    with pytest.raises(SystemError, match="a bug"):
+        main(["boom", "system"])

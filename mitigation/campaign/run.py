@@ -33,7 +33,7 @@ from mitigation.campaign.populations import Population
 from mitigation.campaign.stats import aggregate
 from mitigation.campaign.store import AGGREGATES, RESULTS, CampaignStore, csv_text
 from sysarray.atomic import write_text
-from sysarray.lifecycle import Interrupted, sigterm_as_interrupt
+from sysarray.lifecycle import Interrupted, interrupt_of, sigterm_as_interrupt
 from sysarray.runtime import threads
 from sysarray.validation import check_choice, check_fraction, check_instance, check_output_path, check_positive_int
 
@@ -156,9 +156,12 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
             write_aggregates(store, population.aggregate_keys, confidence)
         return CampaignRun(store.directory, population.size, done_before, evaluated, clean,
                            time.perf_counter() - t_start, setup_s, first_result_s)
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, Interrupted):
+    except (KeyboardInterrupt, SystemError) as raised:
+        exc = interrupt_of(raised)
+        if exc is None:
             raise
+        if isinstance(exc, Interrupted):
+            raise exc from None
         raise Interrupted(f"interrupted at {len(store.records)}/{population.size} chips; "
                           "rerun the same command to resume") from exc
     finally:
