@@ -422,3 +422,29 @@ def float_and_chip_calls(model, x, program, cfg, seed: int, n_maps: int) -> tupl
            for s, fm in maps.items()},
     }
     return maps, calls
+
+
+def train_base_model(name: str, dataset: str, epochs: int, path: Path, select=None, **model_kw) -> tuple[str, float]:
+    """Train zoo model ``name`` (weights and shuffling seed 0) on ``dataset``'s training images
+    (``select``: the indices or slice to train on, default all), save it as a checkpoint at
+    ``path``; returns (path, training seconds)."""
+    import torch
+
+    from accel_models.checkpoint import save_checkpoint
+    from accel_models.data import load_dataset
+    from accel_models.evaluation import DEFAULT_CALIBRATION_IMAGES
+    from accel_models.train import evaluate, train
+    from accel_models.zoo import build_model
+
+    data = load_dataset(dataset)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model(name, data.input_shape, data.num_classes, **model_kw)
+    keep = slice(None) if select is None else select
+    t0 = time.perf_counter()
+    history = train(model, data.train_x[keep], data.train_y[keep], epochs=epochs, seed=0, progress=False)
+    seconds = time.perf_counter() - t0
+    history["test_accuracy"] = evaluate(model, data.test_x, data.test_y)
+    save_checkpoint(path, model, dataset=data, preprocessing=data.preprocessing, history=history,
+                    extra={"calibration": {"images": DEFAULT_CALIBRATION_IMAGES, "split": "train", "method": "minmax"}})
+    return str(path), seconds
