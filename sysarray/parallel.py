@@ -36,16 +36,20 @@ class MeasuredChoice:
     ``choice(key, options)`` runs one of ``options`` (callables returning the same value) and
     returns its result. While a key is new, calls take the options in turn; the first call of
     each is a warm-up and then ``trials`` are timed, after which the key keeps the option with
-    the lowest median time. Keys are kept for the ``max_keys`` most recently decided."""
+    the lowest median time. Keys are kept for the ``max_keys`` most recently decided. ``force``:
+    an option's index that every call takes (tests), None to measure."""
 
     def __init__(self, trials: int = TRIALS, max_keys: int = 4096) -> None:
         self.trials = trials
         self.max_keys = max_keys
+        self.force: int | None = None
         self._timings: dict[Hashable, list[list[float]]] = {}
         self._chosen: OrderedDict[Hashable, int] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, key: Hashable, options: Sequence[Callable[[], T]]) -> T:
+        if self.force is not None:
+            return options[self.force]()
         chosen = self._chosen.get(key)
         if chosen is not None:
             return options[chosen]()

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines.conv.exact import F32_LIMIT, exact_conv
-from sysarray.engines.conv.fix import apply_fix
+from sysarray.engines.conv.fix import apply_fix, is_pixel_major
 from sysarray.engines.conv.pointwise import pointwise_gemm
 from sysarray.engines.conv.replay_conv import replay_by_segment_conv
 from sysarray.engines.conv.replay_direct import replay_direct
@@ -41,6 +41,7 @@ from sysarray.engines.fast import fast_bmm
 from sysarray.engines.registers import ChipMasks, chip_masks, wrap
 from sysarray.faults import FaultMap
 from sysarray.mapping import conv_by_gemms
+from sysarray.parallel import MeasuredChoice
 
 
 def conv_native_ok(cfg: ArrayConfig, cm: ChipMasks) -> bool:
@@ -100,6 +101,9 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
     return y
 
 
+_SINGLE_FOLD_REPLAY = MeasuredChoice()
+
+
 def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound, clean,
                   settings: ReplaySettings):
     """``(y, fix)``: the layer's output without the direct replay's :class:`ChainFix` (None when
@@ -133,9 +137,17 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
     direct = len(chain_cols) > 0 and xp.device.type == "cpu" and settings.replay is Replay.DIRECT
     if direct:
         # Before the convolution, while the input is still in cache from the layer that wrote it.
-        single_fold = settings.segment_conv and K <= R
-        replay = replay_by_segment_conv if single_fold else partial(replay_direct, settings=settings)
-        fix = replay(xp, lw.gemm, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N, pb == 32)
+        args = (xp, lw.gemm, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N, pb == 32)
+        direct_replay = lambda: replay_direct(*args, settings=settings)  # noqa: E731
+        if settings.segment_conv and K <= R:
+            # single-fold layers may also replay by a segment convolution; which is faster depends on
+            # the CPU, the groups and the image size (a grouped convolution with several filters per
+            # group can be slow), so it is measured per layer shape
+            key = (tuple(xp.shape), is_pixel_major(xp), tuple(weight.shape), groups, tuple(stride), len(chain_cols),
+                   cfg.rows, cfg.cols)
+            fix = _SINGLE_FOLD_REPLAY(key, (lambda: replay_by_segment_conv(*args), direct_replay))
+        else:
+            fix = direct_replay()
     if clean is not None and cm.latches_sent_weights:
         y = clean  # the same convolution of the same input and weights, done fault-free
     else:

@@ -28,9 +28,10 @@ class Kernel(str, enum.Enum):
 @dataclass(frozen=True)
 class ReplaySettings:
     """replay, kernel: the strategies above. segment_conv: a direct replay of a layer whose GEMMs
-    fit one row fold (``K <= R``: depthwise and other small filters) takes its segment sums from
-    one grouped convolution and runs its chains in one pass (replay_conv.py) instead of the
-    kernel walking every output's taps. pairs: the SIMD kernel runs the outputs of one array
+    fit one row fold (``K <= R``: depthwise and other small filters) may take its segment sums from
+    one grouped convolution and run its chains in one pass (replay_conv.py) instead of the kernel
+    walking every output's taps; which of the two runs is measured per layer shape (False: always
+    the kernel). pairs: the SIMD kernel runs the outputs of one array
     column (column folds of a wide layer: the same taps) in pairs that share each tap's loads.
     run_target: values per contiguous run of the direct replay (images are laid side by side
     until one tap over their output planes is about this long: long runs amortise loop
