@@ -59,8 +59,7 @@ def run_train(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, args.data_dir)
     model, history = train_zoo_model(
         arch, data, args.epochs, args.seed, batch_size=args.batch_size, optimizer=args.optimizer,
-        lr=args.lr, augment=None if args.augment == "none" else args.augment, progress=not args.quiet,
-        **({"device": device} if device else {}),
+        lr=args.lr, augment=None if args.augment == "none" else args.augment, progress=not args.quiet, device=device,
     )
     save_checkpoint(args.out, model.cpu(), dataset=data, preprocessing=data.preprocessing, history=history,
                     extra={"calibration": calibration_settings()})

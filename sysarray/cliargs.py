@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, Sequence
 from sysarray.atomic import write_json
 from sysarray.config import ArrayConfig, parse_array
 from sysarray.faults import FaultMap, as_register
+from sysarray.validation import cuda_unavailable
 
 PROG = "sysarray"
 DEFAULT_ARRAY = "16x16"
@@ -358,12 +359,12 @@ def resolve_device(args: argparse.Namespace, command: str) -> str | None:
     reason = getattr(args, "cpu_only_reason", None)
     if reason:
         raise ValueError(f"sysarray {command} runs on the CPU only ({reason}); leave out --device cuda.")
-    import torch
+    why = cuda_unavailable()
+    if why is not None:
+        import torch
 
-    if not torch.cuda.is_available():
-        build = "a CPU-only build" if torch.version.cuda is None else "a CUDA build, but it sees no GPU"
-        raise ValueError(f"--device cuda needs a CUDA-enabled torch and a GPU; this torch {torch.__version__} is "
-                         f"{build}. Use --device cpu.")
+        raise ValueError(f"--device cuda needs a CUDA-enabled torch and a GPU; this torch {torch.__version__} {why}. "
+                         "Use --device cpu.")
     return "cuda"
 
 

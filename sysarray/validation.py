@@ -224,11 +224,21 @@ def check_device(device: object, name: str, where: str):
     if dev.type not in ("cpu", "cuda"):  # the fast engine's kernels and the cycle engine's copies are CPU or CUDA
         raise ValueError(f"The '{name}' argument of {where} must be a CPU or CUDA device such as 'cpu' or 'cuda:0'. "
                          f"Got {device!r} instead.")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        why = "is a CPU-only build" if torch.version.cuda is None else "sees no CUDA device"
+    why = cuda_unavailable() if dev.type == "cuda" else None
+    if why is not None:
         raise ValueError(f"The '{name}' argument of {where} is {device!r}, but this torch has no CUDA device: torch "
                          f"{torch.__version__} {why}. Use 'cpu'.")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"The '{name}' argument of {where} is {device!r}, but this machine has "
                          f"{torch.cuda.device_count()} CUDA device(s), numbered from 0.")
     return dev
+
+
+def cuda_unavailable() -> str | None:
+    """Why torch cannot run on CUDA here ("is a CPU-only build" or "sees no CUDA device"), or None
+    when it can."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    return "is a CPU-only build" if torch.version.cuda is None else "sees no CUDA device"

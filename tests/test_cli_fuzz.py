@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from sysarray.cli import build_parser, main
+from tests.clitools import leaf_parsers, visible_options
 
 CHEAP = {"cycles", "faults", "report"}
 # Values that no option takes: each is malformed for numbers, names, lists and choices alike.
@@ -30,30 +31,7 @@ NUMBERS = ["0", "1", "2", "-1", "0.5", "1e-9", "3", "17", "-0.5", "100"]
 LISTS = ["0,0.01", "0.01,0.02", "24-31", "31", "psum", "psum,act", "weight", "0,1", "random", "8x8", "4x4"]
 
 
-def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """Every leaf command (``faults generate``, ``run``, ...) by its words joined with a space."""
-    out: dict[str, argparse.ArgumentParser] = {}
-
-    def walk(prefix: str, p: argparse.ArgumentParser) -> None:
-        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
-        if not subs:
-            out[prefix.strip()] = p
-            return
-        for name, sub in subs[0].choices.items():
-            walk(f"{prefix} {name}", sub)
-
-    walk("", parser)
-    return out
-
-
-def _options(p: argparse.ArgumentParser) -> list[argparse.Action]:
-    """The options a user types (no help, no hidden deprecated aliases)."""
-    return [a for a in p._actions if a.option_strings and a.help != argparse.SUPPRESS
-            and not isinstance(a, (argparse._HelpAction, argparse._VersionAction))]
-
-
-PARSER = build_parser()
-COMMANDS = _commands(PARSER)
+COMMANDS = dict(leaf_parsers(build_parser()))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +61,7 @@ def argv(draw, files: dict[str, str], out_dir: Path) -> tuple[list[str], str]:
     """(argument list, its command) for one fuzzed call, outputs under ``out_dir``."""
     command = draw(st.sampled_from(sorted(COMMANDS)))
     parser = COMMANDS[command]
-    options = _options(parser)
+    options = visible_options(parser)
     paths = sorted(files.values())
     chosen = draw(st.lists(st.sampled_from(options), unique_by=id, max_size=len(options))) if options else []
     required = [a for a in options if a.required and a not in chosen]

@@ -18,7 +18,7 @@ import pytest
 
 import sysarray as sa
 from sysarray.cli import build_parser, main
-from tests.clitools import run_cli
+from tests.clitools import leaf_parsers, run_cli, visible_options
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("train", "import-model", "run", "clip", "demo", "fat", "efat", "campaign", "sweep", "importance", "report",
@@ -32,23 +32,7 @@ def mlp(tmp_path_factory):
     return path
 
 
-def subparsers(parser: argparse.ArgumentParser, prefix: str = ""):
-    """``(name, parser)`` of every subcommand, nested ones as ``"faults generate"``."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for name, sub in action.choices.items():
-                full = f"{prefix}{name}"
-                nested = list(subparsers(sub, full + " "))
-                yield from nested or [(full, sub)]
-
-
-def options(parser: argparse.ArgumentParser):
-    """The visible optional actions (not --help, not hidden aliases)."""
-    return [a for a in parser._actions if a.option_strings and a.help is not argparse.SUPPRESS
-            and not isinstance(a, argparse._HelpAction)]
-
-
-PARSERS = dict(subparsers(build_parser()))
+PARSERS = dict(leaf_parsers(build_parser()))
 
 
 def test_every_command_is_covered():
@@ -58,7 +42,7 @@ def test_every_command_is_covered():
 # ------------------------------------------------------------------------------ one vocabulary
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_option_states_its_default_or_that_it_is_required(name):
-    missing = [a.option_strings[-1] for a in options(PARSERS[name])
+    missing = [a.option_strings[-1] for a in visible_options(PARSERS[name])
                if not a.required and "default" not in a.help and "required" not in a.help]
     assert not missing, f"sysarray {name}: options whose --help gives no default: {missing}"
 
@@ -71,7 +55,7 @@ SHARED = {"--value": "random", "--seed": 0, "--array": "16x16", "--dataflow": "w
 def test_shared_options_have_one_default_everywhere(option, default):
     seen = 0
     for name, p in PARSERS.items():
-        for a in options(p):
+        for a in visible_options(p):
             if option in a.option_strings and not (option == "--array" and name in ("run", "fat")):
                 assert a.default == default, f"sysarray {name} {option} defaults to {a.default!r}"
                 seen += 1
@@ -82,9 +66,9 @@ def test_random_fault_options_are_the_same_in_run_campaign_and_faults_generate()
     names = {"--rate", "--fault-model", "--bernoulli", "--faults-per-pe", "--clusters", "--register", "--bits", "--value",
              "--seed"}
     for name, rate in (("run", "--rate"), ("faults generate", "--rate"), ("campaign", "--rates")):
-        given = {s for a in options(PARSERS[name]) for s in a.option_strings}
+        given = {s for a in visible_options(PARSERS[name]) for s in a.option_strings}
         assert (names - {"--rate"}) | {rate} <= given, name
-    helps = {name: {a.option_strings[-1]: a.help for a in options(PARSERS[name])}
+    helps = {name: {a.option_strings[-1]: a.help for a in visible_options(PARSERS[name])}
              for name in ("run", "campaign", "faults generate")}
     for option in ("--fault-model", "--bernoulli", "--faults-per-pe", "--clusters", "--register", "--value"):
         assert len({h[option] for h in helps.values()}) == 1, option
@@ -92,15 +76,15 @@ def test_random_fault_options_are_the_same_in_run_campaign_and_faults_generate()
 
 def test_model_is_always_a_checkpoint_and_the_zoo_architecture_is_arch():
     for name, p in PARSERS.items():
-        for a in options(p):
+        for a in visible_options(p):
             if "--model" in a.option_strings:
                 assert a.metavar == "MODEL.pt", name
-    assert any("--arch" in a.option_strings for a in options(PARSERS["train"]))
+    assert any("--arch" in a.option_strings for a in visible_options(PARSERS["train"]))
 
 
 def test_device_on_every_command_that_computes():
     for name in ("run", "campaign", "sweep", "importance", "train", "import-model", "fat", "efat", "clip"):
-        assert any("--device" in a.option_strings for a in options(PARSERS[name])), name
+        assert any("--device" in a.option_strings for a in visible_options(PARSERS[name])), name
 
 
 def test_docs_cli_lists_every_option_of_every_command():
@@ -110,7 +94,7 @@ def test_docs_cli_lists_every_option_of_every_command():
     shared = doc.split("## Commands")[0]
     for name in COMMANDS:
         assert name in by_command, f"docs/cli.md has no section for sysarray {name}"
-        for a in options(PARSERS[name]):
+        for a in visible_options(PARSERS[name]):
             listed = any(f"`{s}" in by_command[name] or f"`{s}" in shared for s in a.option_strings)
             assert listed, f"docs/cli.md misses sysarray {name} {a.option_strings[-1]}"
 
