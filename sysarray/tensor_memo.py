@@ -40,6 +40,15 @@ class TensorMemo:
         self._bytes = 0
         self._lock = threading.Lock()  # programs may run in several threads (Dask workers)
 
+    def get_for(self, owner: object, tensors: tuple[torch.Tensor, ...], key: Hashable, compute: Callable[[], Any],
+                nbytes: Callable[[Any], int] = lambda value: 0) -> Any:
+        """:meth:`get` for a value that also depends on an object compared by identity (a chip's
+        masks): its ``id`` joins the key and the entry holds the object, so that id cannot be
+        reused by another object while the value is kept. ``nbytes`` sizes the value; the key
+        tensors count too."""
+        size = lambda held: sum(t.nbytes for t in tensors) + int(nbytes(held[1]))  # noqa: E731
+        return self.get(tensors, (id(owner), key), lambda: (owner, compute()), nbytes=size)[1]
+
     def get(self, tensors: tuple[torch.Tensor, ...], key: Hashable, compute: Callable[[], Any],
             nbytes: Callable[[Any], int] = lambda value: 0) -> Any:
         full = (tuple(_identity(t) for t in tensors), key)

@@ -100,3 +100,25 @@ def test_latched_weights_are_narrow_and_made_once():
     gemm[:, 1::8, 0] |= -128  # the stuck sign bit: a signed 8-bit read-back
     np.testing.assert_array_equal(lf.gemm[:, :18, :2].numpy(), gemm.numpy())
     np.testing.assert_array_equal(lf.conv.w.numpy(), gemm.transpose(1, 2).reshape(6, 2, 3, 3).numpy())
+
+
+def test_a_value_kept_for_an_owner_is_keyed_by_its_identity_and_holds_it():
+    import gc
+    import weakref
+
+    memo = TensorMemo()
+    t = torch.arange(4)
+
+    class Owner:
+        pass
+
+    a, b = Owner(), Owner()
+    calls = []
+    compute = lambda: calls.append(1) or len(calls)  # noqa: E731
+    assert memo.get_for(a, (t,), "k", compute) == 1
+    assert memo.get_for(a, (t,), "k", compute) == 1  # same owner, same tensors and key: kept
+    assert memo.get_for(b, (t,), "k", compute) == 2  # another owner: its own value
+    held = weakref.ref(a)
+    del a
+    gc.collect()
+    assert held() is not None  # the entry holds its owner, so its id cannot be reused meanwhile

@@ -27,9 +27,9 @@ def replay_by_segment_conv(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig,
     Returns the :class:`ChainFix` the direct kernels give (in the input's layout), or None when
     no output is replayed."""
     cin = int(xp.shape[1])
-    plan = _SEGMENT_PLANS.get((Wp,), (id(cm), cfg, chain_cols.tobytes(), tuple(kernel), N, linear_tail, cin),
-                              lambda: (cm, _segment_plan(Wp, cfg, cm, chain_cols, kernel, N, linear_tail, cin)),
-                              nbytes=lambda v: Wp.nbytes + (0 if v[1] is None or v[1][0] is None else v[1][0].w.nbytes))[1]
+    plan = _SEGMENT_PLANS.get_for(cm, (Wp,), (cfg, chain_cols.tobytes(), tuple(kernel), N, linear_tail, cin),
+                                  lambda: _segment_plan(Wp, cfg, cm, chain_cols, kernel, N, linear_tail, cin),
+                                  nbytes=lambda v: 0 if v is None or v[0] is None else v[0].w.nbytes)
     if plan is None:
         return None
     filters, n_idx, keep, ones = plan
@@ -51,8 +51,8 @@ def replay_by_segment_conv(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig,
     return ChainFix(n_idx, tot.reshape(B, oh * ow, -1) if one_pixel else tot, linear_tail, pixel_major)
 
 
-# Per chip, latched weights and replayed columns: what the replay needs besides the input (a
-# campaign's chip runs every batch through the same plans).
+# Per chip (its masks), latched weights and replayed columns: what the replay needs besides the
+# input (a chip runs every batch through the same plans).
 _SEGMENT_PLANS = TensorMemo(max_entries=1024, max_bytes=256 << 20)
 
 

@@ -18,8 +18,8 @@ from sysarray.mapping import conv_output_size
 from sysarray.tensor_memo import TensorMemo
 
 
-# Per chip, latched weights and input geometry: the plan and tap tables (the chip holds them for
-# every batch; the entry holds the chip's masks, whose identity is in the key).
+# Per chip (its masks), latched weights and input geometry: the plan and tap tables, kept for every
+# batch the chip runs.
 _DIRECT_PLANS = TensorMemo(max_entries=1024, max_bytes=256 << 20)
 
 
@@ -62,11 +62,11 @@ def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: Chip
                           simd, amax, settings.pairs)
         if out[7]:  # every partial sum exact in float32: the kernels read float32 weights
             out = out[:6] + (out[6].astype(np.float32),) + out[7:]
-        return cm, out
-    key = (id(cm), chain_cols.tobytes(), N, cfg.cols, cfg.psum_bits, linear_tail, Cin, kh, kw, sh, sw, Hq, G * Wq,
-           simd, amax, settings.pairs)
-    n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd = _DIRECT_PLANS.get(
-        (Wp,), key, plan, nbytes=lambda v: Wp.nbytes + sum(a.nbytes for a in v[1] if isinstance(a, np.ndarray)))[1]
+        return out
+    key = (chain_cols.tobytes(), N, cfg.cols, cfg.psum_bits, linear_tail, Cin, kh, kw, sh, sw, Hq, G * Wq, simd, amax,
+           settings.pairs)
+    n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd = _DIRECT_PLANS.get_for(
+        cm, (Wp,), key, plan, nbytes=lambda v: sum(a.nbytes for a in v if isinstance(a, np.ndarray)))
     if not len(n_idx):
         return None
     NG = -(-B // G)
