@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +22,9 @@ from sysarray.mapping import conv_by_gemms, conv_output_size
 from sysarray.stats import GemmStats
 from sysarray.timing import cached_gemm_timing
 from sysarray.validation import check_array_dtype, check_bool, check_device, check_enum, check_instance, check_int
+
+if TYPE_CHECKING:
+    from sysarray.repair import RepairPlan
 
 __all__ = ["Chip", "ConvHints", "Engine"]
 
@@ -104,19 +108,37 @@ def _check_bmm(a: object, w: object, act_signed: object) -> bool:
 class Chip:
     """One chip: ``config`` (the array), ``faults`` (its stuck bits; None for a fault-free chip),
     the ``engine`` that simulates it (``"fast"`` or ``"cycle"``, bit for bit the same results)
-    and the torch ``device`` the fast engine runs on (None: where the operands are)."""
+    and the torch ``device`` the fast engine runs on (None: where the operands are).
+
+    An array with spare rows or columns (``config.spare_rows``, ``spare_cols``) takes the map of its
+    physical array and ``repair``, a :class:`sysarray.repair.RepairPlan` or ``"auto"`` (None:
+    ``"auto"``, :func:`sysarray.repair.allocate_repair`). The chip then keeps the given map as
+    ``physical_faults``, the plan as ``repair``, and ``faults`` is the logical ``rows x cols`` map
+    (:func:`sysarray.repair.logical_map`) that both engines simulate (docs/repair.md). Without
+    spares ``repair`` is None (``"auto"`` changes nothing) and ``physical_faults`` is ``faults``."""
 
     config: ArrayConfig
     faults: FaultMap | None = None
     engine: Engine | str = Engine.FAST
     device: torch.device | str | None = None
+    repair: RepairPlan | str | None = None
+    physical_faults: FaultMap | None = field(default=None, init=False, repr=False)
     _masks: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         check_instance(self.config, ArrayConfig, "config", "Chip")
         check_instance(self.faults, FaultMap, "faults", "Chip", none_ok=True)
-        if self.faults is not None:
-            self.faults.check_fits(self.config.rows, self.config.cols, self.config.psum_bits)
+        object.__setattr__(self, "physical_faults", self.faults)
+        if not self.config.has_spares and (self.repair is None or self.repair == "auto"):
+            object.__setattr__(self, "repair", None)  # nothing to fuse out
+            if self.faults is not None:
+                self.faults.check_fits(self.config.rows, self.config.cols, self.config.psum_bits)
+        else:
+            from sysarray.repair import apply_repair
+
+            plan, logical = apply_repair(self.config, self.faults, self.repair, "Chip")
+            object.__setattr__(self, "repair", plan)
+            object.__setattr__(self, "faults", logical)
         object.__setattr__(self, "engine", check_enum(self.engine, Engine, "engine", "Chip"))
         object.__setattr__(self, "device", check_device(self.device, "device", "Chip"))
 
@@ -128,7 +150,7 @@ class Chip:
 
     def fault_free(self, engine: Engine | str | None = None) -> "Chip":
         """The same array without faults (on ``engine``, default this chip's)."""
-        return Chip(self.config, None, self.engine if engine is None else engine, self.device)
+        return Chip(self.config, None, self.engine if engine is None else engine, self.device, self.repair)
 
     def masks(self, act_signed: bool):
         """The chip's register masks for activations read back signed or not (made once)."""

@@ -40,6 +40,11 @@ class ArrayConfig:
     ``psum_bits`` is the width in bits of the in-array partial-sum/accumulator register
     (two's complement, wraps on overflow); 32 is TPU-like, 20 Gemmini-like. ``bypass`` turns on
     the fault-aware-pruning hardware: a faulty PE forwards its inputs and adds nothing.
+
+    ``spare_rows`` and ``spare_cols``: redundant rows and columns of PEs fabricated beside the
+    array (docs/repair.md). ``rows x cols`` is the logical array that workloads and timing see;
+    the physical array is ``physical_shape`` = ``(rows + spare_rows, cols + spare_cols)`` and a
+    repair plan (:mod:`sysarray.repair`) fuses out ``spare_rows`` rows and ``spare_cols`` columns.
     """
 
     rows: int
@@ -47,6 +52,8 @@ class ArrayConfig:
     dataflow: Dataflow | str = Dataflow.WS
     psum_bits: int = 32
     bypass: bool = False
+    spare_rows: int = 0
+    spare_cols: int = 0
 
     def __post_init__(self) -> None:
         for name in ("rows", "cols"):
@@ -56,6 +63,8 @@ class ArrayConfig:
         object.__setattr__(self, "psum_bits", check_int(self.psum_bits, "psum_bits", "ArrayConfig", lo=MIN_PSUM_BITS,
                                                         hi=MAX_PSUM_BITS))
         object.__setattr__(self, "bypass", check_bool(self.bypass, "bypass", "ArrayConfig"))
+        for name in ("spare_rows", "spare_cols"):
+            object.__setattr__(self, name, check_int(getattr(self, name), name, "ArrayConfig", lo=0))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -64,6 +73,15 @@ class ArrayConfig:
     @property
     def n_pes(self) -> int:
         return self.rows * self.cols
+
+    @property
+    def has_spares(self) -> bool:
+        return bool(self.spare_rows or self.spare_cols)
+
+    @property
+    def physical_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the fabricated array, spares included."""
+        return (self.rows + self.spare_rows, self.cols + self.spare_cols)
 
     def replace(self, **changes: Any) -> "ArrayConfig":
         """A copy with some fields changed (validated again)."""
@@ -75,7 +93,13 @@ class ArrayConfig:
         return d
 
     def to_dict(self) -> dict[str, Any]:
-        return {"version": CONFIG_VERSION, **self._fields()}
+        """The JSON form; the spare counts appear only when non-zero, so an array without spares has
+        the same dict (and campaign configuration hash) as before spares existed."""
+        d = self._fields()
+        for name in ("spare_rows", "spare_cols"):
+            if not d[name]:
+                del d[name]
+        return {"version": CONFIG_VERSION, **d}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ArrayConfig":
@@ -83,7 +107,7 @@ class ArrayConfig:
         version = d.pop("version", CONFIG_VERSION)
         if version != CONFIG_VERSION:
             raise ValueError(f"ArrayConfig version {version!r} is not supported; this sysarray reads version {CONFIG_VERSION}.")
-        unknown = set(d) - {"rows", "cols", "dataflow", "psum_bits", "bypass"}
+        unknown = set(d) - {"rows", "cols", "dataflow", "psum_bits", "bypass", "spare_rows", "spare_cols"}
         if unknown:
             raise ValueError(f"ArrayConfig got unknown field(s) {sorted(unknown)}.")
         return cls(**d)
@@ -99,6 +123,8 @@ class ArrayConfig:
 
     def __str__(self) -> str:
         extra = ", bypass" if self.bypass else ""
+        if self.has_spares:
+            extra += f", {self.spare_rows} spare row(s) and {self.spare_cols} spare column(s)"
         return f"{self.rows}x{self.cols} {self.dataflow.value.upper()}, {self.psum_bits}-bit psum{extra}"
 
 

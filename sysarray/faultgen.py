@@ -1,4 +1,4 @@
-"""Seeded, reproducible fault-map generators (docs/design.md §2.9).
+"""Seeded, reproducible fault-map generators (docs/design.md §2.10).
 
 Every generator takes a ``seed`` (an int, a :class:`numpy.random.SeedSequence` or a
 :class:`numpy.random.Generator`) and the array geometry (an :class:`~sysarray.ArrayConfig`, a
@@ -29,7 +29,7 @@ A *site* is one ``(register, bit)`` of a PE. How a stuck bit picks its site:
   ``8 + 8 + psum_bits`` bits of every PE is equally likely); with a dict, a stuck bit lands in
   register ``g`` with probability ``weight[g]`` and uniformly on its allowed bits.
 
-Rates (docs/design.md §2.9): the PE fault rate is faulty PEs / (R x C); the bit error rate is stuck bits
+Rates (docs/design.md §2.10): the PE fault rate is faulty PEs / (R x C); the bit error rate is stuck bits
 / all register bits of the array, ``R x C x (16 + psum_bits)``, whatever the allowed choices are.
 ``exact=True`` draws exactly ``round(rate x total)`` (Python's ``round``, half to even) distinct
 PEs or sites; ``exact=False`` makes every PE (site) faulty independently, with the same expected

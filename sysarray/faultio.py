@@ -1,4 +1,4 @@
-"""The fault-map file format (docs/design.md §2.9): one versioned ``.npz`` archive, validated on load.
+"""The fault-map file format (docs/design.md §2.10): one versioned ``.npz`` archive, validated on load.
 
 A fault-map file is a numpy ``.npz`` archive (a zip of ``.npy`` members, written compressed, no
 pickled objects) with exactly these keys:

@@ -1,4 +1,4 @@
-"""FaultMap: the permanent stuck-at faults of one chip's PE array (docs/design.md §2.3, §2.9).
+"""FaultMap: the permanent stuck-at faults of one chip's PE array (docs/design.md §2.3, §2.10).
 
 A fault is ``(row, col, register, bit, value)``: bit ``bit`` of register ``register`` in PE
 ``(row, col)`` always reads ``value``. A map belongs to one array geometry ``rows x cols``.

@@ -1,4 +1,4 @@
-"""Timing and utilization statistics of one GEMM on one array (docs/design.md §2.10)."""
+"""Timing and utilization statistics of one GEMM on one array (docs/design.md §2.11)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -13,7 +13,7 @@ class GemmStats:
     ``cycles`` is the clock count of the whole GEMM (SCALE-Sim's "Total Cycles" is
     ``cycles - 1``); ``fold_cycles`` holds the count of every fold in execution order;
     ``macs`` = M x K x N. The three utilizations are percentages exactly as SCALE-Sim v2
-    reports them (docs/design.md §2.10).
+    reports them (docs/design.md §2.11).
     """
 
     cycles: int

@@ -1,6 +1,6 @@
 """Closed-form, stall-free timing of a GEMM on the array, exactly as SCALE-Sim v2 computes it.
 
-This is the fast path for timing-only questions (docs/design.md §2.10); the cycle engine counts the
+This is the fast path for timing-only questions (docs/design.md §2.11); the cycle engine counts the
 same numbers from its own clock and both go through :func:`sysarray.stats.summarize`.
 
 Mapping (:mod:`sysarray.mapping`, SCALE-Sim's ``systolic_compute_{ws,os,is}``): a GEMM
@@ -37,7 +37,7 @@ __all__ = ["cached_gemm_timing", "conv_gemm_dims", "fold_cycles", "gemm_timing"]
 
 
 def fold_cycles(T: int, cfg: ArrayConfig) -> int:
-    """Clock cycles of one stall-free fold that streams ``T`` elements (docs/design.md §2.10).
+    """Clock cycles of one stall-free fold that streams ``T`` elements (docs/design.md §2.11).
 
     WS/IS: ``2R + C + T - 2`` (R cycles to load the stationary operand, then the skewed stream
     and the drain); OS: ``R + C + T - 2``. A partly used fold costs as much as a full one.
