@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from accel_models.ppu_kernels import layer_norm_rows, lut_codes, lut_flat, softmax_rows
+from accel_models.ppu_kernels import div_codes, layer_norm_rows, lut_codes, lut_flat, mul_codes, softmax_rows
 from accel_models.quant import channels_last, requantize, rounding_divide
 from sysarray.tensor_memo import TensorMemo
 
@@ -150,16 +150,40 @@ class BinaryUnit:
     def inputs(self) -> tuple[str, ...]:
         return (self.a, self.b)
 
+    _kernel = None  # the fused CPU kernel of the unit (ppu_kernels), same values as _integer
+
     def _integer(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def run(self, xs, rc: RunContext) -> torch.Tensor:
-        return self._integer(xs[0].to(torch.int64), xs[1].to(torch.int64)).to(torch.float32)
+        a, b = xs
+        if a.device.type == "cpu" and a.dtype == b.dtype == torch.float32 and max(a.dim(), b.dim()) <= 4:
+            return _binary_on_cpu(type(self)._kernel, a, b, self)
+        return self._integer(a.to(torch.int64), b.to(torch.int64)).to(torch.float32)
+
+
+def _binary_on_cpu(kernel, a: torch.Tensor, b: torch.Tensor, op: BinaryUnit) -> torch.Tensor:
+    """``kernel`` (:func:`~accel_models.ppu_kernels.mul_codes` or ``div_codes``) on float32 codes
+    ``a`` and ``b`` broadcast together (at most 4 dims); the output is stored like the larger
+    operand, which the kernel walks in memory order."""
+    a, b = torch.broadcast_tensors(a, b)
+    pad = (1,) * (4 - a.dim())
+    a, b = a.reshape(*pad, *a.shape) if pad else a, b.reshape(*pad, *b.shape) if pad else b
+    # the larger operand (fewest zero strides) sets the memory order; the other follows it
+    lead = a if sum(s == 0 for s in a.stride()) <= sum(s == 0 for s in b.stride()) else b
+    order = sorted(range(4), key=lambda d: (-lead.stride(d), d))
+    out = torch.empty_like(lead, memory_format=torch.preserve_format) if lead.stride().count(0) == 0 else \
+        torch.empty(lead.shape, dtype=torch.float32)
+    view = lambda t: t.permute(*order).numpy()  # noqa: E731
+    kernel(view(a), view(b), op.za, op.zb, op.m0, op.shift, op.zero_point, op.lo, op.hi, view(out), work=out.numel())
+    return out.reshape(out.shape[len(pad):]) if pad else out
 
 
 @dataclass
 class Mul(BinaryUnit):
     """``q = clamp(requantize((a - za) * (b - zb), m0, shift) + zero_point, lo, hi)``."""
+
+    _kernel = mul_codes
 
     def _integer(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         prod = (a - self.za) * (b - self.zb)
@@ -180,6 +204,8 @@ class Div(BinaryUnit):
     (``m0 / 2**shift ~ s_a / (s_b * s_out)``), ``q = clamp(round_half_up(num / den) + zero_point, lo,
     hi)`` in int64; a zero divisor gives ``lo`` or ``hi`` by the numerator's sign (``0 / 0``: the
     zero point)."""
+
+    _kernel = div_codes
 
     def _integer(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         num, den = (a - self.za) * self.m0, b - self.zb

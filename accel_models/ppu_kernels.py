@@ -124,3 +124,42 @@ def product_codes(acc, a, b, za, zb, m0, shift, zero_point, lo, hi, out):
                 total = np.int64(acc[g, m, n]) + base - za * cols[n]
                 q = ((total * m0 + half) >> shift) + zero_point
                 out[g, m, n] = min(max(q, lo), hi)
+
+
+@threaded(ELEMENTWISE)
+def mul_codes(a, b, za, zb, m0, shift, zero_point, lo, hi, out):
+    """:class:`accel_models.ppu.Mul` in one pass: a, b, out (D0, D1, D2, D3) float32 codes (``b``
+    may be a broadcast view with zero strides); ``out = clamp(((a - za) * (b - zb) * m0 +
+    2**(shift - 1)) >> shift) + zero_point, lo, hi)`` in int64, as torch computes it."""
+    D0, D1, D2, D3 = out.shape
+    half = np.int64(1) << (shift - 1)
+    for i in prange(D0 * D1):
+        i0, i1 = i // D1, i % D1
+        for i2 in range(D2):
+            for i3 in range(D3):
+                p = (np.int64(a[i0, i1, i2, i3]) - za) * (np.int64(b[i0, i1, i2, i3]) - zb)
+                q = ((p * m0 + half) >> shift) + zero_point
+                out[i0, i1, i2, i3] = min(max(q, lo), hi)
+
+
+@threaded(ELEMENTWISE)
+def div_codes(a, b, za, zb, m0, shift, zero_point, lo, hi, out):
+    """:class:`accel_models.ppu.Div` in one pass, shapes as :func:`mul_codes`: with ``num = (a -
+    za) * m0`` and ``den = (b - zb) * 2**shift`` (signs moved onto ``num``), ``floor((2 * num +
+    den) / (2 * den))``, and for ``den == 0`` the numerator's sign times ``2**20`` (beyond any
+    clamp); plus ``zero_point``, clamped to ``[lo, hi]``, in int64."""
+    D0, D1, D2, D3 = out.shape
+    for i in prange(D0 * D1):
+        i0, i1 = i // D1, i % D1
+        for i2 in range(D2):
+            for i3 in range(D3):
+                num = (np.int64(a[i0, i1, i2, i3]) - za) * m0
+                den = np.int64(b[i0, i1, i2, i3]) - zb
+                if den < 0:
+                    num, den = -num, -den
+                if den == 0:
+                    q = (np.int64(1) << 20) * ((num > 0) - (num < 0))
+                else:
+                    den = den << shift
+                    q = (2 * num + den) // (2 * den)
+                out[i0, i1, i2, i3] = min(max(q + zero_point, lo), hi)

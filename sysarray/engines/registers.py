@@ -16,6 +16,8 @@ tests compare independent implementations.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -134,12 +136,35 @@ def _register(stuck: np.ndarray, ones: np.ndarray, width: int, signed: bool) -> 
                          width=width)
 
 
+# The masks of the most recent chips, by value: every Chip of one (array, map) gets the same
+# object, so the per-chip plans memoised by its identity serve them all.
+_MASKS: OrderedDict[tuple, ChipMasks] = OrderedDict()
+_MASKS_KEPT = 64
+_MASKS_LOCK = threading.Lock()
+
+
 def chip_masks(cfg: ArrayConfig, faults: FaultMap | None, act_signed: bool) -> ChipMasks:
-    """Masks of the ``weight``, ``act`` and ``psum`` registers of every PE.
+    """Masks of the ``weight``, ``act`` and ``psum`` registers of every PE (one shared object
+    per ``(cfg, faults, act_signed)`` among the most recent: not to be written).
 
     In bypass mode every faulty PE gets identity masks and ``enable = 0``: it forwards its
     inputs unchanged and adds nothing (docs/design.md §2.7).
     """
+    key = (cfg, faults, bool(act_signed))
+    with _MASKS_LOCK:
+        cm = _MASKS.get(key)
+        if cm is not None:
+            _MASKS.move_to_end(key)
+            return cm
+    cm = _chip_masks(cfg, faults, act_signed)
+    with _MASKS_LOCK:
+        cm = _MASKS.setdefault(key, cm)
+        while len(_MASKS) > _MASKS_KEPT:
+            _MASKS.popitem(last=False)
+    return cm
+
+
+def _chip_masks(cfg: ArrayConfig, faults: FaultMap | None, act_signed: bool) -> ChipMasks:
     R, C = cfg.rows, cfg.cols
     zeros = np.zeros((R, C), dtype=np.int64)
     stuck = {reg: (zeros, zeros) for reg in Register}
@@ -149,10 +174,11 @@ def chip_masks(cfg: ArrayConfig, faults: FaultMap | None, act_signed: bool) -> C
             bypassed = faults.faulty_pes()
         else:
             stuck = {reg: faults.masks(reg) for reg in Register}
-    return ChipMasks(
+    cm = ChipMasks(
         weight=_register(*stuck[Register.WEIGHT], OPERAND_BITS, True),
         act=_register(*stuck[Register.ACT], OPERAND_BITS, act_signed),
         psum=_register(*stuck[Register.PSUM], cfg.psum_bits, True),
         enable=(~bypassed).astype(np.int64),
         bypassed=bypassed,
     )
+    return cm
