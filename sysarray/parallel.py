@@ -16,7 +16,7 @@ import threading
 import time
 import types
 from collections import OrderedDict
-from typing import Callable, Hashable, Sequence, TypeVar
+from typing import Callable, Hashable, Mapping, Sequence, TypeVar
 
 import numba
 from numba import njit
@@ -33,47 +33,74 @@ T = TypeVar("T")
 class MeasuredChoice:
     """The fastest of interchangeable ways to compute one result, chosen per key by timing.
 
-    ``choice(key, options)`` runs one of ``options`` (callables returning the same value) and
-    returns its result. While a key is new, calls take the options in turn; the first call of
-    each is a warm-up and then ``trials`` are timed, after which the key keeps the option with
-    the lowest median time. Keys are kept for the ``max_keys`` most recently decided. ``force``:
-    an option's index that every call takes (tests), None to measure."""
+    ``choice(key, options)`` runs one of ``options`` (callables returning the same value, as a
+    sequence or as a mapping from labels) and returns its result. While a key is new, calls take
+    the options in turn; the first call of each is a warm-up and then ``trials`` are timed, after
+    which the key keeps the option with the lowest median time. Keys are kept for the
+    ``max_keys`` most recently decided. ``force``: an option's index or label that every call
+    takes (tests, reproducible benchmarks), None to measure.
 
-    def __init__(self, trials: int = TRIALS, max_keys: int = 4096) -> None:
+    A choice with a ``name`` whose options are labelled and whose keys are plain data (numbers,
+    strings, tuples of them) keeps its decisions in :mod:`sysarray.kernel_cache`: another process
+    on the same machine starts with them."""
+
+    def __init__(self, trials: int = TRIALS, max_keys: int = 4096, name: str | None = None) -> None:
         self.trials = trials
         self.max_keys = max_keys
-        self.force: int | None = None
+        self.name = name
+        self.force: int | str | None = None
         self._timings: dict[Hashable, list[list[float]]] = {}
-        self._chosen: OrderedDict[Hashable, int] = OrderedDict()
+        self._chosen: OrderedDict[Hashable, int | str] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, key: Hashable, options: Sequence[Callable[[], T]]) -> T:
+    def __call__(self, key: Hashable, options: Sequence[Callable[[], T]] | Mapping[str, Callable[[], T]]) -> T:
+        labels = list(options) if isinstance(options, Mapping) else None
+        calls = list(options.values()) if labels is not None else list(options)
         if self.force is not None:
-            return options[self.force]()
+            return calls[labels.index(self.force) if isinstance(self.force, str) else self.force]()
         chosen = self._chosen.get(key)
+        if chosen is None and labels is not None and self.name is not None:
+            from sysarray import kernel_cache
+
+            chosen = kernel_cache.lookup(self.name, key)
+            if chosen in labels:
+                with self._lock:
+                    self._chosen[key] = chosen
         if chosen is not None:
-            return options[chosen]()
+            if labels is None:
+                return calls[chosen]()
+            if chosen in labels:
+                return calls[labels.index(chosen)]()
         with self._lock:
-            times = self._timings.setdefault(key, [[] for _ in options])
-            which = min(range(len(options)), key=lambda i: len(times[i]))
+            times = self._timings.setdefault(key, [[] for _ in calls])
+            if len(times) != len(calls):  # another set of options for this key: measure it afresh
+                times = self._timings[key] = [[] for _ in calls]
+            which = min(range(len(calls)), key=lambda i: len(times[i]))
         start = time.perf_counter()
-        out = options[which]()
+        out = calls[which]()
         elapsed = time.perf_counter() - start
+        decided = None
         with self._lock:
             times[which].append(elapsed)
             if key in self._timings and min(len(t) for t in times) > self.trials:
                 medians = [sorted(t[1:])[len(t[1:]) // 2] for t in times]
-                self._chosen[key] = medians.index(min(medians))
+                best = medians.index(min(medians))
+                self._chosen[key] = decided = best if labels is None else labels[best]
                 del self._timings[key]
                 while len(self._chosen) > self.max_keys:
                     self._chosen.popitem(last=False)
+        if decided is not None and labels is not None and self.name is not None:
+            from sysarray import kernel_cache
+
+            kernel_cache.record(self.name, key, decided, dict(zip(labels, medians)))
         return out
 
-    def chosen(self, key: Hashable) -> int | None:
-        """The index of the option chosen for ``key`` (None while it is measured)."""
+    def chosen(self, key: Hashable) -> int | str | None:
+        """The option chosen for ``key`` (its label where the options are labelled; None while it
+        is measured)."""
         return self._chosen.get(key)
 
-    def choices(self) -> dict[Hashable, int]:
+    def choices(self) -> dict[Hashable, int | str]:
         return dict(self._chosen)
 
 
@@ -88,7 +115,7 @@ class ThreadedKernel:
         self.serial = njit(cache=True, **options)(_renamed(fn, "_serial"))
         self.min_work = min_work
         self.force: str | None = None
-        self._choice = MeasuredChoice()
+        self._choice = MeasuredChoice(name=f"threads:{fn.__module__}.{fn.__qualname__}")
         functools.update_wrapper(self, fn)
         KERNELS.append(self)
 
@@ -99,11 +126,11 @@ class ThreadedKernel:
         if work < self.min_work or threads == 1:
             return self.serial(*args)
         return self._choice((int(work).bit_length(), threads),
-                            (lambda: self.serial(*args), lambda: self.parallel(*args)))
+                            {"serial": lambda: self.serial(*args), "parallel": lambda: self.parallel(*args)})
 
     def choices(self) -> dict[tuple[int, int], str]:
         """The measured choice per (size class, threads): "serial" or "parallel" (for reports)."""
-        return {k: ("serial", "parallel")[v] for k, v in self._choice.choices().items()}
+        return self._choice.choices()
 
 
 def threaded(min_work: int, **options) -> Callable[[Callable], ThreadedKernel]:

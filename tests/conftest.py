@@ -6,13 +6,21 @@ on two cores, and two threads per worker made small trainings many times slower 
 One thread everywhere also makes the session fixtures' trained weights the same with and without
 pytest-xdist. Campaign worker processes set their own thread counts. Tests of the import-time
 contract and of untuned processes run in child processes.
+
+Measured kernel choices stay in memory in the test processes, and the commands that tests run in
+child processes keep theirs in a temporary folder (``XDG_CACHE_HOME``), never in the user's cache.
 """
 from __future__ import annotations
 
+import os
+import tempfile
+
 
 def pytest_configure(config) -> None:
-    from sysarray import runtime
+    from sysarray import kernel_cache, runtime
 
+    os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sysarray-test-cache-")
+    kernel_cache.configure(False)
     runtime.configure()
     import torch
 

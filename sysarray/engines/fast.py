@@ -17,17 +17,20 @@ tensor operation over it.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from numba import njit
 
 from sysarray import mapping
 from sysarray.config import ArrayConfig, Dataflow
-from sysarray.engines import psum
+from sysarray.engines import int8, psum
 from sysarray.engines.exact import abs_max, exact_matmul, float_dtype_for, float_gemm_is_exact
 from sysarray.engines.registers import (ChipMasks, RegisterMasks, chip_masks, compose, force, force_jit, keep_of, latched,
                                         wrap)
 from sysarray.faults import FaultMap
+from sysarray.parallel import MeasuredChoice
 
 # Largest segment-sum tensor (elements) held at once; the stream is processed in chunks above it.
 _SEG_BUDGET = 8 << 20
@@ -119,10 +122,10 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
     wrap_possible = R * amax * wmax >= (1 << (pb - 1))
     chain_cols = np.arange(C) if wrap_possible else cm.psum_columns
     plain = len(chain_cols) < C  # some outputs are the plain sums
-    Sf = S.to(fdt)  # converted once: every GEMM below reads exact float values
+    Sf = functools.cache(lambda: S.to(fdt))  # converted at most once: the float GEMMs below read exact values
     Wf = Wp.to(fdt)
     if plain:
-        Y = exact_matmul(Sf, Wf[..., :Kd, :Nd], smax, wmax, keep_float=True)
+        Y = _plain_product(S, Sf, Wp[..., :Kd, :Nd], Wf[..., :Kd, :Nd], smax, wmax, sreg.sign == 0, treg.sign == 0)
         if corr:
             cols = np.arange(Nd)
             D = torch.cat([delta for *_, delta in corr], dim=-1)  # (G, T, n_corr * Fr)
@@ -143,8 +146,30 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             Wall = Wv[:, :Kd].unsqueeze(1)
         else:
             Wall = torch.nn.functional.pad(Wv[:, :Kd], (0, 0, 0, Fr * R - Kd)).unflatten(-2, (Fr, R))
-        _replay_psum_chains(Sf, Wall.transpose(0, 1), corr, cfg, p, linear_tail, amax, wmax, Y)
+        _replay_psum_chains(Sf(), Wall.transpose(0, 1), corr, cfg, p, linear_tail, amax, wmax, Y)
     return Y
+
+
+_PRODUCT = MeasuredChoice(name="fast.product")
+
+
+def _plain_product(S: torch.Tensor, Sf, W: torch.Tensor, Wf: torch.Tensor, smax: int, wmax: int, s_unsigned: bool,
+                   w_unsigned: bool) -> torch.Tensor:
+    """``S @ W`` (G, T, K) x (G, K, N) exactly: the float product (float, or int64 when chunked)
+    or, on CPU for 8-bit codes, the int8 GEMM (int32), whichever measured faster for the shape
+    (:mod:`sysarray.engines.int8`; ``int8.FORCE`` pins one). ``Sf()``: ``S`` as the float type
+    of ``Wf``, which is ``W`` as that type."""
+    G, T, K = S.shape
+    float_product = lambda: exact_matmul(Sf(), Wf, smax, wmax, keep_float=True)  # noqa: E731
+    codes = smax <= (255 if s_unsigned else 128) and wmax <= (255 if w_unsigned else 128)
+    if (S.device.type != "cpu" or not int8.AVAILABLE or not codes or (s_unsigned and w_unsigned)
+            or not int8.exact_in_int32(K) or int8.FORCE == "float32" or not T or not W.shape[-1]):
+        return float_product()
+    int8_product = lambda: int8.bmm_int8(S, W, s_unsigned, w_unsigned)  # noqa: E731
+    if int8.FORCE == "int8":
+        return int8_product()
+    key = (G, T.bit_length(), K, W.shape[-1], s_unsigned, w_unsigned, torch.get_num_threads())
+    return _PRODUCT(key, {"float": float_product, "int8": int8_product})
 
 
 def _columns(W: torch.Tensor, cols: np.ndarray, mask: np.ndarray) -> torch.Tensor:

@@ -36,7 +36,8 @@ from sysarray.engines.conv.replay_conv import replay_by_segment_conv
 from sysarray.engines.conv.replay_direct import replay_direct
 from sysarray.engines.conv.replay_torch import replay_by_fold_convs
 from sysarray.engines.conv.settings import DEFAULT, Replay, ReplaySettings
-from sysarray.engines.conv.weights import latched_weights
+from sysarray.engines.conv.weights import ConvWeights, latched_weights
+from sysarray.engines import int8
 from sysarray.engines.fast import fast_bmm
 from sysarray.engines.registers import ChipMasks, chip_masks, wrap
 from sysarray.faults import FaultMap
@@ -155,13 +156,34 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
         if (kh, kw) == (1, 1) and tuple(stride) == (1, 1) and not any(conv_pad) and groups == 1:
             y = pointwise_gemm(xp, cw, act_signed, amax, cw.l1_max * max(1, amax) < F32_LIMIT)
         if y is None:
-            y = exact_conv(xp, cw, stride, conv_pad, amax)
+            y = _conv_product(xp, cw, stride, conv_pad, amax, act_signed, groups)
         if K * amax * wmax >= 1 << 31:
             y = wrap(y.to(torch.int64), 32)
     if len(chain_cols) and not direct:
         y = y.to(torch.int32, copy=y is clean)
         replay_by_fold_convs(xp, lw.gemm, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, y, pb == 32)
     return y, fix
+
+
+_CONV_PRODUCT = MeasuredChoice(name="conv.product")
+
+
+def _conv_product(xp: torch.Tensor, cw: ConvWeights, stride, padding, amax: int, act_signed: bool,
+                  groups: int) -> torch.Tensor:
+    """The fault-free convolution of 8-bit codes ``xp`` exactly: float32 (:func:`exact_conv`) or, on
+    CPU for one group, the int8 GEMM of im2col rows (:func:`sysarray.engines.int8.conv_int8`),
+    whichever measured faster for the layer's shape (``int8.FORCE`` pins one)."""
+    float_conv = lambda: exact_conv(xp, cw, stride, padding, amax)  # noqa: E731
+    if (xp.device.type != "cpu" or groups != 1 or not int8.AVAILABLE or int8.FORCE == "float32"
+            or amax > (128 if act_signed else 255) or not int8.exact_in_int32(int(cw.w[0].numel()))
+            or not xp.numel() or not cw.w.numel()):
+        return float_conv()
+    int8_conv = lambda: int8.conv_int8(xp, cw, stride, padding, act_signed)  # noqa: E731
+    if int8.FORCE == "int8":
+        return int8_conv()
+    key = (tuple(xp.shape), is_pixel_major(xp), tuple(cw.w.shape), tuple(stride), tuple(padding), act_signed,
+           torch.get_num_threads())
+    return _CONV_PRODUCT(key, {"float32": float_conv, "int8": int8_conv})
 
 
 def by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks=None) -> torch.Tensor:

@@ -8,22 +8,19 @@ on 1x1 images) as one GEMM of pixels by channels, on the faster of two exact ker
   adds ``128 * sum_k w[k, n]`` back.
 
 Which is faster depends on the CPU (int8 instructions or none) and the shape, so it is measured
-per shape class in the running process (:class:`sysarray.parallel.MeasuredChoice`); both give the
-same values. CPU only; the float32 kernel alone where torch has no int8 GEMM.
+per shape class (:class:`sysarray.parallel.MeasuredChoice`, kept per machine by
+:mod:`sysarray.kernel_cache`; ``sysarray.engines.int8.FORCE`` pins one); both give the same
+values. CPU only; the float32 kernel alone where torch has no int8 GEMM.
 """
 from __future__ import annotations
 
 import torch
 
+from sysarray.engines import int8
 from sysarray.engines.conv.weights import ConvWeights
 from sysarray.parallel import MeasuredChoice
 
-_CHOICE = MeasuredChoice()
-# "float32" or "int8" runs that kernel wherever it is exact (tests, reproducible benchmarks);
-# None measures
-FORCE: str | None = None
-INT32_LIMIT = 1 << 31
-_HAS_INT_MM = hasattr(torch, "_int_mm")
+_CHOICE = MeasuredChoice(name="conv.pointwise")
 
 
 def pixels(x: torch.Tensor) -> torch.Tensor | None:
@@ -50,16 +47,16 @@ def pointwise_gemm(x: torch.Tensor, cw: ConvWeights, act_signed: bool | None, am
     if rows is None:
         return None
     codes = act_signed is not None and amax <= (128 if act_signed else 255)
-    int8_ok = _HAS_INT_MM and codes and K * 255 * 128 < INT32_LIMIT and rows.shape[0] > 0
+    int8_ok = int8.AVAILABLE and codes and int8.exact_in_int32(K) and rows.shape[0] > 0
     if not float_exact and not int8_ok:
         return None
     w2 = cw.w.view(N, K)
-    options = []
-    if float_exact and FORCE != "int8" or not int8_ok:
-        options.append(lambda: rows @ w2.t())
-    if int8_ok and FORCE != "float32":
-        options.append(lambda: _int8_gemm(rows, cw, act_signed))
-    y = options[0]() if len(options) == 1 else \
+    options = {}
+    if float_exact and int8.FORCE != "int8" or not int8_ok:
+        options["float32"] = lambda: rows @ w2.t()
+    if int8_ok and int8.FORCE != "float32":
+        options["int8"] = lambda: _int8_gemm(rows, cw, act_signed)
+    y = next(iter(options.values()))() if len(options) == 1 else \
         _CHOICE((rows.shape[0].bit_length(), K, N, act_signed, torch.get_num_threads()), options)
     return y.view(B, H, W, N).permute(0, 3, 1, 2)
 
@@ -69,7 +66,5 @@ def _int8_gemm(rows: torch.Tensor, cw: ConvWeights, act_signed: bool) -> torch.T
     w8, colsum = cw.int8_gemm
     # a new tensor with the canonical strides: oneDNN reads a size-1 dimension's odd stride as a
     # leading dimension
-    codes = torch.empty(rows.shape, dtype=torch.int8)
-    if act_signed:
-        return torch._int_mm(codes.copy_(rows), w8)
-    return torch._int_mm(codes.copy_(torch.sub(rows, 128)), w8).add_(colsum)
+    y = torch._int_mm(int8.as_int8(rows, not act_signed), w8)
+    return y if act_signed else y.add_(colsum)

@@ -49,6 +49,15 @@ class ConvWeights:
         w8 = torch.empty(w2.shape[::-1], dtype=torch.int8).copy_(w2.t())  # canonical strides (pointwise.py)
         return w8, (128 * w2.sum(1, dtype=torch.float64)).to(torch.int32)
 
+    @cached_property
+    def int8_im2col(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One group's ``w`` as the int8 GEMM operand (kh*kw*C, N) of im2col rows ordered (tap row,
+        tap column, channel), and ``128 * sum_k w[n, k]`` (N,) int32: what
+        :func:`sysarray.engines.int8.conv_int8` adds back for codes shifted from uint8 to int8."""
+        N = self.w.shape[0]
+        w8 = torch.empty((self.w[0].numel(), N), dtype=torch.int8).copy_(self.w.permute(2, 3, 1, 0).reshape(-1, N))
+        return w8, (128 * self.w.reshape(N, -1).sum(1, dtype=torch.float64)).to(torch.int32)
+
     def channel_chunks(self, limit: int) -> tuple[tuple[int, int], ...]:
         """Input channel ranges ``lo..hi-1`` (of a group), in order, each as long as every
         filter's L1 norm over it stays below ``limit`` (at least one channel each): computed

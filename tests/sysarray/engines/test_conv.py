@@ -474,6 +474,7 @@ def test_pointwise_gemm_kernels_equal_the_int64_convolution(seed, signed, channe
     """A pointwise layer's GEMM (sysarray.engines.conv.pointwise) on either kernel, forced, equals
     the int64 convolution for extreme and random codes, on 1x1 images (linear layers) and on
     channels-last or plain pixels (size-1 dimensions included, whose strides are arbitrary)."""
+    from sysarray.engines import int8
     from sysarray.engines.conv import pointwise
     from sysarray.engines.conv.weights import ConvWeights
 
@@ -485,11 +486,11 @@ def test_pointwise_gemm_kernels_equal_the_int64_convolution(seed, signed, channe
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     w = torch.from_numpy(rng.choice(np.array([-128, 127, 0, rng.integers(-128, 128)]), size=(N, K, 1, 1))).float()
-    pointwise.FORCE = kernel
+    int8.FORCE = kernel
     try:
         y = pointwise.pointwise_gemm(x, ConvWeights.of(w), signed, hi if not signed else 128, float_exact=True)
     finally:
-        pointwise.FORCE = None
+        int8.FORCE = None
     want = torch.nn.functional.conv2d(x.double(), w.double()).to(torch.int64)
     if y is None:  # not stored as pixels by channels: the caller convolves
         assert not one_pixel and not channels_last and H * W > 1 and K > 1
@@ -499,17 +500,17 @@ def test_pointwise_gemm_kernels_equal_the_int64_convolution(seed, signed, channe
 
 @settings(max_examples=150, **SETTINGS)
 @given(conv_cases(registers=("weight", "psum")), st.sampled_from(["float32", "int8"]))
-def test_layers_on_either_pointwise_kernel_equal_fast_gemm(case, kernel):
-    """With the pointwise GEMM's kernel forced (pointwise layers among the cases), the engine
-    still equals im2col + fast_gemm, also on channels-last input."""
-    from sysarray.engines.conv import pointwise
+def test_layers_on_either_product_kernel_equal_the_cycle_engine(case, kernel):
+    """With the fault-free product's kernel forced (int8 GEMMs of im2col rows or pixels, or float32
+    convolutions), the engine equals im2col + the cycle engine, also on channels-last input."""
+    from sysarray.engines import int8
 
-    pointwise.FORCE = kernel
+    int8.FORCE = kernel
     try:
         for channels_last in (False, True):
-            np.testing.assert_array_equal(conv(case, channels_last), im2col_gemms(case, "fast"))
+            np.testing.assert_array_equal(conv(case, channels_last), im2col_gemms(case, "cycle"))
     finally:
-        pointwise.FORCE = None
+        int8.FORCE = None
 
 
 @settings(max_examples=120, **SETTINGS)
@@ -519,7 +520,7 @@ def test_linear_layers_with_psum_and_weight_faults_equal_the_cycle_engine(seed, 
     """Chip.linear (1x1 images: the batch is the pixels) on the fast engine, with K within one
     row fold (the segment-convolution replay) or beyond it (the direct replay), and either
     pointwise kernel, equals the cycle engine bit for bit."""
-    from sysarray.engines.conv import pointwise
+    from sysarray.engines import int8
 
     rng = np.random.default_rng(seed)
     R, C = int(rng.integers(1, 6)), int(rng.integers(1, 6))
@@ -538,10 +539,10 @@ def test_linear_layers_with_psum_and_weight_faults_equal_the_cycle_engine(seed, 
                         int(rng.integers(0, pb if reg == "psum" else 8)), int(rng.integers(0, 2)))
         except ValueError:  # the same bit drawn stuck at the other value
             pass
-    pointwise.FORCE = kernel
+    int8.FORCE = kernel
     try:
         fast, _ = sa.Chip(cfg, fm).linear(x, w, act_signed=signed)
     finally:
-        pointwise.FORCE = None
+        int8.FORCE = None
     cycle, _ = sa.Chip(cfg, fm, engine="cycle").linear(x, w, act_signed=signed)
     np.testing.assert_array_equal(fast.to(torch.int64).numpy(), cycle.to(torch.int64).numpy())

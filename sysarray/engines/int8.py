@@ -1,0 +1,83 @@
+"""Exact integer products on the CPU's int8 GEMM (``torch._int_mm``: oneDNN's VNNI / AMX paths).
+
+An int8 x int8 GEMM with int32 sums is exact while ``K * 128 * 128 < 2**31``; 8-bit codes held as
+uint8 (``0..255``) go in shifted by -128, and the product adds ``128 * sum_k`` of the other
+operand back (``x @ w = (x - 128) @ w + 128 * 1 @ w``), exact while ``K * 255 * 128 < 2**31``.
+These are candidates beside the float32 products exact by bound; which is faster depends on the
+CPU (int8 dot-product instructions or none) and the shape, so callers choose by measurement
+(:class:`sysarray.parallel.MeasuredChoice`). CPU only.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from sysarray.engines.conv.weights import ConvWeights
+
+AVAILABLE = hasattr(torch, "_int_mm")
+INT32_LIMIT = 1 << 31
+# "int8": the int8 kernels wherever they are exact; "float32": never; None: measured (tests and
+# reproducible benchmarks pin a path)
+FORCE: str | None = None
+
+
+def exact_in_int32(k: int) -> bool:
+    """True when an int8 GEMM of inner size ``k`` of shifted 8-bit codes has exact int32 sums."""
+    return k * 255 * 128 < INT32_LIMIT
+
+
+def as_int8(x: torch.Tensor, unsigned: bool) -> torch.Tensor:
+    """8-bit codes ``x`` (any dtype holding them) as a new contiguous int8 tensor, shifted by -128
+    when ``unsigned`` (values 0..255)."""
+    out = torch.empty(x.shape, dtype=torch.int8)
+    if x.dtype == torch.uint8 and unsigned:
+        return out.copy_(x.view(torch.int8)).bitwise_xor_(-128)  # x - 128 is x with its top bit flipped
+    return out.copy_(torch.sub(x, 128) if unsigned else x)
+
+
+def bmm_int8(S: torch.Tensor, W: torch.Tensor, s_unsigned: bool, w_unsigned: bool) -> torch.Tensor:
+    """``S @ W`` exactly: S (G, T, K), W (G, K, N) 8-bit codes (int8, or uint8 where ``*_unsigned``,
+    in any dtype holding them; not both unsigned), one int8 GEMM per batch index. Returns (G, T, N)
+    int32."""
+    G, T, K = S.shape
+    N = W.shape[-1]
+    s8, w8 = as_int8(S, s_unsigned), as_int8(W, w_unsigned)
+    out = torch.empty((G, T, N), dtype=torch.int32)
+    for g in range(G):
+        torch._int_mm(s8[g], w8[g], out=out[g])
+    if s_unsigned:
+        out += 128 * w8.sum(dim=1, keepdim=True, dtype=torch.int32) + (128 * 128 * K if w_unsigned else 0)
+    if w_unsigned:
+        out += 128 * s8.sum(dim=2, keepdim=True, dtype=torch.int32)
+    return out
+
+
+def conv_int8(x: torch.Tensor, cw: ConvWeights, stride, padding, act_signed: bool) -> torch.Tensor:
+    """``conv2d(x, cw.w)`` exactly (one group, zero padding): x (B, C, H, W) 8-bit codes in any
+    dtype and layout, int8 codes when ``act_signed`` else uint8. The im2col rows are built in int8
+    from a channels-last copy (one shifted copy per kernel tap) and multiplied by the int8 weights
+    in one GEMM. Returns (B, N, oh, ow) int32 stored channels-last."""
+    B, C, H, W = x.shape
+    N, _, kh, kw = cw.w.shape
+    sh, sw = stride
+    ph, pw = padding
+    oh, ow = (H + 2 * ph - kh) // sh + 1, (W + 2 * pw - kw) // sw + 1
+    w8, colsum = cw.int8_im2col
+    xp = torch.empty((B, H + 2 * ph, W + 2 * pw, C), dtype=torch.int8)
+    if ph or pw:
+        xp.fill_(0 if act_signed else -128)  # the zero code, shifted as the codes are
+    inner = xp[:, ph:ph + H, pw:pw + W]
+    if x.dtype == torch.uint8 and not act_signed:
+        inner.copy_(x.permute(0, 2, 3, 1).view(torch.int8)).bitwise_xor_(-128)
+    else:
+        inner.copy_(x.permute(0, 2, 3, 1) if act_signed else torch.sub(x, 128).permute(0, 2, 3, 1))
+    cols = torch.empty((B, oh, ow, kh * kw, C), dtype=torch.int8)
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, :, i * kw + j] = xp[:, i:i + sh * (oh - 1) + 1:sh, j:j + sw * (ow - 1) + 1:sw]
+    y = torch._int_mm(cols.view(B * oh * ow, kh * kw * C), w8)
+    if not act_signed:
+        y += colsum
+    return y.view(B, oh, ow, N).permute(0, 3, 1, 2)

@@ -1,0 +1,170 @@
+"""The measured kernel choices of this machine, kept on disk between processes.
+
+The engines compute each exact integer product with whichever of several exact kernels is
+fastest here (an int8 GEMM where the CPU has one, float32 exact by bound, a serial or a threaded
+compilation; :class:`sysarray.parallel.MeasuredChoice`). A choice is measured on first use per
+shape class; this module keeps the decisions in one JSON file per machine signature (CPU model,
+its int8 and vector instruction sets, torch and numba versions), so later processes on the same
+machine start with them instead of measuring again.
+
+Where: ``$XDG_CACHE_HOME/sysarray/kernels`` (else ``~/.cache/sysarray/kernels``), or the folder
+given to :func:`configure`; ``configure(False)`` keeps choices in memory only (tests and
+reproducible benchmarks do; a choice can also be pinned with the choice's ``force``). The file is
+validated on load: one that is not a choices file of this machine and this format is ignored
+(and replaced by the next decision). ``sysarray kernels`` shows and clears it.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import threading
+from pathlib import Path
+from typing import Any, Hashable
+
+FORMAT = "sysarray-kernel-choices"
+VERSION = 1
+# CPU features that decide which exact kernels are fast (int8 dot products, vector widths).
+_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+          "asimd", "asimddp", "i8mm", "sve")
+
+_lock = threading.Lock()
+_folder: Path | None | bool = True  # True: the default folder; False: memory only
+_loaded: dict[str, dict[str, dict[str, Any]]] | None = None
+_loaded_from: Path | None = None
+
+
+def configure(folder: str | os.PathLike[str] | bool = True) -> None:
+    """Where the choices live: a folder, ``True`` for the default folder (module docstring) or
+    ``False`` for memory only. Decisions already made in this process stay."""
+    global _folder, _loaded, _loaded_from
+    if not isinstance(folder, (bool, str, os.PathLike)):
+        raise ValueError(f"kernel_cache.configure takes a folder, True (the default folder) or False (memory only). "
+                         f"Got {folder!r} instead.")
+    with _lock:
+        _folder = Path(folder) if not isinstance(folder, bool) else folder
+        _loaded, _loaded_from = None, None
+
+
+def default_folder() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sysarray" / "kernels"
+
+
+def machine_signature() -> dict[str, Any]:
+    """What the choices depend on: CPU model and instruction sets, library versions."""
+    return dict(_signature())
+
+
+@functools.lru_cache(maxsize=1)
+def _signature() -> tuple:
+    import numba
+    import torch
+
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                name = name.strip()
+                if name == "model name":
+                    model = value.strip()
+                elif name in ("flags", "Features"):
+                    flags = set(value.split())
+                if model and flags and name == "":
+                    break
+    except OSError:
+        pass
+    return (("cpu", model), ("arch", platform.machine()), ("flags", sorted(f for f in _FLAGS if f in flags)),
+            ("torch", torch.__version__), ("numba", numba.__version__), ("python", platform.python_version()))
+
+
+def path() -> Path | None:
+    """The choices file of this machine (None when kept in memory only)."""
+    if _folder is False:
+        return None
+    folder = default_folder() if _folder is True else _folder
+    digest = hashlib.sha256(json.dumps(machine_signature(), sort_keys=True).encode()).hexdigest()[:16]
+    return folder / f"kernels-{digest}.json"
+
+
+def _read(file: Path) -> dict[str, dict[str, dict[str, Any]]]:
+    """The choices in ``file``; empty when it is missing or not a valid choices file of this machine."""
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return {}
+    ok = (isinstance(data, dict) and data.get("format") == FORMAT and data.get("version") == VERSION
+          and data.get("machine") == machine_signature() and isinstance(data.get("choices"), dict)
+          and all(isinstance(v, dict) and all(isinstance(e, dict) and isinstance(e.get("option"), (str, int))
+                                              for e in v.values()) for v in data["choices"].values()))
+    return data["choices"] if ok else {}
+
+
+def _choices() -> dict[str, dict[str, dict[str, Any]]]:
+    global _loaded, _loaded_from
+    file = path()
+    if _loaded is None or _loaded_from != file:
+        _loaded, _loaded_from = ({} if file is None else _read(file)), file
+    return _loaded
+
+
+def _key_text(key: Hashable) -> str | None:
+    try:
+        return json.dumps(key)
+    except TypeError:
+        return None  # a key that is not plain data (an object's identity): kept in memory only
+
+
+def lookup(name: str, key: Hashable) -> str | int | None:
+    """The option recorded for choice ``name`` at ``key``, or None."""
+    text = _key_text(key)
+    if text is None or _folder is False:
+        return None
+    with _lock:
+        entry = _choices().get(name, {}).get(text)
+    return None if entry is None else entry["option"]
+
+
+def record(name: str, key: Hashable, option: str | int, medians_s: dict[str, float]) -> None:
+    """Keep a decision (merged into the file as it is now; a file that cannot be written leaves
+    the decision in memory only)."""
+    from sysarray.atomic import write_json
+
+    text = _key_text(key)
+    if text is None or _folder is False:
+        return
+    with _lock:
+        file = path()
+        choices = _choices()
+        entry = {"option": option, "median_s": {k: float(v) for k, v in medians_s.items()}}
+        choices.setdefault(name, {})[text] = entry
+        current = _read(file)
+        current.setdefault(name, {})[text] = entry
+        try:
+            write_json(file, {"format": FORMAT, "version": VERSION, "machine": machine_signature(), "choices": current})
+        except OSError:
+            pass
+
+
+def recorded() -> dict[str, dict[str, dict[str, Any]]]:
+    """Every decision in the file (choice name -> key -> {option, median_s})."""
+    with _lock:
+        file = path()
+        return {} if file is None else _read(file)
+
+
+def clear() -> Path | None:
+    """Delete this machine's choices file and forget its decisions; returns the file's path."""
+    global _loaded
+    with _lock:
+        file = path()
+        if file is not None:
+            try:
+                file.unlink()
+            except FileNotFoundError:
+                pass
+        _loaded = None
+        return file

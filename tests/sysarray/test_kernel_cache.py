@@ -1,0 +1,87 @@
+"""Measured kernel choices kept on disk per machine (sysarray.kernel_cache)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sysarray import kernel_cache
+from sysarray.parallel import MeasuredChoice
+
+
+@pytest.fixture
+def cache(tmp_path):
+    kernel_cache.configure(tmp_path)
+    yield tmp_path
+    kernel_cache.configure(False)
+
+
+def _decide(choice: MeasuredChoice, key, fast: str) -> list[str]:
+    """Run ``choice`` until it decides; options report their label, the one named ``fast`` wins
+    by sleeping less."""
+    import time
+
+    ran = []
+
+    def option(label):
+        def call():
+            ran.append(label)
+            time.sleep(0 if label == fast else 0.05)  # far beyond any scheduling noise
+            return label
+        return call
+    while choice.chosen(key) is None:
+        choice(key, {"a": option("a"), "b": option("b")})
+    return ran
+
+
+def test_a_decision_is_kept_on_disk_and_read_by_a_new_choice(cache):
+    _decide(MeasuredChoice(trials=2, name="test.choice"), (3, 64, True), fast="b")
+    file = kernel_cache.path()
+    assert file.parent == cache and file.exists()
+    data = json.loads(file.read_text())
+    assert data["machine"] == kernel_cache.machine_signature()
+    assert data["choices"]["test.choice"]["[3, 64, true]"]["option"] == "b"
+    fresh = MeasuredChoice(trials=2, name="test.choice")
+    assert fresh((3, 64, True), {"a": lambda: "a", "b": lambda: "b"}) == "b"  # no measuring: the file says b
+    assert fresh.chosen((3, 64, True)) == "b"
+
+
+def test_unnamed_choices_and_object_keys_stay_in_memory(cache):
+    _decide(MeasuredChoice(trials=1), "k", fast="a")
+    _decide(MeasuredChoice(trials=1, name="test.objects"), (object(), 1), fast="a")
+    assert kernel_cache.recorded() == {}
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "other"}),
+                                     json.dumps({"format": kernel_cache.FORMAT, "version": kernel_cache.VERSION,
+                                                 "machine": {"cpu": "another"}, "choices": {}})])
+def test_a_file_of_another_format_or_machine_is_ignored_and_replaced(cache, content):
+    file = kernel_cache.path()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(content)
+    kernel_cache.configure(cache)
+    assert kernel_cache.lookup("test.choice", [1]) is None
+    _decide(MeasuredChoice(trials=1, name="test.choice"), (1,), fast="a")
+    assert kernel_cache.recorded()["test.choice"]["[1]"]["option"] == "a"
+
+
+def test_memory_only_and_clear(cache):
+    _decide(MeasuredChoice(trials=1, name="test.clear"), (2,), fast="a")
+    assert kernel_cache.clear() == kernel_cache.path() and not kernel_cache.path().exists()
+    kernel_cache.configure(False)
+    assert kernel_cache.path() is None
+    _decide(MeasuredChoice(trials=1, name="test.clear"), (2,), fast="a")
+    assert not any(cache.iterdir())
+
+
+def test_force_takes_an_index_or_a_label():
+    choice = MeasuredChoice(name="test.force")
+    choice.force = "b"
+    assert choice("k", {"a": lambda: 1, "b": lambda: 2}) == 2
+    choice.force = 0
+    assert choice("k", [lambda: 1, lambda: 2]) == 1
+
+
+def test_configure_refuses_other_values():
+    with pytest.raises(ValueError, match="folder, True"):
+        kernel_cache.configure(3)
