@@ -69,7 +69,13 @@ class FakeQuantProgram(nn.Module):
             # float32 could round these sums: carry on in float64 with the forward value of an
             # exact float64 GEMM (the codes that leave this layer are float32 again).
             acc = ste(acc.double(), _integer_gemm(x.detach().double(), wq.detach().double(), op))
-        if hook is not None:
+        if hook is not None and op.out_order is not None:
+            # the chip holds the rows in array order (Gemm.out_order); the twin stays in channel order
+            dim = 1 if op.kind == "conv" else -1
+            order = op.out_order.to(acc.device)
+            perm = torch.argsort(order)
+            acc = hook(op, x, wq[perm.to(wq.device)], acc.index_select(dim, perm)).index_select(dim, order)
+        elif hook is not None:
             acc = hook(op, x, wq, acc)
         shape = (1, -1) if op.kind == "linear" else (1, -1, 1, 1)
         acc = acc + bq.reshape(shape)
@@ -143,6 +149,8 @@ class FakeQuantProgram(nn.Module):
                               None, op.activation, **geometry)
                 new.lo, new.hi = op.lo, op.hi  # same activation clamp as before
                 new.clip_codes, new.clip_policy = op.clip_codes, op.clip_policy  # and the same thresholds
+                if op.out_order is not None:  # and the same fault-aware mapping
+                    new.weight, new.out_order = new.weight[torch.argsort(op.out_order)], op.out_order
                 ops.append(new)
             else:
                 ops.append(op)

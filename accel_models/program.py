@@ -56,6 +56,14 @@ class Gemm:
     requantization multipliers; lo/hi: the output clamp in codes (ReLU, ReLU6, clipping and the
     8-bit range in one). ``out_qp`` is None for the last layer, whose int32 accumulators are
     dequantized with ``acc_scale`` (N,) into logits.
+
+    ``out_order``: None, or an int64 (N,) permutation that a fault-aware mapping
+    (``mitigation.remap``) set: the weight rows are then in array order, row ``i`` filling GEMM
+    column ``i`` (array column ``i % C`` in WS and OS), and output channel ``j`` is accumulator
+    ``out_order[j]``. :func:`postprocess` gathers the accumulators first, so bias, m0, shift,
+    clip codes, ``acc_scale`` and the float sources stay in channel order and the next op sees
+    the original channels (the post-processing unit writes each column to its channel's address:
+    no run-time cost). A grouped conv permutes within each group only.
     """
 
     name: str
@@ -83,6 +91,7 @@ class Gemm:
     # neuron; policy "clamp" (min(q, t)) or "zero" (q if the unsaturated code <= t else zero point).
     clip_codes: torch.Tensor | None = None
     clip_policy: str = "zero"
+    out_order: torch.Tensor | None = None
 
     def inputs(self) -> tuple[str, ...]:
         return (self.input,)
@@ -289,6 +298,8 @@ def quantize_input(x: torch.Tensor, qp: QParams) -> torch.Tensor:
 def postprocess(acc: torch.Tensor, op: Gemm) -> torch.Tensor:
     """int32 accumulators (M, N) or (B, N, oh, ow), channels on dim 1 -> float32 output codes of
     the same shape (int64 biased accumulators for the last layer)."""
+    if op.out_order is not None:
+        acc = acc.index_select(1, op.out_order.to(acc.device))  # array order -> channel order
     if op.out_qp is None:
         shape = (1, -1) + (1,) * (acc.dim() - 2)
         return acc.to(torch.int64) + op.bias.to(acc.device).view(shape)
