@@ -34,6 +34,9 @@ from sysarray.parallel import MeasuredChoice
 
 # Largest segment-sum tensor (elements) held at once; the stream is processed in chunks above it.
 _SEG_BUDGET = 8 << 20
+# The stream-major replay's block of int32 segment sums: small enough to stay in a core's L2
+# between the GEMMs that write it and the chain replay that reads it.
+_STREAM_SEG_BUDGET = 1 << 20
 
 
 def _operand_max(x: torch.Tensor, reg: RegisterMasks, known: int | None = None) -> int:
@@ -123,9 +126,11 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
     chain_cols = np.arange(C) if wrap_possible else cm.psum_columns
     plain = len(chain_cols) < C  # some outputs are the plain sums
     Sf = functools.cache(lambda: S.to(fdt))  # converted at most once: the float GEMMs below read exact values
+    S8 = functools.cache(lambda: int8.as_int8(S, sreg.sign == 0))  # likewise for the int8 GEMMs
     Wf = Wp.to(fdt)
     if plain:
-        Y = _plain_product(S, Sf, Wp[..., :Kd, :Nd], Wf[..., :Kd, :Nd], smax, wmax, sreg.sign == 0, treg.sign == 0)
+        Y = _plain_product(S, Sf, S8, Wp[..., :Kd, :Nd], Wf[..., :Kd, :Nd], smax, wmax, sreg.sign == 0,
+                           treg.sign == 0)
         if corr:
             cols = np.arange(Nd)
             D = torch.cat([delta for *_, delta in corr], dim=-1)  # (G, T, n_corr * Fr)
@@ -146,26 +151,30 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             Wall = Wv[:, :Kd].unsqueeze(1)
         else:
             Wall = torch.nn.functional.pad(Wv[:, :Kd], (0, 0, 0, Fr * R - Kd)).unflatten(-2, (Fr, R))
-        _replay_psum_chains(Sf(), Wall.transpose(0, 1), corr, cfg, p, linear_tail, amax, wmax, Y)
+        s_codes = smax <= (255 if sreg.sign == 0 else 128)
+        if dev.type == "cpu" and not corr and s_codes and wmax <= 128:
+            _replay_stream_major(S8, Sf, Kd, Wall, sreg.sign == 0, cfg, p, linear_tail, Y)
+        else:
+            _replay_psum_chains(Sf(), Wall.transpose(0, 1), corr, cfg, p, linear_tail, amax, wmax, Y)
     return Y
 
 
 _PRODUCT = MeasuredChoice(name="fast.product")
 
 
-def _plain_product(S: torch.Tensor, Sf, W: torch.Tensor, Wf: torch.Tensor, smax: int, wmax: int, s_unsigned: bool,
-                   w_unsigned: bool) -> torch.Tensor:
+def _plain_product(S: torch.Tensor, Sf, S8, W: torch.Tensor, Wf: torch.Tensor, smax: int, wmax: int,
+                   s_unsigned: bool, w_unsigned: bool) -> torch.Tensor:
     """``S @ W`` (G, T, K) x (G, K, N) exactly: the float product (float, or int64 when chunked)
     or, on CPU for 8-bit codes, the int8 GEMM (int32), whichever measured faster for the shape
     (:mod:`sysarray.engines.int8`; ``int8.FORCE`` pins one). ``Sf()``: ``S`` as the float type
-    of ``Wf``, which is ``W`` as that type."""
+    of ``Wf``, which is ``W`` as that type; ``S8()``: ``S`` as int8 (shifted when unsigned)."""
     G, T, K = S.shape
     float_product = lambda: exact_matmul(Sf(), Wf, smax, wmax, keep_float=True)  # noqa: E731
     codes = smax <= (255 if s_unsigned else 128) and wmax <= (255 if w_unsigned else 128)
     if (S.device.type != "cpu" or not int8.AVAILABLE or not codes or (s_unsigned and w_unsigned)
             or not int8.exact_in_int32(K) or int8.FORCE == "float32" or not T or not W.shape[-1]):
         return float_product()
-    int8_product = lambda: int8.bmm_int8(S, W, s_unsigned, w_unsigned)  # noqa: E731
+    int8_product = lambda: int8.bmm_int8(S, W, s_unsigned, w_unsigned, s8=S8())  # noqa: E731
     if int8.FORCE == "int8":
         return int8_product()
     key = (G, T.bit_length(), K, W.shape[-1], s_unsigned, w_unsigned, torch.get_num_threads())
@@ -242,11 +251,72 @@ def _replay_psum_chains(S, Wall, corr, cfg, p: psum.PsumPlan, linear_tail: bool,
         _chains(seg.view(Fr, g * t, *p.keep.T.shape).permute(0, 2, 3, 1), p, cfg, linear_tail, y)
 
 
-def _blocks(G: int, T: int, per_row: int):
+_SEGMENTS = MeasuredChoice(name="fast.segment_sums")
+
+
+def _replay_stream_major(S8, Sf, Kd: int, Wall: torch.Tensor, s_unsigned: bool, cfg: ArrayConfig,
+                         p: psum.PsumPlan, linear_tail: bool, Y: torch.Tensor) -> None:
+    """:func:`_replay_psum_chains` on CPU without act corrections, with the segment sums laid out
+    stream-last: for each GEMM, block of stream rows and fold, one GEMM (V, R) x (R, t) of the
+    segment weights by the fold's transposed stream, in int8 (8-bit codes, unsigned ones shifted by
+    -128 and ``128 * sum`` of the weights added back) or float, whichever measured faster. The
+    chain replay then reads each segment's sums contiguously. ``S8()`` the stream (G, T, Kd) of
+    8-bit codes as int8 (:func:`~sysarray.engines.int8.as_int8`), ``Sf()`` as exact floats; Wall
+    (G, Fr, R, V) the segment weights (exact int8 values, rows past Kd zero)."""
+    R = cfg.rows
+    G, T = Y.shape[:2]
+    Fr, V = Wall.shape[1], Wall.shape[-1]
+    folds = [(fr, fr * R, min(Kd, fr * R + R)) for fr in range(Fr)]
+    WT = Wall.transpose(-1, -2)  # (G, Fr, V, R)
+    makers = {}
+    if int8.FORCE != "int8" or not int8.AVAILABLE:
+        # a tall array's fold can sum past float32's exact range
+        fdt = torch.float32 if float_gemm_is_exact(R, 255, 128, torch.float32) else torch.float64
+        makers["float"] = lambda: _segments_float(Sf().to(fdt), WT.to(fdt), folds)
+    if int8.AVAILABLE and int8.FORCE != "float32":
+        def make_int8():
+            w8 = WT.to(torch.int8).contiguous()
+            extra = (128 * w8.sum(-1, dtype=torch.int32)).unsqueeze(-1) if s_unsigned else None  # (G, Fr, V, 1)
+            return _segments_int8(S8(), w8, extra, folds)
+        makers["int8"] = make_int8
+    made = {k: functools.cache(m) for k, m in makers.items()}  # operands converted once, on first use
+    key = (G, T.bit_length(), Kd, V, R, s_unsigned, torch.get_num_threads())
+    for g0, g1, t0, t1 in _blocks(G, T, Fr * V, _STREAM_SEG_BUDGET):
+        for g in range(g0, g1):
+            runs = {k: (lambda m=m, g=g, t0=t0, t1=t1: m()(g, t0, t1)) for k, m in made.items()}
+            seg = next(iter(runs.values()))() if len(runs) == 1 else _SEGMENTS(key, runs)
+            _chains(seg.view(Fr, *p.keep.T.shape, t1 - t0), p, cfg, linear_tail, Y[g, t0:t1])
+
+
+def _segments_int8(s8: torch.Tensor, w8: torch.Tensor, extra: torch.Tensor | None, folds):
+    """Per GEMM ``g`` and stream rows ``t0:t1``: (Fr, V, t) int32 segment sums (see
+    :func:`_replay_stream_major`); ``s8`` the int8 codes (G, T, Kd), ``w8`` (G, Fr, V, R)."""
+    def run(g, t0, t1):
+        out = torch.empty((len(folds), w8.shape[2], t1 - t0), dtype=torch.int32)
+        for fr, k0, k1 in folds:
+            torch._int_mm(int8.canonical(w8[g, fr, :, :k1 - k0]), int8.canonical(s8[g, t0:t1, k0:k1].t()), out=out[fr])
+        if extra is not None:
+            out += extra[g]
+        return out
+    return run
+
+
+def _segments_float(sf: torch.Tensor, wf: torch.Tensor, folds):
+    """:func:`_segments_int8` in the float type of ``sf`` and ``wf`` (one whose sums of a fold are
+    exact), same layout."""
+    def run(g, t0, t1):
+        out = torch.empty((len(folds), wf.shape[2], t1 - t0), dtype=wf.dtype)
+        for fr, k0, k1 in folds:
+            torch.mm(wf[g, fr, :, :k1 - k0], sf[g, t0:t1, k0:k1].t(), out=out[fr])
+        return out
+    return run
+
+
+def _blocks(G: int, T: int, per_row: int, budget: int = _SEG_BUDGET):
     """``(g0, g1, t0, t1)`` blocks of the stream rows ``(g, t)`` of G GEMMs of T rows each, of at
-    most about ``_SEG_BUDGET / per_row`` rows: whole GEMMs, or rows of one GEMM when a GEMM is
+    most about ``budget / per_row`` rows: whole GEMMs, or rows of one GEMM when a GEMM is
     larger (each block's rows are contiguous in a (G, T, ...) tensor)."""
-    rows = max(1, _SEG_BUDGET // max(1, per_row))
+    rows = max(1, budget // max(1, per_row))
     if rows >= T:
         step = rows // T
         for g0 in range(0, G, step):

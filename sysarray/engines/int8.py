@@ -37,13 +37,30 @@ def as_int8(x: torch.Tensor, unsigned: bool) -> torch.Tensor:
     return out.copy_(torch.sub(x, 128) if unsigned else x)
 
 
-def bmm_int8(S: torch.Tensor, W: torch.Tensor, s_unsigned: bool, w_unsigned: bool) -> torch.Tensor:
+def canonical(t: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it with the canonical strides when a size-1 dimension has another
+    stride: oneDNN reads such a stride as a leading dimension and returns wrong sums."""
+    if any(size == 1 and stride != want for size, stride, want in zip(t.shape, t.stride(), _row_major(t.shape))):
+        return torch.empty(t.shape, dtype=t.dtype).copy_(t)
+    return t
+
+
+def _row_major(shape) -> list[int]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= size
+    return strides[::-1]
+
+
+def bmm_int8(S: torch.Tensor, W: torch.Tensor, s_unsigned: bool, w_unsigned: bool,
+             s8: torch.Tensor | None = None) -> torch.Tensor:
     """``S @ W`` exactly: S (G, T, K), W (G, K, N) 8-bit codes (int8, or uint8 where ``*_unsigned``,
     in any dtype holding them; not both unsigned), one int8 GEMM per batch index. Returns (G, T, N)
-    int32."""
+    int32. ``s8``: ``as_int8(S, s_unsigned)`` when the caller has it."""
     G, T, K = S.shape
     N = W.shape[-1]
-    s8, w8 = as_int8(S, s_unsigned), as_int8(W, w_unsigned)
+    s8, w8 = as_int8(S, s_unsigned) if s8 is None else s8, as_int8(W, w_unsigned)
     out = torch.empty((G, T, N), dtype=torch.int32)
     for g in range(G):
         torch._int_mm(s8[g], w8[g], out=out[g])

@@ -67,7 +67,7 @@ def test_conv_int8_equals_the_int64_convolution(seed, signed, extreme, channels_
 
 
 @settings(max_examples=400, **SETTINGS)
-@given(cases(dataflows=("ws", "is")), st.sampled_from(["int8", "float32"]))
+@given(cases(dataflows=("ws", "is")), st.sampled_from(["int8", "float32", None]))
 def test_fast_engine_on_either_product_kernel_equals_cycle(case, kernel):
     """WS and IS (where the stationary operand is the activations, unsigned or not) with the
     plain product pinned to each kernel."""
