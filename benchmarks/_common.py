@@ -7,7 +7,8 @@ are timed round-robin (one call of each per round), so a slow spell of a shared 
 all of them alike instead of biasing one side of a ratio.
 
 Every benchmark is a program: it calls :func:`sysarray.runtime.configure` first thing, before
-torch loads, and its JSON carries :func:`provenance` (the command, the run mode, what
+torch loads, measures the engines' kernel choices afresh (none read from this machine's
+:mod:`sysarray.kernel_cache`), and its JSON carries :func:`provenance` (the command, the run mode, what
 ``configure`` reported and the machine), which ``render_performance.py`` puts in
 docs/performance.md.
 """
@@ -27,7 +28,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from sysarray import kernel_cache
 from sysarray.atomic import write_json as atomic_write_json
+
+# Each benchmark run measures its kernel choices afresh: its figures do not depend on what an
+# earlier process on this machine chose and kept (sysarray.kernel_cache).
+kernel_cache.configure(False)
 
 
 def summarize_times(times: Sequence[float], first_call_s: float | None = None) -> dict[str, Any]:

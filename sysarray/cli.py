@@ -115,7 +115,8 @@ def _cycles_table(run: CyclesRun) -> str:
 
 # Packages above sysarray contribute their own subcommands (train, run, campaign, ...); the CLI is
 # the one place that looks upward, and only to collect parsers.
-PLUGIN_MODULES = ("sysarray.faults_commands", "sysarray.repair_commands", "sysarray.diagnose_commands", "accel_models.commands", "mitigation.commands")
+PLUGIN_MODULES = ("sysarray.faults_commands", "sysarray.repair_commands", "sysarray.diagnose_commands",
+                  "sysarray.kernel_commands", "accel_models.commands", "mitigation.commands")
 
 
 def _load_plugins() -> None:

@@ -21,7 +21,7 @@ from sysarray.cli import build_parser, main
 from tests.clitools import leaf_parsers, run_cli, visible_options
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("train", "import-model", "repair", "diagnose", "run", "clip", "demo", "fat", "efat", "campaign", "sweep", "importance", "report",
+COMMANDS = ("train", "import-model", "repair", "diagnose", "kernels", "run", "clip", "demo", "fat", "efat", "campaign", "sweep", "importance", "report",
             "faults generate", "faults show", "cycles")
 
 
