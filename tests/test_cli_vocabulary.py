@@ -21,8 +21,8 @@ from sysarray.cli import build_parser, main
 from tests.clitools import leaf_parsers, run_cli, visible_options
 
 REPO = Path(__file__).resolve().parent.parent
-COMMANDS = ("train", "import-model", "repair", "diagnose", "kernels", "run", "clip", "demo", "fat", "efat", "campaign", "sweep", "importance", "report",
-            "faults generate", "faults show", "cycles")
+COMMANDS = ("train", "import-model", "run", "clip", "demo", "fat", "efat", "campaign", "sweep", "importance", "report",
+            "faults generate", "faults show", "cycles", "repair", "diagnose", "kernels")
 
 
 @pytest.fixture(scope="module")
