@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     from sysarray import lifecycle, runtime
 
-    resumable = ("campaign", "sweep", "importance", "efat")  # rerunning the same command continues them
+    resumable = ("campaign", "sweep", "importance", "efat", "yield")  # rerunning the same command continues them
     command = None
     try:
         with lifecycle.sigterm_as_interrupt():

@@ -22,7 +22,7 @@ from tests.clitools import leaf_parsers, run_cli, visible_options
 
 REPO = Path(__file__).resolve().parent.parent
 COMMANDS = ("train", "import-model", "run", "clip", "demo", "fat", "efat", "campaign", "sweep", "importance", "report",
-            "faults generate", "faults show", "cycles", "repair", "diagnose", "kernels")
+            "faults generate", "faults show", "cycles", "repair", "diagnose", "kernels", "yield")
 
 
 @pytest.fixture(scope="module")

@@ -85,6 +85,10 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
     resumes (finished chips are skipped); a different configuration in ``out`` is a ValueError.
     Interrupted (SIGINT; SIGTERM too, see the module docstring), it keeps every finished chip and
     raises :class:`sysarray.lifecycle.Interrupted`, whose text gives the chips done out of all.
+    A task may define ``outcome_columns`` and ``build_evaluator(program, images, labels, cfg,
+    engine, critical_drop, batch_size)`` (an object with ``cfg`` and ``outcome(fault_map) -> dict``
+    of those columns, e.g. the yield flow's); the default is :class:`Evaluator` and
+    ``OUTCOME_COLUMNS``. ``aggregates.csv`` needs ``accuracy``, ``drop``, ``sdc_rate`` and ``critical``.
     ``chunk_size``: chips per task sent to a worker (default: enough for about
     ``jobs.TASK_SECONDS`` of work each, from the fault-free run's time; see :func:`auto_chunk_size`).
     """
@@ -96,7 +100,7 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
     n_workers = workers or local_cores()
     population.check(cfg)
     config = campaign_config(task, population, cfg, engine, critical_drop, confidence)
-    columns = tuple(population.columns) + OUTCOME_COLUMNS
+    columns = tuple(population.columns) + tuple(getattr(task, "outcome_columns", OUTCOME_COLUMNS))
     info = {**task.info(), "package_version": sysarray.__version__}
     check_output_path(out, "out", "run_campaign", kind="dir")
     store = CampaignStore.open(out, population.kind, config, columns, population.size, info)
@@ -112,7 +116,8 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
                 start_workers_early()
             program, images, labels = task.load()
             t_clean = time.perf_counter()
-            evaluator = Evaluator.build(program, images, labels, cfg, engine, critical_drop, batch_size)
+            build = getattr(task, "build_evaluator", Evaluator.build)  # a task may bring its own per-chip evaluator
+            evaluator = build(program, images, labels, cfg, engine, critical_drop, batch_size)
             clean_s = time.perf_counter() - t_clean
             if chunk_size is None:
                 chunk_size = auto_chunk_size(clean_s, len(todo), n_workers)
