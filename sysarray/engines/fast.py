@@ -151,12 +151,22 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             Wall = Wv[:, :Kd].unsqueeze(1)
         else:
             Wall = torch.nn.functional.pad(Wv[:, :Kd], (0, 0, 0, Fr * R - Kd)).unflatten(-2, (Fr, R))
+        def fold_major() -> None:
+            _replay_psum_chains(Sf(), Wall.transpose(0, 1), corr, cfg, p, linear_tail, amax, wmax, Y)
+
+        def stream_major() -> None:
+            _replay_stream_major(S8, Sf, Kd, Wall, sreg.sign == 0, cfg, p, linear_tail, Y)
         s_codes = smax <= (255 if sreg.sign == 0 else 128)
         if dev.type == "cpu" and not corr and s_codes and wmax <= 128:
-            _replay_stream_major(S8, Sf, Kd, Wall, sreg.sign == 0, cfg, p, linear_tail, Y)
+            # many short streams (attention's heads) can favour one batched GEMM over one per stream
+            key = (G, T.bit_length(), Kd, Wall.shape[-1], R, sreg.sign == 0, torch.get_num_threads())
+            _REPLAY(key, {"stream_major": stream_major, "fold_major": fold_major})
         else:
-            _replay_psum_chains(Sf(), Wall.transpose(0, 1), corr, cfg, p, linear_tail, amax, wmax, Y)
+            fold_major()
     return Y
+
+
+_REPLAY = MeasuredChoice(name="fast.psum_replay")
 
 
 _PRODUCT = MeasuredChoice(name="fast.product")
