@@ -1,17 +1,27 @@
-"""The fast engine equals the cycle-level reference bit for bit; both equal the plain GEMM fault-free."""
+"""The fast engine equals the cycle-level reference bit for bit; both equal the plain GEMM fault-free;
+the cycle engine's two WS clock loops (vector and scalar) give the same bits."""
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import sysarray as sa
+from sysarray.engines import cycle
+from sysarray.engines.simd import LANES
 from sysarray.timing import gemm_timing
 from tests.naive import naive_gemm, naive_plain_gemm
 from tests.strategies import cases
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
+REPO = Path(__file__).resolve().parents[3]
 
 
 def run(case, engine):
@@ -110,3 +120,41 @@ def test_torch_inputs_give_torch_outputs(dataflow):
 def test_fast_on_cuda_equals_cycle(case):
     y_gpu, _ = sa.simulate_gemm(case.a, case.w, case.cfg, faults=case.faults, engine="fast", device="cuda")
     np.testing.assert_array_equal(y_gpu, run(case, "cycle")[0])
+
+
+@settings(max_examples=int(os.environ.get("SYSARRAY_STRIP_EXAMPLES", 300)), **SETTINGS)
+@given(cases(max_rc=40, max_m=70, max_folds=2, max_faults=40, dataflows=("ws", "is"), psum_bits=(17, 20, 24, 31, 32)),
+       st.sampled_from([1, 3, 4, 5, 8, 13, 32]), st.integers(1, 3), st.sampled_from([None, 1, 2, 3]))
+def test_strip_kernel_equals_scalar_kernel(case, span, step_spans, parts):
+    """The vector clock loop (lanes across PE columns, L1 tiles, four cycles per pass, pipelined
+    folds) gives the scalar loop's bits and clock counts, at any span and any number of pipeline
+    stages; shapes reach past one strip, one tile and one span."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cycle, "SPAN", span)
+        mp.setattr(cycle, "STEP_SPANS", step_spans)
+        y_s, st_s = cycle.cycle_gemm(case.a, case.w, case.cfg, case.faults, kernel="strips", parts=parts)
+    y_r, st_r = cycle.cycle_gemm(case.a, case.w, case.cfg, case.faults, kernel="scalar")
+    np.testing.assert_array_equal(y_s, y_r)
+    assert st_s == st_r
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True])
+def test_cycle_gemm_rejects_bad_parts(bad):
+    a = np.zeros((2, 2), np.int8)
+    with pytest.raises(ValueError, match="'parts'"):
+        cycle.cycle_gemm(a, a, sa.ArrayConfig(2, 2), None, parts=bad)
+
+
+@pytest.mark.parametrize("lanes", [4, 8, 16])
+def test_strip_kernel_at_other_lane_widths(lanes):
+    """Other machines pick other widths (8 lanes with AVX2, 4 where the product is a plain
+    multiply), so their bits are checked here too, in a child process with its own numba cache."""
+    if lanes == LANES:
+        pytest.skip("this machine's own width runs in the tests above")
+    env = {**os.environ, "SYSARRAY_SIMD_LANES": str(lanes), "SYSARRAY_STRIP_EXAMPLES": "60",
+           "NUMBA_CACHE_DIR": str(REPO / ".cache" / f"numba-lanes{lanes}")}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "strip_kernel_equals",
+                        "tests/sysarray/engines/test_engines.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=1200)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    assert "1 passed" in r.stdout, r.stdout[-2000:]
