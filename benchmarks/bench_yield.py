@@ -9,12 +9,14 @@ bypass hardware, without and with 2 spare rows + 2 spare columns. At each defect
 per PE; Poisson count, defective PEs uniform, one stuck bit each, register in proportion to its
 bits), ``--chips`` dies go through diagnosis and the steps none, remap, arith, (spares,) bypass,
 FAP+T (2 epochs), stopping at the first that keeps the accuracy drop within 1 point on the 359 test
-images. Writes ``OUT/bench_yield.json`` (both yield tables, the command, the machine) and
+images; then the eFAT groups step (``--efat-epochs`` per group, greedy grouping, fused rate at
+most 5%) on the dies no step shipped. Writes ``OUT/bench_yield.json`` (both yield tables, the command, the machine) and
 ``OUT/bench_yield.png`` (yield vs density, both arrays), and prints the tables.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -66,27 +68,30 @@ def main(argv=None) -> int:
     ap.add_argument("--chips", type=int, default=24, help="dies per density (default 24)")
     ap.add_argument("--densities", default="0.0005,0.001,0.002,0.004", help="defects per PE, comma-separated")
     ap.add_argument("--epochs", type=float, default=2.0, help="FAP+T epochs (default 2)")
+    ap.add_argument("--efat-epochs", type=float, default=8.0, help="epochs per eFAT group (default 8)")
     ap.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="output directory")
     args = ap.parse_args(argv)
 
-    from mitigation.yield_model import DefectPopulation, FlowSettings, YieldTask, default_steps, run_yield, \
-        table_markdown
+    from mitigation.yield_model import EFAT_JSON, DefectPopulation, FlowSettings, GroupSettings, YieldTask, \
+        default_steps, run_yield, table_markdown
     from sysarray import ArrayConfig
 
     densities = [float(x) for x in args.densities.split(",")]
     work = Path(tempfile.mkdtemp(prefix="bench_yield-"))
     try:
         ckpt, train_s = train_base_model("lenet5", "digits", 30, work / "lenet5.pt")
-        tables, seconds = {}, {}
+        tables, seconds, groups = {}, {}, {}
         for name, (a, b) in VARIANTS.items():
             cfg = ArrayConfig(32, 32, "ws", bypass=True, spare_rows=a, spare_cols=b)
             population = DefectPopulation(densities, args.chips, 0, model="poisson")
-            settings = FlowSettings(steps=default_steps(cfg), max_drop=0.01, epochs=args.epochs)
+            settings = FlowSettings(steps=default_steps(cfg, efat=True), max_drop=0.01, epochs=args.epochs,
+                                    groups=GroupSettings(epochs=args.efat_epochs))
             t0 = time.perf_counter()
             tables[name] = run_yield(YieldTask(ckpt, settings=settings), population, str(work / name), cfg,
                                      workers=args.workers)
             seconds[name] = time.perf_counter() - t0
+            groups[name] = json.loads((work / name / EFAT_JSON).read_text())
             print(f"\n{name}: {population.size} dies in {seconds[name]:.0f} s; fault-free accuracy "
                   f"{tables[name]['clean_accuracy']:.4f}")
             print(table_markdown(tables[name]), end="")
@@ -95,7 +100,8 @@ def main(argv=None) -> int:
         write_json(out / "bench_yield.json", {
             "provenance": provenance(TUNING, "full"), "model": "lenet5", "dataset": "digits", "train_epochs": 30,
             "train_seconds": train_s, "chips_per_density": args.chips, "densities": densities,
-            "fapt_epochs": args.epochs, "max_drop": 0.01, "tables": tables, "seconds": seconds,
+            "fapt_epochs": args.epochs, "efat": settings.groups.to_dict(), "efat_groups": groups,
+            "max_drop": 0.01, "tables": tables, "seconds": seconds,
             "markdown": {k: table_markdown(t) for k, t in tables.items()}})
         _plot(tables, out / "bench_yield.png")
         print(f"wrote {out / 'bench_yield.json'} and {out / 'bench_yield.png'}")

@@ -7,7 +7,7 @@ import argparse
 from sysarray.cli import EXIT_OK, subcommand
 from sysarray.cliargs import (
     add_array_arguments, add_data_arguments, add_device_argument, add_limit_argument, add_model_argument,
-    add_out_argument, add_quiet_argument, add_seed_argument, int_within, non_negative_float,
+    add_out_argument, add_quiet_argument, add_seed_argument, float_within, int_within, non_negative_float,
     non_negative_int, number_list, open_probability, positive_float, positive_int, probability,
 )
 
@@ -26,6 +26,17 @@ def _steps(text: str) -> tuple[str, ...]:
     return steps
 
 
+def _grouping(text: str) -> str:
+    """An argparse type: ``--efat-grouping``, a policy of :mod:`mitigation.grouping`."""
+    from mitigation.grouping import get_grouping
+
+    try:
+        get_grouping(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).rstrip(".")) from None
+    return str(text)
+
+
 def _mix(text: str) -> str:
     """An argparse type: ``--register-mix`` (checked now, resolved against --psum-bits later)."""
     from mitigation.yield_model import parse_register_mix
@@ -39,14 +50,19 @@ def _mix(text: str) -> str:
 
 @subcommand
 def add_yield_parser(subparsers) -> None:
-    from mitigation.yield_model import DEFAULT_CALIBRATION, DEFAULT_EPOCHS, DEFAULT_MAX_DROP, STEPS
+    from mitigation.yield_model import (
+        DEFAULT_CALIBRATION, DEFAULT_EPOCHS, DEFAULT_GROUP_EPOCHS, DEFAULT_GROUP_MAX_RATE, DEFAULT_GROUPING,
+        DEFAULT_MAX_DROP, STEPS,
+    )
 
     p = subparsers.add_parser(
         "yield", help="from a defect density to the share of dies that meet an accuracy constraint, and the cost",
         description="Draw dies at each defect density (Poisson or Stapper's negative binomial defect count, defective "
                     "PEs uniform on the die), diagnose each from GEMM outputs alone, then apply the mitigations in "
                     f"order of cost ({', '.join(STEPS)}) using the diagnosed map, stopping at the first that meets "
-                    "the accuracy constraint on the die. Writes a resumable campaign directory (results.csv: one row "
+                    "the accuracy constraint on the die; with the efat step, the dies no step shipped are then "
+                    "grouped by their diagnosed maps and each group retrained once (efat_groups.json). Writes a "
+                    "resumable campaign directory (results.csv: one row "
                     "per die; rerunning the same command resumes) and DIR/yield.json, yield.md, yield.png: the share "
                     "of dies shipped after each step, per density, with the analytic yield and the cost per shipped "
                     "die. See docs/yield.md.",
@@ -84,14 +100,23 @@ def add_yield_parser(subparsers) -> None:
                    help="stuck bits per defective PE (default 1)")
     f = p.add_argument_group("flow")
     f.add_argument("--steps", type=_steps, default=None, metavar="LIST",
-                   help=f"mitigation steps, comma-separated among {','.join(STEPS)}, run in that order of cost "
+                   help=f"mitigation steps, comma-separated among {','.join(STEPS)}, run in that order of cost; "
+                        "efat is a population step after every die's flow "
                         "(default: none,remap,arith, then spares with spares, bypass,fapt with --bypass in ws; "
-                        "stuckat only when listed)")
+                        "stuckat and efat only when listed)")
     f.add_argument("--max-drop", type=probability, default=DEFAULT_MAX_DROP, metavar="FRACTION",
                    help="a die ships when its accuracy drop against the fault-free chip is at most this, in [0, 1] "
                         f"(default {DEFAULT_MAX_DROP})")
     f.add_argument("--epochs", type=non_negative_float, default=DEFAULT_EPOCHS, metavar="N",
                    help=f"retraining epochs of fapt and stuckat, fractions allowed (default {DEFAULT_EPOCHS:g})")
+    f.add_argument("--efat-epochs", type=non_negative_float, default=None, metavar="N",
+                   help="retraining epochs of each efat group, fractions allowed; FAP+T for the fused map with "
+                        f"--bypass in ws, else stuck-at FAT (default {DEFAULT_GROUP_EPOCHS:g})")
+    f.add_argument("--efat-grouping", type=_grouping, default=None, metavar="POLICY",
+                   help=f"how efat groups the dies: greedy, jaccard or fixed[:K] (default {DEFAULT_GROUPING})")
+    f.add_argument("--efat-max-rate", type=float_within(0.0, 1.0, lo_open=True), default=None, metavar="FRACTION",
+                   help="the largest share of faulty PEs in a group's fused map, in (0, 1]; a die above it alone is "
+                        f"not grouped (default {DEFAULT_GROUP_MAX_RATE:g})")
     f.add_argument("--calibration-images", type=positive_int, default=DEFAULT_CALIBRATION, metavar="N",
                    help=f"training images that score the remap (default {DEFAULT_CALIBRATION})")
     f.add_argument("--refinements", type=int_within(0, 1000), default=8, metavar="N",
@@ -115,7 +140,7 @@ def add_yield_parser(subparsers) -> None:
 
 def yield_inputs(args: argparse.Namespace):
     """``(task, population, cfg)`` of ``sysarray yield`` options; a ValueError for bad combinations."""
-    from mitigation.yield_model import DefectPopulation, FlowSettings, YieldTask, default_steps
+    from mitigation.yield_model import DefectPopulation, FlowSettings, GroupSettings, YieldTask, default_steps
     from sysarray.cliargs import array_config
 
     cfg = array_config(args).replace(spare_rows=args.spare_rows, spare_cols=args.spare_cols)
@@ -126,8 +151,14 @@ def yield_inputs(args: argparse.Namespace):
     population = DefectPopulation(args.defect_density, args.chips, args.seed, model=args.defect_model, alpha=alpha,
                                   registers=args.register_mix, values=values, faults_per_pe=args.faults_per_pe)
     steps = args.steps or default_steps(cfg)
+    given = {k: v for k, v in (("grouping", args.efat_grouping), ("epochs", args.efat_epochs),
+                               ("max_rate", args.efat_max_rate)) if v is not None}
+    if given and "efat" not in steps:
+        raise ValueError("--efat-epochs, --efat-grouping and --efat-max-rate configure the efat step; "
+                         "add efat to --steps.")
     settings = FlowSettings(steps=steps, max_drop=args.max_drop, epochs=args.epochs,
-                            calibration_images=args.calibration_images, seed=args.seed, refinements=args.refinements)
+                            calibration_images=args.calibration_images, seed=args.seed, refinements=args.refinements,
+                            groups=GroupSettings(**given))
     settings.check(cfg)
     population.check(cfg)
     return YieldTask(args.model, args.dataset, args.data_dir, args.limit, settings=settings), population, cfg
@@ -147,12 +178,19 @@ def run_yield_command(args: argparse.Namespace) -> int:
     table = run_yield(task, population, args.out, cfg, workers=args.workers, scheduler=args.scheduler,
                       progress=not args.quiet, confidence=args.confidence)
     run = table["run"]
-    if run["evaluated"] == 0:
+    trained = run.get("efat_groups_trained", 0)
+    if run["evaluated"] == 0 and not trained:
         print(f"nothing to do: all {population.size} dies of {args.out} are already done")
     else:
         resumed = f" ({run['already_done']} were already done)" if run["already_done"] else ""
         print(f"evaluated {run['evaluated']} dies in {run['seconds']:.1f} s{resumed}; "
               f"fault-free accuracy {table['clean_accuracy']:.4f}")
+    if trained:
+        rows = table["rows"]
+        total = {k: sum(r[f"efat_{k}"] for r in rows) for k in ("groups", "grouped", "candidates", "epochs", "shipped")}
+        print(f"efat: {total['groups']} groups of {total['grouped']} of the {total['candidates']} dies no step "
+              f"shipped, {total['epochs']:g} epochs; {total['shipped']} shipped")
     print(table_markdown(table), end="")
-    print(f"wrote {args.out}/results.csv, yield.json, yield.md, yield.png")
+    extra = ", efat_groups.json" if "efat" in table["steps"] else ""
+    print(f"wrote {args.out}/results.csv{extra}, yield.json, yield.md, yield.png")
     return EXIT_OK

@@ -15,7 +15,9 @@ Three parts:
 - **The flow per chip** (:class:`YieldEvaluator`): the die is diagnosed from GEMM outputs alone
   (:func:`sysarray.diagnosis.diagnose`), and every decision afterwards uses the diagnosed map; the
   mitigations are applied in order of cost, stopping at the first whose accuracy on the real chip
-  meets the constraint (:data:`STEPS`).
+  meets the constraint (:data:`STEPS`). The last step, ``efat`` (:func:`run_efat_groups`), is a
+  population stage after every die's flow: the dies no step shipped are grouped by their
+  diagnosed maps and each group retrained once (eFAT, Hanif and Shafique, arXiv 2304.12949).
 - **Populations and the runner**: :class:`DefectPopulation` is a campaign population and
   :class:`YieldTask` a campaign task whose evaluator is the flow, so :func:`run_yield` is
   :func:`mitigation.campaign.run_campaign` (resumable, process pool or Dask) plus the yield table
@@ -34,19 +36,28 @@ import numpy as np
 
 from mitigation.campaign.evaluator import CheckpointTask
 from sysarray.validation import (
-    check_choice, check_float, check_fraction, check_int, check_positive_int, check_seed, check_sequence,
+    check_choice, check_float, check_fraction, check_instance, check_int, check_positive_int, check_seed,
+    check_sequence,
 )
 
 DEFECT_MODELS = ("poisson", "negbin")
 # The mitigations in order of cost: nothing; a channel permutation; + exact integer repairs; spare
-# lines; bypass of the diagnosed PEs (FAP); FAP + retraining; stuck-at-aware retraining.
-STEPS = ("none", "remap", "arith", "spares", "bypass", "fapt", "stuckat")
-RETRAINING = ("fapt", "stuckat")
+# lines; bypass of the diagnosed PEs (FAP); FAP + retraining; stuck-at-aware retraining; one
+# retraining shared by a group of the dies no earlier step shipped (eFAT, a population stage).
+STEPS = ("none", "remap", "arith", "spares", "bypass", "fapt", "stuckat", "efat")
+DIE_STEPS = STEPS[:-1]
+RETRAINING = ("fapt", "stuckat", "efat")
 NOT_MET = "rejected"
 DEFAULT_EPOCHS = 2.0
 DEFAULT_CALIBRATION = 128
 DEFAULT_MAX_DROP = 0.01
+# eFAT's largest default retraining amount (mitigation.efat.DEFAULT_AMOUNTS): these dies failed --epochs alone
+DEFAULT_GROUP_EPOCHS = 8.0
+DEFAULT_GROUP_MAX_RATE = 0.05
+DEFAULT_GROUPING = "greedy"
 YIELD_JSON, YIELD_MD, YIELD_PNG = "yield.json", "yield.md", "yield.png"
+EFAT_JSON = "efat_groups.json"
+EFAT_FORMAT, EFAT_VERSION = "sysarray-yield-efat", 1
 _REGISTERS = ("weight", "act", "psum")
 
 
@@ -202,10 +213,40 @@ class DefectPopulation:
 
 # --------------------------------------------------------------------------- the flow
 @dataclass(frozen=True)
+class GroupSettings:
+    """The eFAT groups step (docs/yield.md §2.1): the grouping policy of
+    :mod:`mitigation.grouping` (``greedy``, ``jaccard``, ``fixed[:K]``), the retraining epochs of
+    each group, and the largest fused PE rate a group may have (a die whose own diagnosed rate is
+    above it is beyond this step). Every rate up to ``max_rate`` gets the same amount ``epochs``:
+    the flat resilience map that stands in for eFAT's measured one."""
+
+    grouping: str = DEFAULT_GROUPING
+    epochs: float = DEFAULT_GROUP_EPOCHS
+    max_rate: float = DEFAULT_GROUP_MAX_RATE
+
+    def __post_init__(self) -> None:
+        from mitigation.grouping import get_grouping
+
+        where = "GroupSettings"
+        get_grouping(self.grouping)
+        object.__setattr__(self, "epochs", check_float(self.epochs, "epochs", where, lo=0.0))
+        object.__setattr__(self, "max_rate", check_float(self.max_rate, "max_rate", where, lo=0.0, hi=1.0,
+                                                         lo_open=True))
+
+    def amount(self, rate: float) -> float | None:
+        """The flat resilience map: ``epochs`` up to ``max_rate``, beyond resilience (None) above."""
+        return self.epochs if rate <= self.max_rate + 1e-12 else None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class FlowSettings:
-    """The per-chip flow: which steps (a subsequence of :data:`STEPS`), the constraint (accuracy
-    drop against the fault-free chip at most ``max_drop``, a fraction), the retraining epochs, the
-    remap saliency's calibration images (training split), the diagnosis seed and refinements."""
+    """The flow: which steps (a subsequence of :data:`STEPS`), the constraint (accuracy drop
+    against the fault-free chip at most ``max_drop``, a fraction), the retraining epochs, the remap
+    saliency's calibration images (training split), the diagnosis seed and refinements, and the
+    eFAT groups step's settings (``groups``, used when ``"efat"`` is a step)."""
 
     steps: tuple[str, ...] = ("none", "remap", "arith")
     max_drop: float = DEFAULT_MAX_DROP
@@ -214,6 +255,7 @@ class FlowSettings:
     seed: int = 0
     refinements: int = 8
     batch_size: int = 64
+    groups: GroupSettings = field(default_factory=GroupSettings)
 
     def __post_init__(self) -> None:
         where = "FlowSettings"
@@ -228,6 +270,16 @@ class FlowSettings:
         object.__setattr__(self, "seed", check_seed(self.seed, where))
         object.__setattr__(self, "refinements", check_int(self.refinements, "refinements", where, lo=0, hi=1000))
         object.__setattr__(self, "batch_size", check_int(self.batch_size, "batch_size", where, lo=2))
+        check_instance(self.groups, GroupSettings, "groups", where)
+
+    @property
+    def die_steps(self) -> tuple[str, ...]:
+        """The steps run die by die (every step but the population stage ``efat``)."""
+        return tuple(s for s in self.steps if s in DIE_STEPS)
+
+    @property
+    def efat(self) -> bool:
+        return "efat" in self.steps
 
     def check(self, cfg: Any) -> None:
         """A ValueError for steps the array cannot run."""
@@ -241,12 +293,20 @@ class FlowSettings:
                                  f"{cfg.dataflow.value}.")
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "steps": list(self.steps)}
+        """The per-die flow (the campaign's configuration): the eFAT stage keeps its own hash in
+        :data:`EFAT_JSON`, so adding or changing it resumes the same campaign."""
+        out = {k: v for k, v in asdict(self).items() if k != "groups"}
+        return {**out, "steps": list(self.die_steps)}
+
+    def group_mode(self, cfg: Any) -> str:
+        """How the eFAT groups retrain: ``"bypass"`` (FAP+T for the fused map) on bypass hardware in
+        WS, else ``"stuck-at"`` (stuck-at FAT alternating the members' diagnosed maps)."""
+        return "bypass" if cfg.bypass and cfg.dataflow.value == "ws" else "stuck-at"
 
 
-def default_steps(cfg: Any, retraining: bool = False) -> tuple[str, ...]:
+def default_steps(cfg: Any, retraining: bool = False, efat: bool = False) -> tuple[str, ...]:
     """The steps an array supports: none, remap, arith; spares with spares; bypass and FAP+T with
-    bypass hardware in WS; stuck-at FAT when ``retraining``."""
+    bypass hardware in WS; stuck-at FAT when ``retraining``; the eFAT groups when ``efat``."""
     steps = ["none", "remap", "arith"]
     if cfg.spare_rows or cfg.spare_cols:
         steps.append("spares")
@@ -254,6 +314,8 @@ def default_steps(cfg: Any, retraining: bool = False) -> tuple[str, ...]:
         steps += ["bypass", "fapt"]
     if retraining:
         steps.append("stuckat")
+    if efat:
+        steps.append("efat")
     return tuple(steps)
 
 
@@ -388,6 +450,86 @@ class YieldEvaluator:
             mapped, _ = repair_program(mapped, self.lcfg, diag)
         return mapped
 
+    @property
+    def _spares(self) -> bool:
+        return bool(self.cfg.spare_rows or self.cfg.spare_cols)
+
+    def _diagnosed(self, fm: Any) -> tuple[Any, Any, np.ndarray, Any]:
+        """``(diagnosis, acted map, suspect PEs, suspect map)`` of the physical die ``fm``."""
+        from sysarray import Chip
+        from sysarray.diagnosis import diagnose
+
+        pcfg = self.pcfg
+        diag = diagnose(Chip(pcfg, fm), pcfg, seed=self.settings.seed, refinements=self.settings.refinements)
+        acted = acted_map(diag)
+        suspects = suspect_pes(diag)
+        return diag, acted, suspects, with_pes(acted, suspects)
+
+    def _logical(self, fm: Any, acted: Any, suspect_map: Any, plan: Any) -> dict:
+        """The true, diagnosed and suspect maps on the logical array of repair ``plan``."""
+        from sysarray.repair import logical_map
+
+        maps = {"true": fm, "diag": acted, "suspect": suspect_map}
+        return {k: logical_map(self.cfg, m, plan) for k, m in maps.items()} if self._spares else maps
+
+    def group_maps(self, fm: Any) -> dict:
+        """The logical maps an eFAT group member is retrained for and judged on: the die's state
+        before ``bypass`` in the flow (spare-repaired when ``spares`` is a step), from the same
+        seeded diagnosis as its per-die run. ``true``, ``diag`` (stuck bits acted on), ``suspect``
+        (FaultMaps) and ``suspects`` ((R, C) bool, the PEs bypassed)."""
+        from sysarray.repair import RepairPlan, allocate_repair
+
+        with self._one_thread():
+            _, acted, _, suspect_map = self._diagnosed(fm)
+            if not self._spares:
+                plan = None
+            elif "spares" in self.settings.die_steps:
+                plan = allocate_repair(self.cfg, suspect_map)
+            else:
+                plan = RepairPlan.spares_unused(self.cfg)
+            maps = self._logical(fm, acted, suspect_map, plan)
+        maps["suspects"] = maps["suspect"].faulty_pes()
+        return maps
+
+    def group_outcome(self, members: Sequence[dict], mode: str, epochs: float) -> tuple[list[int], float]:
+        """One retraining for a group (``members``: :meth:`group_maps` of each) and each member's
+        correct test images on its own true chip. ``mode`` ``"bypass"``: FAP+T for the fused map
+        (the OR of the members' suspect PEs), each member bypassing its own suspects (the pruned
+        weights of the others are 0 already: exact for every member); ``"stuck-at"``: stuck-at FAT
+        with batches alternating the members' diagnosed maps. Returns ``(correct per member,
+        epochs spent)``."""
+        from mitigation.fat import fap_t, lower_like, prune_program, stuckat_fat
+        from sysarray import FaultMap
+
+        s, lcfg, prepared = self.settings, self.lcfg, self.prepared
+        data = prepared.dataset
+        labels = prepared.labels.cpu()
+        with self._one_thread():
+            if mode == "bypass":
+                fused = np.zeros(members[0]["suspects"].shape, dtype=bool)
+                for m in members:
+                    fused |= m["suspects"]
+                fused_map = with_pes(FaultMap(*fused.shape), fused)
+                model, res = fap_t(prepared.model, prepared.program, lcfg, fused_map, data.train_x, data.train_y,
+                                   epochs, batch_size=s.batch_size, seed=s.seed)
+                prog = lower_like(model, prepared)
+                prog = prune_program(prog, lcfg, fused_map) if fused.any() else prog
+                preds = [self._predict(prog, without_pes(m["true"], m["suspects"])) for m in members]
+            else:
+                model, res = stuckat_fat(prepared.model, prepared.program, lcfg, [m["diag"] for m in members],
+                                         data.train_x, data.train_y, epochs,
+                                         relower=lambda mod: lower_like(mod, prepared), batch_size=s.batch_size,
+                                         seed=s.seed)
+                prog = lower_like(model, prepared)
+                preds = [self._predict(prog, m["true"]) for m in members]
+        return [int((p == labels).sum()) for p in preds], float(res.epochs)
+
+    @staticmethod
+    def _one_thread() -> Any:
+        from sysarray.runtime import threads
+
+        return threads(1)  # float reductions must not depend on the machine's thread count
+
     def outcome(self, fm: Any) -> dict:
         """The flow on the die with physical map ``fm`` (see :func:`outcome_columns`); the journal
         record also gets ``step_seconds`` (wall time per step, diagnosis included), kept out of
@@ -399,28 +541,17 @@ class YieldEvaluator:
 
     def _outcome(self, fm: Any) -> dict:
         from mitigation.fat import fap_t, lower_like, prune_program, stuckat_fat
-        from sysarray import Chip
-        from sysarray.diagnosis import diagnose
-        from sysarray.repair import RepairPlan, allocate_repair, logical_map
+        from sysarray.repair import RepairPlan, allocate_repair
 
         s, cfg, lcfg = self.settings, self.cfg, self.lcfg
         prepared = self.prepared
         program = prepared.program
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        pcfg = self.pcfg
-        diag = diagnose(Chip(pcfg, fm), pcfg, seed=s.seed, refinements=s.refinements)
+        diag, acted, suspects, suspect_map = self._diagnosed(fm)
         seconds["diagnosis"] = time.perf_counter() - t0
-        acted = acted_map(diag)
-        suspects = suspect_pes(diag)
-        suspect_map = with_pes(acted, suspects)
-        spares = bool(cfg.spare_rows or cfg.spare_cols)
-
-        def logical(phys: Any, plan: Any) -> Any:
-            return logical_map(cfg, phys, plan) if spares else phys
-
-        plan0 = RepairPlan.spares_unused(cfg) if spares else None
-        state = {"true": logical(fm, plan0), "diag": logical(acted, plan0), "suspect": logical(suspect_map, plan0)}
+        plan0 = RepairPlan.spares_unused(cfg) if self._spares else None
+        state = self._logical(fm, acted, suspect_map, plan0)
         spare_lines = 0
         accs: dict[str, float] = {}
         preds: dict[str, Any] = {}
@@ -429,7 +560,7 @@ class YieldEvaluator:
         bypassed = 0
         n = self.images_count
         labels = prepared.labels.cpu()
-        for step in s.steps:
+        for step in s.die_steps:
             t1 = time.perf_counter()
             true, dmap, smap = state["true"], state["diag"], state["suspect"]
             if step == "none":
@@ -442,7 +573,7 @@ class YieldEvaluator:
                 plan = allocate_repair(cfg, suspect_map)
                 spare_lines = sum(1 for r in plan.fused_rows if r < cfg.rows) + \
                     sum(1 for c in plan.fused_cols if c < cfg.cols)
-                state = {"true": logical(fm, plan), "diag": logical(acted, plan), "suspect": logical(suspect_map, plan)}
+                state = self._logical(fm, acted, suspect_map, plan)
                 true, dmap = state["true"], state["diag"]
                 best = "arith" if "arith" in s.steps else "remap" if "remap" in s.steps else None
                 prog = program if best is None else self._mapped(program, dmap, repair=best == "arith")
@@ -489,7 +620,7 @@ class YieldEvaluator:
                "sdc_rate": int((pred != self.clean_predictions).sum()) / n, "critical": int(shipped == NOT_MET),
                "spare_pes": pr * pc - cfg.rows * cfg.cols, "spare_lines_used": spare_lines,
                "pes_bypassed": bypassed, "retrain_epochs": round(float(epochs), 6)}
-        for step in s.steps:
+        for step in s.die_steps:
             out[f"acc_{step}"] = accs.get(step)
         out["step_seconds"] = {k: round(v, 6) for k, v in seconds.items()}
         return out
@@ -507,7 +638,7 @@ class YieldTask(CheckpointTask):
 
     @property
     def outcome_columns(self) -> tuple[str, ...]:
-        return outcome_columns(self.settings.steps)
+        return outcome_columns(self.settings.die_steps)
 
     def build_evaluator(self, program: Any, images: Any, labels: Any, cfg: Any, engine: str, critical_drop: float,
                         batch_size: int | None) -> YieldEvaluator:
@@ -517,30 +648,150 @@ class YieldTask(CheckpointTask):
         return YieldEvaluator.build(self._prepared, cfg, self.settings, critical_drop)
 
 
+# --------------------------------------------------------------------------- the eFAT groups stage
+def efat_config(manifest: dict, settings: FlowSettings, cfg: Any) -> dict:
+    """What the eFAT stage's results depend on: the per-die campaign (its configuration hash) and
+    the group settings; its hash is kept in :data:`EFAT_JSON`."""
+    return {"format": EFAT_FORMAT, "version": EFAT_VERSION, "campaign": manifest["config_hash"],
+            "groups": settings.groups.to_dict(), "mode": settings.group_mode(cfg)}
+
+
+def _efat_interrupted(done: int, total: int) -> Any:
+    from sysarray.lifecycle import Interrupted
+
+    return Interrupted(f"interrupted in the efat step at {done}/{total} groups (every die's flow is kept, "
+                       f"{EFAT_JSON} not written); rerun the same command to resume")
+
+
+def run_efat_groups(task: YieldTask, population: DefectPopulation, out: str, cfg: Any, *,
+                    progress: bool = False) -> dict:
+    """The eFAT groups step on a finished yield campaign ``out`` (docs/yield.md §2.1): per density,
+    the dies no per-die step shipped are grouped by their diagnosed faulty PEs
+    (:func:`mitigation.grouping.make_groups` with the flat amount of :class:`GroupSettings`),
+    each group retrained once (:meth:`YieldEvaluator.group_outcome`) and every member judged on its
+    own true chip; those that meet the constraint ship at step ``"efat"``.
+
+    Writes :data:`EFAT_JSON` atomically once every group is done; when that file is there with the
+    same configuration hash nothing is recomputed (it is returned), with another hash a ValueError.
+    Interrupted (SIGINT, SIGTERM), nothing is written and :class:`sysarray.lifecycle.Interrupted`
+    is raised. Returns the file's content plus ``"trained"``: groups retrained by this call."""
+    from mitigation.campaign.store import config_hash, read_results
+    from sysarray.lifecycle import interrupt_of, sigterm_as_interrupt
+
+    s = task.settings
+    path = os.path.join(out, EFAT_JSON)
+    manifest, rows = read_results(out)
+    if len(rows) != population.size:
+        raise ValueError(f"The efat step groups the dies of a finished campaign; {out} holds {len(rows)} of "
+                         f"{population.size}. Rerun the same command to finish it.")
+    config = efat_config(manifest, s, cfg)
+    digest = config_hash(config)
+    if os.path.exists(path):
+        import json
+
+        with open(path) as fh:
+            old = json.load(fh)
+        if old.get("config_hash") == digest:
+            return {**old, "trained": 0}
+        differs = sorted(k for k in config if old.get("config", {}).get(k) != config[k])
+        raise ValueError(f"{path} holds an efat step with another configuration (differs in: "
+                         f"{', '.join(differs)}); delete that file to redo the step with these settings, or use "
+                         "another -o directory.")
+    count = {"done": 0, "groups": 0}
+    with sigterm_as_interrupt():
+        try:
+            return _efat_groups(task, population, cfg, rows, config, digest, path, progress, count)
+        except (KeyboardInterrupt, SystemError) as raised:
+            exc = interrupt_of(raised)
+            if exc is None:
+                raise
+            raise _efat_interrupted(count["done"], count["groups"]) from exc
+
+
+def _efat_groups(task: YieldTask, population: DefectPopulation, cfg: Any, rows: list[dict], config: dict,
+                 digest: str, path: str, progress: bool, count: dict) -> dict:
+    from tqdm.auto import tqdm
+
+    from mitigation.grouping import Chip as GroupChip, make_groups
+    from sysarray.atomic import write_json
+
+    s = task.settings
+    mode = s.group_mode(cfg)
+    rejected = [r for r in rows if r["shipped_step"] == NOT_MET]
+    ev = task.build_evaluator(*task.load(), cfg, "fast", s.max_drop, None) if rejected else None
+    plans, dies = [], []
+    for density in population.densities:
+        at = [r for r in rejected if float(r["density"]) == density]
+        maps = {int(r["chip"]): ev.group_maps(population.chip(int(r["chip"]), cfg)[0]) for r in at}
+        pes = {c: (m["suspects"] if mode == "bypass" else m["diag"].faulty_pes()) for c, m in maps.items()}
+        chips = [GroupChip(str(c), pes[c]) for c in sorted(maps)
+                 if s.groups.amount(float(pes[c].mean())) is not None]
+        replica = {int(r["chip"]): int(r["replica"]) for r in at}
+        for c in sorted(maps):
+            dies.append({"chip": c, "density": density, "replica": replica[c],
+                         "diag_pes": int(pes[c].sum()), "rate": float(pes[c].mean()), "group": None,
+                         "accuracy": None, "drop": None, "shipped_step": NOT_MET,
+                         "pes_bypassed": int(maps[c]["suspects"].sum()) if mode == "bypass" else 0,
+                         "retrain_epochs": 0.0})
+        for members in (make_groups(chips, s.groups.amount, s.groups.grouping) if chips else []):
+            ids = [int(chips[i].name) for i in members]
+            fused = np.zeros_like(pes[ids[0]])
+            for c in ids:
+                fused |= pes[c]
+            plans.append({"density": density, "members": ids, "fused_pes": int(fused.sum()),
+                          "fused_rate": float(fused.mean()), "maps": [maps[c] for c in ids]})
+    groups = []
+    by_chip = {d["chip"]: d for d in dies}
+    n = ev.images_count if ev is not None else 0
+    count["groups"] = len(plans)
+    for gid, plan in enumerate(tqdm(plans, desc="efat groups", unit="group", disable=not progress, leave=False)):
+        t0 = time.perf_counter()
+        correct, epochs = ev.group_outcome(plan["maps"], mode, s.groups.epochs)
+        shipped = [c for c, k in zip(plan["members"], correct) if ev._meets(k)]
+        groups.append({"group": gid, "density": plan["density"], "members": plan["members"],
+                       "fused_pes": plan["fused_pes"], "fused_rate": plan["fused_rate"], "epochs": epochs,
+                       "shipped": shipped, "seconds": round(time.perf_counter() - t0, 6)})
+        for c, k in zip(plan["members"], correct):
+            by_chip[c].update(group=gid, accuracy=k / n, drop=(ev.clean_correct - k) / n,
+                              shipped_step="efat" if c in shipped else NOT_MET,
+                              retrain_epochs=round(epochs / len(plan["members"]), 6))
+        count["done"] = len(groups)
+    result = {"config": config, "config_hash": digest, "mode": mode, "max_drop": s.max_drop,
+              "groups": groups, "dies": sorted(dies, key=lambda d: d["chip"])}
+    write_json(path, result)
+    return {**result, "trained": len(groups)}
+
+
 # --------------------------------------------------------------------------- running and the table
 def run_yield(task: YieldTask, population: DefectPopulation, out: str, cfg: Any, *, workers: int | None = None,
               scheduler: Any = None, progress: bool = False, confidence: float = 0.95) -> dict:
-    """The flow on every die of ``population`` (a resumable campaign directory ``out``), then
-    ``yield.json``, ``yield.md`` and ``yield.png`` there. Returns the yield table (a dict)."""
+    """The flow on every die of ``population`` (a resumable campaign directory ``out``), then, when
+    ``efat`` is a step, the eFAT groups stage (:func:`run_efat_groups`), then ``yield.json``,
+    ``yield.md`` and ``yield.png`` there. Returns the yield table (a dict)."""
     from mitigation.campaign import run_campaign
 
     task.settings.check(cfg)
     run = run_campaign(task, population, out, cfg, critical_drop=task.settings.max_drop, confidence=confidence,
                        workers=workers, scheduler=scheduler, progress=progress, chunk_size=1)
-    table = yield_table(out, population, cfg)
+    efat = run_efat_groups(task, population, out, cfg, progress=progress) if task.settings.efat else None
+    table = yield_table(out, population, cfg, efat=efat)
     table["run"] = {"evaluated": run.evaluated, "already_done": run.already_done, "seconds": round(run.seconds, 3)}
+    if efat is not None:
+        table["run"]["efat_groups_trained"] = efat["trained"]
     write_yield_files(out, table)
     return table
 
 
-def yield_table(directory: str, population: DefectPopulation, cfg: Any) -> dict:
+def yield_table(directory: str, population: DefectPopulation, cfg: Any, efat: dict | None = None) -> dict:
     """Per density: dies, the analytic no-defect yield, the simulated defect-free share, the share
     shipped after each step (cumulative), and the costs per shipped chip. From the campaign's
-    journal; wall times (``seconds``) are the only entries that change between runs."""
+    journal and, with ``efat`` (what :func:`run_efat_groups` returns), the eFAT groups stage:
+    ``yield_efat``, the groups, their epochs (in the epochs per shipped die too) and seconds. Wall
+    times (``seconds``) are the only entries that change between runs."""
     from mitigation.campaign.store import read_results
 
     manifest, rows = read_results(directory)
-    steps = manifest["config"]["task"]["flow"]["steps"]
+    steps = list(manifest["config"]["task"]["flow"]["steps"]) + (["efat"] if efat is not None else [])
     a, b = cfg.spare_rows, cfg.spare_cols
     out_rows = []
     for density in population.densities:
@@ -554,21 +805,37 @@ def yield_table(directory: str, population: DefectPopulation, cfg: Any) -> dict:
                      "defect_free": sum(1 for r in members if int(r["defects"]) == 0) / n}
         if a or b:
             row["analytic_spares_bound"] = spare_yield_bound(lam, a, b, population.model, population.alpha)
+        groups = [g for g in efat["groups"] if g["density"] == density] if efat is not None else []
+        group_epochs = sum(float(g["epochs"]) for g in groups)
         shipped = 0
         for step in steps:
-            shipped += sum(1 for r in members if r["shipped_step"] == step)
+            if step == "efat":
+                shipped += sum(len(g["shipped"]) for g in groups)
+            else:
+                shipped += sum(1 for r in members if r["shipped_step"] == step)
             row[f"yield_{step}"] = shipped / n
         row["shipped"] = shipped
         per = max(shipped, 1)
         row["diag_cycles_per_shipped"] = sum(int(r["diag_cycles"]) for r in members) / per if shipped else None
-        row["retrain_epochs_per_shipped"] = sum(float(r["retrain_epochs"]) for r in members) / per if shipped else None
+        epochs = sum(float(r["retrain_epochs"]) for r in members) + group_epochs
+        row["retrain_epochs_per_shipped"] = epochs / per if shipped else None
         row["spare_pes_per_shipped"] = sum(int(r["spare_pes"]) for r in members) / per if shipped else None
         row["diag_exact_share"] = sum(int(r["diag_exact"]) for r in members) / n
         row["diag_confirmed_share"] = sum(int(r["diag_confirmed"]) for r in members) / n
+        if efat is not None:
+            by_efat = sum(len(g["shipped"]) for g in groups)
+            row["efat_candidates"] = sum(1 for r in members if r["shipped_step"] == NOT_MET)
+            row["efat_grouped"] = sum(len(g["members"]) for g in groups)
+            row["efat_groups"] = len(groups)
+            row["efat_shipped"] = by_efat
+            row["efat_epochs"] = group_epochs
+            row["efat_epochs_per_shipped"] = group_epochs / by_efat if by_efat else None
         secs: dict[str, float] = {}
         for r in members:
             for k, v in (r.get("step_seconds") or {}).items():
                 secs[k] = secs.get(k, 0.0) + float(v)
+        if groups:
+            secs["efat"] = sum(float(g["seconds"]) for g in groups)
         row["seconds"] = {k: round(v, 3) for k, v in secs.items()}
         row["seconds_per_shipped"] = round(sum(secs.values()) / per, 3) if shipped else None
         out_rows.append(row)
@@ -583,7 +850,8 @@ def table_markdown(table: dict) -> str:
     spares = any("analytic_spares_bound" in r for r in table["rows"])
     head = ["D0 (defects/PE)", "lambda", "dies", "analytic Y0", "defect-free"] + \
         (["spares bound"] if spares else []) + [f"after {s}" for s in steps] + \
-        ["test cycles / shipped", "epochs / shipped", "spare PEs / shipped", "CPU s / shipped"]
+        ["test cycles / shipped", "epochs / shipped", "spare PEs / shipped", "CPU s / shipped"] + \
+        (["efat groups", "efat epochs / efat-shipped"] if "efat" in steps else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(v: Any, digits: int = 3) -> str:
@@ -594,7 +862,9 @@ def table_markdown(table: dict) -> str:
                  f(r["defect_free"])] + ([f(r.get("analytic_spares_bound"))] if spares else []) + \
             [f(r[f"yield_{s}"]) for s in steps] + \
             [f(r["diag_cycles_per_shipped"], 0), f(r["retrain_epochs_per_shipped"], 2),
-             f(r["spare_pes_per_shipped"], 1), f(r["seconds_per_shipped"], 2)]
+             f(r["spare_pes_per_shipped"], 1), f(r["seconds_per_shipped"], 2)] + \
+            ([f"{r['efat_groups']} ({r['efat_grouped']}/{r['efat_candidates']} dies)",
+              f(r["efat_epochs_per_shipped"], 2)] if "efat" in steps else [])
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -640,8 +910,9 @@ def write_yield_files(directory: str, table: dict) -> None:
     plot_yield(table, os.path.join(directory, YIELD_PNG))
 
 
-__all__ = ["DEFAULT_EPOCHS", "DEFAULT_MAX_DROP", "DEFECT_MODELS", "DefectPopulation", "FlowSettings", "NOT_MET",
+__all__ = ["DEFAULT_EPOCHS", "DEFAULT_GROUPING", "DEFAULT_GROUP_EPOCHS", "DEFAULT_GROUP_MAX_RATE", "DEFAULT_MAX_DROP",
+           "DEFECT_MODELS", "DIE_STEPS", "EFAT_JSON", "DefectPopulation", "FlowSettings", "GroupSettings", "NOT_MET",
            "RETRAINING", "STEPS", "YieldEvaluator", "YieldTask", "acted_map", "default_steps", "defect_pmf",
-           "no_defect_yield", "outcome_columns", "parse_register_mix", "plot_yield", "run_yield",
-           "spare_yield_bound", "suspect_pes", "table_markdown", "with_pes", "without_pes", "write_yield_files",
-           "yield_table"]
+           "efat_config", "no_defect_yield", "outcome_columns", "parse_register_mix", "plot_yield", "run_efat_groups",
+           "run_yield", "spare_yield_bound", "suspect_pes", "table_markdown", "with_pes", "without_pes",
+           "write_yield_files", "yield_table"]

@@ -3,6 +3,7 @@ meets the constraint, cumulative yields, the diagnosed map behind every decision
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import shutil
@@ -11,8 +12,8 @@ import numpy as np
 import pytest
 
 from mitigation.yield_model import (
-    DefectPopulation, FlowSettings, YieldEvaluator, YieldTask, acted_map, defect_pmf, no_defect_yield, run_yield,
-    spare_yield_bound, suspect_pes, with_pes, without_pes, yield_table,
+    EFAT_JSON, DefectPopulation, FlowSettings, GroupSettings, YieldEvaluator, YieldTask, acted_map, defect_pmf,
+    no_defect_yield, run_yield, spare_yield_bound, suspect_pes, with_pes, without_pes, yield_table,
 )
 from sysarray import ArrayConfig, FaultMap
 
@@ -191,3 +192,94 @@ def test_yield_run_is_cumulative_deterministic_and_resumes(lenet_ckpt, tmp_path)
     assert [{k: v for k, v in r.items() if k not in timed} for r in again["rows"]] == \
         [{k: v for k, v in r.items() if k not in timed} for r in yield_table(str(a), pop, cfg)["rows"]]
     assert (a / "yield.png").stat().st_size > 0
+
+
+# ------------------------------------------------------------------------------ the eFAT groups step
+def test_group_members_are_judged_on_their_own_chips(lenet_ckpt):
+    """One model per group; each member runs it on its own true chip: a fault its diagnosis missed
+    stays on that member alone (bypass mode), and in stuck-at mode each member keeps its own bits."""
+    from accel_models.evaluation import prepare
+    from mitigation.fat import fap, lower_like, prune_program
+
+    cfg = ArrayConfig(8, 8, "ws", bypass=True)
+    ev = YieldEvaluator.build(prepare(lenet_ckpt, limit=150), cfg, FlowSettings(steps=("none", "efat")), 0.01)
+    a = ev.group_maps(FaultMap(8, 8).add(0, 1, "weight", 6, 1).add(2, 3, "act", 5, 0))
+    b = ev.group_maps(FaultMap(8, 8).add(4, 0, "psum", 12, 1))
+    assert a["true"] == a["diag"] and a["suspects"].sum() == 2 and b["suspects"].sum() == 1
+    b_missed = dict(b, true=b["true"].add(0, 2, "psum", 30, 1))  # a top psum bit the diagnosis did not see
+    labels, images, lcfg = ev.prepared.labels.cpu(), ev.prepared.images, ev.lcfg
+
+    def correct(program, fm, on=lcfg):
+        return int((program.run(images, on, faults=fm).predictions.cpu() == labels).sum())
+
+    got, epochs = ev.group_outcome([a, b_missed], "bypass", 0.0)
+    fused = with_pes(FaultMap(8, 8), a["suspects"] | b["suspects"])
+    prog = prune_program(lower_like(fap(ev.prepared.model, ev.prepared.program, lcfg, fused), ev.prepared), lcfg, fused)
+    assert epochs == 0.0 and got == [correct(prog, without_pes(m["true"], m["suspects"])) for m in (a, b_missed)]
+    assert got[0] == correct(prog, a["true"], cfg)  # the bypass chip itself for the exactly diagnosed member
+    assert got[1] < got[0] - 50
+    got, _ = ev.group_outcome([a, b], "stuck-at", 0.0)
+    assert got == [correct(ev.prepared.program, m["true"]) for m in (a, b)] and got[0] != got[1]
+
+
+def test_efat_step_ships_only_rejected_dies_resumes_and_reruns_to_the_same_bytes(lenet_ckpt, tmp_path, monkeypatch):
+    from mitigation.campaign.store import read_results
+    from sysarray.lifecycle import Interrupted
+
+    cfg = ArrayConfig(8, 8, "ws", bypass=True)
+    pop = DefectPopulation([0.05], 3, seed=0)
+    groups = GroupSettings(epochs=1.0, max_rate=0.5)
+
+    def task(*steps):
+        return YieldTask(lenet_ckpt, limit=150, settings=FlowSettings(steps=steps, max_drop=0.01, calibration_images=64,
+                                                                      groups=groups))
+
+    out = tmp_path / "y"
+    run_yield(task("none", "bypass"), pop, str(out), cfg, workers=1)
+    results, manifest = (out / "results.csv").read_bytes(), (out / "manifest.json").read_bytes()
+    assert not (out / EFAT_JSON).exists()
+    # adding the step keeps the campaign: no die is redone, only the groups run
+    table = run_yield(task("none", "bypass", "efat"), pop, str(out), cfg, workers=1)
+    assert table["run"]["evaluated"] == 0 and table["run"]["efat_groups_trained"] >= 1
+    assert (out / "results.csv").read_bytes() == results and (out / "manifest.json").read_bytes() == manifest
+    efat = json.loads((out / EFAT_JSON).read_text())
+    _, rows = read_results(str(out))
+    by_chip = {int(r["chip"]): r for r in rows}
+    rejected = sorted(c for c, r in by_chip.items() if r["shipped_step"] == "rejected")
+    assert sorted(d["chip"] for d in efat["dies"]) == rejected
+    shipped = [d for d in efat["dies"] if d["shipped_step"] == "efat"]
+    assert shipped, "the fixture's seed gives a die that only the group retraining ships"
+    ev = task("none", "bypass")
+    evaluator = ev.build_evaluator(*ev.load(), cfg, "fast", 0.01, None)
+    for d in shipped:
+        _check_first_step(by_chip[d["chip"]], ("none", "bypass"), evaluator)  # every earlier step failed
+        assert d["drop"] <= 0.01 + 1e-9
+    for g in efat["groups"]:
+        assert set(g["shipped"]) <= set(g["members"]) and g["epochs"] == 1.0
+    row = table["rows"][0]
+    assert row["yield_efat"] == row["yield_bypass"] + len(shipped) / 3 and row["efat_groups"] == len(efat["groups"])
+    assert row["efat_epochs_per_shipped"] == pytest.approx(row["efat_epochs"] / len(shipped))
+    # a finished step is not redone: the same bytes
+    first = (out / EFAT_JSON).read_bytes()
+    again = run_yield(task("none", "bypass", "efat"), pop, str(out), cfg, workers=1)
+    assert again["run"]["efat_groups_trained"] == 0 and (out / EFAT_JSON).read_bytes() == first
+    # other group settings in the same directory are refused
+    with pytest.raises(ValueError, match="another configuration"):
+        run_yield(YieldTask(lenet_ckpt, limit=150, settings=FlowSettings(
+            steps=("none", "bypass", "efat"), max_drop=0.01, calibration_images=64,
+            groups=GroupSettings(epochs=2.0))), pop, str(out), cfg, workers=1)
+    # interrupted: nothing written; the step missing is redone alone, to the same results
+    os.remove(out / EFAT_JSON)
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(YieldEvaluator, "group_outcome", stop)
+        with pytest.raises(Interrupted, match="efat step at 0/"):
+            run_yield(task("none", "bypass", "efat"), pop, str(out), cfg, workers=1)
+    assert not (out / EFAT_JSON).exists()
+    redone = run_yield(task("none", "bypass", "efat"), pop, str(out), cfg, workers=1)
+    assert redone["run"]["evaluated"] == 0 and redone["run"]["efat_groups_trained"] == len(efat["groups"])
+    timed = lambda e: {**e, "groups": [{**g, "seconds": None} for g in e["groups"]]}  # noqa: E731
+    assert timed(json.loads((out / EFAT_JSON).read_text())) == timed(efat)
