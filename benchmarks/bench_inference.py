@@ -13,7 +13,7 @@ on them), it times round-robin, in one run:
   bits (fast engine), without the extra fault-free GEMMs that count changed outputs
   (``count_changes=False``).
 
-and reports the faulty / float ratio (target at most 2x): per chip the ratio of the medians and
+and reports the faulty / float ratio (target at most 1.2x): per chip the ratio of the medians and
 the median of the per-round ratios (the calls of a round run back to back, which resists a
 shared machine's drift); the table gives their medians over the chips and the worst chip (the
 replay's cost depends on where the faulty PEs sit). Conv layers run on the fast engine's
@@ -55,7 +55,7 @@ if __package__ in (None, ""):
 from benchmarks._common import float_and_chip_calls, format_table, provenance, summarize_times, time_round_robin, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-TARGET = 2.0
+TARGET = 1.2
 
 # Float32 inference under torch's own runtime defaults: this child never calls configure().
 _FLOAT_CHILD = """

@@ -239,7 +239,8 @@ def fat_rows(d: dict) -> list[Row]:
                          f"{len(c.get('rejected', []))} / {len(c.get('violations', []))}")]
         ec = e.get("epoch_cost") or {}
         rows += [row(f"{e['dataset']}: one FAP+T epoch / one float32 epoch", ec.get("fapt_over_float"), "x"),
-                 row(f"{e['dataset']}: one stuck-at FAT epoch / one float32 epoch", ec.get("stuckat_over_float"), "x")]
+                 row(f"{e['dataset']}: one stuck-at FAT epoch / one float32 epoch", ec.get("stuckat_over_float"), "x",
+                     Target("<=", 1.5, "x"))]
     return rows
 
 
@@ -252,10 +253,46 @@ def cli_rows(d: dict) -> list[Row]:
 
 @dataclass(frozen=True)
 class Bench:
+    """One benchmark's section; ``misses``: why its figures miss their targets, the profile behind
+    it and what would close it, shown when a row of its table misses."""
+
     name: str
     title: str
     measures: str
     rows: Callable[[dict], list[Row]]
+    misses: str = ""
+
+
+ENGINES_MISSES = (
+    "Where the fast engine misses: one thread, M=12544, K=576, N=64, 32x32 WS, 10 psum-faulty PEs: "
+    "`torch._int_mm` 1.0 ms; the engine's fault-free product 2.7-3.1 ms (the codes' shift from uint8 to int8, "
+    "0.9 ms, then the same int8 GEMM and the weights' sums added back); the psum replay about 10 ms: for each "
+    "fold a (V, 32) x (32, t) int8 GEMM of the segment weights by the stream (18 folds, V = 40 segment columns), "
+    "about 5 ms at some 60 GMAC/s (oneDNN's int8 GEMM is far from its peak at an inner size of 32), and the chain "
+    "replay over the 9M segment sums, about 3 ms. What would close it: one fused int8 kernel (VNNI/AMX "
+    "instructions, which numba does not emit) that reads the stream once and keeps each fold's prefix sums in "
+    "registers through the chain, never storing the segment sums.")
+INFERENCE_MISSES = (
+    "Where inference and campaigns miss: the fault-free part of a convolution runs on whichever of the int8 "
+    "and float32 kernels measures faster, but the psum replay of a faulty convolution is the float32 direct "
+    "replay (ResNet-20 at batch 256, 2 threads: 148 ms fault-free, 319 ms with 1% psum-faulty PEs), so a faulty "
+    "chip costs about twice a fault-free one. What would close it: the replay's segment sums on int8 (as the GEMM "
+    "replay does) or the fused kernel described under Engines.")
+FAT_MISSES = (
+    "Where stuck-at FAT misses: a step is the fake-quant twin's forward and backward (weights and activations "
+    "quantized in the graph: alone about one float32 epoch) plus the chip's corrections. The chip starts from the "
+    "twin's fault-free accumulators and computes only what its faults change, but for LeNet-5 on digits its "
+    "share is still about 30% of the epoch, spent around small kernels: each step's new weights mean new latched "
+    "weights and a new replay plan for every layer. What would close it: the replay's tables kept across steps "
+    "and only their weight values refreshed (their structure depends on the fault map and on which weights are "
+    "zero), and a compiled twin.")
+MODELS_MISSES = (
+    "Where the vision transformers miss: at batch 8 every layer is small, and the cost is the number of ops (about "
+    "100 for ViT, each 0.05-0.4 ms: Python dispatch, checks and memo lookups around kernels of a few tens of "
+    "microseconds), the softmax kernel (0.3-0.4 ms per call, bound by its table lookups) and the attention "
+    "products (0.3-0.4 ms each fault-free, 0.7-2 ms faulty: 32 small GEMMs per call). DeiT's float32 baseline runs "
+    "attention as one fused kernel. What would close it: attention (both products and the softmax) as one kernel "
+    "per batch of heads, and a compiled executor for the integer program instead of one Python dispatch per op.")
 
 
 BENCHMARKS = (
@@ -265,26 +302,27 @@ BENCHMARKS = (
           "its values on a 32x32 WS array (SCALE-Sim v2 needs over 5 minutes for the timing alone); and the fast "
           "engine's cost over `torch._int_mm` and over the exact float32 GEMM, fault-free and with 1% faulty PEs, "
           "for each dataflow. Times are medians of round-robin repeats after a warm-up call; every result is checked "
-          "against an exact GEMM or the other engine.", engines_rows),
+          "against an exact GEMM or the other engine.", engines_rows, ENGINES_MISSES),
     Bench("bench_inference", "Inference",
           "Integer inference of LeNet-5 and ResNet-20 (32x32 inputs, untrained weights) on a 32x32 WS chip with the "
           "fast engine, fault-free and on several chips with 1% psum-faulty PEs, over float32 torch inference of the "
           "same model and batch. Float32 is timed in the benchmark's tuned process and again in a child process under "
           "torch's own runtime defaults; the target holds only if both ratios meet it. The faulty chips are also timed in "
           "two child processes that differ only in whether they call `sysarray.runtime.configure()` first: what "
-          "the process tuning is worth on this machine (below 1x: the untuned process is faster).", inference_rows),
+          "the process tuning is worth on this machine (below 1x: the untuned process is faster).", inference_rows,
+          INFERENCE_MISSES),
     Bench("bench_models", "Architectures",
           "Compact re-implementations of today's CNN and vision-transformer families (`accel_models.zoo.families`, "
           "random weights, BatchNorm statistics settled on the images) at batch 8 on 3x64x64 inputs: the lowering's time (capture, calibration, integer program) "
           "and integer inference on a 32x32 WS chip with the fast engine, fault-free and with 1% psum-faulty PEs, over "
           "float32 torch inference of the same model and batch (the faster of torch's threads and one thread, measured "
           "in the same run); and the zoo's MobileNet-v2, MobileNet-v3 and ViT trained "
-          "here, their fault-free chip accuracy against float32.", models_rows),
+          "here, their fault-free chip accuracy against float32.", models_rows, MODELS_MISSES),
     Bench("bench_campaign", "Fault campaigns",
           "Fault campaigns on a 16x16 WS chip with 1% psum-faulty PEs: LeNet-5 on the digits test split and ResNet-20 "
           "on random 32x32 images. Chips per minute with 1 and 2 worker processes, the cost of one chip over one "
           "fault-free inference (1 worker, end to end) and the 2-worker parallel efficiency, each the median over "
-          "alternating pairs of campaigns.", campaign_rows),
+          "alternating pairs of campaigns.", campaign_rows, INFERENCE_MISSES),
     Bench("bench_clipping", "Activation clipping",
           "Accuracy under faults of LeNet-5 (and VGG-11 on Fashion-MNIST where present) with no clipping, Ranger, "
           "FT-ClipAct, FitAct and ProAct: on faulty chips and under weight-memory bit flips (int8, and float32 as the "
@@ -293,7 +331,7 @@ BENCHMARKS = (
     Bench("bench_fat", "Fault-aware training",
           "The retraining cost of conventional FAT, per-chip FAT and eFAT for populations of chips with uniformly "
           "placed and clustered faulty PEs (LeNet-5, 16x16 WS, bypass mode), and the cost of one FAP+T or stuck-at "
-          "FAT epoch over one float32 training epoch (docs/fat.md).", fat_rows),
+          "FAT epoch over one float32 training epoch (docs/fat.md).", fat_rows, FAT_MISSES),
     Bench("bench_cli", "Command-line start-up",
           "Wall time of `sysarray --help` and of every `sysarray COMMAND --help`, each in a fresh process started "
           "as a user starts it (the console script): Python's start, the parser modules' imports, the parser and "
@@ -372,7 +410,11 @@ def render(results: Path, benchmarks: Iterable[Bench] = BENCHMARKS) -> str:
         if data.get("mode") == "quick":
             lines += ["Smoke run (`--quick`): smaller problems and fewer repeats; the figures only show that the "
                       "benchmark runs.", ""]
-        lines += _table(b.rows(data)) + [""] + _machine(data, b.name) + [""]
+        rows = b.rows(data)
+        lines += _table(rows) + [""]
+        if b.misses and any(r[3] == "**no**" for r in rows):
+            lines += [b.misses, ""]
+        lines += _machine(data, b.name) + [""]
     return "\n".join(lines)
 
 
