@@ -13,7 +13,9 @@ Two repairs, each applied only where its condition proves it exact (docs/design.
   ``k % R == r`` in array column ``c``; OS every ``W[k, n]`` of the channel in column ``c`` (it
   streams south through the whole column); IS every ``W[k, n]`` with ``k % R == r`` (it streams
   east along row ``r``). Several faulty registers on one path need a code fixed by each of them; a
-  bit stuck at 0 in one and at 1 in another has none, and those faults are left.
+  bit stuck at 0 in one and at 1 in another has none, and those faults are left. In WS a register
+  whose row holds a padding zero in the last row fold, forced to a nonzero code, is left when an act
+  fault west of it in that row can make the streamed zero nonzero.
 - **psum register, constant effect (WS).** Interval and residue bounds on the partial sum that
   reaches the faulty PE (the column's latched weights, the activation codes the act registers can
   deliver at that PE, earlier corrections) that prove a stuck bit always reads the same value and
@@ -246,10 +248,15 @@ def repair_gemm(w: np.ndarray, cfg: ArrayConfig, faults: FaultMap, *, act_signed
     out.act = {(int(r), int(c)) for r, c in np.argwhere(faults.faulty_pes("act"))}
     # weight register: re-round what passes each faulty register to its fixed points
     if cfg.dataflow is Dataflow.WS:
+        pad_from = (-(-K // R) - 1) * R  # rows at or past K - pad_from hold padding zeros in the last row fold
         for r, c in np.argwhere(ws != 0):
             if r in rows_used and c in cols_used:
                 w[r::R, c::C] = _reround(w[r::R, c::C], (int(ws[r, c]), int(wo[r, c])))
-                out.weight_ok.add((int(r), int(c)))
+                # a padding zero the register forces nonzero meets a nonzero activation only where an
+                # act fault west of it (or at it) in that row corrupts the streamed zero
+                zero = int(_force8(np.zeros(1, dtype=np.int64), int(ws[r, c]), int(wo[r, c]), True)[0])
+                pads = pad_from + r >= K and zero != 0 and any(rr == r and cc <= c for rr, cc in out.act)
+                (out.weight_bad if pads else out.weight_ok).add((int(r), int(c)))
     elif cfg.dataflow is Dataflow.OS:
         for c in cols_used:
             rows = np.flatnonzero(ws[:, c])
