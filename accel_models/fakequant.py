@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from accel_models.matmul import MatMul, fake_matmul
 from accel_models.ppu import PPU_OPS, RunContext, floor_ste, ste
-from accel_models.program import ADD_SHIFT, Add, AvgPool, Clamp, Clip, Gemm, MaxPool, Program, QuantizeInput
+from accel_models.program import (ADD_SHIFT, Add, AvgPool, Clamp, Clip, Gemm, MaxPool, Program, QuantizeInput,
+                                  gather_input, gather_weight_inputs)
 from accel_models.quant import WEIGHT_QMAX, requantize
 
 
@@ -69,6 +70,10 @@ class FakeQuantProgram(nn.Module):
             # float32 could round these sums: carry on in float64 with the forward value of an
             # exact float64 GEMM (the codes that leave this layer are float32 again).
             acc = ste(acc.double(), _integer_gemm(x.detach().double(), wq.detach().double(), op))
+        if hook is not None and op.in_order is not None:
+            # the chip reads the inputs in array order (Gemm.in_order): the hook gets both operands in it
+            x, wq = gather_input(x, op), gather_weight_inputs(wq, op, op.in_order)
+            op = dataclasses.replace(op, in_order=None)
         if hook is not None and op.out_order is not None:
             # the chip holds the rows in array order (Gemm.out_order); the twin stays in channel order
             dim = 1 if op.kind == "conv" else -1
@@ -149,7 +154,9 @@ class FakeQuantProgram(nn.Module):
                               None, op.activation, **geometry)
                 new.lo, new.hi = op.lo, op.hi  # same activation clamp as before
                 new.clip_codes, new.clip_policy = op.clip_codes, op.clip_policy  # and the same thresholds
-                if op.out_order is not None:  # and the same fault-aware mapping
+                if op.in_order is not None:  # and the same fault-aware mapping
+                    new.weight, new.in_order = gather_weight_inputs(new.weight, op, op.in_order), op.in_order
+                if op.out_order is not None:
                     new.weight, new.out_order = new.weight[torch.argsort(op.out_order)], op.out_order
                 ops.append(new)
             else:

@@ -64,6 +64,13 @@ class Gemm:
     clip codes, ``acc_scale`` and the float sources stay in channel order and the next op sees
     the original channels (the post-processing unit writes each column to its channel's address:
     no run-time cost). A grouped conv permutes within each group only.
+
+    ``in_order``: None, or an int64 permutation of the input channels (conv: ``C``, each a block of
+    ``kh*kw`` consecutive K rows; linear: the ``K`` features, the last dim over tokens) that a
+    fault-aware mapping set: the weight's input channels are then in array order, and the layer
+    reads input channel ``in_order[i]`` at position ``i`` (:func:`gather_input`, the input buffer's
+    address generator: no run-time cost; the producer's output order is unchanged). A grouped conv
+    keeps each channel within its group.
     """
 
     name: str
@@ -92,6 +99,7 @@ class Gemm:
     clip_codes: torch.Tensor | None = None
     clip_policy: str = "zero"
     out_order: torch.Tensor | None = None
+    in_order: torch.Tensor | None = None
 
     def inputs(self) -> tuple[str, ...]:
         return (self.input,)
@@ -360,6 +368,31 @@ def apply_clip(raw: torch.Tensor, q: torch.Tensor, codes: torch.Tensor, policy: 
     return torch.where(raw <= t, q, torch.full_like(q, float(zero_point)))
 
 
+def gather_input(x: torch.Tensor, op: Gemm) -> torch.Tensor:
+    """The layer's input codes in array order (:attr:`Gemm.in_order`): conv (B, C, H, W) gathered
+    on dim 1, linear on its K features ((B, K) from a flattened input, (..., K) over tokens)."""
+    if op.in_order is None:
+        return x
+    order = op.in_order.to(x.device)
+    if op.kind == "conv":
+        return x.index_select(1, order)
+    if x.dim() > 2 and x.shape[-1] == op.weight[0].numel():
+        return x.index_select(-1, order)  # a linear layer over tokens
+    return x.reshape(x.shape[0], -1).index_select(1, order)
+
+
+def gather_weight_inputs(w: torch.Tensor, op: Gemm, order: torch.Tensor) -> torch.Tensor:
+    """``w`` (``op``'s weight shape, rows in any group-preserving order) with input position ``i``
+    holding input channel ``order[i]`` (within its group for a grouped conv): channel-order
+    inputs -> array order with ``order = op.in_order``, back with its inverse permutation."""
+    order = order.to(w.device)
+    if op.kind == "linear":
+        return w.reshape(w.shape[0], -1).index_select(1, order).reshape(w.shape)
+    cg, ng = w.shape[1], w.shape[0] // op.groups
+    local = (order.reshape(op.groups, cg) % cg).repeat_interleave(ng, dim=0)  # (N, C/groups)
+    return torch.gather(w, 1, local.reshape(*local.shape, 1, 1).expand(w.shape))
+
+
 def layer_accumulators(x: torch.Tensor, op: Gemm, chip: Chip, *, saturate: bool = True,
                        clean: torch.Tensor | None = None) -> tuple[torch.Tensor, list[GemmStats]]:
     """One Gemm op's accumulators on ``chip``: conv (B, N, oh, ow) or linear (B, N), exact int32
@@ -369,6 +402,7 @@ def layer_accumulators(x: torch.Tensor, op: Gemm, chip: Chip, *, saturate: bool 
     output codes are the same); ``clean``: the op's fault-free accumulators for this same ``x``,
     which the chip returns itself when it changes none of them (see :class:`sysarray.ConvHints`).
     """
+    x = gather_input(x, op)
     hints = ConvHints(x_bound=max(-op.in_qp.qmin, op.in_qp.qmax),  # the codes are clamped to their range
                       saturate=saturation(op) if saturate else None, clean=clean)
     signed = op.in_qp.signed

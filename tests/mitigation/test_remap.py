@@ -1,4 +1,4 @@
-"""Fault-aware channel mapping (mitigation.remap) and the Gemm.out_order field it sets."""
+"""Fault-aware channel mapping (mitigation.remap) and the Gemm.out_order / in_order fields it sets."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import sysarray as sa
 from accel_models.fakequant import FakeQuantProgram
-from mitigation.remap import SALIENCIES, channel_costs, permute_op, remap_program
+from mitigation.remap import SALIENCIES, channel_costs, in_channels, input_costs, permute_inputs, permute_op, remap_program
 from sysarray import ArrayConfig, FaultMap
 from tests.mitigation.remap_models import tiny_program
 
@@ -39,12 +39,23 @@ def test_remapped_program_on_fault_free_chip_equals_original(tiny, digits, seed,
     ops = []
     for op in tiny.ops:
         if hasattr(op, "out_order"):
-            op = permute_op(op, _group_perm(rng, op.out_channels, op.groups if op.kind == "conv" else 1))
-            op = permute_op(op, _group_perm(rng, op.out_channels, op.groups if op.kind == "conv" else 1))  # composes
+            groups = op.groups if op.kind == "conv" else 1
+            op = permute_op(op, _group_perm(rng, op.out_channels, groups))
+            op = permute_inputs(op, _group_perm(rng, in_channels(op), groups))
+            op = permute_op(op, _group_perm(rng, op.out_channels, groups))  # composes
+            op = permute_inputs(op, _group_perm(rng, in_channels(op), groups))
         ops.append(op)
     remapped = type(tiny)(**{**tiny.__dict__, "ops": ops})
     cfg, x = ArrayConfig(rows, cols, flow, psum_bits=20), digits.test_x[:16]
     assert torch.equal(remapped.execute(x, sa.Chip(cfg)), tiny.execute(x, sa.Chip(cfg)))
+
+
+def test_permute_inputs_refuses_bad_permutations(tiny):
+    c2 = tiny.gemms[1]
+    with pytest.raises(ValueError, match="permutation of range"):
+        permute_inputs(c2, np.zeros(in_channels(c2), dtype=int))
+    with pytest.raises(ValueError, match="within itself"):
+        permute_inputs(c2, np.roll(np.arange(in_channels(c2)), 1))
 
 
 def test_permute_op_refuses_bad_permutations(tiny):
@@ -65,6 +76,49 @@ def test_remapped_program_cycle_equals_fast_with_faults_in_every_register(tiny, 
     fast = remapped.run(x, cfg, faults, engine="fast")
     cycle = remapped.run(x, cfg, faults, engine="cycle")
     torch.testing.assert_close(fast.logits, cycle.logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("flow,channels", [("ws", "both"), ("is", "in")])
+def test_input_remapped_program_cycle_equals_fast_with_faults_in_every_register(tiny, digits, flow, channels):
+    cfg = ArrayConfig(4, 3, flow, psum_bits=20)
+    faults = _every_register(cfg, seed=5)
+    remapped, reports = remap_program(tiny, cfg, faults, "magnitude", channels=channels)
+    assert any(r.moved_in for r in reports) and any(op.in_order is not None for op in remapped.gemms)
+    x = digits.test_x[:6]
+    fast = remapped.run(x, cfg, faults, engine="fast")
+    cycle = remapped.run(x, cfg, faults, engine="cycle")
+    torch.testing.assert_close(fast.logits, cycle.logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("saliency", SALIENCIES)
+@pytest.mark.parametrize("flow", ["ws", "is"])
+def test_chosen_input_mapping_never_costs_more_than_the_plain_one(tiny, digits, saliency, flow):
+    cfg = ArrayConfig(4, 4, flow, psum_bits=20)
+    faults = _every_register(cfg, seed=11)
+    cal = digits.train_x[:48]
+    outs, _ = remap_program(tiny, cfg, faults, saliency, cal, channels="out")
+    costs = input_costs(outs, cfg, faults, saliency, cal)
+    remapped, reports = remap_program(tiny, cfg, faults, saliency, cal, channels="both")
+    assert any(r.moved_in for r in reports)
+    for op, rep in zip(remapped.gemms, reports):
+        assert rep.cost_in_chosen <= rep.cost_in_identity
+        # identity: the plain input order under the chosen output mapping
+        plain = sum(c[np.arange(len(c)), np.arange(len(c))].sum() for c in costs[op.name])
+        assert plain == pytest.approx(rep.cost_in_identity)
+        # the reported cost is the cost of the input mapping the program carries
+        order = np.arange(in_channels(op)) if op.in_order is None else op.in_order.numpy()
+        cg = len(costs[op.name][0])
+        total = sum(costs[op.name][q // cg][order[q] - (q // cg) * cg, q % cg] for q in range(len(order)))
+        assert total == pytest.approx(rep.cost_in_chosen)
+
+
+def test_output_stationary_leaves_inputs_alone(tiny):
+    cfg = ArrayConfig(4, 4, "os")
+    remapped, reports = remap_program(tiny, cfg, _every_register(cfg, 0), "magnitude", channels="both")
+    assert all(op.in_order is None for op in remapped.gemms)
+    assert all(any("OS" in n for n in r.notes) for r in reports)
+    with pytest.raises(ValueError, match="WS or IS"):
+        input_costs(tiny, cfg, _every_register(cfg, 0), "magnitude")
 
 
 @pytest.mark.parametrize("saliency", SALIENCIES)
@@ -116,6 +170,27 @@ def test_twin_follows_out_order(tiny, digits):
     assert torch.equal(again.execute(x, sa.Chip(cfg, faults)), remapped.execute(x, sa.Chip(cfg, faults)))
 
 
+@pytest.mark.parametrize("flow", ["ws", "is"])
+def test_twin_follows_in_order(tiny, digits, flow):
+    cfg = ArrayConfig(4, 4, flow, psum_bits=20)
+    faults = _every_register(cfg, 3)
+    remapped, reports = remap_program(tiny, cfg, faults, "magnitude", channels="both")
+    assert any(op.in_order is not None for op in remapped.gemms)
+    x = digits.test_x[:8]
+    torch.testing.assert_close(FakeQuantProgram(remapped)(x), FakeQuantProgram(tiny)(x), rtol=0, atol=0)
+    # a chip hook sees the array-order operands: the twin's forward equals the remapped program on the faulty chip
+    from mitigation.fat import chip_hook
+
+    twin_acc = FakeQuantProgram(remapped)(x, gemm_hook=chip_hook(cfg, faults))
+    torch.testing.assert_close(twin_acc, remapped.run(x, cfg, faults).logits, rtol=0, atol=1e-6)
+    assert not torch.equal(twin_acc, FakeQuantProgram(tiny)(x, gemm_hook=chip_hook(cfg, faults)))
+    again = FakeQuantProgram(remapped).to_program()
+    for a, b in zip(again.gemms, remapped.gemms):
+        assert (a.in_order is None) == (b.in_order is None)
+        assert a.in_order is None or torch.equal(a.in_order, b.in_order)
+    assert torch.equal(again.execute(x, sa.Chip(cfg, faults)), remapped.execute(x, sa.Chip(cfg, faults)))
+
+
 def test_bad_input_is_refused(tiny, digits):
     cfg = ArrayConfig(4, 4)
     with pytest.raises(ValueError, match="saliency"):
@@ -126,3 +201,5 @@ def test_bad_input_is_refused(tiny, digits):
         remap_program(tiny, cfg, FaultMap(3, 3).add(0, 0, "psum", 3, 1), "magnitude")
     with pytest.raises(ValueError, match="repair"):
         remap_program(tiny, cfg, _every_register(cfg, 0), "magnitude", repair=True)
+    with pytest.raises(ValueError, match="channels"):
+        remap_program(tiny, cfg, _every_register(cfg, 0), "magnitude", channels="rows")
