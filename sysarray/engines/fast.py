@@ -362,13 +362,18 @@ def _chain_torch(prod, keep, ones, sign):
 def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks,
              bounds: tuple[int | None, int | None] = (None, None)) -> torch.Tensor:
     """G GEMMs on an output-stationary array, one after another: A (G, M, K), W (G, K, N),
-    ``bounds`` on |A| and |W| where known. Returns (G, M, N) int64 in int32 range."""
+    ``bounds`` on |A| and |W| where known. Returns (G, M, N) int32, or int64 in int32 range."""
     R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
     dev = A.device
     G, M, K = A.shape
     N = W.shape[-1]
     amax, wmax = _operand_max(A, cm.act, bounds[0]), _operand_max(W, cm.weight, bounds[1])
-    Y = wrap(exact_matmul(A, W, amax, wmax), pb)
+    fdt = float_dtype_for(dev)
+    a_unsigned = cm.act.sign == 0
+    a_float, a_int8 = functools.cache(lambda: A.to(fdt)), functools.cache(lambda: int8.as_int8(A, a_unsigned))
+    product = _plain_product(A, a_float, a_int8, W, W.to(fdt), amax, wmax, a_unsigned, False)
+    # int32 sums are already the 32-bit register's wrap; the corrections below are written in range
+    Y = product if pb == 32 and product.dtype == torch.int32 else wrap(product.to(torch.int64), pb)
     if cm.bypassed.any():
         for r, c in zip(*np.nonzero(cm.bypassed)):
             Y[(..., *mapping.pe_elements(r, c, R, C))] = 0
@@ -411,15 +416,15 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks,
             rows = mapping.pe_elements(idx, 0, R, C)[0]
             a = _apply(A[..., rows, :].to(torch.int64), *masks, 8, act.sign)
             ns = torch.cat([_strided(c, N, C, dev) for c in members])
-            Y[..., rows, ns] = wrap(exact_matmul(a, W[..., ns], 255, wmax), pb)
+            Y[..., rows, ns] = wrap(exact_matmul(a, W[..., ns], 255, wmax), pb).to(Y.dtype)
         else:
             cols = mapping.pe_elements(0, idx, R, C)[1]
             w = _apply(W[..., cols].to(torch.int64), *masks, 8, wt.sign)
             ms = torch.cat([_strided(r, M, R, dev) for r in members])
-            Y[..., ms, cols] = wrap(exact_matmul(A[..., ms, :], w, amax, 128), pb)
+            Y[..., ms, cols] = wrap(exact_matmul(A[..., ms, :], w, amax, 128), pb).to(Y.dtype)
     for (r, c) in both - psum_pes:
         a, w = operands(r, c)
-        Y[(..., *mapping.pe_elements(r, c, R, C))] = wrap(exact_matmul(a, w, 255, 128), pb)
+        Y[(..., *mapping.pe_elements(r, c, R, C))] = wrap(exact_matmul(a, w, 255, 128), pb).to(Y.dtype)
     if psum_pes:
         prods, keeps, oness, where = [], [], [], []
         for (r, c) in sorted(psum_pes):
@@ -441,7 +446,7 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks,
                 res = _chain_torch(prod, keep, ones, ps.sign)
             i = 0
             for r, c, mr, nc in where:
-                Y[(..., *mapping.pe_elements(r, c, R, C))] = res[i:i + G * mr * nc].view(G, mr, nc)
+                Y[(..., *mapping.pe_elements(r, c, R, C))] = res[i:i + G * mr * nc].view(G, mr, nc).to(Y.dtype)
                 i += G * mr * nc
     return Y
 

@@ -67,10 +67,10 @@ def test_conv_int8_equals_the_int64_convolution(seed, signed, extreme, channels_
 
 
 @settings(max_examples=400, **SETTINGS)
-@given(cases(dataflows=("ws", "is")), st.sampled_from(["int8", "float32", None]))
+@given(cases(dataflows=("ws", "os", "is")), st.sampled_from(["int8", "float32", None]))
 def test_fast_engine_on_either_product_kernel_equals_cycle(case, kernel):
-    """WS and IS (where the stationary operand is the activations, unsigned or not) with the
-    plain product pinned to each kernel."""
+    """WS, OS and IS (where the stationary operand is the activations, unsigned or not) with the
+    fault-free product pinned to each kernel, or measured."""
     int8.FORCE = kernel
     try:
         fast = sa.simulate_gemm(case.a, case.w, case.cfg, faults=case.faults, engine="fast")[0]
