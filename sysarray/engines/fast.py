@@ -179,16 +179,12 @@ def _plain_product(S: torch.Tensor, Sf, S8, W: torch.Tensor, Wf: torch.Tensor, s
     (:mod:`sysarray.engines.int8`; ``int8.FORCE`` pins one). ``Sf()``: ``S`` as the float type
     of ``Wf``, which is ``W`` as that type; ``S8()``: ``S`` as int8 (shifted when unsigned)."""
     G, T, K = S.shape
-    float_product = lambda: exact_matmul(Sf(), Wf, smax, wmax, keep_float=True)  # noqa: E731
     codes = smax <= (255 if s_unsigned else 128) and wmax <= (255 if w_unsigned else 128)
-    if (S.device.type != "cpu" or not int8.AVAILABLE or not codes or (s_unsigned and w_unsigned)
-            or not int8.exact_in_int32(K) or int8.FORCE == "float32" or not T or not W.shape[-1]):
-        return float_product()
-    int8_product = lambda: int8.bmm_int8(S, W, s_unsigned, w_unsigned, s8=S8())  # noqa: E731
-    if int8.FORCE == "int8":
-        return int8_product()
+    int8_ok = (S.device.type == "cpu" and codes and not (s_unsigned and w_unsigned) and int8.exact_in_int32(K)
+               and T > 0 and W.shape[-1] > 0)
     key = (G, T.bit_length(), K, W.shape[-1], s_unsigned, w_unsigned, torch.get_num_threads())
-    return _PRODUCT(key, {"float": float_product, "int8": int8_product})
+    return int8.choose(_PRODUCT, key, lambda: exact_matmul(Sf(), Wf, smax, wmax, keep_float=True),
+                       lambda: int8.bmm_int8(S, W, s_unsigned, w_unsigned, s8=S8()), int8_ok)
 
 
 def _columns(W: torch.Tensor, cols: np.ndarray, mask: np.ndarray) -> torch.Tensor:
@@ -278,23 +274,22 @@ def _replay_stream_major(S8, Sf, Kd: int, Wall: torch.Tensor, s_unsigned: bool, 
     Fr, V = Wall.shape[1], Wall.shape[-1]
     folds = [(fr, fr * R, min(Kd, fr * R + R)) for fr in range(Fr)]
     WT = Wall.transpose(-1, -2)  # (G, Fr, V, R)
-    makers = {}
-    if int8.FORCE != "int8" or not int8.AVAILABLE:
-        # a tall array's fold can sum past float32's exact range
-        fdt = torch.float32 if float_gemm_is_exact(R, 255, 128, torch.float32) else torch.float64
-        makers["float"] = lambda: _segments_float(Sf().to(fdt), WT.to(fdt), folds)
-    if int8.AVAILABLE and int8.FORCE != "float32":
-        def make_int8():
-            w8 = WT.to(torch.int8).contiguous()
-            extra = (128 * w8.sum(-1, dtype=torch.int32)).unsqueeze(-1) if s_unsigned else None  # (G, Fr, V, 1)
-            return _segments_int8(S8(), w8, extra, folds)
-        makers["int8"] = make_int8
-    made = {k: functools.cache(m) for k, m in makers.items()}  # operands converted once, on first use
+    # a tall array's fold can sum past float32's exact range
+    fdt = torch.float32 if float_gemm_is_exact(R, 255, 128, torch.float32) else torch.float64
+
+    @functools.cache  # operands converted once, on first use
+    def on_float():
+        return _segments_float(Sf().to(fdt), WT.to(fdt), folds)
+
+    @functools.cache
+    def on_int8():
+        w8 = WT.to(torch.int8).contiguous()
+        extra = (128 * w8.sum(-1, dtype=torch.int32)).unsqueeze(-1) if s_unsigned else None  # (G, Fr, V, 1)
+        return _segments_int8(S8(), w8, extra, folds)
     key = (G, T.bit_length(), Kd, V, R, s_unsigned, torch.get_num_threads())
     for g0, g1, t0, t1 in _blocks(G, T, Fr * V, _STREAM_SEG_BUDGET):
         for g in range(g0, g1):
-            runs = {k: (lambda m=m, g=g, t0=t0, t1=t1: m()(g, t0, t1)) for k, m in made.items()}
-            seg = next(iter(runs.values()))() if len(runs) == 1 else _SEGMENTS(key, runs)
+            seg = int8.choose(_SEGMENTS, key, lambda: on_float()(g, t0, t1), lambda: on_int8()(g, t0, t1), True)
             _chains(seg.view(Fr, *p.keep.T.shape, t1 - t0), p, cfg, linear_tail, Y[g, t0:t1])
 
 

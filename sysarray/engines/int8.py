@@ -9,18 +9,34 @@ CPU (int8 dot-product instructions or none) and the shape, so callers choose by 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Hashable, TypeVar
 
 import torch
 
 if TYPE_CHECKING:
     from sysarray.engines.conv.weights import ConvWeights
+    from sysarray.parallel import MeasuredChoice
+
+T = TypeVar("T")
 
 AVAILABLE = hasattr(torch, "_int_mm")
 INT32_LIMIT = 1 << 31
 # "int8": the int8 kernels wherever they are exact; "float32": never; None: measured (tests and
 # reproducible benchmarks pin a path)
 FORCE: str | None = None
+
+
+def choose(choice: "MeasuredChoice", key: Hashable, float_call: Callable[[], T], int8_call: Callable[[], T],
+           int8_ok: bool) -> T:
+    """One exact product on the float kernel or the int8 one: ``float_call()`` where the int8
+    kernel does not apply (``int8_ok`` False, no int8 GEMM in this torch) or ``FORCE`` is
+    "float32", ``int8_call()`` where ``FORCE`` is "int8", else whichever ``choice`` measured
+    faster for ``key``."""
+    if not (int8_ok and AVAILABLE) or FORCE == "float32":
+        return float_call()
+    if FORCE == "int8":
+        return int8_call()
+    return choice(key, {"float": float_call, "int8": int8_call})
 
 
 def exact_in_int32(k: int) -> bool:

@@ -173,17 +173,12 @@ def _conv_product(xp: torch.Tensor, cw: ConvWeights, stride, padding, amax: int,
     """The fault-free convolution of 8-bit codes ``xp`` exactly: float32 (:func:`exact_conv`) or, on
     CPU for one group, the int8 GEMM of im2col rows (:func:`sysarray.engines.int8.conv_int8`),
     whichever measured faster for the layer's shape (``int8.FORCE`` pins one)."""
-    float_conv = lambda: exact_conv(xp, cw, stride, padding, amax)  # noqa: E731
-    if (xp.device.type != "cpu" or groups != 1 or not int8.AVAILABLE or int8.FORCE == "float32"
-            or amax > (128 if act_signed else 255) or not int8.exact_in_int32(int(cw.w[0].numel()))
-            or not xp.numel() or not cw.w.numel()):
-        return float_conv()
-    int8_conv = lambda: int8.conv_int8(xp, cw, stride, padding, act_signed)  # noqa: E731
-    if int8.FORCE == "int8":
-        return int8_conv()
+    int8_ok = (xp.device.type == "cpu" and groups == 1 and amax <= (128 if act_signed else 255)
+               and int8.exact_in_int32(int(cw.w[0].numel())) and xp.numel() > 0 and cw.w.numel() > 0)
     key = (tuple(xp.shape), is_pixel_major(xp), tuple(cw.w.shape), tuple(stride), tuple(padding), act_signed,
            torch.get_num_threads())
-    return _CONV_PRODUCT(key, {"float32": float_conv, "int8": int8_conv})
+    return int8.choose(_CONV_PRODUCT, key, lambda: exact_conv(xp, cw, stride, padding, amax),
+                       lambda: int8.conv_int8(xp, cw, stride, padding, act_signed), int8_ok)
 
 
 def by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks=None) -> torch.Tensor:

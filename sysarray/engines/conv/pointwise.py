@@ -48,16 +48,15 @@ def pointwise_gemm(x: torch.Tensor, cw: ConvWeights, act_signed: bool | None, am
         return None
     codes = act_signed is not None and amax <= (128 if act_signed else 255)
     int8_ok = int8.AVAILABLE and codes and int8.exact_in_int32(K) and rows.shape[0] > 0
-    if not float_exact and not int8_ok:
-        return None
-    w2 = cw.w.view(N, K)
-    options = {}
-    if float_exact and int8.FORCE != "int8" or not int8_ok:
-        options["float32"] = lambda: rows @ w2.t()
-    if int8_ok and int8.FORCE != "float32":
-        options["int8"] = lambda: _int8_gemm(rows, cw, act_signed)
-    y = next(iter(options.values()))() if len(options) == 1 else \
-        _CHOICE((rows.shape[0].bit_length(), K, N, act_signed, torch.get_num_threads()), options)
+    int8_call = lambda: _int8_gemm(rows, cw, act_signed)  # noqa: E731
+    if not float_exact:  # the int8 GEMM alone is exact, unless pinned off
+        if not int8_ok or int8.FORCE == "float32":
+            return None
+        y = int8_call()
+    else:
+        w2 = cw.w.view(N, K)
+        key = (rows.shape[0].bit_length(), K, N, act_signed, torch.get_num_threads())
+        y = int8.choose(_CHOICE, key, lambda: rows @ w2.t(), int8_call, int8_ok)
     return y.view(B, H, W, N).permute(0, 3, 1, 2)
 
 
