@@ -7,9 +7,6 @@ loop of ``_cycle_kernels``, its independent twin with the same bits; OS runs on 
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
-
 import numba
 import numpy as np
 
@@ -20,6 +17,7 @@ from sysarray.engines.registers import OPERAND_BITS, ChipMasks, RegisterMasks, c
 from sysarray.engines.simd import LANES
 from sysarray.faults import FaultMap
 from sysarray.stats import GemmStats, summarize
+from sysarray.tensor_memo import TensorMemo
 
 # Largest partial-sum buffer (bytes) the stationary kernel may hold for one group of row folds.
 _PART_BUDGET = 256 << 20
@@ -50,26 +48,14 @@ def _i32(x: np.ndarray) -> np.ndarray:
     return (np.asarray(x, dtype=np.int64) & 0xFFFFFFFF).astype(np.uint32).view(np.int32)
 
 
-# Strip-layout masks of the most recent registers, by identity (the key holds the register, so its
-# id is not reused while cached): chip_masks hands every GEMM on one chip the same objects.
-_STRIP_MASKS: OrderedDict[int, tuple[RegisterMasks, tuple[np.ndarray, np.ndarray, np.ndarray]]] = OrderedDict()
-_STRIP_MASKS_KEPT = 64
-_STRIP_MASKS_LOCK = threading.Lock()
+# Strip-layout masks of the most recent registers, by identity: chip_masks hands every GEMM on one
+# chip the same objects.
+_STRIP_MASKS = TensorMemo(max_entries=64)
 
 
 def _strips(reg: RegisterMasks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_strip_masks` of ``reg``, kept for the most recent registers (not to be written)."""
-    with _STRIP_MASKS_LOCK:
-        hit = _STRIP_MASKS.get(id(reg))
-        if hit is not None and hit[0] is reg:
-            _STRIP_MASKS.move_to_end(id(reg))
-            return hit[1]
-    masks = _strip_masks(reg)
-    with _STRIP_MASKS_LOCK:
-        _STRIP_MASKS[id(reg)] = (reg, masks)
-        while len(_STRIP_MASKS) > _STRIP_MASKS_KEPT:
-            _STRIP_MASKS.popitem(last=False)
-    return masks
+    return _STRIP_MASKS.get_for(reg, (), "strips", lambda: _strip_masks(reg))
 
 
 def _strip_masks(reg: RegisterMasks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

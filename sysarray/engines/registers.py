@@ -16,8 +16,6 @@ tests compare independent implementations.
 """
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -28,6 +26,7 @@ from numba import njit
 from sysarray import mapping
 from sysarray.config import ArrayConfig
 from sysarray.faults import FaultMap, Register
+from sysarray.tensor_memo import TensorMemo
 
 OPERAND_BITS = 8
 
@@ -138,9 +137,7 @@ def _register(stuck: np.ndarray, ones: np.ndarray, width: int, signed: bool) -> 
 
 # The masks of the most recent chips, by value: every Chip of one (array, map) gets the same
 # object, so the per-chip plans memoised by its identity serve them all.
-_MASKS: OrderedDict[tuple, ChipMasks] = OrderedDict()
-_MASKS_KEPT = 64
-_MASKS_LOCK = threading.Lock()
+_MASKS = TensorMemo(max_entries=64)
 
 
 def chip_masks(cfg: ArrayConfig, faults: FaultMap | None, act_signed: bool) -> ChipMasks:
@@ -150,18 +147,7 @@ def chip_masks(cfg: ArrayConfig, faults: FaultMap | None, act_signed: bool) -> C
     In bypass mode every faulty PE gets identity masks and ``enable = 0``: it forwards its
     inputs unchanged and adds nothing (docs/design.md §2.7).
     """
-    key = (cfg, faults, bool(act_signed))
-    with _MASKS_LOCK:
-        cm = _MASKS.get(key)
-        if cm is not None:
-            _MASKS.move_to_end(key)
-            return cm
-    cm = _chip_masks(cfg, faults, act_signed)
-    with _MASKS_LOCK:
-        cm = _MASKS.setdefault(key, cm)
-        while len(_MASKS) > _MASKS_KEPT:
-            _MASKS.popitem(last=False)
-    return cm
+    return _MASKS.get((), (cfg, faults, bool(act_signed)), lambda: _chip_masks(cfg, faults, act_signed))
 
 
 def _chip_masks(cfg: ArrayConfig, faults: FaultMap | None, act_signed: bool) -> ChipMasks:
