@@ -15,7 +15,8 @@ Two repairs, each applied only where its condition proves it exact (docs/design.
   east along row ``r``). Several faulty registers on one path need a code fixed by each of them; a
   bit stuck at 0 in one and at 1 in another has none, and those faults are left. In WS a register
   whose row holds a padding zero in the last row fold, forced to a nonzero code, is left when an act
-  fault west of it in that row can make the streamed zero nonzero.
+  fault west of it in that row can make the streamed zero nonzero; in IS likewise, when an act fault
+  at or east of it makes a stationary padding zero nonzero.
 - **psum register, constant effect (WS).** Interval and residue bounds on the partial sum that
   reaches the faulty PE (the column's latched weights, the activation codes the act registers can
   deliver at that PE, earlier corrections) that prove a stuck bit always reads the same value and
@@ -231,6 +232,20 @@ def _prove_column(wcol: np.ndarray, c: int, cfg: ArrayConfig, faults: FaultMap, 
     return total, ok_pes, bad_pes
 
 
+def _padding_hazard(r: int, cols: list[int], ws: np.ndarray, wo: np.ndarray, K: int, R: int, act: set,
+                    west: bool) -> bool:
+    """True when row ``r`` holds padding zeros in the last row fold (``K`` not a multiple of ``R``),
+    a weight register of the row at one of ``cols`` forces such a zero to a nonzero code, and an act
+    fault meets it: west of or at that column in WS (it corrupts the streamed zero activation), at
+    or east of it in IS (the stationary zero input that the forced streamed weight reaches).
+    Re-rounding the real weights cannot make such a fault harmless."""
+    if (-(-K // R) - 1) * R + r < K:
+        return False
+    zero = np.zeros(1, dtype=np.int64)
+    return any(int(_force8(zero, int(ws[r, c]), int(wo[r, c]), True)[0]) != 0
+               and any(rr == r and (cc <= c if west else cc >= c) for rr, cc in act) for c in cols)
+
+
 def repair_gemm(w: np.ndarray, cfg: ArrayConfig, faults: FaultMap, *, act_signed: bool, act_range: tuple[int, int],
                 psum: bool = True, weights: str = "auto") -> GemmRepair:
     """Repair one GEMM ``Y = A . W``: ``w`` (K, N) integer weights, column ``j`` in array column
@@ -248,14 +263,10 @@ def repair_gemm(w: np.ndarray, cfg: ArrayConfig, faults: FaultMap, *, act_signed
     out.act = {(int(r), int(c)) for r, c in np.argwhere(faults.faulty_pes("act"))}
     # weight register: re-round what passes each faulty register to its fixed points
     if cfg.dataflow is Dataflow.WS:
-        pad_from = (-(-K // R) - 1) * R  # rows at or past K - pad_from hold padding zeros in the last row fold
         for r, c in np.argwhere(ws != 0):
             if r in rows_used and c in cols_used:
                 w[r::R, c::C] = _reround(w[r::R, c::C], (int(ws[r, c]), int(wo[r, c])))
-                # a padding zero the register forces nonzero meets a nonzero activation only where an
-                # act fault west of it (or at it) in that row corrupts the streamed zero
-                zero = int(_force8(np.zeros(1, dtype=np.int64), int(ws[r, c]), int(wo[r, c]), True)[0])
-                pads = pad_from + r >= K and zero != 0 and any(rr == r and cc <= c for rr, cc in out.act)
+                pads = _padding_hazard(int(r), [int(c)], ws, wo, K, R, out.act, west=True)
                 (out.weight_bad if pads else out.weight_ok).add((int(r), int(c)))
     elif cfg.dataflow is Dataflow.OS:
         for c in cols_used:
@@ -276,7 +287,8 @@ def repair_gemm(w: np.ndarray, cfg: ArrayConfig, faults: FaultMap, *, act_signed
                 out.weight_bad |= {(int(r), int(c)) for c in cs}
             elif cs.size and (weights == "always" or cs.min() == 0):
                 w[r::R, :] = _reround(w[r::R, :], merged)
-                out.weight_ok |= {(int(r), int(c)) for c in cs}
+                pads = _padding_hazard(int(r), [int(c) for c in cs], ws, wo, K, R, out.act, west=False)
+                (out.weight_bad if pads else out.weight_ok).update((int(r), int(c)) for c in cs)
             elif cs.size:
                 out.weight_bad |= {(int(r), int(c)) for c in cs}
     has_psum = faults.faulty_pes("psum")
