@@ -63,15 +63,16 @@ def batched_operands(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, to
     return a3, b3, tuple(lead)
 
 
-def matmul_accumulators(a: torch.Tensor, b: torch.Tensor, op: MatMul, chip: Chip
+def matmul_accumulators(a: torch.Tensor, b: torch.Tensor, op: MatMul, chip: Chip, raw: bool = False
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[GemmStats], tuple[int, ...]]:
     """The chip's raw accumulators ``sum_k a * b8``: returns ``(acc (G, M, N) int32, a3, b8, stats,
     lead)`` with ``a3`` (G, M, K) and ``b8`` (G, K, N) the operands as the chip took them (codes,
-    exact integers in the inputs' dtype)."""
+    exact integers in the inputs' dtype). ``raw``: ``acc`` may be float32 holding the sums
+    (:meth:`sysarray.Chip.bmm`)."""
     a3, b3, lead = batched_operands(a, b)
     b8 = b3 - op.b_offset if op.b_offset else b3  # codes are exact integers in any dtype
     bounds = (max(-op.a_qp.qmin, op.a_qp.qmax), max(op.b_offset - op.b_qp.qmin, op.b_qp.qmax - op.b_offset))
-    acc, stats = chip.bmm(a3, b8, act_signed=op.a_qp.signed, bounds=bounds)
+    acc, stats = chip.bmm(a3, b8, act_signed=op.a_qp.signed, bounds=bounds, raw=raw)
     return acc, a3, b8, stats, lead
 
 
@@ -103,12 +104,14 @@ def chip_total(a: torch.Tensor, b: torch.Tensor, op: MatMul, chip: Chip) -> torc
 
 def run_matmul(a: torch.Tensor, b: torch.Tensor, op: MatMul, chip: Chip
                ) -> tuple[torch.Tensor, torch.Tensor, list[GemmStats]]:
-    """``(out codes float32, raw accumulators (G, M, N), stats)`` of ``op`` on ``chip``."""
-    acc, a3, b8, stats, lead = matmul_accumulators(a, b, op, chip)
-    if acc.device.type != "cpu":
+    """``(out codes float32, raw accumulators (G, M, N) int32 or float32 holding them, stats)`` of
+    ``op`` on ``chip``."""
+    cpu = a.device.type == "cpu"
+    acc, a3, b8, stats, lead = matmul_accumulators(a, b, op, chip, raw=cpu)
+    if not cpu:
         return requantize_total(matmul_total(acc, a3, b8, op, lead), op).to(torch.float32), acc, stats
     out = torch.empty(acc.shape, dtype=torch.float32)
-    product_codes(acc.to(torch.int32).contiguous().numpy(), a3.to(torch.float32).contiguous().numpy(),
+    product_codes(acc.contiguous().numpy(), a3.to(torch.float32).contiguous().numpy(),
                   b8.to(torch.float32).contiguous().numpy(), op.a_qp.zero_point, op.b_qp.zero_point - op.b_offset,
                   op.m0, op.shift, op.zero_point, op.lo, op.hi, out.numpy(), work=acc.numel())
     return out.reshape(*lead, *out.shape[-2:]), acc, stats

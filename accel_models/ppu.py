@@ -491,7 +491,7 @@ class Softmax:
         moved = x.to(torch.float32).movedim(self.dim, -1)
         rows = moved.contiguous().view(-1, moved.shape[-1])
         out = torch.empty_like(rows)
-        softmax_rows(rows.numpy(), self.table.double().numpy(), SOFTMAX_LEVELS, out.numpy(), work=rows.numel())
+        softmax_rows(rows.numpy(), self.table.to(torch.int64).numpy(), SOFTMAX_LEVELS, out.numpy(), work=rows.numel())
         return out.view(moved.shape).movedim(-1, self.dim)
 
     def fake(self, xs, rc: RunContext) -> torch.Tensor:

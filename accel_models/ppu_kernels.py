@@ -55,26 +55,35 @@ def _floor_quotient(t, den, inv):
     return f
 
 
+_ROW_BLOCK = 64  # rows per task of softmax_rows: one scratch row serves them all
+
+
 @threaded(ELEMENTWISE)
 def softmax_rows(q, table, levels, out):
-    """q (R, N) codes (float32 holding integers), softmax along N; table (256,) float64 holding
-    the exp table's integers; out (R, N) float32: ``floor((2 * levels * e + S) / (2 * S))`` with
-    ``e = table[max q - q]`` and ``S`` the row's sum of ``e``; every step is an integer below
-    2**53, exact in float64."""
+    """q (R, N) codes (float32 holding integers), softmax along N; table (256,) int64, the exp
+    table (at most 2**16); out (R, N) float32: ``floor((2 * levels * e + S) / (2 * S))`` with
+    ``e = table[max q - q]`` and ``S`` the row's sum of ``e``. The maximum and the sum run on
+    integers (they vectorise, where a float sum would wait on each addition); the quotient's
+    operands are integers below 2**53, exact in float64, and so is the floor of the rounded
+    quotient: a quotient below 256 that is not an integer lies at least ``1 / (2S)`` from one,
+    more than its rounding error while ``2S < 2**46``."""
     rows, size = q.shape
-    for r in prange(rows):
-        e = np.empty(size, dtype=np.float64)
-        top = q[r, 0]
-        for c in range(1, size):
-            top = max(top, q[r, c])
-        total = 0.0
-        for c in range(size):
-            e[c] = table[np.int64(top - q[r, c])]
-            total += e[c]
-        den = 2.0 * total
-        inv = 1.0 / den
-        for c in range(size):
-            out[r, c] = _floor_quotient(2.0 * levels * e[c] + total, den, inv)
+    lv = 2.0 * levels
+    for b in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        e = np.empty(size, dtype=np.int64)
+        for r in range(b * _ROW_BLOCK, min(rows, b * _ROW_BLOCK + _ROW_BLOCK)):
+            top = np.int32(q[r, 0])
+            for c in range(1, size):
+                top = max(top, np.int32(q[r, c]))
+            total = np.int64(0)
+            for c in range(size):
+                v = table[np.uint32(top - np.int32(q[r, c])) & 255]  # max - q is 0..255: no index check
+                e[c] = v
+                total += v
+            ft = np.float64(total)
+            den = 2.0 * ft
+            for c in range(size):
+                out[r, c] = np.floor((lv * np.float64(e[c]) + ft) / den)
 
 
 @threaded(ELEMENTWISE)
@@ -86,7 +95,7 @@ def lut_codes(q, table, qmin, out):
     for p in prange(P):
         for c in range(C):
             for i in range(I):
-                out[p, c, i] = table[c, min(max(np.int64(q[p, c, i]) - qmin, 0), 255)]
+                out[p, c, i] = table[c, np.uint32(min(max(np.int32(q[p, c, i]) - qmin, 0), 255))]
 
 
 _LUT_BLOCK = 1 << 14  # codes per task of lut_flat
@@ -97,14 +106,19 @@ def lut_flat(q, table, qmin, out):
     """:func:`lut_codes` with one table for all: q, out (n,) float32, table (256,) float32."""
     n = q.shape[0]
     for j in prange((n + _LUT_BLOCK - 1) // _LUT_BLOCK):
-        for i in range(j * _LUT_BLOCK, min(n, (j + 1) * _LUT_BLOCK)):
-            out[i] = table[min(max(np.int64(q[i]) - qmin, 0), 255)]
+        lo = j * _LUT_BLOCK
+        src = q[lo:min(n, lo + _LUT_BLOCK)]
+        dst = out[lo:min(n, lo + _LUT_BLOCK)]
+        # indices from 0 (no negative-index code), int32 arithmetic and an unsigned table index:
+        # the loop vectorises into gathers
+        for i in range(src.shape[0]):
+            dst[i] = table[np.uint32(min(max(np.int32(src[i]) - qmin, 0), 255))]
 
 
 @threaded(ELEMENTWISE)
 def product_codes(acc, a, b, za, zb, m0, shift, zero_point, lo, hi, out):
     """Output codes of activation products (:mod:`accel_models.matmul`) in one pass: acc (G, M, N)
-    int32 chip sums ``sum_k a * b``; a (G, M, K), b (G, K, N) the operands as the chip took them
+    int32 chip sums ``sum_k a * b`` (or float32 holding them); a (G, M, K), b (G, K, N) the operands as the chip took them
     (float32 codes); out (G, M, N) float32 = ``clamp(((acc - zb * sum_k a - za * sum_k b + K za zb)
     * m0 + 2**(shift - 1)) >> shift) + zero_point, lo, hi)`` in int64 (wrapping, as torch's)."""
     groups, rows, size = acc.shape

@@ -696,11 +696,16 @@ class Program:
             t = totals.setdefault(op.name, dict(m=0, k=k, n=n, macs=0, cycles=0, gemms=0, util=[]))
             # rows streamed: the groups of a grouped conv share them, a batch of products does not
             t["m"] += acc.numel() // acc.shape[-1] if matmul or op.kind == "linear" else acc.numel() // acc.shape[1]
-            for st in stats:
-                t["macs"] += st.macs
-                t["cycles"] += st.cycles
-                t["gemms"] += 1
-                t["util"].append((st.cycles, st.mapping_efficiency, st.compute_util))
+            i = 0
+            while i < len(stats):  # a batch of products repeats one GemmStats: each run of them at once
+                st, j = stats[i], i + 1
+                while j < len(stats) and stats[j] is st:
+                    j += 1
+                t["macs"] += (j - i) * st.macs
+                t["cycles"] += (j - i) * st.cycles
+                t["gemms"] += j - i
+                t["util"].append(((j - i) * st.cycles, st.mapping_efficiency, st.compute_util))
+                i = j
             if count:
                 ref = matmul_accumulators(*x, op, counter)[0] if matmul else \
                     layer_accumulators(x, op, counter, saturate=False)[0]

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from sysarray.parallel import ELEMENTWISE, threaded
+from sysarray.parallel import ELEMENTWISE, MeasuredChoice, threaded
 from sysarray.tensor_memo import TensorMemo
 from sysarray.validation import check_float
 
@@ -119,25 +119,39 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
     exact_f64 = _float64_requantize_ok(acc, bias, m0, shift)
     bias, m0, shift = (t.to(torch.int64) for t in (bias, m0, shift))
     B, N = acc.shape[:2]
-    if exact_f64 and (channels_last(acc) or acc.dim() == 2):
+    if channels_last(acc) or acc.dim() == 2:
         # (B, N, H, W) stored as (B, H, W, N), or a linear layer's (B, N): one pass in memory order,
         # channels innermost (a linear layer's planes hold one value each, too short to vectorize).
         acc = acc.contiguous(memory_format=torch.channels_last) if acc.dim() == 4 else acc.contiguous()
         out = torch.empty_like(acc, dtype=torch.float32)
         last = (lambda t: t.permute(0, 2, 3, 1).reshape(B, -1, N)) if acc.dim() == 4 else (lambda t: t.view(B, 1, N))
-        _requantize_clamp_f64_nlast_kernel(last(acc).numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point),
-                                           int(lo), int(hi), last(out).numpy(), work=acc.numel())
+        args = (last(acc).numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi),
+                last(out).numpy())
+        _requantize_on(exact_f64, _requantize_clamp_f64_nlast_kernel, _requantize_clamp_nlast_kernel, args, N)
         return out
     x = acc.contiguous()
     x3 = x.view(B, N, -1)
     out = torch.empty(x3.shape, dtype=torch.float32)
-    args = (x3.numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi))
-    if exact_f64:
-        _requantize_clamp_f64_kernel(*args, out.numpy(), work=x3.numel())
-    else:
-        _requantize_clamp_kernel(*args, out.numpy(), work=x3.numel())
+    args = (x3.numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi), out.numpy())
+    _requantize_on(exact_f64, _requantize_clamp_f64_kernel, _requantize_clamp_kernel, args, N)
     out = out.view(acc.shape)
     return out.contiguous(memory_format=torch.channels_last) if channels_last(acc) else out
+
+
+# Whether the float64 or the int64 kernel requantizes faster depends on the CPU: int64 multiplies
+# and per-lane shifts vectorize with AVX-512 and not with AVX2.
+_REQUANTIZE = MeasuredChoice(name="quant.requantize")
+
+
+def _requantize_on(exact_f64: bool, f64_kernel, int64_kernel, args: tuple, channels: int) -> None:
+    """Run ``int64_kernel(*args)`` or, where the float64 one is exact (``exact_f64``), whichever
+    of the two measured faster for this size class (both fill the same output)."""
+    work = args[0].size
+    if not exact_f64:
+        int64_kernel(*args, work=work)
+        return
+    key = (work.bit_length(), channels.bit_length(), f64_kernel.__name__, torch.get_num_threads())
+    _REQUANTIZE(key, {"float64": lambda: f64_kernel(*args, work=work), "int64": lambda: int64_kernel(*args, work=work)})
 
 
 def requantize_saturates(bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_point: int, lo: int,
@@ -264,6 +278,17 @@ def _requantize_clamp_f64_nlast_kernel(acc, bias, m0, shift, zp, lo, hi, out):
             for n in range(N):
                 out[b, i, n] = _requantize_f64(acc[b, i, n], c[0, n], c[1, n], c[2, n], c[3, n], c[4, n], c[5, n],
                                                c[6, n], zp, lo, hi)
+
+
+@threaded(ELEMENTWISE)
+def _requantize_clamp_nlast_kernel(acc, bias, m0, shift, zp, lo, hi, out):
+    """:func:`_requantize_clamp_kernel` for channels-last data: acc, out (B, L, N)."""
+    B, L, N = acc.shape
+    for b in prange(B):
+        for i in range(L):
+            for n in range(N):
+                q = (((np.int64(acc[b, i, n]) + bias[n]) * m0[n] + (np.int64(1) << (shift[n] - 1))) >> shift[n]) + zp
+                out[b, i, n] = min(max(q, lo), hi)
 
 
 def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb: int, shift: int,

@@ -190,14 +190,17 @@ class Chip:
         return y, self.timing(M, K, N)
 
     def bmm(self, a: torch.Tensor, w: torch.Tensor, *, act_signed: bool | None = None,
-            bounds: tuple[int | None, int | None] = (None, None)) -> tuple[torch.Tensor, list[GemmStats]]:
+            bounds: tuple[int | None, int | None] = (None, None), raw: bool = False
+            ) -> tuple[torch.Tensor, list[GemmStats]]:
         """G independent GEMMs ``a[g] @ w[g]`` run one after another on the chip (attention's
         ``Q K^T`` and ``P V``, one per image and head): a (G, M, K) int8 or uint8 activations, or a
         float tensor of 8-bit codes with ``act_signed`` saying which; w (G, K, N) int8 values (any
         dtype). Returns (G, M, N) int32 on the operands' device, ``[g]`` bit for bit
         ``gemm(a[g], w[g])``, and one :class:`GemmStats` per GEMM. The fast engine runs the batch
         as batched tensor operations. ``bounds``: bounds on ``|a|`` and ``|w|`` the caller knows
-        (the code ranges; they must hold), sparing the fast engine a pass over each."""
+        (the code ranges; they must hold), sparing the fast engine a pass over each. ``raw``: the
+        sums may come back as float32 holding the same values (for a caller that post-processes
+        them in one pass)."""
         act_signed = _check_bmm(a, w, act_signed)
         if not (isinstance(bounds, tuple) and len(bounds) == 2):
             raise ValueError(f"The 'bounds' argument of Chip.bmm must be a pair (bound on |a| or None, bound on |w| "
@@ -210,7 +213,8 @@ class Chip:
             return torch.stack([y for y, _ in runs]), [stats for _, stats in runs]
         from sysarray.engines.fast import fast_bmm
 
-        y = fast_bmm(a, w, self.config, self.faults, act_signed=act_signed, masks=self.masks(act_signed), bounds=bounds)
+        y = fast_bmm(a, w, self.config, self.faults, act_signed=act_signed, masks=self.masks(act_signed), bounds=bounds,
+                     raw=bool(raw))
         return y, [self.timing(M, K, N)] * G
 
     def conv2d(self, x: torch.Tensor, weight: torch.Tensor, *, stride=(1, 1), padding=(0, 0), pad_value: float = 0,

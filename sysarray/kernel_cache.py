@@ -118,14 +118,17 @@ def _key_text(key: Hashable) -> str | None:
         return None  # a key that is not plain data (an object's identity): kept in memory only
 
 
-def lookup(name: str, key: Hashable) -> str | int | None:
-    """The option recorded for choice ``name`` at ``key``, or None."""
+def lookup(name: str, key: Hashable, labels: list[str] | None = None) -> str | int | None:
+    """The option recorded for choice ``name`` at ``key``, or None; with ``labels``, None also
+    when the decision was made among other options (a new candidate is measured, not skipped)."""
     text = _key_text(key)
     if text is None or _folder is False:
         return None
     with _lock:
         entry = _choices().get(name, {}).get(text)
-    return None if entry is None else entry["option"]
+    if entry is None or (labels is not None and sorted(entry.get("median_s", {})) != sorted(labels)):
+        return None
+    return entry["option"]
 
 
 def record(name: str, key: Hashable, option: str | int, medians_s: dict[str, float]) -> None:

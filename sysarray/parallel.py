@@ -38,7 +38,8 @@ class MeasuredChoice:
     the options in turn; the first call of each is a warm-up and then ``trials`` are timed, after
     which the key keeps the option with the lowest median time. Keys are kept for the
     ``max_keys`` most recently decided. ``force``: an option's index or label that every call
-    takes (tests, reproducible benchmarks), None to measure.
+    takes where it is among the options, else the first option (tests, reproducible
+    benchmarks); None to measure.
 
     A choice with a ``name`` whose options are labelled and whose keys are plain data (numbers,
     strings, tuples of them) keeps its decisions in :mod:`sysarray.kernel_cache`: another process
@@ -57,12 +58,14 @@ class MeasuredChoice:
         labels = list(options) if isinstance(options, Mapping) else None
         calls = list(options.values()) if labels is not None else list(options)
         if self.force is not None:
-            return calls[labels.index(self.force) if isinstance(self.force, str) else self.force]()
+            if isinstance(self.force, str):
+                return calls[labels.index(self.force) if labels is not None and self.force in labels else 0]()
+            return calls[self.force if self.force < len(calls) else 0]()
         chosen = self._chosen.get(key)
         if chosen is None and labels is not None and self.name is not None:
             from sysarray import kernel_cache
 
-            chosen = kernel_cache.lookup(self.name, key)
+            chosen = kernel_cache.lookup(self.name, key, labels)
             if chosen in labels:
                 with self._lock:
                     self._chosen[key] = chosen
@@ -122,8 +125,10 @@ class ThreadedKernel:
     def __call__(self, *args, work: int):
         if self.force is not None:
             return (self.parallel if self.force == "parallel" else self.serial)(*args)
+        if work < self.min_work:  # before asking numba its thread count, which costs microseconds
+            return self.serial(*args)
         threads = numba.get_num_threads()
-        if work < self.min_work or threads == 1:
+        if threads == 1:
             return self.serial(*args)
         return self._choice((int(work).bit_length(), threads),
                             {"serial": lambda: self.serial(*args), "parallel": lambda: self.parallel(*args)})

@@ -99,10 +99,10 @@ def _act_corrections(S: torch.Tensor, sreg: RegisterMasks, R: int, C: int, Fr: i
 
 def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
                      sreg: RegisterMasks, treg: RegisterMasks, cm: ChipMasks,
-                     bounds: tuple[int | None, int | None] = (None, None)) -> torch.Tensor:
+                     bounds: tuple[int | None, int | None] = (None, None), raw: bool = False) -> torch.Tensor:
     """G GEMMs on a WS-style array, one after another: ``S`` (G, T, Kd) streams east, ``Wst``
     (G, Kd, Nd) is stationary; ``bounds`` on |S| and |Wst| where the caller knows them.
-    Returns (G, T, Nd) int32."""
+    Returns (G, T, Nd) int32 or, with ``raw``, possibly float32 holding the same values."""
     R, C, pb = cfg.rows, cfg.cols, cfg.psum_bits
     dev = S.device
     G, T, Kd = S.shape
@@ -136,31 +136,45 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             D = torch.cat([delta for *_, delta in corr], dim=-1)  # (G, T, n_corr * Fr)
             Wd = torch.stack([_act_row_weights(Wf[..., :Nd], r, lo, hi, cols, R, C) for r, lo, hi, _ in corr], dim=1)
             Y = Y.to(torch.int64) + exact_matmul(D, Wd.flatten(1, 2), 255, wmax)  # Wd (G, n_corr, Fr, Nd)
-        Y = _to_int32(Y, (Kd + len(corr) * Fr) * amax * wmax)
     else:
         Y = torch.zeros((G, T, Nd), dtype=torch.int32, device=dev)
     linear_tail = pb == 32 and plain
     p = psum.plan(cm, cfg, chain_cols, -(-Nd // C), Nd, linear_tail) if len(chain_cols) else None
+    bound = (Kd + len(corr) * Fr) * amax * wmax
+    if raw and p is None and Y.dtype == torch.float32 and bound < 1 << 31:
+        return Y  # exact values that need no wrap: the caller takes them as they are
+    Y = _to_int32(Y, bound)
     if p is not None:
-        cols = np.tile(p.n_idx, p.keep.shape[1])  # segment s of output o is column s*O + o
-        Wv = _columns(Wf, cols, np.tile(psum.segment_mask(p, R), (Fr, 1)))  # (G, rows, V)
-        if corr:  # padded rows carry act deltas: every fold whole
-            Wc = [_act_row_weights(Wv, r, lo, hi, cols, R, C).unsqueeze(-2) for r, lo, hi, _ in corr]
-            Wall = torch.cat([Wv.unflatten(-2, (Fr, R))] + Wc, dim=-2)  # (G, Fr, R + n_corr, V)
-        elif Fr == 1:  # rows past Kd stream zeros
-            Wall = Wv[:, :Kd].unsqueeze(1)
-        else:
-            Wall = torch.nn.functional.pad(Wv[:, :Kd], (0, 0, 0, Fr * R - Kd)).unflatten(-2, (Fr, R))
+        @functools.cache
+        def segment_weights() -> torch.Tensor:  # (G, Fr, R (+ n_corr), V); the direct replay needs none
+            cols = np.tile(p.n_idx, p.keep.shape[1])  # segment s of output o is column s*O + o
+            Wv = _columns(Wf, cols, np.tile(psum.segment_mask(p, R), (Fr, 1)))  # (G, rows, V)
+            if corr:  # padded rows carry act deltas: every fold whole
+                Wc = [_act_row_weights(Wv, r, lo, hi, cols, R, C).unsqueeze(-2) for r, lo, hi, _ in corr]
+                return torch.cat([Wv.unflatten(-2, (Fr, R))] + Wc, dim=-2)
+            if Fr == 1:  # rows past Kd stream zeros
+                return Wv[:, :Kd].unsqueeze(1)
+            return torch.nn.functional.pad(Wv[:, :Kd], (0, 0, 0, Fr * R - Kd)).unflatten(-2, (Fr, R))
+
         def fold_major() -> None:
-            _replay_psum_chains(Sf(), Wall.transpose(0, 1), corr, cfg, p, linear_tail, amax, wmax, Y)
+            _replay_psum_chains(Sf(), segment_weights().transpose(0, 1), corr, cfg, p, linear_tail, amax, wmax, Y)
 
         def stream_major() -> None:
-            _replay_stream_major(S8, Sf, Kd, Wall, sreg.sign == 0, cfg, p, linear_tail, Y)
+            _replay_stream_major(S8, Sf, Kd, segment_weights(), sreg.sign == 0, cfg, p, linear_tail, Y)
+
+        def direct() -> None:
+            st = Sf().transpose(1, 2).contiguous()
+            psum.bmm_chains_direct(st.numpy(), Wf[:, :Kd, :Nd].numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones,
+                                   p.n_seg, R, 1 << (pb - 1), linear_tail, Y.numpy(), work=G * T * Kd * len(p.n_idx))
         s_codes = smax <= (255 if sreg.sign == 0 else 128)
         if dev.type == "cpu" and not corr and s_codes and wmax <= 128:
-            # many short streams (attention's heads) can favour one batched GEMM over one per stream
-            key = (G, T.bit_length(), Kd, Wall.shape[-1], R, sreg.sign == 0, torch.get_num_threads())
-            _REPLAY(key, {"stream_major": stream_major, "fold_major": fold_major})
+            # many short streams (attention's heads) can favour one batched GEMM over one per stream,
+            # and GEMMs of a few dozen rows the replay straight from the operands
+            options = {"stream_major": stream_major, "fold_major": fold_major}
+            if fdt == torch.float32 and float_gemm_is_exact(R, amax, wmax, fdt):
+                options["direct"] = direct
+            key = (G, T.bit_length(), Kd, p.keep.size, R, sreg.sign == 0, torch.get_num_threads())
+            _REPLAY(key, options)
         else:
             fold_major()
     return Y
@@ -448,7 +462,7 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks,
 
 def fast_bmm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None,
              act_signed: bool | None = None, *, masks: ChipMasks | None = None,
-             bounds: tuple[int | None, int | None] = (None, None)) -> torch.Tensor:
+             bounds: tuple[int | None, int | None] = (None, None), raw: bool = False) -> torch.Tensor:
     """G GEMMs ``a[g] @ w[g]`` run one after another on the faulty array, exact, as batched
     tensor operations; a: (G, M, K) int8/uint8, w: (G, K, N) int8 tensors on one device.
     Returns (G, M, N) int32 on that device, each ``[g]`` bit for bit ``fast_gemm(a[g], w[g])``.
@@ -458,16 +472,17 @@ def fast_bmm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMa
     ``masks``: ``chip_masks(cfg, faults, act_signed)`` when the caller already has them (layers of
     one network on one chip share them). ``bounds``: bounds on ``|a|`` and ``|w|`` that hold
     (the 8-bit code ranges), sparing a pass over each; None where unknown. They decide which
-    float sums are exact.
+    float sums are exact. ``raw``: the result may also be a float32 tensor holding the same
+    values (a caller that post-processes them in one pass skips a conversion).
     """
     if act_signed is None:
         act_signed = a.dtype != torch.uint8
     cm = masks if masks is not None else chip_masks(cfg, faults, act_signed=act_signed)
     if cfg.dataflow is Dataflow.WS:
-        return _stationary_fast(a, w, cfg, cm.act, cm.weight, cm, bounds)
+        return _stationary_fast(a, w, cfg, cm.act, cm.weight, cm, bounds, raw)
     if cfg.dataflow is Dataflow.IS:
         return _stationary_fast(w.transpose(-1, -2), a.transpose(-1, -2), cfg, cm.weight, cm.act, cm,
-                                bounds[::-1]).transpose(-1, -2)
+                                bounds[::-1], raw).transpose(-1, -2)
     return _os_fast(a, w, cfg, cm, bounds).to(torch.int32)
 
 

@@ -11,8 +11,10 @@ column), and run ``p = force_s(p + segment_s)`` over the few segment sums (docs/
 This module is the single definition of that plan and of the chain step for every fast path:
 :func:`chain_plan` says which outputs replay which segments through which masks; the chain
 itself runs in torch (:func:`fold_chain_torch`, any device), in numba over precomputed segment
-sums (:func:`chain_totals_cpu`), or fused with the segment sums in the convolution kernels of
-:mod:`sysarray.engines.conv`, all through :func:`~sysarray.engines.registers.force`.
+sums (:func:`chain_totals_cpu`), straight from the operands of small GEMMs
+(:func:`bmm_chains_direct`, :func:`gemm_chain_totals`), or fused with the segment sums in the
+convolution kernels of :mod:`sysarray.engines.conv`, all through
+:func:`~sysarray.engines.registers.force`.
 
 With a 32-bit psum register, a column's healthy tail below its last faulty row adds linearly
 mod 2**32 (the int32 accumulator outside the array wraps the same way), so a replay can stop at
@@ -50,16 +52,9 @@ class PsumPlan(NamedTuple):
 
 
 @njit(cache=True)
-def chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tail):
-    """:class:`PsumPlan` fields for the array columns ``chain_cols`` of an ``N``-output GEMM.
-
-    faulty, pkeep, pones: (R, C) the psum register's faulty flags and masks; every output
-    channel ``n = fc*C + c < N`` with ``c`` in ``chain_cols`` is replayed. Segment ``s`` of a
-    column is its rows after faulty row ``s-1`` up to faulty row ``s`` (inclusive), read back
-    through that row's register; segment ``J`` (kept only without ``linear_tail``) is the healthy
-    tail, read through a healthy register (a wrap to the register's width). With a linear tail an
-    output's chain ends at its own last faulty row (``n_seg``)."""
-    R, C = faulty.shape
+def _plan_size(faulty, chain_cols, col_folds, N):
+    """``(O, J)``: the outputs :func:`chain_plan` replays and the most faulty rows of a column."""
+    C = faulty.shape[1]
     O = 0
     J = 0
     for c in chain_cols:
@@ -67,12 +62,14 @@ def chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tail
             J = max(J, faulty[:, c].sum())
         for fc in range(col_folds):
             O += fc * C + c < N
-    S = J if linear_tail else J + 1
-    n_idx = np.empty(O, dtype=np.int64)
-    seg_of_row = np.zeros((O, R), dtype=np.int64)
-    keep = np.full((O, S), full, dtype=np.int64)
-    ones = np.zeros((O, S), dtype=np.int64)
-    n_seg = np.full(O, S, dtype=np.int64)
+    return O, J
+
+
+@njit(cache=True)
+def _fill_plan(faulty, pkeep, pones, chain_cols, col_folds, N, linear_tail, n_idx, seg_of_row, keep, ones, n_seg):
+    """The fields of :func:`chain_plan` into arrays the caller made (``keep`` all ones and
+    ``n_seg`` all ``S`` on entry, ``seg_of_row`` and ``ones`` zero)."""
+    R, C = faulty.shape
     o = 0
     for fc in range(col_folds):
         for c in chain_cols:
@@ -89,17 +86,49 @@ def chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tail
             if linear_tail:
                 n_seg[o] = s
             o += 1
+
+
+@njit(cache=True, inline="always")
+def _plan_arrays(O, R, S, full):
+    return (np.empty(O, dtype=np.int64), np.zeros((O, R), dtype=np.int64), np.full((O, S), full, dtype=np.int64),
+            np.zeros((O, S), dtype=np.int64), np.full(O, S, dtype=np.int64))
+
+
+@njit(cache=True)
+def chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tail):
+    """:class:`PsumPlan` fields for the array columns ``chain_cols`` of an ``N``-output GEMM.
+
+    faulty, pkeep, pones: (R, C) the psum register's faulty flags and masks; every output
+    channel ``n = fc*C + c < N`` with ``c`` in ``chain_cols`` is replayed. Segment ``s`` of a
+    column is its rows after faulty row ``s-1`` up to faulty row ``s`` (inclusive), read back
+    through that row's register; segment ``J`` (kept only without ``linear_tail``) is the healthy
+    tail, read through a healthy register (a wrap to the register's width). With a linear tail an
+    output's chain ends at its own last faulty row (``n_seg``). For jitted callers;
+    :func:`plan` makes the arrays in Python."""
+    O, J = _plan_size(faulty, chain_cols, col_folds, N)
+    n_idx, seg_of_row, keep, ones, n_seg = _plan_arrays(O, faulty.shape[0], J if linear_tail else J + 1, full)
+    _fill_plan(faulty, pkeep, pones, chain_cols, col_folds, N, linear_tail, n_idx, seg_of_row, keep, ones, n_seg)
     return n_idx, seg_of_row, keep, ones, n_seg, J
 
 
 def plan(cm: ChipMasks, cfg: ArrayConfig, chain_cols: np.ndarray, col_folds: int, N: int,
          linear_tail: bool) -> PsumPlan | None:
     """:func:`chain_plan` of a chip's psum register for a GEMM of ``N`` outputs in ``col_folds``
-    column folds (None when no output is replayed)."""
+    column folds (None when no output is replayed). The arrays are made here and filled by the
+    jitted part: a cached numba function that returns new arrays has been seen to fail on load
+    in some processes ("'descr' is NULL")."""
     preg = cm.psum
-    p = PsumPlan(*chain_plan(preg.faulty, preg.keep, preg.ones, np.asarray(chain_cols, dtype=np.int64), col_folds,
-                             N, (1 << cfg.psum_bits) - 1, linear_tail))
-    return p if len(p.n_idx) else None
+    cols = np.asarray(chain_cols, dtype=np.int64)
+    O, J = _plan_size(preg.faulty, cols, col_folds, N)
+    if not O:
+        return None
+    S = J if linear_tail else J + 1
+    R = preg.faulty.shape[0]
+    n_idx, seg_of_row = np.empty(O, dtype=np.int64), np.zeros((O, R), dtype=np.int64)
+    keep, ones = np.full((O, S), (1 << cfg.psum_bits) - 1, dtype=np.int64), np.zeros((O, S), dtype=np.int64)
+    n_seg = np.full(O, S, dtype=np.int64)
+    _fill_plan(preg.faulty, preg.keep, preg.ones, cols, col_folds, N, linear_tail, n_idx, seg_of_row, keep, ones, n_seg)
+    return PsumPlan(n_idx, seg_of_row, keep, ones, n_seg, int(J))
 
 
 def segment_mask(p: PsumPlan, rows: int) -> np.ndarray:
@@ -130,6 +159,83 @@ def fold_chain_torch(seg: torch.Tensor, keep: torch.Tensor, ones: torch.Tensor, 
     for s in range(seg.shape[0]):
         p = force(p + seg[s], keep[s], ones[s], sign)
     return p - seg.sum(dim=0) if linear_tail else p
+
+
+@njit(cache=True)
+def _direct_chain(st, w, g, n, o, seg_of_row, keep, ones, n_seg, rows, sign, a, p, fix, tot):
+    """Output ``o`` (column ``n``) of GEMM ``g`` over the whole stream: ``fix`` the sum over its
+    chain's steps of ``force(q) - q``, ``tot`` the sum over folds of the chain's value (T,)
+    int64; ``a`` (T,) float32 and ``p`` (T,) int64 scratch. See :func:`bmm_chains_direct`."""
+    Kd, T = st.shape[1], st.shape[2]
+    for i in range(T):
+        fix[i] = 0
+        tot[i] = 0
+    for f in range((Kd + rows - 1) // rows):
+        for i in range(T):
+            p[i] = 0
+        r = 0
+        for s in range(n_seg[o]):
+            for i in range(T):
+                a[i] = 0.0
+            while r < rows and seg_of_row[o, r] == s:
+                k = f * rows + r
+                if k < Kd:
+                    wk = w[g, k, n]
+                    if wk != 0.0:
+                        for i in range(T):
+                            a[i] += wk * st[g, k, i]
+                r += 1
+            k_s = keep[o, s]
+            on = ones[o, s]
+            for i in range(T):
+                q = p[i] + np.int64(a[i])
+                v = force_jit(q, k_s, on, sign)
+                fix[i] += v - q
+                p[i] = v
+        for i in range(T):
+            tot[i] += p[i]
+
+
+@threaded(1 << 20)  # work: multiply-adds
+def bmm_chains_direct(st, w, n_idx, seg_of_row, keep, ones, n_seg, rows, sign, linear_tail, y):
+    """The replayed outputs of G small GEMMs straight from their operands, chains fused: for
+    each GEMM ``g`` and output ``o`` of plan (``n_idx .. n_seg``, :class:`PsumPlan`), each fold's
+    segment sums are axpys of the stream's rows, vectorised over the stream, and the chain runs
+    on them at once (no segment-sum tensor; attention's heads have a few dozen rows per GEMM).
+
+    st: (G, Kd, T) float32, each GEMM's stream transposed (row ``k`` of the GEMM's input
+    contiguous over the stream); w: (G, Kd, Nd) float32 latched weights, any strides; every
+    segment sum exact in float32 (``rows * max|st| * max|w| < 2**24``); rows: the array's R;
+    y: (G, T, Nd) int32, the plain sums where ``linear_tail`` (corrected in place), else
+    overwritten in the replayed columns; wrapped to int32 as the accumulator outside the array."""
+    G, T = st.shape[0], st.shape[2]
+    for g in prange(G):
+        a = np.empty(T, dtype=np.float32)
+        p = np.empty(T, dtype=np.int64)
+        fix = np.empty(T, dtype=np.int64)
+        tot = np.empty(T, dtype=np.int64)
+        for o in range(n_idx.shape[0]):
+            n = n_idx[o]
+            _direct_chain(st, w, g, n, o, seg_of_row, keep, ones, n_seg, rows, sign, a, p, fix, tot)
+            for i in range(T):
+                val = fix[i] + y[g, i, n] if linear_tail else tot[i]
+                y[g, i, n] = force_jit(val, 0xFFFFFFFF, 0, 0x80000000)
+
+
+@threaded(1 << 20)  # work: multiply-adds
+def gemm_chain_totals(st, w, n_idx, seg_of_row, keep, ones, n_seg, rows, sign, linear_tail, out):
+    """:func:`bmm_chains_direct` of one GEMM (``st`` (1, Kd, T), ``w`` (1, Kd, Nd)) into ``out``
+    (T, O) int32 instead: each replayed output's correction (``linear_tail``) or value, wrapped
+    to int32 (a :class:`~sysarray.engines.conv.fix.ChainFix`'s totals); outputs in parallel."""
+    T = st.shape[2]
+    for o in prange(n_idx.shape[0]):
+        a = np.empty(T, dtype=np.float32)
+        p = np.empty(T, dtype=np.int64)
+        fix = np.empty(T, dtype=np.int64)
+        tot = np.empty(T, dtype=np.int64)
+        _direct_chain(st, w, 0, n_idx[o], o, seg_of_row, keep, ones, n_seg, rows, sign, a, p, fix, tot)
+        for i in range(T):
+            out[i, o] = force_jit(fix[i] if linear_tail else tot[i], 0xFFFFFFFF, 0, 0x80000000)
 
 
 @threaded(ELEMENTWISE)

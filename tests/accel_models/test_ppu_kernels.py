@@ -41,3 +41,54 @@ def test_binary_kernels_equal_the_integer_formula(shapes, unit, seed, za, zb, m0
     want = op._integer(a.to(torch.int64), b.to(torch.int64)).to(torch.float32)
     assert got.shape == want.shape
     assert torch.equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 200), size=st.integers(1, 300),
+       scale=st.sampled_from([1e-4, 0.02, 0.3, 5.0]), zero_point=st.integers(-128, 255), parallel=st.booleans())
+def test_softmax_kernel_equals_the_integer_formula(seed, rows, size, scale, zero_point, parallel):
+    """Rows of any length (one value, the width of the vector lanes, wider), ties and the extreme
+    codes, on either compilation: the kernel's integer maximum and sum and one float64 quotient
+    give the torch formula's codes."""
+    from accel_models.ppu import Softmax, softmax_table
+    from accel_models.ppu_kernels import softmax_rows
+
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randint(-128, 128, (rows, size), generator=g).float()
+    q[0] = q[0, 0]  # a row of ties
+    q[-1, ::2] = -128.0  # the whole range of differences in one row
+    q[-1, 0] = 127.0
+    op = Softmax("x", "y", -1, softmax_table(scale), scale, zero_point)
+    softmax_rows.force = "parallel" if parallel else "serial"
+    try:
+        got = op.run([q], None)
+    finally:
+        softmax_rows.force = None
+    assert torch.equal(got, op._integer(q).to(torch.float32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), shape=st.sampled_from([(3, 5), (2, 4, 3, 3), (40_000,), (2, 16, 9, 9)]),
+       per_channel=st.booleans(), signed=st.booleans(), channels_last=st.booleans(), parallel=st.booleans())
+def test_lookup_table_kernels_equal_the_table_index(seed, shape, per_channel, signed, channels_last, parallel):
+    """One table or one per channel, channels-first or -last, on either compilation: every code
+    of the input's range reads its own entry."""
+    from accel_models.ppu import Lut
+    from accel_models.ppu_kernels import lut_codes, lut_flat
+
+    g = torch.Generator().manual_seed(seed)
+    qmin = -128 if signed else 0
+    q = torch.randint(qmin, qmin + 256, shape, generator=g).float()
+    if channels_last and q.dim() == 4:
+        q = q.contiguous(memory_format=torch.channels_last)
+    channels = q.shape[1] if per_channel and q.dim() > 1 else 1
+    table = torch.randint(-128, 256, (channels, 256), generator=g)
+    op = Lut("x", "y", table, torch.ones(channels, 256), qmin)
+    for kernel in (lut_codes, lut_flat):
+        kernel.force = "parallel" if parallel else "serial"
+    try:
+        got = op.run([q], None)
+    finally:
+        lut_codes.force = lut_flat.force = None
+    want = table.reshape(-1)[op._index(q.to(torch.int64))].to(torch.float32)
+    assert torch.equal(got, want)

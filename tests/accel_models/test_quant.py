@@ -1,8 +1,9 @@
 """The fused post-processing kernels equal the plain int64 arithmetic they replace, bit for bit.
 
 ``requantize_clamp`` and ``rescale_add`` run float64 kernels on CPU when their exactness bounds
-hold and int64 kernels otherwise; both must give exactly what the int64 torch formulas give, at
-the edges of the int32 accumulator range and of every multiplier and shift.
+hold and int64 kernels otherwise (``requantize_clamp`` chooses between them by measurement where
+both apply); both must give exactly what the int64 torch formulas give, at the edges of the int32
+accumulator range and of every multiplier and shift.
 """
 from __future__ import annotations
 
@@ -48,19 +49,26 @@ def requantize_cases(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(requantize_cases(), st.sampled_from(["3d", "nchw", "nhwc"]))
-def test_requantize_clamp_equals_int64_formula(case, layout):
-    """On (B, N, L) accumulators and on (B, N, H, W) ones stored either way (channels-last data
-    keeps its layout: the program runs channels-last on CPU)."""
+@given(requantize_cases(), st.sampled_from(["3d", "nchw", "nhwc", "linear"]), st.sampled_from(["float64", "int64", None]))
+def test_requantize_clamp_equals_int64_formula(case, layout, kernel):
+    """On (B, N, L) accumulators, on (B, N, H, W) ones stored either way (channels-last data
+    keeps its layout: the program runs channels-last on CPU) and on a linear layer's (B, N), with
+    either kernel pinned where the float64 one applies, or measured."""
     acc, bias, m0, shift, zp, lo, hi = case
     want = _reference_requantize(acc, bias, m0, shift, zp, lo, hi).to(torch.float32).to(torch.float64)
-    if layout != "3d":
+    if layout in ("nchw", "nhwc"):
         B, N, L = acc.shape
         h = next(d for d in (5, 4, 3, 2, 1) if L % d == 0)
         acc, want = acc.view(B, N, h, L // h), want.view(B, N, h, L // h)
         if layout == "nhwc":
             acc = acc.contiguous(memory_format=torch.channels_last)
-    got = quant.requantize_clamp(acc, bias, m0, shift, zp, lo, hi)
+    if layout == "linear":
+        acc, want = acc[..., 0], want[..., 0]
+    quant._REQUANTIZE.force = kernel
+    try:
+        got = quant.requantize_clamp(acc, bias, m0, shift, zp, lo, hi)
+    finally:
+        quant._REQUANTIZE.force = None
     if layout == "nhwc":
         assert got.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(got.to(torch.float64), want)

@@ -16,9 +16,9 @@ def cache(tmp_path):
     kernel_cache.configure(False)
 
 
-def _decide(choice: MeasuredChoice, key, fast: str) -> list[str]:
-    """Run ``choice`` until it decides; options report their label, the one named ``fast`` wins
-    by sleeping less."""
+def _decide(choice: MeasuredChoice, key, fast: str, labels=("a", "b")) -> list[str]:
+    """Run ``choice`` until it decides among options ``labels``; options report their label, the
+    one named ``fast`` wins by sleeping less."""
     import time
 
     ran = []
@@ -30,7 +30,7 @@ def _decide(choice: MeasuredChoice, key, fast: str) -> list[str]:
             return label
         return call
     while choice.chosen(key) is None:
-        choice(key, {"a": option("a"), "b": option("b")})
+        choice(key, {label: option(label) for label in labels})
     return ran
 
 
@@ -80,6 +80,17 @@ def test_force_takes_an_index_or_a_label():
     assert choice("k", {"a": lambda: 1, "b": lambda: 2}) == 2
     choice.force = 0
     assert choice("k", [lambda: 1, lambda: 2]) == 1
+    choice.force = "c"  # not among these options: the first
+    assert choice("k", {"a": lambda: 1, "b": lambda: 2}) == 1
+
+
+def test_a_decision_among_other_options_is_measured_again(cache):
+    """A new candidate for a choice (or one gone) invalidates what the file recorded for it."""
+    _decide(MeasuredChoice(trials=1, name="test.options"), (4,), fast="a")
+    assert kernel_cache.lookup("test.options", (4,), ["a", "b"]) == "a"
+    assert kernel_cache.lookup("test.options", (4,), ["a", "b", "c"]) is None
+    ran = _decide(MeasuredChoice(trials=1, name="test.options"), (4,), fast="c", labels=("a", "b", "c"))
+    assert set(ran) == {"a", "b", "c"} and kernel_cache.lookup("test.options", (4,), ["a", "b", "c"]) == "c"
 
 
 def test_configure_refuses_other_values():

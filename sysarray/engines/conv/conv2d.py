@@ -34,6 +34,7 @@ from sysarray.engines.conv.fix import apply_fix, is_pixel_major
 from sysarray.engines.conv.pointwise import pointwise_gemm
 from sysarray.engines.conv.replay_conv import replay_by_segment_conv
 from sysarray.engines.conv.replay_direct import replay_direct
+from sysarray.engines.conv.replay_linear import replay_linear
 from sysarray.engines.conv.replay_torch import replay_by_fold_convs
 from sysarray.engines.conv.settings import DEFAULT, Replay, ReplaySettings
 from sysarray.engines.conv.weights import ConvWeights, latched_weights
@@ -102,7 +103,8 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
     return y
 
 
-_SINGLE_FOLD_REPLAY = MeasuredChoice()
+# Layers that fit one row fold, and linear layers: the direct kernel or another replay, by measurement.
+_REPLAY_WAY = MeasuredChoice(name="conv.replay")
 
 
 def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound, clean,
@@ -140,13 +142,21 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
         # Before the convolution, while the input is still in cache from the layer that wrote it.
         args = (xp, lw.gemm, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N, pb == 32)
         direct_replay = lambda: replay_direct(*args, settings=settings)  # noqa: E731
+        options = {}
         if settings.segment_conv and K <= R:
             # single-fold layers may also replay by a segment convolution; which is faster depends on
             # the CPU, the groups and the image size (a grouped convolution with several filters per
             # group can be slow), so it is measured per layer shape
+            options["segment_conv"] = lambda: replay_by_segment_conv(*args)
+        if (settings.linear_gemm and xp.shape[2] == xp.shape[3] == kh == kw == 1 and groups == 1
+                and xp.dtype == torch.float32 and R * amax * wmax < F32_LIMIT):
+            # a linear layer: its batch is short next to a convolution's pixels, and one GEMM's
+            # chains vectorised over it can beat laying it out as planes
+            options["gemm"] = lambda: replay_linear(xp, cw, cfg, cm, chain_cols, N, pb == 32)
+        if options:
             key = (tuple(xp.shape), is_pixel_major(xp), tuple(weight.shape), groups, tuple(stride), len(chain_cols),
-                   cfg.rows, cfg.cols)
-            fix = _SINGLE_FOLD_REPLAY(key, (lambda: replay_by_segment_conv(*args), direct_replay))
+                   cfg.rows, cfg.cols, *options)
+            fix = _REPLAY_WAY(key, {"kernel": direct_replay, **options})
         else:
             fix = direct_replay()
     if clean is not None and cm.latches_sent_weights:

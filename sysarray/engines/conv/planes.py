@@ -15,16 +15,27 @@ from numba import njit
 from sysarray.engines.simd import LANES, transpose_block
 
 
+_TILE = 16  # transposed in tiles of 16 x 16 values: a tile's rows and columns stay in L1
+
+
 @njit(cache=True)
 def transposed_groups(x, NG, G):
     """Linear layers' phase planes: ``x`` (B, C) -> (NG, C*G), ``out[q, c*G + g] = x[q*G + g, c]``
-    (zero for images past B)."""
+    (zero for images past B). By tiles: a power-of-two ``G`` would put a row's scattered
+    writes in a few cache sets."""
     B, C = x.shape
-    out = np.zeros((NG, C * G), dtype=x.dtype)
-    for i in range(B):
-        q, g = i // G, i % G
+    out = np.empty((NG, C * G), dtype=x.dtype)
+    for q in range(NG):
+        n = min(G, B - q * G)
+        for g0 in range(0, n, _TILE):
+            g1 = min(n, g0 + _TILE)
+            for c0 in range(0, C, _TILE):
+                for c in range(c0, min(C, c0 + _TILE)):
+                    for g in range(g0, g1):
+                        out[q, c * G + g] = x[q * G + g, c]
         for c in range(C):
-            out[q, c * G + g] = x[i, c]
+            for g in range(n, G):
+                out[q, c * G + g] = 0
     return out
 
 

@@ -31,7 +31,9 @@ class ReplaySettings:
     fit one row fold (``K <= R``: depthwise and other small filters) may take its segment sums from
     one grouped convolution and run its chains in one pass (replay_conv.py) instead of the kernel
     walking every output's taps; which of the two runs is measured per layer shape (False: always
-    the kernel). pairs: the SIMD kernel runs the outputs of one array
+    the kernel). linear_gemm: a linear layer (1x1 images, 1x1 filters, one group) may replay as
+    one GEMM's chains straight from its transposed batch (replay_linear.py) instead of by the
+    kernel; which runs is measured per layer shape (False: always the kernel). pairs: the SIMD kernel runs the outputs of one array
     column (column folds of a wide layer: the same taps) in pairs that share each tap's loads.
     run_target: values per contiguous run of the direct replay (images are laid side by side
     until one tap over their output planes is about this long: long runs amortise loop
@@ -42,6 +44,7 @@ class ReplaySettings:
     replay: Replay = Replay.DIRECT
     kernel: Kernel = Kernel.SIMD
     segment_conv: bool = True
+    linear_gemm: bool = True
     pairs: bool = True
     run_target: int = 1024
     planes_budget: int = 64 << 10
@@ -50,6 +53,7 @@ class ReplaySettings:
         object.__setattr__(self, "replay", check_enum(self.replay, Replay, "replay", "ReplaySettings"))
         object.__setattr__(self, "kernel", check_enum(self.kernel, Kernel, "kernel", "ReplaySettings"))
         check_bool(self.segment_conv, "segment_conv", "ReplaySettings")
+        check_bool(self.linear_gemm, "linear_gemm", "ReplaySettings")
         check_bool(self.pairs, "pairs", "ReplaySettings")
         check_positive_int(self.run_target, "run_target", "ReplaySettings")
         check_positive_int(self.planes_budget, "planes_budget", "ReplaySettings")

@@ -103,6 +103,23 @@ def test_bmm_takes_float_codes_and_any_weight_dtype(case, transposed):
     for wv in (w.float(), w.to(torch.int64)):
         y, _ = chip.bmm(case.a.float(), wv, act_signed=signed)
         np.testing.assert_array_equal(y.numpy(), want)
+        raw, _ = chip.bmm(case.a.float(), wv, act_signed=signed, raw=True)  # int32, or float32 holding the sums
+        assert raw.dtype in (torch.int32, torch.float32)
+        np.testing.assert_array_equal(raw.to(torch.int64).numpy(), want)
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(batch_cases(max_faults=12, registers=("weight", "psum")), st.sampled_from(["stream_major", "fold_major", "direct"]))
+def test_every_psum_replay_of_a_batch_equals_the_cycle_engine(case, replay):
+    """The three replays of the psum chains a batch may take (segment sums stream-last or
+    fold-major, or chains straight from the operands), each pinned: the same bits as the cycle
+    engine's GEMM loop."""
+    fast._REPLAY.force = replay
+    try:
+        got, _ = sa.Chip(case.cfg, case.faults).bmm(case.a, case.w)
+    finally:
+        fast._REPLAY.force = None
+    np.testing.assert_array_equal(got.numpy(), loop(case, "cycle"))
 
 
 @pytest.mark.parametrize("budget", [1, 40, 300])

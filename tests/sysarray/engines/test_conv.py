@@ -176,17 +176,73 @@ def test_direct_replay_with_partial_image_groups(stride, padding, kernel):
 
 
 @pytest.mark.parametrize("run", [2, 5, 1024])
-def test_direct_replay_of_linear_layers_in_image_groups(run):
+@pytest.mark.parametrize("linear_gemm", [False, True])
+def test_direct_replay_of_linear_layers_in_image_groups(run, linear_gemm):
     """1x1 images (a linear layer as the program runs it): the planes are the transposed batch, in
-    groups of ``run`` images (the last one partial, or one group of all)."""
+    groups of ``run`` images (the last one partial, or one group of all); or the replay is one
+    GEMM's chains over the transposed batch."""
     rng = np.random.default_rng(11)
     x = torch.from_numpy(rng.integers(0, 256, size=(7, 9, 1, 1)).astype(np.float32))
     w = torch.from_numpy(rng.integers(-128, 128, size=(8, 9, 1, 1)).astype(np.int8))
     cfg = sa.ArrayConfig(4, 3, "ws")
     fm = sa.FaultMap(4, 3).add(0, 1, "psum", 3, 1).add(2, 1, "psum", 30, 0).add(3, 2, "psum", 12, 1)
     case = ConvCase(x, w, cfg, fm, (1, 1), (0, 0), 0, 1, False)
-    y = fast_conv2d(x, w, cfg, fm, settings=ReplaySettings(run_target=run, planes_budget=NO_BUDGET))
+    from sysarray.engines.conv import conv2d
+
+    conv2d._REPLAY_WAY.force = "gemm" if linear_gemm else "kernel"
+    try:
+        y = fast_conv2d(x, w, cfg, fm, settings=ReplaySettings(run_target=run, planes_budget=NO_BUDGET))
+    finally:
+        conv2d._REPLAY_WAY.force = None
     np.testing.assert_array_equal(y.numpy(), im2col_gemms(case, "fast"))
+
+
+@st.composite
+def linear_cases(draw) -> ConvCase:
+    """Linear layers as the program runs them (1x1 images and filters): batches past a vector of
+    lanes, K over several row folds, outputs over several column folds, psum chains of several
+    faulty rows per column, weight faults and bypass besides."""
+    R, C = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    cfg = sa.ArrayConfig(R, C, "ws", psum_bits=draw(st.sampled_from([32, 32, 24, 20])), bypass=draw(st.booleans()))
+    B, K, N = draw(st.integers(1, 40)), draw(st.integers(1, 3 * R + 2)), draw(st.integers(1, 3 * C + 2))
+    signed = draw(st.booleans())
+    lo, hi = (-128, 127) if signed else (0, 255)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if draw(st.booleans()):
+        x, w = rng.choice(np.array([lo, hi, 0]), size=(B, K, 1, 1)), rng.choice(np.array([-128, 127, -1]), size=(N, K, 1, 1))
+    else:
+        x, w = rng.integers(lo, hi + 1, size=(B, K, 1, 1)), rng.integers(-128, 128, size=(N, K, 1, 1))
+    return ConvCase(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(w.astype(np.int8)), cfg,
+                    draw(fault_maps(cfg, 10, ("weight", "psum"))), (1, 1), (0, 0), 0, 1, signed)
+
+
+@settings(max_examples=300, **SETTINGS)
+@given(linear_cases())
+def test_linear_layer_replay_as_one_gemm_equals_the_cycle_engine(case):
+    """A linear layer's psum chains replayed from its transposed batch (pinned): the cycle
+    engine's GEMM, bit for bit."""
+    from sysarray.engines.conv import conv2d
+
+    conv2d._REPLAY_WAY.force = "gemm"
+    try:
+        got = conv(case)
+    finally:
+        conv2d._REPLAY_WAY.force = None
+    np.testing.assert_array_equal(got, im2col_gemms(case, "cycle"))
+
+
+@pytest.mark.parametrize("B, C, G", [(7, 9, 2), (40, 37, 16), (40, 37, 17), (33, 64, 64), (5, 3, 8)])
+def test_transposed_groups_lays_out_the_batch_group_by_group(B, C, G):
+    """The linear layers' planes, by tiles of the transposition: ``out[q, c*G + g] = x[q*G + g, c]``,
+    zero past the batch (tiles cut at both edges, full and partial groups)."""
+    from sysarray.engines.conv.planes import transposed_groups
+
+    x = np.random.default_rng(B * C + G).integers(0, 256, size=(B, C)).astype(np.float32)
+    NG = -(-B // G)
+    want = np.zeros((NG * G, C), dtype=np.float32)
+    want[:B] = x
+    want = want.reshape(NG, G, C).transpose(0, 2, 1).reshape(NG, C * G)
+    np.testing.assert_array_equal(transposed_groups(x, NG, G), want)
 
 
 @settings(max_examples=150, **SETTINGS)
@@ -195,17 +251,22 @@ def test_every_chain_replay_path_gives_the_same_bits(case):
     """The direct CPU kernel, with one image per run (reading the input in place where it needs
     no padding) and with all images side by side, also on single-fold layers, and CUDA's per-fold
     convolutions with torch chains (run on CPU here) give the same bits as the segment-convolution
-    replay of single-fold layers (forced), on plain and channels-last input."""
+    replay of single-fold layers (forced), on plain and channels-last input; so do the chains of
+    one GEMM where the layer is a linear one."""
     from sysarray.engines.conv import conv2d
 
-    conv2d._SINGLE_FOLD_REPLAY.force = 0  # single-fold layers by the segment convolution, not measured
-    try:
-        default = conv(case)
-    finally:
-        conv2d._SINGLE_FOLD_REPLAY.force = None
+    ways = {}
+    for way in ("segment_conv", "gemm"):  # each where it applies, else the kernel; not measured
+        conv2d._REPLAY_WAY.force = way
+        try:
+            ways[way] = conv(case)
+        finally:
+            conv2d._REPLAY_WAY.force = None
+    default = ways["segment_conv"]
+    np.testing.assert_array_equal(ways["gemm"], default)
     for mode, run, kernel in (("direct", 1, "simd"), ("direct", 1, "passes"), ("direct", 1 << 30, "simd"),
                               ("direct", 1 << 30, "passes"), ("torch", DEFAULT.run_target, "simd")):
-        settings_ = ReplaySettings(replay=mode, kernel=kernel, run_target=run, segment_conv=False,
+        settings_ = ReplaySettings(replay=mode, kernel=kernel, run_target=run, segment_conv=False, linear_gemm=False,
                                    planes_budget=NO_BUDGET if run > 1024 else DEFAULT.planes_budget)
         for channels_last in (False, True):  # the program keeps activations channels-last on CPU
             np.testing.assert_array_equal(conv(case, channels_last, settings_), default,

@@ -1,0 +1,37 @@
+"""The psum replay of a linear layer (1x1 images) as one GEMM's chains, straight from its operands."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sysarray.config import ArrayConfig
+from sysarray.engines import psum
+from sysarray.engines.conv.fix import ChainFix
+from sysarray.engines.conv.weights import ConvWeights
+from sysarray.engines.registers import ChipMasks
+from sysarray.tensor_memo import TensorMemo
+
+# Per chip (its masks) and layer geometry: the chain plan, kept for every batch the chip runs.
+_PLANS = TensorMemo(max_entries=1024)
+
+
+def replay_linear(x: torch.Tensor, cw: ConvWeights, cfg: ArrayConfig, cm: ChipMasks, chain_cols: np.ndarray,
+                  N: int, linear_tail: bool) -> ChainFix | None:
+    """The replayed outputs of a linear layer held as a convolution of 1x1 images: ``x`` (B, K,
+    1, 1) float32 codes, ``cw`` its latched weights (N, K, 1, 1). The batch is transposed once
+    (each input channel's values over the batch contiguous) and
+    :func:`~sysarray.engines.psum.gemm_chain_totals` sums each segment as axpys of those rows,
+    vectorised over the batch, with the chain fused; every segment sum must be exact in float32
+    (``R * max|x| * max|w| < 2**24``). Returns the totals as a :class:`ChainFix` in pixel order
+    (None: no output has a faulty column)."""
+    B, K = int(x.shape[0]), int(x.shape[1])
+    p = _PLANS.get_for(cm, (), (chain_cols.tobytes(), N, cfg.cols, linear_tail),
+                       lambda: psum.plan(cm, cfg, chain_cols, -(-N // cfg.cols), N, linear_tail))
+    if p is None:
+        return None
+    st = x.reshape(B, K).t().contiguous().unsqueeze(0)  # (1, K, B)
+    w = cw.w.view(N, K).t().unsqueeze(0)  # (1, K, N), a view
+    tot = np.empty((B, 1, len(p.n_idx)), dtype=np.int32)
+    psum.gemm_chain_totals(st.numpy(), w.numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones, p.n_seg, cfg.rows, 1 << (cfg.psum_bits - 1), linear_tail, tot.reshape(B, -1),
+                           work=B * K * len(p.n_idx))
+    return ChainFix(p.n_idx, tot, linear_tail, pixel_major=True)
