@@ -322,10 +322,12 @@ def _rescale_add_kernel(a, b, za, ma, zb, mb, shift, zp, lo, hi, out):
     n = a.shape[0]
     block = 1 << 14
     for j in prange((n + block - 1) // block):
-        for i in range(j * block, min(n, (j + 1) * block)):
-            t = (np.int64(a[i]) - za) * ma + (np.int64(b[i]) - zb) * mb
+        sa, sb = a[j * block:min(n, (j + 1) * block)], b[j * block:min(n, (j + 1) * block)]
+        dst = out[j * block:min(n, (j + 1) * block)]  # slices indexed from zero: the loop vectorises
+        for i in range(sa.shape[0]):
+            t = (np.int64(sa[i]) - za) * ma + (np.int64(sb[i]) - zb) * mb
             q = ((t + half) >> shift) + zp
-            out[i] = min(max(q, lo), hi)
+            dst[i] = min(max(q, lo), hi)
 
 
 @threaded(ELEMENTWISE)
@@ -359,6 +361,8 @@ def _quantize_kernel(x, scale, zp, qmin, qmax, out):
     n = x.shape[0]
     block = 1 << 14
     for j in prange((n + block - 1) // block):
-        for i in range(j * block, min(n, (j + 1) * block)):
-            q = np.floor(np.float64(x[i]) / scale + 0.5) + zp
-            out[i] = min(max(q, qmin), qmax)
+        src = x[j * block:min(n, (j + 1) * block)]  # slices indexed from zero: the loop vectorises
+        dst = out[j * block:min(n, (j + 1) * block)]
+        for i in range(src.shape[0]):
+            q = np.floor(np.float64(src[i]) / scale + 0.5) + zp
+            dst[i] = min(max(q, qmin), qmax)
