@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -284,11 +285,16 @@ class Layout:
         return (self.input,)
 
     def run(self, xs, rc: RunContext) -> torch.Tensor:
-        name, overload = self.op.split(".")
-        fn = getattr(getattr(torch.ops.aten, name), overload)
+        fn = _ATEN.get(self.op)
+        if fn is None:
+            name, overload = self.op.split(".")
+            fn = _ATEN[self.op] = getattr(getattr(torch.ops.aten, name), overload)
         return fn(xs[0], *_resolve(self.args, rc.batch))
 
     fake = run
+
+
+_ATEN: dict[str, Callable] = {}  # aten overloads by name, looked up once
 
 
 @dataclass

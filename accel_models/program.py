@@ -620,7 +620,11 @@ class Program:
                 f"(N, {', '.join(map(str, self.input_shape))}). Got {images.dtype} {tuple(images.shape)} instead."
             )
         # min and max propagate NaN and show infinities: two values to test instead of a mask of every pixel
-        if images.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(images))).all()):
+        # (numpy's on CPU: torch's reduction would wake its thread pool for a few microseconds of work)
+        if images.numel() and not (np.isfinite(images.numpy().min()) and np.isfinite(images.numpy().max())
+                                   if images.device.type == "cpu" and images.dtype in (torch.float32, torch.float64)
+                                   and not images.requires_grad
+                                   else bool(torch.isfinite(torch.stack(torch.aminmax(images))).all())):
             raise ValueError("The 'images' argument of Program.run must be finite images. "
                              "Got NaN or infinite values instead.")
         return images
@@ -691,9 +695,12 @@ class Program:
 
         def on_layer(op, x, acc, stats):
             matmul = isinstance(op, MatMul)
-            k = int(x[0].shape[-1]) if matmul else int(op.weight[0].numel())
-            n = int(acc.shape[-1]) if matmul else op.out_channels
-            t = totals.setdefault(op.name, dict(m=0, k=k, n=n, macs=0, cycles=0, gemms=0, util=[]))
+            t = totals.get(op.name)
+            if t is None:
+                k = int(x[0].shape[-1]) if matmul else int(op.weight[0].numel())
+                n = int(acc.shape[-1]) if matmul else op.out_channels
+                t = totals[op.name] = dict(m=0, k=k, n=n, macs=0, cycles=0, gemms=0, mapping=0.0, compute=0.0,
+                                           first=stats[0])
             # rows streamed: the groups of a grouped conv share them, a batch of products does not
             t["m"] += acc.numel() // acc.shape[-1] if matmul or op.kind == "linear" else acc.numel() // acc.shape[1]
             i = 0
@@ -704,7 +711,8 @@ class Program:
                 t["macs"] += (j - i) * st.macs
                 t["cycles"] += (j - i) * st.cycles
                 t["gemms"] += j - i
-                t["util"].append(((j - i) * st.cycles, st.mapping_efficiency, st.compute_util))
+                t["mapping"] += (j - i) * st.cycles * st.mapping_efficiency  # cycle-weighted sums
+                t["compute"] += (j - i) * st.cycles * st.compute_util
                 i = j
             if count:
                 ref = matmul_accumulators(*x, op, counter)[0] if matmul else \
@@ -727,17 +735,16 @@ class Program:
         n_pes = chip.config.n_pes
         for op in self.chip_layers:
             t = totals[op.name]
-            cycles = sum(u[0] for u in t["util"])
-            # cycle-weighted means over the layer's GEMMs
-            weighted = lambda i: sum(u[0] * u[i] for u in t["util"]) / cycles if cycles else t["util"][0][i]  # noqa: E731
+            cycles = t["cycles"]
             layers.append(LayerStats(
                 name=op.name, kind="matmul" if isinstance(op, MatMul) else op.kind, m=t["m"], k=t["k"], n=t["n"],
                 macs=t["macs"],
                 cycles=t["cycles"],
                 # SCALE-Sim's definition per GEMM (its total is cycles - 1), over all of them.
                 overall_util=100.0 * t["macs"] / max(1, (t["cycles"] - t["gemms"]) * n_pes),
-                mapping_efficiency=float(weighted(1)),
-                compute_util=float(weighted(2)),
+                # cycle-weighted means over the layer's GEMMs
+                mapping_efficiency=float(t["mapping"] / cycles if cycles else t["first"].mapping_efficiency),
+                compute_util=float(t["compute"] / cycles if cycles else t["first"].compute_util),
                 changed=(changed.get(op.name, 0) if count_changes else None) if faulty else 0,
             ))
         return RunResult(logits=logits, predictions=logits.argmax(dim=1), layers=layers)

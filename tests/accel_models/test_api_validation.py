@@ -45,9 +45,10 @@ def test_nan_weights_are_named_not_a_float_to_integer_error(mlp):
         accel_models.lower(bad, torch.rand(16, 1, 8, 8))
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_non_finite_images_are_refused_by_run(program, bad):
-    x = torch.rand(4, 1, 8, 8)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_non_finite_images_are_refused_by_run(program, bad, dtype):
+    x = torch.rand(4, 1, 8, 8, dtype=dtype)
     x[1, 0, 0, 0] = bad
     with pytest.raises(ValueError, match="finite images"):
         program.run(x, sa.ArrayConfig(8, 8))
