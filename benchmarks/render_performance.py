@@ -275,7 +275,7 @@ ENGINES_MISSES = (
 INFERENCE_MISSES = (
     "Where inference and campaigns miss: the fault-free part of a convolution runs on whichever of the int8 "
     "and float32 kernels measures faster, but the psum replay of a faulty convolution is the float32 direct "
-    "replay (ResNet-20 at batch 256, 2 threads: 148 ms fault-free, 319 ms with 1% psum-faulty PEs), so a faulty "
+    "replay (ResNet-20 at batch 256, 2 threads: 157 ms fault-free, 339 ms with 1% psum-faulty PEs), so a faulty "
     "chip costs about twice a fault-free one. What would close it: the replay's segment sums on int8 (as the GEMM "
     "replay does) or the fused kernel described under Engines.")
 FAT_MISSES = (
@@ -291,7 +291,9 @@ MODELS_MISSES = (
     "work (about 100 ops: Python dispatch, checks and memo lookups around kernels of tens of microseconds) plus "
     "about 1.1 ms per image, where float32 costs about 0.6 ms plus 0.5 ms per image on one thread; and the "
     "kernels run two to three times slower inside a run than alone, their operands cold in the caches after the "
-    "other layers (`torch._int_mm` on the QKV projection: 45 us in a run, 17 us alone). What would close it: a "
+    "other layers (`torch._int_mm` on the QKV projection: 45 us in a run, 17 us alone). The ratio also moves "
+    "with the float32 baseline, the noisier side: three consecutive `--only vit,deit` runs timed DeiT's chip at "
+    "12.9-13.4 ms and its float32 at 3.7-5.6 ms (fault-free ratios 2.4-3.5). What would close it: a "
     "compiled executor for the integer program (one dispatch per run instead of one per op) and attention (both "
     "products and the softmax) as one kernel per batch of heads.")
 
