@@ -717,7 +717,7 @@ class Program:
             if count:
                 ref = matmul_accumulators(*x, op, counter)[0] if matmul else \
                     layer_accumulators(x, op, counter, saturate=False)[0]
-                changed[op.name] = changed.get(op.name, 0) + int((ref.to(acc.device) != acc).sum())
+                changed[op.name] = changed.get(op.name, 0) + int((ref.to(acc.device, torch.int64) != acc.to(torch.int64)).sum())
 
         accs = []
         n_batches = -(-images.shape[0] // batch_size)
