@@ -116,8 +116,9 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
         q = requantize(acc.to(torch.int64) + bias.to(acc.device).view(shape), m0.to(acc.device).view(shape),
                        shift.to(acc.device).view(shape))
         return (q + zero_point).clamp(lo, hi).to(torch.float32)
-    exact_f64 = _float64_requantize_ok(acc, bias, m0, shift)
-    bias, m0, shift = (t.to(torch.int64) for t in (bias, m0, shift))
+    params = _params(bias, m0, shift)
+    exact_f64 = _float64_requantize_ok(acc, bias, m0, shift, params)
+    bias, m0, shift = params.arrays
     B, N = acc.shape[:2]
     if channels_last(acc) or acc.dim() == 2:
         # (B, N, H, W) stored as (B, H, W, N), or a linear layer's (B, N): one pass in memory order,
@@ -125,14 +126,13 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
         acc = acc.contiguous(memory_format=torch.channels_last) if acc.dim() == 4 else acc.contiguous()
         out = torch.empty_like(acc, dtype=torch.float32)
         last = (lambda t: t.permute(0, 2, 3, 1).reshape(B, -1, N)) if acc.dim() == 4 else (lambda t: t.view(B, 1, N))
-        args = (last(acc).numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi),
-                last(out).numpy())
+        args = (last(acc).numpy(), bias, m0, shift, int(zero_point), int(lo), int(hi), last(out).numpy())
         _requantize_on(exact_f64, _requantize_clamp_f64_nlast_kernel, _requantize_clamp_nlast_kernel, args, N)
         return out
     x = acc.contiguous()
     x3 = x.view(B, N, -1)
     out = torch.empty(x3.shape, dtype=torch.float32)
-    args = (x3.numpy(), bias.numpy(), m0.numpy(), shift.numpy(), int(zero_point), int(lo), int(hi), out.numpy())
+    args = (x3.numpy(), bias, m0, shift, int(zero_point), int(lo), int(hi), out.numpy())
     _requantize_on(exact_f64, _requantize_clamp_f64_kernel, _requantize_clamp_kernel, args, N)
     out = out.view(acc.shape)
     return out.contiguous(memory_format=torch.channels_last) if channels_last(acc) else out
@@ -175,12 +175,41 @@ def channels_last(t: torch.Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
-def _float64_requantize_ok(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> bool:
+class _Params:
+    """A layer's requantization parameters as int64 numpy arrays, and which accumulator bounds
+    pass :func:`_float64_requantize_ok`'s check on them (found once per bound)."""
+
+    def __init__(self, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> None:
+        self.arrays = tuple(t.to(torch.int64).contiguous().numpy() for t in (bias, m0, shift))
+        self.f64_ok: dict[int, bool] = {}
+
+    def float64_ok(self, bound: int) -> bool:
+        if bound not in self.f64_ok:
+            bias, m0, shift = self.arrays
+            self.f64_ok[bound] = bool(
+                len(m0) and int(np.abs(bias).max()) < 1 << 32 and int(m0.min()) >= 0 and int(m0.max()) < 1 << 31
+                and int(shift.min()) >= 16 and int(shift.max()) <= 52
+                and all((bound + abs(b)) * m + (1 << (sh - 1)) < 1 << 63
+                        for b, m, sh in zip(bias.tolist(), m0.tolist(), shift.tolist())))
+        return self.f64_ok[bound]
+
+
+# A layer's requantization parameters, converted and checked once, not on every run.
+_PARAMS = TensorMemo()
+
+
+def _params(bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> _Params:
+    return _PARAMS.get((bias, m0, shift), (), lambda: _Params(bias, m0, shift))
+
+
+def _float64_requantize_ok(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor,
+                           params: _Params | None = None) -> bool:
     """True when :func:`_requantize_clamp_f64_kernel` gives exactly the int64 formula of
     :func:`requantize`: int32-range accumulators (any float32 or int32 tensor, or an int64 one
     below 2**32), |bias| < 2**32, 0 <= M0 < 2**31, 16 <= shift <= 52, and in every channel
     ``(max|acc| + |bias|) * M0 + 2**(shift - 1) < 2**63`` (the int64 product does not wrap; the
-    float64 kernel computes the unwrapped value)."""
+    float64 kernel computes the unwrapped value). ``params``: ``_params(bias, m0, shift)`` when
+    the caller has it."""
     if not len(m0):
         return False
     bound = 1 << 31
@@ -191,18 +220,7 @@ def _float64_requantize_ok(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tens
         bound = 1 << 32
     elif acc.dtype not in (torch.float32, torch.int32, torch.int16, torch.int8, torch.uint8):
         return False
-
-    def check() -> bool:
-        if not (int(bias.abs().max()) < 1 << 32 and int(m0.min()) >= 0 and int(m0.max()) < 1 << 31
-                and int(shift.min()) >= 16 and int(shift.max()) <= 52):
-            return False
-        return all((bound + abs(b)) * m + (1 << (sh - 1)) < 1 << 63
-                   for b, m, sh in zip(bias.tolist(), m0.tolist(), shift.tolist()))
-    return _PARAMS_F64_OK.get((bias, m0, shift), bound, check)
-
-
-# A layer's requantization parameters pass the check above once, not on every run.
-_PARAMS_F64_OK = TensorMemo()
+    return (_params(bias, m0, shift) if params is None else params).float64_ok(bound)
 
 
 @threaded(ELEMENTWISE)

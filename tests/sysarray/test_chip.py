@@ -166,3 +166,33 @@ def test_bmm_of_conv_operands_agrees_with_gemm_on_both_engines(problem):
             want, want_stats = chip.gemm(a[g], weights[g], act_signed=signed)
             np.testing.assert_array_equal(y[g].numpy(), want.numpy())
             assert stats[g] == want_stats
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(seed=st.integers(0, 2**32 - 1), flow=st.sampled_from(["ws", "os", "is"]), psum_bits=st.sampled_from([32, 24, 18]),
+       signed=st.booleans(), kernel=st.sampled_from(["int8", "float32", None]), K=st.integers(1, 300),
+       extreme=st.booleans())
+def test_linear_on_a_fault_free_chip_with_a_known_bound_is_the_cycle_engines(seed, flow, psum_bits, signed, kernel, K,
+                                                                            extreme):
+    """The fault-free linear layer's own path (the plain product where no sum can reach the psum
+    register's range, else the convolution path) on either kernel: the cycle engine's bits,
+    wrapped sums included, and its timing."""
+    from sysarray.engines import int8
+
+    rng = np.random.default_rng(seed)
+    lo, hi = (-128, 127) if signed else (0, 255)
+    B, N = int(rng.integers(1, 12)), int(rng.integers(1, 12))
+    pick = (lambda a, b, size: rng.choice(np.array([a, b]), size=size)) if extreme else \
+        (lambda a, b, size: rng.integers(a, b + 1, size=size))
+    x = torch.from_numpy(pick(lo, hi, (B, K)).astype(np.float32))
+    w = torch.from_numpy(pick(-128, 127, (N, K)).astype(np.int8))
+    cfg = sa.ArrayConfig(6, 5, flow, psum_bits=psum_bits)
+    hints = sa.ConvHints(x_bound=max(-lo, hi))
+    int8.FORCE = kernel
+    try:
+        y, stats = sa.Chip(cfg).linear(x, w, act_signed=signed, hints=hints)
+    finally:
+        int8.FORCE = None
+    want, want_stats = sa.Chip(cfg, engine="cycle").linear(x, w, act_signed=signed)
+    np.testing.assert_array_equal(y.to(torch.int64).numpy(), want.to(torch.int64).numpy())
+    assert stats == want_stats == gemm_timing(B, K, N, cfg)

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import torch
 
+from sysarray.config import ArrayConfig
 from sysarray.engines import int8
-from sysarray.engines.conv.weights import ConvWeights
+from sysarray.engines.conv.weights import ConvWeights, latched_weights
+from sysarray.engines.registers import ChipMasks
 from sysarray.parallel import MeasuredChoice
 
 _CHOICE = MeasuredChoice(name="conv.pointwise")
@@ -67,3 +69,23 @@ def _int8_gemm(rows: torch.Tensor, cw: ConvWeights, act_signed: bool) -> torch.T
     # leading dimension
     y = torch._int_mm(int8.as_int8(rows, not act_signed), w8)
     return y if act_signed else y.add_(colsum)
+
+
+def clean_linear(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks, act_signed: bool,
+                 x_bound: int | None) -> torch.Tensor | None:
+    """A linear layer on an array without faults: ``x`` (B, K) float32 codes times ``weight``
+    (N, K) int8 values, (B, N) exact sums (float32 or int32) on the faster product, without the
+    convolution path's layout steps. None where it does not apply (the caller convolves): no
+    known bound on ``x``, or a sum that could reach the psum register's range (a whole GEMM's
+    sum below it is below every partial sum's bound too, in every dataflow). ``cm``: the
+    array's masks (no stuck bit)."""
+    B, K = x.shape
+    N = int(weight.shape[0])
+    if x_bound is None or x.device.type != "cpu" or x.dtype != torch.float32 or not (x.is_contiguous() or
+                                                                                  x.stride(1) == 1):
+        return None
+    cw = latched_weights(weight.reshape(N, K, 1, 1), cfg, cm).conv
+    if K * x_bound * cw.wmax >= 1 << (min(cfg.psum_bits, 32) - 1):
+        return None
+    y = pointwise_gemm(x.view(B, K, 1, 1), cw, act_signed, x_bound, cw.l1_max * max(1, x_bound) < 1 << 24)
+    return None if y is None else y.reshape(B, N)
