@@ -211,10 +211,14 @@ class Chip:
         if self.engine is Engine.CYCLE:
             runs = [self.gemm(a[g], w[g], act_signed=act_signed) for g in range(G)]
             return torch.stack([y for y, _ in runs]), [stats for _, stats in runs]
-        from sysarray.engines.fast import fast_bmm
+        from sysarray.engines.fast import clean_bmm, fast_bmm
 
-        y = fast_bmm(a, w, self.config, self.faults, act_signed=act_signed, masks=self.masks(act_signed), bounds=bounds,
-                     raw=bool(raw))
+        y = None
+        if not self.faulty and None not in bounds:  # the plain product, where no sum can wrap
+            y = clean_bmm(a, w, self.config, act_signed, bounds, raw=bool(raw))
+        if y is None:
+            y = fast_bmm(a, w, self.config, self.faults, act_signed=act_signed, masks=self.masks(act_signed),
+                         bounds=bounds, raw=bool(raw))
         return y, [self.timing(M, K, N)] * G
 
     def conv2d(self, x: torch.Tensor, weight: torch.Tensor, *, stride=(1, 1), padding=(0, 0), pad_value: float = 0,

@@ -486,6 +486,23 @@ def fast_bmm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMa
     return _os_fast(a, w, cfg, cm, bounds).to(torch.int32)
 
 
+def clean_bmm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, act_signed: bool, bounds: tuple[int, int],
+              raw: bool = False) -> torch.Tensor | None:
+    """:func:`fast_bmm` on an array without faults, where no sum can reach the psum register's
+    range (``K * bounds[0] * bounds[1]``, the bounds on |a| and |w|): the plain product on the
+    measured kernel, in any dataflow, without the faulty path's steps. (G, M, N) int32, or with
+    ``raw`` possibly float32 holding the same values; None where it does not apply."""
+    K = a.shape[-1]
+    amax, wmax = int(bounds[0]), int(bounds[1])
+    if K * max(1, amax) * max(1, wmax) >= 1 << (min(cfg.psum_bits, 32) - 1):
+        return None
+    fdt = float_dtype_for(a.device)
+    s_unsigned = not act_signed
+    Y = _plain_product(a, functools.cache(lambda: a.to(fdt)), functools.cache(lambda: int8.as_int8(a, s_unsigned)),
+                       w, w.to(fdt), amax, wmax, s_unsigned, False)
+    return Y if raw and Y.dtype == torch.float32 else _to_int32(Y, K * amax * wmax)
+
+
 def fast_gemm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None,
               act_signed: bool | None = None, *, masks: ChipMasks | None = None) -> torch.Tensor:
     """``a @ w`` on the faulty array, exact; a: (M, K) int8/uint8 (or float codes, see

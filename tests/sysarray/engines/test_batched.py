@@ -292,3 +292,22 @@ def test_segment_chains_equal_a_plain_loop_serial_and_parallel(pixel_major, step
         kernel(seg3, keep.astype(np.int32), ones.astype(np.int32), 1 << (psum_bits - 1), psum_bits == 32, pixel_major,
                tot)
         np.testing.assert_array_equal(tot.transpose(0, 2, 1) if pixel_major else tot, want)
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(batch_cases(max_faults=0), st.sampled_from(["int8", "float32", None]), st.booleans())
+def test_bmm_on_a_fault_free_chip_with_known_bounds_is_the_cycle_engines(case, kernel, raw):
+    """The fault-free batch's own path (the plain product where no sum can reach the psum
+    register's range, else the general one) on either kernel, raw or not: the cycle engine's
+    bits, wrapped sums included."""
+    from sysarray.engines import int8
+
+    signed = case.a.dtype == torch.int8
+    int8.FORCE = kernel
+    try:
+        got, _ = sa.Chip(case.cfg).bmm(case.a.float(), case.w, act_signed=signed, bounds=(128 if signed else 255, 128),
+                                       raw=raw)
+    finally:
+        int8.FORCE = None
+    assert got.dtype in ((torch.int32, torch.float32) if raw else (torch.int32,))
+    np.testing.assert_array_equal(got.to(torch.int64).numpy(), loop(BatchCase(case.a, case.w, case.cfg, None), "cycle"))
