@@ -25,7 +25,7 @@ from numba import njit
 
 from sysarray import mapping
 from sysarray.config import ArrayConfig, Dataflow
-from sysarray.engines import int8, psum
+from sysarray.engines import chains_simd, int8, psum
 from sysarray.engines.exact import abs_max, exact_matmul, float_dtype_for, float_gemm_is_exact
 from sysarray.engines.registers import (ChipMasks, RegisterMasks, chip_masks, compose, force, force_jit, keep_of, latched,
                                         wrap)
@@ -163,9 +163,13 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             _replay_stream_major(S8, Sf, Kd, segment_weights(), sreg.sign == 0, cfg, p, linear_tail, Y)
 
         def direct() -> None:
-            st = Sf().transpose(1, 2).contiguous()
-            psum.bmm_chains_direct(st.numpy(), Wf[:, :Kd, :Nd].numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones,
-                                   p.n_seg, R, 1 << (pb - 1), linear_tail, Y.numpy(), work=G * T * Kd * len(p.n_idx))
+            st = Sf().transpose(1, 2).contiguous()  # (G, Kd, T): each row of a GEMM's input over its stream
+            plan = (p.n_idx, p.seg_of_row, p.keep, p.ones, p.n_seg, R, 1 << (pb - 1), linear_tail, Y.numpy())
+            work = G * T * Kd * len(p.n_idx)
+            if T >= chains_simd.SIMD_BLOCK:
+                chains_simd.bmm_chains_simd(st.view(-1).numpy(), G, Kd, T, Wf[:, :Kd, :Nd].numpy(), *plan, work=work)
+            else:
+                psum.bmm_chains_direct(st.numpy(), Wf[:, :Kd, :Nd].numpy(), *plan, work=work)
         s_codes = smax <= (255 if sreg.sign == 0 else 128)
         if dev.type == "cpu" and not corr and s_codes and wmax <= 128:
             # many short streams (attention's heads) can favour one batched GEMM over one per stream,

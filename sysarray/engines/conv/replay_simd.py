@@ -6,41 +6,12 @@ from numba import njit, prange
 
 from sysarray.engines.conv.planes import fill_planes_cl, planes_buffer, scatter_runs, task_planes
 from sysarray.engines.conv.plan import tasks
-from sysarray.engines.registers import force_jit
-from sysarray.engines.simd import LANES, add, f32_zeros, fma, i32_splat, i32_store, i32_zeros, load, sub, to_i32
+from sysarray.engines.chains_simd import chain4, store4
+from sysarray.engines.simd import LANES, add, f32_zeros, fma, i32_splat, i32_zeros, load
 from sysarray.parallel import threaded
 
 # Run values per block: four vectors of lanes (the width comes from the target, see sysarray.engines.simd).
 SIMD_BLOCK = 4 * LANES
-
-
-@njit(cache=True, inline="always")
-def _chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on, sg, linear_tail):
-    """The chain step of four vectors of segment sums ``a``: ``q = p + a`` (wrapping), ``p =
-    force(q)``; with a linear tail the totals ``t`` gather ``force(q) - q``. Returns ``(p, t)``."""
-    q0 = add(to_i32(a0), p0)
-    q1 = add(to_i32(a1), p1)
-    q2 = add(to_i32(a2), p2)
-    q3 = add(to_i32(a3), p3)
-    p0 = force_jit(q0, k, on, sg)
-    p1 = force_jit(q1, k, on, sg)
-    p2 = force_jit(q2, k, on, sg)
-    p3 = force_jit(q3, k, on, sg)
-    if linear_tail:
-        t0 = add(t0, sub(p0, q0))
-        t1 = add(t1, sub(p1, q1))
-        t2 = add(t2, sub(p2, q2))
-        t3 = add(t3, sub(p3, q3))
-    return p0, p1, p2, p3, t0, t1, t2, t3
-
-
-@njit(cache=True, inline="always")
-def _store4(tots, at, t0, t1, t2, t3):
-    """Four vectors of chain totals to ``tots[at:at + 4*LANES]``."""
-    i32_store(tots, at, t0)
-    i32_store(tots, at + LANES, t1)
-    i32_store(tots, at + 2 * LANES, t2)
-    i32_store(tots, at + 3 * LANES, t3)
 
 
 @threaded(1 << 20)  # work: multiply-adds
@@ -102,11 +73,11 @@ def direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg
                             a3 = fma(a3, w, load(xs, at + 3 * LANES))
                         k = i32_splat(keep[o, s])
                         on = i32_splat(ones[o, s])
-                        p0, p1, p2, p3, t0, t1, t2, t3 = _chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on,
+                        p0, p1, p2, p3, t0, t1, t2, t3 = chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on,
                                                                  sg, linear_tail)
                     if not linear_tail:  # the chain's end
                         t0, t1, t2, t3 = add(t0, p0), add(t1, p1), add(t2, p2), add(t3, p3)
-                _store4(tots, dst, t0, t1, t2, t3)
+                store4(tots, dst, t0, t1, t2, t3)
         scatter_runs(tots.reshape(-1, L), out, g0, G, o_lo, oh, ow, Wq)
 
 
@@ -161,12 +132,12 @@ def _pair_block(xs, toff, tw, ptr, n_seg, keep, ones, sg, linear_tail, Fr, S, o,
                 b3 = fma(b3, v, x3)
             k = i32_splat(keep[o, s])
             on = i32_splat(ones[o, s])
-            p0, p1, p2, p3, t0, t1, t2, t3 = _chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on, sg,
+            p0, p1, p2, p3, t0, t1, t2, t3 = chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on, sg,
                                                      linear_tail)
-            r0, r1, r2, r3, u0, u1, u2, u3 = _chain4(b0, b1, b2, b3, r0, r1, r2, r3, u0, u1, u2, u3, k, on, sg,
+            r0, r1, r2, r3, u0, u1, u2, u3 = chain4(b0, b1, b2, b3, r0, r1, r2, r3, u0, u1, u2, u3, k, on, sg,
                                                      linear_tail)
         if not linear_tail:  # the chains' ends
             t0, t1, t2, t3 = add(t0, p0), add(t1, p1), add(t2, p2), add(t3, p3)
             u0, u1, u2, u3 = add(u0, r0), add(u1, r1), add(u2, r2), add(u3, r3)
-    _store4(tots, dst_o, t0, t1, t2, t3)
-    _store4(tots, dst_m, u0, u1, u2, u3)
+    store4(tots, dst_o, t0, t1, t2, t3)
+    store4(tots, dst_m, u0, u1, u2, u3)

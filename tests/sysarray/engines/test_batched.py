@@ -122,6 +122,30 @@ def test_every_psum_replay_of_a_batch_equals_the_cycle_engine(case, replay):
     np.testing.assert_array_equal(got.numpy(), loop(case, "cycle"))
 
 
+@settings(max_examples=100, **SETTINGS)
+@given(batch_cases(max_faults=12, registers=("weight", "psum"), dataflows=("ws", "is")), st.integers(64, 150),
+       st.booleans())
+def test_direct_replay_of_long_streams_equals_the_cycle_engine(case, M, parallel):
+    """The replay straight from the operands on streams of at least a SIMD block (the vector
+    kernel, its last block overlapping the one before), pinned, on either compilation: the cycle
+    engine's bits."""
+    from sysarray.engines import chains_simd
+
+    rng = np.random.default_rng(M)
+    G, _, K = case.a.shape
+    signed = case.a.dtype == torch.int8
+    a = torch.from_numpy(rng.integers(-128 if signed else 0, 128 if signed else 256, size=(G, M, K))
+                         .astype(np.int8 if signed else np.uint8))
+    long = BatchCase(a, case.w, case.cfg, case.faults)
+    fast._REPLAY.force = "direct"
+    chains_simd.bmm_chains_simd.force = "parallel" if parallel else "serial"
+    try:
+        got, _ = sa.Chip(long.cfg, long.faults).bmm(long.a, long.w)
+    finally:
+        fast._REPLAY.force = chains_simd.bmm_chains_simd.force = None
+    np.testing.assert_array_equal(got.numpy(), loop(long, "cycle"))
+
+
 @pytest.mark.parametrize("budget", [1, 40, 300])
 def test_bmm_replays_in_blocks_of_the_stream(monkeypatch, budget):
     """Segment sums are made in blocks of whole GEMMs or, for a GEMM larger than a block, of its

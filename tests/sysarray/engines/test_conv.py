@@ -204,7 +204,9 @@ def linear_cases(draw) -> ConvCase:
     faulty rows per column, weight faults and bypass besides."""
     R, C = draw(st.integers(1, 8)), draw(st.integers(1, 8))
     cfg = sa.ArrayConfig(R, C, "ws", psum_bits=draw(st.sampled_from([32, 32, 24, 20])), bypass=draw(st.booleans()))
-    B, K, N = draw(st.integers(1, 40)), draw(st.integers(1, 3 * R + 2)), draw(st.integers(1, 3 * C + 2))
+    # batches shorter than a SIMD block (the scalar kernel) and longer (the vector one, its last block overlapping)
+    B = draw(st.one_of(st.integers(1, 40), st.integers(64, 150)))
+    K, N = draw(st.integers(1, 3 * R + 2)), draw(st.integers(1, 3 * C + 2))
     signed = draw(st.booleans())
     lo, hi = (-128, 127) if signed else (0, 255)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
@@ -217,17 +219,23 @@ def linear_cases(draw) -> ConvCase:
 
 
 @settings(max_examples=300, **SETTINGS)
-@given(linear_cases())
-def test_linear_layer_replay_as_one_gemm_equals_the_cycle_engine(case):
-    """A linear layer's psum chains replayed from its transposed batch (pinned): the cycle
-    engine's GEMM, bit for bit."""
+@given(linear_cases(), st.booleans())
+def test_linear_layer_replay_as_one_gemm_equals_the_cycle_engine(case, parallel):
+    """A linear layer's psum chains replayed from its transposed batch (pinned), on either
+    compilation of the scalar and vector kernels: the cycle engine's GEMM, bit for bit."""
+    from sysarray.engines import chains_simd, psum
     from sysarray.engines.conv import conv2d
 
+    kernels = (chains_simd.gemm_chains_simd, psum.gemm_chain_totals)
     conv2d._REPLAY_WAY.force = "gemm"
+    for k in kernels:
+        k.force = "parallel" if parallel else "serial"
     try:
         got = conv(case)
     finally:
         conv2d._REPLAY_WAY.force = None
+        for k in kernels:
+            k.force = None
     np.testing.assert_array_equal(got, im2col_gemms(case, "cycle"))
 
 
