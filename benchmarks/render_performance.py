@@ -287,15 +287,17 @@ FAT_MISSES = (
     "and only their weight values refreshed (their structure depends on the fault map and on which weights are "
     "zero), and a compiled twin.")
 MODELS_MISSES = (
-    "Where the vision transformers miss: at batch 8 every layer is small. A run costs about 4 ms of fixed per-op "
-    "work (about 100 ops: Python dispatch, checks and memo lookups around kernels of tens of microseconds) plus "
-    "about 1.1 ms per image, where float32 costs about 0.6 ms plus 0.5 ms per image on one thread; and the "
-    "kernels run two to three times slower inside a run than alone, their operands cold in the caches after the "
-    "other layers (`torch._int_mm` on the QKV projection: 45 us in a run, 17 us alone). The ratio also moves "
-    "with the float32 baseline, the noisier side: three consecutive `--only vit,deit` runs timed DeiT's chip at "
-    "12.9-13.4 ms and its float32 at 3.7-5.6 ms (fault-free ratios 2.4-3.5). What would close it: a "
-    "compiled executor for the integer program (one dispatch per run instead of one per op) and attention (both "
-    "products and the softmax) as one kernel per batch of heads.")
+    "Where the vision transformers miss: ViT and DeiT sit within a few percent of the targets, and which of their "
+    "ratios misses changes from run to run with the float32 baseline (DeiT's float32 model runs attention as one "
+    "fused kernel, so it misses more often). At batch 8 every layer is small. A DeiT run costs about 3.5 ms of "
+    "fixed per-op work (about 100 ops: Python dispatch, checks and memo lookups around kernels of tens of "
+    "microseconds) plus about 0.8 ms per image, where float32 costs about 0.6 ms plus 0.4 ms per image on one "
+    "thread. The kernels run two to three times slower "
+    "inside a run than alone, their operands cold in the caches after the other layers (`torch._int_mm` on the QKV "
+    "projection: 45 us in a run, 17 us alone). The ratio also moves with the float32 baseline, the noisier side: "
+    "runs of `--only vit,deit` minutes apart timed DeiT's float32 at 3.7-5.6 ms and its chip at 12-13.4 ms "
+    "(fault-free ratios 2.3-3.5). What would close it: a compiled executor for the integer program (one dispatch "
+    "per run instead of one per op) and attention (both products and the softmax) as one kernel per batch of heads.")
 
 
 BENCHMARKS = (
