@@ -35,8 +35,10 @@ class MeasuredChoice:
 
     ``choice(key, options)`` runs one of ``options`` (callables returning the same value, as a
     sequence or as a mapping from labels) and returns its result. While a key is new, calls take
-    the options in turn; the first call of each is a warm-up and then ``trials`` are timed, after
-    which the key keeps the option with the lowest median time. Keys are kept for the
+    each option in turn for a run of calls: the first a warm-up, then ``trials`` timed ones back to
+    back (the state an option leaves, caches and the core's vector-unit licence, is what the calls
+    after it find once it is chosen), after which the key keeps the option with the lowest median
+    time. Keys are kept for the
     ``max_keys`` most recently decided. ``force``: an option's index or label that every call
     takes where it is among the options, else the first option (tests, reproducible
     benchmarks); None to measure.
@@ -78,7 +80,9 @@ class MeasuredChoice:
             times = self._timings.setdefault(key, [[] for _ in calls])
             if len(times) != len(calls):  # another set of options for this key: measure it afresh
                 times = self._timings[key] = [[] for _ in calls]
-            which = min(range(len(calls)), key=lambda i: len(times[i]))
+            # each option's warm-up and timed calls back to back: the state one leaves (caches, the
+            # core's vector-unit licence) is what the calls after it find once it is chosen
+            which = min(range(len(calls)), key=lambda i: (len(times[i]) > self.trials, -len(times[i])))
         start = time.perf_counter()
         out = calls[which]()
         elapsed = time.perf_counter() - start

@@ -96,3 +96,11 @@ def test_a_decision_among_other_options_is_measured_again(cache):
 def test_configure_refuses_other_values():
     with pytest.raises(ValueError, match="folder, True"):
         kernel_cache.configure(3)
+
+
+def test_each_option_is_timed_in_a_run_of_calls(cache):
+    """A new key takes one option for its warm-up and timed calls back to back, then the next: a
+    program that makes an even number of calls with the key per run times every option at every
+    layer, each in the state it leaves itself."""
+    ran = _decide(MeasuredChoice(trials=2, name="test.runs"), (5,), fast="b", labels=("a", "b", "c"))
+    assert ran == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
