@@ -21,6 +21,7 @@ KeyboardInterrupt) saying how far it got; rerunning the same call resumes.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -153,7 +154,10 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
                     run_serial(evaluator, population, jobs, sink, chunk_size)
             finally:
                 bar.close()
-                if evaluated:
+                stopped = sys.exc_info()[0] is not None
+                if stopped:  # an interrupt may have come between a journal write and the records' update
+                    store.reconcile()
+                if evaluated or stopped:
                     store.write_results()
         if not evaluated and not store.results_current():  # e.g. killed before the final rebuild
             store.write_results()

@@ -238,6 +238,12 @@ class CampaignStore:
         """fsync the journal."""
         self._journal.sync()
 
+    def reconcile(self) -> None:
+        """Make the records those the journal holds, after an interrupt that may have come between
+        a journal write and the records' update: the journal is flushed and read back."""
+        self._journal.sync()
+        self.records = _by_chip(self._journal.read()[0])
+
     def rows(self) -> list[dict]:
         """The result rows, sorted by chip id."""
         return [self.records[c] for c in sorted(self.records)]

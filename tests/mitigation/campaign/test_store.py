@@ -32,6 +32,21 @@ def test_records_survive_reopen_and_results_are_sorted(tmp_path):
     assert len((tmp_path / "c" / JOURNAL).read_text().splitlines()) == 3
 
 
+def test_reconcile_takes_what_the_journal_holds(tmp_path):
+    """An interrupt between the journal's write and the records' update: reconciling takes the
+    journal's records (the message's count and results.csv then agree with it), even while the
+    last write still sits in the file's buffer."""
+    with open_store(tmp_path / "c") as st:
+        st.append([rec(0, 0.5)])
+        st._journal.append([rec(3, 0.75)])  # written, as an interrupt would leave it: records not updated
+        assert sorted(st.records) == [0]
+        st.reconcile()
+        assert sorted(st.records) == [0, 3]
+        st.write_results()
+        assert sorted(read_journal(str(tmp_path / "c" / JOURNAL))[0]) == [0, 3]
+    assert (tmp_path / "c" / RESULTS).read_text().count("\n") == 3
+
+
 def test_truncated_last_line_is_cut_and_a_corrupt_middle_line_refused(tmp_path):
     with open_store(tmp_path) as st:
         st.append([rec(0, 0.5), rec(1, 0.5)])
