@@ -223,6 +223,13 @@ def _float64_requantize_ok(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tens
     return (_params(bias, m0, shift) if params is None else params).float64_ok(bound)
 
 
+@njit(cache=True, inline="always")
+def _requantize_i64(acc, bi, m, half, sh, zp, lo, hi):
+    """One output code of the int64 formula of :func:`requantize` (wrapping), clamped."""
+    q = (((np.int64(acc) + bi) * m + half) >> sh) + zp
+    return min(max(q, lo), hi)
+
+
 @threaded(ELEMENTWISE)
 def _requantize_clamp_kernel(acc, bias, m0, shift, zp, lo, hi, out):
     """acc (B, N, L) exact integers; bias/m0/shift (N,) int64; out (B, N, L) float32."""
@@ -235,8 +242,8 @@ def _requantize_clamp_kernel(acc, bias, m0, shift, zp, lo, hi, out):
         sh = shift[n]
         half = np.int64(1) << (sh - 1)
         for i in range(L):
-            q = (((np.int64(acc[b, n, i]) + bi) * m + half) >> sh) + zp
-            out[b, n, i] = min(max(q, lo), hi)
+            out[b, n, i] = _requantize_i64(acc[b, n, i], bi, m, half, sh, zp, lo, hi)
+
 
 
 @njit(cache=True)
@@ -305,8 +312,8 @@ def _requantize_clamp_nlast_kernel(acc, bias, m0, shift, zp, lo, hi, out):
     for b in prange(B):
         for i in range(L):
             for n in range(N):
-                q = (((np.int64(acc[b, i, n]) + bias[n]) * m0[n] + (np.int64(1) << (shift[n] - 1))) >> shift[n]) + zp
-                out[b, i, n] = min(max(q, lo), hi)
+                out[b, i, n] = _requantize_i64(acc[b, i, n], bias[n], m0[n], np.int64(1) << (shift[n] - 1), shift[n],
+                                               zp, lo, hi)
 
 
 def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb: int, shift: int,

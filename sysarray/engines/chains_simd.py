@@ -6,13 +6,15 @@ output and block of ``SIMD_BLOCK`` stream values, every segment sum is one fused
 row and lane into registers (:mod:`sysarray.engines.simd`), and the chain step and its running
 total stay in registers across the folds, one store per block. Streams of at least a block (the
 last block of a stream starts ``SIMD_BLOCK`` values before its end, recomputing values of the one
-before: the same values); every segment sum exact in float32.
+before: the same values); every segment sum exact in float32. :func:`bmm_chains` and
+:func:`gemm_chains` take the vector kernel where a stream is long enough, the scalar one else.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
 
+from sysarray.engines import psum
 from sysarray.engines.registers import force_jit
 from sysarray.engines.simd import LANES, add, f32_zeros, fma, i32_splat, i32_store, i32_zeros, load, sub, to_i32
 from sysarray.parallel import threaded
@@ -124,3 +126,27 @@ def gemm_chains_simd(st, Kd, T, w, n_idx, seg_of_row, keep, ones, n_seg, rows, s
         _output_totals(st, 0, T, w, 0, n_idx[o], o, seg_of_row, keep, ones, n_seg, rows, Kd, sg, linear_tail, tots)
         for i in range(T):
             out[i, o] = tots[i]
+
+
+def bmm_chains(st: np.ndarray, w: np.ndarray, n_idx, seg_of_row, keep, ones, n_seg, rows: int, sign: int,
+               linear_tail: bool, y: np.ndarray) -> None:
+    """:func:`~sysarray.engines.psum.bmm_chains_direct` (``st`` (G, Kd, T) float32, contiguous) on
+    this module's vector kernel where the streams are at least a block long."""
+    G, Kd, T = st.shape
+    plan = (n_idx, seg_of_row, keep, ones, n_seg, rows, sign, linear_tail, y)
+    if T >= SIMD_BLOCK:
+        bmm_chains_simd(st.reshape(-1), G, Kd, T, w, *plan, work=G * T * Kd * len(n_idx))
+    else:
+        psum.bmm_chains_direct(st, w, *plan, work=G * T * Kd * len(n_idx))
+
+
+def gemm_chains(st: np.ndarray, w: np.ndarray, n_idx, seg_of_row, keep, ones, n_seg, rows: int, sign: int,
+                linear_tail: bool, out: np.ndarray) -> None:
+    """:func:`~sysarray.engines.psum.gemm_chain_totals` (``st`` (Kd, T) float32, contiguous) on this
+    module's vector kernel where the stream is at least a block long."""
+    Kd, T = st.shape
+    plan = (n_idx, seg_of_row, keep, ones, n_seg, rows, sign, linear_tail, out)
+    if T >= SIMD_BLOCK:
+        gemm_chains_simd(st.reshape(-1), Kd, T, w, *plan, work=T * Kd * len(n_idx))
+    else:
+        psum.gemm_chain_totals(st[None], w, *plan, work=T * Kd * len(n_idx))

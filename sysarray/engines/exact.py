@@ -35,6 +35,13 @@ def abs_max(x: torch.Tensor) -> int:
     return max(-int(lo), int(hi))  # not x.abs(): abs(-128) overflows in int8
 
 
+def never_wraps(k: int, max_abs_a: int, max_abs_b: int, psum_bits: int) -> bool:
+    """True when no sum of at most ``k`` products of such integers reaches the range of a
+    ``psum_bits`` register (nor int32's): every partial and whole sum of a fault-free GEMM is
+    then the plain one, in every dataflow."""
+    return k * max(1, int(max_abs_a)) * max(1, int(max_abs_b)) < 1 << (min(psum_bits, 32) - 1)
+
+
 def float_gemm_is_exact(k: int, max_abs_a: int, max_abs_b: int, dtype: torch.dtype) -> bool:
     """True when a ``dtype`` GEMM with inner size ``k`` of such integers is exact."""
     limit = _F32_LIMIT if dtype == torch.float32 else _F64_LIMIT

@@ -26,7 +26,7 @@ from numba import njit
 from sysarray import mapping
 from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines import chains_simd, int8, psum
-from sysarray.engines.exact import abs_max, exact_matmul, float_dtype_for, float_gemm_is_exact
+from sysarray.engines.exact import abs_max, exact_matmul, float_dtype_for, float_gemm_is_exact, never_wraps
 from sysarray.engines.registers import (ChipMasks, RegisterMasks, chip_masks, compose, force, force_jit, keep_of, latched,
                                         wrap)
 from sysarray.faults import FaultMap
@@ -164,12 +164,8 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
 
         def direct() -> None:
             st = Sf().transpose(1, 2).contiguous()  # (G, Kd, T): each row of a GEMM's input over its stream
-            plan = (p.n_idx, p.seg_of_row, p.keep, p.ones, p.n_seg, R, 1 << (pb - 1), linear_tail, Y.numpy())
-            work = G * T * Kd * len(p.n_idx)
-            if T >= chains_simd.SIMD_BLOCK:
-                chains_simd.bmm_chains_simd(st.view(-1).numpy(), G, Kd, T, Wf[:, :Kd, :Nd].numpy(), *plan, work=work)
-            else:
-                psum.bmm_chains_direct(st.numpy(), Wf[:, :Kd, :Nd].numpy(), *plan, work=work)
+            chains_simd.bmm_chains(st.numpy(), Wf[:, :Kd, :Nd].numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones,
+                                   p.n_seg, R, 1 << (pb - 1), linear_tail, Y.numpy())
         s_codes = smax <= (255 if sreg.sign == 0 else 128)
         if dev.type == "cpu" and not corr and s_codes and wmax <= 128:
             # many short streams (attention's heads) can favour one batched GEMM over one per stream,
@@ -498,7 +494,7 @@ def clean_bmm(a: torch.Tensor, w: torch.Tensor, cfg: ArrayConfig, act_signed: bo
     ``raw`` possibly float32 holding the same values; None where it does not apply."""
     K = a.shape[-1]
     amax, wmax = int(bounds[0]), int(bounds[1])
-    if K * max(1, amax) * max(1, wmax) >= 1 << (min(cfg.psum_bits, 32) - 1):
+    if not never_wraps(K, amax, wmax, cfg.psum_bits):
         return None
     fdt = float_dtype_for(a.device)
     s_unsigned = not act_signed

@@ -90,6 +90,8 @@ def _fill_plan(faulty, pkeep, pones, chain_cols, col_folds, N, linear_tail, n_id
 
 @njit(cache=True, inline="always")
 def _plan_arrays(O, R, S, full):
+    """The plan's arrays before :func:`_fill_plan`: ``n_idx`` (O,), ``seg_of_row`` (O, R) zero,
+    ``keep`` (O, S) all ``full``, ``ones`` (O, S) zero, ``n_seg`` (O,) all ``S``."""
     return (np.empty(O, dtype=np.int64), np.zeros((O, R), dtype=np.int64), np.full((O, S), full, dtype=np.int64),
             np.zeros((O, S), dtype=np.int64), np.full(O, S, dtype=np.int64))
 
@@ -122,11 +124,9 @@ def plan(cm: ChipMasks, cfg: ArrayConfig, chain_cols: np.ndarray, col_folds: int
     O, J = _plan_size(preg.faulty, cols, col_folds, N)
     if not O:
         return None
-    S = J if linear_tail else J + 1
-    R = preg.faulty.shape[0]
-    n_idx, seg_of_row = np.empty(O, dtype=np.int64), np.zeros((O, R), dtype=np.int64)
-    keep, ones = np.full((O, S), (1 << cfg.psum_bits) - 1, dtype=np.int64), np.zeros((O, S), dtype=np.int64)
-    n_seg = np.full(O, S, dtype=np.int64)
+    # the same allocation as chain_plan's, run by numpy
+    n_idx, seg_of_row, keep, ones, n_seg = _plan_arrays.py_func(O, preg.faulty.shape[0], J if linear_tail else J + 1,
+                                                                (1 << cfg.psum_bits) - 1)
     _fill_plan(preg.faulty, preg.keep, preg.ones, cols, col_folds, N, linear_tail, n_idx, seg_of_row, keep, ones, n_seg)
     return PsumPlan(n_idx, seg_of_row, keep, ones, n_seg, int(J))
 

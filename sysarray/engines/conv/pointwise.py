@@ -18,7 +18,9 @@ import torch
 
 from sysarray.config import ArrayConfig
 from sysarray.engines import int8
+from sysarray.engines.conv.exact import F32_LIMIT
 from sysarray.engines.conv.weights import ConvWeights, latched_weights
+from sysarray.engines.exact import never_wraps
 from sysarray.engines.registers import ChipMasks
 from sysarray.parallel import MeasuredChoice
 
@@ -81,11 +83,11 @@ def clean_linear(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, cm: Ch
     array's masks (no stuck bit)."""
     B, K = x.shape
     N = int(weight.shape[0])
-    if x_bound is None or x.device.type != "cpu" or x.dtype != torch.float32 or not (x.is_contiguous() or
-                                                                                  x.stride(1) == 1):
+    if x_bound is None or x.device.type != "cpu":
         return None
     cw = latched_weights(weight.reshape(N, K, 1, 1), cfg, cm).conv
-    if K * x_bound * cw.wmax >= 1 << (min(cfg.psum_bits, 32) - 1):
+    if not never_wraps(K, x_bound, cw.wmax, cfg.psum_bits):
         return None
-    y = pointwise_gemm(x.view(B, K, 1, 1), cw, act_signed, x_bound, cw.l1_max * max(1, x_bound) < 1 << 24)
+    # pointwise_gemm takes 1x1 images of float32 codes stored as rows (else None)
+    y = pointwise_gemm(x.reshape(B, K, 1, 1), cw, act_signed, x_bound, cw.l1_max * max(1, x_bound) < F32_LIMIT)
     return None if y is None else y.reshape(B, N)

@@ -20,8 +20,7 @@ def replay_linear(x: torch.Tensor, cw: ConvWeights, cfg: ArrayConfig, cm: ChipMa
     """The replayed outputs of a linear layer held as a convolution of 1x1 images: ``x`` (B, K,
     1, 1) float32 codes, ``cw`` its latched weights (N, K, 1, 1). The batch is transposed once
     (each input channel's values over the batch contiguous) and
-    :func:`~sysarray.engines.chains_simd.gemm_chains_simd` (a batch of at least a SIMD block, else
-    :func:`~sysarray.engines.psum.gemm_chain_totals`) sums each segment as axpys of those rows,
+    :func:`~sysarray.engines.chains_simd.gemm_chains` sums each segment as axpys of those rows,
     vectorised over the batch, with the chain fused; every segment sum must be exact in float32
     (``R * max|x| * max|w| < 2**24``). Returns the totals as a :class:`ChainFix` in pixel order
     (None: no output has a faulty column)."""
@@ -33,10 +32,6 @@ def replay_linear(x: torch.Tensor, cw: ConvWeights, cfg: ArrayConfig, cm: ChipMa
     st = x.reshape(B, K).t().contiguous()  # (K, B)
     w = cw.w.view(N, K).t().unsqueeze(0)  # (1, K, N), a view
     tot = np.empty((B, 1, len(p.n_idx)), dtype=np.int32)
-    plan = (p.n_idx, p.seg_of_row, p.keep, p.ones, p.n_seg, cfg.rows, 1 << (cfg.psum_bits - 1), linear_tail,
-            tot.reshape(B, -1))
-    if B >= chains_simd.SIMD_BLOCK:
-        chains_simd.gemm_chains_simd(st.view(-1).numpy(), K, B, w.numpy(), *plan, work=B * K * len(p.n_idx))
-    else:
-        psum.gemm_chain_totals(st.unsqueeze(0).numpy(), w.numpy(), *plan, work=B * K * len(p.n_idx))
+    chains_simd.gemm_chains(st.numpy(), w.numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones, p.n_seg, cfg.rows,
+                            1 << (cfg.psum_bits - 1), linear_tail, tot.reshape(B, -1))
     return ChainFix(p.n_idx, tot, linear_tail, pixel_major=True)
