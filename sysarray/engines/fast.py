@@ -29,6 +29,7 @@ from sysarray.engines import chains_simd, int8, psum
 from sysarray.engines.exact import abs_max, exact_matmul, float_dtype_for, float_gemm_is_exact, never_wraps
 from sysarray.engines.registers import (ChipMasks, RegisterMasks, chip_masks, compose, force, force_jit, keep_of, latched,
                                         wrap)
+from sysarray.engines.transpose import transposed
 from sysarray.faults import FaultMap
 from sysarray.parallel import MeasuredChoice
 
@@ -163,7 +164,7 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             _replay_stream_major(S8, Sf, Kd, segment_weights(), sreg.sign == 0, cfg, p, linear_tail, Y)
 
         def direct() -> None:
-            st = Sf().transpose(1, 2).contiguous()  # (G, Kd, T): each row of a GEMM's input over its stream
+            st = transposed(Sf())  # (G, Kd, T): each row of a GEMM's input over its stream
             chains_simd.bmm_chains(st.numpy(), Wf[:, :Kd, :Nd].numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones,
                                    p.n_seg, R, 1 << (pb - 1), linear_tail, Y.numpy())
         s_codes = smax <= (255 if sreg.sign == 0 else 128)

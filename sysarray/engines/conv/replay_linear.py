@@ -9,6 +9,7 @@ from sysarray.engines import chains_simd, psum
 from sysarray.engines.conv.fix import ChainFix
 from sysarray.engines.conv.weights import ConvWeights
 from sysarray.engines.registers import ChipMasks
+from sysarray.engines.transpose import transposed
 from sysarray.tensor_memo import TensorMemo
 
 # Per chip (its masks) and layer geometry: the chain plan, kept for every batch the chip runs.
@@ -29,9 +30,10 @@ def replay_linear(x: torch.Tensor, cw: ConvWeights, cfg: ArrayConfig, cm: ChipMa
                        lambda: psum.plan(cm, cfg, chain_cols, -(-N // cfg.cols), N, linear_tail))
     if p is None:
         return None
-    st = x.reshape(B, K).t().contiguous()  # (K, B)
+    st = transposed(x.reshape(B, K))  # (K, B)
     w = cw.w.view(N, K).t().unsqueeze(0)  # (1, K, N), a view
     tot = np.empty((B, 1, len(p.n_idx)), dtype=np.int32)
     chains_simd.gemm_chains(st.numpy(), w.numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones, p.n_seg, cfg.rows,
                             1 << (cfg.psum_bits - 1), linear_tail, tot.reshape(B, -1))
     return ChainFix(p.n_idx, tot, linear_tail, pixel_major=True)
+

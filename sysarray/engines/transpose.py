@@ -1,0 +1,44 @@
+"""Transposed copies of small CPU matrices for the replay kernels, which read an operand's
+values over the stream contiguously.
+
+torch's strided copy moves one value at a time; here a block of ``_BLOCK`` rows is read at once
+and each of its columns written as one contiguous run (a vector of lanes gathered from the block).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numba import njit
+
+_BLOCK = 16  # rows read per block: one AVX-512 register of float32 lanes per column written
+
+
+@njit(cache=True)
+def _transpose_into(x, out):
+    """x (G, T, K), any strides -> out (G, K, T) C-contiguous, ``out[g, k, t] = x[g, t, k]``."""
+    G, T, K = x.shape
+    whole = T - T % _BLOCK
+    for g in range(G):
+        xg = x[g]
+        og = out[g]
+        for t0 in range(0, whole, _BLOCK):
+            block = xg[t0:t0 + _BLOCK]
+            for k in range(K):
+                run = og[k, t0:t0 + _BLOCK]
+                for j in range(_BLOCK):
+                    run[j] = block[j, k]
+        for t in range(whole, T):
+            for k in range(K):
+                og[k, t] = xg[t, k]
+
+
+def transposed(x: torch.Tensor) -> torch.Tensor:
+    """``x.transpose(-1, -2).contiguous()`` of a CPU tensor (T, K) or (G, T, K) (any strides):
+    a new C-contiguous (K, T) or (G, K, T) tensor of the same dtype."""
+    if x.device.type != "cpu" or x.dim() not in (2, 3) or x.dtype not in (torch.float32, torch.float64):
+        return x.transpose(-1, -2).contiguous()
+    x3 = x.unsqueeze(0) if x.dim() == 2 else x
+    out = torch.empty((x3.shape[0], x3.shape[2], x3.shape[1]), dtype=x.dtype)
+    if out.numel():
+        _transpose_into(x3.numpy(), out.numpy())
+    return out[0] if x.dim() == 2 else out
