@@ -15,6 +15,21 @@ import numpy as np
 from numba import njit, prange
 
 
+@njit(cache=True, nogil=True, inline="always")
+def preload_chain(stat, k0, n0, rows_used, cols_used, pre):
+    """Clock the fault-free preload chain of a fold for R cycles: ``pre`` (R, C), zero on entry,
+    ends holding ``stat[k0 + r, n0 + c]`` at (r, c) (0 past ``rows_used`` / ``cols_used``); row
+    R-1-t enters the north edge at cycle t and every row moves one south per cycle."""
+    R, C = pre.shape
+    for t in range(R):
+        for r in range(R - 1, 0, -1):
+            for c in range(C):
+                pre[r, c] = pre[r - 1, c]
+        src = R - 1 - t
+        for c in range(C):
+            pre[0, c] = stat[k0 + src, n0 + c] if (src < rows_used and c < cols_used) else 0
+
+
 @njit(cache=True, nogil=True)
 def _stationary_fold(
     stream, stat, fr, fc, R, C,
@@ -41,19 +56,11 @@ def _stationary_fold(
     rows_used = min(R, Kd - k0)
     cols_used = min(C, Nd - n0)
 
-    # Weight preload: R cycles down a fault-free preload chain (row R-1-t enters at cycle t),
-    # then every PE latches its own stationary operand through its own register (stuck bits
-    # apply; a bypassed PE is gated off).
+    # Weight preload (R cycles), then every PE latches its own stationary operand through its
+    # own register (stuck bits apply; a bypassed PE is gated off).
     pre = np.zeros((R, C), dtype=np.int64)
-    cycles = 0
-    for t in range(R):
-        for r in range(R - 1, 0, -1):
-            for c in range(C):
-                pre[r, c] = pre[r - 1, c]
-        src = R - 1 - t
-        for c in range(C):
-            pre[0, c] = stat[k0 + src, n0 + c] if (src < rows_used and c < cols_used) else 0
-        cycles += 1
+    preload_chain(stat, k0, n0, rows_used, cols_used, pre)
+    cycles = R
     w = np.empty((R, C), dtype=np.int32)
     for r in range(R):
         for c in range(C):

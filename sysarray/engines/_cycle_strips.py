@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from sysarray.engines._cycle_kernels import preload_chain
 from sysarray.engines._cycle_simd import get, last, mul16, put, sext, shift_in, vload, vstore
 from sysarray.engines.simd import LANES, i32_zeros
 
@@ -49,13 +50,7 @@ def _latch(stat, stat_signed, fr, fc, R, C, stat_keep, stat_ones, stat_sign, ena
     rows_used = min(R, Kd - k0)
     cols_used = min(C, Nd - n0)
     pre = np.zeros((R, C), dtype=np.int32)
-    for t in range(R):
-        for r in range(R - 1, 0, -1):
-            for c in range(C):
-                pre[r, c] = pre[r - 1, c]
-        src = R - 1 - t
-        for c in range(C):
-            pre[0, c] = stat[k0 + src, n0 + c] if (src < rows_used and c < cols_used) else 0
+    preload_chain(stat, k0, n0, rows_used, cols_used, pre)
     if stat_signed:
         for r in range(R):
             for c in range(C):
