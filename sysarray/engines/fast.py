@@ -44,7 +44,7 @@ def _operand_max(x: torch.Tensor, reg: RegisterMasks, known: int | None = None) 
     """Largest |value| the register can pass on for operand ``x``; ``known``: a bound on |x|
     the caller has (spares a pass over ``x``)."""
     top = abs_max(x) if known is None else int(known)
-    if reg.faulty.any():
+    if reg.any_faulty:
         top = max(top, 255 if reg.sign == 0 else 128)
     return top
 
@@ -115,8 +115,8 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
     # registers latch what they are sent, so the whole-fold padded copy is made only when needed.
     fdt = float_dtype_for(dev)
     smax = _operand_max(S, sreg, bounds[0])
-    corr = _act_corrections(S, sreg, R, C, Fr) if sreg.faulty.any() else []
-    sent = not treg.faulty.any() and not cm.bypassed.any() and not corr
+    corr = _act_corrections(S, sreg, R, C, Fr) if sreg.any_faulty else []
+    sent = not treg.any_faulty and not cm.any_bypassed and not corr
     Wp = Wst if sent else latched(Wst, treg, cm.bypassed, fdt)  # as sent (G, Kd, Nd), or whole folds (G, Fr*R, Np)
     wmax = abs_max(Wp) if bounds[1] is None else _operand_max(Wp, treg, bounds[1])
     amax = max(smax, 255 if corr else 0)
@@ -384,7 +384,7 @@ def _os_fast(A: torch.Tensor, W: torch.Tensor, cfg: ArrayConfig, cm: ChipMasks,
     product = _plain_product(A, a_float, a_int8, W, W.to(fdt), amax, wmax, a_unsigned, False)
     # int32 sums are already the 32-bit register's wrap; the corrections below are written in range
     Y = product if pb == 32 and product.dtype == torch.int32 else wrap(product.to(torch.int64), pb)
-    if cm.bypassed.any():
+    if cm.any_bypassed:
         for r, c in zip(*np.nonzero(cm.bypassed)):
             Y[(..., *mapping.pe_elements(r, c, R, C))] = 0
         return Y

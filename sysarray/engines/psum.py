@@ -32,6 +32,7 @@ from numba import njit, prange
 from sysarray.config import ArrayConfig
 from sysarray.engines.registers import ChipMasks, force, force_jit
 from sysarray.parallel import ELEMENTWISE, threaded
+from sysarray.tensor_memo import TensorMemo
 
 
 class PsumPlan(NamedTuple):
@@ -113,20 +114,29 @@ def chain_plan(faulty, pkeep, pones, chain_cols, col_folds, N, full, linear_tail
     return n_idx, seg_of_row, keep, ones, n_seg, J
 
 
+# Per chip (its masks) and GEMM geometry: the plan, kept for every batch the chip runs.
+_PLANS = TensorMemo(max_entries=1024)
+
+
 def plan(cm: ChipMasks, cfg: ArrayConfig, chain_cols: np.ndarray, col_folds: int, N: int,
          linear_tail: bool) -> PsumPlan | None:
     """:func:`chain_plan` of a chip's psum register for a GEMM of ``N`` outputs in ``col_folds``
-    column folds (None when no output is replayed). The arrays are made here and filled by the
-    jitted part: a cached numba function that returns new arrays has been seen to fail on load
-    in some processes ("'descr' is NULL")."""
-    preg = cm.psum
+    column folds (None when no output is replayed), made once per chip and geometry (shared:
+    not to be written). The arrays are made here and filled by the jitted part: a cached numba
+    function that returns new arrays has been seen to fail on load in some processes ("'descr'
+    is NULL")."""
     cols = np.asarray(chain_cols, dtype=np.int64)
+    return _PLANS.get_for(cm, (), (cols.tobytes(), col_folds, N, cfg.psum_bits, linear_tail),
+                          lambda: _make_plan(cm.psum, cfg.psum_bits, cols, col_folds, N, linear_tail))
+
+
+def _make_plan(preg, psum_bits: int, cols: np.ndarray, col_folds: int, N: int, linear_tail: bool) -> PsumPlan | None:
     O, J = _plan_size(preg.faulty, cols, col_folds, N)
     if not O:
         return None
     # the same allocation as chain_plan's, run by numpy
     n_idx, seg_of_row, keep, ones, n_seg = _plan_arrays.py_func(O, preg.faulty.shape[0], J if linear_tail else J + 1,
-                                                                (1 << cfg.psum_bits) - 1)
+                                                                (1 << psum_bits) - 1)
     _fill_plan(preg.faulty, preg.keep, preg.ones, cols, col_folds, N, linear_tail, n_idx, seg_of_row, keep, ones, n_seg)
     return PsumPlan(n_idx, seg_of_row, keep, ones, n_seg, int(J))
 

@@ -82,6 +82,11 @@ class RegisterMasks:
         """(R, C) bool: PEs where this register has a stuck bit (computed once: frozen masks)."""
         return (self.keep != (1 << self.width) - 1) | (self.ones != 0)
 
+    @cached_property
+    def any_faulty(self) -> bool:
+        """Whether any PE's register has a stuck bit (asked on every GEMM: computed once)."""
+        return bool(self.faulty.any())
+
 
 @dataclass(frozen=True)
 class ChipMasks:
@@ -99,9 +104,14 @@ class ChipMasks:
         return np.flatnonzero(self.psum.faulty.any(axis=0)).astype(np.int64)
 
     @cached_property
+    def any_bypassed(self) -> bool:
+        """Whether any PE is bypassed (computed once per chip)."""
+        return bool(self.bypassed.any())
+
+    @cached_property
     def latches_sent_weights(self) -> bool:
         """No stuck weight bit and no bypassed PE: every PE holds the weight it is sent."""
-        return not self.weight.faulty.any() and not self.bypassed.any()
+        return not self.weight.any_faulty and not self.any_bypassed
 
 
 def latched(stationary, reg: RegisterMasks, bypassed: np.ndarray, dtype):
@@ -119,7 +129,7 @@ def latched(stationary, reg: RegisterMasks, bypassed: np.ndarray, dtype):
     dev = stationary.device
     out = torch.zeros((*lead, *shape), dtype=dtype, device=dev)
     out[..., :I, :J] = stationary
-    if reg.faulty.any():
+    if reg.any_faulty:
         # int16 holds every 8-bit pattern and its read-back, so the masks apply exactly
         keep = torch.from_numpy(mapping.per_element(reg.keep, shape)).to(dev, torch.int16)
         ones = torch.from_numpy(mapping.per_element(reg.ones, shape)).to(dev, torch.int16)

@@ -49,7 +49,7 @@ from sysarray.parallel import MeasuredChoice
 def conv_native_ok(cfg: ArrayConfig, cm: ChipMasks) -> bool:
     """True when :func:`fast_conv2d` can skip im2col on this chip (the layer's weights and
     input may still send it there: a fold whose partial sums could wrap)."""
-    return cfg.dataflow is Dataflow.WS and not cm.act.faulty.any()
+    return cfg.dataflow is Dataflow.WS and not cm.act.any_faulty
 
 
 def fast_conv2d(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,

@@ -10,10 +10,6 @@ from sysarray.engines.conv.fix import ChainFix
 from sysarray.engines.conv.weights import ConvWeights
 from sysarray.engines.registers import ChipMasks
 from sysarray.engines.transpose import transposed
-from sysarray.tensor_memo import TensorMemo
-
-# Per chip (its masks) and layer geometry: the chain plan, kept for every batch the chip runs.
-_PLANS = TensorMemo(max_entries=1024)
 
 
 def replay_linear(x: torch.Tensor, cw: ConvWeights, cfg: ArrayConfig, cm: ChipMasks, chain_cols: np.ndarray,
@@ -26,8 +22,7 @@ def replay_linear(x: torch.Tensor, cw: ConvWeights, cfg: ArrayConfig, cm: ChipMa
     (``R * max|x| * max|w| < 2**24``). Returns the totals as a :class:`ChainFix` in pixel order
     (None: no output has a faulty column)."""
     B, K = int(x.shape[0]), int(x.shape[1])
-    p = _PLANS.get_for(cm, (), (chain_cols.tobytes(), N, cfg.cols, linear_tail),
-                       lambda: psum.plan(cm, cfg, chain_cols, -(-N // cfg.cols), N, linear_tail))
+    p = psum.plan(cm, cfg, chain_cols, -(-N // cfg.cols), N, linear_tail)
     if p is None:
         return None
     st = transposed(x.reshape(B, K))  # (K, B)
