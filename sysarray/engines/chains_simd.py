@@ -51,7 +51,7 @@ def store4(tots, at, t0, t1, t2, t3):
     i32_store(tots, at + 3 * LANES, t3)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _chain_block(st, base, T, w, g, n, o, seg_of_row, keep, ones, n_seg, rows, Kd, sg, linear_tail, e, tots):
     """Stream values ``e .. e + SIMD_BLOCK - 1`` of output ``o`` (column ``n``) of GEMM ``g``:
     its chain correction (``linear_tail``) or total into ``tots[e:]`` (int32, wrapped). ``st``:
@@ -92,7 +92,7 @@ def _chain_block(st, base, T, w, g, n, o, seg_of_row, keep, ones, n_seg, rows, K
     store4(tots, e, t0, t1, t2, t3)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _output_totals(st, base, T, w, g, n, o, seg_of_row, keep, ones, n_seg, rows, Kd, sg, linear_tail, tots):
     """Every block of output ``o``'s stream into ``tots`` (T,) int32."""
     for block in range(0, T, SIMD_BLOCK):

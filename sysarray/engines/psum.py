@@ -171,7 +171,7 @@ def fold_chain_torch(seg: torch.Tensor, keep: torch.Tensor, ones: torch.Tensor, 
     return p - seg.sum(dim=0) if linear_tail else p
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _direct_chain(st, w, g, n, o, seg_of_row, keep, ones, n_seg, rows, sign, a, p, fix, tot):
     """Output ``o`` (column ``n``) of GEMM ``g`` over the whole stream: ``fix`` the sum over its
     chain's steps of ``force(q) - q``, ``tot`` the sum over folds of the chain's value (T,)
