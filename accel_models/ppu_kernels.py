@@ -10,38 +10,47 @@ from numba import njit, prange
 
 from sysarray.parallel import ELEMENTWISE, threaded
 
+_ROW_BLOCK = 64  # rows per task of the row kernels: one scratch row serves them all
+
 
 @threaded(ELEMENTWISE)
 def layer_norm_rows(q, eps_codes, gain, offset, fraction_bits, gain_bits, zero_point, lo, hi, out):
-    """q (R, D) codes (float32 holding integers); gain, offset (D,) int64; out (R, D) float32."""
+    """q (R, D) codes (float32 holding integers); gain, offset (D,) int64; out (R, D) float32.
+    Per row: the sums, the integer square root, then the normalised values ``n`` (one pass with
+    the row's constants hoisted: ``2*d*2**F + r = scale * q + base`` exactly in float64), then the
+    gain and offset in int64."""
     rows, size = q.shape
     bits = fraction_bits + gain_bits
     half = np.int64(1) << (bits - 1)
     one = np.float64(np.int64(1) << fraction_bits)
-    for r in prange(rows):
-        s1 = np.int64(0)
-        s2 = np.int64(0)
-        for c in range(size):
-            v = np.int64(q[r, c])
-            s1 += v
-            s2 += v * v
-        var = size * s2 - s1 * s1 + eps_codes
-        root = np.int64(np.sqrt(np.float64(var)))
-        while root * root > var:
-            root -= 1
-        while (root + 1) * (root + 1) <= var:
-            root += 1
-        den = 2.0 * root
-        inv = 1.0 / den if root > 0 else 0.0
-        centre = np.float64(s1)
-        width = np.float64(size)
-        for c in range(size):
-            n = 0.0
+    for b in prange((rows + _ROW_BLOCK - 1) // _ROW_BLOCK):
+        n = np.empty(size, dtype=np.int64)
+        for r in range(b * _ROW_BLOCK, min(rows, b * _ROW_BLOCK + _ROW_BLOCK)):
+            s1 = np.int64(0)
+            s2 = np.int64(0)
+            for c in range(size):
+                v = np.int64(q[r, c])
+                s1 += v
+                s2 += v * v
+            var = size * s2 - s1 * s1 + eps_codes
+            root = np.int64(np.sqrt(np.float64(var)))
+            while root * root > var:
+                root -= 1
+            while (root + 1) * (root + 1) <= var:
+                root += 1
             if root > 0:
-                t = 2.0 * (width * np.float64(q[r, c]) - centre) * one + np.float64(root)
-                n = _floor_quotient(t, den, inv)
-            y = ((np.int64(n) * gain[c] + offset[c] + half) >> bits) + zero_point
-            out[r, c] = min(max(y, lo), hi)
+                den = 2.0 * root
+                inv = 1.0 / den
+                scale = 2.0 * np.float64(size) * one
+                base = np.float64(root) - 2.0 * np.float64(s1) * one
+                for c in range(size):
+                    n[c] = np.int64(_floor_quotient(scale * np.float64(q[r, c]) + base, den, inv))
+            else:
+                for c in range(size):
+                    n[c] = 0
+            for c in range(size):
+                y = ((n[c] * gain[c] + offset[c] + half) >> bits) + zero_point
+                out[r, c] = min(max(y, lo), hi)
 
 
 @njit(cache=True, inline="always")
@@ -54,8 +63,6 @@ def _floor_quotient(t, den, inv):
     f += 1.0 if (f + 1.0) * den <= t else 0.0
     return f
 
-
-_ROW_BLOCK = 64  # rows per task of softmax_rows: one scratch row serves them all
 
 
 @threaded(ELEMENTWISE)

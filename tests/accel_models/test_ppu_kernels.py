@@ -92,3 +92,32 @@ def test_lookup_table_kernels_equal_the_table_index(seed, shape, per_channel, si
         lut_codes.force = lut_flat.force = None
     want = table.reshape(-1)[op._index(q.to(torch.int64))].to(torch.float32)
     assert torch.equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 150), size=st.integers(1, 400),
+       eps_codes=st.sampled_from([0, 1, 37, 1 << 20]), zero_point=st.integers(-128, 127), signed=st.booleans(),
+       parallel=st.booleans())
+def test_layer_norm_kernel_equals_the_integer_formula(seed, rows, size, eps_codes, zero_point, signed, parallel):
+    """Constant rows (a zero root without epsilon), the extreme codes, gains and offsets of
+    either sign, on either compilation: the kernel's hoisted float64 quotient gives the torch
+    formula's codes."""
+    from accel_models.ppu import LN_FRACTION_BITS, LN_GAIN_BITS, LayerNorm
+    from accel_models.ppu_kernels import layer_norm_rows
+
+    g = torch.Generator().manual_seed(seed)
+    qmin = -128 if signed else 0
+    q = torch.randint(qmin, qmin + 256, (rows, size), generator=g).float()
+    q[0] = float(qmin + 255)  # a constant row
+    q[-1, ::2] = float(qmin)  # the widest spread
+    gain = torch.randint(-(1 << LN_GAIN_BITS), 1 << LN_GAIN_BITS, (size,), generator=g)
+    offset = torch.randint(-(1 << (LN_FRACTION_BITS + LN_GAIN_BITS + 3)), 1 << (LN_FRACTION_BITS + LN_GAIN_BITS + 3),
+                           (size,), generator=g)
+    lo, hi = (-128, 127) if zero_point < 0 else (0, 255)
+    op = LayerNorm("x", "y", eps_codes, gain, offset, zero_point, lo, hi, 0.1, 0, 0.05, 1e-5)
+    layer_norm_rows.force = "parallel" if parallel else "serial"
+    try:
+        got = op.run([q], None)
+    finally:
+        layer_norm_rows.force = None
+    assert torch.equal(got, op._integer(q).to(torch.float32))
