@@ -1,12 +1,26 @@
 """The post-processing unit's fused CPU kernels equal its torch formulas (the twin's and CUDA's)."""
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accel_models.ppu import Div, Mul
 from sysarray.parallel import KERNELS
+
+
+@contextlib.contextmanager
+def compiled(parallel: bool, *kernels):
+    """Run ``kernels`` on their parallel or serial compilation for the duration."""
+    for kernel in kernels:
+        kernel.force = "parallel" if parallel else "serial"
+    try:
+        yield
+    finally:
+        for kernel in kernels:
+            kernel.force = None
 
 SHAPES = st.sampled_from([
     ((2, 3, 4, 5), (2, 3, 1, 1)),  # a squeeze-excite gate
@@ -33,11 +47,8 @@ def test_binary_kernels_equal_the_integer_formula(shapes, unit, seed, za, zb, m0
     op = unit("a", "b", "out", za, zb, m0, shift, zp, lo, hi, 1.0)
     kernel = type(op)._kernel
     assert kernel in KERNELS
-    kernel.force = "parallel" if parallel else "serial"
-    try:
+    with compiled(parallel, kernel):
         got = op.run([a, b], None)
-    finally:
-        kernel.force = None
     want = op._integer(a.to(torch.int64), b.to(torch.int64)).to(torch.float32)
     assert got.shape == want.shape
     assert torch.equal(got, want)
@@ -59,11 +70,8 @@ def test_softmax_kernel_equals_the_integer_formula(seed, rows, size, scale, zero
     q[-1, ::2] = -128.0  # the whole range of differences in one row
     q[-1, 0] = 127.0
     op = Softmax("x", "y", -1, softmax_table(scale), scale, zero_point)
-    softmax_rows.force = "parallel" if parallel else "serial"
-    try:
+    with compiled(parallel, softmax_rows):
         got = op.run([q], None)
-    finally:
-        softmax_rows.force = None
     assert torch.equal(got, op._integer(q).to(torch.float32))
 
 
@@ -84,12 +92,8 @@ def test_lookup_table_kernels_equal_the_table_index(seed, shape, per_channel, si
     channels = q.shape[1] if per_channel and q.dim() > 1 else 1
     table = torch.randint(-128, 256, (channels, 256), generator=g)
     op = Lut("x", "y", table, torch.ones(channels, 256), qmin)
-    for kernel in (lut_codes, lut_flat):
-        kernel.force = "parallel" if parallel else "serial"
-    try:
+    with compiled(parallel, lut_codes, lut_flat):
         got = op.run([q], None)
-    finally:
-        lut_codes.force = lut_flat.force = None
     want = table.reshape(-1)[op._index(q.to(torch.int64))].to(torch.float32)
     assert torch.equal(got, want)
 
@@ -115,9 +119,6 @@ def test_layer_norm_kernel_equals_the_integer_formula(seed, rows, size, eps_code
                            (size,), generator=g)
     lo, hi = (-128, 127) if zero_point < 0 else (0, 255)
     op = LayerNorm("x", "y", eps_codes, gain, offset, zero_point, lo, hi, 0.1, 0, 0.05, 1e-5)
-    layer_norm_rows.force = "parallel" if parallel else "serial"
-    try:
+    with compiled(parallel, layer_norm_rows):
         got = op.run([q], None)
-    finally:
-        layer_norm_rows.force = None
     assert torch.equal(got, op._integer(q).to(torch.float32))
