@@ -164,7 +164,8 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             _replay_stream_major(S8, Sf, Kd, segment_weights(), sreg.sign == 0, cfg, p, linear_tail, Y)
 
         def direct() -> None:
-            st = transposed(Sf())  # (G, Kd, T): each row of a GEMM's input over its stream
+            # (G, Kd, T): each row of a GEMM's input over its stream, read by the kernel below only
+            st = transposed(Sf(), scratch=True)
             chains_simd.bmm_chains(st.numpy(), Wf[:, :Kd, :Nd].numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones,
                                    p.n_seg, R, 1 << (pb - 1), linear_tail, Y.numpy())
         s_codes = smax <= (255 if sreg.sign == 0 else 128)

@@ -3,8 +3,13 @@ values over the stream contiguously.
 
 torch's strided copy moves one value at a time; here a block of ``_BLOCK`` rows is read at once
 and each of its columns written as one contiguous run (a vector of lanes gathered from the block).
+A caller that reads the copy at once may take it in a scratch buffer of its thread: a new tensor
+each call lands on memory the rest of the run has pushed out of the caches (and its pages out of
+the TLB), which costs about as much as the copy.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import torch
@@ -32,13 +37,28 @@ def _transpose_into(x, out):
                 og[k, t] = xg[t, k]
 
 
-def transposed(x: torch.Tensor) -> torch.Tensor:
+_SCRATCH = threading.local()  # per thread: dtype -> its scratch buffer (1-D, grown as needed)
+
+
+def _scratch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    size = int(np.prod(shape))
+    buf = buffers.get(dtype)
+    if buf is None or buf.numel() < size:
+        buf = buffers[dtype] = torch.empty(size, dtype=dtype)
+    return buf[:size].view(shape)
+
+
+def transposed(x: torch.Tensor, scratch: bool = False) -> torch.Tensor:
     """``x.transpose(-1, -2).contiguous()`` of a CPU tensor (T, K) or (G, T, K) (any strides):
-    a new C-contiguous (K, T) or (G, K, T) tensor of the same dtype."""
+    a C-contiguous (K, T) or (G, K, T) tensor of the same dtype. ``scratch``: in this thread's
+    scratch buffer, valid until the thread's next scratch copy (for a caller that reads it at
+    once and keeps nothing of it), else a new tensor."""
     if x.device.type != "cpu" or x.dim() not in (2, 3) or x.dtype not in (torch.float32, torch.float64):
         return x.transpose(-1, -2).contiguous()
     x3 = x.unsqueeze(0) if x.dim() == 2 else x
-    out = torch.empty((x3.shape[0], x3.shape[2], x3.shape[1]), dtype=x.dtype)
+    shape = (x3.shape[0], x3.shape[2], x3.shape[1])
+    out = _scratch(shape, x.dtype) if scratch else torch.empty(shape, dtype=x.dtype)
     if out.numel():
         _transpose_into(x3.numpy(), out.numpy())
     return out[0] if x.dim() == 2 else out

@@ -25,7 +25,7 @@ def replay_linear(x: torch.Tensor, cw: ConvWeights, cfg: ArrayConfig, cm: ChipMa
     p = psum.plan(cm, cfg, chain_cols, -(-N // cfg.cols), N, linear_tail)
     if p is None:
         return None
-    st = transposed(x.reshape(B, K))  # (K, B)
+    st = transposed(x.reshape(B, K), scratch=True)  # (K, B), read by the kernel below only
     w = cw.w.view(N, K).t().unsqueeze(0)  # (1, K, N), a view
     tot = np.empty((B, 1, len(p.n_idx)), dtype=np.int32)
     chains_simd.gemm_chains(st.numpy(), w.numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones, p.n_seg, cfg.rows,
