@@ -421,6 +421,10 @@ def run_gemm_layer(x: torch.Tensor, op: Gemm, chip: Chip, clean: LayerTrace | No
     GEMM. ``clean``: the layer's fault-free trace, for an ``x`` equal to the fault-free run's
     (see :class:`CleanTrace`); when the chip leaves the accumulators unchanged, ``out`` is the
     traced output."""
+    if clean is None:
+        done = _clean_linear_layer(x, op, chip)
+        if done is not None:
+            return done
     acc, stats = layer_accumulators(x, op, chip, saturate=saturate, clean=None if clean is None else clean.acc)
     if clean is not None and acc is clean.acc and clean.out is not None:
         return clean.out, acc, stats
@@ -428,6 +432,30 @@ def run_gemm_layer(x: torch.Tensor, op: Gemm, chip: Chip, clean: LayerTrace | No
     if op.kind == "linear" and x.dim() > 2 and x.shape[-1] == op.weight[0].numel():
         out = out.reshape(*x.shape[:-1], op.out_channels)  # a linear layer over tokens (..., K) -> (..., N)
     return out, acc, stats
+
+
+def _clean_linear_layer(x: torch.Tensor, op: Gemm, chip: Chip):
+    """:func:`run_gemm_layer` of a plain linear layer (no channel orders, no clipping, not the
+    logits) on float32 CPU codes, where the chip has its prepared fault-free product
+    (:meth:`sysarray.Chip.clean_linear`): the same ``(out, acc, stats)`` without the general
+    path's steps, which cost more than a small layer's GEMM. None elsewhere."""
+    if (op.kind != "linear" or op.in_order is not None or op.out_order is not None or op.out_qp is None
+            or op.clip_codes is not None or x.dtype != torch.float32 or x.device.type != "cpu"):
+        return None
+    N = op.out_channels
+    w = op.weight.reshape(N, -1)
+    K = w.shape[1]
+    product = chip.clean_linear(w, act_signed=op.in_qp.signed, x_bound=max(-op.in_qp.qmin, op.in_qp.qmax))
+    if product is None:
+        return None
+    rows = x.reshape(-1, K)  # tokens (..., K), or a flattened input (B, K)
+    acc = product(rows)
+    if acc is None:
+        return None
+    out = requantize_clamp(acc, op.bias, op.m0, op.shift, op.out_qp.zero_point, op.lo, op.hi)
+    if x.dim() > 2 and x.shape[-1] == K:
+        out = out.reshape(*x.shape[:-1], N)
+    return out, acc, [chip.timing(rows.shape[0], K, N)]
 
 
 def max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:

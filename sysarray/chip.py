@@ -249,6 +249,21 @@ class Chip:
                               clean=hints.clean)
         return y, stats
 
+    def clean_linear(self, weight: torch.Tensor, *, act_signed: bool = False, x_bound: int | None = None):
+        """:meth:`linear` of ``weight`` (N, K) int8 values on this chip prepared once for every
+        batch, where the chip has no fault and no sum can wrap: a callable that takes ``x`` (B,
+        K) float32 codes on the CPU (``|x| <= x_bound``, int8 codes with ``act_signed`` else
+        uint8) to the (B, N) accumulators :meth:`linear` returns (exact int32 values, int32 or
+        float32). None where this shortcut does not apply (faults, the cycle engine, a device,
+        no ``x_bound``, sums that could reach the psum register's range): call :meth:`linear`.
+        The timing is :meth:`timing` (B, K, N)."""
+        check_instance(weight, torch.Tensor, "weight", "Chip.clean_linear")
+        if self.faulty or self.engine is Engine.CYCLE or (self.device is not None and self.device.type != "cpu"):
+            return None
+        from sysarray.engines.conv.pointwise import clean_linear_product
+
+        return clean_linear_product(weight, self.config, self.masks(act_signed), act_signed, x_bound)
+
     def linear(self, x: torch.Tensor, weight: torch.Tensor, *, act_signed: bool = False,
                hints: ConvHints | None = None) -> tuple[torch.Tensor, GemmStats]:
         """``x @ weight.t()`` on the chip: x (B, K) float tensor of 8-bit codes, weight (N, K) int8

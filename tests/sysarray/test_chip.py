@@ -176,7 +176,8 @@ def test_linear_on_a_fault_free_chip_with_a_known_bound_is_the_cycle_engines(see
                                                                             extreme):
     """The fault-free linear layer's own path (the plain product where no sum can reach the psum
     register's range, else the convolution path) on either kernel: the cycle engine's bits,
-    wrapped sums included, and its timing."""
+    wrapped sums included, and its timing. The prepared product (Chip.clean_linear) exists
+    exactly where no sum can wrap and gives the same bits."""
     from sysarray.engines import int8
 
     rng = np.random.default_rng(seed)
@@ -191,8 +192,29 @@ def test_linear_on_a_fault_free_chip_with_a_known_bound_is_the_cycle_engines(see
     int8.FORCE = kernel
     try:
         y, stats = sa.Chip(cfg).linear(x, w, act_signed=signed, hints=hints)
+        product = sa.Chip(cfg).clean_linear(w, act_signed=signed, x_bound=hints.x_bound)
+        prepared = None if product is None else product(x)
     finally:
         int8.FORCE = None
     want, want_stats = sa.Chip(cfg, engine="cycle").linear(x, w, act_signed=signed)
     np.testing.assert_array_equal(y.to(torch.int64).numpy(), want.to(torch.int64).numpy())
     assert stats == want_stats == gemm_timing(B, K, N, cfg)
+    wraps = K * max(-lo, hi) * 128 >= 1 << (psum_bits - 1)
+    assert (product is None) == wraps
+    if prepared is not None:  # None only where the pinned kernel cannot compute it exactly
+        np.testing.assert_array_equal(prepared.to(torch.int64).numpy(), want.to(torch.int64).numpy())
+    elif product is not None:
+        assert kernel == "float32"
+
+
+def test_clean_linear_is_offered_only_where_it_applies():
+    """No prepared product on a faulty chip, on the cycle engine, without a bound on the input,
+    or for a weight that is not a tensor (a one-line error)."""
+    cfg = sa.ArrayConfig(4, 4)
+    w = torch.ones(3, 5, dtype=torch.int8)
+    assert sa.Chip(cfg).clean_linear(w, x_bound=255) is not None
+    assert sa.Chip(cfg, sa.FaultMap.random(cfg, pe_rate=0.5, seed=1)).clean_linear(w, x_bound=255) is None
+    assert sa.Chip(cfg, engine="cycle").clean_linear(w, x_bound=255) is None
+    assert sa.Chip(cfg).clean_linear(w) is None
+    with pytest.raises(TypeError, match="weight"):
+        sa.Chip(cfg).clean_linear([[1, 2]], x_bound=255)
