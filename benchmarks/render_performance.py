@@ -287,17 +287,17 @@ FAT_MISSES = (
     "and only their weight values refreshed (their structure depends on the fault map and on which weights are "
     "zero), and a compiled twin.")
 MODELS_MISSES = (
-    "Where the vision transformers miss: ViT and DeiT sit within a few percent of the targets, and which of their "
-    "ratios misses changes from run to run with the float32 baseline (DeiT's float32 model runs attention as one "
-    "fused kernel, so it misses more often). At batch 8 every layer is small. A DeiT run costs about 3.5 ms of "
-    "fixed per-op work (about 100 ops: Python dispatch, checks and memo lookups around kernels of tens of "
-    "microseconds) plus about 0.8 ms per image, where float32 costs about 0.6 ms plus 0.4 ms per image on one "
-    "thread. The kernels run two to three times slower "
-    "inside a run than alone, their operands cold in the caches after the other layers (`torch._int_mm` on the QKV "
-    "projection: 45 us in a run, 17 us alone). The ratio also moves with the float32 baseline, the noisier side: "
-    "runs of `--only vit,deit` minutes apart timed DeiT's float32 at 3.7-5.6 ms and its chip at 12-13.4 ms "
-    "(fault-free ratios 2.3-3.5). What would close it: a compiled executor for the integer program (one dispatch "
-    "per run instead of one per op) and attention (both products and the softmax) as one kernel per batch of heads.")
+    "Where the vision transformers miss: ViT and DeiT sit closest to the targets, and their ratios move from run "
+    "to run with the float32 baseline, the noisier side (round-robin runs of `--only vit,deit` minutes apart have "
+    "put DeiT's float32 between 3.7 and 5.6 ms). At batch 8 every layer is small. On one thread a DeiT run costs "
+    "about 2.9 ms of fixed per-op work (about 100 ops: Python dispatch, checks and memo lookups around kernels of "
+    "tens of microseconds) plus 0.93 ms per image fault-free, 5.9 ms plus 1.7 ms per image with 1% psum-faulty "
+    "PEs, where float32 costs 0.66 ms plus 0.44 ms per image. The kernels run two to three times slower inside a "
+    "run than alone, their operands cold in the caches after the other layers, and a fault-free linear layer's "
+    "requantization (about 40 us for 528x192 outputs) costs more than its GEMM. What would close it: a compiled "
+    "executor for the integer program (one dispatch per run instead of one per op), codes kept as 8-bit values "
+    "between ops (a quarter of the memory traffic) and attention (both products and the softmax) as one kernel "
+    "per batch of heads.")
 
 
 BENCHMARKS = (
