@@ -3,7 +3,7 @@ operations a workload runs on it.
 
 A workload (an integer network, a fault-aware training step) never reaches into the engines:
 it builds a :class:`Chip` and calls :meth:`Chip.gemm`, :meth:`Chip.bmm`, :meth:`Chip.conv2d` or
-:meth:`Chip.linear`.
+:meth:`Chip.linear` (or :meth:`Chip.clean_linear`, a fault-free linear layer prepared once).
 Each returns the exact int32 accumulators the array produces, bit for bit the same whichever
 engine runs, and the timing of the GEMMs (SCALE-Sim v2's numbers). What a workload knows that
 lets the fast engine skip work travels as :class:`ConvHints`; results never depend on hints.
