@@ -6,13 +6,15 @@ quantized per output channel on every forward (``round`` with a straight-through
 activation quantization parameters stay those of the program. ``gemm_hook(op, a, w, acc)`` lets
 fault-aware training replace a chip layer's exact accumulators with a faulty chip's (for a
 :class:`~accel_models.matmul.MatMul`, ``w`` is the right operand's codes and ``acc`` the
-zero-point-free sums): the forward value becomes the chip's, the gradient stays the fault-free one.
+zero-point-free sums): it returns ``acc`` itself (unchanged) or a tensor of other exact sums of
+the same shape (any dtype), which become the forward value while the gradient stays ``acc``'s.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,7 +23,8 @@ from accel_models.matmul import MatMul, fake_matmul
 from accel_models.ppu import PPU_OPS, RunContext, floor_ste, ste
 from accel_models.program import (ADD_SHIFT, Add, AvgPool, Clamp, Clip, Gemm, MaxPool, Program, QuantizeInput,
                                   gather_input, gather_weight_inputs)
-from accel_models.quant import WEIGHT_QMAX, requantize
+from accel_models.quant import WEIGHT_QMAX, requantize_clamp
+from accel_models.twin_kernels import clamped_grad, weight_codes
 
 
 GemmHook = Callable[[Gemm, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -44,26 +47,12 @@ class FakeQuantProgram(nn.Module):
     def key(op: Gemm) -> str:
         return op.name.replace(".", "_")
 
-    def quantized_weight(self, op: Gemm) -> tuple[torch.Tensor, torch.Tensor]:
-        """Integer weight codes (float, STE) and per-channel scales (float64, detached), rounded
-        exactly as :func:`accel_models.quant.quantize_weight` does."""
-        w = self.weights[self.key(op)]
-        flat = w.reshape(w.shape[0], -1)
-        flat64 = flat.detach().double()
-        scale = flat64.abs().amax(dim=1).clamp_min(1e-12) / WEIGHT_QMAX
-        codes = torch.round(flat64 / scale[:, None]).clamp(-WEIGHT_QMAX, WEIGHT_QMAX)
-        q = ste(flat / scale[:, None].float(), codes)
-        return q.reshape(w.shape), scale
-
     def _gemm(self, x: torch.Tensor, op: Gemm, hook: GemmHook | None) -> torch.Tensor:
         """The layer's forward value equals the integer program's bit for bit (integer rounding
         decisions are made on exact values); gradients are straight-through."""
-        wq, sw = self.quantized_weight(op)
-        s_in, z_in = op.in_qp.scale, op.in_qp.zero_point
-        acc_scale = s_in * sw  # float64 (N,)
-        b = self.biases[self.key(op)]
-        b_codes = torch.round(b.detach().double() / acc_scale)
-        bq = ste(b / acc_scale.float(), b_codes) - z_in * wq.reshape(wq.shape[0], -1).sum(dim=1)
+        wq, bq, acc_scale, mult, m0, shift = _LayerCodes.apply(
+            self.weights[self.key(op)], self.biases[self.key(op)], op.in_qp.scale, op.in_qp.zero_point,
+            None if op.out_qp is None else op.out_qp.scale)
         bq = bq.to(torch.float64) if k_exceeds_f32(wq) else bq
         acc = _integer_gemm(x, wq, op)
         if k_exceeds_f32(wq):
@@ -74,29 +63,32 @@ class FakeQuantProgram(nn.Module):
             # the chip reads the inputs in array order (Gemm.in_order): the hook gets both operands in it
             x, wq = gather_input(x, op), gather_weight_inputs(wq, op, op.in_order)
             op = dataclasses.replace(op, in_order=None)
-        if hook is not None and op.out_order is not None:
-            # the chip holds the rows in array order (Gemm.out_order); the twin stays in channel order
+        value = None  # the hook's accumulators, when they are not acc itself
+        if hook is not None:
             dim = 1 if op.kind == "conv" else -1
-            order = op.out_order.to(acc.device)
-            perm = torch.argsort(order)
-            acc = hook(op, x, wq[perm.to(wq.device)], acc.index_select(dim, perm)).index_select(dim, order)
-        elif hook is not None:
-            acc = hook(op, x, wq, acc)
+            order = None if op.out_order is None else op.out_order.to(acc.device)
+            if order is not None:
+                # the chip holds the rows in array order (Gemm.out_order); the twin stays in channel order
+                perm = torch.argsort(order)
+                wq, acc = wq[perm.to(wq.device)], acc.index_select(dim, perm)
+            y = hook(op, x, wq, acc)
+            if y is acc:
+                acc = acc if order is None else acc.index_select(dim, order)
+            else:
+                value = y.detach() if order is None else y.detach().index_select(dim, order)
+                acc = acc if order is None else acc.index_select(dim, order)
         shape = (1, -1) if op.kind == "linear" else (1, -1, 1, 1)
-        acc = acc + bq.reshape(shape)
-        if op.out_qp is None:
-            return acc.double() * acc_scale.reshape(shape)  # logits, float64
-        mult = acc_scale / op.out_qp.scale
-        mant, exp = torch.frexp(mult)
-        m0 = torch.round(mant * 2.0**31).to(torch.int64)
-        shift = (31 - exp).to(torch.int64)
-        carry = m0 == (1 << 31)
-        m0, shift = torch.where(carry, m0 // 2, m0), torch.where(carry, shift - 1, shift)
-        q_int = requantize(acc.detach().round().to(torch.int64), m0.reshape(shape), shift.reshape(shape))
-        q = ste(acc * mult.to(acc.dtype).reshape(shape), q_int) + op.out_qp.zero_point
-        out = _clamp_ste(q, op.lo, op.hi)
-        if op.clip_codes is not None:
-            out = _clip_ste(q, out, op.clip_codes, op.clip_policy, op.out_qp.zero_point)
+        if op.out_qp is None:  # logits, float64
+            total = (acc + bq.reshape(shape)).double()
+            if value is not None:
+                total = ste(total, value.double() + bq.detach().double().reshape(shape))
+            return total * acc_scale.reshape(shape)
+        args = (acc, bq, m0, shift, mult, op.out_qp.zero_point, op.kind == "linear", value)
+        if op.clip_codes is None:
+            out = _Requantized.apply(*args, op.lo, op.hi)
+        else:  # the zero policy compares the unclamped code with the threshold
+            q = _Requantized.apply(*args)
+            out = _clip_ste(q, _clamp_ste(q, op.lo, op.hi), op.clip_codes, op.clip_policy, op.out_qp.zero_point)
         return out.to(x.dtype)
 
     def forward(self, images: torch.Tensor, gemm_hook: GemmHook | None = None) -> torch.Tensor:
@@ -162,6 +154,113 @@ class FakeQuantProgram(nn.Module):
             else:
                 ops.append(op)
         return dataclasses.replace(self.program, ops=ops, meta=dict(self.program.meta))
+
+
+class _LayerCodes(torch.autograd.Function):
+    """A layer's integer weight and bias codes and its requantization from its float
+    parameters, with straight-through gradients, in one autograd step (computed in numpy: on
+    the small parameter tensors, each torch call costs more than its work).
+
+    weight: (N, ...) float; bias: (N,) float; s_in, z_in: the input's scale and zero point;
+    out_scale: the output's scale (None: the logits). Returns
+
+    - ``wq`` (weight's shape, float32 codes, rounded per output channel exactly as
+      :func:`accel_models.quant.quantize_weight` does);
+    - ``bq`` (N,) float32: the bias codes ``round(bias / acc_scale)`` minus ``z_in`` times each
+      channel's weight-code sum (the input zero point folded in);
+    - and, without gradients, ``acc_scale`` (N,) float64 = ``s_in * weight scale``, ``mult`` =
+      ``acc_scale / out_scale`` and its fixed point ``m0``, ``shift`` (N,) int64 (as
+      :func:`accel_models.quant.quantize_multiplier`; ``mult`` = ``acc_scale`` for the logits).
+
+    Gradients: ``d wq / d weight = 1 / scale`` and ``d bq / d bias = 1 / acc_scale`` (rounding
+    passed straight through), ``d bq / d wq = -z_in``."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, s_in, z_in, out_scale):
+        n = weight.shape[0]
+        flat = weight.detach().reshape(n, -1).cpu().contiguous().numpy()
+        codes, scale, sums = np.empty(flat.shape, dtype=np.float32), np.empty(n), np.empty(n)
+        weight_codes(flat, float(WEIGHT_QMAX), codes, scale, sums)
+        acc_scale = s_in * scale
+        bias_codes = np.round(bias.detach().cpu().numpy().astype(np.float64) / acc_scale).astype(np.float32)
+        bq = bias_codes - np.float32(z_in) * sums.astype(np.float32)
+        mult = acc_scale if out_scale is None else acc_scale / out_scale
+        mant, exp = np.frexp(mult)
+        m0 = np.round(mant * 2.0**31).astype(np.int64)
+        shift = 31 - exp.astype(np.int64)
+        carry = m0 == 1 << 31
+        m0, shift = np.where(carry, m0 // 2, m0), np.where(carry, shift - 1, shift)
+        dev = weight.device
+        out = tuple(torch.from_numpy(a).to(dev) for a in (codes.reshape(weight.shape), bq, acc_scale, mult, m0, shift))
+        ctx.save_for_backward(*(torch.from_numpy(a.astype(np.float32)).to(dev) for a in (scale, acc_scale)))
+        ctx.meta = (weight.shape, z_in)
+        ctx.mark_non_differentiable(*out[2:])
+        return out
+
+    @staticmethod
+    def backward(ctx, g_wq, g_bq, *_):
+        scale, acc_scale = ctx.saved_tensors
+        shape, z_in = ctx.meta
+        g = g_wq.reshape(shape[0], -1)
+        if z_in:
+            g = g - z_in * g_bq[:, None]
+        return (g / scale[:, None]).reshape(shape), g_bq / acc_scale, None, None, None
+
+
+class _Requantized(torch.autograd.Function):
+    """A layer's output codes ``clamp(requantize(acc + bias) + zero_point, lo, hi)`` (float32;
+    without ``lo``/``hi``, the unclamped codes: exact integers below 2**24, larger ones only
+    beyond any clamp), with the gradient of ``clamp((acc + bias) * multiplier, ...)``.
+
+    acc: conv (B, N, oh, ow) or linear (..., N) exact integer sums (float32 or float64); bias:
+    (N,) exact integers (float); m0, shift: (N,) int64 fixed-point multipliers; mult: (N,)
+    float64, the real multipliers they approximate; linear: channels on the last dim, else on dim
+    1; value: other sums to requantize in place of ``acc``'s (a faulty chip's; the gradient is
+    still ``acc``'s), or None. One fused integer pass forward and one pass backward
+    (:mod:`accel_models.twin_kernels`), where autograd makes about ten over the accumulators."""
+
+    @staticmethod
+    def forward(ctx, acc, bias, m0, shift, mult, zero_point, linear, value, lo=None, hi=None):
+        flat = acc.detach() if value is None else value
+        flat = flat.reshape(-1, len(m0)) if linear else flat
+        bias_codes = bias.detach().double().round().to(torch.int64)
+        raw = requantize_clamp(flat, bias_codes, m0, shift, zero_point, -(1 << 31), (1 << 31) - 1,
+                               memo=False).reshape(acc.shape)
+        ctx.save_for_backward(mult, raw if lo is not None else None)
+        ctx.meta = (acc.dtype, bias.dtype, acc.dim() - 1 if linear else 1, lo, hi)
+        return raw if lo is None else raw.clamp(lo, hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        mult, raw = ctx.saved_tensors
+        acc_dtype, bias_dtype, channel, lo, hi = ctx.meta
+        done = _clamped_grad(grad, raw, mult, lo, hi, channel) if raw is not None and acc_dtype == grad.dtype \
+            == torch.float32 and grad.device.type == "cpu" else None
+        if done is None:
+            shape = [1] * grad.dim()
+            shape[channel] = len(mult)
+            g = grad.to(acc_dtype) * mult.to(acc_dtype).view(shape)
+            if raw is not None:
+                g = torch.where((raw >= lo) & (raw <= hi), g, torch.zeros((), dtype=g.dtype, device=g.device))
+            done = g, g.sum(dim=[d for d in range(grad.dim()) if d != channel])
+        g, g_bias = done
+        return g, g_bias.to(bias_dtype), None, None, None, None, None, None, None, None
+
+
+def _clamped_grad(grad: torch.Tensor, raw: torch.Tensor, mult: torch.Tensor, lo: int, hi: int, channel: int):
+    """:class:`_Requantized`'s clamped gradient and its bias gradient by one CPU kernel pass (and
+    a sum), for float32 contiguous planes (B, N, ...) or rows (..., N); None for other layouts."""
+    if not (grad.is_contiguous() and raw.is_contiguous()):
+        return None
+    n = len(mult)
+    planes = channel == 1 and grad.dim() > 2
+    if not planes and channel != grad.dim() - 1:
+        return None
+    shape = (grad.shape[0], n, -1) if planes else (-1, n, 1)
+    out = torch.empty_like(grad)
+    clamped_grad(grad.view(shape).numpy(), raw.view(shape).numpy(), mult.to(torch.float32).contiguous().numpy(),
+                 np.float32(lo), np.float32(hi), out.view(shape).numpy(), work=grad.numel())
+    return out, out.view(shape).sum(dim=(0, 2))
 
 
 def k_exceeds_f32(wq: torch.Tensor) -> bool:

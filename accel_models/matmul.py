@@ -120,12 +120,12 @@ def run_matmul(a: torch.Tensor, b: torch.Tensor, op: MatMul, chip: Chip
 def fake_matmul(a: torch.Tensor, b: torch.Tensor, op: MatMul, hook=None) -> torch.Tensor:
     """The twin: the exact product (float64 where float32 could round the sums) as forward value,
     the gradient of ``(a - za) @ (b - zb) * multiplier``. ``hook(op, a, b, total)`` may replace the
-    exact zero-point-free sums ``total`` (a faulty chip's, in fault-aware training)."""
+    forward value of the exact zero-point-free sums ``total`` (by a faulty chip's, in fault-aware
+    training: it returns ``total`` or other exact sums of its shape)."""
     da, db = a - op.a_qp.zero_point, b - op.b_qp.zero_point
     wide = a.shape[-1] * 256 * 256 >= 1 << 24
     total = ste((da.double() @ db.double()) if wide else da @ db, (da.detach().double() @ db.detach().double()).round())
-    if hook is not None:
-        total = hook(op, a, b, total)
-    q = requantize_total(total.detach().round().to(torch.int64), op)
+    value = total.detach() if hook is None else hook(op, a, b, total).detach()
+    q = requantize_total(value.round().to(torch.int64) if value.is_floating_point() else value.to(torch.int64), op)
     out = ste(total * op.multiplier + op.zero_point, q)
     return torch.clamp(out, float(op.lo), float(op.hi)).to(a.dtype)

@@ -50,9 +50,26 @@ class RunContext:
     device: torch.device
 
 
+class _StraightThrough(torch.autograd.Function):
+    """Forward: ``value`` in ``x``'s dtype; backward: the gradient passes to ``x`` unchanged. One
+    conversion at most, where ``x + (value - x).detach()`` makes two passes over large tensors
+    and can round ``value``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        return value.to(x.dtype, copy=True)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
 def ste(x: torch.Tensor, forward_value: torch.Tensor) -> torch.Tensor:
-    """``forward_value`` in the forward pass, the gradient of ``x`` in the backward pass."""
-    return x + (forward_value.to(x.dtype) - x).detach()
+    """``forward_value`` (in ``x``'s dtype) in the forward pass, the gradient of ``x`` in the
+    backward pass; same shape required."""
+    if not (x.requires_grad and torch.is_grad_enabled()):
+        return forward_value.to(x.dtype)
+    return _StraightThrough.apply(x, forward_value)
 
 
 def floor_ste(x: torch.Tensor) -> torch.Tensor:

@@ -104,19 +104,21 @@ def multiplier_value(m0: int, shift: int) -> float:
 
 
 def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor,
-                     zero_point: int, lo: int, hi: int) -> torch.Tensor:
+                     zero_point: int, lo: int, hi: int, *, memo: bool = True) -> torch.Tensor:
     """Output codes of a layer: ``clamp(requantize(acc + bias) + zero_point, lo, hi)``, float32.
 
     acc: (M, N) or (B, N, ...) int32 accumulators (or floats holding them exactly), channels on
     dim 1; bias, m0, shift: (N,) int64. Same integer arithmetic as :func:`requantize` (int64,
-    wrapping), fused into one pass on CPU.
+    wrapping), fused into one pass on CPU. ``memo``: keep the parameters' conversion for the
+    next call with the same tensors (a program's layers); False for parameters used once (a
+    training step's).
     """
     if acc.device.type != "cpu":
         shape = (1, -1) + (1,) * (acc.dim() - 2)
         q = requantize(acc.to(torch.int64) + bias.to(acc.device).view(shape), m0.to(acc.device).view(shape),
                        shift.to(acc.device).view(shape))
         return (q + zero_point).clamp(lo, hi).to(torch.float32)
-    params = _params(bias, m0, shift)
+    params = _params(bias, m0, shift) if memo else _Params(bias, m0, shift)
     exact_f64 = _float64_requantize_ok(acc, bias, m0, shift, params)
     bias, m0, shift = params.arrays
     B, N = acc.shape[:2]
@@ -186,12 +188,32 @@ class _Params:
     def float64_ok(self, bound: int) -> bool:
         if bound not in self.f64_ok:
             bias, m0, shift = self.arrays
-            self.f64_ok[bound] = bool(
-                len(m0) and int(np.abs(bias).max()) < 1 << 32 and int(m0.min()) >= 0 and int(m0.max()) < 1 << 31
-                and int(shift.min()) >= 16 and int(shift.max()) <= 52
-                and all((bound + abs(b)) * m + (1 << (sh - 1)) < 1 << 63
-                        for b, m, sh in zip(bias.tolist(), m0.tolist(), shift.tolist())))
+            verdict = _float64_verdict(bias, m0, shift, float(bound))
+            if verdict == 2:  # a product within float64 rounding of 2**63: Python's exact integers settle it
+                verdict = all((bound + abs(b)) * m + (1 << (sh - 1)) < 1 << 63
+                              for b, m, sh in zip(bias.tolist(), m0.tolist(), shift.tolist()))
+            self.f64_ok[bound] = bool(verdict)
         return self.f64_ok[bound]
+
+
+@njit(cache=True)
+def _float64_verdict(bias, m0, shift, bound):
+    """:meth:`_Params.float64_ok`'s test on int64 arrays (N,) in one pass: 1 where it holds, 0
+    where it fails, 2 where only exact integers can tell (a product bound between 2**62 and
+    2**64 in float64)."""
+    if bias.shape[0] == 0:
+        return 0
+    verdict = 1
+    for n in range(bias.shape[0]):
+        b, m, sh = abs(bias[n]), m0[n], shift[n]
+        if b >= np.int64(1) << 32 or m < 0 or m >= np.int64(1) << 31 or sh < 16 or sh > 52:
+            return 0
+        top = (bound + np.float64(b)) * np.float64(m) + np.float64(np.int64(1) << (sh - 1))
+        if top >= 2.0**64:
+            return 0
+        if top >= 2.0**62:
+            verdict = 2
+    return verdict
 
 
 # A layer's requantization parameters, converted and checked once, not on every run.

@@ -189,23 +189,20 @@ class ZooTwin(FakeQuantProgram):
 
 
 def chip_hook(cfg: ArrayConfig, faults: FaultMap | None):
-    """A ``gemm_hook`` that replaces each layer's accumulators by the chip's exact ones (forward
-    value) and keeps the fault-free gradient (straight-through). The twin's accumulators are the
-    fault-free ones, so the chip starts from them (:class:`sysarray.ConvHints` ``clean``) and
-    computes only the outputs its faults change."""
+    """A ``gemm_hook`` that returns each layer's accumulators as the chip computes them, exact
+    (the twin's forward value; the gradient stays the fault-free one). The twin's accumulators
+    are the fault-free ones, so the chip starts from them (:class:`sysarray.ConvHints` ``clean``)
+    and computes only the outputs its faults change."""
     chip = Chip(cfg, faults)
 
     def hook(op: Gemm | MatMul, a: torch.Tensor, wq: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             if isinstance(op, MatMul):  # attention's activation products: the chip's zero-point-free sums
-                y = chip_total(a.detach(), wq.detach(), op, chip)
-            else:
-                # the twin's forward value is the exact fault-free sum: the chip adds only what its faults change
-                y, _ = layer_accumulators(a.detach(), replace(op, weight=wq.detach().round()), chip, saturate=False,
-                                          clean=acc.detach().reshape(-1, acc.shape[-1]) if op.kind == "linear"
-                                          else acc.detach())
-        # float64: a stuck high psum bit gives accumulators float32 cannot hold exactly
-        return ste(acc.double(), y.reshape(acc.shape).double())
+                return chip_total(a.detach(), wq.detach(), op, chip)
+            clean = acc.detach().reshape(-1, acc.shape[-1]) if op.kind == "linear" else acc.detach()
+            y, _ = layer_accumulators(a.detach(), replace(op, weight=wq.detach().round()), chip, saturate=False,
+                                      clean=clean)
+        return acc if y is clean else y.reshape(acc.shape)  # the same object: the faults change no sum
 
     return hook
 

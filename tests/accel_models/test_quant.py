@@ -152,3 +152,12 @@ def test_requantize_clamp_takes_the_int64_formula_where_its_product_wraps():
     got = quant.requantize_clamp(acc, bias, m0, shift, 0, 0, 255).to(torch.float64)
     assert torch.equal(got, _reference_requantize(acc, bias, m0, shift, 0, 0, 255))
     assert quant._float64_requantize_ok(acc, torch.tensor([1 << 20]), m0, shift)  # real layers' range
+
+
+def test_float64_check_settles_products_near_2_63_exactly():
+    # (2**31 + 2**31) * (2**31 - 1) + 2**15 = 2**63 - 2**32 + 2**15: below 2**63, though float64
+    # cannot tell it from 2**63
+    acc = torch.zeros(1, 1, 1, dtype=torch.int32)
+    m0, shift = torch.tensor([(1 << 31) - 1]), torch.tensor([16])
+    assert quant._float64_requantize_ok(acc, torch.tensor([1 << 31]), m0, shift)
+    assert not quant._float64_requantize_ok(acc, torch.tensor([(1 << 31) + 3]), m0, shift)  # 2**63 + 2**31 - 3
