@@ -24,7 +24,7 @@ from accel_models.ppu import PPU_OPS, RunContext, floor_ste, ste
 from accel_models.program import (ADD_SHIFT, Add, AvgPool, Clamp, Clip, Gemm, MaxPool, Program, QuantizeInput,
                                   gather_input, gather_weight_inputs)
 from accel_models.quant import WEIGHT_QMAX, requantize_clamp
-from accel_models.twin_kernels import clamped_grad, weight_codes
+from accel_models.twin_kernels import clamped_grad, layer_codes
 
 
 GemmHook = Callable[[Gemm, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -178,28 +178,22 @@ class _LayerCodes(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, bias, s_in, z_in, out_scale):
         n = weight.shape[0]
-        flat = weight.detach().reshape(n, -1).cpu().contiguous().numpy()
-        codes, scale, sums = np.empty(flat.shape, dtype=np.float32), np.empty(n), np.empty(n)
-        weight_codes(flat, float(WEIGHT_QMAX), codes, scale, sums)
-        acc_scale = s_in * scale
-        bias_codes = np.round(bias.detach().cpu().numpy().astype(np.float64) / acc_scale).astype(np.float32)
-        bq = bias_codes - np.float32(z_in) * sums.astype(np.float32)
-        mult = acc_scale if out_scale is None else acc_scale / out_scale
-        mant, exp = np.frexp(mult)
-        m0 = np.round(mant * 2.0**31).astype(np.int64)
-        shift = 31 - exp.astype(np.int64)
-        carry = m0 == 1 << 31
-        m0, shift = np.where(carry, m0 // 2, m0), np.where(carry, shift - 1, shift)
+        flat = weight.detach().reshape(n, -1).cpu().to(torch.float32).contiguous().numpy()
+        codes = np.empty(flat.shape, dtype=np.float32)
+        bq, (acc_scale, mult, scale), (m0, shift) = np.empty(n, np.float32), np.empty((3, n)), np.empty((2, n), np.int64)
+        layer_codes(flat, bias.detach().cpu().to(torch.float64).numpy(), float(s_in), float(z_in),
+                    0.0 if out_scale is None else float(out_scale), float(WEIGHT_QMAX), codes, bq, acc_scale, mult, m0,
+                    shift, scale)
         dev = weight.device
         out = tuple(torch.from_numpy(a).to(dev) for a in (codes.reshape(weight.shape), bq, acc_scale, mult, m0, shift))
-        ctx.save_for_backward(*(torch.from_numpy(a.astype(np.float32)).to(dev) for a in (scale, acc_scale)))
+        ctx.save_for_backward(torch.from_numpy(np.stack([scale, acc_scale]).astype(np.float32)).to(dev))
         ctx.meta = (weight.shape, z_in)
         ctx.mark_non_differentiable(*out[2:])
         return out
 
     @staticmethod
     def backward(ctx, g_wq, g_bq, *_):
-        scale, acc_scale = ctx.saved_tensors
+        scale, acc_scale = ctx.saved_tensors[0]
         shape, z_in = ctx.meta
         g = g_wq.reshape(shape[0], -1)
         if z_in:

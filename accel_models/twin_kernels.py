@@ -8,6 +8,8 @@ autograd makes five passes over the outputs.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -32,21 +34,54 @@ def clamped_grad(grad, raw, mult, lo, hi, out):
 
 
 @njit(cache=True)
-def weight_codes(w, qmax, codes, scale, sums):
-    """w: (N, K) float32 or float64 weights; codes: (N, K) float32 out, ``clip(round(w / scale), -qmax,
-    qmax)`` rounded half to even in float64 with ``scale = max(max|w|, 1e-12) / qmax`` per row
-    (:func:`accel_models.quant.quantize_weight`'s arithmetic); scale: (N,) float64 out; sums:
-    (N,) float64 out, each row's code sum."""
+def layer_codes(w, b, s_in, z_in, out_scale, qmax, codes, bq, acc_scale, mult, m0, shift, scale):
+    """A layer's integer codes and requantization from its float parameters, per output channel:
+
+    - w: (N, K) float32 weights -> codes (N, K) float32, ``clip(round(w / scale), -qmax, qmax)``
+      rounded half to even in float64 with ``scale = max(max|w|, 1e-12) / qmax``
+      (:func:`accel_models.quant.quantize_weight`'s arithmetic); scale (N,) float64 out;
+    - b: (N,) float64 biases -> bq (N,) float32 = ``round(b / acc_scale) - z_in * sum(codes)``
+      with acc_scale (N,) float64 = ``s_in * scale``;
+    - mult (N,) float64 = ``acc_scale / out_scale`` (``acc_scale`` where ``out_scale`` is 0: the
+      logits) and its fixed point ``m0 * 2**-shift`` (N,) int64, ``2**30 <= m0 < 2**31``
+      (:func:`accel_models.quant.quantize_multiplier`).
+    """
     N, K = w.shape
+    bits = w.view(np.int32)
+    top = np.zeros(1, dtype=np.int32)
     for n in range(N):
-        top = 0.0
+        # |w| orders as its bit pattern without the sign: an integer maximum, which vectorises
+        t = np.int32(0)
         for k in range(K):
-            top = max(top, abs(np.float64(w[n, k])))
-        s = max(top, 1e-12) / qmax
+            t = max(t, np.int32(bits[n, k] & 0x7FFFFFFF))
+        top[0] = t
+        s = max(np.float64(top.view(np.float32)[0]), 1e-12) / qmax
         scale[n] = s
-        total = 0.0
+        inv = 1.0 / s
+        row = codes[n]
+        near = False
         for k in range(K):
-            c = min(max(np.round(np.float64(w[n, k]) / s), -qmax), qmax)
-            codes[n, k] = c
-            total += c
-        sums[n] = total
+            # w * (1 / s) is within two ulps of w / s: it rounds alike unless within 1e-9 of a half
+            x = np.float64(w[n, k]) * inv
+            r = np.rint(x)
+            row[k] = min(max(r, -qmax), qmax)
+            near |= abs(abs(x - r) - 0.5) < 1e-9
+        if near:
+            for k in range(K):
+                row[k] = min(max(np.rint(np.float64(w[n, k]) / s), -qmax), qmax)
+        total = 0
+        for k in range(K):
+            total += np.int32(row[k])
+        a = s_in * s
+        acc_scale[n] = a
+        bq[n] = np.float32(np.rint(b[n] / a)) - np.float32(z_in) * np.float32(total)
+        m = a if out_scale == 0.0 else a / out_scale
+        mult[n] = m
+        mant, exp = math.frexp(m)
+        q = np.int64(np.rint(mant * 2.0**31))
+        sh = np.int64(31 - exp)
+        if q == np.int64(1) << 31:
+            q //= 2
+            sh -= 1
+        m0[n] = q
+        shift[n] = sh

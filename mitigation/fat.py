@@ -44,6 +44,7 @@ from accel_models.fakequant import FakeQuantProgram, ste
 from accel_models.matmul import MatMul, chip_total
 from accel_models.program import Gemm, Program, layer_accumulators
 from sysarray import ArrayConfig, Chip, Dataflow, FaultMap, mapping
+from sysarray.tensor_memo import transient
 from sysarray.validation import check_choice, check_float, check_fraction, check_instance, check_int, check_seed
 
 METHODS = ("fap", "fapt", "stuckat", "random")
@@ -196,7 +197,8 @@ def chip_hook(cfg: ArrayConfig, faults: FaultMap | None):
     chip = Chip(cfg, faults)
 
     def hook(op: Gemm | MatMul, a: torch.Tensor, wq: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        # the weights change every step: nothing derived from them is worth keeping
+        with torch.no_grad(), transient():
             if isinstance(op, MatMul):  # attention's activation products: the chip's zero-point-free sums
                 return chip_total(a.detach(), wq.detach(), op, chip)
             clean = acc.detach().reshape(-1, acc.shape[-1]) if op.kind == "linear" else acc.detach()

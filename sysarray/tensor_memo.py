@@ -6,14 +6,34 @@ calls. :class:`TensorMemo` keeps such values keyed by the source tensors' storag
 address, version counter (bumped by every in-place write), shape, strides, dtype and device,
 plus a caller's key; an entry holds its tensors, so their addresses cannot be reused by other
 tensors while it is kept.
+
+Inside :func:`transient`, values derived from tensors are computed and not kept: a training step
+runs the chip on weights that change every step, and keeping their values would fill the memos
+with tensors never seen again. Values keyed by objects only (a chip's plans) are kept as usual.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable
 
 import torch
+
+
+_LOCAL = threading.local()
+
+
+@contextlib.contextmanager
+def transient():
+    """Within the block (in this thread), :meth:`TensorMemo.get` with tensors among its keys
+    returns a kept value if there is one but keeps no new one."""
+    before = getattr(_LOCAL, "transient", False)
+    _LOCAL.transient = True
+    try:
+        yield
+    finally:
+        _LOCAL.transient = before
 
 
 def _identity(t: torch.Tensor) -> tuple:
@@ -58,6 +78,8 @@ class TensorMemo:
                 self._entries.move_to_end(full)
                 return hit[1]
         value = compute()  # outside the lock: two threads may both compute a value, one is kept
+        if tensors and getattr(_LOCAL, "transient", False):
+            return value
         size = int(nbytes(value))
         if size > self.max_bytes:
             return value

@@ -153,6 +153,18 @@ def test_stuckat_fat_improves_the_chip(task, tmp_path):
     assert after >= rep.accuracy_before + 0.30
 
 
+def test_stuckat_fat_keeps_nothing_of_the_weights_it_trained_through(task):
+    """Every step's weights are new tensors: the engine's weight memos must not fill with them."""
+    from mitigation.fat import stuckat_fat
+    from sysarray.engines.conv import replay_direct, weights
+
+    memos = (weights._CLEAN_WEIGHTS, replay_direct._DIRECT_PLANS)
+    before = [len(m._entries) for m in memos]
+    stuckat_fat(task.model, task.program, WS, hidden_psum_faults(), task.dataset.train_x[:640],
+                task.dataset.train_y[:640], 1)
+    assert [len(m._entries) for m in memos] == before
+
+
 # ------------------------------------------------------------------------------ random FAT
 def test_random_fat_zero_gradient_where_errors_replace_outputs(task):
     x, y = task.dataset.train_x[:256], task.dataset.train_y[:256]

@@ -122,3 +122,22 @@ def test_a_value_kept_for_an_owner_is_keyed_by_its_identity_and_holds_it():
     del a
     gc.collect()
     assert held() is not None  # the entry holds its owner, so its id cannot be reused meanwhile
+
+
+def test_transient_keeps_no_value_derived_from_tensors():
+    from sysarray.tensor_memo import transient
+
+    memo, calls = TensorMemo(), []
+    compute = lambda: calls.append(1) or len(calls)  # noqa: E731
+    kept, once = torch.arange(3), torch.arange(5)
+    assert memo.get((kept,), "k", compute) == 1
+    with transient():
+        assert memo.get((kept,), "k", compute) == 1  # a kept value is still found
+        assert memo.get((once,), "k", compute) == 2
+        assert memo.get((once,), "k", compute) == 3  # and a new one is not kept
+        assert memo.get((), "plan", compute) == 4  # a value keyed by no tensor is kept
+        with transient():
+            pass
+        assert memo.get((once,), "k", compute) == 5  # still transient after a nested block
+    assert memo.get((), "plan", compute) == 4
+    assert memo.get((once,), "k", compute) == 6 and memo.get((once,), "k", compute) == 6  # kept again outside

@@ -1,0 +1,82 @@
+"""The fake-quant twin's numba kernels against the torch arithmetic they replace."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from accel_models.quant import WEIGHT_QMAX, quantize_multiplier, quantize_weight
+from accel_models.twin_kernels import clamped_grad, layer_codes
+
+
+@st.composite
+def weight_rows(draw):
+    """(N, K) float32 weights: random values, rows of exact ties (``w / scale`` a half-integer
+    for a power-of-two scale), rows near ties for another scale, and all-zero rows."""
+    n, k = draw(st.integers(1, 5)), draw(st.integers(1, 40))
+    rows = []
+    for _ in range(n):
+        kind = draw(st.sampled_from(["random", "ties", "near", "zero"]))
+        if kind == "random":
+            row = draw(st.lists(st.floats(-4, 4, width=32), min_size=k, max_size=k))
+        elif kind == "zero":
+            row = [0.0] * k
+        else:
+            s = 2.0 ** draw(st.integers(-12, 2)) if kind == "ties" else draw(st.floats(1e-4, 0.1))
+            halves = draw(st.lists(st.integers(-254, 254), min_size=k, max_size=k))
+            row = [127 * s] + [h / 2 * s for h in halves[1:]]
+        rows.append(row)
+    return np.asarray(rows, dtype=np.float32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(w=weight_rows(), data=st.data())
+def test_layer_codes_equal_the_torch_quantization(w, data):
+    n = w.shape[0]
+    b = np.asarray(data.draw(st.lists(st.floats(-3, 3), min_size=n, max_size=n)))
+    s_in, z_in = data.draw(st.floats(1e-3, 0.1)), data.draw(st.integers(-128, 127))
+    out_scale = data.draw(st.sampled_from([0.0, 0.05, 1e-3]))
+    codes, bq = np.empty_like(w), np.empty(n, np.float32)
+    acc_scale, mult, scale = np.empty(n), np.empty(n), np.empty(n)
+    m0, shift = np.empty(n, np.int64), np.empty(n, np.int64)
+    layer_codes(w, b, s_in, float(z_in), out_scale, float(WEIGHT_QMAX), codes, bq, acc_scale, mult, m0, shift, scale)
+    q, ref_scale = quantize_weight(torch.from_numpy(w))
+    np.testing.assert_array_equal(codes, q.numpy().astype(np.float32))
+    np.testing.assert_array_equal(scale, ref_scale.numpy())
+    ref_acc = s_in * ref_scale.numpy()
+    np.testing.assert_array_equal(acc_scale, ref_acc)
+    ref_bq = np.round(b / ref_acc).astype(np.float32) - np.float32(z_in) * q.numpy().astype(np.float32).sum(1)
+    np.testing.assert_array_equal(bq, ref_bq)
+    ref_mult = ref_acc if out_scale == 0.0 else ref_acc / out_scale
+    np.testing.assert_array_equal(mult, ref_mult)
+    assert [(int(a), int(c)) for a, c in zip(m0, shift)] == [quantize_multiplier(float(m)) for m in ref_mult]
+
+
+@settings(max_examples=100, deadline=None)
+@given(shape=st.tuples(st.integers(1, 4), st.integers(1, 6), st.integers(1, 30)), lo=st.integers(-128, 0),
+       width=st.integers(0, 255), seed=st.integers(0, 2**31 - 1))
+def test_clamped_grad_is_the_gradient_of_a_clamp(shape, lo, width, seed):
+    gen = torch.Generator().manual_seed(seed)
+    hi = lo + width
+    grad = torch.randn(shape, generator=gen)
+    raw = torch.randint(lo - 3, hi + 4, shape, generator=gen).float()  # the bounds themselves included
+    mult = torch.rand(shape[1], generator=gen, dtype=torch.float64)
+    out = torch.empty_like(grad)
+    clamped_grad(grad.numpy(), raw.numpy(), mult.float().numpy(), np.float32(lo), np.float32(hi), out.numpy(),
+                 work=grad.numel())
+    x = raw.clone().requires_grad_()
+    (torch.clamp(x, lo, hi) * 1.0).backward(grad)
+    expected = x.grad * mult.float().view(1, -1, 1)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_layer_codes_fixed_point_at_powers_of_two():
+    # scale 1 (max |w| = 127): mult = s_in exactly, a power of two (mantissa 0.5) and a value whose
+    # mantissa rounds up to 2**31 (M0 carries into the shift)
+    w = np.array([[127.0, -3.0]], dtype=np.float32)
+    for s_in in (2.0**-7, 2.0**-7 * (1 - 2.0**-40)):
+        out = [np.empty_like(w), np.empty(1, np.float32), np.empty(1), np.empty(1), np.empty(1, np.int64),
+               np.empty(1, np.int64), np.empty(1)]
+        layer_codes(w, np.zeros(1), s_in, 0.0, 0.0, float(WEIGHT_QMAX), *out)
+        assert (int(out[4][0]), int(out[5][0])) == quantize_multiplier(s_in) == (1 << 30, 37)
