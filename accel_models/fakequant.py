@@ -24,7 +24,7 @@ from accel_models.ppu import PPU_OPS, RunContext, floor_ste, ste
 from accel_models.program import (ADD_SHIFT, Add, AvgPool, Clamp, Clip, Gemm, MaxPool, Program, QuantizeInput,
                                   gather_input, gather_weight_inputs)
 from accel_models.quant import WEIGHT_QMAX, requantize_clamp
-from accel_models.twin_kernels import clamped_grad, layer_codes
+from accel_models.twin_kernels import clamped_grad_planes, clamped_grad_rows, layer_codes
 
 
 GemmHook = Callable[[Gemm, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -242,19 +242,24 @@ class _Requantized(torch.autograd.Function):
 
 
 def _clamped_grad(grad: torch.Tensor, raw: torch.Tensor, mult: torch.Tensor, lo: int, hi: int, channel: int):
-    """:class:`_Requantized`'s clamped gradient and its bias gradient by one CPU kernel pass (and
-    a sum), for float32 contiguous planes (B, N, ...) or rows (..., N); None for other layouts."""
+    """:class:`_Requantized`'s clamped gradient and its bias gradient by one CPU kernel pass, for
+    float32 contiguous planes (B, N, ...) or rows (..., N); None for other layouts."""
     if not (grad.is_contiguous() and raw.is_contiguous()):
         return None
     n = len(mult)
-    planes = channel == 1 and grad.dim() > 2
-    if not planes and channel != grad.dim() - 1:
-        return None
-    shape = (grad.shape[0], n, -1) if planes else (-1, n, 1)
+    m, lo, hi = mult.to(torch.float32).contiguous().numpy(), np.float32(lo), np.float32(hi)
     out = torch.empty_like(grad)
-    clamped_grad(grad.view(shape).numpy(), raw.view(shape).numpy(), mult.to(torch.float32).contiguous().numpy(),
-                 np.float32(lo), np.float32(hi), out.view(shape).numpy(), work=grad.numel())
-    return out, out.view(shape).sum(dim=(0, 2))
+    if channel == 1 and grad.dim() > 2:
+        shape = (grad.shape[0], n, -1)
+        sums = np.empty((grad.shape[0], n), dtype=np.float32)
+        clamped_grad_planes(grad.view(shape).numpy(), raw.view(shape).numpy(), m, lo, hi, out.view(shape).numpy(),
+                            sums, work=grad.numel())
+        return out, torch.from_numpy(sums.sum(axis=0))
+    if channel != grad.dim() - 1:
+        return None
+    clamped_grad_rows(grad.view(-1, n).numpy(), raw.view(-1, n).numpy(), m, lo, hi, out.view(-1, n).numpy(),
+                      work=grad.numel())
+    return out, out.view(-1, n).sum(dim=0)
 
 
 def k_exceeds_f32(wq: torch.Tensor) -> bool:

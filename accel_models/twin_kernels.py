@@ -3,8 +3,9 @@
 :func:`weight_codes` quantizes a layer's weights per output channel in one pass over them.
 A layer's output codes are ``clamp(requantize(acc + bias) + zero_point, lo, hi)``; the twin's
 gradient of that is ``grad * multiplier`` where the unclamped code ``raw`` lies in ``[lo, hi]``
-and 0 elsewhere (the gradient of ``torch.clamp``). One pass here computes it, where torch's
-autograd makes five passes over the outputs.
+and 0 elsewhere (the gradient of ``torch.clamp``), and the bias gradient its sum over all but the
+channel dimension. One pass here computes them, where torch's autograd makes six passes over the
+outputs.
 """
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ from numba import njit, prange
 from sysarray.parallel import ELEMENTWISE, threaded
 
 
-@threaded(ELEMENTWISE)
-def clamped_grad(grad, raw, mult, lo, hi, out):
-    """grad, raw, out: (P, N, L) float32 with channels on dim 1 (planes: (B, N, H*W); rows of a
-    linear layer: (M, N, 1)); mult: (N,) float32; lo, hi: float32 bounds."""
+@threaded(ELEMENTWISE, fastmath={"reassoc", "nsz"})
+def clamped_grad_planes(grad, raw, mult, lo, hi, out, sums):
+    """grad, raw, out: (P, N, L) float32 planes, channels on dim 1 (a convolution's (B, N,
+    H*W)); mult: (N,) float32; lo, hi: float32 bounds; sums: (P, N) float32 out, each plane's
+    sum of ``out`` (the bias gradient's parts; added in any order)."""
     P, N, L = grad.shape
     zero = np.float32(0.0)
     for p in prange(P):
@@ -28,9 +30,26 @@ def clamped_grad(grad, raw, mult, lo, hi, out):
             g = grad[p, n]
             r = raw[p, n]
             o = out[p, n]
+            s = zero
             for i in range(L):
                 # a select, not a branch: which codes are clamped is data, and unpredictable
-                o[i] = g[i] * m if (r[i] >= lo) & (r[i] <= hi) else zero
+                v = g[i] * m if (r[i] >= lo) & (r[i] <= hi) else zero
+                o[i] = v
+                s += v
+            sums[p, n] = s
+
+
+@threaded(ELEMENTWISE)
+def clamped_grad_rows(grad, raw, mult, lo, hi, out):
+    """:func:`clamped_grad_planes` for rows: grad, raw, out (M, N) float32, channels last."""
+    M, N = grad.shape
+    zero = np.float32(0.0)
+    for i in prange(M):
+        g = grad[i]
+        r = raw[i]
+        o = out[i]
+        for n in range(N):
+            o[n] = g[n] * mult[n] if (r[n] >= lo) & (r[n] <= hi) else zero
 
 
 @njit(cache=True)

@@ -120,12 +120,12 @@ def epoch_ratio(ckpt: str, repeats: int, train_limit: int | None) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="20 chips, 2 maps per rate, amounts 0,1,2,4, 1 repeat")
+    ap.add_argument("--quick", action="store_true", help="20 chips, 2 maps per rate, amounts 0,1,2,4")
     ap.add_argument("--digits-only", action="store_true", help="skip Fashion-MNIST")
     ap.add_argument("--tag", default="", help="name the outputs bench_fat-TAG.json / .md (default: bench_fat.json / .md)")
     ap.add_argument("--chips", type=int, default=50, help="chips per population (default 50)")
     ap.add_argument("--max-drop", type=float, default=0.03, help="accuracy drop allowed (default 0.03)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed epochs per method (default 3)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed epochs per method (default 3; 1 with --quick)")
     ap.add_argument("--fashion-train", type=int, default=3000, help="Fashion-MNIST training images used (default 3000)")
     ap.add_argument("--fashion-test", type=int, default=2000, help="Fashion-MNIST test images judged (default 2000)")
     ap.add_argument("--seed", type=int, default=0)
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     n_chips = 20 if args.quick else args.chips
-    repeats = 1 if args.quick else args.repeats
+    repeats = args.repeats if args.repeats is not None else 1 if args.quick else 3
     # (name, base epochs, train images, test images, amount grid, maps per rate)
     datasets = [("digits", 40, None, None, [0, 1, 2, 4] if args.quick else [0, 1, 2, 4, 8], 2 if args.quick else 3)]
     if args.digits_only:

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accel_models.quant import WEIGHT_QMAX, quantize_multiplier, quantize_weight
-from accel_models.twin_kernels import clamped_grad, layer_codes
+from accel_models.twin_kernels import clamped_grad_planes, clamped_grad_rows, layer_codes
 
 
 @st.composite
@@ -61,14 +61,21 @@ def test_clamped_grad_is_the_gradient_of_a_clamp(shape, lo, width, seed):
     hi = lo + width
     grad = torch.randn(shape, generator=gen)
     raw = torch.randint(lo - 3, hi + 4, shape, generator=gen).float()  # the bounds themselves included
-    mult = torch.rand(shape[1], generator=gen, dtype=torch.float64)
-    out = torch.empty_like(grad)
-    clamped_grad(grad.numpy(), raw.numpy(), mult.float().numpy(), np.float32(lo), np.float32(hi), out.numpy(),
-                 work=grad.numel())
+    mult = torch.rand(shape[1], generator=gen, dtype=torch.float64).float()
     x = raw.clone().requires_grad_()
     (torch.clamp(x, lo, hi) * 1.0).backward(grad)
-    expected = x.grad * mult.float().view(1, -1, 1)
+    expected = x.grad * mult.view(1, -1, 1)
+    out, sums = torch.empty_like(grad), np.empty(shape[:2], dtype=np.float32)
+    clamped_grad_planes(grad.numpy(), raw.numpy(), mult.numpy(), np.float32(lo), np.float32(hi), out.numpy(), sums,
+                        work=grad.numel())
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    torch.testing.assert_close(torch.from_numpy(sums), expected.sum(dim=2), rtol=1e-5, atol=1e-5)
+    rows = shape[0] * shape[2]
+    g2, r2 = grad.permute(0, 2, 1).reshape(rows, -1).contiguous(), raw.permute(0, 2, 1).reshape(rows, -1).contiguous()
+    out2 = torch.empty_like(g2)
+    clamped_grad_rows(g2.numpy(), r2.numpy(), mult.numpy(), np.float32(lo), np.float32(hi), out2.numpy(),
+                      work=g2.numel())
+    torch.testing.assert_close(out2, expected.permute(0, 2, 1).reshape(rows, -1), rtol=0, atol=0)
 
 
 def test_layer_codes_fixed_point_at_powers_of_two():
