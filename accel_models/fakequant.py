@@ -273,6 +273,8 @@ def _integer_gemm(x: torch.Tensor, wq: torch.Tensor, op: Gemm) -> torch.Tensor:
         k = wq[0].numel()
         return (x if x.dim() > 2 and x.shape[-1] == k else x.reshape(x.shape[0], -1)) @ wq.reshape(wq.shape[0], -1).t()
     ph, pw = op.padding
+    if not op.in_qp.zero_point:  # zero padding is the convolution's own
+        return F.conv2d(x, wq, stride=op.stride, padding=(ph, pw), groups=op.groups)
     xp = F.pad(x, (pw, pw, ph, ph), value=float(op.in_qp.zero_point)) if (ph or pw) else x
     return F.conv2d(xp, wq, stride=op.stride, groups=op.groups)
 
