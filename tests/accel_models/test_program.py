@@ -449,7 +449,7 @@ def test_threaded_kernels_parallel_equals_serial(zoo, digits, name, dataflow):
 
         replay = direct_chains.parallel.signatures or direct_chains_simd.parallel.signatures
         # which fix kernel runs depends on the layout of the product (planes, or pixels from int8)
-        fixes = (fix._apply_fix, fix._apply_fix_pixels, fix._apply_fix_pixels_from_planes, fix._apply_fix_rows)
+        fixes = (fix._apply_fix, fix._apply_fix_pixels, fix._apply_fix_rows)
         assert replay and any(k.parallel.signatures for k in fixes)
 
 

@@ -61,14 +61,12 @@ def apply_fix(y: torch.Tensor, fix: ChainFix, saturate: int = 1 << 31) -> None:
         tot = np.ascontiguousarray(tot.transpose(0, 2, 1))  # into the planes' order
     bounds, work = (np.int32(lo), np.int32(hi)), B * N * oh * ow
     if cl:
-        starts = np.flatnonzero(np.diff(fix.n_idx, prepend=-2) != 1)  # runs of consecutive channels
-        runs = np.stack([starts, np.diff(starts, append=len(fix.n_idx))], axis=1)
         pixels = target.permute(0, 2, 3, 1).numpy().reshape(B, oh * ow, N)
         if tot is None:
-            _force_pixels(pixels, runs, fix.n_idx, fix.keep, fix.ones, *bounds, work=work)
+            _force_pixels(pixels, fix.n_idx, fix.keep, fix.ones, *bounds, work=work)
         else:
-            kernel = _apply_fix_pixels if fix.pixel_major else _apply_fix_pixels_from_planes
-            kernel(pixels, runs, fix.n_idx, tot, fix.add, *bounds, work=work)
+            _apply_fix_pixels(pixels, fix.n_idx, tot if fix.pixel_major else tot.transpose(0, 2, 1), fix.add, *bounds,
+                              work=work)
     elif tot is None:
         _force_planes(target.numpy().reshape(B, N, oh * ow), fix.n_idx, fix.keep, fix.ones, *bounds, work=work)
     else:
@@ -111,49 +109,27 @@ def _apply_fix_rows(y, n_idx, tot, add, lo, hi):
             y[b, n_idx[o]] = _corrected(y[b, n_idx[o]], tot[b, o], add, lo, hi)
 
 
-_TILE = 16  # pixels a channels-last fix transposes at a time
+_TILE = 64  # pixels per task of a channels-last fix: their cache lines stay in L1 across its outputs
 
 
 @threaded(ELEMENTWISE)
-def _apply_fix_pixels(y, runs, n_idx, tot, add, lo, hi):
-    """y (B, L, N) the pixels of a channels-last output, tot (B, L, O): pixel by pixel, each run
-    of consecutive channels (``runs`` (n, 2): first replayed output, length) a contiguous,
-    vectorised loop."""
-    B, L = y.shape[:2]
-    for bp in prange(B * L):
-        _apply_runs(y[bp // L, bp % L], tot[bp // L, bp % L], runs, n_idx, add, lo, hi)
-
-
-@threaded(ELEMENTWISE)
-def _apply_fix_pixels_from_planes(y, runs, n_idx, tot, add, lo, hi):
-    """y (B, L, N) the pixels of a channels-last output, tot (B, O, >= L): by tiles of ``_TILE``
-    pixels, whose totals are first transposed into a buffer (short runs of every row of
-    ``tot``), then applied pixel by pixel as :func:`_apply_fix_pixels`."""
+def _apply_fix_pixels(y, n_idx, tot, add, lo, hi):
+    """y (B, L, N) the pixels of a channels-last output, tot (B, >= L, O) (any strides: the
+    planes' totals are passed transposed): by tiles of ``_TILE`` pixels, one replayed output at
+    a time over the tile (a replayed channel is one value of a pixel's cache line; the tile's
+    lines are loaded once for all its outputs)."""
     B, L = y.shape[:2]
     O = n_idx.shape[0]
     nt = (L + _TILE - 1) // _TILE
     for bt in prange(B * nt):
         b = bt // nt
         p0 = (bt % nt) * _TILE
-        p1 = min(L, p0 + _TILE)
-        buf = np.empty((_TILE, O), dtype=np.int32)
+        yb = y[b]
+        tb = tot[b]
         for o in range(O):
-            src = tot[b, o, p0:p1]
-            for p in range(p1 - p0):
-                buf[p, o] = src[p]
-        for p in range(p1 - p0):
-            _apply_runs(y[b, p0 + p], buf[p], runs, n_idx, add, lo, hi)
-
-
-@njit(cache=True, inline="always")
-def _apply_runs(yp, tp, runs, n_idx, add, lo, hi):
-    """One pixel: ``yp`` (N,) its channels, ``tp`` (O,) its replayed outputs' totals."""
-    for j in range(runs.shape[0]):
-        o0, n = runs[j, 0], runs[j, 1]
-        ys = yp[n_idx[o0]:n_idx[o0] + n]
-        ts = tp[o0:o0 + n]
-        for i in range(n):
-            ys[i] = _corrected(ys[i], ts[i], add, lo, hi)
+            n = n_idx[o]
+            for p in range(p0, min(L, p0 + _TILE)):
+                yb[p, n] = _corrected(yb[p, n], tb[p, o], add, lo, hi)
 
 
 @threaded(ELEMENTWISE)
@@ -170,16 +146,18 @@ def _force_planes(y, n_idx, keep, ones, lo, hi):
 
 
 @threaded(ELEMENTWISE)
-def _force_pixels(y, runs, n_idx, keep, ones, lo, hi):
-    """``tot`` None (see :class:`ChainFix`), y (B, L, N) the pixels of a channels-last output:
-    pixel by pixel, each run of consecutive channels one vectorised loop."""
+def _force_pixels(y, n_idx, keep, ones, lo, hi):
+    """``tot`` None (see :class:`ChainFix`), y (B, L, N) the pixels of a channels-last output: by
+    tiles of pixels as :func:`_apply_fix_pixels`."""
     B, L = y.shape[:2]
-    for bp in prange(B * L):
-        yp = y[bp // L, bp % L]
-        for j in range(runs.shape[0]):
-            o0, n = runs[j, 0], runs[j, 1]
-            ys = yp[n_idx[o0]:n_idx[o0] + n]
-            ks = keep[o0:o0 + n]
-            ons = ones[o0:o0 + n]
-            for i in range(n):
-                ys[i] = min(max(force_i32(np.int32(ys[i]), ks[i], ons[i], _SIGN32), lo), hi)
+    O = n_idx.shape[0]
+    nt = (L + _TILE - 1) // _TILE
+    for bt in prange(B * nt):
+        b = bt // nt
+        p0 = (bt % nt) * _TILE
+        yb = y[b]
+        for o in range(O):
+            n, k, on = n_idx[o], keep[o], ones[o]
+            for p in range(p0, min(L, p0 + _TILE)):
+                yb[p, n] = min(max(force_i32(np.int32(yb[p, n]), k, on, _SIGN32), lo), hi)
+
