@@ -273,11 +273,16 @@ ENGINES_MISSES = (
     "instructions, which numba does not emit) that reads the stream once and keeps each fold's prefix sums in "
     "registers through the chain, never storing the segment sums.")
 INFERENCE_MISSES = (
-    "Where inference and campaigns miss: the fault-free part of a convolution runs on whichever of the int8 "
-    "and float32 kernels measures faster, but the psum replay of a faulty convolution is the float32 direct "
-    "replay (ResNet-20 at batch 256, 2 threads: 157 ms fault-free, 339 ms with 1% psum-faulty PEs), so a faulty "
-    "chip costs about twice a fault-free one. What would close it: the replay's segment sums on int8 (as the GEMM "
-    "replay does) or the fused kernel described under Engines.")
+    "Where inference and campaigns miss: fault-free, ResNet-20 at batch 256 (2 threads) already runs at about "
+    "1.2-1.4x float32 (the same convolutions on the faster of the float32 and int8 kernels, plus the integer "
+    "post-processing), so 1.2x with faults would need the fault-free part faster than float32. A faulty chip "
+    "then adds about the fault-free cost again: the psum replay of the faulty columns (about 50 ms per run, the "
+    "float32 direct replay), writing the replayed outputs into the channels-last sums (about 50 ms: each "
+    "replayed channel is one value of every pixel's cache line) and the requantization. What would close it: "
+    "the replayed outputs applied inside the requantization's own pass over the sums, the replay's segment sums "
+    "on int8 (as the GEMM replay does) or the fused kernel described under Engines. For LeNet-5 and for a "
+    "campaign's chips the cost is per call: each faulty layer's replay plan, replay, fix and requantization are "
+    "separate steps of tens of microseconds.")
 FAT_MISSES = (
     "Where stuck-at FAT misses (LeNet-5, batch 64, one thread): on Fashion-MNIST a step costs about 11 ms against "
     "5.5 ms in float32. The twin's forward takes about 4.5 ms against float32's 2.5 (per layer one autograd step "
