@@ -403,8 +403,7 @@ def layer_accumulators(x: torch.Tensor, op: Gemm, chip: Chip, *, saturate: bool 
     which the chip returns itself when it changes none of them (see :class:`sysarray.ConvHints`).
     """
     x = gather_input(x, op)
-    hints = ConvHints(x_bound=max(-op.in_qp.qmin, op.in_qp.qmax),  # the codes are clamped to their range
-                      saturate=saturation(op) if saturate else None, clean=clean)
+    hints = _layer_hints(op, saturate, clean)
     signed = op.in_qp.signed
     if op.kind == "linear":
         w = op.weight.reshape(op.out_channels, -1)
@@ -414,18 +413,37 @@ def layer_accumulators(x: torch.Tensor, op: Gemm, chip: Chip, *, saturate: bool 
                        groups=op.groups, act_signed=signed, hints=hints)
 
 
+def _layer_hints(op: Gemm, saturate: bool, clean: torch.Tensor | None) -> ConvHints:
+    """What the program knows of one Gemm op's call on the chip (:class:`sysarray.ConvHints`)."""
+    return ConvHints(x_bound=max(-op.in_qp.qmin, op.in_qp.qmax),  # the codes are clamped to their range
+                     saturate=saturation(op) if saturate else None, clean=clean)
+
+
 def run_gemm_layer(x: torch.Tensor, op: Gemm, chip: Chip, clean: LayerTrace | None = None, *,
-                   saturate: bool = True) -> tuple[torch.Tensor, torch.Tensor, list[GemmStats]]:
+                   saturate: bool = True, keep_acc: bool = True) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                          list[GemmStats]]:
     """Run one Gemm op on codes ``x`` on ``chip``: returns ``(out, acc, stats)`` with ``out`` the
     output codes, ``acc`` the accumulators (:func:`layer_accumulators`) and one GemmStats per
     GEMM. ``clean``: the layer's fault-free trace, for an ``x`` equal to the fault-free run's
     (see :class:`CleanTrace`); when the chip leaves the accumulators unchanged, ``out`` is the
-    traced output."""
+    traced output. ``keep_acc=False``: the caller does not read ``acc``, which may then be None
+    where a faulty chip's replayed outputs are applied within the requantization's pass
+    (:meth:`sysarray.Chip.conv2d_deferred`)."""
     if clean is None:
         done = _clean_linear_layer(x, op, chip)
         if done is not None:
             return done
-    acc, stats = layer_accumulators(x, op, chip, saturate=saturate, clean=None if clean is None else clean.acc)
+    if not keep_acc and op.kind == "conv" and op.out_qp is not None and op.clip_codes is None and op.out_order is None:
+        y, correction, stats = chip.conv2d_deferred(gather_input(x, op), op.weight, stride=op.stride,
+                                                    padding=op.padding, pad_value=op.in_qp.zero_point,
+                                                    groups=op.groups, act_signed=op.in_qp.signed,
+                                                    hints=_layer_hints(op, saturate, None if clean is None else clean.acc))
+        if correction is not None:
+            return requantize_clamp(y, op.bias, op.m0, op.shift, op.out_qp.zero_point, op.lo, op.hi,
+                                    correction=correction), None, stats
+        acc = y
+    else:
+        acc, stats = layer_accumulators(x, op, chip, saturate=saturate, clean=None if clean is None else clean.acc)
     if clean is not None and acc is clean.acc and clean.out is not None:
         return clean.out, acc, stats
     out = postprocess(acc, op)
@@ -552,10 +570,12 @@ class Program:
 
     def execute(self, images: torch.Tensor, chip: Chip, on_layer: Callable | None = None,
                 reference: BatchTrace | None = None, record: BatchTrace | None = None, record_bytes: int = 0,
-                saturate: bool = True) -> torch.Tensor:
+                saturate: bool = True, acc_values: bool = True) -> torch.Tensor:
         """Run every op on ``images`` (one batch), the chip layers on ``chip``. Returns the final
         int64 accumulators (N, classes); ``on_layer(op, x, acc, stats)`` sees every chip layer's
-        input codes, accumulators and GEMM timings. ``saturate``: hidden layers may take
+        input codes, accumulators and GEMM timings; ``acc_values=False``: it reads only their
+        shape, and a faulty layer whose replayed outputs are applied within its requantization
+        (:func:`run_gemm_layer`) passes its output codes in their place. ``saturate``: hidden layers may take
         accumulators clamped where their requantization saturates (:func:`saturation`; the
         outputs are the same, the accumulators ``on_layer`` sees are not exact then).
 
@@ -580,9 +600,10 @@ class Program:
                 env[op.output] = q.contiguous(memory_format=torch.channels_last) if q.dim() == 4 and not q.is_cuda else q
             elif isinstance(op, Gemm):
                 clean = reference.layers.get(op.name) if unchanged else None
-                out, acc, stats = run_gemm_layer(env[op.input], op, chip, clean, saturate=saturate)
+                out, acc, stats = run_gemm_layer(env[op.input], op, chip, clean, saturate=saturate,
+                                                 keep_acc=(on_layer is not None and acc_values) or recording)
                 if on_layer is not None:
-                    on_layer(op, env[op.input], acc, stats)
+                    on_layer(op, env[op.input], out if acc is None else acc, stats)  # None: the same shape
                 env[op.output] = out
                 unchanged = clean is not None and acc is clean.acc
                 layer = LayerTrace(acc, out)
@@ -756,7 +777,7 @@ class Program:
                 record[0].append(keep)
             batch = images[i:i + batch_size]
             run = partial(self.execute, batch, chip, on_layer, None if reference is None else reference.batches[b], keep,
-                          0 if record is None else record[1] // max(1, n_batches), saturate=not count)
+                          0 if record is None else record[1] // max(1, n_batches), saturate=not count, acc_values=count)
             accs.append(_measured_threads(run, (id(self), tuple(batch.shape), chip.config, faulty, count), chip))
         logits = self.logits_from(torch.cat(accs))
         layers = []

@@ -4,7 +4,8 @@ The public API is the names below and the public modules (:mod:`sysarray.config`
 :mod:`sysarray.faults`, :mod:`sysarray.faultgen`, :mod:`sysarray.faultio`,
 :mod:`sysarray.mapping`, :mod:`sysarray.timing`, :mod:`sysarray.runtime`,
 :mod:`sysarray.validation`, :mod:`sysarray.parallel`, :mod:`sysarray.tensor_memo`,
-:mod:`sysarray.atomic`, :mod:`sysarray.scalesim`, :mod:`sysarray.cli`); ``sysarray.engines`` is
+:mod:`sysarray.atomic`, :mod:`sysarray.scalesim`, :mod:`sysarray.corrections`, :mod:`sysarray.cli`);
+``sysarray.engines`` is
 internal. Importing sysarray changes nothing in the process; process tuning is the explicit call
 :func:`sysarray.runtime.configure` (see docs/design.md).
 """

@@ -232,6 +232,22 @@ class Chip:
         int32 values (int32, or float32 holding them; see :class:`ConvHints` for ``saturate``
         and ``clean``), and one :class:`GemmStats` per group.
         """
+        y, _, stats = self._conv2d(x, weight, stride, padding, pad_value, groups, act_signed, hints, False)
+        return y, stats
+
+    def conv2d_deferred(self, x: torch.Tensor, weight: torch.Tensor, *, stride=(1, 1), padding=(0, 0),
+                        pad_value: float = 0, groups: int = 1, act_signed: bool = False,
+                        hints: ConvHints | None = None):
+        """:meth:`conv2d` with the replayed outputs of a faulty layer returned apart where that
+        saves a pass: ``(y, correction, stats)``. ``correction`` None: ``y`` is :meth:`conv2d`'s
+        result. Otherwise (fast engine on CPU, a channels-last result) ``y`` holds the fault-free
+        sums at the replayed outputs (it may be ``hints.clean`` itself: not to be written) and
+        ``correction`` (:class:`sysarray.corrections.Correction`) gives the outputs the faults
+        change, for a caller that reads the whole result anyway to apply in that same pass. The
+        ``saturate`` hint does not reach the deferred outputs (they stay exact)."""
+        return self._conv2d(x, weight, stride, padding, pad_value, groups, act_signed, hints, True)
+
+    def _conv2d(self, x, weight, stride, padding, pad_value, groups, act_signed, hints, defer: bool):
         hints = _NO_HINTS if hints is None else hints
         stride, padding = _pair(stride, "stride", "Chip.conv2d", 1), _pair(padding, "padding", "Chip.conv2d", 0)
         N = int(weight.shape[0])
@@ -240,14 +256,14 @@ class Chip:
         if self.engine is Engine.CYCLE:
             y = conv_by_gemms(x, weight, stride, padding, pad_value, groups,
                               lambda a, w: self.bmm(a, w, act_signed=act_signed)[0])
-            return y, stats
-        from sysarray.engines.conv import fast_conv2d_exact
+            return y, None, stats
+        from sysarray.engines.conv import fast_conv2d_deferred
 
-        y = fast_conv2d_exact(x, weight, self.config, self.faults, stride=stride, padding=padding,
-                              pad_value=pad_value, groups=groups, act_signed=act_signed,
-                              masks=self.masks(act_signed), x_bound=hints.x_bound, saturate=hints.saturate,
-                              clean=hints.clean)
-        return y, stats
+        y, fix = fast_conv2d_deferred(x, weight, self.config, self.faults, stride=stride, padding=padding,
+                                      pad_value=pad_value, groups=groups, act_signed=act_signed,
+                                      masks=self.masks(act_signed), x_bound=hints.x_bound, saturate=hints.saturate,
+                                      clean=hints.clean, defer=defer)
+        return y, fix, stats
 
     def clean_linear(self, weight: torch.Tensor, *, act_signed: bool = False, x_bound: int | None = None):
         """:meth:`linear` of ``weight`` (N, K) int8 values on this chip prepared once for every

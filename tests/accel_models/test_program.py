@@ -275,6 +275,31 @@ def test_cycle_and_fast_engines_identical_on_faulty_chip(zoo, digits, dataflow, 
     assert [l.cycles for l in fast.layers] == [l.cycles for l in cycle.layers]
 
 
+@pytest.mark.parametrize("psum_bits", [32, 20])
+def test_replayed_outputs_applied_within_the_requantization_equal_the_cycle_engine(psum_bits, monkeypatch):
+    """Without counted changes, a faulty layer's replayed outputs reach its output codes inside
+    the requantization's pass (Chip.conv2d_deferred) where the convolution's result is
+    channels-last (a 3-channel input): the logits equal the cycle engine's, and the fused pass
+    ran."""
+    from accel_models import quant
+
+    ran = []
+    real = quant._requantize_corrected
+    monkeypatch.setattr(quant, "_requantize_corrected", lambda *a: ran.append(1) or real(*a))
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.ReLU(), nn.Conv2d(12, 20, 3, stride=2), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(20 * 3 * 3, 10)).eval()
+    x = torch.rand(9, 3, 8, 8)
+    program = lower(model, torch.rand(64, 3, 8, 8))
+    cfg = ArrayConfig(8, 8, "ws", psum_bits=psum_bits)
+    fm = FaultMap.random(cfg, 0.2, registers=("psum",), seed=5, psum_bits=psum_bits)
+    fm = fm.add(2, 1, "psum", psum_bits - 2, 1).add(5, 3, "psum", 12, 0)
+    fast = program.run(x, cfg, fm, count_changes=False)
+    cycle = program.run(x, cfg, fm, engine="cycle", count_changes=False)
+    torch.testing.assert_close(fast.logits, cycle.logits, rtol=0, atol=0)
+    assert ran
+
+
 def test_faults_change_outputs_and_fault_free_does_not(zoo, digits):
     program, x = zoo["lenet"].program, digits.test_x[:64]
     cfg = ArrayConfig(8, 8)

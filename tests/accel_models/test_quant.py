@@ -161,3 +161,51 @@ def test_float64_check_settles_products_near_2_63_exactly():
     m0, shift = torch.tensor([(1 << 31) - 1]), torch.tensor([16])
     assert quant._float64_requantize_ok(acc, torch.tensor([1 << 31]), m0, shift)
     assert not quant._float64_requantize_ok(acc, torch.tensor([(1 << 31) + 3]), m0, shift)  # 2**63 + 2**31 - 3
+
+
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), as_float=st.booleans(), mode=st.sampled_from(["add", "replace", "read back"]),
+       order=st.sampled_from(["planes", "padded planes", "pixels"]), parallel=st.booleans())
+def test_requantize_with_a_correction_equals_correcting_first(seed, as_float, mode, order, parallel):
+    """requantize_clamp(acc, ..., correction=c) on a channels-last acc equals requantizing the
+    sums sysarray's apply_fix corrects, for every kind of correction (totals added or replacing,
+    plane or pixel order, or the sums read back through a register), float32 or int32 sums, one
+    tile of pixels or several."""
+    from sysarray.corrections import Correction
+    from sysarray.engines.conv.fix import apply_fix
+
+    rng = np.random.default_rng(seed)
+    B, N = int(rng.integers(1, 4)), int(rng.integers(1, 9))
+    H, W = (int(rng.integers(1, 5)), int(rng.integers(1, 5))) if seed % 2 else (9, 15)
+    H, W = (H, W + 1) if H * W == 1 else (H, W)  # 1x1 images are no channels-last layout of their own
+    top = (1 << 24) if as_float else (1 << 31)
+    y = torch.from_numpy(rng.integers(-top, top, size=(B, N, H, W), dtype=np.int64))
+    y = (y.to(torch.float32) if as_float else y.to(torch.int32)).contiguous(memory_format=torch.channels_last)
+    O = int(rng.integers(1, N + 1))
+    n_idx = np.sort(rng.choice(N, size=O, replace=False)).astype(np.int64)
+    tot = rng.integers(-(1 << 31), 1 << 31, size=(B, O, H * W), dtype=np.int64).astype(np.int32)
+    if mode == "read back":
+        stuck = rng.integers(0, 1 << 32, size=O) & rng.integers(0, 1 << 32, size=O)
+        keep, ones = (~stuck & 0xFFFFFFFF).astype(np.uint32).view(np.int32), (stuck & rng.integers(0, 1 << 32, size=O))
+        c = Correction(n_idx, None, True, keep=keep, ones=ones.astype(np.uint32).view(np.int32))
+    elif order == "pixels":
+        c = Correction(n_idx, np.ascontiguousarray(tot.transpose(0, 2, 1)), mode == "add", pixel_major=True)
+    else:
+        pad = 3 if order == "padded planes" else 0
+        padded = np.zeros((B, O, H * W + pad), dtype=np.int32)
+        padded[..., :H * W] = tot
+        c = Correction(n_idx, padded, mode == "add")
+    bias = torch.from_numpy(rng.integers(-1000, 1000, size=N))
+    m0 = torch.from_numpy(rng.integers(1 << 30, 1 << 31, size=N))
+    shift = torch.from_numpy(rng.integers(20, 45, size=N))
+    zp, lo, hi = int(rng.integers(-128, 128)), -128, 127
+    quant._requantize_corrected_kernel.force = "parallel" if parallel else "serial"
+    try:
+        got = quant.requantize_clamp(y, bias, m0, shift, zp, lo, hi, correction=c)
+    finally:
+        quant._requantize_corrected_kernel.force = None
+    fixed = y.to(torch.int32).contiguous(memory_format=torch.channels_last)
+    apply_fix(fixed, c)
+    want = _reference_requantize(fixed.reshape(B, N, -1), bias, m0, shift, zp, lo, hi).reshape(B, N, H, W)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.to(torch.float64), want, rtol=0, atol=0)

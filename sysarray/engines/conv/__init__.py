@@ -10,9 +10,9 @@
 
 Grouped and depthwise convolutions take the same paths, every group's GEMM at once.
 """
-from sysarray.engines.conv.conv2d import by_im2col, conv_native_ok, fast_conv2d, fast_conv2d_exact
+from sysarray.engines.conv.conv2d import by_im2col, conv_native_ok, fast_conv2d, fast_conv2d_deferred, fast_conv2d_exact
 from sysarray.engines.conv.fix import ChainFix, apply_fix
 from sysarray.engines.conv.settings import DEFAULT, Kernel, Replay, ReplaySettings
 
 __all__ = ["ChainFix", "DEFAULT", "Kernel", "Replay", "ReplaySettings", "apply_fix", "by_im2col", "conv_native_ok",
-           "fast_conv2d", "fast_conv2d_exact"]
+           "fast_conv2d", "fast_conv2d_deferred", "fast_conv2d_exact"]

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from sysarray.config import ArrayConfig, Dataflow
 from sysarray.engines.conv.exact import F32_LIMIT, exact_conv
-from sysarray.engines.conv.fix import apply_fix, is_pixel_major
+from sysarray.engines.conv.fix import ChainFix, apply_fix, is_pixel_major
 from sysarray.engines.conv.pointwise import pointwise_gemm
 from sysarray.engines.conv.replay_conv import replay_by_segment_conv
 from sysarray.engines.conv.replay_direct import replay_direct
@@ -91,16 +91,32 @@ def fast_conv2d_exact(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, f
     sent, the fault-free part of the result is then ``clean`` instead of a new convolution; and
     when no output is replayed either, the call returns ``clean`` itself (not a copy: callers
     tell an unchanged layer by identity, ``y is clean``)."""
+    y, fix = fast_conv2d_deferred(x, weight, cfg, faults, stride=stride, padding=padding, pad_value=pad_value,
+                                  groups=groups, act_signed=act_signed, masks=masks, x_bound=x_bound,
+                                  saturate=saturate, clean=clean, settings=settings, defer=False)
+    return y
+
+
+def fast_conv2d_deferred(x: torch.Tensor, weight: torch.Tensor, cfg: ArrayConfig, faults: FaultMap | None, *,
+                         stride=(1, 1), padding=(0, 0), pad_value: float = 0.0, groups: int = 1,
+                         act_signed: bool = False, masks: ChipMasks | None = None, x_bound: int | None = None,
+                         saturate: int | None = None, clean: torch.Tensor | None = None,
+                         settings: ReplaySettings = DEFAULT, defer: bool = True) -> tuple[torch.Tensor, ChainFix | None]:
+    """:func:`fast_conv2d_exact` as ``(y, fix)``: with ``defer``, a CPU replay's :class:`ChainFix`
+    on a channels-last result is returned unapplied, ``y`` holding the plain sums at the replayed
+    outputs (``y`` may be ``clean`` itself: not to be written); otherwise ``fix`` is None and
+    ``y`` complete (see :mod:`sysarray.corrections`)."""
     y, fix = _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks, x_bound,
                            clean, settings)
-    if fix is not None:
-        if saturate is not None and 0 < saturate <= F32_LIMIT and y.dtype == torch.float32:
-            y = y.clone() if y is clean else y
-        else:
-            y = y.to(torch.int32, copy=y is clean)
-            saturate = 1 << 31
-        apply_fix(y, fix, saturate)
-    return y
+    if fix is None or (defer and is_pixel_major(y)):
+        return y, fix
+    if saturate is not None and 0 < saturate <= F32_LIMIT and y.dtype == torch.float32:
+        y = y.clone() if y is clean else y
+    else:
+        y = y.to(torch.int32, copy=y is clean)
+        saturate = 1 << 31
+    apply_fix(y, fix, saturate)
+    return y, None
 
 
 # Layers that fit one row fold, and linear layers: the direct kernel or another replay, by measurement.

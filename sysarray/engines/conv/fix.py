@@ -65,8 +65,7 @@ def apply_fix(y: torch.Tensor, fix: ChainFix, saturate: int = 1 << 31) -> None:
         if tot is None:
             _force_pixels(pixels, fix.n_idx, fix.keep, fix.ones, *bounds, work=work)
         else:
-            _apply_fix_pixels(pixels, fix.n_idx, tot if fix.pixel_major else tot.transpose(0, 2, 1), fix.add, *bounds,
-                              work=work)
+            _apply_fix_pixels(pixels, fix.n_idx, totals_by_pixel(fix), fix.add, *bounds, work=work)
     elif tot is None:
         _force_planes(target.numpy().reshape(B, N, oh * ow), fix.n_idx, fix.keep, fix.ones, *bounds, work=work)
     else:
@@ -76,13 +75,30 @@ def apply_fix(y: torch.Tensor, fix: ChainFix, saturate: int = 1 << 31) -> None:
 
 
 @njit(cache=True, inline="always")
+def corrected(y, t, add):
+    """One replayed output, int32: ``wrap32(y + t)`` (``add``) or ``wrap32(t)``. In 32-bit lanes:
+    ``y`` is an integer (int32, or int64 holding a wrapped int32 value) or an integer float32
+    below 2**24 in magnitude (exact both ways), and an int32 sum truncated to 32 bits is the sum
+    mod 2**32 (int64 lanes would halve the vector width, and AVX2 cannot convert them from float)."""
+    return np.int32(np.int32(t) + np.int32(y)) if add else np.int32(t)
+
+
+@njit(cache=True, inline="always")
+def read_back(y, keep, ones):
+    """One replayed output without totals (``ChainFix.tot`` None), int32: the sum ``y`` read back
+    through its column's 32-bit register, ``keep`` and ``ones`` its int32 bit patterns."""
+    return force_i32(np.int32(y), keep, ones, _SIGN32)
+
+
+@njit(cache=True, inline="always")
 def _corrected(y, t, add, lo, hi):
-    """One replayed output: ``wrap32(y + t)`` (``add``) or ``wrap32(t)``, clamped to ``[lo,
-    hi]`` (int32). In 32-bit lanes: ``y`` is an int32 or an integer float32 below 2**24 in
-    magnitude (exact both ways), and an int32 sum truncated to 32 bits is the sum mod 2**32
-    (int64 lanes would halve the vector width, and AVX2 cannot convert them from float)."""
-    val = np.int32(np.int32(t) + np.int32(y)) if add else np.int32(t)
-    return min(max(val, lo), hi)
+    """:func:`corrected` clamped to ``[lo, hi]`` (int32)."""
+    return min(max(corrected(y, t, add), lo), hi)
+
+
+def totals_by_pixel(fix: ChainFix) -> np.ndarray:
+    """``fix.tot`` as (B, >= H*W, O), pixel by pixel (a transposed view of plane-ordered totals)."""
+    return fix.tot if fix.pixel_major else fix.tot.transpose(0, 2, 1)
 
 
 @threaded(ELEMENTWISE)
@@ -142,7 +158,7 @@ def _force_planes(y, n_idx, keep, ones, lo, hi):
         k = keep[bo % O]
         on = ones[bo % O]
         for p in range(L):
-            yp[p] = min(max(force_i32(np.int32(yp[p]), k, on, _SIGN32), lo), hi)
+            yp[p] = min(max(read_back(yp[p], k, on), lo), hi)
 
 
 @threaded(ELEMENTWISE)
@@ -159,5 +175,5 @@ def _force_pixels(y, n_idx, keep, ones, lo, hi):
         for o in range(O):
             n, k, on = n_idx[o], keep[o], ones[o]
             for p in range(p0, min(L, p0 + _TILE)):
-                yb[p, n] = min(max(force_i32(np.int32(yb[p, n]), k, on, _SIGN32), lo), hi)
+                yb[p, n] = min(max(read_back(yb[p, n], k, on), lo), hi)
 
