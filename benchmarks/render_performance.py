@@ -274,15 +274,18 @@ ENGINES_MISSES = (
     "registers through the chain, never storing the segment sums.")
 INFERENCE_MISSES = (
     "Where inference and campaigns miss: fault-free, ResNet-20 at batch 256 (2 threads) already runs at about "
-    "1.2-1.4x float32 (the same convolutions on the faster of the float32 and int8 kernels, plus the integer "
-    "post-processing), so 1.2x with faults would need the fault-free part faster than float32. A faulty chip "
-    "then adds about the fault-free cost again: the psum replay of the faulty columns (about 50 ms per run, the "
-    "float32 direct replay), writing the replayed outputs into the channels-last sums (about 50 ms: each "
-    "replayed channel is one value of every pixel's cache line) and the requantization. What would close it: "
-    "the replayed outputs applied inside the requantization's own pass over the sums, the replay's segment sums "
-    "on int8 (as the GEMM replay does) or the fused kernel described under Engines. For LeNet-5 and for a "
-    "campaign's chips the cost is per call: each faulty layer's replay plan, replay, fix and requantization are "
-    "separate steps of tens of microseconds.")
+    "1.1-1.4x float32 (the same convolutions on the faster of the float32 and int8 kernels, plus the integer "
+    "post-processing), so 1.2x with faults would need the fault-free part faster than float32. With 1% "
+    "psum-faulty PEs a run spends about 42% of its time in those convolutions, 15% replaying the faulty "
+    "columns' outputs (the float32 direct replay), 21% requantizing with the replayed outputs applied in the "
+    "same pass (a replayed channel is one value of every pixel's cache line, so applying it on its own was a "
+    "pass over the layer) and 6% in residual adds (py-spy samples). What would close it: the replay's segment "
+    "sums on int8 (as the GEMM replay does) or the fused kernel described under Engines, and int8 convolutions "
+    "faster than float32's. For LeNet-5 and for a campaign's chips the cost is per call: each faulty layer's "
+    "replay plan, replay, fix and requantization are separate steps of tens of microseconds. The process "
+    "tuning costs ResNet-20 here (untuned/tuned below 1): with numba's OpenMP threading layer instead of the "
+    "workqueue layer `configure()` selects, the other settings kept, faulty ResNet-20 took 217-229 ms against "
+    "304-325 ms in alternating processes; choosing the layer by measurement per machine would take that.")
 FAT_MISSES = (
     "Where stuck-at FAT misses (LeNet-5, batch 64, one thread): on Fashion-MNIST a step costs about 11 ms against "
     "5.5 ms in float32. The twin's forward takes about 4.5 ms against float32's 2.5 (per layer one autograd step "
