@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from accel_models.fakequant import FakeQuantProgram, ste
+from accel_models.fakequant import FakeQuantProgram
 from accel_models.matmul import MatMul, chip_total
 from accel_models.program import Gemm, Program, layer_accumulators
 from sysarray import ArrayConfig, Chip, Dataflow, FaultMap, mapping

@@ -23,8 +23,6 @@ dataflows, psum registers narrow enough for a fold to wrap) go through ``im2col`
 """
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 
