@@ -409,8 +409,13 @@ def layer_accumulators(x: torch.Tensor, op: Gemm, chip: Chip, *, saturate: bool 
         w = op.weight.reshape(op.out_channels, -1)
         acc, stats = chip.linear(x.reshape(-1, w.shape[1]), w, act_signed=signed, hints=hints)
         return acc, [stats]
-    return chip.conv2d(x, op.weight, stride=op.stride, padding=op.padding, pad_value=op.in_qp.zero_point,
-                       groups=op.groups, act_signed=signed, hints=hints)
+    return chip.conv2d(x, op.weight, **_conv_arguments(op), hints=hints)
+
+
+def _conv_arguments(op: Gemm) -> dict:
+    """A conv op's geometry and input coding as :meth:`sysarray.Chip.conv2d` takes them."""
+    return dict(stride=op.stride, padding=op.padding, pad_value=op.in_qp.zero_point, groups=op.groups,
+                act_signed=op.in_qp.signed)
 
 
 def _layer_hints(op: Gemm, saturate: bool, clean: torch.Tensor | None) -> ConvHints:
@@ -434,9 +439,7 @@ def run_gemm_layer(x: torch.Tensor, op: Gemm, chip: Chip, clean: LayerTrace | No
         if done is not None:
             return done
     if not keep_acc and op.kind == "conv" and op.out_qp is not None and op.clip_codes is None and op.out_order is None:
-        y, correction, stats = chip.conv2d_deferred(gather_input(x, op), op.weight, stride=op.stride,
-                                                    padding=op.padding, pad_value=op.in_qp.zero_point,
-                                                    groups=op.groups, act_signed=op.in_qp.signed,
+        y, correction, stats = chip.conv2d_deferred(gather_input(x, op), op.weight, **_conv_arguments(op),
                                                     hints=_layer_hints(op, saturate, None if clean is None else clean.acc))
         if correction is not None:
             return requantize_clamp(y, op.bias, op.m0, op.shift, op.out_qp.zero_point, op.lo, op.hi,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from sysarray.corrections import Correction, corrected, read_back, totals_by_pixel
+from sysarray.corrections import TILE, Correction, pixel_arrays, replayed
 from sysarray.parallel import ELEMENTWISE, MeasuredChoice, threaded
 from sysarray.tensor_memo import TensorMemo
 from sysarray.validation import check_float
@@ -117,15 +117,14 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
     channels-last CPU ``acc`` (B, N, H, W) first (:meth:`sysarray.Chip.conv2d_deferred`), in the
     same pass.
     """
-    if correction is not None:
-        return _requantize_corrected(acc, bias, m0, shift, zero_point, lo, hi, correction,
-                                     _params(bias, m0, shift) if memo else _Params(bias, m0, shift))
     if acc.device.type != "cpu":
         shape = (1, -1) + (1,) * (acc.dim() - 2)
         q = requantize(acc.to(torch.int64) + bias.to(acc.device).view(shape), m0.to(acc.device).view(shape),
                        shift.to(acc.device).view(shape))
         return (q + zero_point).clamp(lo, hi).to(torch.float32)
     params = _params(bias, m0, shift) if memo else _Params(bias, m0, shift)
+    if correction is not None:
+        return _requantize_corrected(acc, zero_point, lo, hi, correction, params)
     exact_f64 = _float64_requantize_ok(acc, bias, m0, shift, params)
     bias, m0, shift = params.arrays
     B, N = acc.shape[:2]
@@ -163,42 +162,34 @@ def _requantize_on(exact_f64: bool, f64_kernel, int64_kernel, args: tuple, chann
     _REQUANTIZE(key, {"float64": lambda: f64_kernel(*args, work=work), "int64": lambda: int64_kernel(*args, work=work)})
 
 
-def _requantize_corrected(acc: torch.Tensor, bias, m0, shift, zero_point: int, lo: int, hi: int,
-                          correction: Correction, params: _Params) -> torch.Tensor:
+def _requantize_corrected(acc: torch.Tensor, zero_point: int, lo: int, hi: int, correction: Correction,
+                          params: _Params) -> torch.Tensor:
     """:func:`requantize_clamp` of a channels-last ``acc`` with ``correction`` applied on the way."""
     B, N, H, W = acc.shape
     out = torch.empty_like(acc, dtype=torch.float32, memory_format=torch.channels_last)
     pixels = lambda t: t.permute(0, 2, 3, 1).reshape(B, H * W, N)  # noqa: E731  views of channels-last data
-    bias_a, m0_a, shift_a = params.arrays
-    c = correction
-    forced = c.tot is None
-    tot = np.zeros((1, 1, 1), dtype=np.int32) if forced else totals_by_pixel(c)
-    none = np.zeros(0, dtype=np.int32)
-    _requantize_corrected_kernel(pixels(acc).numpy(), bias_a, m0_a, shift_a, int(zero_point), int(lo), int(hi),
-                                 pixels(out).numpy(), c.n_idx, tot, bool(c.add), forced,
-                                 none if c.keep is None else c.keep, none if c.ones is None else c.ones,
+    _requantize_corrected_kernel(pixels(acc).numpy(), *params.arrays, int(zero_point), int(lo), int(hi),
+                                 pixels(out).numpy(), correction.n_idx, *pixel_arrays(correction, B),
                                  work=acc.numel())
     return out
 
 
-_CORRECTION_TILE = 64  # pixels per task: their cache lines stay in L1 while the replayed outputs are corrected
-
-
 @threaded(ELEMENTWISE)
 def _requantize_corrected_kernel(acc, bias, m0, shift, zp, lo, hi, out, n_idx, tot, add, forced, keep, ones):
-    """acc, out (B, L, N) channels-last; tot (B, >= L, O) any strides (unused when ``forced``);
-    by tiles of pixels: every output requantized, then each replayed one recomputed from its
-    corrected sum (:func:`sysarray.corrections.corrected` or ``read_back``) while the tile's
-    lines are in cache."""
+    """acc, out (B, L, N) channels-last; tot, add, forced, keep, ones as
+    :func:`sysarray.corrections.pixel_arrays` gives them. By tiles of pixels: every output
+    requantized, then each replayed one recomputed from its corrected sum
+    (:func:`sysarray.corrections.replayed`) while the tile's lines are in cache."""
     B, L, N = acc.shape
     O = n_idx.shape[0]
-    nt = (L + _CORRECTION_TILE - 1) // _CORRECTION_TILE
+    nt = (L + TILE - 1) // TILE
     for bt in prange(B * nt):
         b = bt // nt
-        p0 = (bt % nt) * _CORRECTION_TILE
-        p1 = min(L, p0 + _CORRECTION_TILE)
+        p0 = (bt % nt) * TILE
+        p1 = min(L, p0 + TILE)
         ab = acc[b]
         ob = out[b]
+        tb = tot[b]
         for i in range(p0, p1):
             for n in range(N):
                 ob[i, n] = _requantize_i64(ab[i, n], bias[n], m0[n], np.int64(1) << (shift[n] - 1), shift[n], zp, lo,
@@ -207,14 +198,14 @@ def _requantize_corrected_kernel(acc, bias, m0, shift, zp, lo, hi, out, n_idx, t
             n = n_idx[o]
             bi, m, sh = bias[n], m0[n], shift[n]
             half = np.int64(1) << (sh - 1)
-            if forced:
-                k, on = keep[o], ones[o]
+            if forced:  # a constant flag per loop, which the inlined branch folds away
                 for i in range(p0, p1):
-                    ob[i, n] = _requantize_i64(read_back(ab[i, n], k, on), bi, m, half, sh, zp, lo, hi)
+                    ob[i, n] = _requantize_i64(replayed(ab[i, n], tb, i, o, add, True, keep, ones), bi, m, half, sh,
+                                               zp, lo, hi)
             else:
-                tb = tot[b]
                 for i in range(p0, p1):
-                    ob[i, n] = _requantize_i64(corrected(ab[i, n], tb[i, o], add), bi, m, half, sh, zp, lo, hi)
+                    ob[i, n] = _requantize_i64(replayed(ab[i, n], tb, i, o, add, False, keep, ones), bi, m, half, sh,
+                                               zp, lo, hi)
 
 
 def requantize_saturates(bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_point: int, lo: int,

@@ -7,20 +7,21 @@ those into the product's result. On a channels-last result a replayed channel is
 every pixel's cache line, so that write is a pass over the whole result.
 :meth:`sysarray.Chip.conv2d_deferred` returns the product and the :class:`Correction` apart, for
 a caller that reads the whole result once anyway (a requantization) and applies the correction in
-that same pass, calling :func:`corrected` or :func:`read_back` (numba functions, inlined into the
-caller's kernel) for each replayed output.
+that same pass: :func:`pixel_arrays` gives its arrays and :func:`replayed` (a numba function,
+inlined into the caller's kernel) each replayed output's value, the caller walking tiles of
+``TILE`` pixels as the engine's own kernel does.
 
 A :class:`Correction` (the engine's own record of a replay) has:
 
 - ``n_idx`` (O,) int64: the replayed output channels;
 - ``tot``: the replay's int32 totals, (B, O, >= H*W) plane by plane or (B, H*W, O) when
-  ``pixel_major`` (:func:`totals_by_pixel` gives either as (B, >= H*W, O));
+  ``pixel_major``;
 - ``add``: the output is ``corrected(sum, tot, True)`` = ``wrap32(sum + tot)``, else
   ``corrected(sum, tot, False)`` = ``wrap32(tot)``;
 - ``tot`` None: the output is the sum read back through its column's 32-bit register,
   ``read_back(sum, keep[o], ones[o])`` with ``keep``, ``ones`` (O,) int32 bit patterns.
 """
 from sysarray.engines.conv.fix import ChainFix as Correction
-from sysarray.engines.conv.fix import corrected, read_back, totals_by_pixel
+from sysarray.engines.conv.fix import TILE, corrected, pixel_arrays, read_back, replayed
 
-__all__ = ["Correction", "corrected", "read_back", "totals_by_pixel"]
+__all__ = ["Correction", "TILE", "corrected", "pixel_arrays", "read_back", "replayed"]

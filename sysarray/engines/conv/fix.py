@@ -62,10 +62,7 @@ def apply_fix(y: torch.Tensor, fix: ChainFix, saturate: int = 1 << 31) -> None:
     bounds, work = (np.int32(lo), np.int32(hi)), B * N * oh * ow
     if cl:
         pixels = target.permute(0, 2, 3, 1).numpy().reshape(B, oh * ow, N)
-        if tot is None:
-            _force_pixels(pixels, fix.n_idx, fix.keep, fix.ones, *bounds, work=work)
-        else:
-            _apply_fix_pixels(pixels, fix.n_idx, totals_by_pixel(fix), fix.add, *bounds, work=work)
+        _apply_fix_pixels(pixels, fix.n_idx, *pixel_arrays(fix, B), *bounds, work=work)
     elif tot is None:
         _force_planes(target.numpy().reshape(B, N, oh * ow), fix.n_idx, fix.keep, fix.ones, *bounds, work=work)
     else:
@@ -96,9 +93,28 @@ def _corrected(y, t, add, lo, hi):
     return min(max(corrected(y, t, add), lo), hi)
 
 
-def totals_by_pixel(fix: ChainFix) -> np.ndarray:
-    """``fix.tot`` as (B, >= H*W, O), pixel by pixel (a transposed view of plane-ordered totals)."""
-    return fix.tot if fix.pixel_major else fix.tot.transpose(0, 2, 1)
+@njit(cache=True, inline="always")
+def replayed(y, tb, p, o, add, forced, keep, ones):
+    """Replayed output ``o`` at pixel ``p`` (int32) from its fault-free sum ``y``: read back through
+    its register (:func:`read_back`) when ``forced``, else :func:`corrected` with its total
+    ``tb[p, o]``; the arrays as :func:`pixel_arrays` gives them."""
+    return read_back(y, keep[o], ones[o]) if forced else corrected(y, tb[p, o], add)
+
+
+TILE = 64  # pixels per task of a channels-last correction: their cache lines stay in L1 across its outputs
+_NO_MASKS = np.zeros(0, dtype=np.int32)
+
+
+def pixel_arrays(fix: ChainFix, batch: int) -> tuple[np.ndarray, bool, bool, np.ndarray, np.ndarray]:
+    """``(tot, add, forced, keep, ones)`` of ``fix`` for kernels that walk a channels-last result
+    pixel by pixel (:func:`replayed`): ``tot`` (B, >= H*W, O) by pixel (a transposed view of
+    plane-ordered totals; (B, 0, 0) when ``forced``, without totals), ``keep``/``ones`` (O,) int32
+    (empty unless ``forced``)."""
+    forced = fix.tot is None
+    tot = np.zeros((batch, 0, 0), dtype=np.int32) if forced else fix.tot if fix.pixel_major else \
+        fix.tot.transpose(0, 2, 1)
+    keep = _NO_MASKS if fix.keep is None else fix.keep
+    return tot, bool(fix.add), forced, keep, _NO_MASKS if fix.ones is None else fix.ones
 
 
 @threaded(ELEMENTWISE)
@@ -125,27 +141,24 @@ def _apply_fix_rows(y, n_idx, tot, add, lo, hi):
             y[b, n_idx[o]] = _corrected(y[b, n_idx[o]], tot[b, o], add, lo, hi)
 
 
-_TILE = 64  # pixels per task of a channels-last fix: their cache lines stay in L1 across its outputs
-
-
 @threaded(ELEMENTWISE)
-def _apply_fix_pixels(y, n_idx, tot, add, lo, hi):
-    """y (B, L, N) the pixels of a channels-last output, tot (B, >= L, O) (any strides: the
-    planes' totals are passed transposed): by tiles of ``_TILE`` pixels, one replayed output at
-    a time over the tile (a replayed channel is one value of a pixel's cache line; the tile's
-    lines are loaded once for all its outputs)."""
+def _apply_fix_pixels(y, n_idx, tot, add, forced, keep, ones, lo, hi):
+    """y (B, L, N) the pixels of a channels-last output; tot, add, forced, keep, ones as
+    :func:`pixel_arrays` gives them: by tiles of ``TILE`` pixels, one replayed output at a time
+    over the tile (a replayed channel is one value of a pixel's cache line; the tile's lines are
+    loaded once for all its outputs)."""
     B, L = y.shape[:2]
     O = n_idx.shape[0]
-    nt = (L + _TILE - 1) // _TILE
+    nt = (L + TILE - 1) // TILE
     for bt in prange(B * nt):
         b = bt // nt
-        p0 = (bt % nt) * _TILE
+        p0 = (bt % nt) * TILE
         yb = y[b]
         tb = tot[b]
         for o in range(O):
             n = n_idx[o]
-            for p in range(p0, min(L, p0 + _TILE)):
-                yb[p, n] = _corrected(yb[p, n], tb[p, o], add, lo, hi)
+            for p in range(p0, min(L, p0 + TILE)):
+                yb[p, n] = min(max(replayed(yb[p, n], tb, p, o, add, forced, keep, ones), lo), hi)
 
 
 @threaded(ELEMENTWISE)
@@ -159,21 +172,3 @@ def _force_planes(y, n_idx, keep, ones, lo, hi):
         on = ones[bo % O]
         for p in range(L):
             yp[p] = min(max(read_back(yp[p], k, on), lo), hi)
-
-
-@threaded(ELEMENTWISE)
-def _force_pixels(y, n_idx, keep, ones, lo, hi):
-    """``tot`` None (see :class:`ChainFix`), y (B, L, N) the pixels of a channels-last output: by
-    tiles of pixels as :func:`_apply_fix_pixels`."""
-    B, L = y.shape[:2]
-    O = n_idx.shape[0]
-    nt = (L + _TILE - 1) // _TILE
-    for bt in prange(B * nt):
-        b = bt // nt
-        p0 = (bt % nt) * _TILE
-        yb = y[b]
-        for o in range(O):
-            n, k, on = n_idx[o], keep[o], ones[o]
-            for p in range(p0, min(L, p0 + _TILE)):
-                yb[p, n] = min(max(read_back(yb[p, n], k, on), lo), hi)
-

@@ -490,8 +490,8 @@ def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, c
     ``clamp(force(y))``) computed in int64, for int32 results (any values: the sum wraps) and
     exact float32 ones (|y| <= 2**24), on either layout, and for 1x1 outputs (linear layers)."""
     from sysarray.engines.registers import force
-    from sysarray.engines.conv.fix import (ChainFix, _apply_fix, _apply_fix_pixels, _apply_fix_rows,
-                                           _force_pixels, _force_planes, apply_fix)
+    from sysarray.engines.conv.fix import (ChainFix, _apply_fix, _apply_fix_pixels, _apply_fix_rows, _force_planes,
+                                           apply_fix)
 
     rng = np.random.default_rng(seed)
     B, N, oh, ow = (3, 7, 1, 1) if one_pixel else (3, 7, 4, 5) if seed % 3 else (2, 7, 9, 15)  # 135 pixels: tiles
@@ -508,7 +508,7 @@ def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, c
     y = torch.from_numpy(y0.copy())
     if channels_last:
         y = y.contiguous(memory_format=torch.channels_last)
-    kernels = (_apply_fix, _apply_fix_pixels, _apply_fix_rows, _force_planes, _force_pixels)
+    kernels = (_apply_fix, _apply_fix_pixels, _apply_fix_rows, _force_planes)
     for k in kernels:
         k.force = "parallel" if parallel else "serial"
     padded = np.zeros((B, 3, oh * ow + 5), dtype=np.int32)  # rows may be longer than a plane
