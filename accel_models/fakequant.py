@@ -59,6 +59,10 @@ class FakeQuantProgram(nn.Module):
             # float32 could round these sums: carry on in float64 with the forward value of an
             # exact float64 GEMM (the codes that leave this layer are float32 again).
             acc = ste(acc.double(), _integer_gemm(x.detach().double(), wq.detach().double(), op))
+        elif acc.device.type != "cpu":
+            # a GPU's float32 convolutions may use TF32 or Winograd, which round: the forward value
+            # comes from float64, as the fast engine's on a GPU does (the gradient stays float32)
+            acc = ste(acc, _integer_gemm(x.detach().double(), wq.detach().double(), op))
         if hook is not None and op.in_order is not None:
             # the chip reads the inputs in array order (Gemm.in_order): the hook gets both operands in it
             x, wq = gather_input(x, op), gather_weight_inputs(wq, op, op.in_order)

@@ -244,6 +244,31 @@ def fat_rows(d: dict) -> list[Row]:
     return rows
 
 
+def gpu_rows(d: dict) -> list[Row]:
+    target = Target("<=", d.get("target", 2.0), "x")
+    rows: list[Row] = []
+    for r in d.get("results", []):
+        head = f"{MODELS.get(r['model'], r['model'])}, batch {r['batch']}"
+        rows += [row(f"{head}: float32 CUDA inference, ms", dig(r, "timings", "float32", "median_s"), " ms", scale=1e3),
+                 row(f"{head}: integer, fault-free / float32", r.get("fault_free_over_float"), "x"),
+                 row(f"{head}: integer, 1% psum-faulty PEs / float32 (median over chips)", r.get("faulty_over_float"),
+                     "x", target if r["model"] == "resnet20" else None),
+                 row(f"{head}: integer, 1% psum-faulty PEs / float32, worst chip", r.get("faulty_over_float_worst_map"),
+                     "x"),
+                 row(f"{head}: every chip's logits equal to the CPU engine's", r.get("exact_against_cpu"))]
+    c = d.get("campaign") or {}
+    if c:
+        head = f"{MODELS.get(c['workload'], c['workload'])} campaign, {c['chips']} chips"
+        rows += [row(f"{head}: cost per chip / one fault-free inference", c.get("cost_per_chip_over_fault_free"), "x"),
+                 row(f"{head}: results.csv identical to the CPU's", c.get("identical_to_cpu"))]
+    f = d.get("fat") or {}
+    if f:
+        rows += [row(f"{f['dataset']}: one stuck-at FAT epoch / one float32 epoch", f.get("stuckat_over_float"), "x"),
+                 row(f"{f['dataset']}: the twin with the chip's hook equal to the integer program",
+                     f.get("twin_exact"))]
+    return rows
+
+
 def cli_rows(d: dict) -> list[Row]:
     target = Target("<=", d.get("target_s", 0.5), " s")
     runs = d.get("repeats")
@@ -261,6 +286,7 @@ class Bench:
     measures: str
     rows: Callable[[dict], list[Row]]
     misses: str = ""
+    absent: str = ""  # why the figures may be missing, shown with "Not measured"
 
 
 ENGINES_MISSES = (
@@ -348,6 +374,14 @@ BENCHMARKS = (
           "The retraining cost of conventional FAT, per-chip FAT and eFAT for populations of chips with uniformly "
           "placed and clustered faulty PEs (LeNet-5, 16x16 WS, bypass mode), and the cost of one FAP+T or stuck-at "
           "FAT epoch over one float32 training epoch (docs/fat.md).", fat_rows, FAT_MISSES),
+    Bench("bench_gpu", "GPU",
+          "The fast engine on a CUDA GPU: integer inference of LeNet-5 and ResNet-20 (batch 256, 32x32 WS, fault-free "
+          "and with 1% psum-faulty PEs) over float32 torch inference on the same GPU, every chip's logits checked "
+          "against the CPU engine's; a LeNet-5 campaign on the GPU, its results checked byte-identical to the CPU's; "
+          "one stuck-at FAT epoch over one float32 epoch, both on the GPU.", gpu_rows,
+          absent="no GPU has been available where the benchmarks ran. The CUDA paths (`device=`, `--device cuda`) "
+                 "are tested by the CUDA tests, which run where a GPU is present; run "
+                 "`.venv/bin/python benchmarks/bench_gpu.py` on a GPU machine to fill this section"),
     Bench("bench_cli", "Command-line start-up",
           "Wall time of `sysarray --help` and of every `sysarray COMMAND --help`, each in a fresh process started "
           "as a user starts it (the console script): Python's start, the parser modules' imports, the parser and "
@@ -368,6 +402,10 @@ def _machine(d: dict, name: str) -> list[str]:
     commit = m.get("git_commit")
     at = f" at commit {commit[:12]}{' (uncommitted changes)' if m.get('git_dirty') else ''}" if commit else ""
     lanes = f"; engine SIMD lanes: {m['engine_simd_lanes']}" if "engine_simd_lanes" in m else ""
+    gpu = d.get("gpu")
+    card = ([f"- GPU: {gpu.get('name')}, compute capability {gpu.get('capability', '?')}, "
+             f"{number(gpu.get('memory_gib'))} GiB; CUDA {gpu.get('cuda', '?')}, cuDNN {gpu.get('cudnn', '?')}"]
+            if gpu else [])
     command = d.get("command")
     command_text = f"`{command}`" if command else f"not recorded (the default is `.venv/bin/python benchmarks/{name}.py`)"
     return [
@@ -377,6 +415,7 @@ def _machine(d: dict, name: str) -> list[str]:
         f"torch {m.get('torch', '?')}, numba {m.get('numba', '?')}, numpy {m.get('numpy', '?')}, "
         f"sysarray {m.get('sysarray', '?')}{at}; threads: torch {m.get('torch_threads', '?')}, "
         f"numba {m.get('numba_threads', '?')} ({m.get('numba_threading_layer', '?')} layer)",
+        *card,
         f"- `sysarray.runtime.configure()`: {describe_tuning(d.get('tuning'))}",
         f"- Command: {command_text}",
     ]
@@ -421,7 +460,8 @@ def render(results: Path, benchmarks: Iterable[Bench] = BENCHMARKS) -> str:
         data, why = _load(results / f"{b.name}.json")
         lines += [f"## {b.title} (`benchmarks/{b.name}.py`)", "", b.measures, ""]
         if data is None:
-            lines += [f"Not measured: {why} in `{src}`.", ""]
+            missing = not (results / f"{b.name}.json").exists()
+            lines += [f"Not measured: {b.absent if b.absent and missing else why + ' in `' + src + '`'}.", ""]
             continue
         if data.get("mode") == "quick":
             lines += ["Smoke run (`--quick`): smaller problems and fewer repeats; the figures only show that the "

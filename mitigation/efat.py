@@ -60,7 +60,9 @@ from mitigation.resilience import ResilienceMap, build_resilience_map, check_gri
 from sysarray.atomic import write_json, write_text
 from sysarray.config import ArrayConfig
 from sysarray.faults import FaultMap
-from sysarray.validation import check_choice, check_float, check_instance, check_int, check_output_path, check_positive_int
+from sysarray.validation import (
+    check_choice, check_device, check_float, check_instance, check_int, check_output_path, check_positive_int,
+)
 
 CONFIG_VERSION = 2
 DEFAULT_AMOUNTS = (0.0, 1.0, 2.0, 4.0, 8.0)
@@ -188,9 +190,10 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[:n - n_val]), np.sort(perm[n - n_val:])
 
 
-def split_accuracy(program, images, labels, cfg: ArrayConfig, faults: FaultMap | None) -> float:
-    """Accuracy (fraction) of ``program`` on ``images``/``labels`` on the chip ``cfg`` + ``faults``."""
-    res = program.run(images, cfg, faults=faults, engine="fast", count_changes=False)
+def split_accuracy(program, images, labels, cfg: ArrayConfig, faults: FaultMap | None, device=None) -> float:
+    """Accuracy (fraction) of ``program`` on ``images``/``labels`` on the chip ``cfg`` + ``faults``
+    (the fast engine on ``device``, None: the CPU)."""
+    res = program.run(images, cfg, faults=faults, engine="fast", count_changes=False, device=device)
     return res.accuracy(labels)
 
 
@@ -200,11 +203,14 @@ class ChipTrainer:
     Bypass: FAP for the fused map, then FAP+T for ``epochs`` (0: FAP alone). Stuck-at: stuck-at FAT
     alternating between the given maps (0: the model unchanged). Training uses the training part of
     the split (:func:`split_indices`); ``accuracies(..., split="val")`` judges on the held-out
-    validation part, ``split="test"`` on ``task``'s test images.
+    validation part, ``split="test"`` on ``task``'s test images. ``device``: where training and
+    the chip runs compute (None: the CPU; a CUDA torch.device: that GPU, with the training images
+    and a copy of the model moved there once).
     """
 
-    def __init__(self, task, cfg: ArrayConfig, settings: EfatSettings):
-        self.task, self.cfg, self.settings = task, cfg, settings
+    def __init__(self, task, cfg: ArrayConfig, settings: EfatSettings, device=None):
+        self.task, self.cfg, self.settings, self.device = task, cfg, settings, device
+        self.model = task.model if device is None else copy.deepcopy(task.model).to(device)
         if settings.bypass:
             check_ws(cfg, "eFAT in bypass mode")
         n = min(settings.train_limit or len(task.dataset.train_x), len(task.dataset.train_x))
@@ -212,30 +218,32 @@ class ChipTrainer:
         tx, ty = task.dataset.train_x, task.dataset.train_y
         self.x, self.y = tx[torch.from_numpy(self.train_idx)], ty[torch.from_numpy(self.train_idx)]
         self.val_x, self.val_y = tx[torch.from_numpy(self.val_idx)], ty[torch.from_numpy(self.val_idx)]
+        if device is not None:
+            self.x, self.y = self.x.to(device), self.y.to(device)
         method = "fapt" if settings.bypass else "stuckat"
         self.kw = dict(optimizer=settings.optimizer or METHOD_DEFAULTS[method][0],
                        lr=settings.lr if settings.lr is not None else METHOD_DEFAULTS[method][1],
                        batch_size=settings.batch_size, seed=settings.seed)
         clean_cfg = cfg.replace(bypass=False)
-        self.clean_val_accuracy = split_accuracy(task.program, self.val_x, self.val_y, clean_cfg, None)
-        self.clean_accuracy = split_accuracy(task.program, task.images, task.labels, clean_cfg, None)
+        self.clean_val_accuracy = split_accuracy(task.program, self.val_x, self.val_y, clean_cfg, None, device)
+        self.clean_accuracy = split_accuracy(task.program, task.images, task.labels, clean_cfg, None, device)
 
     def train(self, maps: Sequence[FaultMap], epochs: float):
         """A new model retrained for ``maps``; returns ``(model, epochs spent, seconds)``."""
         task = self.task
         if self.settings.bypass:
             union = fused_map(maps)
-            model = fap(task.model, task.program, self.cfg, union)
+            model = fap(self.model, task.program, self.cfg, union)
             if epochs > 0:
                 res = retrain(model, lambda xb, step: model(xb), self.x, self.y, epochs,
                               grad_masks=fap_masks(task.program, union), **self.kw)
                 return model, res.epochs, res.seconds
             return model, 0.0, 0.0
         if epochs > 0:
-            model, res = stuckat_fat(task.model, task.program, self.cfg, list(maps), self.x, self.y, epochs,
+            model, res = stuckat_fat(self.model, task.program, self.cfg, list(maps), self.x, self.y, epochs,
                                      relower=lambda m: lower_like(m, task), **self.kw)
             return model, res.epochs, res.seconds
-        return copy.deepcopy(task.model), 0.0, 0.0
+        return copy.deepcopy(self.model), 0.0, 0.0
 
     def accuracies(self, model, maps: Sequence[FaultMap], split: str = "val") -> list[float]:
         """Accuracy of ``model`` (lowered as ``sysarray run`` lowers it) on each map's chip, on the
@@ -243,7 +251,7 @@ class ChipTrainer:
         check_choice(split, "split", "ChipTrainer.accuracies", ("val", "test"))
         images, labels = (self.val_x, self.val_y) if split == "val" else (self.task.images, self.task.labels)
         program = lower_like(model, self.task)
-        return [split_accuracy(program, images, labels, self.cfg, fm) for fm in maps]
+        return [split_accuracy(program, images, labels, self.cfg, fm, self.device) for fm in maps]
 
     def map_cell(self, fm: FaultMap, epochs: float) -> float:
         """One map cell, judged on the validation split."""
@@ -352,21 +360,27 @@ def target_accuracy(settings: EfatSettings, clean: float) -> float:
 
 
 def run_efat(model_path: str, chips_dir: str, cfg: ArrayConfig, settings: EfatSettings, out: str, *,
-             dataset: str | None = None, data_dir: str | None = None, progress: bool = False) -> EfatResult:
+             dataset: str | None = None, data_dir: str | None = None, progress: bool = False,
+             device=None) -> EfatResult:
     """Run eFAT for the chips in ``chips_dir`` and write OUTDIR (see the module docstring).
 
     Writes ``resilience.csv``/``.png``, ``groups.json`` (the plan), ``groups/group-NNN.pt`` (one
     checkpoint per group, plus ``group-NNN-<chip>.pt`` for repaired chips), ``cost.json`` and
-    ``cost.md``. Returns the result."""
+    ``cost.md``. Returns the result. ``device``: where training and chip runs compute (None or
+    "cpu": the CPU; "cuda": the GPU). Trained weights follow the device's float arithmetic, so a
+    GPU run is its own configuration: config.json records the device and a resume must use the
+    same one."""
     from accel_models.evaluation import prepare
     from tqdm.auto import tqdm
 
     check_instance(cfg, ArrayConfig, "cfg", "run_efat")
     settings.check()
+    device = check_device(device, "device", "run_efat")
+    device = None if device is None or device.type == "cpu" else device
     cfg = cfg.replace(bypass=settings.bypass)
     chips = load_chips(chips_dir, cfg)
     task = prepare(model_path, dataset, data_dir, settings.limit)
-    trainer = ChipTrainer(task, cfg, settings)
+    trainer = ChipTrainer(task, cfg, settings, device)
     target_val = target_accuracy(settings, trainer.clean_val_accuracy)
     target = target_accuracy(settings, trainer.clean_accuracy)
 
@@ -378,6 +392,8 @@ def run_efat(model_path: str, chips_dir: str, cfg: ArrayConfig, settings: EfatSe
         "dataset": task.dataset.name, "array": cfg.to_dict(), "settings": settings.to_dict(),
         "chips": {name: hashlib.sha256(fm.records.tobytes()).hexdigest() for name, fm in chips},
     }
+    if device is not None:  # a CPU run's configuration reads as it always has
+        config["device"] = device.type
     cfg_path = outdir / "config.json"
     if cfg_path.exists():
         old = json.loads(cfg_path.read_text())

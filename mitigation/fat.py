@@ -45,7 +45,9 @@ from accel_models.matmul import MatMul, chip_total
 from accel_models.program import Gemm, Program, layer_accumulators
 from sysarray import ArrayConfig, Chip, Dataflow, FaultMap, mapping
 from sysarray.tensor_memo import transient
-from sysarray.validation import check_choice, check_float, check_fraction, check_instance, check_int, check_seed
+from sysarray.validation import (
+    check_choice, check_device, check_float, check_fraction, check_instance, check_int, check_seed,
+)
 
 METHODS = ("fap", "fapt", "stuckat", "random")
 DEFAULT_EPOCHS = 10.0
@@ -193,7 +195,7 @@ def chip_hook(cfg: ArrayConfig, faults: FaultMap | None):
     """A ``gemm_hook`` that returns each layer's accumulators as the chip computes them, exact
     (the twin's forward value; the gradient stays the fault-free one). The twin's accumulators
     are the fault-free ones, so the chip starts from them (:class:`sysarray.ConvHints` ``clean``)
-    and computes only the outputs its faults change."""
+    and computes only the outputs its faults change, on the device the twin runs on."""
     chip = Chip(cfg, faults)
 
     def hook(op: Gemm | MatMul, a: torch.Tensor, wq: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
@@ -219,6 +221,11 @@ class RetrainResult:
     seconds: float
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s parameters are (the CPU for a model without any)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
 def steps_for(epochs: float, n_images: int, batch_size: int) -> int:
     """Optimizer steps of ``epochs`` epochs (fractions allowed) over ``n_images``."""
     return int(round(float(epochs) * math.ceil(n_images / batch_size)))
@@ -238,7 +245,8 @@ def retrain(model: nn.Module, forward: Callable[[torch.Tensor, int], torch.Tenso
     batch) or "constant". ``grad_masks`` (module name -> keep mask) zero the gradients of pruned
     weights, which therefore stay exactly 0. ``bn_train=False`` keeps BatchNorm (and dropout) in eval
     mode. ``on_epoch(step)`` runs before every pass over the data. Shuffling and any torch
-    randomness in ``forward`` are seeded by ``seed``.
+    randomness in ``forward`` are seeded by ``seed``. Training runs where ``model`` is (CPU or
+    CUDA); each batch of ``x``, ``y`` is moved there.
     """
     epochs = check_float(epochs, "epochs", "retrain", lo=0.0)
     lr = check_float(lr, "lr", "retrain", lo=0.0, lo_open=True)
@@ -246,6 +254,7 @@ def retrain(model: nn.Module, forward: Callable[[torch.Tensor, int], torch.Tenso
     check_choice(schedule, "schedule", "retrain", SCHEDULES)
     batch_size = check_int(batch_size, "batch_size", "retrain", lo=2)
     seed = check_seed(seed, "retrain")
+    dev = model_device(model)
     n = len(x)
     total = steps_for(epochs, n, batch_size)
     per_epoch = math.ceil(n / batch_size)
@@ -262,7 +271,7 @@ def retrain(model: nn.Module, forward: Callable[[torch.Tensor, int], torch.Tenso
     start = time.perf_counter()
     step = 0
     try:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
             torch.manual_seed(int(seed))
             bar = tqdm(total=total, desc=desc, unit="step", disable=not progress, leave=False)
             while step < total:
@@ -274,8 +283,8 @@ def retrain(model: nn.Module, forward: Callable[[torch.Tensor, int], torch.Tenso
                     if step >= total or len(idx) < 2:  # a batch of one breaks BatchNorm statistics
                         continue
                     model.train(bn_train)
-                    logits = forward(x[idx], step)
-                    loss = F.cross_entropy(logits, y[idx])
+                    logits = forward(x[idx].to(dev), step)
+                    loss = F.cross_entropy(logits, y[idx].to(dev))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -311,7 +320,8 @@ def stuckat_fat(model: nn.Module, program: Program, cfg: ArrayConfig, maps: Faul
 
     ``relower(model) -> Program`` (e.g. ``lambda m: lower_like(m, task)``) re-lowers the model
     before every epoch, so the twin's activation quantization follows the re-calibration that
-    ``sysarray run`` applies to the saved model (without it the twin keeps ``program``'s)."""
+    ``sysarray run`` applies to the saved model (without it the twin keeps ``program``'s).
+    The twin, and the chip's corrections with it, run where ``model`` is (CPU or CUDA)."""
     maps = [maps] if isinstance(maps, FaultMap) else list(maps)
     if not maps:
         raise ValueError("stuckat_fat needs at least one fault map. Got none.")
@@ -382,12 +392,15 @@ def lower_like(model: nn.Module, task) -> Program:
     extra = task.meta.get("extra") if isinstance(task.meta.get("extra"), dict) else {}
     calib = extra.get("calibration", {}) or {}
     n_cal = int(calib.get("images", DEFAULT_CALIBRATION_IMAGES))
+    if model_device(model).type != "cpu":  # calibration runs on the CPU, where the program's tensors live
+        model = copy.deepcopy(model).cpu()
     return lower(model, calibration_images(task.dataset, n_cal), percentile=calib.get("percentile"))
 
 
-def chip_accuracy(program: Program, task, cfg: ArrayConfig, faults: FaultMap | None) -> float:
-    """Test accuracy (fraction) of ``program`` on ``task``'s images on the chip ``cfg`` + ``faults``."""
-    res = program.run(task.images, cfg, faults=faults, engine="fast", count_changes=False)
+def chip_accuracy(program: Program, task, cfg: ArrayConfig, faults: FaultMap | None, device=None) -> float:
+    """Test accuracy (fraction) of ``program`` on ``task``'s images on the chip ``cfg`` + ``faults``,
+    the fast engine on ``device`` (None: the CPU)."""
+    res = program.run(task.images, cfg, faults=faults, engine="fast", count_changes=False, device=device)
     return res.accuracy(task.labels)
 
 
@@ -417,35 +430,44 @@ def fault_aware_train(task, cfg: ArrayConfig, faults: FaultMap, method: str, epo
                       optimizer: str | None = None, lr: float | None = None, batch_size: int = DEFAULT_BATCH,
                       seed: int = 0,
                       schedule: str = "cosine", p: float = DEFAULT_RANDOM_P,
-                      progress: bool = False) -> tuple[nn.Module, FatReport]:
+                      progress: bool = False, device=None) -> tuple[nn.Module, FatReport]:
     """Run ``method`` (fap, fapt, stuckat, random) for the chip ``cfg`` + ``faults`` on a prepared
     task (:func:`accel_models.evaluation.prepare`); returns the new float model and the report,
     accuracies measured on the chip with the test images of ``task``. ``optimizer``/``lr``
-    default to :data:`METHOD_DEFAULTS`; FAP and FAP+T are judged on the bypass chip."""
+    default to :data:`METHOD_DEFAULTS`; FAP and FAP+T are judged on the bypass chip.
+
+    ``device``: where the training and the chip runs compute (None or "cpu": the CPU; "cuda": the
+    GPU, the returned model left there). The chip's values are the same on either; the trained
+    weights follow the device's float arithmetic, as any training does."""
     check_choice(method, "method", "fault_aware_train", METHODS)
+    dev = check_device(device, "device", "fault_aware_train")
+    dev = None if dev is None or dev.type == "cpu" else dev
     check_chip_geometry(cfg, faults, f"sysarray fat --method {method}")
     if method in ("fap", "fapt"):
         check_ws(cfg, f"--method {method}")
     epochs = check_float(epochs, "epochs", "fault_aware_train", lo=0.0)
     ecfg = eval_config(method, cfg)
     program = task.program
-    before = chip_accuracy(program, task, ecfg, faults)
-    clean = chip_accuracy(program, task, ecfg.replace(bypass=False), None)
+    before = chip_accuracy(program, task, ecfg, faults, dev)
+    clean = chip_accuracy(program, task, ecfg.replace(bypass=False), None, dev)
     x, y = task.dataset.train_x, task.dataset.train_y
+    source = task.model
+    if dev is not None:  # the images move once, the model is copied there
+        x, y, source = x.to(dev), y.to(dev), copy.deepcopy(source).to(dev)
     kw = dict(batch_size=batch_size, schedule=schedule, seed=seed, progress=progress, desc=f"fat {method}")
     if method != "fap":
         kw["optimizer"] = optimizer or METHOD_DEFAULTS[method][0]
         kw["lr"] = lr if lr is not None else METHOD_DEFAULTS[method][1]
     if method == "fap":
-        model, res = fap(task.model, program, cfg, faults), RetrainResult(0, 0.0, 0.0)
+        model, res = fap(source, program, cfg, faults), RetrainResult(0, 0.0, 0.0)
     elif method == "fapt":
-        model, res = fap_t(task.model, program, cfg, faults, x, y, epochs, **kw)
+        model, res = fap_t(source, program, cfg, faults, x, y, epochs, **kw)
     elif method == "stuckat":
-        model, res = stuckat_fat(task.model, program, cfg, faults, x, y, epochs,
+        model, res = stuckat_fat(source, program, cfg, faults, x, y, epochs,
                                  relower=lambda m: lower_like(m, task), **kw)
     else:
-        model, res = random_fat(task.model, program, x, y, epochs, p=p, **kw)
-    after = chip_accuracy(lower_like(model, task), task, ecfg, faults)
+        model, res = random_fat(source, program, x, y, epochs, p=p, **kw)
+    after = chip_accuracy(lower_like(model, task), task, ecfg, faults, dev)
     return model, FatReport(method=method, accuracy_before=before, accuracy_after=after, clean_accuracy=clean,
                             epochs=res.epochs, seconds=res.seconds, steps=res.steps, eval_cfg=ecfg.to_dict())
 
@@ -466,6 +488,6 @@ def save_fat_checkpoint(path, model: nn.Module, task, record: dict) -> None:
 __all__ = [
     "METHODS", "FatReport", "RetrainResult", "ZooTwin", "apply_masks", "batchnorm_after", "chip_accuracy",
     "chip_hook", "check_chip_geometry", "check_ws", "eval_config", "fap", "fap_masks", "fap_t",
-    "fault_aware_train", "keep_mask", "lower_like", "prune_program", "random_fat", "retrain",
+    "fault_aware_train", "keep_mask", "lower_like", "model_device", "prune_program", "random_fat", "retrain",
     "save_fat_checkpoint", "steps_for", "stuckat_fat",
 ]

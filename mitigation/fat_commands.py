@@ -12,8 +12,6 @@ from sysarray.cliargs import (
     positive_float, positive_int, probability,
 )
 
-CPU_ONLY = "fault-aware training and its chip runs are computed on the CPU"
-
 
 def _add_training_arguments(p: argparse.ArgumentParser, limit_minimum: int = 1) -> None:
     g = p.add_argument_group("training and data")
@@ -23,7 +21,8 @@ def _add_training_arguments(p: argparse.ArgumentParser, limit_minimum: int = 1) 
     g.add_argument("--batch-size", type=positive_int, default=64, metavar="N", help="mini-batch size (default 64)")
     add_data_arguments(g, what="dataset to retrain on and test on")
     add_limit_argument(g, limit_minimum)
-    add_device_argument(g, cpu_only=CPU_ONLY)
+    add_device_argument(g, cuda="training and the chip's runs on the GPU; the chip's values are the same, the "
+                                "trained weights follow the GPU's float arithmetic")
     add_quiet_argument(g)
 
 
@@ -63,12 +62,13 @@ def run_fat(args: argparse.Namespace) -> int:
     from sysarray.cliargs import load_chip_file, require, resolve_device, write_json
 
     chip = require(args, "faults", "--faults CHIP.npz")
-    resolve_device(args, "fat")
+    device = resolve_device(args, "fat")
     cfg, faults = load_chip_file(args)
     task = prepare(args.model, args.dataset, args.data_dir, args.limit)
     model, rep = fault_aware_train(task, cfg, faults, args.method, args.epochs, optimizer=args.optimizer, lr=args.lr,
-                                   batch_size=args.batch_size, seed=args.seed, p=args.p, progress=not args.quiet)
-    record = dict(rep.to_dict(), chip=chip, source_model=args.model, seed=args.seed)
+                                   batch_size=args.batch_size, seed=args.seed, p=args.p, progress=not args.quiet,
+                                   device=device)
+    record = dict(rep.to_dict(), chip=chip, source_model=args.model, seed=args.seed, device=args.device)
     save_fat_checkpoint(args.out, model, task, record)
     mode = "bypass" if rep.eval_cfg["bypass"] else "stuck-at"
     print(f"{task.dataset.name}: {len(task.images)} test images on a {cfg.replace(bypass=rep.eval_cfg['bypass'])} "
@@ -132,7 +132,7 @@ def run_efat(args: argparse.Namespace) -> int:
     )
 
     chips = require(args, "faults_dir", "--faults-dir DIR")
-    resolve_device(args, "efat")
+    device = resolve_device(args, "efat")
     cfg = array_config(args)
     model = fault_model_of(args)
     if args.rates is not None:
@@ -147,7 +147,7 @@ def run_efat(args: argparse.Namespace) -> int:
         train_limit=args.train_limit, seed=args.seed,
     )
     result = run(args.model, chips, cfg, settings, args.out, dataset=args.dataset, data_dir=args.data_dir,
-                 progress=not args.quiet)
+                 progress=not args.quiet, device=device)
     print(result.table())
     files = ", ".join(os.path.join(args.out, f) for f in ("cost.json", "cost.md", "groups.json", "resilience.csv",
                                                            "resilience.png"))

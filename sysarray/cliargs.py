@@ -343,9 +343,10 @@ def add_quiet_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars (default: progress bars on stderr)")
 
 
-def add_device_argument(p: argparse.ArgumentParser, cpu_only: str | None = None) -> None:
-    """``--device {cpu,cuda}``; ``cpu_only`` is why the command runs on the CPU only (cuda is then refused)."""
-    extra = f"; this command runs on the CPU only ({cpu_only})" if cpu_only else ""
+def add_device_argument(p: argparse.ArgumentParser, cpu_only: str | None = None, cuda: str | None = None) -> None:
+    """``--device {cpu,cuda}``; ``cpu_only`` is why the command runs on the CPU only (cuda is then
+    refused); ``cuda``: what the command does differently on a GPU, for the help."""
+    extra = f"; this command runs on the CPU only ({cpu_only})" if cpu_only else f"; cuda: {cuda}" if cuda else ""
     p.add_argument("--device", choices=DEVICES, default="cpu",
                    help=f"where torch computes: cpu or cuda (needs a CUDA-enabled torch) (default cpu){extra}")
     p.set_defaults(cpu_only_reason=cpu_only)

@@ -134,7 +134,10 @@ def test_sweep_and_importance_commands_and_their_reports(mlp_checkpoint, tmp_pat
     (["--rates", "0,0.001,0.01"], "--rates 0.001 places no faulty PE on a 16x16 array (0.001 x 256 PEs rounds to 0). "
                                   "The smallest rate that places one is 0.00196; rate 0 stays allowed"),
     (["--rates", "0.001", "--fault-model", "ber", "--array", "2x2"], "--rates 0.001 places no stuck bit on a 2x2 array"),
-    (["--rates", "0.1", "--device", "cuda"], "sysarray campaign runs on the CPU only"),
+    (["--rates", "0.1", "--device", "cuda", "--workers", "2"], "--device cuda runs every chip in this process on the "
+                                                               "GPU; leave out --workers and --scheduler."),
+    (["--rates", "0.1", "--device", "cuda", "--engine", "cycle"], "--engine cycle runs on the CPU; --device cuda needs "
+                                                                  "--engine fast."),
 ])
 def test_campaign_bad_input_is_one_line_exit_2(extra, message, tmp_path, capsys):
     code, out, err = run_cli(["campaign", "--model", "unused.pt", "-o", tmp_path / "x", "--quiet", *extra], capsys)

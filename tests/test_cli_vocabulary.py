@@ -343,8 +343,7 @@ def test_run_takes_the_array_size_from_the_faults_file(tmp_path):
 
 
 # ------------------------------------------------------------------------------ device
-@pytest.mark.parametrize("command", ["campaign --rates 0.1 -o c", "sweep -o s", "importance -o i", "clip --method ranger -o c.pt",
-                                     "fat --faults c.npz --method fap -o f.pt", "efat --faults-dir d --max-drop 0.1 -o e"])
+@pytest.mark.parametrize("command", ["clip --method ranger -o c.pt", "yield --defect-density 0.1 -o y"])
 def test_cpu_only_commands_refuse_cuda_with_one_line(command, capsys, no_work):
     name, *rest = shlex.split(command)
     code, _, err = run_cli([name, "--model", "m.pt", *rest, "--device", "cuda"], capsys)
@@ -353,7 +352,11 @@ def test_cpu_only_commands_refuse_cuda_with_one_line(command, capsys, no_work):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this torch can use a GPU")
 @pytest.mark.parametrize("argv", [["train", "--arch", "mlp", "-o", "m.pt"], ["run", "--model", "m.pt"],
-                                  ["import-model", "--factory", "f.py:b", "--dataset", "digits", "-o", "m.pt"]])
+                                  ["import-model", "--factory", "f.py:b", "--dataset", "digits", "-o", "m.pt"],
+                                  ["campaign", "--model", "m.pt", "--rates", "0.1", "-o", "c"],
+                                  ["sweep", "--model", "m.pt", "-o", "s"], ["importance", "--model", "m.pt", "-o", "i"],
+                                  ["fat", "--model", "m.pt", "--faults", "c.npz", "--method", "stuckat", "-o", "f.pt"],
+                                  ["efat", "--model", "m.pt", "--faults-dir", "d", "--max-drop", "0.1", "-o", "e"]])
 def test_cuda_without_a_cuda_torch_is_one_line(argv, capsys, no_work, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli([*argv, "--device", "cuda"], capsys)

@@ -67,8 +67,20 @@ def _fat() -> dict:
                                        "epoch_cost": {"fapt_over_float": 0.93, "stuckat_over_float": 5.17}}])
 
 
+def _gpu() -> dict:
+    def model(name, ratio):
+        return {"model": name, "batch": 256, "timings": {"float32": {"median_s": 0.0021}},
+                "fault_free_over_float": 1.4, "faulty_over_float": ratio, "faulty_over_float_worst_map": ratio + 0.3,
+                "exact_against_cpu": True}
+    gpu = {"name": "Test GPU 100", "capability": "9.0", "memory_gib": 79.2, "cuda": "12.8", "cudnn": 91000}
+    return _run("bench_gpu", gpu=gpu, results=[model("lenet5", 3.1), model("resnet20", 1.8)], target=2.0,
+                campaign={"workload": "lenet5", "chips": 32, "cost_per_chip_over_fault_free": 1.1,
+                          "identical_to_cpu": True},
+                fat={"dataset": "digits", "stuckat_over_float": 2.5, "twin_exact": True})
+
+
 ALL = {"bench_engines": _engines, "bench_inference": _inference, "bench_campaign": _campaign,
-       "bench_clipping": _clipping, "bench_fat": _fat}
+       "bench_clipping": _clipping, "bench_fat": _fat, "bench_gpu": _gpu}
 
 
 def _write(folder: Path, names) -> Path:
@@ -149,6 +161,21 @@ def test_clipping_and_fat_tables(page):
     assert fat["digits, 50 chips, uniform faults: retraining epochs, eFAT planned / with repairs"][0] == "37 / 41"
     assert fat["digits, 50 chips, uniform faults: rejected chips / accuracy violations"][0] == "1 / 0"
     assert fat["digits: one stuck-at FAT epoch / one float32 epoch"][0] == "5.17x"
+
+
+def test_gpu_table_names_the_card_and_its_target(page, tmp_path):
+    section = _section(page, "bench_gpu")
+    rows = _rows(section)
+    assert rows["ResNet-20, batch 256: integer, 1% psum-faulty PEs / float32 (median over chips)"] == \
+        ["1.80x", "<= 2x", "yes"]
+    assert rows["LeNet-5, batch 256: integer, 1% psum-faulty PEs / float32 (median over chips)"] == ["3.10x", "", ""]
+    assert rows["ResNet-20, batch 256: every chip's logits equal to the CPU engine's"][0] == "yes"
+    assert rows["LeNet-5 campaign, 32 chips: results.csv identical to the CPU's"][0] == "yes"
+    assert rows["digits: one stuck-at FAT epoch / one float32 epoch"][0] == "2.50x"
+    assert "GPU: Test GPU 100, compute capability 9.0, 79.2 GiB; CUDA 12.8" in section
+    # without its JSON the section says why and how to fill it
+    missing = _section(rp.render(_write(tmp_path / "no-gpu", ["bench_engines"])), "bench_gpu")
+    assert "Not measured: no GPU has been available" in missing and "benchmarks/bench_gpu.py` on a GPU" in missing
 
 
 def test_every_section_names_its_machine_and_command(page):

@@ -12,7 +12,6 @@ from sysarray.cliargs import (
 )
 
 SCHEDULER_TIMEOUT_S = 3.0  # long enough for a remote scheduler's handshake, short enough for a typo
-CPU_ONLY = "its chips are evaluated on the CPU, in worker processes or on Dask workers"
 
 
 # ------------------------------------------------------------------------------------ shared options
@@ -37,7 +36,7 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help="run on a Dask distributed cluster: a scheduler address (tcp://host:8786), checked before "
                         "anything is written, or 'local' for a local cluster of --workers processes; results are "
                         "identical to the local run (default: local worker processes)")
-    add_device_argument(g, cpu_only=CPU_ONLY)
+    add_device_argument(g, cuda="every chip in this process on the GPU (no --workers, no --scheduler, the fast engine)")
     add_quiet_argument(g)
     add_out_argument(p, "dir", "DIR", "campaign directory, created if missing; rerunning the same command resumes it "
                                       "(required)")
@@ -87,11 +86,18 @@ def _run_options(args: argparse.Namespace, command: str) -> dict:
     from mitigation.campaign import DEFAULT_CRITICAL_DROP
     from sysarray.cliargs import resolve_device
 
-    resolve_device(args, command)
+    if args.device == "cuda":
+        if args.scheduler is not None or (args.workers or 1) > 1:
+            raise ValueError("--device cuda runs every chip in this process on the GPU; leave out --workers and "
+                             "--scheduler.")
+        if args.engine != "fast":
+            raise ValueError(f"--engine {args.engine} runs on the CPU; --device cuda needs --engine fast.")
+    device = resolve_device(args, command)
     if args.scheduler is not None and args.scheduler != "local" and args.workers is not None:
         raise ValueError("--workers applies to local runs and --scheduler local; a remote Dask cluster has its own workers.")
     check_scheduler(args.scheduler)
     return {"engine": args.engine, "workers": args.workers, "scheduler": args.scheduler, "progress": not args.quiet,
+            "device": device,
             "confidence": args.confidence,
             "critical_drop": DEFAULT_CRITICAL_DROP if args.critical_drop is None else args.critical_drop}
 

@@ -28,9 +28,10 @@ class Evaluator:
     """Runs one chip: everything a worker needs, shipped once per worker.
 
     ``clean_predictions`` (N,) int64 and ``clean_correct`` come from one fault-free run done by
-    :meth:`build`; every chip then costs one faulty inference. On the fast engine that run is a
-    :meth:`~accel_models.program.Program.trace`, whose kept values (``trace``, at most
-    ``TRACE_BYTES``) the chips' runs reuse up to the first layer each chip changes.
+    :meth:`build`; every chip then costs one faulty inference. On the fast engine on the CPU that
+    run is a :meth:`~accel_models.program.Program.trace`, whose kept values (``trace``, at most
+    ``TRACE_BYTES``) the chips' runs reuse up to the first layer each chip changes. ``device``:
+    where the chips' fast engine runs (None: the CPU); the outcomes do not depend on it.
     """
 
     program: Any
@@ -43,16 +44,22 @@ class Evaluator:
     clean_predictions: Any = None
     clean_correct: int = 0
     trace: Any = field(default=None, repr=False)
+    device: Any = None
 
     @classmethod
     def build(cls, program: Any, images: Any, labels: Any, cfg: Any, engine: str = "fast",
-              critical_drop: float = DEFAULT_CRITICAL_DROP, batch_size: int | None = None) -> "Evaluator":
-        ev = cls(program, images, labels, cfg, engine, float(critical_drop), None if batch_size is None else int(batch_size))
-        if engine == "fast" and hasattr(program, "trace") and images.device.type == "cpu":
+              critical_drop: float = DEFAULT_CRITICAL_DROP, batch_size: int | None = None, *,
+              device: Any = None) -> "Evaluator":
+        import torch
+
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        ev = cls(program, images, labels, cfg, engine, float(critical_drop),
+                 None if batch_size is None else int(batch_size), device=None if on_cpu else device)
+        if engine == "fast" and hasattr(program, "trace") and images.device.type == "cpu" and on_cpu:
             ev.trace = program.trace(images, cfg, batch_size=batch_size, max_bytes=TRACE_BYTES)
             clean = ev.trace.result
         else:
-            clean = program.run(images, cfg, faults=None, engine=engine, batch_size=batch_size, count_changes=False)
+            clean = ev._run(None)
         ev.clean_predictions = clean.predictions.cpu()
         ev.clean_correct = int((ev.clean_predictions == labels.cpu()).sum())
         return ev
@@ -70,9 +77,7 @@ class Evaluator:
         if fm.is_empty:
             pred = self.clean_predictions
         else:
-            pred = self.program.run(self.images, self.cfg, faults=fm, engine=self.engine, batch_size=self.batch_size,
-                                    count_changes=False, **({} if self.trace is None else {"reference": self.trace})
-                                    ).predictions.cpu()
+            pred = self._run(fm).predictions.cpu()
         n = self.images_count
         correct = int((pred == self.labels.cpu()).sum())
         drop = (self.clean_correct - correct) / n
@@ -80,6 +85,14 @@ class Evaluator:
                 "registers": "+".join(r.value for r in fm.registers()) or "none",
                 "accuracy": correct / n, "drop": drop, "sdc_rate": int((pred != self.clean_predictions).sum()) / n,
                 "critical": int(drop > self.critical_drop)}
+
+    def _run(self, fm: Any) -> Any:
+        """The program's run on chip ``fm`` (None: fault-free), on this evaluator's device."""
+        extra = {} if self.device is None else {"device": self.device}
+        if self.trace is not None and fm is not None:
+            extra["reference"] = self.trace
+        return self.program.run(self.images, self.cfg, faults=fm, engine=self.engine, batch_size=self.batch_size,
+                                count_changes=False, **extra)
 
 
 def program_digest(program: Any, images: Any, labels: Any) -> str:

@@ -77,7 +77,7 @@ def campaign_config(task: Any, population: Population, cfg: Any, engine: str, cr
 def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out: str, cfg: Any, *,
                  engine: str = "fast", critical_drop: float = DEFAULT_CRITICAL_DROP, confidence: float = 0.95,
                  workers: int | None = None, scheduler: Any = None, progress: bool = False, batch_size: int | None = None,
-                 chunk_size: int | None = None) -> CampaignRun:
+                 chunk_size: int | None = None, device: Any = None) -> CampaignRun:
     """Evaluate every chip of ``population`` not yet in ``out`` and write its result files.
 
     ``workers``: processes on this machine (default: all usable cores; 1 runs in this process);
@@ -92,13 +92,17 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
     ``OUTCOME_COLUMNS``. ``aggregates.csv`` needs ``accuracy``, ``drop``, ``sdc_rate`` and ``critical``.
     ``chunk_size``: chips per task sent to a worker (default: enough for about
     ``jobs.TASK_SECONDS`` of work each, from the fault-free run's time; see :func:`auto_chunk_size`).
+    ``device``: where the fast engine runs the chips (None or "cpu": this machine's CPUs; "cuda"
+    or "cuda:i": that GPU, every chip in this process, so neither ``workers`` above 1 nor a
+    ``scheduler``). Results do not depend on it, so a campaign started on one resumes on the other.
     """
     import sysarray
 
     t_start = time.perf_counter()
     workers = check_positive_int(workers, "workers", "run_campaign", none_ok=True)
     chunk_size = check_positive_int(chunk_size, "chunk_size", "run_campaign", none_ok=True)
-    n_workers = workers or local_cores()
+    device = campaign_device(device, engine, workers, scheduler, task)
+    n_workers = 1 if device is not None else workers or local_cores()
     population.check(cfg)
     config = campaign_config(task, population, cfg, engine, critical_drop, confidence)
     columns = tuple(population.columns) + tuple(getattr(task, "outcome_columns", OUTCOME_COLUMNS))
@@ -117,8 +121,10 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
                 start_workers_early()
             program, images, labels = task.load()
             t_clean = time.perf_counter()
-            build = getattr(task, "build_evaluator", Evaluator.build)  # a task may bring its own per-chip evaluator
-            evaluator = build(program, images, labels, cfg, engine, critical_drop, batch_size)
+            build = getattr(task, "build_evaluator", None)  # a task may bring its own per-chip evaluator
+            evaluator = (build(program, images, labels, cfg, engine, critical_drop, batch_size) if build is not None
+                         else Evaluator.build(program, images, labels, cfg, engine, critical_drop, batch_size,
+                                              device=device))
             clean_s = time.perf_counter() - t_clean
             if chunk_size is None:
                 chunk_size = auto_chunk_size(clean_s, len(todo), n_workers)
@@ -177,6 +183,34 @@ def run_campaign(task: CheckpointTask | ProgramTask, population: Population, out
         store.close()
 
 
+def campaign_device(device: Any, engine: str, workers: int | None, scheduler: Any, task: Any) -> Any:
+    """``device`` checked for :func:`run_campaign`: None for the CPU, else the CUDA torch.device;
+    a ValueError where the rest of the campaign cannot run there."""
+    import torch
+
+    from sysarray.validation import check_device
+
+    where = "run_campaign"
+    if device is None:
+        return None
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None  # check_device says what is wrong with it
+    if kind == "cuda":
+        if scheduler is not None or (workers or 1) > 1:
+            given = f"scheduler={scheduler!r}" if scheduler is not None else f"workers={workers}"
+            raise ValueError(f"A campaign on {device} runs every chip in this process on the GPU, so it takes neither "
+                             f"worker processes nor a Dask scheduler; leave out {given}.")
+        if engine != "fast":
+            raise ValueError(f"The {engine} engine runs on the CPU; a campaign on {device} needs the fast engine.")
+        if getattr(task, "build_evaluator", None) is not None:
+            raise ValueError(f"This task brings its own per-chip evaluator, which runs on the CPU; "
+                             f"leave out device={device!r}.")
+    dev = check_device(device, "device", where)
+    return None if dev.type == "cpu" else dev
+
+
 def write_aggregates(store: CampaignStore, keys: Sequence[str], confidence: float) -> str:
     """aggregates.csv from the store's rows (bootstrap seeded with the campaign's config hash)."""
     seed = int(store.manifest["config_hash"][:8], 16)
@@ -194,4 +228,5 @@ def _progress_bar(total: int, initial: int, enabled: bool):
                 smoothing=0.1)
 
 
-__all__ = ["CampaignRun", "REWRITE_RESULTS_EVERY_S", "campaign_config", "run_campaign", "write_aggregates"]
+__all__ = ["CampaignRun", "REWRITE_RESULTS_EVERY_S", "campaign_config", "campaign_device", "run_campaign",
+           "write_aggregates"]

@@ -214,12 +214,16 @@ def test_a_journal_line_cut_by_a_kill_is_redone_and_a_corrupt_middle_line_refuse
 
 
 # ------------------------------------------------------------------------------ stuck-at mode
-def test_stuckat_mode_runs_multi_map_groups(lenet_ckpt, tmp_path):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_stuckat_mode_runs_multi_map_groups(lenet_ckpt, tmp_path, device):
     chips = write_chips(tmp_path / "chips", 4, rates=(0.02,), registers=("psum",), bits=range(0, 10))
     # one amount (no 0): every group retrains, and groups of several chips alternate their maps
     settings = EfatSettings(min_accuracy=0.5, bypass=False, rates=[0.0, 0.05, 0.1], amounts=[0.25],
                             maps_per_rate=1, bits=list(range(0, 10)), train_limit=256, limit=120)
-    res = run_efat(lenet_ckpt, str(chips), WS, settings, str(tmp_path / "out"))
+    res = run_efat(lenet_ckpt, str(chips), WS, settings, str(tmp_path / "out"), device=device)
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config.get("device") == (None if device == "cpu" else "cuda")  # a CPU run's config as before
     assert res.cost["mode"] == "stuck-at"
     assert res.cost["violations"] == []
     assert max(len(g["members"]) for g in res.groups) >= 2

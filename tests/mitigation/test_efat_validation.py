@@ -53,9 +53,9 @@ def test_amounts_are_chosen_without_reading_the_test_split(lenet_ckpt, tmp_path,
     seen = []
     real = efat.split_accuracy
 
-    def spy(program, images, labels, cfg, faults):
+    def spy(program, images, labels, cfg, faults, device=None):
         seen.append((images.data_ptr(), len(images), faults is None))
-        return real(program, images, labels, cfg, faults)
+        return real(program, images, labels, cfg, faults, device)
 
     monkeypatch.setattr(efat, "split_accuracy", spy)
     a = run_efat(lenet_ckpt, str(chips), WS, tiny_settings(), str(tmp_path / "a"))

@@ -2,6 +2,7 @@
 FAP+T, the stuck-at twin forward, stuck-at FAT and random-error FAT."""
 from __future__ import annotations
 
+import copy
 import io
 
 import numpy as np
@@ -17,6 +18,7 @@ from sysarray import ArrayConfig, FaultMap
 
 WS = ArrayConfig(16, 16, "ws")
 BYPASS = WS.replace(bypass=True)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +141,11 @@ def test_twin_with_chip_hook_equals_the_integer_program(task, cfg):
     assert not torch.equal(ref.logits, task.program.run(task.images, cfg, faults=None).logits)
 
 
-def test_stuckat_fat_improves_the_chip(task, tmp_path):
+@pytest.mark.parametrize("device", [None, pytest.param("cuda", marks=CUDA)])
+def test_stuckat_fat_improves_the_chip(task, tmp_path, device):
     fm = hidden_psum_faults()
-    model, rep = fault_aware_train(task, WS, fm, "stuckat", 2)
+    model, rep = fault_aware_train(task, WS, fm, "stuckat", 2, device=device)
+    assert next(model.parameters()).device.type == (device or "cpu")
     print(f"stuck-at FAT: {rep.accuracy_before:.4f} -> {rep.accuracy_after:.4f} (fault-free {rep.clean_accuracy:.4f}, "
           f"{rep.seconds:.1f} s)")
     assert rep.clean_accuracy - rep.accuracy_before >= 0.10  # the faults cost at least 10 points
@@ -151,6 +155,30 @@ def test_stuckat_fat_improves_the_chip(task, tmp_path):
     after = run_on_chip(prepare(str(path)), WS, fm)["accuracy"]
     assert after == rep.accuracy_after
     assert after >= rep.accuracy_before + 0.30
+
+
+@CUDA
+@pytest.mark.parametrize("cfg", [WS, ArrayConfig(16, 16, "os")], ids=["ws", "os"])
+def test_twin_with_chip_hook_on_cuda_equals_the_integer_program(task, cfg):
+    fm = FaultMap.random(cfg, pe_rate=0.05, registers=("weight", "act", "psum"), seed=7).union(hidden_psum_faults())
+    twin = ZooTwin(task.program, copy.deepcopy(task.model).cuda())
+    with torch.no_grad():
+        logits = twin(task.images.cuda(), gemm_hook=chip_hook(cfg, fm))
+    assert logits.is_cuda and torch.equal(logits.cpu(), task.program.run(task.images, cfg, faults=fm).logits)
+
+
+def test_training_on_the_cpu_by_name_is_the_default(task):
+    fm = hidden_psum_faults()
+    a, rep_a = fault_aware_train(task, WS, fm, "stuckat", 0.25, seed=1)
+    b, rep_b = fault_aware_train(task, WS, fm, "stuckat", 0.25, seed=1, device="cpu")
+    assert state_bytes(a) == state_bytes(b)
+    assert (rep_a.accuracy_before, rep_a.accuracy_after) == (rep_b.accuracy_before, rep_b.accuracy_after)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_training_on_cuda_without_cuda_is_a_clear_error(task):
+    with pytest.raises(ValueError, match="'device' argument of fault_aware_train is 'cuda', but this torch"):
+        fault_aware_train(task, WS, hidden_psum_faults(), "stuckat", 1, device="cuda")
 
 
 def test_stuckat_fat_keeps_nothing_of_the_weights_it_trained_through(task):

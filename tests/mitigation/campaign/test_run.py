@@ -197,3 +197,45 @@ def test_a_finished_journal_with_stale_results_is_rebuilt_without_work(reference
     assert (run.evaluated, run.already_done) == (0, 12)
     assert (out / RESULTS).read_bytes() == ref
     assert (out / "aggregates.csv").read_bytes() == open(os.path.join(out_ref, "aggregates.csv"), "rb").read()
+
+
+# ------------------------------------------------------------------------------ device
+def test_device_cpu_gives_the_default_run(reference, tmp_path, lenet_ckpt):
+    _, ref = reference
+    run_campaign(CheckpointTask(lenet_ckpt, limit=LIMIT), small_grid(), str(tmp_path / "cpu"), CFG, workers=1,
+                 device="cpu")
+    assert (tmp_path / "cpu" / RESULTS).read_bytes() == ref
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"workers": 2}, "takes neither worker processes nor a Dask scheduler; leave out workers=2"),
+    ({"scheduler": "local"}, "leave out scheduler='local'"),
+    ({"engine": "cycle"}, "The cycle engine runs on the CPU; a campaign on cuda needs the fast engine"),
+])
+def test_a_gpu_campaign_is_one_process_on_the_fast_engine(options, message, tmp_path, lenet_ckpt):
+    out = tmp_path / "gpu"
+    with pytest.raises(ValueError, match=message):
+        run_campaign(CheckpointTask(lenet_ckpt, limit=LIMIT), small_grid(), str(out), CFG, device="cuda", **options)
+    assert not out.exists()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks a machine without CUDA")
+def test_a_gpu_campaign_without_cuda_is_a_clear_error(tmp_path, lenet_ckpt):
+    with pytest.raises(ValueError, match="'device' argument of run_campaign is 'cuda', but this torch has no CUDA"):
+        run_campaign(CheckpointTask(lenet_ckpt, limit=LIMIT), small_grid(), str(tmp_path / "gpu"), CFG, device="cuda")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_a_gpu_campaign_gives_the_cpu_results_and_resumes_a_cpu_one(reference, tmp_path, lenet_ckpt):
+    out_ref, ref = reference
+    task = CheckpointTask(lenet_ckpt, limit=LIMIT)
+    run_campaign(task, small_grid(), str(tmp_path / "gpu"), CFG, device="cuda")
+    assert (tmp_path / "gpu" / RESULTS).read_bytes() == ref
+    # the first five chips done on the CPU, the rest on the GPU
+    out = tmp_path / "mixed"
+    out.mkdir()
+    (out / "manifest.json").write_bytes(open(os.path.join(out_ref, "manifest.json"), "rb").read())
+    (out / JOURNAL).write_bytes(b"".join(open(os.path.join(out_ref, JOURNAL), "rb").read().splitlines(True)[:5]))
+    run = run_campaign(task, small_grid(), str(out), CFG, device="cuda")
+    assert (run.already_done, run.evaluated) == (5, 7)
+    assert (out / RESULTS).read_bytes() == ref
