@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import numpy as np
 import torch
@@ -178,7 +177,7 @@ def _assign(cost_nc: np.ndarray, C: int) -> tuple[np.ndarray, float, float]:
 # ----------------------------------------------------------------------------------- saliencies
 def _weight_cost(s_kn: np.ndarray, cfg: ArrayConfig, faulty: np.ndarray) -> np.ndarray:
     """(Ng, C) cost from per-weight saliency ``s_kn`` (K, Ng) of one group (module docstring)."""
-    R, C = cfg.rows, cfg.cols
+    R = cfg.rows
     K, ng = s_kn.shape
     if cfg.dataflow is Dataflow.OS:
         return s_kn.sum(axis=0)[:, None] * faulty.sum(axis=0)[None, :].astype(np.float64)

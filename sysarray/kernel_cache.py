@@ -4,8 +4,10 @@ The engines compute each exact integer product with whichever of several exact k
 fastest here (an int8 GEMM where the CPU has one, float32 exact by bound, a serial or a threaded
 compilation; :class:`sysarray.parallel.MeasuredChoice`). A choice is measured on first use per
 shape class; this module keeps the decisions in one JSON file per machine signature (CPU model,
-its int8 and vector instruction sets, torch and numba versions), so later processes on the same
-machine start with them instead of measuring again.
+its int8 and vector instruction sets, torch and numba versions, and numba's threading layer,
+which sets what a threaded kernel's launch costs), so later processes on the same machine start
+with them instead of measuring again. The threading layer itself is chosen by measurement too,
+per machine without the layer (:mod:`sysarray.threading_choice`); its file lives beside these.
 
 Where: ``$XDG_CACHE_HOME/sysarray/kernels`` (else ``~/.cache/sysarray/kernels``), or the folder
 given to :func:`configure`; ``configure(False)`` keeps choices in memory only (tests and
@@ -53,16 +55,32 @@ def default_folder() -> Path:
     return Path(base) / "sysarray" / "kernels"
 
 
-def machine_signature() -> dict[str, Any]:
-    """What the choices depend on: CPU model and instruction sets, library versions."""
-    return dict(_signature())
+def machine_signature(layer: bool = True) -> dict[str, Any]:
+    """What the choices depend on: CPU model and instruction sets, library versions and (``layer``)
+    the numba threading layer this process asks for (``NUMBA_THREADING_LAYER``, else "default")."""
+    out = dict(_hardware())
+    if layer:
+        out["threading_layer"] = os.environ.get("NUMBA_THREADING_LAYER") or "default"
+    return out
+
+
+def folder() -> Path | None:
+    """The folder of this machine's choice files (None when kept in memory only)."""
+    return None if _folder is False else default_folder() if _folder is True else _folder
+
+
+def _version(package: str) -> str:
+    """A package's version from its metadata: no import (torch must load after process tuning)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return __import__(package).__version__
 
 
 @functools.lru_cache(maxsize=1)
-def _signature() -> tuple:
-    import numba
-    import torch
-
+def _hardware() -> tuple:
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
@@ -78,16 +96,18 @@ def _signature() -> tuple:
     except OSError:
         pass
     return (("cpu", model), ("arch", platform.machine()), ("flags", sorted(f for f in _FLAGS if f in flags)),
-            ("torch", torch.__version__), ("numba", numba.__version__), ("python", platform.python_version()))
+            ("torch", _version("torch")), ("numba", _version("numba")), ("python", platform.python_version()))
 
 
 def path() -> Path | None:
     """The choices file of this machine (None when kept in memory only)."""
-    if _folder is False:
-        return None
-    folder = default_folder() if _folder is True else _folder
-    digest = hashlib.sha256(json.dumps(machine_signature(), sort_keys=True).encode()).hexdigest()[:16]
-    return folder / f"kernels-{digest}.json"
+    where = folder()
+    return None if where is None else where / f"kernels-{signature_digest(machine_signature())}.json"
+
+
+def signature_digest(signature: dict[str, Any]) -> str:
+    """A short stable name for a machine signature (file names)."""
+    return hashlib.sha256(json.dumps(signature, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _read(file: Path) -> dict[str, dict[str, dict[str, Any]]]:
@@ -163,11 +183,12 @@ def clear() -> Path | None:
     """Delete this machine's choices file and forget its decisions; returns the file's path."""
     global _loaded
     with _lock:
-        file = path()
-        if file is not None:
-            try:
-                file.unlink()
-            except FileNotFoundError:
-                pass
         _loaded = None
-        return file
+        return delete(path())
+
+
+def delete(file: Path | None) -> Path | None:
+    """Delete a choices file if it is there; returns its path (None stays None)."""
+    if file is not None:
+        file.unlink(missing_ok=True)
+    return file

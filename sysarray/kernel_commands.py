@@ -1,37 +1,67 @@
 """``sysarray kernels`` (registered with ``sysarray.cli.subcommand``): the measured kernel choices
-this machine keeps (:mod:`sysarray.kernel_cache`), shown or cleared."""
+and threading layer this machine keeps (:mod:`sysarray.kernel_cache`,
+:mod:`sysarray.threading_choice`), shown, cleared or (the layer) measured."""
 from __future__ import annotations
 
 import argparse
 
+import os
+
 from sysarray.cli import EXIT_OK, subcommand
+from sysarray.cliargs import add_quiet_argument, positive_int
 
 
 @subcommand
 def add_kernels_parser(subparsers) -> None:
     p = subparsers.add_parser(
-        "kernels", help="show or clear the kernel choices measured on this machine",
+        "kernels", help="show, clear or measure the kernel choices and threading layer of this machine",
         description="The engines compute each exact integer product on whichever exact kernel measured faster "
                     "on this machine (int8 GEMMs, float32 exact by bound, serial or threaded compilations), "
-                    "measured on first use per shape class and kept in one file per machine signature. This "
-                    "command prints that file's machine signature and choices, or deletes it (--clear) so the "
-                    "next runs measure again (docs/performance.md).",
-        epilog="Example: sysarray kernels; sysarray kernels --clear",
+                    "measured on first use per shape class and kept in one file per machine signature. numba's "
+                    "threading layer is fixed when a process starts its threads, so it is measured apart, by "
+                    "--measure-layer: a faulty-chip workload timed in child processes under each layer, the faster "
+                    "kept for the thread count and used by every later sysarray process. This command prints the "
+                    "files' machine signature and choices, or deletes them (--clear) so the next runs measure again "
+                    "(docs/performance.md).",
+        epilog="Example: sysarray kernels; sysarray kernels --measure-layer; sysarray kernels --clear",
     )
-    p.add_argument("--clear", action="store_true", help="delete this machine's choices file (default: show it)")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--clear", action="store_true", help="delete this machine's choice files (default: show them)")
+    g.add_argument("--measure-layer", action="store_true",
+                   help="time numba's workqueue and OpenMP threading layers on a faulty-chip workload (child "
+                        "processes, about half a minute) and keep the faster for later sysarray processes "
+                        "(default: show the choices)")
+    p.add_argument("--threads", type=positive_int, metavar="N",
+                   help="with --measure-layer: the thread count to measure for (default: the usable cores)")
+    p.add_argument("--repeats", type=positive_int, default=3, metavar="N",
+                   help="with --measure-layer: child processes per layer, alternating (default 3)")
+    add_quiet_argument(p)
     p.set_defaults(func=run_kernels)
 
 
 def run_kernels(args: argparse.Namespace) -> int:
-    from sysarray import kernel_cache
+    from sysarray import kernel_cache, threading_choice
 
+    if (args.threads is not None or args.repeats != 3) and not args.measure_layer:
+        raise ValueError("--threads and --repeats apply to --measure-layer.")
     if args.clear:
-        print(f"deleted {kernel_cache.clear()}")
+        print(f"deleted {kernel_cache.clear()} and {threading_choice.clear()}")
         return EXIT_OK
+    if args.measure_layer:
+        return _measure_layer(args, threading_choice)
     sig = kernel_cache.machine_signature()
     print(f"machine: {sig['cpu']} ({sig['arch']}; {' '.join(sig['flags']) or 'no listed vector/int8 flags'}); "
           f"torch {sig['torch']}, numba {sig['numba']}, Python {sig['python']}")
-    print(f"file: {kernel_cache.path()}")
+    layers = threading_choice.recorded_all()
+    print(f"threading layer file: {threading_choice.path()}")
+    if layers:
+        for n, entry in sorted(layers.items(), key=lambda kv: int(kv[0])):
+            times = ", ".join(f"{k} {1e3 * v:.3g}" for k, v in entry["median_s"].items())
+            print(f"  {n} thread(s): {entry['layer']} (median ms per probe round: {times})")
+    else:
+        print(f"  no layer measured (`sysarray kernels --measure-layer`); processes use "
+              f"{os.environ.get('NUMBA_THREADING_LAYER', 'workqueue')}")
+    print(f"kernel choices file (this process's layer, {sig['threading_layer']}): {kernel_cache.path()}")
     choices = kernel_cache.recorded()
     if not choices:
         print("no choices measured yet")
@@ -44,4 +74,31 @@ def run_kernels(args: argparse.Namespace) -> int:
     widths = [max(len(r[j]) for r in rows) for j in range(3)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    return EXIT_OK
+
+
+def _measure_layer(args: argparse.Namespace, threading_choice) -> int:
+    import sys
+
+    from tqdm.auto import tqdm
+
+    threads = args.threads or threading_choice.usable_cores()
+    bar = tqdm(total=args.repeats * len(threading_choice.LAYERS), desc="threading layers", unit="process",
+               disable=args.quiet, leave=False)
+
+    def on_probe(layer, got) -> None:
+        bar.update(1)
+        if isinstance(got, str):
+            print(f"{layer}: cannot run here ({got})", file=sys.stderr)
+
+    try:
+        res = threading_choice.measure(threads, args.repeats, on_probe=on_probe)
+    finally:
+        bar.close()
+    if res["layer"] is None:
+        raise ValueError("no numba threading layer ran the probe; see the lines above.")
+    for layer, median in sorted(res["median_s"].items(), key=lambda kv: kv[1]):
+        print(f"{layer:<10} {1e3 * median:.2f} ms per probe round (median over {args.repeats} processes)")
+    where = res["file"] or "memory only (the choice files are off)"
+    print(f"{threads} thread(s): {res['layer']} is faster here; kept in {where}, used by later sysarray processes")
     return EXIT_OK

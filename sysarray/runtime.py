@@ -14,10 +14,11 @@ What it sets, and why (the figures are in docs/performance.md):
   every parallel op, taking the cores from the engines' numba kernels that follow each
   convolution. libgomp reads the variable once, when torch loads it, so this applies only when
   torch is not imported yet; a value the user set (or ``OMP_WAIT_POLICY``) is kept.
-- numba's ``workqueue`` threading layer: numba's OpenMP layer keeps its threads spinning after a
-  parallel loop, which steals the cores from torch's GEMMs; the engines' parallel loops are
-  coarse, so the non-spinning layer loses nothing. Applies until numba starts its threads; a
-  ``NUMBA_THREADING_LAYER`` the user set is kept.
+- numba's threading layer: the one measured faster on this machine for the thread count
+  (:mod:`sysarray.threading_choice`, ``sysarray kernels --measure-layer``), else ``workqueue``:
+  on some machines numba's OpenMP layer keeps its threads spinning after a parallel loop and
+  steals the cores from torch's GEMMs, on others it launches the engines' kernels faster. Applies
+  until numba starts its threads; a ``NUMBA_THREADING_LAYER`` the user set is kept.
 - glibc malloc thresholds (Linux): large freed blocks (a layer's activations) stay in the process
   for the next run instead of going back to the system, so a run's tensors do not start as fresh
   pages (a page fault every 4 KB). The process keeps up to 1 GB of freed memory for reuse.
@@ -53,12 +54,14 @@ class Tuning:
     (set, but torch had already loaded libgomp, which will not read it) or "off".
     ``numba_layer``: the layer numba will use, or "late" (numba's threads had already started
     with another). ``malloc``: the glibc thresholds were applied. ``threads``: torch's and
-    numba's thread count now."""
+    numba's thread count now. ``layer_from``: where the layer came from, "measured" (this
+    machine's recorded choice), "default", "kept" (the user's ``NUMBA_THREADING_LAYER``) or "off"."""
 
     omp_spin: str
     numba_layer: str
     malloc: bool
     threads: tuple[int, int] | None
+    layer_from: str = "off"
 
 
 def configure(*, threads: int | None = None, omp_spin: bool = True, numba_layer: bool = True,
@@ -72,10 +75,10 @@ def configure(*, threads: int | None = None, omp_spin: bool = True, numba_layer:
     for name, flag in (("omp_spin", omp_spin), ("numba_layer", numba_layer), ("malloc", malloc)):
         check_bool(flag, name, "configure")
     spin = _set_omp_spin() if omp_spin else "off"
-    layer = _set_numba_layer() if numba_layer else "off"
+    layer, layer_from = _set_numba_layer(threads) if numba_layer else ("off", "off")
     mem = keep_freed_memory() if malloc else False
     counts = set_threads(threads) if threads is not None else None
-    return Tuning(spin, layer, mem, counts)
+    return Tuning(spin, layer, mem, counts, layer_from)
 
 
 def _set_omp_spin() -> str:
@@ -85,19 +88,28 @@ def _set_omp_spin() -> str:
     return "late" if "torch" in sys.modules else "set"
 
 
-def _set_numba_layer() -> str:
-    # Through the environment: numba reads it when it loads, and re-reads its whole config from
-    # the environment whenever a NUMBA_* variable changes, which would undo a config-only setting.
-    wanted = os.environ.setdefault("NUMBA_THREADING_LAYER", NUMBA_LAYER)
+def _set_numba_layer(threads: int | None) -> tuple[str, str]:
+    """(the layer numba will use or "late", where it came from)."""
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        origin = "kept"
+    else:
+        from sysarray import threading_choice
+
+        measured = threading_choice.recorded(threads or threading_choice.usable_cores())
+        origin = "default" if measured is None else "measured"
+        # Through the environment: numba reads it when it loads, and re-reads its whole config from
+        # the environment whenever a NUMBA_* variable changes, which would undo a config-only setting.
+        os.environ["NUMBA_THREADING_LAYER"] = measured or NUMBA_LAYER
+    wanted = os.environ["NUMBA_THREADING_LAYER"]
     if "numba" not in sys.modules:
-        return wanted
+        return wanted, origin
     import numba
     from numba.np.ufunc import parallel
 
     if parallel._is_initialized:
-        return wanted if numba.threading_layer() == wanted else "late"
+        return (wanted if numba.threading_layer() == wanted else "late"), origin
     numba.config.THREADING_LAYER = wanted
-    return wanted
+    return wanted, origin
 
 
 def keep_freed_memory() -> bool:
