@@ -7,7 +7,7 @@ are timed round-robin (one call of each per round), so a slow spell of a shared 
 all of them alike instead of biasing one side of a ratio.
 
 Every benchmark is a program: it calls :func:`sysarray.runtime.configure` first thing, before
-torch loads (which takes numba's threading layer measured on this machine, where one is
+torch loads (which takes the threading settings measured on this machine, where they are
 recorded: :mod:`sysarray.threading_choice`), measures the engines' kernel choices afresh
 (none read from this machine's :mod:`sysarray.kernel_cache`), and its JSON carries
 :func:`provenance` (the command, the run mode, what ``configure`` reported and the machine),

@@ -18,9 +18,10 @@ def add_kernels_parser(subparsers) -> None:
         description="The engines compute each exact integer product on whichever exact kernel measured faster "
                     "on this machine (int8 GEMMs, float32 exact by bound, serial or threaded compilations), "
                     "measured on first use per shape class and kept in one file per machine signature. numba's "
-                    "threading layer is fixed when a process starts its threads, so it is measured apart, by "
-                    "--measure-layer: a faulty-chip workload timed in child processes under each layer, the faster "
-                    "kept for the thread count and used by every later sysarray process. This command prints the "
+                    "threading layer and the OpenMP threads' spin are fixed when a process starts its threads, so "
+                    "they are measured apart, by --measure-layer: a faulty-chip workload timed in child processes "
+                    "under each pair of settings, the fastest kept for the thread count and used by every later "
+                    "sysarray process. This command prints the "
                     "files' machine signature and choices, or deletes them (--clear) so the next runs measure again "
                     "(docs/performance.md).",
         epilog="Example: sysarray kernels; sysarray kernels --measure-layer; sysarray kernels --clear",
@@ -28,13 +29,13 @@ def add_kernels_parser(subparsers) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--clear", action="store_true", help="delete this machine's choice files (default: show them)")
     g.add_argument("--measure-layer", action="store_true",
-                   help="time numba's workqueue and OpenMP threading layers on a faulty-chip workload (child "
-                        "processes, about half a minute) and keep the faster for later sysarray processes "
-                        "(default: show the choices)")
+                   help="time numba's workqueue and OpenMP threading layers, each with a short and with "
+                        "libgomp's default spin, on a faulty-chip workload (child processes, about a minute) and "
+                        "keep the fastest for later sysarray processes (default: show the choices)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="with --measure-layer: the thread count to measure for (default: the usable cores)")
     p.add_argument("--repeats", type=positive_int, default=3, metavar="N",
-                   help="with --measure-layer: child processes per layer, alternating (default 3)")
+                   help="with --measure-layer: child processes per setting, alternating (default 3)")
     add_quiet_argument(p)
     p.set_defaults(func=run_kernels)
 
@@ -53,14 +54,14 @@ def run_kernels(args: argparse.Namespace) -> int:
     print(f"machine: {sig['cpu']} ({sig['arch']}; {' '.join(sig['flags']) or 'no listed vector/int8 flags'}); "
           f"torch {sig['torch']}, numba {sig['numba']}, Python {sig['python']}")
     layers = threading_choice.recorded_all()
-    print(f"threading layer file: {threading_choice.path()}")
+    print(f"threading settings file (numba layer/OpenMP spin): {threading_choice.path()}")
     if layers:
         for n, entry in sorted(layers.items(), key=lambda kv: int(kv[0])):
             times = ", ".join(f"{k} {1e3 * v:.3g}" for k, v in entry["median_s"].items())
-            print(f"  {n} thread(s): {entry['layer']} (median ms per probe round: {times})")
+            print(f"  {n} thread(s): {entry['settings']} (median ms per probe round: {times})")
     else:
-        print(f"  no layer measured (`sysarray kernels --measure-layer`); processes use "
-              f"{os.environ.get('NUMBA_THREADING_LAYER', 'workqueue')}")
+        print(f"  nothing measured (`sysarray kernels --measure-layer`); processes use the numba layer "
+              f"{os.environ.get('NUMBA_THREADING_LAYER', 'workqueue')} and a short OpenMP spin")
     print(f"kernel choices file (this process's layer, {sig['threading_layer']}): {kernel_cache.path()}")
     choices = kernel_cache.recorded()
     if not choices:
@@ -83,22 +84,25 @@ def _measure_layer(args: argparse.Namespace, threading_choice) -> int:
     from tqdm.auto import tqdm
 
     threads = args.threads or threading_choice.usable_cores()
-    bar = tqdm(total=args.repeats * len(threading_choice.LAYERS), desc="threading layers", unit="process",
+    bar = tqdm(total=args.repeats * len(threading_choice.CANDIDATES), desc="threading settings", unit="process",
                disable=args.quiet, leave=False)
 
-    def on_probe(layer, got) -> None:
+    def on_probe(candidate, got) -> None:
         bar.update(1)
         if isinstance(got, str):
-            print(f"{layer}: cannot run here ({got})", file=sys.stderr)
+            print(f"{candidate}: cannot run here ({got})", file=sys.stderr)
 
     try:
         res = threading_choice.measure(threads, args.repeats, on_probe=on_probe)
     finally:
         bar.close()
-    if res["layer"] is None:
-        raise ValueError("no numba threading layer ran the probe; see the lines above.")
-    for layer, median in sorted(res["median_s"].items(), key=lambda kv: kv[1]):
-        print(f"{layer:<10} {1e3 * median:.2f} ms per probe round (median over {args.repeats} processes)")
+    if res["settings"] is None:
+        raise ValueError("no threading setting ran the probe; see the lines above.")
+    print("numba layer/OpenMP spin: median ms per probe round over "
+          f"{args.repeats} process(es) each")
+    for candidate, median in sorted(res["median_s"].items(), key=lambda kv: kv[1]):
+        print(f"  {candidate:<18} {1e3 * median:.2f}")
     where = res["file"] or "memory only (the choice files are off)"
-    print(f"{threads} thread(s): {res['layer']} is faster here; kept in {where}, used by later sysarray processes")
+    print(f"{threads} thread(s): {res['settings']} is the fastest here; kept in {where}, used by later sysarray "
+          f"processes")
     return EXIT_OK

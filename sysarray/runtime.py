@@ -10,15 +10,19 @@ benchmarks and campaign workers do)::
 
 What it sets, and why (the figures are in docs/performance.md):
 
-- ``GOMP_SPINCOUNT=3000``: torch's OpenMP threads (libgomp) otherwise spin for milliseconds after
-  every parallel op, taking the cores from the engines' numba kernels that follow each
-  convolution. libgomp reads the variable once, when torch loads it, so this applies only when
-  torch is not imported yet; a value the user set (or ``OMP_WAIT_POLICY``) is kept.
-- numba's threading layer: the one measured faster on this machine for the thread count
-  (:mod:`sysarray.threading_choice`, ``sysarray kernels --measure-layer``), else ``workqueue``:
-  on some machines numba's OpenMP layer keeps its threads spinning after a parallel loop and
-  steals the cores from torch's GEMMs, on others it launches the engines' kernels faster. Applies
-  until numba starts its threads; a ``NUMBA_THREADING_LAYER`` the user set is kept.
+- ``GOMP_SPINCOUNT=3000``, unless this machine measured libgomp's default spin faster: torch's
+  OpenMP threads (libgomp) otherwise spin for milliseconds after every parallel op, which on
+  some machines takes the cores from the engines' numba kernels that follow each convolution and
+  on others keeps the threads ready for them. libgomp reads the variable once, when torch loads
+  it, so this applies only when torch is not imported yet; a value the user set (or
+  ``OMP_WAIT_POLICY``) is kept.
+- numba's threading layer: the one measured faster on this machine, else ``workqueue``: on some
+  machines numba's OpenMP layer keeps its threads spinning after a parallel loop and steals the
+  cores from torch's GEMMs, on others it launches the engines' kernels faster. Applies until
+  numba starts its threads; a ``NUMBA_THREADING_LAYER`` the user set is kept.
+
+  Both come from this machine's measurement for the thread count where one is recorded
+  (:mod:`sysarray.threading_choice`, ``sysarray kernels --measure-layer``).
 - glibc malloc thresholds (Linux): large freed blocks (a layer's activations) stay in the process
   for the next run instead of going back to the system, so a run's tensors do not start as fresh
   pages (a page fault every 4 KB). The process keeps up to 1 GB of freed memory for reuse.
@@ -54,14 +58,16 @@ class Tuning:
     (set, but torch had already loaded libgomp, which will not read it) or "off".
     ``numba_layer``: the layer numba will use, or "late" (numba's threads had already started
     with another). ``malloc``: the glibc thresholds were applied. ``threads``: torch's and
-    numba's thread count now. ``layer_from``: where the layer came from, "measured" (this
-    machine's recorded choice), "default", "kept" (the user's ``NUMBA_THREADING_LAYER``) or "off"."""
+    numba's thread count now; ``omp_spin`` is "default" where this machine measured libgomp's own
+    spin faster (nothing set). ``measured``: the spin and the layer not kept from the user's
+    environment come from this machine's measurement (:mod:`sysarray.threading_choice`), not
+    from the constants."""
 
     omp_spin: str
     numba_layer: str
     malloc: bool
     threads: tuple[int, int] | None
-    layer_from: str = "off"
+    measured: bool = False
 
 
 def configure(*, threads: int | None = None, omp_spin: bool = True, numba_layer: bool = True,
@@ -74,42 +80,41 @@ def configure(*, threads: int | None = None, omp_spin: bool = True, numba_layer:
     threads = check_int(threads, "threads", "configure", lo=1, none_ok=True)
     for name, flag in (("omp_spin", omp_spin), ("numba_layer", numba_layer), ("malloc", malloc)):
         check_bool(flag, name, "configure")
-    spin = _set_omp_spin() if omp_spin else "off"
-    layer, layer_from = _set_numba_layer(threads) if numba_layer else ("off", "off")
+    measured = None
+    if omp_spin or numba_layer:
+        from sysarray import threading_choice
+
+        measured = threading_choice.recorded(threads or threading_choice.usable_cores())
+    layer_wanted, spin_wanted = measured or (NUMBA_LAYER, "short")
+    spin = _set_omp_spin(spin_wanted == "short") if omp_spin else "off"
+    layer = _set_numba_layer(layer_wanted) if numba_layer else "off"
     mem = keep_freed_memory() if malloc else False
     counts = set_threads(threads) if threads is not None else None
-    return Tuning(spin, layer, mem, counts, layer_from)
+    return Tuning(spin, layer, mem, counts, measured is not None)
 
 
-def _set_omp_spin() -> str:
+def _set_omp_spin(short: bool) -> str:
     if {"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ):
         return "kept"
+    if not short:
+        return "default"
     os.environ["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
     return "late" if "torch" in sys.modules else "set"
 
 
-def _set_numba_layer(threads: int | None) -> tuple[str, str]:
-    """(the layer numba will use or "late", where it came from)."""
-    if "NUMBA_THREADING_LAYER" in os.environ:
-        origin = "kept"
-    else:
-        from sysarray import threading_choice
-
-        measured = threading_choice.recorded(threads or threading_choice.usable_cores())
-        origin = "default" if measured is None else "measured"
-        # Through the environment: numba reads it when it loads, and re-reads its whole config from
-        # the environment whenever a NUMBA_* variable changes, which would undo a config-only setting.
-        os.environ["NUMBA_THREADING_LAYER"] = measured or NUMBA_LAYER
-    wanted = os.environ["NUMBA_THREADING_LAYER"]
+def _set_numba_layer(layer: str) -> str:
+    # Through the environment: numba reads it when it loads, and re-reads its whole config from
+    # the environment whenever a NUMBA_* variable changes, which would undo a config-only setting.
+    wanted = os.environ.setdefault("NUMBA_THREADING_LAYER", layer)
     if "numba" not in sys.modules:
-        return wanted, origin
+        return wanted
     import numba
     from numba.np.ufunc import parallel
 
     if parallel._is_initialized:
-        return (wanted if numba.threading_layer() == wanted else "late"), origin
+        return wanted if numba.threading_layer() == wanted else "late"
     numba.config.THREADING_LAYER = wanted
-    return wanted, origin
+    return wanted
 
 
 def keep_freed_memory() -> bool:

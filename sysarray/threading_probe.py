@@ -1,5 +1,7 @@
-"""The workload :mod:`sysarray.threading_choice` times under each numba threading layer, run as
-``python -m sysarray.threading_probe '[THREADS, ROUNDS, SIZE]'`` with ``NUMBA_THREADING_LAYER`` set.
+"""The workload :mod:`sysarray.threading_choice` times under each candidate setting, run as
+``python -m sysarray.threading_probe '[THREADS, ROUNDS, SIZE, SHORT_SPIN]'`` with
+``NUMBA_THREADING_LAYER`` set (and ``GOMP_SPINCOUNT`` unset: SHORT_SPIN says whether
+:func:`sysarray.runtime.configure` sets its short spin or leaves libgomp's default).
 
 One round is what an integer CNN does on a chip: a residual block in each of three ResNet-like
 stages (16, 32 and 64 channels on 32x32, 16x16 and 8x8 maps, 3x3 convolutions) on a 32x32 WS chip
@@ -22,10 +24,11 @@ WARMUP = 10
 
 
 def main(argv: list[str]) -> int:
-    threads, rounds, size = json.loads(argv[0])
+    threads, rounds, size, short_spin = json.loads(argv[0])
     import sysarray.runtime
 
-    sysarray.runtime.configure(threads=int(threads))  # keeps the NUMBA_THREADING_LAYER the parent set
+    # keeps the NUMBA_THREADING_LAYER the parent set
+    sysarray.runtime.configure(threads=int(threads), omp_spin=bool(short_spin))
     import torch
     import torch.nn.functional as F
 

@@ -1,5 +1,5 @@
-"""numba's threading layer chosen by measurement per machine (sysarray.threading_choice) and taken
-by process tuning (sysarray.runtime.configure)."""
+"""numba's threading layer and the OpenMP spin chosen by measurement per machine
+(sysarray.threading_choice) and taken by process tuning (sysarray.runtime.configure)."""
 from __future__ import annotations
 
 import json
@@ -19,15 +19,17 @@ def cache(tmp_path):
     kernel_cache.configure(False)
 
 
-def test_a_recorded_layer_is_read_back_per_thread_count(cache):
+def test_a_recorded_choice_is_read_back_per_thread_count(cache):
     assert threading_choice.recorded(2) is None
-    file = threading_choice.record(2, "omp", {"omp": 0.03, "workqueue": 0.036})
+    file = threading_choice.record(2, "omp/default", {"omp/default": 0.03, "workqueue/short": 0.036})
     assert file == threading_choice.path() and file.parent == cache / "sysarray" / "kernels"
-    assert threading_choice.recorded(2) == "omp" and threading_choice.recorded(1) is None
-    threading_choice.record(1, "workqueue", {"omp": 0.02, "workqueue": 0.01})
-    assert threading_choice.recorded_all()["1"]["layer"] == "workqueue" and threading_choice.recorded(2) == "omp"
-    with pytest.raises(ValueError, match="must be one of workqueue, omp. Got 'tbb'"):
-        threading_choice.record(2, "tbb", {})
+    assert threading_choice.recorded(2) == ("omp", "default") and threading_choice.recorded(1) is None
+    threading_choice.record(1, "workqueue/short", {"omp/short": 0.02, "workqueue/short": 0.01})
+    assert threading_choice.recorded_all()["1"]["settings"] == "workqueue/short"
+    assert threading_choice.recorded(2) == ("omp", "default")
+    with pytest.raises(ValueError, match="must be one of workqueue/short, omp/short, workqueue/default, omp/default. "
+                                         "Got 'tbb/short'"):
+        threading_choice.record(2, "tbb/short", {})
     assert threading_choice.clear() == file and not file.exists()
 
 
@@ -41,7 +43,8 @@ def test_the_layer_file_does_not_depend_on_the_layer_and_the_kernel_file_does(ca
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"format": "other"}),
                                      json.dumps({"format": threading_choice.FORMAT, "version": threading_choice.VERSION,
-                                                 "machine": {"cpu": "another"}, "choices": {"2": {"layer": "omp"}}})])
+                                                 "machine": {"cpu": "another"},
+                                                 "choices": {"2": {"settings": "omp/short"}}})])
 def test_a_file_of_another_format_or_machine_is_ignored(cache, content):
     file = threading_choice.path()
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -51,69 +54,91 @@ def test_a_file_of_another_format_or_machine_is_ignored(cache, content):
 
 def test_memory_only_keeps_nothing():
     assert threading_choice.path() is None and threading_choice.recorded(2) is None
-    assert threading_choice.record(2, "omp", {"omp": 1.0}) is None
+    assert threading_choice.record(2, "omp/short", {"omp/short": 1.0}) is None
 
 
-def test_measure_times_both_layers_in_child_processes_and_keeps_the_faster(cache):
+def test_measure_times_every_setting_in_child_processes_and_keeps_the_fastest(cache):
     seen = []
-    res = threading_choice.measure(1, repeats=1, rounds=2, size="quick", on_probe=lambda layer, got: seen.append(layer))
-    assert seen == list(threading_choice.LAYERS)
+    res = threading_choice.measure(1, repeats=1, rounds=2, size="quick", on_probe=lambda c, got: seen.append(c))
+    assert seen == list(threading_choice.CANDIDATES)
     ran = res["median_s"]
-    assert set(ran) | set(res["failed"]) == set(threading_choice.LAYERS) and "workqueue" in ran
-    assert res["layer"] == min(ran, key=ran.get) and all(t > 0 for t in ran.values())
-    assert threading_choice.recorded(1) == res["layer"] and res["file"] == threading_choice.path()
+    assert set(ran) | set(res["failed"]) == set(threading_choice.CANDIDATES) and "workqueue/short" in ran
+    assert res["settings"] == min(ran, key=ran.get) and all(t > 0 for t in ran.values())
+    assert threading_choice.recorded(1) == tuple(res["settings"].split("/")) and res["file"] == threading_choice.path()
 
 
-def test_a_layer_that_cannot_run_is_reported_and_left_out(cache, monkeypatch):
-    def probe(layer, threads, rounds, size):
-        if layer == "omp":
+def test_a_probe_sees_the_settings_it_was_given():
+    """The child applies exactly the candidate's layer and spin (else the timings mean nothing)."""
+    code = ("import json, os, sys, numba; import sysarray.runtime as rt; "
+            "t = rt.configure(threads=1, omp_spin=sys.argv[1] == 'short'); "
+            "print(json.dumps([numba.config.THREADING_LAYER, os.environ.get('GOMP_SPINCOUNT'), t.omp_spin]))")
+    for candidate in threading_choice.CANDIDATES:
+        layer, spin = threading_choice.settings(candidate)
+        env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+        out = subprocess.run([sys.executable, "-c", code, spin], capture_output=True, text=True, timeout=300,
+                             env={**env, "NUMBA_THREADING_LAYER": layer})
+        want = [layer, "3000", "set"] if spin == "short" else [layer, None, "off"]
+        assert json.loads(out.stdout) == want, out.stderr
+
+
+def test_a_setting_that_cannot_run_is_reported_and_left_out(cache, monkeypatch):
+    def probe(candidate, threads, rounds, size):
+        if candidate.startswith("omp"):
             raise RuntimeError("ValueError: No threading layer could be loaded.")
-        return [0.01] * rounds
+        return [0.02 if candidate.endswith("short") else 0.01] * rounds
 
     monkeypatch.setattr(threading_choice, "probe", probe)
     res = threading_choice.measure(2, repeats=2, rounds=3)
-    assert res["layer"] == "workqueue" and res["failed"] == {"omp": "ValueError: No threading layer could be loaded."}
-    assert res["median_s"] == {"workqueue": 0.01} and threading_choice.recorded(2) == "workqueue"
+    why = "ValueError: No threading layer could be loaded."
+    assert res["settings"] == "workqueue/default" and res["failed"] == {"omp/short": why, "omp/default": why}
+    assert res["median_s"] == {"workqueue/short": 0.02, "workqueue/default": 0.01}
+    assert threading_choice.recorded(2) == ("workqueue", "default")
 
 
 CONFIGURE = """
-import json
+import json, os
 import sysarray.runtime as rt
 t = rt.configure(threads=2)
 import numba
-print(json.dumps(dict(layer=t.numba_layer, origin=t.layer_from, numba=numba.config.THREADING_LAYER)))
+print(json.dumps(dict(layer=t.numba_layer, spin=t.omp_spin, measured=t.measured, numba=numba.config.THREADING_LAYER,
+                      env=os.environ.get("GOMP_SPINCOUNT"))))
 """
 
 
 def _configured(tmp_path, **env) -> dict:
-    clean = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("NUMBA_THREADING_LAYER", "GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     out = subprocess.run([sys.executable, "-c", CONFIGURE], capture_output=True, text=True, timeout=300,
                          env={**clean, "XDG_CACHE_HOME": str(tmp_path), **env})
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_configure_takes_the_measured_layer_unless_the_user_set_one(cache):
-    assert _configured(cache) == {"layer": "workqueue", "origin": "default", "numba": "workqueue"}
-    threading_choice.record(2, "omp", {"omp": 0.03, "workqueue": 0.036})
-    assert _configured(cache) == {"layer": "omp", "origin": "measured", "numba": "omp"}
-    assert _configured(cache, NUMBA_THREADING_LAYER="workqueue") == \
-        {"layer": "workqueue", "origin": "kept", "numba": "workqueue"}
+def test_configure_takes_the_measured_settings_unless_the_user_set_them(cache):
+    default = {"layer": "workqueue", "spin": "set", "measured": False, "numba": "workqueue", "env": "3000"}
+    assert _configured(cache) == default
+    threading_choice.record(2, "omp/default", {"omp/default": 0.03, "workqueue/short": 0.036})
+    assert _configured(cache) == {"layer": "omp", "spin": "default", "measured": True, "numba": "omp", "env": None}
+    assert _configured(cache, NUMBA_THREADING_LAYER="workqueue", GOMP_SPINCOUNT="100") == \
+        {"layer": "workqueue", "spin": "kept", "measured": True, "numba": "workqueue", "env": "100"}
+    threading_choice.record(2, "omp/short", {"omp/short": 0.03})
+    assert _configured(cache) == {"layer": "omp", "spin": "set", "measured": True, "numba": "omp", "env": "3000"}
 
 
 # ------------------------------------------------------------------------------ sysarray kernels
 def test_kernels_command_measures_shows_and_clears_the_layer(cache, capsys, monkeypatch):
     from tests.clitools import run_cli
 
-    def probe(layer, threads, rounds, size):
-        return [0.02 if layer == "omp" else 0.03] * rounds
+    def probe(candidate, threads, rounds, size):
+        return [0.02 if candidate == "omp/default" else 0.03] * rounds
 
     monkeypatch.setattr(threading_choice, "probe", probe)
     code, out, err = run_cli(["kernels", "--measure-layer", "--threads", "2", "--repeats", "1", "--quiet"], capsys)
     assert code == 0, err
-    assert "omp        20.00 ms per probe round" in out and "2 thread(s): omp is faster here; kept in" in out
+    assert "  omp/default        20.00\n" in out and "2 thread(s): omp/default is the fastest here; kept in" in out
     code, out, _ = run_cli(["kernels"], capsys)
-    assert code == 0 and "2 thread(s): omp (median ms per probe round: omp 20, workqueue 30)" in out
+    assert code == 0 and "2 thread(s): omp/default (median ms per probe round: omp/default 20, omp/short 30, " \
+                         "workqueue/default 30, workqueue/short 30)" in out
     code, out, _ = run_cli(["kernels", "--clear"], capsys)
     assert code == 0 and str(threading_choice.path()) in out and threading_choice.recorded(2) is None
 
