@@ -308,10 +308,11 @@ INFERENCE_MISSES = (
     "pass over the layer) and 6% in residual adds (py-spy samples). What would close it: the replay's segment "
     "sums on int8 (as the GEMM replay does) or the fused kernel described under Engines, and int8 convolutions "
     "faster than float32's. For LeNet-5 and for a campaign's chips the cost is per call: each faulty layer's "
-    "replay plan, replay, fix and requantization are separate steps of tens of microseconds. The process "
-    "tuning costs ResNet-20 here (untuned/tuned below 1): with numba's OpenMP threading layer instead of the "
-    "workqueue layer `configure()` selects, the other settings kept, faulty ResNet-20 took 217-229 ms against "
-    "304-325 ms in alternating processes; choosing the layer by measurement per machine would take that.")
+    "replay plan, replay, fix and requantization are separate steps of tens of microseconds. The process's "
+    "threading settings are this machine's measured ones (`sysarray kernels --measure-layer`: numba's OpenMP "
+    "layer with libgomp's own spin, 27 ms per probe round against 31-38 ms for the other three pairs); with "
+    "the constants `configure()` applies without a measurement (workqueue layer, short spin), faulty ResNet-20 "
+    "took about a third longer in alternating processes.")
 FAT_MISSES = (
     "Where stuck-at FAT misses (LeNet-5, batch 64, one thread): on Fashion-MNIST a step costs about 11 ms against "
     "5.5 ms in float32. The twin's forward takes about 4.5 ms against float32's 2.5 (per layer one autograd step "
