@@ -7,9 +7,9 @@ Run from the repository root, on a machine with a CUDA GPU and a CUDA-enabled to
 In one run, on the first CUDA device (``torch.cuda.synchronize()`` ends every timed call):
 
 - inference: LeNet-5 and ResNet-20 (32x32 inputs, batch 256, untrained weights) in float32 torch
-  with the images already on the GPU, and their integer programs (``Program.run(...,
-  device="cuda")``, images moved from the CPU in each call) on a 32x32 WS chip, fault-free and on
-  ``--maps`` chips (default 5) with 1% psum-faulty PEs, timed round-robin. Faulty / float32 is the
+  and their integer programs (``Program.run(..., device="cuda")``) on a 32x32 WS chip, fault-free
+  and on ``--maps`` chips (default 5) with 1% psum-faulty PEs, the images already on the GPU for
+  both, timed round-robin. Faulty / float32 is the
   median over the chips; target: ResNet-20 at most 2x. Every chip's logits are checked equal to
   the CPU engine's, bit for bit.
 - campaign: LeNet-5 on ``--chips`` chips (default 32; 1% psum-faulty PEs, 16x16 WS, 256 random
@@ -94,8 +94,9 @@ def inference(name: str, shape, batch: int, repeats: int, seed: int, n_maps: int
         with torch.no_grad():
             return model_dev(x_dev)
 
-    calls = {"float32": float_run, "int_fault_free": lambda: program.run(x, cfg, count_changes=False, device=dev),
-             **{f"int_faulty_map{s}": (lambda fm=fm: program.run(x, cfg, faults=fm, count_changes=False, device=dev))
+    calls = {"float32": float_run, "int_fault_free": lambda: program.run(x_dev, cfg, count_changes=False, device=dev),
+             **{f"int_faulty_map{s}": (lambda fm=fm: program.run(x_dev, cfg, faults=fm, count_changes=False,
+                                                                 device=dev))
                 for s, fm in maps.items()}}
     t = time_round_robin({k: synced(f, dev) for k, f in calls.items()}, repeats)
     base = t["float32"]["median_s"]

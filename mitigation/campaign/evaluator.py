@@ -53,6 +53,8 @@ class Evaluator:
         import torch
 
         on_cpu = device is None or torch.device(device).type == "cpu"
+        if not on_cpu:
+            images = images.to(device)  # once, not with every chip
         ev = cls(program, images, labels, cfg, engine, float(critical_drop),
                  None if batch_size is None else int(batch_size), device=None if on_cpu else device)
         if engine == "fast" and hasattr(program, "trace") and images.device.type == "cpu" and on_cpu:
