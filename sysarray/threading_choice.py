@@ -34,7 +34,7 @@ FORMAT = "sysarray-threading-layer"
 VERSION = 2
 LAYERS = ("workqueue", "omp")  # numba's layers that need no extra package (tbb does)
 SPINS = ("short", "default")  # GOMP_SPINCOUNT set by configure(), or libgomp's own
-# "layer/spin": every pair, the settings configure() applied before any was measured first
+# every "layer/spin" pair; the first is what configure() applies where nothing was measured
 CANDIDATES = tuple(f"{layer}/{spin}" for spin in SPINS for layer in LAYERS)
 PROBE_TIMEOUT_S = 600
 

@@ -41,6 +41,8 @@ _watcher.start()
 # numba, OpenMP and MKL read these once, when they load: here, before (mitigation.campaign loads neither)
 for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
+# one thread per worker, where the layer makes no difference, and workqueue is fork-safe (OpenMP is not)
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")
 
 import sysarray.runtime  # noqa: E402  (after the thread counts above)
 
