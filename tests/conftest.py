@@ -7,7 +7,8 @@ One thread everywhere also makes the session fixtures' trained weights the same 
 pytest-xdist. Campaign worker processes set their own thread counts. Tests of the import-time
 contract and of untuned processes run in child processes.
 
-Measured kernel choices stay in memory in the test processes, and the commands that tests run in
+Tests marked ``gpu`` need a CUDA device and skip without one (``pytest -m gpu`` runs just them on
+a GPU machine). Measured kernel choices stay in memory in the test processes, and the commands that tests run in
 child processes keep theirs in a temporary folder (``XDG_CACHE_HOME``), never in the user's cache.
 """
 from __future__ import annotations
@@ -25,3 +26,15 @@ def pytest_configure(config) -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

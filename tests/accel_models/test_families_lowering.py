@@ -61,3 +61,26 @@ def test_a_guarded_forward_rejects_other_sizes_but_lowers():
     with pytest.raises(ValueError):
         model(torch.rand(2, shape[0], shape[1] + 1, shape[2]))
     assert lower(model, torch.rand(8, *shape)).input_shape == shape
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_family_runs_on_cuda_as_on_the_cpu(name):
+    """The integer program on the GPU (every post-processing op's torch path, the fast engine's
+    CUDA corrections) and the twin there give the CPU's values, with faults in every register."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(40, *default_input_shape(name), generator=g)
+    model = settled(name, x[:32])
+    program = lower(model, x[:32])
+    test = x[32:]
+    for cfg in (sa.ArrayConfig(8, 8, "ws"), sa.ArrayConfig(8, 8, "os")):
+        faults = sa.FaultMap(8, 8)
+        for f in FAULTS:
+            faults = faults.add(*f)
+        for fm in (None, faults):
+            cpu = program.run(test, cfg, fm, count_changes=False)
+            gpu = program.run(test.cuda(), cfg, fm, count_changes=False, device="cuda")
+            torch.testing.assert_close(gpu.logits.cpu(), cpu.logits, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(FakeQuantProgram(program).cuda()(test.cuda()).cpu(),
+                                   FakeQuantProgram(program)(test), rtol=0, atol=0)

@@ -214,8 +214,7 @@ def test_a_journal_line_cut_by_a_kill_is_redone_and_a_corrupt_middle_line_refuse
 
 
 # ------------------------------------------------------------------------------ stuck-at mode
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_stuckat_mode_runs_multi_map_groups(lenet_ckpt, tmp_path, device):
     chips = write_chips(tmp_path / "chips", 4, rates=(0.02,), registers=("psum",), bits=range(0, 10))
     # one amount (no 0): every group retrains, and groups of several chips alternate their maps

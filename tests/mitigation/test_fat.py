@@ -18,7 +18,6 @@ from sysarray import ArrayConfig, FaultMap
 
 WS = ArrayConfig(16, 16, "ws")
 BYPASS = WS.replace(bypass=True)
-CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +140,7 @@ def test_twin_with_chip_hook_equals_the_integer_program(task, cfg):
     assert not torch.equal(ref.logits, task.program.run(task.images, cfg, faults=None).logits)
 
 
-@pytest.mark.parametrize("device", [None, pytest.param("cuda", marks=CUDA)])
+@pytest.mark.parametrize("device", [None, pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_stuckat_fat_improves_the_chip(task, tmp_path, device):
     fm = hidden_psum_faults()
     model, rep = fault_aware_train(task, WS, fm, "stuckat", 2, device=device)
@@ -157,7 +156,7 @@ def test_stuckat_fat_improves_the_chip(task, tmp_path, device):
     assert after >= rep.accuracy_before + 0.30
 
 
-@CUDA
+@pytest.mark.gpu
 @pytest.mark.parametrize("cfg", [WS, ArrayConfig(16, 16, "os")], ids=["ws", "os"])
 def test_twin_with_chip_hook_on_cuda_equals_the_integer_program(task, cfg):
     fm = FaultMap.random(cfg, pe_rate=0.05, registers=("weight", "act", "psum"), seed=7).union(hidden_psum_faults())

@@ -225,7 +225,7 @@ def test_a_gpu_campaign_without_cuda_is_a_clear_error(tmp_path, lenet_ckpt):
         run_campaign(CheckpointTask(lenet_ckpt, limit=LIMIT), small_grid(), str(tmp_path / "gpu"), CFG, device="cuda")
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 def test_a_gpu_campaign_gives_the_cpu_results_and_resumes_a_cpu_one(reference, tmp_path, lenet_ckpt):
     out_ref, ref = reference
     task = CheckpointTask(lenet_ckpt, limit=LIMIT)

@@ -407,7 +407,6 @@ def test_simd_kernel_fills_channels_last_planes_by_blocks(channels, width, paddi
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_conv_matches_cpu():
     rng = np.random.default_rng(2)
     x = torch.from_numpy(rng.integers(0, 256, size=(4, 6, 9, 9)).astype(np.float32))

@@ -114,7 +114,7 @@ def test_torch_inputs_give_torch_outputs(dataflow):
         np.testing.assert_array_equal(y_t.numpy(), y_np)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.gpu
 @settings(max_examples=300, **SETTINGS)
 @given(cases(max_rc=8, max_m=16, max_faults=12))
 def test_fast_on_cuda_equals_cycle(case):
