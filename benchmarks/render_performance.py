@@ -330,8 +330,8 @@ FAT_MISSES = (
 MODELS_MISSES = (
     "Where the vision transformers and ConvNeXt miss: their float32 baseline runs faster under this machine's "
     "measured threading settings (libgomp's own spin), while the short spin the constant settings apply slowed "
-    "it: in alternating processes DeiT's float32 took 4.7-5.1 ms with the default spin against 7.9-8.0 ms with "
-    "the short one, and its chip runs were as fast or faster (1% psum-faulty PEs: 23-27 ms against 29.6-30.2 "
+    "it: in alternating processes DeiT's float32 took 4.7-5.2 ms with the default spin against 7.9-9.7 ms with "
+    "the short one, and its chip runs were as fast or faster (1% psum-faulty PEs: 23-27 ms against 29.6-30.5 "
     "ms). The ratios below are therefore against a faster baseline than earlier figures, not a slower chip. "
     "Their ratios also move from run to run with the float32 baseline, the noisier side. At batch 8 every layer "
     "is small. On one thread a DeiT run costs "
