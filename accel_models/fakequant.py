@@ -53,16 +53,14 @@ class FakeQuantProgram(nn.Module):
         wq, bq, acc_scale, mult, m0, shift = _LayerCodes.apply(
             self.weights[self.key(op)], self.biases[self.key(op)], op.in_qp.scale, op.in_qp.zero_point,
             None if op.out_qp is None else op.out_qp.scale)
-        bq = bq.to(torch.float64) if k_exceeds_f32(wq) else bq
+        wide = k_exceeds_f32(wq)
+        bq = bq.to(torch.float64) if wide else bq
         acc = _integer_gemm(x, wq, op)
-        if k_exceeds_f32(wq):
-            # float32 could round these sums: carry on in float64 with the forward value of an
-            # exact float64 GEMM (the codes that leave this layer are float32 again).
-            acc = ste(acc.double(), _integer_gemm(x.detach().double(), wq.detach().double(), op))
-        elif acc.device.type != "cpu":
-            # a GPU's float32 convolutions may use TF32 or Winograd, which round: the forward value
-            # comes from float64, as the fast engine's on a GPU does (the gradient stays float32)
-            acc = ste(acc, _integer_gemm(x.detach().double(), wq.detach().double(), op))
+        if wide or acc.device.type != "cpu":
+            # The forward value of an exact float64 GEMM: float32 could round these sums (wide:
+            # carry on in float64; the codes that leave this layer are float32 again), and a GPU's
+            # float32 convolutions may use TF32 or Winograd, which round (the gradient stays float32).
+            acc = ste(acc.double() if wide else acc, _integer_gemm(x.detach().double(), wq.detach().double(), op))
         if hook is not None and op.in_order is not None:
             # the chip reads the inputs in array order (Gemm.in_order): the hook gets both operands in it
             x, wq = gather_input(x, op), gather_weight_inputs(wq, op, op.in_order)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from sysarray import kernel_cache
+from sysarray.runtime import usable_cores
 from sysarray.atomic import write_json as atomic_write_json
 
 # Each benchmark run measures its kernel choices afresh: its figures do not depend on what an
@@ -152,7 +153,7 @@ class CpuMonitor:
         if self._start is None or end is None:
             return None
         wall = end[0] - self._start[0]
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = usable_cores()
         busy, steal, own = (end[i] - self._start[i] for i in (1, 2, 3))
         return {
             "wall_s": round(wall, 3),
@@ -295,7 +296,7 @@ def machine_info(repo: Path | None = None) -> dict[str, Any]:
         "cpu_mhz": cpu.get("cpu mhz"),
         "simd": [f for f in ISA_FLAGS if f in flags],
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "mem_total_gib": _mem_total_gib(),
         "numpy": numpy.__version__,
         "numba": numba.__version__,
@@ -406,11 +407,12 @@ def format_value(v: Any) -> str:
     return str(v)
 
 
-def float_and_chip_calls(model, x, program, cfg, seed: int, n_maps: int) -> tuple[dict, dict]:
+def float_and_chip_calls(model, x, program, cfg, seed: int, n_maps: int, device=None) -> tuple[dict, dict]:
     """``(maps, calls)`` for timing a model against its integer program: ``maps`` the fault maps
     by seed (``seed .. seed + n_maps - 1``, 1% psum-faulty PEs on ``cfg``), ``calls`` float32
     inference (``"float32"``), the program fault-free (``"int_fault_free"``) and on each map
-    (``"int_faulty_map<seed>"``), without the fault-free GEMMs that count changed outputs."""
+    (``"int_faulty_map<seed>"``), without the fault-free GEMMs that count changed outputs.
+    ``device``: where the program runs (``model`` and ``x`` already there; None: the CPU)."""
     import torch
 
     import sysarray as sa
@@ -422,10 +424,11 @@ def float_and_chip_calls(model, x, program, cfg, seed: int, n_maps: int) -> tupl
         with torch.no_grad():
             return model(x)
 
+    on = {} if device is None else {"device": device}
     calls = {
         "float32": float_run,
-        "int_fault_free": lambda: program.run(x, cfg, count_changes=False),
-        **{f"int_faulty_map{s}": (lambda fm=fm: program.run(x, cfg, faults=fm, count_changes=False))
+        "int_fault_free": lambda: program.run(x, cfg, count_changes=False, **on),
+        **{f"int_faulty_map{s}": (lambda fm=fm: program.run(x, cfg, faults=fm, count_changes=False, **on))
            for s, fm in maps.items()},
     }
     return maps, calls

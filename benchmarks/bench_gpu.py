@@ -42,7 +42,9 @@ import torch  # noqa: E402
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import format_table, provenance, time_round_robin, train_base_model, write_json  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    float_and_chip_calls, format_table, provenance, time_round_robin, train_base_model, write_json,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET = 2.0  # faulty ResNet-20 on the GPU over float32 CUDA inference of the same batch
@@ -83,21 +85,11 @@ def inference(name: str, shape, batch: int, repeats: int, seed: int, n_maps: int
     x = torch.rand(batch, *shape)
     program = lower(model, x)
     cfg = sa.ArrayConfig(32, 32, "ws")
-    maps = {s: sa.FaultMap.random(cfg, pe_rate=PE_RATE, registers=("psum",), seed=s) for s in range(seed, seed + n_maps)}
-    model_dev, x_dev = copy.deepcopy(model).to(dev), x.to(dev)
+    maps, calls = float_and_chip_calls(copy.deepcopy(model).to(dev), x.to(dev), program, cfg, seed, n_maps, dev)
     for s, fm in maps.items():
         on_dev = program.run(x, cfg, faults=fm, count_changes=False, device=dev).logits.cpu()
         if not torch.equal(on_dev, program.run(x, cfg, faults=fm, count_changes=False).logits):
             raise AssertionError(f"{name}: the chip of map seed {s} gives other logits on {dev} than on the CPU")
-
-    def float_run():
-        with torch.no_grad():
-            return model_dev(x_dev)
-
-    calls = {"float32": float_run, "int_fault_free": lambda: program.run(x_dev, cfg, count_changes=False, device=dev),
-             **{f"int_faulty_map{s}": (lambda fm=fm: program.run(x_dev, cfg, faults=fm, count_changes=False,
-                                                                 device=dev))
-                for s, fm in maps.items()}}
     t = time_round_robin({k: synced(f, dev) for k, f in calls.items()}, repeats)
     base = t["float32"]["median_s"]
     ratios = [t[f"int_faulty_map{s}"]["median_s"] / base for s in maps]

@@ -49,7 +49,7 @@ def run_kernels(args: argparse.Namespace) -> int:
         print(f"deleted {kernel_cache.clear()} and {threading_choice.clear()}")
         return EXIT_OK
     if args.measure_layer:
-        return _measure_layer(args, threading_choice)
+        return _measure_layer(args)
     sig = kernel_cache.machine_signature()
     print(f"machine: {sig['cpu']} ({sig['arch']}; {' '.join(sig['flags']) or 'no listed vector/int8 flags'}); "
           f"torch {sig['torch']}, numba {sig['numba']}, Python {sig['python']}")
@@ -78,12 +78,15 @@ def run_kernels(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _measure_layer(args: argparse.Namespace, threading_choice) -> int:
+def _measure_layer(args: argparse.Namespace) -> int:
     import sys
 
     from tqdm.auto import tqdm
 
-    threads = args.threads or threading_choice.usable_cores()
+    from sysarray import threading_choice
+    from sysarray.runtime import usable_cores
+
+    threads = args.threads or usable_cores()
     bar = tqdm(total=args.repeats * len(threading_choice.CANDIDATES), desc="threading settings", unit="process",
                disable=args.quiet, leave=False)
 

@@ -84,7 +84,7 @@ def configure(*, threads: int | None = None, omp_spin: bool = True, numba_layer:
     if omp_spin or numba_layer:
         from sysarray import threading_choice
 
-        measured = threading_choice.recorded(threads or threading_choice.usable_cores())
+        measured = threading_choice.recorded(threads or usable_cores())
     layer_wanted, spin_wanted = measured or (NUMBA_LAYER, "short")
     spin = _set_omp_spin(spin_wanted == "short") if omp_spin else "off"
     layer = _set_numba_layer(layer_wanted) if numba_layer else "off"
@@ -115,6 +115,11 @@ def _set_numba_layer(layer: str) -> str:
         return wanted if numba.threading_layer() == wanted else "late"
     numba.config.THREADING_LAYER = wanted
     return wanted
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def keep_freed_memory() -> bool:

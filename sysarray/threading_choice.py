@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sysarray import kernel_cache
+from sysarray.runtime import usable_cores
 from sysarray.validation import check_int
 
 FORMAT = "sysarray-threading-layer"
@@ -101,11 +102,6 @@ def clear() -> Path | None:
     return kernel_cache.delete(path())
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (the thread count a configured process uses by default)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def probe(candidate: str, threads: int, rounds: int, size: str = "full") -> list[float]:
     """Seconds per round of :mod:`sysarray.threading_probe` in a child process with the settings
     ``candidate``; a RuntimeError (its last line of stderr) when the child fails, e.g. a layer
@@ -160,4 +156,4 @@ def measure(threads: int | None = None, repeats: int = 3, rounds: int = 5, *, si
 
 
 __all__ = ["CANDIDATES", "FORMAT", "LAYERS", "SPINS", "VERSION", "clear", "measure", "path", "probe", "record",
-           "recorded", "recorded_all", "settings", "usable_cores"]
+           "recorded", "recorded_all", "settings"]

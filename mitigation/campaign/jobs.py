@@ -7,12 +7,12 @@ a Dask cluster: :mod:`mitigation.campaign.dask_runner`) hands chunks of jobs to
 from __future__ import annotations
 
 import math
-import os
 import time
 from typing import Any, Callable, Iterator, Sequence
 
 from mitigation.campaign.evaluator import Evaluator
 from mitigation.campaign.populations import Population
+from sysarray.runtime import usable_cores
 
 # (chip id, (FaultMap, descriptor columns)), or (chip id, None): the evaluating process draws the
 # chip from the population itself (populations with ``drawn_by_workers``), so that the parent of a
@@ -57,9 +57,7 @@ def shipped_population(population: Population) -> Population | None:
     return population if population.drawn_by_workers else None
 
 
-def local_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+local_cores = usable_cores  # the cores this process may run on
 
 
 def auto_chunk_size(clean_s: float, chips: int, workers: int) -> int:
