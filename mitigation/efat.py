@@ -375,8 +375,7 @@ def run_efat(model_path: str, chips_dir: str, cfg: ArrayConfig, settings: EfatSe
 
     check_instance(cfg, ArrayConfig, "cfg", "run_efat")
     settings.check()
-    device = check_device(device, "device", "run_efat")
-    device = None if device is None or device.type == "cpu" else device
+    device = check_device(device, "device", "run_efat", cpu_as_none=True)
     cfg = cfg.replace(bypass=settings.bypass)
     chips = load_chips(chips_dir, cfg)
     task = prepare(model_path, dataset, data_dir, settings.limit)

@@ -440,8 +440,7 @@ def fault_aware_train(task, cfg: ArrayConfig, faults: FaultMap, method: str, epo
     GPU, the returned model left there). The chip's values are the same on either; the trained
     weights follow the device's float arithmetic, as any training does."""
     check_choice(method, "method", "fault_aware_train", METHODS)
-    dev = check_device(device, "device", "fault_aware_train")
-    dev = None if dev is None or dev.type == "cpu" else dev
+    dev = check_device(device, "device", "fault_aware_train", cpu_as_none=True)
     check_chip_geometry(cfg, faults, f"sysarray fat --method {method}")
     if method in ("fap", "fapt"):
         check_ws(cfg, f"--method {method}")

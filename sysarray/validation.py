@@ -209,9 +209,10 @@ def check_array_dtype(x: Any, name: str, where: str, dtypes: Sequence[Any]) -> N
         raise TypeError(f"The '{name}' argument of {where} must have dtype {allowed}. Got {_dtype_name(x.dtype)} instead.")
 
 
-def check_device(device: object, name: str, where: str):
+def check_device(device: object, name: str, where: str, *, cpu_as_none: bool = False):
     """``device`` as a ``torch.device`` on which the engines and the trainer run: a CPU or an
-    existing CUDA device; None passes through (the caller's default)."""
+    existing CUDA device; None passes through (the caller's default), and so does the CPU as
+    None with ``cpu_as_none`` (callers that do something only on a GPU)."""
     if device is None:
         return None
     import torch
@@ -231,7 +232,7 @@ def check_device(device: object, name: str, where: str):
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"The '{name}' argument of {where} is {device!r}, but this machine has "
                          f"{torch.cuda.device_count()} CUDA device(s), numbered from 0.")
-    return dev
+    return None if cpu_as_none and dev.type == "cpu" else dev
 
 
 def cuda_unavailable() -> str | None:

@@ -190,9 +190,6 @@ def campaign_device(device: Any, engine: str, workers: int | None, scheduler: An
 
     from sysarray.validation import check_device
 
-    where = "run_campaign"
-    if device is None:
-        return None
     try:
         kind = torch.device(device).type
     except (RuntimeError, TypeError):
@@ -207,8 +204,7 @@ def campaign_device(device: Any, engine: str, workers: int | None, scheduler: An
         if getattr(task, "build_evaluator", None) is not None:
             raise ValueError(f"This task brings its own per-chip evaluator, which runs on the CPU; "
                              f"leave out device={device!r}.")
-    dev = check_device(device, "device", where)
-    return None if dev.type == "cpu" else dev
+    return check_device(device, "device", "run_campaign", cpu_as_none=True)
 
 
 def write_aggregates(store: CampaignStore, keys: Sequence[str], confidence: float) -> str:
