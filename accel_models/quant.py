@@ -168,44 +168,75 @@ def _requantize_corrected(acc: torch.Tensor, zero_point: int, lo: int, hi: int, 
     B, N, H, W = acc.shape
     out = torch.empty_like(acc, dtype=torch.float32, memory_format=torch.channels_last)
     pixels = lambda t: t.permute(0, 2, 3, 1).reshape(B, H * W, N)  # noqa: E731  views of channels-last data
-    _requantize_corrected_kernel(pixels(acc).numpy(), *params.arrays, int(zero_point), int(lo), int(hi),
-                                 pixels(out).numpy(), correction.n_idx, *pixel_arrays(correction, B),
-                                 work=acc.numel())
+    # the corrected sums are int32 values, whatever acc's type, so the int32 bound decides
+    exact_f64 = params.float64_ok(1 << 31)
+    args = (pixels(acc).numpy(), *params.arrays, int(zero_point), int(lo), int(hi), pixels(out).numpy(),
+            correction.n_idx, *pixel_arrays(correction, B))
+    _requantize_on(exact_f64, _requantize_corrected_f64_kernel, _requantize_corrected_kernel, args, N)
     return out
+
+
+@njit(cache=True, inline="always")
+def _corrected_tile(ab, tb, p0, p1, n_idx, add, forced, keep, ones, v):
+    """``v[:p1 - p0]`` (TILE, N) int32 := the sums of pixels ``p0 .. p1 - 1`` of ``ab`` (L, N) with
+    the replayed outputs applied (:func:`sysarray.corrections.replayed`). A replayed channel is one
+    value of each pixel's line: updated here in a buffer in L1, so that the requantization after
+    it reads and writes whole lines in order, vectorised."""
+    N = ab.shape[1]
+    for i in range(p0, p1):
+        for n in range(N):
+            v[i - p0, n] = np.int32(ab[i, n])
+    for o in range(n_idx.shape[0]):
+        n = n_idx[o]
+        if forced:  # a constant flag per loop, which the inlined branch folds away
+            for i in range(p0, p1):
+                v[i - p0, n] = replayed(v[i - p0, n], tb, i, o, add, True, keep, ones)
+        else:
+            for i in range(p0, p1):
+                v[i - p0, n] = replayed(v[i - p0, n], tb, i, o, add, False, keep, ones)
+
+
+@njit(cache=True, inline="always")
+def _requantize_tile(acc, out, bt, n_idx, tot, add, forced, keep, ones, bias, m0, shift, half, c, zp, lo, hi, f64):
+    """Task ``bt`` (image ``bt // tiles``, its tile ``bt % tiles`` of ``TILE`` pixels) of the
+    corrected requantization: the tile's sums corrected (:func:`_corrected_tile`), then
+    requantized by :func:`_requantize_f64` (``f64``, constants ``c`` (7, N)) or
+    :func:`_requantize_i64` (``half`` (N,) the rounding terms)."""
+    B, L, N = acc.shape
+    nt = (L + TILE - 1) // TILE
+    b = bt // nt
+    p0 = (bt % nt) * TILE
+    p1 = min(L, p0 + TILE)
+    v = np.empty((TILE, N), dtype=np.int32)
+    _corrected_tile(acc[b], tot[b], p0, p1, n_idx, add, forced, keep, ones, v)
+    ob = out[b]
+    for i in range(p1 - p0):
+        for n in range(N):
+            if f64:  # a constant flag, folded away
+                ob[p0 + i, n] = _requantize_f64(v[i, n], c[0, n], c[1, n], c[2, n], c[3, n], c[4, n], c[5, n],
+                                                c[6, n], zp, lo, hi)
+            else:
+                ob[p0 + i, n] = _requantize_i64(v[i, n], bias[n], m0[n], half[n], shift[n], zp, lo, hi)
 
 
 @threaded(ELEMENTWISE)
 def _requantize_corrected_kernel(acc, bias, m0, shift, zp, lo, hi, out, n_idx, tot, add, forced, keep, ones):
     """acc, out (B, L, N) channels-last; tot, add, forced, keep, ones as
-    :func:`sysarray.corrections.pixel_arrays` gives them. By tiles of pixels: every output
-    requantized, then each replayed one recomputed from its corrected sum
-    (:func:`sysarray.corrections.replayed`) while the tile's lines are in cache."""
-    B, L, N = acc.shape
-    O = n_idx.shape[0]
-    nt = (L + TILE - 1) // TILE
-    for bt in prange(B * nt):
-        b = bt // nt
-        p0 = (bt % nt) * TILE
-        p1 = min(L, p0 + TILE)
-        ab = acc[b]
-        ob = out[b]
-        tb = tot[b]
-        for i in range(p0, p1):
-            for n in range(N):
-                ob[i, n] = _requantize_i64(ab[i, n], bias[n], m0[n], np.int64(1) << (shift[n] - 1), shift[n], zp, lo,
-                                           hi)
-        for o in range(O):
-            n = n_idx[o]
-            bi, m, sh = bias[n], m0[n], shift[n]
-            half = np.int64(1) << (sh - 1)
-            if forced:  # a constant flag per loop, which the inlined branch folds away
-                for i in range(p0, p1):
-                    ob[i, n] = _requantize_i64(replayed(ab[i, n], tb, i, o, add, True, keep, ones), bi, m, half, sh,
-                                               zp, lo, hi)
-            else:
-                for i in range(p0, p1):
-                    ob[i, n] = _requantize_i64(replayed(ab[i, n], tb, i, o, add, False, keep, ones), bi, m, half, sh,
-                                               zp, lo, hi)
+    :func:`sysarray.corrections.pixel_arrays` gives them. By tiles of pixels: the tile's sums
+    corrected, then requantized (:func:`_requantize_tile`)."""
+    half = np.left_shift(np.int64(1), shift - 1)
+    c = np.empty((7, 0), dtype=np.float64)
+    for bt in prange(acc.shape[0] * ((acc.shape[1] + TILE - 1) // TILE)):
+        _requantize_tile(acc, out, bt, n_idx, tot, add, forced, keep, ones, bias, m0, shift, half, c, zp, lo, hi, False)
+
+
+@threaded(ELEMENTWISE)
+def _requantize_corrected_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out, n_idx, tot, add, forced, keep, ones):
+    """:func:`_requantize_corrected_kernel` in float64 (:func:`_requantize_f64`), exact where
+    :func:`_float64_requantize_ok` holds for int32 sums."""
+    c = np.ascontiguousarray(_requantize_constants(bias, m0, shift).T)  # (7, N): channels contiguous
+    for bt in prange(acc.shape[0] * ((acc.shape[1] + TILE - 1) // TILE)):
+        _requantize_tile(acc, out, bt, n_idx, tot, add, forced, keep, ones, bias, m0, shift, shift, c, zp, lo, hi, True)
 
 
 def requantize_saturates(bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_point: int, lo: int,

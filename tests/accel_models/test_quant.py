@@ -165,12 +165,13 @@ def test_float64_check_settles_products_near_2_63_exactly():
 
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), as_float=st.booleans(), mode=st.sampled_from(["add", "replace", "read back"]),
-       order=st.sampled_from(["planes", "padded planes", "pixels"]), parallel=st.booleans())
-def test_requantize_with_a_correction_equals_correcting_first(seed, as_float, mode, order, parallel):
+       order=st.sampled_from(["planes", "padded planes", "pixels"]), parallel=st.booleans(),
+       kernel=st.sampled_from(["float64", "int64"]))
+def test_requantize_with_a_correction_equals_correcting_first(seed, as_float, mode, order, parallel, kernel):
     """requantize_clamp(acc, ..., correction=c) on a channels-last acc equals requantizing the
     sums sysarray's apply_fix corrects, for every kind of correction (totals added or replacing,
     plane or pixel order, or the sums read back through a register), float32 or int32 sums, one
-    tile of pixels or several."""
+    tile of pixels or several, on both kernels and threaded or not."""
     from sysarray.corrections import Correction
     from sysarray.engines.conv.fix import apply_fix
 
@@ -199,11 +200,16 @@ def test_requantize_with_a_correction_equals_correcting_first(seed, as_float, mo
     m0 = torch.from_numpy(rng.integers(1 << 30, 1 << 31, size=N))
     shift = torch.from_numpy(rng.integers(20, 45, size=N))
     zp, lo, hi = int(rng.integers(-128, 128)), -128, 127
-    quant._requantize_corrected_kernel.force = "parallel" if parallel else "serial"
+    kernels = (quant._requantize_corrected_kernel, quant._requantize_corrected_f64_kernel)
+    quant._REQUANTIZE.force = kernel
+    for k in kernels:
+        k.force = "parallel" if parallel else "serial"
     try:
         got = quant.requantize_clamp(y, bias, m0, shift, zp, lo, hi, correction=c)
     finally:
-        quant._requantize_corrected_kernel.force = None
+        quant._REQUANTIZE.force = None
+        for k in kernels:
+            k.force = None
     fixed = y.to(torch.int32).contiguous(memory_format=torch.channels_last)
     apply_fix(fixed, c)
     want = _reference_requantize(fixed.reshape(B, N, -1), bias, m0, shift, zp, lo, hi).reshape(B, N, H, W)
