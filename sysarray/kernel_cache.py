@@ -28,6 +28,7 @@ from typing import Any, Hashable
 
 FORMAT = "sysarray-kernel-choices"
 VERSION = 1
+CONFIRMATIONS = 2  # measurements in a row that must agree before a decision is final
 # CPU features that decide which exact kernels are fast (int8 dot products, vector widths).
 _FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
           "asimd", "asimddp", "i8mm", "sve")
@@ -119,6 +120,7 @@ def _read(file: Path) -> dict[str, dict[str, dict[str, Any]]]:
     ok = (isinstance(data, dict) and data.get("format") == FORMAT and data.get("version") == VERSION
           and data.get("machine") == machine_signature() and isinstance(data.get("choices"), dict)
           and all(isinstance(v, dict) and all(isinstance(e, dict) and isinstance(e.get("option"), (str, int))
+                                              and isinstance(e.get("confirmations", 1), int)
                                               for e in v.values()) for v in data["choices"].values()))
     return data["choices"] if ok else {}
 
@@ -138,9 +140,11 @@ def _key_text(key: Hashable) -> str | None:
         return None  # a key that is not plain data (an object's identity): kept in memory only
 
 
-def lookup(name: str, key: Hashable, labels: list[str] | None = None) -> str | int | None:
-    """The option recorded for choice ``name`` at ``key``, or None; with ``labels``, None also
-    when the decision was made among other options (a new candidate is measured, not skipped)."""
+def lookup(name: str, key: Hashable, labels: list[str] | None = None) -> tuple[str | int, int] | None:
+    """``(option, confirmations)`` recorded for choice ``name`` at ``key`` (how many measurements
+    in a row chose the option; 1 for a file without the count), or None; with ``labels``, None
+    also when the decision was made among other options (a new candidate is measured, not
+    skipped)."""
     text = _key_text(key)
     if text is None or _folder is False:
         return None
@@ -148,12 +152,12 @@ def lookup(name: str, key: Hashable, labels: list[str] | None = None) -> str | i
         entry = _choices().get(name, {}).get(text)
     if entry is None or (labels is not None and sorted(entry.get("median_s", {})) != sorted(labels)):
         return None
-    return entry["option"]
+    return entry["option"], int(entry.get("confirmations", 1))
 
 
-def record(name: str, key: Hashable, option: str | int, medians_s: dict[str, float]) -> None:
-    """Keep a decision (merged into the file as it is now; a file that cannot be written leaves
-    the decision in memory only)."""
+def record(name: str, key: Hashable, option: str | int, medians_s: dict[str, float], confirmations: int = 1) -> None:
+    """Keep a decision and how many measurements in a row made it (merged into the file as it is
+    now; a file that cannot be written leaves the decision in memory only)."""
     from sysarray.atomic import write_json
 
     text = _key_text(key)
@@ -162,7 +166,8 @@ def record(name: str, key: Hashable, option: str | int, medians_s: dict[str, flo
     with _lock:
         file = path()
         choices = _choices()
-        entry = {"option": option, "median_s": {k: float(v) for k, v in medians_s.items()}}
+        entry = {"option": option, "median_s": {k: float(v) for k, v in medians_s.items()},
+                 "confirmations": int(confirmations)}
         choices.setdefault(name, {})[text] = entry
         current = _read(file)
         current.setdefault(name, {})[text] = entry
@@ -173,7 +178,7 @@ def record(name: str, key: Hashable, option: str | int, medians_s: dict[str, flo
 
 
 def recorded() -> dict[str, dict[str, dict[str, Any]]]:
-    """Every decision in the file (choice name -> key -> {option, median_s})."""
+    """Every decision in the file (choice name -> key -> {option, median_s, confirmations})."""
     with _lock:
         file = path()
         return {} if file is None else _read(file)

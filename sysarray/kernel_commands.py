@@ -67,14 +67,16 @@ def run_kernels(args: argparse.Namespace) -> int:
     if not choices:
         print("no choices measured yet")
         return EXIT_OK
-    rows = [("choice", "key", "kernel", "median ms per option")]
+    # a decision is final once two measurements in a row agree; until then processes measure it again
+    rows = [("choice", "key", "kernel", "status", "median ms per option")]
     for name in sorted(choices):
         for key, entry in sorted(choices[name].items()):
             times = ", ".join(f"{k} {1e3 * v:.3g}" for k, v in entry["median_s"].items())
-            rows.append((name, key, str(entry["option"]), times))
-    widths = [max(len(r[j]) for r in rows) for j in range(3)]
+            status = "confirmed" if entry.get("confirmations", 1) >= kernel_cache.CONFIRMATIONS else "to recheck"
+            rows.append((name, key, str(entry["option"]), status, times))
+    widths = [max(len(r[j]) for r in rows) for j in range(4)]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+        print("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4])
     return EXIT_OK
 
 

@@ -7,7 +7,8 @@ work than a launch costs. :func:`threaded` compiles a kernel written with ``pran
 (``prange`` is ``range`` without ``parallel=True``: same code, same results). A call runs the
 serial one when numba has one thread or ``work`` is below the kernel's floor; above it, the
 first calls of each size class (a power of two of ``work``) time both compilations in turn and
-the class then keeps the faster, so the choice is made by measurement on the machine at hand.
+the class then keeps the faster, so the choice is made by measurement on the machine at hand
+(and measured again until two measurements agree: :class:`MeasuredChoice`).
 """
 from __future__ import annotations
 
@@ -21,13 +22,28 @@ from typing import Callable, Hashable, Mapping, Sequence, TypeVar
 import numba
 from numba import njit
 
+from sysarray.kernel_cache import CONFIRMATIONS
+
 
 # Elements a simple elementwise kernel (about a nanosecond each) must have before two threads
 # can beat one by more than the cheapest launches cost; above it the choice is measured.
 ELEMENTWISE = 1 << 17
 KERNELS: list["ThreadedKernel"] = []  # every kernel made here (the tests run each both ways)
 TRIALS = 3  # timed calls of each option per key, after one untimed warm-up call each
+RECHECK_AFTER = 16  # calls of a key with an unconfirmed decision before it is measured again
 T = TypeVar("T")
+
+
+class _Decision:
+    """A key's chosen option; ``confirmations``: how many measurements in a row chose it; an
+    unconfirmed one is measured again after ``until_recheck`` more calls."""
+
+    __slots__ = ("option", "confirmations", "until_recheck")
+
+    def __init__(self, option: int | str, confirmations: int) -> None:
+        self.option = option
+        self.confirmations = confirmations
+        self.until_recheck = RECHECK_AFTER
 
 
 class MeasuredChoice:
@@ -38,14 +54,17 @@ class MeasuredChoice:
     each option in turn for a run of calls: the first a warm-up, then ``trials`` timed ones back to
     back (the state an option leaves, caches and the core's vector-unit licence, is what the calls
     after it find once it is chosen), after which the key keeps the option with the lowest median
-    time. Keys are kept for the
+    time. One measurement can be misled by a busy moment of a shared machine (another tenant on
+    the second core makes a threaded kernel look slower than its serial twin), so a decision is
+    final only once ``CONFIRMATIONS`` measurements in a row agree: until then the key takes the
+    decided option and is measured again after ``RECHECK_AFTER`` calls. Keys are kept for the
     ``max_keys`` most recently decided. ``force``: an option's index or label that every call
     takes where it is among the options, else the first option (tests, reproducible
     benchmarks); None to measure.
 
     A choice with a ``name`` whose options are labelled and whose keys are plain data (numbers,
     strings, tuples of them) keeps its decisions in :mod:`sysarray.kernel_cache`: another process
-    on the same machine starts with them."""
+    on the same machine starts with them (an unconfirmed one is measured again there too)."""
 
     def __init__(self, trials: int = TRIALS, max_keys: int = 4096, name: str | None = None) -> None:
         self.trials = trials
@@ -53,7 +72,7 @@ class MeasuredChoice:
         self.name = name
         self.force: int | str | None = None
         self._timings: dict[Hashable, list[list[float]]] = {}
-        self._chosen: OrderedDict[Hashable, int | str] = OrderedDict()
+        self._chosen: OrderedDict[Hashable, _Decision] = OrderedDict()
         self._lock = threading.Lock()
 
     def __call__(self, key: Hashable, options: Sequence[Callable[[], T]] | Mapping[str, Callable[[], T]]) -> T:
@@ -63,19 +82,19 @@ class MeasuredChoice:
             if isinstance(self.force, str):
                 return calls[labels.index(self.force) if labels is not None and self.force in labels else 0]()
             return calls[self.force if self.force < len(calls) else 0]()
-        chosen = self._chosen.get(key)
-        if chosen is None and labels is not None and self.name is not None:
+        persisted = labels is not None and self.name is not None
+        decision = self._chosen.get(key)
+        if decision is None and persisted:
             from sysarray import kernel_cache
 
-            chosen = kernel_cache.lookup(self.name, key, labels)
-            if chosen in labels:
+            found = kernel_cache.lookup(self.name, key, labels)
+            if found is not None:
                 with self._lock:
-                    self._chosen[key] = chosen
-        if chosen is not None:
-            if labels is None:
-                return calls[chosen]()
-            if chosen in labels:
-                return calls[labels.index(chosen)]()
+                    decision = self._chosen[key] = _Decision(*found)
+        if decision is not None and (labels is None or decision.option in labels):
+            if decision.confirmations >= CONFIRMATIONS or decision.until_recheck > 0:
+                decision.until_recheck -= 1
+                return calls[decision.option if labels is None else labels.index(decision.option)]()
         with self._lock:
             times = self._timings.setdefault(key, [[] for _ in calls])
             if len(times) != len(calls):  # another set of options for this key: measure it afresh
@@ -86,29 +105,41 @@ class MeasuredChoice:
         start = time.perf_counter()
         out = calls[which]()
         elapsed = time.perf_counter() - start
-        decided = None
+        decided = first = None
         with self._lock:
             times[which].append(elapsed)
             if key in self._timings and min(len(t) for t in times) > self.trials:
                 medians = [sorted(t[1:])[len(t[1:]) // 2] for t in times]
                 best = medians.index(min(medians))
-                self._chosen[key] = decided = best if labels is None else labels[best]
+                option = best if labels is None else labels[best]
+                before = self._chosen.pop(key, None)
+                first = before is None
+                agreed = before is not None and before.option == option
+                decided = self._chosen[key] = _Decision(option, before.confirmations + 1 if agreed else 1)
                 del self._timings[key]
                 while len(self._chosen) > self.max_keys:
                     self._chosen.popitem(last=False)
-        if decided is not None and labels is not None and self.name is not None:
+        # on disk: a key's first decision and its confirmation (a key whose options tie may change
+        # its mind at every measurement; that stays in memory)
+        if decided is not None and persisted and (first or decided.confirmations == CONFIRMATIONS):
             from sysarray import kernel_cache
 
-            kernel_cache.record(self.name, key, decided, dict(zip(labels, medians)))
+            kernel_cache.record(self.name, key, decided.option, dict(zip(labels, medians)), decided.confirmations)
         return out
 
     def chosen(self, key: Hashable) -> int | str | None:
         """The option chosen for ``key`` (its label where the options are labelled; None while it
-        is measured)."""
-        return self._chosen.get(key)
+        is first measured)."""
+        decision = self._chosen.get(key)
+        return None if decision is None else decision.option
+
+    def confirmed(self, key: Hashable) -> bool:
+        """Whether ``key``'s decision is final (``CONFIRMATIONS`` measurements in a row agreed)."""
+        decision = self._chosen.get(key)
+        return decision is not None and decision.confirmations >= CONFIRMATIONS
 
     def choices(self) -> dict[Hashable, int | str]:
-        return dict(self._chosen)
+        return {key: decision.option for key, decision in self._chosen.items()}
 
 
 class ThreadedKernel:

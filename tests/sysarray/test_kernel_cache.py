@@ -87,10 +87,10 @@ def test_force_takes_an_index_or_a_label():
 def test_a_decision_among_other_options_is_measured_again(cache):
     """A new candidate for a choice (or one gone) invalidates what the file recorded for it."""
     _decide(MeasuredChoice(trials=1, name="test.options"), (4,), fast="a")
-    assert kernel_cache.lookup("test.options", (4,), ["a", "b"]) == "a"
+    assert kernel_cache.lookup("test.options", (4,), ["a", "b"]) == ("a", 1)
     assert kernel_cache.lookup("test.options", (4,), ["a", "b", "c"]) is None
     ran = _decide(MeasuredChoice(trials=1, name="test.options"), (4,), fast="c", labels=("a", "b", "c"))
-    assert set(ran) == {"a", "b", "c"} and kernel_cache.lookup("test.options", (4,), ["a", "b", "c"]) == "c"
+    assert set(ran) == {"a", "b", "c"} and kernel_cache.lookup("test.options", (4,), ["a", "b", "c"]) == ("c", 1)
 
 
 def test_configure_refuses_other_values():
@@ -104,3 +104,72 @@ def test_each_option_is_timed_in_a_run_of_calls(cache):
     layer, each in the state it leaves itself."""
     ran = _decide(MeasuredChoice(trials=2, name="test.runs"), (5,), fast="b", labels=("a", "b", "c"))
     assert ran == ["a"] * 3 + ["b"] * 3 + ["c"] * 3
+
+
+def _timed_options(ran: list, fast: str, labels=("a", "b")) -> dict:
+    """Options that report their label in ``ran``; the one named ``fast`` wins by sleeping less."""
+    import time
+
+    def option(label):
+        def call():
+            ran.append(label)
+            time.sleep(0 if label == fast else 0.02)
+            return label
+        return call
+    return {label: option(label) for label in labels}
+
+
+def test_a_decision_is_final_only_once_a_second_measurement_agrees(cache):
+    """A busy moment can mislead one measurement: a decision is taken at once but measured again
+    after RECHECK_AFTER calls, in this process or (from the file) the next one; two in a row that
+    agree make it final, on disk too, and a final one is never measured again."""
+    from sysarray.parallel import RECHECK_AFTER
+
+    choice, ran = MeasuredChoice(trials=1, name="test.confirm"), []
+    while choice.chosen("k") is None:
+        choice("k", _timed_options(ran, fast="a"))
+    assert not choice.confirmed("k") and kernel_cache.lookup("test.confirm", "k", ["a", "b"]) == ("a", 1)
+    ran.clear()
+    for _ in range(RECHECK_AFTER):
+        choice("k", _timed_options(ran, fast="a"))
+    assert ran == ["a"] * RECHECK_AFTER  # the unconfirmed decision serves until its recheck
+    while not choice.confirmed("k"):
+        choice("k", _timed_options(ran, fast="a"))
+    assert "b" in ran[RECHECK_AFTER:]  # measured again
+    assert kernel_cache.lookup("test.confirm", "k", ["a", "b"]) == ("a", 2)
+    ran.clear()
+    for _ in range(3 * RECHECK_AFTER):
+        choice("k", _timed_options(ran, fast="a"))
+    assert ran == ["a"] * (3 * RECHECK_AFTER)
+    fresh, ran = MeasuredChoice(trials=1, name="test.confirm"), []
+    for _ in range(3 * RECHECK_AFTER):
+        fresh("k", _timed_options(ran, fast="a"))
+    assert ran == ["a"] * (3 * RECHECK_AFTER) and fresh.confirmed("k")  # final on disk: no measuring
+
+
+def test_a_recheck_that_disagrees_replaces_the_decision_and_a_new_process_rechecks_it(cache):
+    from sysarray.parallel import RECHECK_AFTER
+
+    choice, ran = MeasuredChoice(trials=1, name="test.flip"), []
+    while choice.chosen("k") is None:
+        choice("k", _timed_options(ran, fast="a"))
+    for _ in range(RECHECK_AFTER):
+        choice("k", _timed_options(ran, fast="b"))  # the machine changed its mind: b is faster now
+    while choice.chosen("k") != "b":
+        choice("k", _timed_options(ran, fast="b"))
+    assert not choice.confirmed("k")
+    fresh, ran = MeasuredChoice(trials=1, name="test.flip"), []
+    assert fresh("k", _timed_options(ran, fast="b")) == "a"  # the file's first decision, not yet confirmed
+    while not fresh.confirmed("k"):
+        fresh("k", _timed_options(ran, fast="b"))
+    assert fresh.chosen("k") == "b" and kernel_cache.lookup("test.flip", "k", ["a", "b"])[0] == "b"
+
+
+def test_a_file_without_confirmation_counts_reads_as_measured_once(cache):
+    file = kernel_cache.path()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(json.dumps({"format": kernel_cache.FORMAT, "version": kernel_cache.VERSION,
+                                "machine": kernel_cache.machine_signature(),
+                                "choices": {"test.old": {"[1]": {"option": "a", "median_s": {"a": 1.0, "b": 2.0}}}}}))
+    kernel_cache.configure(cache)
+    assert kernel_cache.lookup("test.old", [1], ["a", "b"]) == ("a", 1)

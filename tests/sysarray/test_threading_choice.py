@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -139,6 +140,11 @@ def test_kernels_command_measures_shows_and_clears_the_layer(cache, capsys, monk
     code, out, _ = run_cli(["kernels"], capsys)
     assert code == 0 and "2 thread(s): omp/default (median ms per probe round: omp/default 20, omp/short 30, " \
                          "workqueue/default 30, workqueue/short 30)" in out
+    kernel_cache.record("test.shown", (1, 2), "b", {"a": 0.002, "b": 0.001})
+    kernel_cache.record("test.shown", (3, 4), "a", {"a": 0.001, "b": 0.002}, confirmations=2)
+    code, out, _ = run_cli(["kernels"], capsys)
+    assert code == 0 and re.search(r"test\.shown +\[1, 2\] +b +to recheck +a 2, b 1\n", out)
+    assert re.search(r"test\.shown +\[3, 4\] +a +confirmed +a 1, b 2\n", out)
     code, out, _ = run_cli(["kernels", "--clear"], capsys)
     assert code == 0 and str(threading_choice.path()) in out and threading_choice.recorded(2) is None
 
