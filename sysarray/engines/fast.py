@@ -25,7 +25,7 @@ from numba import njit
 
 from sysarray import mapping
 from sysarray.config import ArrayConfig, Dataflow
-from sysarray.engines import chains_simd, int8, psum
+from sysarray.engines import chains_simd, chains_vnni, int8, psum, simd
 from sysarray.engines.exact import abs_max, exact_matmul, float_dtype_for, float_gemm_is_exact, never_wraps
 from sysarray.engines.registers import (ChipMasks, RegisterMasks, chip_masks, compose, force, force_jit, keep_of, latched,
                                         wrap)
@@ -168,6 +168,9 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             st = transposed(Sf(), scratch=True)
             chains_simd.bmm_chains(st.numpy(), Wf[:, :Kd, :Nd].numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones,
                                    p.n_seg, R, 1 << (pb - 1), linear_tail, Y.numpy())
+        def vnni() -> None:
+            chains_vnni.bmm_chains_vnni(S8(), Wf[:, :Kd, :Nd].numpy(), p.n_idx, p.seg_of_row, p.keep, p.ones, p.n_seg,
+                                        R, 1 << (pb - 1), linear_tail, sreg.sign != 0, Y.numpy())
         s_codes = smax <= (255 if sreg.sign == 0 else 128)
         if dev.type == "cpu" and not corr and s_codes and wmax <= 128:
             # many short streams (attention's heads) can favour one batched GEMM over one per stream,
@@ -175,6 +178,8 @@ def _stationary_fast(S: torch.Tensor, Wst: torch.Tensor, cfg: ArrayConfig,
             options = {"stream_major": stream_major, "fold_major": fold_major}
             if fdt == torch.float32 and float_gemm_is_exact(R, amax, wmax, fdt):
                 options["direct"] = direct
+            if simd.VNNI and R % 4 == 0 and wmax <= (128 if treg.sign else 127):  # int8 weights for vpdpbusd
+                options["vnni"] = vnni
             key = (G, T.bit_length(), Kd, p.keep.size, R, sreg.sign == 0, torch.get_num_threads())
             _REPLAY(key, options)
         else:

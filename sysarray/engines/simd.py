@@ -45,6 +45,21 @@ def _target_lanes() -> int:
 LANES = _target_lanes()
 
 
+def _target_has_vnni() -> bool:
+    """Whether numba's target has AVX-512 VNNI (``vpdpbusd``) at this module's 16 lanes."""
+    if LANES != 16:
+        return False
+    from numba.core import config
+    from numba.core.codegen import get_host_cpu_features
+
+    features = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return "+avx512vnni" in features.split(",")
+
+
+# int8 dot products in 32-bit lanes (:func:`dpbusd`): four multiply-adds per lane and instruction
+VNNI = _target_has_vnni()
+
+
 class _VectorType(types.Type):
     def __init__(self, name: str, element: ir.Type) -> None:
         self.element = element
@@ -98,16 +113,22 @@ def i32_zeros(typingctx):
     return I32x(), codegen
 
 
-@intrinsic
-def load(typingctx, arr, index):
-    """``arr[index:index + LANES]`` of a 1-d contiguous float32 array."""
-    if not _contiguous(arr, types.float32):
-        return None
+def _loader(dtype, element: ir.Type, vector: _VectorType, doc: str):
+    @intrinsic
+    def load(typingctx, arr, index):
+        if not _contiguous(arr, dtype):
+            return None
 
-    def codegen(context, builder, sig, args):
-        idx = context.cast(builder, args[1], sig.args[1], types.intp)
-        return builder.load(_pointer(context, builder, sig.args[0], args[0], idx, ir.FloatType()), align=4)
-    return F32x(arr, index), codegen
+        def codegen(context, builder, sig, args):
+            idx = context.cast(builder, args[1], sig.args[1], types.intp)
+            return builder.load(_pointer(context, builder, sig.args[0], args[0], idx, element), align=4)
+        return vector(arr, index), codegen
+    load.__doc__ = doc
+    return load
+
+
+load = _loader(types.float32, ir.FloatType(), F32x, "``arr[index:index + LANES]`` of a 1-d contiguous float32 array.")
+load_i32 = _loader(types.int32, ir.IntType(32), I32x, "``arr[index:index + LANES]`` of a 1-d contiguous int32 array.")
 
 
 @intrinsic
@@ -127,8 +148,25 @@ def fma(typingctx, acc, weight, x):
 
 
 @intrinsic
+def dpbusd(typingctx, acc, u8, s8):
+    """``acc + sum over j < 4 of u8[4i + j] * s8[4i + j]`` in each int32 lane ``i``: the bytes of
+    ``u8`` unsigned, of ``s8`` signed, the sum wrapping (``vpdpbusd``; only where :data:`VNNI`)."""
+    if acc is not I32x or u8 is not I32x or s8 is not I32x:
+        return None
+
+    def codegen(context, builder, sig, args):
+        vec = ir.VectorType(ir.IntType(32), LANES)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                            f"llvm.x86.avx512.vpdpbusd.{32 * LANES}")
+        return builder.call(fn, list(args))
+    return I32x(acc, u8, s8), codegen
+
+
+@intrinsic
 def to_i32(typingctx, x):
-    """float32 lanes holding integers -> int32 lanes (truncation)."""
+    """float32 lanes holding integers -> int32 lanes (truncation); int32 lanes as they are."""
+    if x is I32x:
+        return I32x(x), lambda context, builder, sig, args: args[0]
     if x is not F32x:
         return None
 

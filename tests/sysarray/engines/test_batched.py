@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sysarray as sa
-from sysarray.engines import fast
+from sysarray.engines import fast, simd
 from sysarray.engines.conv import DEFAULT, Kernel, Replay, ReplaySettings
 from sysarray.timing import gemm_timing
 from tests.strategies import fault_maps
@@ -44,9 +44,11 @@ class BatchCase:
 
 @st.composite
 def batch_cases(draw, max_rc: int = 5, max_g: int = 4, max_faults: int = 8, registers=("weight", "act", "psum"),
-                dataflows=("ws", "os", "is"), psum_bits=(32, 32, 20, 17), bypass=None) -> BatchCase:
-    """G GEMMs of one shape on a small faulty chip: M may be 1, K and N span several folds."""
-    R, C = draw(st.integers(1, max_rc)), draw(st.integers(1, max_rc))
+                dataflows=("ws", "os", "is"), psum_bits=(32, 32, 20, 17), bypass=None, rows=None) -> BatchCase:
+    """G GEMMs of one shape on a small faulty chip: M may be 1, K and N span several folds.
+    ``rows``: the array's row counts to draw from (default 1 .. ``max_rc``)."""
+    R = draw(st.integers(1, max_rc) if rows is None else st.sampled_from(rows))
+    C = draw(st.integers(1, max_rc))
     byp = draw(st.booleans()) if bypass is None else bypass
     cfg = sa.ArrayConfig(R, C, draw(st.sampled_from(dataflows)), psum_bits=draw(st.sampled_from(psum_bits)),
                          bypass=byp)
@@ -108,12 +110,17 @@ def test_bmm_takes_float_codes_and_any_weight_dtype(case, transposed):
         np.testing.assert_array_equal(raw.to(torch.int64).numpy(), want)
 
 
+# The int8 replay exists where numba's target has AVX-512 VNNI; pinning it elsewhere would
+# silently take the first replay instead.
+REPLAYS = ["stream_major", "fold_major", "direct"] + (["vnni"] if simd.VNNI else [])
+
+
 @settings(max_examples=300, **SETTINGS)
-@given(batch_cases(max_faults=12, registers=("weight", "psum")), st.sampled_from(["stream_major", "fold_major", "direct"]))
+@given(batch_cases(max_faults=12, registers=("weight", "psum")), st.sampled_from(REPLAYS))
 def test_every_psum_replay_of_a_batch_equals_the_cycle_engine(case, replay):
-    """The three replays of the psum chains a batch may take (segment sums stream-last or
-    fold-major, or chains straight from the operands), each pinned: the same bits as the cycle
-    engine's GEMM loop."""
+    """The replays of the psum chains a batch may take (segment sums stream-last or fold-major,
+    chains straight from the operands, and the int8 one on VNNI), each pinned: the same bits as
+    the cycle engine's GEMM loop."""
     fast._REPLAY.force = replay
     try:
         got, _ = sa.Chip(case.cfg, case.faults).bmm(case.a, case.w)
@@ -144,6 +151,41 @@ def test_direct_replay_of_long_streams_equals_the_cycle_engine(case, M, parallel
     finally:
         fast._REPLAY.force = chains_simd.bmm_chains_simd.force = None
     np.testing.assert_array_equal(got.numpy(), loop(long, "cycle"))
+
+
+@pytest.mark.skipif(not simd.VNNI, reason="numba's target has no AVX-512 VNNI here: the int8 replay does not run")
+@settings(max_examples=150, **SETTINGS)
+@given(batch_cases(max_rc=8, max_faults=16, registers=("weight", "psum"), dataflows=("ws", "is"), rows=(4, 8),
+                   bypass=False),
+       st.integers(1, 150), st.integers(1, 40), st.booleans())
+def test_int8_replay_equals_the_cycle_engine(case, M, K, parallel):
+    """The VNNI replay, pinned, on streams shorter and longer than its blocks and inner sizes
+    that are not a multiple of its groups of four rows, signed and unsigned codes, stuck weight
+    bits, either compilation of both of its kernels: the cycle engine's bits; and it ran."""
+    from sysarray.engines import chains_vnni
+
+    rng = np.random.default_rng(M * 41 + K)
+    G, _, _ = case.a.shape
+    N = case.w.shape[2]
+    signed = case.a.dtype == torch.int8
+    a = torch.from_numpy(rng.integers(-128 if signed else 0, 128 if signed else 256, size=(G, M, K))
+                         .astype(np.int8 if signed else np.uint8))
+    w = torch.from_numpy(rng.integers(-128, 128, size=(G, K, N)).astype(np.int8))
+    long = BatchCase(a, w, case.cfg, case.faults)
+    ran = []
+    real = chains_vnni.bmm_chains_vnni
+    fast._REPLAY.force = "vnni"
+    for kernel in (chains_vnni._pack, chains_vnni._replay):
+        kernel.force = "parallel" if parallel else "serial"
+    try:
+        chains_vnni.bmm_chains_vnni = lambda *args: ran.append(1) or real(*args)
+        got, _ = sa.Chip(long.cfg, long.faults).bmm(long.a, long.w)
+    finally:
+        chains_vnni.bmm_chains_vnni = real
+        fast._REPLAY.force = chains_vnni._pack.force = chains_vnni._replay.force = None
+    np.testing.assert_array_equal(got.numpy(), loop(long, "cycle"))
+    replayed = any(f.register == sa.Register.PSUM and f.col < min(N, case.cfg.cols) for f in case.faults)
+    assert not replayed or ran or case.cfg.dataflow == "is"  # IS streams the weights: wider stationary codes
 
 
 @pytest.mark.parametrize("budget", [1, 40, 300])
