@@ -36,6 +36,9 @@ from sysarray.atomic import write_json as atomic_write_json
 # Each benchmark run measures its kernel choices afresh: its figures do not depend on what an
 # earlier process on this machine chose and kept (sysarray.kernel_cache).
 kernel_cache.configure(False)
+# Untimed rounds at most before timing while the kernel choices are still measured: a choice's
+# decision is final after its first measurement and one more that agrees, RECHECK_AFTER calls on.
+SETTLE_ROUNDS = 64
 
 
 def summarize_times(times: Sequence[float], first_call_s: float | None = None) -> dict[str, Any]:
@@ -49,21 +52,28 @@ def summarize_times(times: Sequence[float], first_call_s: float | None = None) -
     return out
 
 
-def time_round_robin(calls: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1) -> dict[str, dict[str, Any]]:
+def time_round_robin(calls: Mapping[str, Callable[[], object]], repeats: int, warmup: int = 1,
+                     settle_rounds: int = SETTLE_ROUNDS) -> dict[str, dict[str, Any]]:
     """Time every call ``repeats`` times, one call of each per round; returns ``summarize_times`` per name.
 
     Each call first runs ``warmup`` times untimed (the first of those is reported as
-    ``first_call_s``: it includes any JIT compilation or cache load).
+    ``first_call_s``: it includes any JIT compilation or cache load); then untimed rounds follow
+    until every kernel choice the calls made is final (:func:`settle`, at most ``settle_rounds``),
+    so that the timed calls see the steady state, not the measuring of the choices.
     """
     if repeats < 1:
         raise ValueError(f"The 'repeats' argument of time_round_robin must be at least 1. Got {repeats} instead.")
+    from sysarray import parallel
+
     first: dict[str, float] = {}
-    for name, fn in calls.items():
-        for i in range(warmup):
-            t0 = time.perf_counter()
-            fn()
-            if i == 0:
-                first[name] = time.perf_counter() - t0
+    with parallel.watch_choices() as seen:
+        for name, fn in calls.items():
+            for i in range(warmup):
+                t0 = time.perf_counter()
+                fn()
+                if i == 0:
+                    first[name] = time.perf_counter() - t0
+        rounds = settle(calls.values(), seen, settle_rounds)
     times: dict[str, list[float]] = {name: [] for name in calls}
     gc.collect()
     was_enabled = gc.isenabled()
@@ -77,7 +87,22 @@ def time_round_robin(calls: Mapping[str, Callable[[], object]], repeats: int, wa
     finally:
         if was_enabled:
             gc.enable()
-    return {name: summarize_times(times[name], first.get(name)) for name in calls}
+    return {name: {**summarize_times(times[name], first.get(name)), "settle_rounds": rounds} for name in calls}
+
+
+def settle(calls, seen: set, max_rounds: int = SETTLE_ROUNDS) -> int:
+    """Run ``calls`` (callables) round-robin, untimed, inside the :func:`sysarray.parallel.watch_choices`
+    block that collects ``seen``, until each of its ``(choice, key)`` pairs has a final decision
+    (a choice's first measurement, then the one that confirms it:
+    :class:`sysarray.parallel.MeasuredChoice`), at most ``max_rounds`` rounds; returns the rounds."""
+    from sysarray import parallel
+
+    rounds = 0
+    while rounds < max_rounds and not parallel.settled(seen):
+        for fn in calls:
+            fn()
+        rounds += 1
+    return rounds
 
 
 def time_once(fn: Callable[[], object]) -> tuple[float, object]:

@@ -78,7 +78,8 @@ print(json.dumps(times))
 
 
 # The faulty chips of measure() in a child process, tuned or not (argument 6): the same model,
-# images and maps (same seeds), every chip run once untimed, then round-robin over the chips.
+# images and maps (same seeds), every chip run untimed until its kernel choices are final, then
+# round-robin over the chips.
 _FAULTY_CHILD = """
 import json, sys, time
 if json.loads(sys.argv[1])[6]:
@@ -88,6 +89,8 @@ import torch
 import sysarray as sa
 from accel_models.lowering import lower
 from accel_models.zoo import build_model
+from benchmarks._common import settle
+from sysarray import parallel
 name, shape, batch, repeats, seed, map_seeds, _ = json.loads(sys.argv[1])
 torch.manual_seed(seed)
 model = build_model(name, tuple(shape), 10).eval()
@@ -95,8 +98,11 @@ x = torch.rand(batch, *shape)
 program = lower(model, x)
 cfg = sa.ArrayConfig(32, 32, "ws")
 maps = [sa.FaultMap.random(cfg, pe_rate=0.01, registers=("psum",), seed=s) for s in map_seeds]
-for fm in maps:
-    program.run(x, cfg, faults=fm, count_changes=False)
+runs = [lambda fm=fm: program.run(x, cfg, faults=fm, count_changes=False) for fm in maps]
+with parallel.watch_choices() as seen:
+    for run in runs:
+        run()
+    settle(runs, seen)
 out = [[] for _ in maps]
 for _ in range(repeats):
     for times, fm in zip(out, maps):

@@ -12,12 +12,13 @@ the class then keeps the faster, so the choice is made by measurement on the mac
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import time
 import types
 from collections import OrderedDict
-from typing import Callable, Hashable, Mapping, Sequence, TypeVar
+from typing import Callable, Hashable, Iterator, Mapping, Sequence, TypeVar
 
 import numba
 from numba import njit
@@ -82,6 +83,8 @@ class MeasuredChoice:
             if isinstance(self.force, str):
                 return calls[labels.index(self.force) if labels is not None and self.force in labels else 0]()
             return calls[self.force if self.force < len(calls) else 0]()
+        for seen in _WATCHES:
+            seen.add((self, key))
         persisted = labels is not None and self.name is not None
         decision = self._chosen.get(key)
         if decision is None and persisted:
@@ -140,6 +143,27 @@ class MeasuredChoice:
 
     def choices(self) -> dict[Hashable, int | str]:
         return {key: decision.option for key, decision in self._chosen.items()}
+
+
+_WATCHES: list[set] = []  # the (choice, key) sets of the open watch_choices() blocks
+
+
+@contextlib.contextmanager
+def watch_choices() -> Iterator[set]:
+    """A block that collects the ``(choice, key)`` pairs of every :class:`MeasuredChoice` call
+    made inside it, for :func:`settled` (a benchmark warms its calls up until their choices are
+    final, so that it times the steady state and not the measuring)."""
+    seen: set = set()
+    _WATCHES.append(seen)
+    try:
+        yield seen
+    finally:
+        _WATCHES.remove(seen)
+
+
+def settled(seen: set) -> bool:
+    """Whether every ``(choice, key)`` of ``seen`` (:func:`watch_choices`) has a final decision."""
+    return all(choice.confirmed(key) for choice, key in seen)
 
 
 class ThreadedKernel:

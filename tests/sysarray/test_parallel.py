@@ -62,3 +62,24 @@ def test_a_threaded_kernel_measures_above_its_floor_and_forced_runs_take_one_com
     finally:
         _double.force = None
     assert _double.parallel.signatures and _double.serial.signatures
+
+
+def test_watch_choices_collects_the_keys_called_and_settled_says_when_their_decisions_are_final():
+    from sysarray.parallel import RECHECK_AFTER, settled, watch_choices
+
+    choice = MeasuredChoice(trials=1)
+    options = (lambda: time.sleep(0.002), lambda: None)
+    choice("outside", options)
+    with watch_choices() as seen:
+        assert settled(seen)  # nothing called yet
+        choice("k", options)
+        calls = 1
+        while not settled(seen):
+            choice("k", options)
+            calls += 1
+    assert seen == {(choice, "k")} and choice.chosen("k") == 1 and choice.confirmed("k")
+    assert calls == 2 * 2 * 2 + RECHECK_AFTER  # two measurements of two options (a warm-up and one trial each)
+    choice.force = 0
+    with watch_choices() as seen:
+        choice("forced", options)
+    assert seen == set()  # a pinned choice measures nothing
