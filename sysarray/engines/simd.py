@@ -163,6 +163,25 @@ def dpbusd(typingctx, acc, u8, s8):
 
 
 @intrinsic
+def byte_windows(typingctx, arr, index):
+    """Lane ``i`` the 32-bit word of bytes ``arr[index + i .. index + i + 3]`` (little-endian), for
+    ``i < LANES``: overlapping windows of a 1-d contiguous uint8 array, from one load of
+    ``2 * LANES`` bytes and one byte shuffle (the caller keeps them inside the array)."""
+    if not (isinstance(arr, types.Array) and arr.dtype == types.uint8 and arr.ndim == 1 and arr.layout == "C"):
+        return None
+
+    def codegen(context, builder, sig, args):
+        idx = context.cast(builder, args[1], sig.args[1], types.intp)
+        ary = context.make_array(sig.args[0])(context, builder, args[0])
+        src = ir.VectorType(ir.IntType(8), 2 * LANES)
+        data = builder.load(builder.bitcast(builder.gep(ary.data, [idx]), ir.PointerType(src)), align=1)
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 4 * LANES), [i + j for i in range(LANES) for j in range(4)])
+        words = builder.shuffle_vector(data, ir.Constant(src, ir.Undefined), mask)
+        return builder.bitcast(words, ir.VectorType(ir.IntType(32), LANES))
+    return I32x(arr, index), codegen
+
+
+@intrinsic
 def to_i32(typingctx, x):
     """float32 lanes holding integers -> int32 lanes (truncation); int32 lanes as they are."""
     if x is I32x:

@@ -4,7 +4,7 @@
 - :mod:`.weights`, :mod:`.exact`: latched weights and exact float convolutions;
 - :mod:`.settings`: :class:`ReplaySettings`, the replay strategy (results never depend on it);
 - :mod:`.replay_direct` with :mod:`.plan`, :mod:`.planes`, :mod:`.replay_passes`,
-  :mod:`.replay_simd`: the CPU psum replay; :mod:`.replay_conv`: the CPU replay of single-fold
+  :mod:`.replay_simd`, :mod:`.replay_vnni`: the CPU psum replay; :mod:`.replay_conv`: the CPU replay of single-fold
   layers (depthwise) by a segment convolution; :mod:`.fix`: their result applied to the output;
 - :mod:`.replay_torch`: the psum replay in torch ops (CUDA).
 

@@ -23,6 +23,8 @@ dataflows, psum registers narrow enough for a fold to wrap) go through ``im2col`
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
@@ -34,11 +36,12 @@ from sysarray.engines.conv.replay_conv import replay_by_segment_conv
 from sysarray.engines.conv.replay_direct import replay_direct
 from sysarray.engines.conv.replay_linear import replay_linear
 from sysarray.engines.conv.replay_torch import replay_by_fold_convs
-from sysarray.engines.conv.settings import DEFAULT, Replay, ReplaySettings
+from sysarray.engines.conv.settings import DEFAULT, Kernel, Replay, ReplaySettings
 from sysarray.engines.conv.weights import ConvWeights, latched_weights
 from sysarray.engines import int8
 from sysarray.engines.fast import fast_bmm
 from sysarray.engines.registers import ChipMasks, chip_masks, wrap
+from sysarray.engines.simd import VNNI
 from sysarray.faults import FaultMap
 from sysarray.mapping import conv_by_gemms
 from sysarray.parallel import MeasuredChoice
@@ -162,6 +165,12 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
             # the CPU, the groups and the image size (a grouped convolution with several filters per
             # group can be slow), so it is measured per layer shape
             options["segment_conv"] = lambda: replay_by_segment_conv(*args)
+        if settings.kernel is Kernel.SIMD and VNNI and tuple(stride) == (1, 1) and 2 <= kw <= 4 and \
+                xp.dtype == torch.float32:
+            # int8 dot products of kernel rows: fewer instructions per replayed output, a pass to
+            # lay the planes out as bytes; which pays depends on how many outputs replay
+            vnni = dataclasses.replace(settings, kernel=Kernel.VNNI)
+            options["vnni"] = lambda: replay_direct(*args, settings=vnni)
         if (settings.linear_gemm and xp.shape[2] == xp.shape[3] == kh == kw == 1 and groups == 1
                 and xp.dtype == torch.float32 and R * amax * wmax < F32_LIMIT):
             # a linear layer: its batch is short next to a convolution's pixels, and one GEMM's

@@ -83,22 +83,17 @@ def direct_taps(Wp, group, col, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq
 
 
 @njit(cache=True)
-def direct_plan(faulty, pkeep, pones, chain_cols, Wp, N, C, full, linear_tail, K, kh, kw, sh, sw, Hq, GWq, simd,
-                amax, pairs):
-    """:func:`~sysarray.engines.psum.chain_plan` and :func:`direct_taps` for the direct replay, in one call, for
-    every group's GEMM (Wp (groups, Fr*R, Fc*C) each group's latched weights, ``N`` outputs and
-    ``K`` rows per group): returns ``(n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of,
-    mates, simd)`` with ``n_idx`` the replayed output channels of the layer (group by group);
-    ``f32`` when every partial sum of at most ``R`` products is exact in float32 (``R * amax *
-    wmax < 2**24``); ``simd`` is the caller's choice, off when the sums need float64 (the SIMD
-    kernel is float32-only); ``mates`` (:func:`pair_outputs`) all -1 without it or ``pairs``. No
-    replayed output: ``n_idx`` is empty. The weights ``tw`` come back float64 either way
-    (numba returns one type); the caller casts them."""
+def group_chains(faulty, pkeep, pones, chain_cols, Wp, N, C, full, linear_tail):
+    """:func:`~sysarray.engines.psum.chain_plan` for every group's GEMM of a layer (Wp (groups,
+    Fr*R, Fc*C), ``N`` outputs per group; every group replays the same columns through the same
+    chains): ``(n_idx, group, col, pair_key, seg_of_row, keep, ones, n_seg)`` per replayed output
+    ``o``: its channel of the layer, its group, its column of the group's GEMM, a key whose
+    outputs ``C`` apart are the column folds of one array column (:func:`pair_outputs`), and its
+    chain."""
     R = faulty.shape[0]
     groups = Wp.shape[0]
     Fc = Wp.shape[2] // C
     local, seg1, keep1, ones1, n_seg1, _ = chain_plan(faulty, pkeep, pones, chain_cols, Fc, N, full, linear_tail)
-    # every group's GEMM replays the same columns through the same chains
     n_loc = local.shape[0]
     O = groups * n_loc
     S = keep1.shape[1]
@@ -122,14 +117,32 @@ def direct_plan(faulty, pkeep, pones, chain_cols, Wp, N, C, full, linear_tail, K
             keep[o] = keep1[i]
             ones[o] = ones1[i]
             n_seg[o] = n_seg1[i]
+    return n_idx, group, col, pair_key, seg_of_row, keep, ones, n_seg
+
+
+@njit(cache=True)
+def direct_plan(faulty, pkeep, pones, chain_cols, Wp, N, C, full, linear_tail, K, kh, kw, sh, sw, Hq, GWq, simd,
+                amax, pairs):
+    """:func:`~sysarray.engines.psum.chain_plan` and :func:`direct_taps` for the direct replay, in one call, for
+    every group's GEMM (Wp (groups, Fr*R, Fc*C) each group's latched weights, ``N`` outputs and
+    ``K`` rows per group): returns ``(n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of,
+    mates, simd)`` with ``n_idx`` the replayed output channels of the layer (group by group);
+    ``f32`` when every partial sum of at most ``R`` products is exact in float32 (``R * amax *
+    wmax < 2**24``); ``simd`` is the caller's choice, off when the sums need float64 (the SIMD
+    kernel is float32-only); ``mates`` (:func:`pair_outputs`) all -1 without it or ``pairs``. No
+    replayed output: ``n_idx`` is empty. The weights ``tw`` come back float64 either way
+    (numba returns one type); the caller casts them."""
+    n_idx, group, col, pair_key, seg_of_row, keep, ones, n_seg = group_chains(faulty, pkeep, pones, chain_cols, Wp, N,
+                                                                              C, full, linear_tail)
+    S = keep.shape[1]
     ptr, toff, tw, plane_of, wmax = direct_taps(Wp, group, col, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq,
                                                  0 if simd else 4, simd and pairs)
-    f32 = R * max(1, amax) * max(1, wmax) < F32_LIMIT
+    f32 = faulty.shape[0] * max(1, amax) * max(1, wmax) < F32_LIMIT
     if simd and not f32:
         simd = False
         ptr, toff, tw, plane_of, wmax = direct_taps(Wp, group, col, seg_of_row, n_seg, S, K, kh, kw, sh, sw, Hq, GWq,
                                                      4, False)
-    mates = pair_outputs(pair_key, C) if simd and pairs else np.full(O, -1, dtype=np.int64)
+    mates = pair_outputs(pair_key, C) if simd and pairs else np.full(n_idx.shape[0], -1, dtype=np.int64)
     return n_idx, keep, ones, n_seg, ptr, toff, tw, f32, plane_of, mates, simd
 
 
@@ -157,3 +170,12 @@ def tasks(B, O, geometry, chunks, oh, ow):
     task of the direct kernels."""
     G, Wq = geometry[8], geometry[9]
     return G, Wq, (B + G - 1) // G, ((oh - 1) * G + G - 1) * Wq + ow, (O + chunks - 1) // chunks
+
+
+@njit(cache=True, inline="always")
+def task_outputs(task, chunks, per, O, L):
+    """``(o_lo, o_hi, tots)`` of a direct kernel's task: its chunk of the replayed outputs and an
+    int32 buffer of a run of ``L`` values for each."""
+    o_lo = (task % chunks) * per
+    o_hi = min(O, o_lo + per)
+    return o_lo, o_hi, np.empty(max(0, o_hi - o_lo) * L, dtype=np.int32)

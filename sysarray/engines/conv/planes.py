@@ -118,6 +118,17 @@ def task_planes(xg, x, in_place, geometry, plane_of, g0):
 
 
 @njit(cache=True, inline="always")
+def filled_planes(xg, x, in_place, geometry, plane_of, g0, xcl):
+    """:func:`task_planes`, or from channels-last storage ``xcl`` by :func:`fill_planes_cl` where
+    it is given (not empty: stride 1, float32)."""
+    if xcl.size:
+        xs = planes_buffer(geometry, plane_of, xg.dtype)
+        fill_planes_cl(xcl, x.shape[0], g0, geometry, xs)
+        return xs
+    return task_planes(xg, x, in_place, geometry, plane_of, g0)
+
+
+@njit(cache=True, inline="always")
 def scatter_runs(tots, out, g0, G, o_lo, oh, ow, Wq):
     """Runs ``tots`` (outputs of a task, values ``e = (r*G + g)*Wq + q``) -> ``out`` (B, O,
     >= oh*ow), element by element (a slice copy per row costs more than a linear layer's

@@ -1,6 +1,8 @@
 """The direct psum replay on CPU: segment sums straight from the input, chains fused, one kernel call."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 import torch
@@ -10,10 +12,12 @@ from sysarray.engines.conv.fix import ChainFix
 from sysarray.engines.conv.plan import direct_plan
 from sysarray.engines.conv.planes import transposed_groups
 from sysarray.engines.conv.replay_passes import direct_chains
+from sysarray.engines.conv import replay_vnni
 from sysarray.engines.conv.replay_simd import SIMD_BLOCK, direct_chains_simd
+from sysarray.engines.conv.replay_vnni import direct_chains_vnni, vnni_plan
 from sysarray.engines.conv.settings import Kernel, ReplaySettings
 from sysarray.engines.registers import ChipMasks
-from sysarray.engines.simd import LANES
+from sysarray.engines.simd import LANES, VNNI
 from sysarray.mapping import conv_output_size
 from sysarray.tensor_memo import TensorMemo
 
@@ -52,9 +56,13 @@ def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: Chip
     G = min(B, max(1, min(round(settings.run_target / (oh * Wq)), settings.planes_budget // per_image)))
     run = ((oh - 1) * G + G - 1) * Wq + ow  # values per run (see direct_chains)
     # The SIMD kernel needs float32 input, runs of at least a block of lanes and float32 sums.
-    simd = x.dtype == np.float32 and run >= SIMD_BLOCK and settings.kernel is Kernel.SIMD
+    simd = x.dtype == np.float32 and run >= SIMD_BLOCK and settings.kernel is not Kernel.PASSES
     preg = cm.psum
     groups = Wp.shape[0]
+    signed = cm.act.sign != 0
+    if (settings.kernel is Kernel.VNNI and VNNI and replay_vnni.applies(kernel, stride, x.dtype, run)
+            and amax <= (128 if signed else 255)):
+        return _replay_vnni(x, Wp, cfg, cm, chain_cols, kernel, padding, N, linear_tail, G, Hq, Wq, oh, ow, signed)
 
     def plan():
         out = direct_plan(preg.faulty, preg.keep, preg.ones, chain_cols, Wp.numpy(), N // groups, cfg.cols,
@@ -69,6 +77,33 @@ def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: Chip
         cm, (Wp,), key, plan, nbytes=lambda v: sum(a.nbytes for a in v if isinstance(a, np.ndarray)))
     if not len(n_idx):
         return None
+    layout = _layout(x, plane_of, G, Hq, Wq, padding, stride, len(n_idx), oh, ow)
+    args = (*layout.before, toff, tw, ptr, n_seg, keep, ones, 1 << (cfg.psum_bits - 1), linear_tail,
+            Wp.shape[1] // cfg.rows, *layout.after)
+    if simd:
+        direct_chains_simd(*args, layout.xcl, mates, work=len(toff) * run * layout.NG)
+    else:
+        direct_chains(*args, work=len(toff) * run * layout.NG)
+    return ChainFix(n_idx, layout.tot, linear_tail)
+
+
+class _Layout(NamedTuple):
+    """A direct kernel's input layout and output: ``before`` its arguments before the plan's
+    (xg, x, in_place, geometry, plane_of), ``after`` those after it (chunks, oh, ow, tot)."""
+
+    before: tuple
+    after: tuple
+    xcl: np.ndarray
+    NG: int
+    tot: np.ndarray
+
+
+def _layout(x: np.ndarray, plane_of: np.ndarray, G: int, Hq: int, Wq: int, padding, stride, O: int, oh: int,
+            ow: int) -> _Layout:
+    """How the direct kernels read ``x`` (B, C, H, W) for ``O`` replayed outputs in image groups
+    of ``G``, and their totals (B, O, >= oh*ow) int32."""
+    B, Cin, H, W = x.shape
+    (ph, pw), (sh, sw) = padding, stride
     NG = -(-B // G)
     in_place = True
     if H == W == Hq == Wq == 1:  # 1x1 images (linear layers): the planes are the transposed batch
@@ -78,20 +113,39 @@ def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: Chip
     else:
         xg, in_place = np.empty((0, 0), dtype=x.dtype), False
     # Tasks are (group, chunk of outputs); a task fills its group's planes once for all its outputs.
-    chunks = min(len(n_idx), -(-4 * numba.get_num_threads() // NG))
+    chunks = min(O, -(-4 * numba.get_num_threads() // NG))
     geometry = np.array([Cin, H, W, ph, pw, sh, sw, Hq, G, Wq], dtype=np.int64)
     # rows of 4 KiB multiples would share cache sets; a channels-last fix reads a column of them
     row = oh * ow + (16 if oh * ow % 1024 == 0 else 0)
-    tot = np.empty((B, len(n_idx), row), dtype=np.int32)
-    args = (xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg, keep, ones, 1 << (cfg.psum_bits - 1),
-            linear_tail, Wp.shape[1] // cfg.rows, chunks, oh, ow, tot)
-    if simd:
-        # Stride 1 from channels-last input of a multiple of LANES channels: the fill transposes
-        # blocks in registers, the costliest part of a narrow layer's replay otherwise
-        pixels = x.transpose(0, 2, 3, 1)
-        cl = not in_place and sh == sw == 1 and Cin % LANES == 0 and W >= LANES and pixels.flags.c_contiguous
-        xcl = pixels.reshape(-1) if cl else np.empty(0, dtype=np.float32)
-        direct_chains_simd(*args, xcl, mates, work=len(toff) * run * NG)
-    else:
-        direct_chains(*args, work=len(toff) * run * NG)
-    return ChainFix(n_idx, tot, linear_tail)
+    tot = np.empty((B, O, row), dtype=np.int32)
+    # Stride 1 from float32 channels-last input of a multiple of LANES channels: the fill
+    # transposes blocks in registers, the costliest part of a narrow layer's replay otherwise
+    pixels = x.transpose(0, 2, 3, 1)
+    cl = (not in_place and sh == sw == 1 and Cin % LANES == 0 and W >= LANES and pixels.flags.c_contiguous
+          and x.dtype == np.float32)
+    xcl = pixels.reshape(-1) if cl else np.empty(0, dtype=np.float32)
+    return _Layout((xg, x, in_place, geometry, plane_of), (chunks, oh, ow, tot), xcl, NG, tot)
+
+
+def _replay_vnni(x, Wp, cfg, cm, chain_cols, kernel, padding, N, linear_tail, G, Hq, Wq, oh, ow, signed):
+    """:func:`replay_direct` on the VNNI kernel (:mod:`sysarray.engines.conv.replay_vnni`; stride 1)."""
+    kh, kw = kernel
+    B, Cin = x.shape[:2]
+    preg = cm.psum
+    plane_of = np.zeros(1, dtype=np.int64)  # stride 1: one phase
+
+    def plan():
+        return vnni_plan(preg.faulty, preg.keep, preg.ones, chain_cols, Wp.numpy(), N // Wp.shape[0], cfg.cols,
+                         (1 << cfg.psum_bits) - 1, linear_tail, Cin // Wp.shape[0] * kh * kw, kh, kw, Hq, G * Wq,
+                         signed)
+    key = ("vnni", chain_cols.tobytes(), N, cfg.cols, cfg.psum_bits, linear_tail, Cin, kh, kw, Hq, G * Wq, signed)
+    n_idx, keep, ones, n_seg, eptr, eoff, eword, corr = _DIRECT_PLANS.get_for(
+        cm, (Wp,), key, plan, nbytes=lambda v: sum(a.nbytes for a in v if isinstance(a, np.ndarray)))
+    if not len(n_idx):
+        return None
+    layout = _layout(x, plane_of, G, Hq, Wq, padding, (1, 1), len(n_idx), oh, ow)
+    run = ((oh - 1) * G + G - 1) * Wq + ow
+    direct_chains_vnni(*layout.before, eptr, eoff, eword, corr, n_seg, keep, ones, 1 << (cfg.psum_bits - 1),
+                       linear_tail, Wp.shape[1] // cfg.rows, *layout.after, layout.xcl, 128 if signed else 0,
+                       work=len(eoff) * 3 * run * layout.NG)
+    return ChainFix(n_idx, layout.tot, linear_tail)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from sysarray.engines.conv.planes import fill_planes_cl, planes_buffer, scatter_runs, task_planes
-from sysarray.engines.conv.plan import tasks
+from sysarray.engines.conv.planes import filled_planes, scatter_runs
+from sysarray.engines.conv.plan import task_outputs, tasks
 from sysarray.engines.chains_simd import chain4, store4
 from sysarray.engines.simd import LANES, add, f32_zeros, fma, i32_splat, i32_zeros, load
 from sysarray.parallel import threaded
@@ -30,14 +30,8 @@ def direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg
     sg = i32_splat(sign)  # 2**31 for 32-bit psums: -2**31 as an int32 bit pattern
     for task in prange(NG * chunks):
         g0 = task // chunks
-        if xcl.size:  # stride 1, channels-last: filled by blocks (a float32-only path)
-            xs = planes_buffer(geometry, plane_of, xg.dtype)
-            fill_planes_cl(xcl, x.shape[0], g0, geometry, xs)
-        else:
-            xs = task_planes(xg, x, in_place, geometry, plane_of, g0)
-        o_lo = (task % chunks) * per
-        o_hi = min(O, o_lo + per)
-        tots = np.empty(max(0, o_hi - o_lo) * L, dtype=np.int32)
+        xs = filled_planes(xg, x, in_place, geometry, plane_of, g0, xcl)
+        o_lo, o_hi, tots = task_outputs(task, chunks, per, O, L)
         for block in range(0, L, SIMD_BLOCK):
             e = min(block, L - SIMD_BLOCK)
             for o in range(o_lo, o_hi):

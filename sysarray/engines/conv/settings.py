@@ -23,11 +23,13 @@ class Kernel(str, enum.Enum):
 
     SIMD = "simd"  # blocks of lanes held in SIMD registers (replay_simd.py), where it applies
     PASSES = "passes"  # vectorised passes over a buffer (replay_passes.py), everywhere
+    VNNI = "vnni"  # int8 dot products of kernel rows on AVX-512 VNNI (replay_vnni.py), where it applies; else SIMD
 
 
 @dataclass(frozen=True)
 class ReplaySettings:
-    """replay, kernel: the strategies above. segment_conv: a direct replay of a layer whose GEMMs
+    """replay, kernel: the strategies above (``Kernel.SIMD``, the default, lets the VNNI kernel
+    compete by measurement where it applies; ``Kernel.VNNI`` takes it there). segment_conv: a direct replay of a layer whose GEMMs
     fit one row fold (``K <= R``: depthwise and other small filters) may take its segment sums from
     one grouped convolution and run its chains in one pass (replay_conv.py) instead of the kernel
     walking every output's taps; which of the two runs is measured per layer shape (False: always

@@ -15,6 +15,7 @@ import sysarray as sa
 from tests.strategies import fault_maps
 from sysarray.engines.conv import DEFAULT, Kernel, Replay, ReplaySettings, fast_conv2d
 from sysarray.engines.conv import replay_direct
+from sysarray.engines.simd import VNNI
 from sysarray.mapping import im2col
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -273,7 +274,8 @@ def test_every_chain_replay_path_gives_the_same_bits(case):
     default = ways["segment_conv"]
     np.testing.assert_array_equal(ways["gemm"], default)
     for mode, run, kernel in (("direct", 1, "simd"), ("direct", 1, "passes"), ("direct", 1 << 30, "simd"),
-                              ("direct", 1 << 30, "passes"), ("torch", DEFAULT.run_target, "simd")):
+                              ("direct", 1 << 30, "passes"), ("direct", 1 << 30, "vnni"),
+                              ("torch", DEFAULT.run_target, "simd")):
         settings_ = ReplaySettings(replay=mode, kernel=kernel, run_target=run, segment_conv=False, linear_gemm=False,
                                    planes_budget=NO_BUDGET if run > 1024 else DEFAULT.planes_budget)
         for channels_last in (False, True):  # the program keeps activations channels-last on CPU
@@ -330,15 +332,64 @@ def _spied_simd_kernel(calls: list, record=lambda args: 1):
     return spy()
 
 
+@st.composite
+def vnni_cases(draw) -> ConvCase:
+    """Stride-1 convolutions the VNNI kernel takes (kernel rows of 2 to 4 taps, runs of at least a
+    block): signed and unsigned codes, 16 input channels (the channels-last fill) or a few, groups,
+    padding, psum chains cut by fold and segment boundaries inside kernel rows, stuck weight bits."""
+    R, C = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    cfg = sa.ArrayConfig(R, C, "ws", psum_bits=draw(st.sampled_from([32, 32, 24])), bypass=False)
+    groups = draw(st.sampled_from([1, 1, 2]))
+    cin, n = groups * draw(st.sampled_from([1, 3, 16])), groups * draw(st.integers(1, 6))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(2, 4))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    B, H, W = draw(st.integers(1, 3)), draw(st.integers(8, 12)), draw(st.integers(16, 20))
+    signed = draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rng.integers(-128 if signed else 0, 128 if signed else 256, size=(B, cin, H, W))
+    w = rng.integers(-128, 128, size=(n, cin // groups, kh, kw))
+    return ConvCase(torch.from_numpy(x.astype(np.float32)), torch.from_numpy(w.astype(np.int8)), cfg,
+                    draw(fault_maps(cfg, 10, ("psum", "psum", "weight"))), (1, 1), padding, 0, groups, signed)
+
+
+@pytest.mark.skipif(not VNNI, reason="numba's target has no AVX-512 VNNI here: the VNNI replay does not run")
+@settings(max_examples=150, **SETTINGS)
+@given(vnni_cases(), st.booleans(), st.booleans())
+def test_vnni_replay_kernel_equals_the_simd_kernel_and_fast_gemm(case, channels_last, parallel):
+    """The VNNI kernel (a kernel row's taps as one word's bytes) gives the SIMD kernel's and
+    fast_gemm's bits, on either compilation, and runs wherever the SIMD kernel would."""
+    from sysarray.engines.conv import conv2d
+    from sysarray.engines.conv.replay_vnni import direct_chains_vnni
+
+    simd_calls, vnni_calls = [], []
+    real = replay_direct.direct_chains_vnni
+    direct_chains_vnni.force = "parallel" if parallel else "serial"
+    try:
+        replay_direct.direct_chains_vnni = lambda *args, **kw: vnni_calls.append(1) or real(*args, **kw)
+        got = conv(case, channels_last, ReplaySettings(kernel=Kernel.VNNI, segment_conv=False, linear_gemm=False))
+        conv2d._REPLAY_WAY.force = "kernel"  # the SIMD kernel, not the VNNI option the default settings offer
+        with _spied_simd_kernel(simd_calls):
+            want = conv(case, channels_last, ReplaySettings(segment_conv=False, linear_gemm=False))
+    finally:
+        replay_direct.direct_chains_vnni = real
+        direct_chains_vnni.force = conv2d._REPLAY_WAY.force = None
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, im2col_gemms(case, "fast"))
+    assert len(vnni_calls) == len(simd_calls)
+
+
 @settings(max_examples=120, **SETTINGS)
 @given(long_run_cases(), st.booleans())
 def test_simd_replay_kernel_equals_the_pass_kernel_and_fast_gemm(case, channels_last):
     """The SIMD kernel (lanes in registers) runs on long runs and gives the pass kernel's bits,
     with the outputs of one array column in pairs and each on its own, and all give fast_gemm's
     on the im2col GEMM."""
+    from sysarray.engines.conv import conv2d
+
     calls = []
     threads = numba.get_num_threads()
     kernels = ReplaySettings(segment_conv=False)  # single-fold layers too
+    conv2d._REPLAY_WAY.force = "kernel"  # not a measured other way (the VNNI kernel, a linear layer's GEMM)
     try:
         with _spied_simd_kernel(calls):
             got = conv(case, channels_last, kernels)
@@ -348,6 +399,7 @@ def test_simd_replay_kernel_equals_the_pass_kernel_and_fast_gemm(case, channels_
         passes = conv(case, channels_last, ReplaySettings(kernel=Kernel.PASSES, segment_conv=False))
     finally:
         numba.set_num_threads(threads)
+        conv2d._REPLAY_WAY.force = None
     np.testing.assert_array_equal(got, conv(case, channels_last))
     np.testing.assert_array_equal(got, paired)
     np.testing.assert_array_equal(got, single)
