@@ -32,6 +32,8 @@ ELEMENTWISE = 1 << 17
 KERNELS: list["ThreadedKernel"] = []  # every kernel made here (the tests run each both ways)
 TRIALS = 3  # timed calls of each option per key, after one untimed warm-up call each
 RECHECK_AFTER = 16  # calls of a key with an unconfirmed decision before it is measured again
+MAX_SKIPPED = 8  # per option: calls of a measurement left untimed because other choices measured inside them
+_LOCAL = threading.local()  # measuring calls so far in this thread (MeasuredChoice.__call__)
 T = TypeVar("T")
 
 
@@ -55,10 +57,14 @@ class MeasuredChoice:
     each option in turn for a run of calls: the first a warm-up, then ``trials`` timed ones back to
     back (the state an option leaves, caches and the core's vector-unit licence, is what the calls
     after it find once it is chosen), after which the key keeps the option with the lowest median
-    time. One measurement can be misled by a busy moment of a shared machine (another tenant on
-    the second core makes a threaded kernel look slower than its serial twin), so a decision is
-    final only once ``CONFIRMATIONS`` measurements in a row agree: until then the key takes the
-    decided option and is measured again after ``RECHECK_AFTER`` calls. Keys are kept for the
+    time. A call of an option during which another choice measured (a program run whose kernels
+    are still being chosen, timed with their losing options) is not counted, and the option is
+    called again (at most ``MAX_SKIPPED`` times per option): nested choices would otherwise bias
+    the outer one against whichever option ran while they measured. One measurement can be
+    misled by a busy moment of a shared machine (another tenant on the second core makes a
+    threaded kernel look slower than its serial twin), so a decision is final only once
+    ``CONFIRMATIONS`` measurements in a row agree: until then the key takes the decided option
+    and is measured again after ``RECHECK_AFTER`` calls. Keys are kept for the
     ``max_keys`` most recently decided. ``force``: an option's index or label that every call
     takes where it is among the options, else the first option (tests, reproducible
     benchmarks); None to measure.
@@ -73,6 +79,7 @@ class MeasuredChoice:
         self.name = name
         self.force: int | str | None = None
         self._timings: dict[Hashable, list[list[float]]] = {}
+        self._skipped: dict[Hashable, int] = {}  # calls of a key's measurement not timed (see __call__)
         self._chosen: OrderedDict[Hashable, _Decision] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -105,12 +112,21 @@ class MeasuredChoice:
             # each option's warm-up and timed calls back to back: the state one leaves (caches, the
             # core's vector-unit licence) is what the calls after it find once it is chosen
             which = min(range(len(calls)), key=lambda i: (len(times[i]) > self.trials, -len(times[i])))
+        nested = getattr(_LOCAL, "measuring", 0)
+        _LOCAL.measuring = nested + 1
         start = time.perf_counter()
         out = calls[which]()
         elapsed = time.perf_counter() - start
+        # an option that made other choices measure (a run whose kernels are still being chosen)
+        # was timed with their losing options: not its steady state, so the call is timed again
+        inner = _LOCAL.measuring - nested - 1
         decided = first = None
         with self._lock:
-            times[which].append(elapsed)
+            skipped = self._skipped.get(key, 0)
+            if inner and times[which] and skipped < MAX_SKIPPED * len(calls):
+                self._skipped[key] = skipped + 1
+            else:
+                times[which].append(elapsed)
             if key in self._timings and min(len(t) for t in times) > self.trials:
                 medians = [sorted(t[1:])[len(t[1:]) // 2] for t in times]
                 best = medians.index(min(medians))
@@ -120,6 +136,7 @@ class MeasuredChoice:
                 agreed = before is not None and before.option == option
                 decided = self._chosen[key] = _Decision(option, before.confirmations + 1 if agreed else 1)
                 del self._timings[key]
+                self._skipped.pop(key, None)
                 while len(self._chosen) > self.max_keys:
                     self._chosen.popitem(last=False)
         # on disk: a key's first decision and its confirmation (a key whose options tie may change

@@ -83,3 +83,20 @@ def test_watch_choices_collects_the_keys_called_and_settled_says_when_their_deci
     with watch_choices() as seen:
         choice("forced", options)
     assert seen == set()  # a pinned choice measures nothing
+
+
+def test_an_outer_choice_does_not_time_the_calls_in_which_an_inner_choice_measured():
+    """Option ``a`` runs an inner choice; while that one measures, ``a`` also runs the inner
+    losing option and looks slow. Those calls are not timed, so the outer choice keeps ``a``,
+    faster than ``b`` once the inner choice is made."""
+    inner, outer = MeasuredChoice(trials=1), MeasuredChoice(trials=1)
+    options = (lambda: time.sleep(0.02), lambda: None)
+
+    def a():
+        inner("k", options)
+
+    def b():
+        time.sleep(0.005)
+    while outer.chosen("o") is None:
+        outer("o", (a, b))
+    assert inner.chosen("k") == 1 and outer.chosen("o") == 0
