@@ -63,17 +63,14 @@ def time_round_robin(calls: Mapping[str, Callable[[], object]], repeats: int, wa
     """
     if repeats < 1:
         raise ValueError(f"The 'repeats' argument of time_round_robin must be at least 1. Got {repeats} instead.")
-    from sysarray import parallel
-
     first: dict[str, float] = {}
-    with parallel.watch_choices() as seen:
-        for name, fn in calls.items():
-            for i in range(warmup):
-                t0 = time.perf_counter()
-                fn()
-                if i == 0:
-                    first[name] = time.perf_counter() - t0
-        rounds = settle(calls.values(), seen, settle_rounds)
+    for name, fn in calls.items():
+        for i in range(warmup):
+            t0 = time.perf_counter()
+            fn()
+            if i == 0:
+                first[name] = time.perf_counter() - t0
+    rounds = settle(calls.values(), settle_rounds) if settle_rounds else 0
     times: dict[str, list[float]] = {name: [] for name in calls}
     gc.collect()
     was_enabled = gc.isenabled()
@@ -90,18 +87,21 @@ def time_round_robin(calls: Mapping[str, Callable[[], object]], repeats: int, wa
     return {name: {**summarize_times(times[name], first.get(name)), "settle_rounds": rounds} for name in calls}
 
 
-def settle(calls, seen: set, max_rounds: int = SETTLE_ROUNDS) -> int:
-    """Run ``calls`` (callables) round-robin, untimed, inside the :func:`sysarray.parallel.watch_choices`
-    block that collects ``seen``, until each of its ``(choice, key)`` pairs has a final decision
-    (a choice's first measurement, then the one that confirms it:
-    :class:`sysarray.parallel.MeasuredChoice`), at most ``max_rounds`` rounds; returns the rounds."""
+def settle(calls, max_rounds: int = SETTLE_ROUNDS) -> int:
+    """Run ``calls`` (callables) round-robin, untimed, until a round in which every kernel choice
+    they call has a final decision (a choice's first measurement, then the one that confirms it:
+    :class:`sysarray.parallel.MeasuredChoice`; a choice only the measuring of another one called
+    is not called again once that one is final), at most ``max_rounds`` rounds; returns the rounds."""
     from sysarray import parallel
 
     rounds = 0
-    while rounds < max_rounds and not parallel.settled(seen):
-        for fn in calls:
-            fn()
+    while rounds < max_rounds:
+        with parallel.watch_choices() as seen:
+            for fn in calls:
+                fn()
         rounds += 1
+        if parallel.settled(seen):
+            break
     return rounds
 
 

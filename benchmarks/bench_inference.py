@@ -90,7 +90,6 @@ import sysarray as sa
 from accel_models.lowering import lower
 from accel_models.zoo import build_model
 from benchmarks._common import settle
-from sysarray import parallel
 name, shape, batch, repeats, seed, map_seeds, _ = json.loads(sys.argv[1])
 torch.manual_seed(seed)
 model = build_model(name, tuple(shape), 10).eval()
@@ -99,10 +98,9 @@ program = lower(model, x)
 cfg = sa.ArrayConfig(32, 32, "ws")
 maps = [sa.FaultMap.random(cfg, pe_rate=0.01, registers=("psum",), seed=s) for s in map_seeds]
 runs = [lambda fm=fm: program.run(x, cfg, faults=fm, count_changes=False) for fm in maps]
-with parallel.watch_choices() as seen:
-    for run in runs:
-        run()
-    settle(runs, seen)
+for run in runs:
+    run()
+settle(runs)
 out = [[] for _ in maps]
 for _ in range(repeats):
     for times, fm in zip(out, maps):
