@@ -38,7 +38,7 @@ from sysarray.atomic import write_json as atomic_write_json
 kernel_cache.configure(False)
 # Untimed rounds at most before timing while the kernel choices are still measured: a choice's
 # decision is final after its first measurement and one more that agrees, RECHECK_AFTER calls on.
-SETTLE_ROUNDS = 64
+SETTLE_ROUNDS = 128
 
 
 def summarize_times(times: Sequence[float], first_call_s: float | None = None) -> dict[str, Any]:
