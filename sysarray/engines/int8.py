@@ -49,7 +49,7 @@ def as_int8(x: torch.Tensor, unsigned: bool) -> torch.Tensor:
     when ``unsigned`` (values 0..255)."""
     out = torch.empty(x.shape, dtype=torch.int8)
     if x.dtype == torch.uint8 and unsigned:
-        return out.copy_(x.view(torch.int8)).bitwise_xor_(-128)  # x - 128 is x with its top bit flipped
+        return torch.bitwise_xor(x.view(torch.int8), -128, out=out)  # x - 128 is x with its top bit flipped
     return out.copy_(torch.sub(x, 128) if unsigned else x)
 
 
