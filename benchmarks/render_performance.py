@@ -290,32 +290,31 @@ class Bench:
 
 
 ENGINES_MISSES = (
-    "Where the fast engine misses: one thread, M=12544, K=576, N=64, 32x32 WS, 10 psum-faulty PEs: "
-    "`torch._int_mm` 1.0 ms; the engine's fault-free product 2.7-3.1 ms (the codes' shift from uint8 to int8, "
-    "0.9 ms, then the same int8 GEMM and the weights' sums added back); the psum replay about 10 ms: for each "
-    "fold a (V, 32) x (32, t) int8 GEMM of the segment weights by the stream (18 folds, V = 40 segment columns), "
-    "about 5 ms at some 60 GMAC/s (oneDNN's int8 GEMM is far from its peak at an inner size of 32), and the chain "
-    "replay over the 9M segment sums, about 3 ms. What would close it: one fused int8 kernel (VNNI/AMX "
-    "instructions, which numba does not emit) that reads the stream once and keeps each fold's prefix sums in "
-    "registers through the chain, never storing the segment sums.")
+    "Where the fast engine misses (M=12544, K=576, N=64, 32x32 WS, 1% psum-faulty PEs, 2 threads, steady state): "
+    "`torch._int_mm` of int8 operands takes 0.6-1.9 ms and the engine's fault-free product 2.2-2.6 times that: "
+    "the uint8 codes shifted to int8 (one pass over the 7 MB stream), a pass for the operand's bound, the same "
+    "int8 GEMM and the weights' sums added back, and Python around them. The psum replay adds about as much "
+    "again: the stream packed once into words of four rows' codes (about 1 ms) and the chains by `vpdpbusd` "
+    "(about 1 ms; the float32 and oneDNN replays took 22-30 ms, as each fold is a GEMM of inner size 32 far from "
+    "oneDNN's peak). What would close it: int8 codes end to end (no shift; torch exposes no uint8 x int8 GEMM, "
+    "which oneDNN has) and the packing fused into the GEMM's own pass over the stream.")
 INFERENCE_MISSES = (
-    "Where inference and campaigns miss: fault-free, ResNet-20 at batch 256 (2 threads) already runs at about "
-    "1.1-1.4x float32 (the same convolutions on the faster of the float32 and int8 kernels, plus the integer "
-    "post-processing), so 1.2x with faults would need the fault-free part faster than float32. With 1% "
-    "psum-faulty PEs (about 10 faulty PEs on 32 columns, so a quarter to a third of every layer's channels "
-    "replayed) a run spends about 30% of its time in those convolutions, 29% replaying the faulty columns' "
-    "outputs (the float32 direct replay), 26% requantizing with the replayed outputs applied in the same pass "
-    "and 8% in residual adds (py-spy samples, OpenMP layer). On a 16-channel 32x32 layer at batch 256 the "
-    "replay costs about four times the float32 convolution, and a replayed output costs the fused "
-    "requantization about 4 ns against 0.5 ns for a plain one: it is read and written at a stride of a pixel's "
-    "channels, which does not vectorize. What would close it: the replay's segment sums on int8 (as the GEMM "
-    "replay does) or the fused kernel described under Engines, replayed channels kept contiguous until the "
-    "requantization, and int8 convolutions faster than float32's. For LeNet-5 and for a campaign's chips the cost is per call: each faulty layer's "
-    "replay plan, replay, fix and requantization are separate steps of tens of microseconds. The process's "
-    "threading settings are this machine's measured ones (`sysarray kernels --measure-layer`: numba's OpenMP "
-    "layer with libgomp's own spin, 27 ms per probe round against 31-38 ms for the other three pairs); with "
-    "the constants `configure()` applies without a measurement (workqueue layer, short spin), faulty ResNet-20 "
-    "took about a third longer in alternating processes.")
+    "Where inference and campaigns miss: fault-free, ResNet-20 at batch 256 (2 threads) runs at about float32's "
+    "speed, and with 1% psum-faulty PEs (about 10 faulty PEs on 32 columns, so a quarter to a third of every "
+    "layer's channels replayed) a run spends about 39% of its time in the convolutions, 26% replaying the faulty "
+    "columns' outputs (mostly the VNNI kernel, one `vpdpbusd` per kernel row and 16 run values), 23% requantizing "
+    "(the replayed outputs applied in the same pass, by tiles corrected in L1) and 8% in residual adds (py-spy "
+    "samples). Per replayed output the VNNI replay costs about 0.2 ms on a 227x16x32x32 layer against 0.34 ms "
+    "per output channel for float32's whole convolution, but it reads only the taps up to the faulty row and "
+    "still costs more than half of that. What would close it: the replay sharing one pass over the input with "
+    "the convolution (an int8 convolution that also stores the prefix sums at the faulty rows), and codes kept "
+    "as 8-bit values between layers (a quarter of the requantization's and residual adds' memory traffic). "
+    "LeNet-5's layers are small and its cost is per call: each faulty layer's replay plan lookup, replay and "
+    "requantization are separate steps of tens of microseconds. A campaign's chips replay different numbers of "
+    "columns, so its kernel choices (kept in memory only by the benchmark) are still being measured and "
+    "confirmed through much of a 200-chip LeNet-5 campaign; processes that keep choices on disk start with "
+    "them. The process's threading settings are this machine's measured ones (`sysarray kernels "
+    "--measure-layer`: numba's OpenMP layer with libgomp's own spin).")
 FAT_MISSES = (
     "Where stuck-at FAT misses (LeNet-5, batch 64, one thread): on Fashion-MNIST a step costs about 11 ms against "
     "5.5 ms in float32. The twin's forward takes about 4.5 ms against float32's 2.5 (per layer one autograd step "
@@ -328,21 +327,18 @@ FAT_MISSES = (
     "on the fault map), the fix written into the twin's accumulators, and the twin compiled into fewer calls per "
     "layer.")
 MODELS_MISSES = (
-    "Where the vision transformers and ConvNeXt miss: their float32 baseline runs faster under this machine's "
-    "measured threading settings (libgomp's own spin), while the short spin the constant settings apply slowed "
-    "it: in alternating processes DeiT's float32 took 4.7-5.2 ms with the default spin against 7.9-9.7 ms with "
-    "the short one, and its chip runs were as fast or faster (1% psum-faulty PEs: 23-27 ms against 29.6-30.5 "
-    "ms). The ratios below are therefore against a faster baseline than earlier figures, not a slower chip. "
-    "Their ratios also move from run to run with the float32 baseline, the noisier side. At batch 8 every layer "
-    "is small. On one thread a DeiT run costs "
-    "about 2.9 ms of fixed per-op work (about 100 ops: Python dispatch, checks and memo lookups around kernels of "
-    "tens of microseconds) plus 0.93 ms per image fault-free, 5.9 ms plus 1.7 ms per image with 1% psum-faulty "
-    "PEs, where float32 costs 0.66 ms plus 0.44 ms per image. The kernels run two to three times slower inside a "
-    "run than alone, their operands cold in the caches after the other layers, and a fault-free linear layer's "
-    "requantization (about 40 us for 528x192 outputs) costs more than its GEMM. What would close it: a compiled "
-    "executor for the integer program (one dispatch per run instead of one per op), codes kept as 8-bit values "
-    "between ops (a quarter of the memory traffic) and attention (both products and the softmax) as one kernel "
-    "per batch of heads.")
+    "Where DeiT misses (and the vision transformers and ConvNeXt come close): their ratios move from run to run "
+    "with the float32 baseline, the noisier side, which runs under this machine's measured threading settings "
+    "(libgomp's own spin; the short spin of the unmeasured constants slowed it: DeiT's float32 took 4.7-5.2 ms "
+    "with the default spin against 7.9-9.7 ms with the short one, in alternating processes). At batch 8 every "
+    "layer is small. On one thread a DeiT run costs about 2.9 ms of fixed per-op work (about 100 ops: Python "
+    "dispatch, checks and memo lookups around kernels of tens of microseconds) plus 0.93 ms per image "
+    "fault-free, 5.9 ms plus 1.7 ms per image with 1% psum-faulty PEs, where float32 costs 0.66 ms plus 0.44 ms "
+    "per image. The kernels run two to three times slower inside a run than alone, their operands cold in the "
+    "caches after the other layers, and a fault-free linear layer's requantization (about 40 us for 528x192 "
+    "outputs) costs more than its GEMM. What would close it: a compiled executor for the integer program (one "
+    "dispatch per run instead of one per op), codes kept as 8-bit values between ops (a quarter of the memory "
+    "traffic) and attention (both products and the softmax) as one kernel per batch of heads.")
 
 
 BENCHMARKS = (
@@ -351,8 +347,8 @@ BENCHMARKS = (
           "conv-sized GEMMs, against a naive single-threaded numba clock loop; ResNet-18 clocked layer by layer with "
           "its values on a 32x32 WS array (SCALE-Sim v2 needs over 5 minutes for the timing alone); and the fast "
           "engine's cost over `torch._int_mm` and over the exact float32 GEMM, fault-free and with 1% faulty PEs, "
-          "for each dataflow. Times are medians of round-robin repeats after a warm-up call; every result is checked "
-          "against an exact GEMM or the other engine.", engines_rows, ENGINES_MISSES),
+          "for each dataflow. Times are medians of round-robin repeats after a warm-up call and untimed rounds until "
+          "the kernel choices are final; every result is checked against an exact GEMM or the other engine.", engines_rows, ENGINES_MISSES),
     Bench("bench_inference", "Inference",
           "Integer inference of LeNet-5 and ResNet-20 (32x32 inputs, untrained weights) on a 32x32 WS chip with the "
           "fast engine, fault-free and on several chips with 1% psum-faulty PEs, over float32 torch inference of the "
