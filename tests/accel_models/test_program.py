@@ -615,13 +615,16 @@ def test_runs_choose_their_thread_count_by_measurement_and_give_the_same_logits(
     program, x = zoo["lenet"].program, digits.test_x[:24]
     cfg = ArrayConfig(8, 8)
     faults = FaultMap.random(cfg, 0.1, seed=3, registers=("psum",))
+    key = (id(program), (8, *x.shape[1:]), cfg, True, False)
     with threads(2):
         if torch.get_num_threads() < 2:
             pytest.skip("torch has one thread here")
         first = program.run(x, cfg, faults, count_changes=False, batch_size=8).logits
-        for _ in range(TRIALS):
+        # each run is three batches; calls in which the layers' own choices measured are not timed
+        for _ in range(20 * (TRIALS + 1)):
             again = program.run(x, cfg, faults, count_changes=False, batch_size=8).logits
             torch.testing.assert_close(again, first, rtol=0, atol=0)
+            if prog._THREADS.chosen(key) is not None:
+                break
         assert torch.get_num_threads() == 2  # restored after every one-thread run
-    key = (id(program), (8, *x.shape[1:]), cfg, True, False)
     assert prog._THREADS.chosen(key) in (0, 1)
