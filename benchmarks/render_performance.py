@@ -291,9 +291,9 @@ class Bench:
 
 ENGINES_MISSES = (
     "Where the fast engine misses (M=12544, K=576, N=64, 32x32 WS, 1% psum-faulty PEs, 2 threads, steady state): "
-    "`torch._int_mm` of int8 operands takes 0.6-1.9 ms and the engine's fault-free product 2.2-2.6 times that: "
-    "the uint8 codes shifted to int8 (one pass over the 7 MB stream), a pass for the operand's bound, the same "
-    "int8 GEMM and the weights' sums added back, and Python around them. The psum replay adds about as much "
+    "`torch._int_mm` of int8 operands takes 0.6-1.9 ms and the engine's fault-free product 1.7-2.5 times that: "
+    "the uint8 codes shifted to int8 (one pass over the 7 MB stream), the same int8 GEMM and the weights' sums "
+    "added back, and Python around them. The psum replay adds about as much "
     "again: the stream packed once into words of four rows' codes (about 1 ms) and the chains by `vpdpbusd` "
     "(about 1 ms; the float32 and oneDNN replays took 22-30 ms, as each fold is a GEMM of inner size 32 far from "
     "oneDNN's peak). What would close it: int8 codes end to end (no shift; torch exposes no uint8 x int8 GEMM, "

@@ -40,9 +40,14 @@ _SEG_BUDGET = 8 << 20
 _STREAM_SEG_BUDGET = 1 << 20
 
 
+_CODE_BOUND = {torch.uint8: 255, torch.int8: 128}
+
+
 def _operand_max(x: torch.Tensor, reg: RegisterMasks, known: int | None = None) -> int:
     """Largest |value| the register can pass on for operand ``x``; ``known``: a bound on |x|
-    the caller has (spares a pass over ``x``)."""
+    the caller has (spares a pass over ``x``; an 8-bit integer tensor's is its type's range)."""
+    if known is None and x.dtype in _CODE_BOUND:
+        known = _CODE_BOUND[x.dtype]
     top = abs_max(x) if known is None else int(known)
     if reg.any_faulty:
         top = max(top, 255 if reg.sign == 0 else 128)
