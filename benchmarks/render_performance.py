@@ -348,7 +348,8 @@ BENCHMARKS = (
           "its values on a 32x32 WS array (SCALE-Sim v2 needs over 5 minutes for the timing alone); and the fast "
           "engine's cost over `torch._int_mm` and over the exact float32 GEMM, fault-free and with 1% faulty PEs, "
           "for each dataflow. Times are medians of round-robin repeats after a warm-up call and untimed rounds until "
-          "the kernel choices are final; every result is checked against an exact GEMM or the other engine.", engines_rows, ENGINES_MISSES),
+          "the kernel choices are final; every result is checked against an exact GEMM or the other engine.",
+          engines_rows, ENGINES_MISSES),
     Bench("bench_inference", "Inference",
           "Integer inference of LeNet-5 and ResNet-20 (32x32 inputs, untrained weights) on a 32x32 WS chip with the "
           "fast engine, fault-free and on several chips with 1% psum-faulty PEs, over float32 torch inference of the "

@@ -29,14 +29,15 @@ class Kernel(str, enum.Enum):
 @dataclass(frozen=True)
 class ReplaySettings:
     """replay, kernel: the strategies above (``Kernel.SIMD``, the default, lets the VNNI kernel
-    compete by measurement where it applies; ``Kernel.VNNI`` takes it there). segment_conv: a direct replay of a layer whose GEMMs
-    fit one row fold (``K <= R``: depthwise and other small filters) may take its segment sums from
-    one grouped convolution and run its chains in one pass (replay_conv.py) instead of the kernel
-    walking every output's taps; which of the two runs is measured per layer shape (False: always
-    the kernel). linear_gemm: a linear layer (1x1 images, 1x1 filters, one group) may replay as
-    one GEMM's chains straight from its transposed batch (replay_linear.py) instead of by the
-    kernel; which runs is measured per layer shape (False: always the kernel). pairs: the SIMD kernel runs the outputs of one array
-    column (column folds of a wide layer: the same taps) in pairs that share each tap's loads.
+    compete by measurement where it applies; ``Kernel.VNNI`` takes it there). segment_conv: a
+    direct replay of a layer whose GEMMs fit one row fold (``K <= R``: depthwise and other small
+    filters) may take its segment sums from one grouped convolution and run its chains in one
+    pass (replay_conv.py) instead of the kernel walking every output's taps; which of the two runs
+    is measured per layer shape (False: always the kernel). linear_gemm: a linear layer (1x1
+    images, 1x1 filters, one group) may replay as one GEMM's chains straight from its transposed
+    batch (replay_linear.py) instead of by the kernel; which runs is measured per layer shape
+    (False: always the kernel). pairs: the SIMD kernel runs the outputs of one array column
+    (column folds of a wide layer: the same taps) in pairs that share each tap's loads.
     run_target: values per contiguous run of the direct replay (images are laid side by side
     until one tap over their output planes is about this long: long runs amortise loop
     overheads, short ones keep a task's buffers in L1). planes_budget: bytes of one image
