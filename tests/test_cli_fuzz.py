@@ -57,8 +57,9 @@ def _is_output(action: argparse.Action) -> bool:
 
 
 @st.composite
-def argv(draw, files: dict[str, str], out_dir: Path) -> tuple[list[str], str]:
-    """(argument list, its command) for one fuzzed call, outputs under ``out_dir``."""
+def argv(draw, files: dict[str, str], out_dir: Path, existing: Path) -> tuple[list[str], str]:
+    """(argument list, its command) for one fuzzed call, outputs under ``out_dir`` or the existing
+    file ``existing`` (an output a command may overwrite: not one of the input ``files``)."""
     command = draw(st.sampled_from(sorted(COMMANDS)))
     parser = COMMANDS[command]
     options = visible_options(parser)
@@ -74,7 +75,7 @@ def argv(draw, files: dict[str, str], out_dir: Path) -> tuple[list[str], str]:
             continue
         if _is_output(action):
             value = draw(st.sampled_from([str(out_dir / "result"), str(out_dir / "result.json"), files["dir"],
-                                          files["empty"], str(out_dir / "missing" / "deeper" / "x")]))
+                                          str(existing), str(out_dir / "missing" / "deeper" / "x")]))
         elif action.choices is not None:
             value = draw(st.sampled_from([*map(str, action.choices), *MALFORMED[:3]]))
         else:
@@ -100,8 +101,10 @@ def _snapshot(root: Path) -> dict[str, int]:
 @given(data=st.data())
 def test_every_command_answers_bad_input_with_one_line_and_exit_2(data, files, tmp_path, monkeypatch):
     run_dir = Path(tempfile.mkdtemp(dir=tmp_path))
+    existing = Path(tempfile.mkdtemp(dir=tmp_path)) / "existing.pt"
+    existing.write_bytes(b"")
     monkeypatch.chdir(run_dir)
-    words, command = data.draw(argv(files, run_dir))
+    words, command = data.draw(argv(files, run_dir, existing))
     before = _snapshot(Path(files["dir"]).parent)
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
