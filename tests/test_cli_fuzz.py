@@ -80,7 +80,8 @@ def argv(draw, files: dict[str, str], out_dir: Path, existing: Path) -> tuple[li
             value = draw(st.sampled_from([*map(str, action.choices), *MALFORMED[:3]]))
         else:
             value = draw(st.sampled_from([*NUMBERS, *LISTS, *paths, *MALFORMED]))
-        poisoned = poisoned or value in MALFORMED or value in paths
+        # an input that cannot be what is asked for stops the command; an output path may be valid
+        poisoned = poisoned or value in MALFORMED or (value in paths and not _is_output(action))
         words += [flag, value]
     if not poisoned:  # an expensive command with every value plausible: make one malformed
         targets = [a for a in options if a.nargs != 0 and not _is_output(a)]
