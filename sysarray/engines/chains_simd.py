@@ -43,6 +43,12 @@ def chain4(a0, a1, a2, a3, p0, p1, p2, p3, t0, t1, t2, t3, k, on, sg, linear_tai
 
 
 @njit(cache=True, inline="always")
+def zeros4():
+    """Four int32 vectors of zeros (a block's chain values, totals or segment sums)."""
+    return i32_zeros(), i32_zeros(), i32_zeros(), i32_zeros()
+
+
+@njit(cache=True, inline="always")
 def store4(tots, at, t0, t1, t2, t3):
     """Four vectors of chain totals to ``tots[at:at + 4*LANES]``."""
     i32_store(tots, at, t0)

@@ -22,19 +22,13 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from sysarray.engines.chains_simd import chain4, store4
+from sysarray.engines.chains_simd import SIMD_BLOCK as BLOCK
+from sysarray.engines.chains_simd import chain4, store4, zeros4
 from sysarray.engines.registers import force_jit
-from sysarray.engines.simd import LANES, VNNI, add, dpbusd, i32_splat, i32_zeros, load_i32, sub, transpose_block
+from sysarray.engines.simd import LANES, VNNI, add, dpbusd, i32_splat, load_i32, sub, transpose_block
 from sysarray.parallel import ELEMENTWISE, threaded
 
-BLOCK = 4 * LANES  # stream values per task: four vectors of lanes
 _FLIP = np.int32(-0x7F7F7F80)  # 0x80808080: every byte's top bit
-
-
-@njit(cache=True, inline="always")
-def zeros4():
-    """Four int32 vectors of zeros."""
-    return i32_zeros(), i32_zeros(), i32_zeros(), i32_zeros()
 
 
 @njit(cache=True)
@@ -114,7 +108,7 @@ def _pack(src, G, T, Qp, NB, out):
 
 
 @threaded(1 << 20)  # work: multiply-adds
-def _replay(packed, G, T, Qp, NB, q_lo, q_hi, words, corr, n_idx, keep, ones, n_seg, rows, sign, linear_tail, y):
+def _replay(packed, G, T, Qp, NB, q_lo, q_hi, words, corr, n_idx, keep, ones, n_seg, sign, linear_tail, y):
     """Per task (GEMM ``g``, block ``b`` of its stream): every replayed output's chains over the
     block, each segment sum ``vpdpbusd`` of the packed stream and the segment's weight words,
     the chain step and its totals in registers across the folds; then the block's values into
@@ -173,5 +167,5 @@ def bmm_chains_vnni(s8: torch.Tensor, w: np.ndarray, n_idx, seg_of_row, keep, on
     packed = np.empty(G * NB * Qp * BLOCK, dtype=np.int32)
     _pack(s8.numpy().reshape(-1).view(np.float32), G, T, Qp, NB, packed, work=G * T * Qp)
     q_lo, q_hi, words, corr = segment_words(w, n_idx, seg_of_row, n_seg, rows, Kd, signed)
-    _replay(packed, G, T, Qp, NB, q_lo, q_hi, words, corr, n_idx, keep, ones, n_seg, rows, sign, linear_tail, y,
+    _replay(packed, G, T, Qp, NB, q_lo, q_hi, words, corr, n_idx, keep, ones, n_seg, sign, linear_tail, y,
             work=G * T * Kd * len(n_idx))

@@ -62,7 +62,8 @@ def replay_direct(xp: torch.Tensor, Wp: torch.Tensor, cfg: ArrayConfig, cm: Chip
     signed = cm.act.sign != 0
     if (settings.kernel is Kernel.VNNI and VNNI and replay_vnni.applies(kernel, stride, x.dtype, run)
             and amax <= (128 if signed else 255)):
-        return _replay_vnni(x, Wp, cfg, cm, chain_cols, kernel, padding, N, linear_tail, G, Hq, Wq, oh, ow, signed)
+        return _replay_vnni(x, Wp, cfg, cm, chain_cols, kernel, padding, N, linear_tail, G, Hq, Wq, oh, ow, run,
+                            signed)
 
     def plan():
         out = direct_plan(preg.faulty, preg.keep, preg.ones, chain_cols, Wp.numpy(), N // groups, cfg.cols,
@@ -127,7 +128,7 @@ def _layout(x: np.ndarray, plane_of: np.ndarray, G: int, Hq: int, Wq: int, paddi
     return _Layout((xg, x, in_place, geometry, plane_of), (chunks, oh, ow, tot), xcl, NG, tot)
 
 
-def _replay_vnni(x, Wp, cfg, cm, chain_cols, kernel, padding, N, linear_tail, G, Hq, Wq, oh, ow, signed):
+def _replay_vnni(x, Wp, cfg, cm, chain_cols, kernel, padding, N, linear_tail, G, Hq, Wq, oh, ow, run, signed):
     """:func:`replay_direct` on the VNNI kernel (:mod:`sysarray.engines.conv.replay_vnni`; stride 1)."""
     kh, kw = kernel
     B, Cin = x.shape[:2]
@@ -144,7 +145,6 @@ def _replay_vnni(x, Wp, cfg, cm, chain_cols, kernel, padding, N, linear_tail, G,
     if not len(n_idx):
         return None
     layout = _layout(x, plane_of, G, Hq, Wq, padding, (1, 1), len(n_idx), oh, ow)
-    run = ((oh - 1) * G + G - 1) * Wq + ow
     direct_chains_vnni(*layout.before, eptr, eoff, eword, corr, n_seg, keep, ones, 1 << (cfg.psum_bits - 1),
                        linear_tail, Wp.shape[1] // cfg.rows, *layout.after, layout.xcl, 128 if signed else 0,
                        work=len(eoff) * 3 * run * layout.NG)

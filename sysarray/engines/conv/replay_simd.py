@@ -6,12 +6,11 @@ from numba import njit, prange
 
 from sysarray.engines.conv.planes import filled_planes, scatter_runs
 from sysarray.engines.conv.plan import task_outputs, tasks
-from sysarray.engines.chains_simd import chain4, store4
+from sysarray.engines.chains_simd import SIMD_BLOCK, chain4, store4
 from sysarray.engines.simd import LANES, add, f32_zeros, fma, i32_splat, i32_zeros, load
 from sysarray.parallel import threaded
 
 # Run values per block: four vectors of lanes (the width comes from the target, see sysarray.engines.simd).
-SIMD_BLOCK = 4 * LANES
 
 
 @threaded(1 << 20)  # work: multiply-adds

@@ -16,15 +16,12 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from sysarray.engines.chains_simd import chain4, store4
-from sysarray.engines.chains_vnni import zeros4
+from sysarray.engines.chains_simd import SIMD_BLOCK as BLOCK
+from sysarray.engines.chains_simd import chain4, store4, zeros4
 from sysarray.engines.conv.plan import group_chains, task_outputs, tasks
 from sysarray.engines.conv.planes import filled_planes, scatter_runs
 from sysarray.engines.simd import LANES, add, byte_windows, dpbusd, i32_splat, sub
 from sysarray.parallel import threaded
-
-BLOCK = 4 * LANES  # run values per block: four vectors of lanes
-
 
 def applies(kernel: tuple[int, int], stride, x_dtype, run: int) -> bool:
     """Whether a layer can take this kernel: stride 1, kernel rows of 2 to 4 taps (one word; a
