@@ -62,15 +62,9 @@ def _chain_block(st, base, T, w, g, n, o, seg_of_row, keep, ones, n_seg, rows, K
     """Stream values ``e .. e + SIMD_BLOCK - 1`` of output ``o`` (column ``n``) of GEMM ``g``:
     its chain correction (``linear_tail``) or total into ``tots[e:]`` (int32, wrapped). ``st``:
     the streams flat, row ``k`` of GEMM ``g`` at ``base + k * T``."""
-    t0 = i32_zeros()
-    t1 = i32_zeros()
-    t2 = i32_zeros()
-    t3 = i32_zeros()
+    t0, t1, t2, t3 = zeros4()
     for f in range((Kd + rows - 1) // rows):
-        p0 = i32_zeros()
-        p1 = i32_zeros()
-        p2 = i32_zeros()
-        p3 = i32_zeros()
+        p0, p1, p2, p3 = zeros4()
         r = 0
         for s in range(n_seg[o]):
             a0 = f32_zeros()

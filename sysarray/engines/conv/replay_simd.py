@@ -6,8 +6,8 @@ from numba import njit, prange
 
 from sysarray.engines.conv.planes import filled_planes, scatter_runs
 from sysarray.engines.conv.plan import task_outputs, tasks
-from sysarray.engines.chains_simd import SIMD_BLOCK, chain4, store4
-from sysarray.engines.simd import LANES, add, f32_zeros, fma, i32_splat, i32_zeros, load
+from sysarray.engines.chains_simd import SIMD_BLOCK, chain4, store4, zeros4
+from sysarray.engines.simd import LANES, add, f32_zeros, fma, i32_splat, load
 from sysarray.parallel import threaded
 
 # Run values per block: four vectors of lanes (the width comes from the target, see sysarray.engines.simd).
@@ -41,15 +41,9 @@ def direct_chains_simd(xg, x, in_place, geometry, plane_of, toff, tw, ptr, n_seg
                                     (o - o_lo) * L + e, (m - o_lo) * L + e)
                     continue
                 dst = (o - o_lo) * L + e
-                t0 = i32_zeros()
-                t1 = i32_zeros()
-                t2 = i32_zeros()
-                t3 = i32_zeros()
+                t0, t1, t2, t3 = zeros4()
                 for f in range(Fr):
-                    p0 = i32_zeros()
-                    p1 = i32_zeros()
-                    p2 = i32_zeros()
-                    p3 = i32_zeros()
+                    p0, p1, p2, p3 = zeros4()
                     for s in range(n_seg[o]):
                         base = (o * Fr + f) * S + s
                         a0 = f32_zeros()
@@ -79,23 +73,11 @@ def _pair_block(xs, toff, tw, ptr, n_seg, keep, ones, sg, linear_tail, Fr, S, o,
     """One block of :func:`direct_chains_simd` for two outputs of one array column (``m`` has
     the same segments and taps as ``o``, its own weights): each tap's four input vectors serve
     both."""
-    t0 = i32_zeros()
-    t1 = i32_zeros()
-    t2 = i32_zeros()
-    t3 = i32_zeros()
-    u0 = i32_zeros()
-    u1 = i32_zeros()
-    u2 = i32_zeros()
-    u3 = i32_zeros()
+    t0, t1, t2, t3 = zeros4()
+    u0, u1, u2, u3 = zeros4()
     for f in range(Fr):
-        p0 = i32_zeros()
-        p1 = i32_zeros()
-        p2 = i32_zeros()
-        p3 = i32_zeros()
-        r0 = i32_zeros()
-        r1 = i32_zeros()
-        r2 = i32_zeros()
-        r3 = i32_zeros()
+        p0, p1, p2, p3 = zeros4()
+        r0, r1, r2, r3 = zeros4()
         for s in range(n_seg[o]):
             base = (o * Fr + f) * S + s
             shift = ptr[(m * Fr + f) * S + s] - ptr[base]
