@@ -27,7 +27,6 @@ import sysarray.runtime
 TUNING = sysarray.runtime.configure()  # a program: tuned first, before torch loads
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -90,7 +89,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.chips = 8
-    torch.set_num_threads(1)  # the machine is shared; diagnosis is many small GEMMs
+    # the machine is shared; diagnosis is many small GEMMs
+    sysarray.runtime.set_threads(1, numba_threads=sysarray.runtime.usable_cores())
     rows, cols = (int(x) for x in args.array.lower().split("x"))
     results, table_rows = {}, []
     for flow in ("ws", "os", "is"):

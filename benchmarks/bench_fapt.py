@@ -33,7 +33,6 @@ import sysarray.runtime
 TUNING = sysarray.runtime.configure()  # a program: tuned first, before torch loads
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -120,7 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    sysarray.runtime.set_threads(args.threads, numba_threads=sysarray.runtime.usable_cores())
     maps = 2 if args.quick else args.maps
     n_train, n_test = (5000, 1000) if args.quick else (args.train, args.test)
 

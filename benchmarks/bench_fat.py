@@ -129,11 +129,13 @@ def main(argv=None) -> int:
     ap.add_argument("--fashion-train", type=int, default=3000, help="Fashion-MNIST training images used (default 3000)")
     ap.add_argument("--fashion-test", type=int, default=2000, help="Fashion-MNIST test images judged (default 2000)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch's and numba's threads, the same for the float baseline and the chip's kernels "
+                         "(default 1: the machine is shared)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    sysarray.runtime.set_threads(args.threads)
     n_chips = 20 if args.quick else args.chips
     repeats = args.repeats if args.repeats is not None else 1 if args.quick else 3
     # (name, base epochs, train images, test images, amount grid, maps per rate)

@@ -41,7 +41,6 @@ import sysarray.runtime
 TUNING = sysarray.runtime.configure()  # a program: tuned first, before torch loads
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -151,7 +150,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.images, args.repeats, args.fat_epochs = 64, 20, 1.0
-    torch.set_num_threads(args.threads)
+    sysarray.runtime.set_threads(args.threads, numba_threads=sysarray.runtime.usable_cores())
 
     import accel_models as am
     import sysarray as sa

@@ -26,7 +26,9 @@ What it sets, and why (the figures are in docs/performance.md):
 - glibc malloc thresholds (Linux): large freed blocks (a layer's activations) stay in the process
   for the next run instead of going back to the system, so a run's tensors do not start as fresh
   pages (a page fault every 4 KB). The process keeps up to 1 GB of freed memory for reuse.
-- ``threads``: torch's and numba's thread counts (campaign workers run one each).
+- ``threads``: torch's and numba's thread counts (campaign workers run one each); a program sets
+  them with :func:`set_threads`, not torch's own call, which numba's OpenMP layer would undo when
+  its threads start.
 
 Results never depend on any of this: the engines are exact whatever the threads and layers.
 Whether each setting pays depends on the machine (docs/performance.md has the measured effect on
@@ -136,14 +138,22 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
 
-def set_threads(n: int) -> tuple[int, int]:
-    """torch's and numba's thread counts (numba's at most its pool size). Returns them."""
+def set_threads(n: int, *, numba_threads: int | None = None) -> tuple[int, int]:
+    """torch's thread count ``n`` and numba's ``numba_threads`` (default ``n``, at most numba's
+    pool size). Returns them as they now are.
+
+    numba's threads are started and its count set first: its OpenMP layer shares libgomp with
+    torch and sets the count torch reads when they start, which would undo torch's count had it
+    been set before."""
     import numba
+    from numba.np.ufunc import parallel
     import torch
 
     n = check_int(n, "n", "set_threads", lo=1)
+    numba_threads = check_int(n if numba_threads is None else numba_threads, "numba_threads", "set_threads", lo=1)
+    parallel._launch_threads()
+    numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
     torch.set_num_threads(n)
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     return torch.get_num_threads(), numba.get_num_threads()
 
 
@@ -159,5 +169,4 @@ def threads(n: int) -> Iterator[None]:
     try:
         yield
     finally:
-        torch.set_num_threads(before[0])
-        numba.set_num_threads(before[1])
+        set_threads(before[0], numba_threads=before[1])

@@ -77,6 +77,40 @@ def test_threads_context_restores_the_counts():
     assert (torch.get_num_threads(), numba.get_num_threads()) == before
 
 
+SHARED_COUNT = """
+import json
+import numpy as np
+import numba
+import sysarray.runtime as rt
+import torch
+
+@numba.njit(parallel=True)
+def bump(a):
+    for i in numba.prange(a.shape[0]):
+        a[i] += 1
+
+torch.get_num_threads()  # torch's threads in use before the counts are set
+counts = rt.set_threads(1, numba_threads=2)
+torch.get_num_threads()
+try:
+    bump(np.zeros(64))
+    layer = numba.threading_layer()
+except ValueError:  # this numba has no OpenMP layer here
+    layer = None
+print(json.dumps(dict(layer=layer, counts=counts, torch=torch.get_num_threads(), numba=numba.get_num_threads())))
+"""
+
+
+def test_set_threads_survives_numbas_openmp_layer():
+    # numba's OpenMP layer and torch share libgomp's thread count: torch's must not turn into
+    # numba's when numba's threads start
+    got = _child(SHARED_COUNT, NUMBA_THREADING_LAYER="omp", NUMBA_NUM_THREADS="2")
+    if got["layer"] != "omp":
+        pytest.skip("numba's OpenMP threading layer is not available here")
+    assert got["counts"] == [1, 2]
+    assert (got["torch"], got["numba"]) == (1, 2)
+
+
 PAGE_FAULTS = """
 import json, resource
 import numpy as np
