@@ -20,11 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from accel_models.matmul import MatMul, fake_matmul
+from accel_models.pool_kernels import max_pool_2x2, max_pool_2x2_backward
 from accel_models.ppu import PPU_OPS, RunContext, floor_ste, ste
 from accel_models.program import (ADD_SHIFT, Add, AvgPool, Clamp, Clip, Gemm, MaxPool, Program, QuantizeInput,
                                   gather_input, gather_weight_inputs)
 from accel_models.quant import WEIGHT_QMAX, requantize_clamp
-from accel_models.twin_kernels import clamped_grad_planes, clamped_grad_rows, layer_codes
+from accel_models.twin_kernels import clamped_grad_planes, clamped_grad_rows, model_codes, model_codes_grad
 
 
 GemmHook = Callable[[Gemm, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -38,6 +39,7 @@ class FakeQuantProgram(nn.Module):
         self.program = program
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
+        self._step_codes: dict[int, tuple[torch.Tensor, ...]] = {}  # during a forward: its layers' codes
         for op in program.gemms:
             key = self.key(op)
             self.weights[key] = nn.Parameter(op.float_weight.detach().clone().float())
@@ -47,12 +49,21 @@ class FakeQuantProgram(nn.Module):
     def key(op: Gemm) -> str:
         return op.name.replace(".", "_")
 
+    def layer_codes(self) -> dict[int, tuple[torch.Tensor, ...]]:
+        """Every Gemm op's ``(wq, bq, acc_scale, mult, m0, shift)`` from the current parameters
+        (:class:`_ModelCodes`), keyed by the op's ``id``."""
+        gemms = self.program.gemms
+        if not gemms:
+            return {}
+        layers = [(op.in_qp.scale, op.in_qp.zero_point, None if op.out_qp is None else op.out_qp.scale) for op in gemms]
+        keys = [self.key(op) for op in gemms]
+        out = _ModelCodes.apply(layers, *(self.weights[k] for k in keys), *(self.biases[k] for k in keys))
+        return {id(op): out[i::len(gemms)] for i, op in enumerate(gemms)}
+
     def _gemm(self, x: torch.Tensor, op: Gemm, hook: GemmHook | None) -> torch.Tensor:
         """The layer's forward value equals the integer program's bit for bit (integer rounding
         decisions are made on exact values); gradients are straight-through."""
-        wq, bq, acc_scale, mult, m0, shift = _LayerCodes.apply(
-            self.weights[self.key(op)], self.biases[self.key(op)], op.in_qp.scale, op.in_qp.zero_point,
-            None if op.out_qp is None else op.out_qp.scale)
+        wq, bq, acc_scale, mult, m0, shift = self._step_codes[id(op)]
         wide = k_exceeds_f32(wq)
         bq = bq.to(torch.float64) if wide else bq
         acc = _integer_gemm(x, wq, op)
@@ -97,40 +108,44 @@ class FakeQuantProgram(nn.Module):
         """Float images (N, C, H, W) -> float logits (N, classes)."""
         env: dict[str, torch.Tensor] = {}
         rc = RunContext(batch=images.shape[0], device=images.device)
-        for op in self.program.ops:
-            if isinstance(op, QuantizeInput):
-                q = ste(images / op.qp.scale, torch.floor(images.detach().double() / op.qp.scale + 0.5))
-                q = q + op.qp.zero_point
-                env[op.output] = _clamp_ste(q, op.qp.qmin, op.qp.qmax)
-            elif isinstance(op, Gemm):
-                env[op.output] = self._gemm(env[op.input], op, gemm_hook)
-            elif isinstance(op, MaxPool):
-                env[op.output] = F.max_pool2d(env[op.input], op.kernel, op.stride, op.padding, op.dilation, op.ceil_mode)
-            elif isinstance(op, MatMul):
-                env[op.output] = fake_matmul(env[op.a], env[op.b], op, gemm_hook)
-            elif isinstance(op, PPU_OPS):
-                env[op.output] = op.fake([env[name] for name in op.inputs()], rc)
-            elif isinstance(op, AvgPool):
-                x = env[op.input]
-                ph, pw = op.padding
-                if ph or pw:
-                    x = F.pad(x, (pw, pw, ph, ph), value=float(op.zero_point))
-                s = F.avg_pool2d(x, op.kernel, op.stride, divisor_override=1)
-                d = op.kernel[0] * op.kernel[1]
-                env[op.output] = floor_ste((2 * s + d) / (2 * d))
-            elif isinstance(op, Add):
-                a, b = env[op.a], env[op.b]
-                t = (a - op.za) * op.ma + (b - op.zb) * op.mb
-                # The rounding decision on exact int64 values (float32 loses bits above 2**24).
-                t_int = (a.detach().round().long() - op.za) * op.ma + (b.detach().round().long() - op.zb) * op.mb
-                q_int = torch.bitwise_right_shift(t_int + (1 << (ADD_SHIFT - 1)), ADD_SHIFT)
-                q = ste(t / (1 << ADD_SHIFT), q_int) + op.zero_point
-                env[op.output] = _clamp_ste(q, op.lo, op.hi)
-            elif isinstance(op, Clamp):
-                env[op.output] = _clamp_ste(env[op.input], op.lo, op.hi)
-            elif isinstance(op, Clip):
-                x = env[op.input]
-                env[op.output] = _clip_ste(x, _clamp_ste(x, op.lo, op.hi), op.codes, op.policy, op.zero_point)
+        self._step_codes = self.layer_codes()  # every layer's codes in one step, read by _gemm
+        try:
+            for op in self.program.ops:
+                if isinstance(op, QuantizeInput):
+                    q = ste(images / op.qp.scale, torch.floor(images.detach().double() / op.qp.scale + 0.5))
+                    q = q + op.qp.zero_point
+                    env[op.output] = _clamp_ste(q, op.qp.qmin, op.qp.qmax)
+                elif isinstance(op, Gemm):
+                    env[op.output] = self._gemm(env[op.input], op, gemm_hook)
+                elif isinstance(op, MaxPool):
+                    env[op.output] = _max_pool(env[op.input], op)
+                elif isinstance(op, MatMul):
+                    env[op.output] = fake_matmul(env[op.a], env[op.b], op, gemm_hook)
+                elif isinstance(op, PPU_OPS):
+                    env[op.output] = op.fake([env[name] for name in op.inputs()], rc)
+                elif isinstance(op, AvgPool):
+                    x = env[op.input]
+                    ph, pw = op.padding
+                    if ph or pw:
+                        x = F.pad(x, (pw, pw, ph, ph), value=float(op.zero_point))
+                    s = F.avg_pool2d(x, op.kernel, op.stride, divisor_override=1)
+                    d = op.kernel[0] * op.kernel[1]
+                    env[op.output] = floor_ste((2 * s + d) / (2 * d))
+                elif isinstance(op, Add):
+                    a, b = env[op.a], env[op.b]
+                    t = (a - op.za) * op.ma + (b - op.zb) * op.mb
+                    # The rounding decision on exact int64 values (float32 loses bits above 2**24).
+                    t_int = (a.detach().round().long() - op.za) * op.ma + (b.detach().round().long() - op.zb) * op.mb
+                    q_int = torch.bitwise_right_shift(t_int + (1 << (ADD_SHIFT - 1)), ADD_SHIFT)
+                    q = ste(t / (1 << ADD_SHIFT), q_int) + op.zero_point
+                    env[op.output] = _clamp_ste(q, op.lo, op.hi)
+                elif isinstance(op, Clamp):
+                    env[op.output] = _clamp_ste(env[op.input], op.lo, op.hi)
+                elif isinstance(op, Clip):
+                    x = env[op.input]
+                    env[op.output] = _clip_ste(x, _clamp_ste(x, op.lo, op.hi), op.codes, op.policy, op.zero_point)
+        finally:
+            self._step_codes = {}
         out = env[self.program.output_name]
         qp = self.program.output_qp
         return out if qp is None else (out.double() - qp.zero_point) * qp.scale
@@ -158,49 +173,68 @@ class FakeQuantProgram(nn.Module):
         return dataclasses.replace(self.program, ops=ops, meta=dict(self.program.meta))
 
 
-class _LayerCodes(torch.autograd.Function):
-    """A layer's integer weight and bias codes and its requantization from its float
-    parameters, with straight-through gradients, in one autograd step (computed in numpy: on
-    the small parameter tensors, each torch call costs more than its work).
+class _ModelCodes(torch.autograd.Function):
+    """Every chip layer's integer weight and bias codes and requantization from its float
+    parameters, with straight-through gradients, in one autograd step and one kernel call each
+    way (:func:`accel_models.twin_kernels.model_codes`; on the small parameter tensors each torch
+    call costs more than its work).
 
-    weight: (N, ...) float; bias: (N,) float; s_in, z_in: the input's scale and zero point;
-    out_scale: the output's scale (None: the logits). Returns
+    ``layers``: per layer (s_in, z_in, out_scale): the input's scale and zero point and the
+    output's scale (None: the logits); ``params``: the layers' weights (N, ...) float, then their
+    biases (N,) float. Returns, for the L layers, L tensors of each kind in turn:
 
     - ``wq`` (weight's shape, float32 codes, rounded per output channel exactly as
       :func:`accel_models.quant.quantize_weight` does);
     - ``bq`` (N,) float32: the bias codes ``round(bias / acc_scale)`` minus ``z_in`` times each
       channel's weight-code sum (the input zero point folded in);
     - and, without gradients, ``acc_scale`` (N,) float64 = ``s_in * weight scale``, ``mult`` =
-      ``acc_scale / out_scale`` and its fixed point ``m0``, ``shift`` (N,) int64 (as
-      :func:`accel_models.quant.quantize_multiplier`; ``mult`` = ``acc_scale`` for the logits).
+      ``acc_scale / out_scale`` (``acc_scale`` for the logits), and its fixed point ``m0``,
+      ``shift`` (N,) int64 (as :func:`accel_models.quant.quantize_multiplier`).
 
     Gradients: ``d wq / d weight = 1 / scale`` and ``d bq / d bias = 1 / acc_scale`` (rounding
-    passed straight through), ``d bq / d wq = -z_in``."""
+    passed straight through), ``d bq / d wq = -z_in``; computed on the CPU wherever the
+    parameters are."""
 
     @staticmethod
-    def forward(ctx, weight, bias, s_in, z_in, out_scale):
-        n = weight.shape[0]
-        flat = weight.detach().reshape(n, -1).cpu().to(torch.float32).contiguous().numpy()
-        codes = np.empty(flat.shape, dtype=np.float32)
+    def forward(ctx, layers, *params):
+        L = len(layers)
+        weights, biases = params[:L], params[L:]
+        dev = weights[0].device
+        rows = np.array([w.shape[0] for w in weights], dtype=np.int64)
+        cols = np.array([w[0].numel() for w in weights], dtype=np.int64)
+        s_in, z_in, out_scale = (np.array([float(v or 0.0) for v in col]) for col in zip(*layers))
+        w = torch.cat([t.detach().reshape(-1) for t in weights]).to("cpu", torch.float32).contiguous().numpy()
+        b = torch.cat([t.detach().reshape(-1) for t in biases]).to("cpu", torch.float64).contiguous().numpy()
+        n = int(rows.sum())
+        codes = np.empty(w.shape, dtype=np.float32)
         bq, (acc_scale, mult, scale), (m0, shift) = np.empty(n, np.float32), np.empty((3, n)), np.empty((2, n), np.int64)
-        layer_codes(flat, bias.detach().cpu().to(torch.float64).numpy(), float(s_in), float(z_in),
-                    0.0 if out_scale is None else float(out_scale), float(WEIGHT_QMAX), codes, bq, acc_scale, mult, m0,
+        model_codes(w, b, rows, cols, s_in, z_in, out_scale, float(WEIGHT_QMAX), codes, bq, acc_scale, mult, m0,
                     shift, scale)
-        dev = weight.device
-        out = tuple(torch.from_numpy(a).to(dev) for a in (codes.reshape(weight.shape), bq, acc_scale, mult, m0, shift))
-        ctx.save_for_backward(torch.from_numpy(np.stack([scale, acc_scale]).astype(np.float32)).to(dev))
-        ctx.meta = (weight.shape, z_in)
-        ctx.mark_non_differentiable(*out[2:])
-        return out
+        ends = np.cumsum(rows * cols)
+        wq = [t.view(p.shape) for t, p in zip(torch.from_numpy(codes).to(dev).tensor_split(ends[:-1].tolist()),
+                                               weights)]
+        per_channel = [torch.from_numpy(a).to(dev).tensor_split(np.cumsum(rows)[:-1].tolist())
+                       for a in (bq, acc_scale, mult, m0, shift)]
+        ctx.save_for_backward(torch.from_numpy(np.stack([scale, acc_scale]).astype(np.float32)))
+        ctx.meta = (rows, cols, z_in, [(p.shape, p.dtype) for p in params])
+        fixed = [t for kind in per_channel[1:] for t in kind]
+        ctx.mark_non_differentiable(*fixed)
+        return (*wq, *per_channel[0], *fixed)
 
     @staticmethod
-    def backward(ctx, g_wq, g_bq, *_):
-        scale, acc_scale = ctx.saved_tensors[0]
-        shape, z_in = ctx.meta
-        g = g_wq.reshape(shape[0], -1)
-        if z_in:
-            g = g - z_in * g_bq[:, None]
-        return (g / scale[:, None]).reshape(shape), g_bq / acc_scale, None, None, None
+    def backward(ctx, *grads):
+        (both,) = ctx.saved_tensors
+        rows, cols, z_in, specs = ctx.meta
+        L = len(rows)
+        dev = grads[0].device
+        g_codes = torch.cat([g.reshape(-1) for g in grads[:L]]).to("cpu", torch.float32).contiguous().numpy()
+        g_bq = torch.cat([g.reshape(-1) for g in grads[L:2 * L]]).to("cpu", torch.float32).contiguous().numpy()
+        g_w, g_b = np.empty_like(g_codes), np.empty_like(g_bq)
+        scale, acc_scale = both.numpy()
+        model_codes_grad(g_codes, g_bq, rows, cols, z_in, scale, acc_scale, g_w, g_b)
+        parts = [*torch.from_numpy(g_w).to(dev).tensor_split(np.cumsum(rows * cols)[:-1].tolist()),
+                 *torch.from_numpy(g_b).to(dev).tensor_split(np.cumsum(rows)[:-1].tolist())]
+        return (None, *(t.view(shape).to(dtype) for t, (shape, dtype) in zip(parts, specs)))
 
 
 class _Requantized(torch.autograd.Function):
@@ -262,6 +296,32 @@ def _clamped_grad(grad: torch.Tensor, raw: torch.Tensor, mult: torch.Tensor, lo:
     clamped_grad_rows(grad.view(-1, n).numpy(), raw.view(-1, n).numpy(), m, lo, hi, out.view(-1, n).numpy(),
                       work=grad.numel())
     return out, out.view(-1, n).sum(dim=0)
+
+
+def _max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
+    """``F.max_pool2d`` with ``op``'s geometry and gradient; a 2x2, stride-2 pool of contiguous
+    CPU float32 codes by one kernel pass each way (:class:`_MaxPool2x2`)."""
+    if ((tuple(op.kernel), tuple(op.stride), tuple(op.padding), tuple(op.dilation), op.ceil_mode)
+            == ((2, 2), (2, 2), (0, 0), (1, 1), False) and x.device.type == "cpu" and x.dtype == torch.float32
+            and x.dim() == 4 and min(x.shape[2:]) >= 2 and x.is_contiguous()):
+        return _MaxPool2x2.apply(x)
+    return F.max_pool2d(x, op.kernel, op.stride, op.padding, op.dilation, op.ceil_mode)
+
+
+class _MaxPool2x2(torch.autograd.Function):
+    """``F.max_pool2d(x, 2, 2)`` of contiguous CPU float32 (B, C, H, W) codes and its gradient
+    (each block's to its first maximum, as torch's), by :mod:`accel_models.pool_kernels`: torch's
+    CPU pool of NCHW planes is several times slower on one thread."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return max_pool_2x2(x.detach())
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return max_pool_2x2_backward(x.detach(), grad)
 
 
 def k_exceeds_f32(wq: torch.Tensor) -> bool:

@@ -1,6 +1,7 @@
 """Numba kernels of the fake-quant twin (:mod:`accel_models.fakequant`).
 
-:func:`weight_codes` quantizes a layer's weights per output channel in one pass over them.
+:func:`layer_codes` quantizes a layer's weights per output channel in one pass over them, and
+:func:`model_codes` every layer's in one call.
 A layer's output codes are ``clamp(requantize(acc + bias) + zero_point, lo, hi)``; the twin's
 gradient of that is ``grad * multiplier`` where the unclamped code ``raw`` lies in ``[lo, hi]``
 and 0 elsewhere (the gradient of ``torch.clamp``), and the bias gradient its sum over all but the
@@ -104,3 +105,44 @@ def layer_codes(w, b, s_in, z_in, out_scale, qmax, codes, bq, acc_scale, mult, m
             sh -= 1
         m0[n] = q
         shift[n] = sh
+
+
+@njit(cache=True)
+def model_codes(w, b, rows, cols, s_in, z_in, out_scale, qmax, codes, bq, acc_scale, mult, m0, shift, scale):
+    """:func:`layer_codes` of every layer of a model in one call. Layer ``i`` has ``rows[i]``
+    output channels of ``cols[i]`` weights: its weights are the next ``rows[i] * cols[i]`` values
+    of ``w`` (flat float32, the layers one after another; ``codes`` alike) and its per-channel
+    values the next ``rows[i]`` of ``b``, ``bq``, ``acc_scale``, ``mult``, ``m0``, ``shift`` and
+    ``scale``. ``s_in``, ``z_in``, ``out_scale``: (L,) float64, each layer's input scale and zero
+    point and its output scale (0: the logits)."""
+    wo = 0
+    no = 0
+    for i in range(rows.shape[0]):
+        n, k = rows[i], cols[i]
+        layer_codes(w[wo:wo + n * k].reshape((n, k)), b[no:no + n], s_in[i], z_in[i], out_scale[i], qmax,
+                    codes[wo:wo + n * k].reshape((n, k)), bq[no:no + n], acc_scale[no:no + n], mult[no:no + n],
+                    m0[no:no + n], shift[no:no + n], scale[no:no + n])
+        wo += n * k
+        no += n
+
+
+@njit(cache=True)
+def model_codes_grad(g_codes, g_bq, rows, cols, z_in, scale, acc_scale, g_w, g_b):
+    """The straight-through gradients of :func:`model_codes`, laid out as its arrays, in float32
+    as torch computes them: ``g_w = (g_codes - z_in * g_bq) / scale`` per channel and ``g_b =
+    g_bq / acc_scale`` (``scale``, ``acc_scale`` float32)."""
+    wo = 0
+    no = 0
+    for i in range(rows.shape[0]):
+        n, k = rows[i], cols[i]
+        z = np.float32(z_in[i])
+        for r in range(n):
+            gb = g_bq[no + r]
+            zg = z * gb
+            s = scale[no + r]
+            row = wo + r * k
+            for c in range(k):
+                g_w[row + c] = (g_codes[row + c] - zg) / s
+            g_b[no + r] = gb / acc_scale[no + r]
+        wo += n * k
+        no += n

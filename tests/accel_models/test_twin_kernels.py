@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from accel_models.quant import WEIGHT_QMAX, quantize_multiplier, quantize_weight
-from accel_models.twin_kernels import clamped_grad_planes, clamped_grad_rows, layer_codes
+from accel_models.twin_kernels import clamped_grad_planes, clamped_grad_rows, layer_codes, model_codes, model_codes_grad
 
 
 @st.composite
@@ -87,3 +87,43 @@ def test_layer_codes_fixed_point_at_powers_of_two():
                np.empty(1, np.int64), np.empty(1)]
         layer_codes(w, np.zeros(1), s_in, 0.0, 0.0, float(WEIGHT_QMAX), *out)
         assert (int(out[4][0]), int(out[5][0])) == quantize_multiplier(s_in) == (1 << 30, 37)
+
+
+@settings(max_examples=100, deadline=None)
+@given(layers=st.lists(weight_rows(), min_size=1, max_size=4), data=st.data())
+def test_model_codes_are_each_layers_codes(layers, data):
+    # one call over every layer gives each layer's layer_codes, and the gradients the formula of one layer
+    L = len(layers)
+    rows = np.array([w.shape[0] for w in layers], dtype=np.int64)
+    cols = np.array([w.shape[1] for w in layers], dtype=np.int64)
+    n = int(rows.sum())
+    b = np.asarray(data.draw(st.lists(st.floats(-3, 3), min_size=n, max_size=n)))
+    s_in = np.array(data.draw(st.lists(st.floats(1e-3, 0.1), min_size=L, max_size=L)))
+    z_in = np.array(data.draw(st.lists(st.integers(-128, 127), min_size=L, max_size=L)), dtype=np.float64)
+    out_scale = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.05, 1e-3]), min_size=L, max_size=L)))
+    w = np.concatenate([x.reshape(-1) for x in layers])
+    got = [np.empty_like(w), np.empty(n, np.float32), np.empty(n), np.empty(n), np.empty(n, np.int64),
+           np.empty(n, np.int64), np.empty(n)]
+    model_codes(w, b, rows, cols, s_in, z_in, out_scale, float(WEIGHT_QMAX), *got)
+    g_codes = np.asarray(data.draw(st.lists(st.floats(-2, 2, width=32), min_size=len(w), max_size=len(w))),
+                         dtype=np.float32)
+    g_bq = np.asarray(data.draw(st.lists(st.floats(-2, 2, width=32), min_size=n, max_size=n)), dtype=np.float32)
+    scale32, acc32 = got[6].astype(np.float32), got[2].astype(np.float32)
+    g_w, g_b = np.empty_like(g_codes), np.empty_like(g_bq)
+    model_codes_grad(g_codes, g_bq, rows, cols, z_in, scale32, acc32, g_w, g_b)
+    wo = no = 0
+    for i, x in enumerate(layers):
+        k, r = x.shape[1], x.shape[0]
+        ref = [np.empty_like(x), np.empty(r, np.float32), np.empty(r), np.empty(r), np.empty(r, np.int64),
+               np.empty(r, np.int64), np.empty(r)]
+        layer_codes(x, b[no:no + r], s_in[i], z_in[i], out_scale[i], float(WEIGHT_QMAX), *ref)
+        np.testing.assert_array_equal(got[0][wo:wo + r * k].reshape(r, k), ref[0])
+        for a, e in zip(got[1:], ref[1:]):
+            np.testing.assert_array_equal(a[no:no + r], e)
+        # the straight-through gradients as torch computes them in float32
+        gc = torch.from_numpy(g_codes[wo:wo + r * k].reshape(r, k))
+        gb = torch.from_numpy(g_bq[no:no + r])
+        expected = (gc - float(z_in[i]) * gb[:, None]) / torch.from_numpy(scale32[no:no + r])[:, None]
+        np.testing.assert_array_equal(g_w[wo:wo + r * k].reshape(r, k), expected.numpy())
+        np.testing.assert_array_equal(g_b[no:no + r], (gb / torch.from_numpy(acc32[no:no + r])).numpy())
+        wo, no = wo + r * k, no + r
