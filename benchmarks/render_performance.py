@@ -316,16 +316,20 @@ INFERENCE_MISSES = (
     "them. The process's threading settings are this machine's measured ones (`sysarray kernels "
     "--measure-layer`: numba's OpenMP layer with libgomp's own spin).")
 FAT_MISSES = (
-    "Where stuck-at FAT misses (LeNet-5, batch 64, one thread): on Fashion-MNIST a step costs about 11 ms against "
-    "5.5 ms in float32. The twin's forward takes about 4.5 ms against float32's 2.5 (per layer one autograd step "
-    "for the weight and bias codes, the GEMM on codes and one fused requantization; the max-pools are the same); "
-    "the chip's corrections about 2.9 ms, of which the replay kernels take 1 ms and the rest is per-step work on "
-    "the new weights (latched weights, the replay plan, the transposed batch) and the fix written into an int32 "
-    "copy of the sums; the backward about 3.5 ms against 2.8. On digits (8x8 images) a float32 step is about "
-    "2.5 ms of mostly fixed per-call cost, so the twin's and the chip's calls per layer weigh more. What would close "
-    "it: the replay's tables kept across steps with only their weight values refreshed (their structure depends "
-    "on the fault map), the fix written into the twin's accumulators, and the twin compiled into fewer calls per "
-    "layer.")
+    "Where stuck-at FAT misses (LeNet-5, batch 64, one torch and one numba thread for both epochs): on "
+    "Fashion-MNIST a step costs about 13 ms against 7.8 ms in float32. The twin without the chip costs about "
+    "1.25x float32: its requantizations take about 1.5 ms forward and backward where float32's ReLUs take 0.25 "
+    "(per layer one integer pass forward, one masked pass backward, and the torch calls around them, which "
+    "dominate on the small layers); its codes, all layers in one autograd step, about 0.3 ms; its 2x2 max pools "
+    "are numba kernels, several times faster than torch's on one thread, which float32 uses. The chip's "
+    "corrections add about 2.6 ms per step, of which the replay kernels take about 0.55 ms: the rest is per "
+    "layer and step, on the new weights (latched weights in GEMM form, the replay plan, the input's layout, "
+    "50-70 us of calls between the hook and the replay) and, on the first convolution, 0.24 ms to copy its "
+    "sums to int32 and write the fix into them. On digits (8x8 images) a float32 step is about 2.7 ms of "
+    "mostly fixed per-call cost, so the twin's and the chip's calls per layer weigh more. What would close "
+    "it: the replayed outputs applied inside the requantization's pass (as inference does for channels-last "
+    "layers), the replay's tables kept across steps with only their weight values refreshed (their structure "
+    "depends on the fault map), and the twin's requantization and codes for all small layers in one call.")
 MODELS_MISSES = (
     "Where DeiT misses (and the vision transformers and ConvNeXt come close): their ratios move from run to run "
     "with the float32 baseline, the noisier side, which runs under this machine's measured threading settings "
