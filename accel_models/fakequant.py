@@ -24,8 +24,8 @@ from accel_models.pool_kernels import max_pool_2x2, max_pool_2x2_backward
 from accel_models.ppu import PPU_OPS, RunContext, floor_ste, ste
 from accel_models.program import (ADD_SHIFT, Add, AvgPool, Clamp, Clip, Gemm, MaxPool, Program, QuantizeInput,
                                   gather_input, gather_weight_inputs)
-from accel_models.quant import WEIGHT_QMAX, requantize_clamp
-from accel_models.twin_kernels import clamped_grad_planes, clamped_grad_rows, model_codes, model_codes_grad
+from accel_models.quant import WEIGHT_QMAX, channels_last, requantize_clamp, rescale_add
+from accel_models.twin_kernels import add_grads, clamped_grad_planes, clamped_grad_rows, model_codes, model_codes_grad
 
 
 GemmHook = Callable[[Gemm, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -50,21 +50,23 @@ class FakeQuantProgram(nn.Module):
         return op.name.replace(".", "_")
 
     def layer_codes(self) -> dict[int, tuple[torch.Tensor, ...]]:
-        """Every Gemm op's ``(wq, bq, acc_scale, mult, m0, shift)`` from the current parameters
-        (:class:`_ModelCodes`), keyed by the op's ``id``."""
+        """Every Gemm op's ``(wq, bq, acc_scale, mult, m0, shift, l1)`` from the current parameters
+        (:class:`_ModelCodes`; ``l1`` as a float), keyed by the op's ``id``."""
         gemms = self.program.gemms
         if not gemms:
             return {}
         layers = [(op.in_qp.scale, op.in_qp.zero_point, None if op.out_qp is None else op.out_qp.scale) for op in gemms]
         keys = [self.key(op) for op in gemms]
         out = _ModelCodes.apply(layers, *(self.weights[k] for k in keys), *(self.biases[k] for k in keys))
-        return {id(op): out[i::len(gemms)] for i, op in enumerate(gemms)}
+        L = len(gemms)
+        l1 = torch.stack(out[6 * L:]).tolist()
+        return {id(op): (*out[i:6 * L:L], l1[i]) for i, op in enumerate(gemms)}
 
     def _gemm(self, x: torch.Tensor, op: Gemm, hook: GemmHook | None) -> torch.Tensor:
         """The layer's forward value equals the integer program's bit for bit (integer rounding
         decisions are made on exact values); gradients are straight-through."""
-        wq, bq, acc_scale, mult, m0, shift = self._step_codes[id(op)]
-        wide = k_exceeds_f32(wq)
+        wq, bq, acc_scale, mult, m0, shift, l1 = self._step_codes[id(op)]
+        wide = sums_exceed_f32(l1, op)
         bq = bq.to(torch.float64) if wide else bq
         acc = _integer_gemm(x, wq, op)
         if wide or acc.device.type != "cpu":
@@ -132,13 +134,7 @@ class FakeQuantProgram(nn.Module):
                     d = op.kernel[0] * op.kernel[1]
                     env[op.output] = floor_ste((2 * s + d) / (2 * d))
                 elif isinstance(op, Add):
-                    a, b = env[op.a], env[op.b]
-                    t = (a - op.za) * op.ma + (b - op.zb) * op.mb
-                    # The rounding decision on exact int64 values (float32 loses bits above 2**24).
-                    t_int = (a.detach().round().long() - op.za) * op.ma + (b.detach().round().long() - op.zb) * op.mb
-                    q_int = torch.bitwise_right_shift(t_int + (1 << (ADD_SHIFT - 1)), ADD_SHIFT)
-                    q = ste(t / (1 << ADD_SHIFT), q_int) + op.zero_point
-                    env[op.output] = _clamp_ste(q, op.lo, op.hi)
+                    env[op.output] = fake_add(env[op.a], env[op.b], op)
                 elif isinstance(op, Clamp):
                     env[op.output] = _clamp_ste(env[op.input], op.lo, op.hi)
                 elif isinstance(op, Clip):
@@ -188,8 +184,9 @@ class _ModelCodes(torch.autograd.Function):
     - ``bq`` (N,) float32: the bias codes ``round(bias / acc_scale)`` minus ``z_in`` times each
       channel's weight-code sum (the input zero point folded in);
     - and, without gradients, ``acc_scale`` (N,) float64 = ``s_in * weight scale``, ``mult`` =
-      ``acc_scale / out_scale`` (``acc_scale`` for the logits), and its fixed point ``m0``,
-      ``shift`` (N,) int64 (as :func:`accel_models.quant.quantize_multiplier`).
+      ``acc_scale / out_scale`` (``acc_scale`` for the logits), its fixed point ``m0``,
+      ``shift`` (N,) int64 (as :func:`accel_models.quant.quantize_multiplier`), and ``l1``, a
+      0-d float64 tensor: the largest channel L1 norm of ``wq``.
 
     Gradients: ``d wq / d weight = 1 / scale`` and ``d bq / d bias = 1 / acc_scale`` (rounding
     passed straight through), ``d bq / d wq = -z_in``; computed on the CPU wherever the
@@ -208,8 +205,9 @@ class _ModelCodes(torch.autograd.Function):
         n = int(rows.sum())
         codes = np.empty(w.shape, dtype=np.float32)
         bq, (acc_scale, mult, scale), (m0, shift) = np.empty(n, np.float32), np.empty((3, n)), np.empty((2, n), np.int64)
+        l1 = np.empty(L)
         model_codes(w, b, rows, cols, s_in, z_in, out_scale, float(WEIGHT_QMAX), codes, bq, acc_scale, mult, m0,
-                    shift, scale)
+                    shift, scale, l1)
         ends = np.cumsum(rows * cols)
         wq = [t.view(p.shape) for t, p in zip(torch.from_numpy(codes).to(dev).tensor_split(ends[:-1].tolist()),
                                                weights)]
@@ -217,7 +215,7 @@ class _ModelCodes(torch.autograd.Function):
                        for a in (bq, acc_scale, mult, m0, shift)]
         ctx.save_for_backward(torch.from_numpy(np.stack([scale, acc_scale]).astype(np.float32)))
         ctx.meta = (rows, cols, z_in, [(p.shape, p.dtype) for p in params])
-        fixed = [t for kind in per_channel[1:] for t in kind]
+        fixed = [t for kind in per_channel[1:] for t in kind] + list(torch.from_numpy(l1).unbind())
         ctx.mark_non_differentiable(*fixed)
         return (*wq, *per_channel[0], *fixed)
 
@@ -298,6 +296,56 @@ def _clamped_grad(grad: torch.Tensor, raw: torch.Tensor, mult: torch.Tensor, lo:
     return out, out.view(-1, n).sum(dim=0)
 
 
+def fake_add(a: torch.Tensor, b: torch.Tensor, op: Add) -> torch.Tensor:
+    """A residual add of codes: the integer program's value (rounding decided on exact int64
+    values; float32 loses bits above 2**24) with the gradient of the clamped
+    ``((a - za) * ma + (b - zb) * mb) / 2**ADD_SHIFT``. Float32 CPU codes of one shape take one
+    kernel pass each way (:class:`_RescaledAdd`); other inputs (a broadcast position embedding,
+    a GPU) the same formula in torch ops."""
+    if a.shape == b.shape and a.dtype == b.dtype == torch.float32 and a.device.type == b.device.type == "cpu":
+        return _RescaledAdd.apply(a, b, op)
+    return _add_formula(a, b, op)
+
+
+def _add_formula(a: torch.Tensor, b: torch.Tensor, op: Add) -> torch.Tensor:
+    """:func:`fake_add` in torch ops, for any inputs."""
+    t = (a - op.za) * op.ma + (b - op.zb) * op.mb
+    t_int = (a.detach().round().long() - op.za) * op.ma + (b.detach().round().long() - op.zb) * op.mb
+    q_int = torch.bitwise_right_shift(t_int + (1 << (ADD_SHIFT - 1)), ADD_SHIFT)
+    q = ste(t / (1 << ADD_SHIFT), q_int) + op.zero_point
+    return _clamp_ste(q, op.lo, op.hi)
+
+
+class _RescaledAdd(torch.autograd.Function):
+    """:func:`fake_add` of float32 CPU codes ``a``, ``b`` (one shape, any layout): forward the
+    program's fused integer add (:func:`accel_models.quant.rescale_add`) unclamped, then clamped;
+    backward one pass (:func:`accel_models.twin_kernels.add_grads`) where autograd makes about
+    twenty over the activations."""
+
+    @staticmethod
+    def forward(ctx, a, b, op):
+        raw = rescale_add(a.detach(), b.detach(), int(op.za), int(op.ma), int(op.zb), int(op.mb), ADD_SHIFT,
+                          int(op.zero_point), -(1 << 31), (1 << 31) - 1)
+        ctx.save_for_backward(raw)
+        ctx.op = op
+        return raw.clamp(op.lo, op.hi)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (raw,) = ctx.saved_tensors
+        op = ctx.op
+        fmt = torch.channels_last if channels_last(raw) else torch.contiguous_format
+        g = grad.to(torch.float32).contiguous(memory_format=fmt)
+        ga, gb = torch.empty_like(raw), torch.empty_like(raw)
+        flat = (lambda t: t.permute(0, 2, 3, 1).reshape(-1)) if fmt is torch.channels_last else (lambda t: t.view(-1))
+        # (g / 2**ADD_SHIFT) * ma as torch computes it: the power-of-two division is exact
+        unit = 2.0 ** -ADD_SHIFT
+        add_grads(flat(g).numpy(), flat(raw).numpy(), np.float32(op.lo), np.float32(op.hi),
+                  np.float32(np.float32(op.ma) * unit), np.float32(np.float32(op.mb) * unit), flat(ga).numpy(),
+                  flat(gb).numpy(), work=raw.numel())
+        return ga, gb, None
+
+
 def _max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
     """``F.max_pool2d`` with ``op``'s geometry and gradient; a 2x2, stride-2 pool of contiguous
     CPU float32 codes by one kernel pass each way (:class:`_MaxPool2x2`)."""
@@ -324,9 +372,12 @@ class _MaxPool2x2(torch.autograd.Function):
         return max_pool_2x2_backward(x.detach(), grad)
 
 
-def k_exceeds_f32(wq: torch.Tensor) -> bool:
-    """True when a float32 GEMM over this layer's inner size could round its integer sums."""
-    return wq[0].numel() * 255 * WEIGHT_QMAX >= 1 << 24
+def sums_exceed_f32(l1: float, op: Gemm) -> bool:
+    """True when a float32 GEMM of ``op``'s codes could round an integer sum: every partial sum,
+    in any order, is at most ``l1`` (the largest channel L1 norm of the weight codes) times the
+    largest input code magnitude (the codes are clamped to their range and the padding is the zero
+    point, inside it)."""
+    return l1 * max(-op.in_qp.qmin, op.in_qp.qmax) >= 1 << 24
 
 
 def _integer_gemm(x: torch.Tensor, wq: torch.Tensor, op: Gemm) -> torch.Tensor:

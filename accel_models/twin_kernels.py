@@ -41,6 +41,24 @@ def clamped_grad_planes(grad, raw, mult, lo, hi, out, sums):
 
 
 @threaded(ELEMENTWISE)
+def add_grads(grad, raw, lo, hi, fa, fb, ga, gb):
+    """The gradients of a clamped residual add of codes: grad, raw, ga, gb flat float32 (raw the
+    unclamped output codes), lo, hi float32 bounds, fa, fb float32 factors (each multiplier over
+    2**shift): ``ga = grad * fa`` and ``gb = grad * fb`` where ``lo <= raw <= hi``, else 0."""
+    n = grad.shape[0]
+    zero = np.float32(0.0)
+    block = 1 << 14
+    for j in prange((n + block - 1) // block):
+        lo_j, hi_j = j * block, min(n, (j + 1) * block)
+        g, r = grad[lo_j:hi_j], raw[lo_j:hi_j]  # slices indexed from zero: the loop vectorises
+        a, b = ga[lo_j:hi_j], gb[lo_j:hi_j]
+        for i in range(g.shape[0]):
+            v = g[i] if (r[i] >= lo) & (r[i] <= hi) else zero
+            a[i] = v * fa
+            b[i] = v * fb
+
+
+@threaded(ELEMENTWISE)
 def clamped_grad_rows(grad, raw, mult, lo, hi, out):
     """:func:`clamped_grad_planes` for rows: grad, raw, out (M, N) float32, channels last."""
     M, N = grad.shape
@@ -108,13 +126,14 @@ def layer_codes(w, b, s_in, z_in, out_scale, qmax, codes, bq, acc_scale, mult, m
 
 
 @njit(cache=True)
-def model_codes(w, b, rows, cols, s_in, z_in, out_scale, qmax, codes, bq, acc_scale, mult, m0, shift, scale):
+def model_codes(w, b, rows, cols, s_in, z_in, out_scale, qmax, codes, bq, acc_scale, mult, m0, shift, scale, l1):
     """:func:`layer_codes` of every layer of a model in one call. Layer ``i`` has ``rows[i]``
     output channels of ``cols[i]`` weights: its weights are the next ``rows[i] * cols[i]`` values
     of ``w`` (flat float32, the layers one after another; ``codes`` alike) and its per-channel
     values the next ``rows[i]`` of ``b``, ``bq``, ``acc_scale``, ``mult``, ``m0``, ``shift`` and
     ``scale``. ``s_in``, ``z_in``, ``out_scale``: (L,) float64, each layer's input scale and zero
-    point and its output scale (0: the logits)."""
+    point and its output scale (0: the logits). ``l1`` (L,) float64 out: each layer's largest
+    channel L1 norm of its codes."""
     wo = 0
     no = 0
     for i in range(rows.shape[0]):
@@ -122,6 +141,13 @@ def model_codes(w, b, rows, cols, s_in, z_in, out_scale, qmax, codes, bq, acc_sc
         layer_codes(w[wo:wo + n * k].reshape((n, k)), b[no:no + n], s_in[i], z_in[i], out_scale[i], qmax,
                     codes[wo:wo + n * k].reshape((n, k)), bq[no:no + n], acc_scale[no:no + n], mult[no:no + n],
                     m0[no:no + n], shift[no:no + n], scale[no:no + n])
+        top = 0.0
+        for r in range(n):
+            t = 0.0
+            for c in range(k):
+                t += abs(codes[wo + r * k + c])
+            top = max(top, t)
+        l1[i] = top
         wo += n * k
         no += n
 

@@ -13,8 +13,10 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from accel_models.fakequant import FakeQuantProgram, _integer_gemm, k_exceeds_f32
+from accel_models.fakequant import FakeQuantProgram, _integer_gemm, sums_exceed_f32
 from accel_models.ppu import ste
 from accel_models.quant import WEIGHT_QMAX, requantize
 from mitigation.fat import chip_hook
@@ -35,7 +37,7 @@ def reference_gemm(self, x, op, hook):
     b = self.biases[self.key(op)]
     bq = ste(b / acc_scale.float(), torch.round(b.detach().double() / acc_scale)) - z_in * wq.reshape(
         wq.shape[0], -1).sum(dim=1)
-    wide = k_exceeds_f32(wq)
+    wide = sums_exceed_f32(float(wq.detach().abs().reshape(wq.shape[0], -1).sum(dim=1).max()), op)
     bq = bq.double() if wide else bq
     acc = _integer_gemm(x, wq, op)
     if wide:
@@ -116,3 +118,56 @@ def test_twin_with_clipped_layers_equals_the_autograd_formula(zoo, digits, monke
         ops.append(op)
     clipped = dataclasses.replace(program, ops=ops, meta=dict(program.meta))
     assert_same_as_reference(clipped, digits.train_x[:64], digits.train_y[:64], monkeypatch)
+
+
+def test_a_layer_whose_float32_sums_could_round_runs_in_float64(digits, monkeypatch):
+    # a hidden layer of 1000 high codes into weights of one sign and about one magnitude: sums past
+    # 2**24, where float32 rounds to even; the twin must keep its logits exact (float64 GEMM)
+    from accel_models.lowering import lower
+    from tests.accel_models.numpy_program import numpy_run
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 1000), torch.nn.ReLU(), torch.nn.Linear(1000, 10))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.rand(1000, 64) * 0.02 + 0.01)
+        model[1].bias.fill_(0.5)
+        model[3].weight.copy_(0.04 + 0.01 * torch.rand(10, 1000))
+    program = lower(model.eval(), digits.train_x[:128])
+    last = program.gemms[-1]
+    assert sums_exceed_f32(float(last.weight.abs().sum(dim=1).max()), last)
+    assert not sums_exceed_f32(float(program.gemms[0].weight.abs().sum(dim=1).max()), program.gemms[0])
+    images = digits.test_x[:64]
+    exact = torch.from_numpy(numpy_run(program, images)).double()
+    assert float(exact.abs().max()) > 1 << 24
+    with torch.no_grad():
+        logits = FakeQuantProgram(program)(images)
+    assert float((logits.double() / last.acc_scale - exact).abs().max()) < 1e-6
+    assert_same_as_reference(program, digits.train_x[:64], digits.train_y[:64], monkeypatch)
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.sampled_from([(2, 3, 4, 5), (1, 8, 3, 3), (5, 7)]), channels_last=st.booleans(),
+       za=st.integers(-128, 255), zb=st.integers(-128, 255), ma=st.integers(1, 1 << 21), mb=st.integers(1, 1 << 21),
+       zp=st.integers(-128, 255), lo=st.integers(-128, 64), width=st.integers(0, 255), seed=st.integers(0, 2**31 - 1))
+def test_fused_residual_add_equals_its_autograd_formula(shape, channels_last, za, zb, ma, mb, zp, lo, width, seed):
+    # the one-pass add (CPU float32 codes of one shape) against the torch formula that other inputs take
+    from accel_models import fakequant
+    from accel_models.program import Add
+
+    gen = torch.Generator().manual_seed(seed)
+    op = Add("a", "b", "out", za, zb, ma, mb, zp, lo, lo + width)
+    a = torch.randint(-128, 256, shape, generator=gen).float()
+    b = torch.randint(-128, 256, shape, generator=gen).float()
+    if channels_last and len(shape) == 4:
+        a, b = a.contiguous(memory_format=torch.channels_last), b.contiguous(memory_format=torch.channels_last)
+    grad = torch.randn(shape, generator=gen)
+    outs = []
+    for fused in (True, False):
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        out = fakequant.fake_add(x, y, op) if fused else fakequant._add_formula(x, y, op)
+        out.backward(grad)
+        outs.append((out.detach(), x.grad, y.grad))
+    (o1, ga1, gb1), (o2, ga2, gb2) = outs
+    assert torch.equal(o1, o2)
+    torch.testing.assert_close(ga1, ga2, rtol=1e-6, atol=0)
+    torch.testing.assert_close(gb1, gb2, rtol=1e-6, atol=0)

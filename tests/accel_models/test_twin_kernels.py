@@ -104,7 +104,8 @@ def test_model_codes_are_each_layers_codes(layers, data):
     w = np.concatenate([x.reshape(-1) for x in layers])
     got = [np.empty_like(w), np.empty(n, np.float32), np.empty(n), np.empty(n), np.empty(n, np.int64),
            np.empty(n, np.int64), np.empty(n)]
-    model_codes(w, b, rows, cols, s_in, z_in, out_scale, float(WEIGHT_QMAX), *got)
+    l1 = np.empty(L)
+    model_codes(w, b, rows, cols, s_in, z_in, out_scale, float(WEIGHT_QMAX), *got, l1)
     g_codes = np.asarray(data.draw(st.lists(st.floats(-2, 2, width=32), min_size=len(w), max_size=len(w))),
                          dtype=np.float32)
     g_bq = np.asarray(data.draw(st.lists(st.floats(-2, 2, width=32), min_size=n, max_size=n)), dtype=np.float32)
@@ -120,6 +121,7 @@ def test_model_codes_are_each_layers_codes(layers, data):
         np.testing.assert_array_equal(got[0][wo:wo + r * k].reshape(r, k), ref[0])
         for a, e in zip(got[1:], ref[1:]):
             np.testing.assert_array_equal(a[no:no + r], e)
+        assert l1[i] == np.abs(ref[0].astype(np.float64)).sum(axis=1).max()
         # the straight-through gradients as torch computes them in float32
         gc = torch.from_numpy(g_codes[wo:wo + r * k].reshape(r, k))
         gb = torch.from_numpy(g_bq[no:no + r])
