@@ -20,7 +20,8 @@ For LeNet-5 on ``digits`` (and on Fashion-MNIST when it is present at
   0,1,2,4, 2 maps;
 - times, round-robin, one epoch of plain float32 training, of FAP+T and of stuck-at FAT (twin
   forward through the exact fast engine, 2% faulty PEs with psum stuck bits) on the same data, and
-  reports each over the float32 epoch.
+  reports each over the float32 epoch; the same for ResNet-20 (untrained, seeded) on
+  ``--resnet-images`` random 3x32x32 images.
 
 The base model is trained on the training part of eFAT's split, so the validation images are new
 to it too. Fashion-MNIST retrains on the first ``--fashion-train`` training images and judges on
@@ -96,26 +97,49 @@ def efat_cost(ckpt: str, chips: Path, out: Path, args, limit, train_limit, amoun
 
 
 def epoch_ratio(ckpt: str, repeats: int, train_limit: int | None) -> dict:
-    """Median seconds of one epoch: float32 training, FAP+T and stuck-at FAT, and their ratios."""
+    """:func:`epoch_costs` of the checkpoint's model on its first ``train_limit`` training images."""
     from accel_models.evaluation import prepare
+
+    task = prepare(ckpt)
+    n = train_limit or len(task.dataset.train_x)
+    return epoch_costs(task.model, task.program, task.dataset.train_x[:n], task.dataset.train_y[:n], repeats)
+
+
+def epoch_costs(model, program, x, y, repeats: int) -> dict:
+    """Median seconds of one epoch over images ``x`` and labels ``y`` (batch 64): float32
+    training, FAP+T and stuck-at FAT (16x16 WS, 2% faulty PEs with psum stuck bits), and their
+    ratios."""
     from accel_models.train import train
     from mitigation.fat import fap_t, stuckat_fat
     from sysarray import ArrayConfig, FaultMap
 
-    task = prepare(ckpt)
-    n = train_limit or len(task.dataset.train_x)
-    x, y = task.dataset.train_x[:n], task.dataset.train_y[:n]
     cfg = ArrayConfig(16, 16, "ws")
     fm = FaultMap.random(cfg, pe_rate=0.02, registers=("psum",), seed=1)
     calls = {
-        "float32": lambda: train(copy.deepcopy(task.model), x, y, epochs=1, seed=0, progress=False),
-        "fapt": lambda: fap_t(task.model, task.program, cfg, fm, x, y, 1),
-        "stuckat": lambda: stuckat_fat(task.model, task.program, cfg, fm, x, y, 1),
+        "float32": lambda: train(copy.deepcopy(model), x, y, epochs=1, seed=0, progress=False),
+        "fapt": lambda: fap_t(model, program, cfg, fm, x, y, 1),
+        "stuckat": lambda: stuckat_fat(model, program, cfg, fm, x, y, 1),
     }
     t = time_round_robin(calls, repeats)
     base = t["float32"]["median_s"]
-    return {"images": n, "timings": t, "fapt_over_float": t["fapt"]["median_s"] / base,
+    return {"images": len(x), "timings": t, "fapt_over_float": t["fapt"]["median_s"] / base,
             "stuckat_over_float": t["stuckat"]["median_s"] / base, "faulty_pes": fm.n_faulty_pes}
+
+
+def resnet20_epoch(images: int, repeats: int, seed: int) -> dict:
+    """:func:`epoch_costs` of ResNet-20 (untrained, seeded; the cost does not depend on the
+    weights) on ``images`` random 3x32x32 images with random labels (CIFAR-10 is not needed),
+    lowered on 256 other random images."""
+    from accel_models.lowering import lower
+    from accel_models.zoo import build_model
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model("resnet20", (3, 32, 32), 10).eval()
+    program = lower(model, torch.rand(256, 3, 32, 32, generator=gen))
+    x, y = torch.rand(images, 3, 32, 32, generator=gen), torch.randint(0, 10, (images,), generator=gen)
+    return {"model": "resnet20", **epoch_costs(model, program, x, y, repeats)}
 
 
 def main(argv=None) -> int:
@@ -128,6 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="timed epochs per method (default 3; 1 with --quick)")
     ap.add_argument("--fashion-train", type=int, default=3000, help="Fashion-MNIST training images used (default 3000)")
     ap.add_argument("--fashion-test", type=int, default=2000, help="Fashion-MNIST test images judged (default 2000)")
+    ap.add_argument("--resnet-images", type=int, default=640,
+                    help="random images of the ResNet-20 epochs (default 640; 0 skips them)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch's and numba's threads, the same for the float baseline and the chip's kernels "
@@ -176,6 +202,11 @@ def main(argv=None) -> int:
                                ec["timings"]["fapt"]["median_s"], ec["timings"]["stuckat"]["median_s"],
                                round(ec["fapt_over_float"], 2), round(ec["stuckat_over_float"], 2)))
             results.append(entry)
+    resnet = resnet20_epoch(args.resnet_images, repeats, args.seed) if args.resnet_images > 0 else None
+    if resnet is not None:
+        ratio_rows.append(("ResNet-20, random images", resnet["images"], resnet["timings"]["float32"]["median_s"],
+                           resnet["timings"]["fapt"]["median_s"], resnet["timings"]["stuckat"]["median_s"],
+                           round(resnet["fapt_over_float"], 2), round(resnet["stuckat_over_float"], 2)))
     t1 = format_table(["dataset", "faults", "chips", "accepted", "conventional ep", "Reduce ep (repairs)",
                        "eFAT ep (repairs)", "groups", "map ep", "Reduce + map", "eFAT + map", "eFAT = conv. from N",
                        "eFAT = Reduce from N", "test violations Reduce / eFAT", "rejected Reduce / eFAT"], rows,
@@ -187,7 +218,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     stem = f"bench_fat-{args.tag}" if args.tag else "bench_fat"
     write_json(out / f"{stem}.json", {"benchmark": "bench_fat", "chips": n_chips, "max_drop": args.max_drop,
-                                        "threads": args.threads, "results": results,
+                                        "threads": args.threads, "results": results, "resnet20_epoch_cost": resnet,
                                         **provenance(TUNING, "quick" if args.quick else "full", REPO)})
     (out / f"{stem}.md").write_text(t1 + "\n\n" + t2 + "\n")
     return 0
