@@ -142,17 +142,15 @@ def set_threads(n: int, *, numba_threads: int | None = None) -> tuple[int, int]:
     """torch's thread count ``n`` and numba's ``numba_threads`` (default ``n``, at most numba's
     pool size). Returns them as they now are.
 
-    numba's threads are started and its count set first: its OpenMP layer shares libgomp with
+    numba's count is set first, which starts its threads: its OpenMP layer shares libgomp with
     torch and sets the count torch reads when they start, which would undo torch's count had it
     been set before."""
     import numba
-    from numba.np.ufunc import parallel
     import torch
 
     n = check_int(n, "n", "set_threads", lo=1)
     numba_threads = check_int(n if numba_threads is None else numba_threads, "numba_threads", "set_threads", lo=1)
-    parallel._launch_threads()
-    numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(numba_threads, numba.config.NUMBA_NUM_THREADS))  # starts numba's threads first
     torch.set_num_threads(n)
     return torch.get_num_threads(), numba.get_num_threads()
 
