@@ -39,7 +39,6 @@ class FakeQuantProgram(nn.Module):
         self.program = program
         self.weights = nn.ParameterDict()
         self.biases = nn.ParameterDict()
-        self._step_codes: dict[int, tuple[torch.Tensor, ...]] = {}  # during a forward: its layers' codes
         for op in program.gemms:
             key = self.key(op)
             self.weights[key] = nn.Parameter(op.float_weight.detach().clone().float())
@@ -62,10 +61,11 @@ class FakeQuantProgram(nn.Module):
         l1 = torch.stack(out[6 * L:]).tolist()
         return {id(op): (*out[i:6 * L:L], l1[i]) for i, op in enumerate(gemms)}
 
-    def _gemm(self, x: torch.Tensor, op: Gemm, hook: GemmHook | None) -> torch.Tensor:
+    def _gemm(self, x: torch.Tensor, op: Gemm, hook: GemmHook | None, codes: tuple) -> torch.Tensor:
         """The layer's forward value equals the integer program's bit for bit (integer rounding
-        decisions are made on exact values); gradients are straight-through."""
-        wq, bq, acc_scale, mult, m0, shift, l1 = self._step_codes[id(op)]
+        decisions are made on exact values); gradients are straight-through. ``codes``: the
+        layer's entry of :meth:`layer_codes`."""
+        wq, bq, acc_scale, mult, m0, shift, l1 = codes
         wide = sums_exceed_f32(l1, op)
         bq = bq.to(torch.float64) if wide else bq
         acc = _integer_gemm(x, wq, op)
@@ -110,38 +110,35 @@ class FakeQuantProgram(nn.Module):
         """Float images (N, C, H, W) -> float logits (N, classes)."""
         env: dict[str, torch.Tensor] = {}
         rc = RunContext(batch=images.shape[0], device=images.device)
-        self._step_codes = self.layer_codes()  # every layer's codes in one step, read by _gemm
-        try:
-            for op in self.program.ops:
-                if isinstance(op, QuantizeInput):
-                    q = ste(images / op.qp.scale, torch.floor(images.detach().double() / op.qp.scale + 0.5))
-                    q = q + op.qp.zero_point
-                    env[op.output] = _clamp_ste(q, op.qp.qmin, op.qp.qmax)
-                elif isinstance(op, Gemm):
-                    env[op.output] = self._gemm(env[op.input], op, gemm_hook)
-                elif isinstance(op, MaxPool):
-                    env[op.output] = _max_pool(env[op.input], op)
-                elif isinstance(op, MatMul):
-                    env[op.output] = fake_matmul(env[op.a], env[op.b], op, gemm_hook)
-                elif isinstance(op, PPU_OPS):
-                    env[op.output] = op.fake([env[name] for name in op.inputs()], rc)
-                elif isinstance(op, AvgPool):
-                    x = env[op.input]
-                    ph, pw = op.padding
-                    if ph or pw:
-                        x = F.pad(x, (pw, pw, ph, ph), value=float(op.zero_point))
-                    s = F.avg_pool2d(x, op.kernel, op.stride, divisor_override=1)
-                    d = op.kernel[0] * op.kernel[1]
-                    env[op.output] = floor_ste((2 * s + d) / (2 * d))
-                elif isinstance(op, Add):
-                    env[op.output] = fake_add(env[op.a], env[op.b], op)
-                elif isinstance(op, Clamp):
-                    env[op.output] = _clamp_ste(env[op.input], op.lo, op.hi)
-                elif isinstance(op, Clip):
-                    x = env[op.input]
-                    env[op.output] = _clip_ste(x, _clamp_ste(x, op.lo, op.hi), op.codes, op.policy, op.zero_point)
-        finally:
-            self._step_codes = {}
+        codes = self.layer_codes()  # every layer's codes in one autograd step
+        for op in self.program.ops:
+            if isinstance(op, QuantizeInput):
+                q = ste(images / op.qp.scale, torch.floor(images.detach().double() / op.qp.scale + 0.5))
+                q = q + op.qp.zero_point
+                env[op.output] = _clamp_ste(q, op.qp.qmin, op.qp.qmax)
+            elif isinstance(op, Gemm):
+                env[op.output] = self._gemm(env[op.input], op, gemm_hook, codes[id(op)])
+            elif isinstance(op, MaxPool):
+                env[op.output] = _max_pool(env[op.input], op)
+            elif isinstance(op, MatMul):
+                env[op.output] = fake_matmul(env[op.a], env[op.b], op, gemm_hook)
+            elif isinstance(op, PPU_OPS):
+                env[op.output] = op.fake([env[name] for name in op.inputs()], rc)
+            elif isinstance(op, AvgPool):
+                x = env[op.input]
+                ph, pw = op.padding
+                if ph or pw:
+                    x = F.pad(x, (pw, pw, ph, ph), value=float(op.zero_point))
+                s = F.avg_pool2d(x, op.kernel, op.stride, divisor_override=1)
+                d = op.kernel[0] * op.kernel[1]
+                env[op.output] = floor_ste((2 * s + d) / (2 * d))
+            elif isinstance(op, Add):
+                env[op.output] = fake_add(env[op.a], env[op.b], op)
+            elif isinstance(op, Clamp):
+                env[op.output] = _clamp_ste(env[op.input], op.lo, op.hi)
+            elif isinstance(op, Clip):
+                x = env[op.input]
+                env[op.output] = _clip_ste(x, _clamp_ste(x, op.lo, op.hi), op.codes, op.policy, op.zero_point)
         out = env[self.program.output_name]
         qp = self.program.output_qp
         return out if qp is None else (out.double() - qp.zero_point) * qp.scale

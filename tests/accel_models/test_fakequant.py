@@ -24,8 +24,9 @@ from sysarray import ArrayConfig, FaultMap
 from tests.accel_models.conftest import MODEL_NAMES
 
 
-def reference_gemm(self, x, op, hook):
-    """One Gemm op of the twin as plain autograd ops (forward codes exact, gradients straight-through)."""
+def reference_gemm(self, x, op, hook, codes=None):
+    """One Gemm op of the twin as plain autograd ops (forward codes exact, gradients straight-through);
+    it derives its own codes from the parameters (``codes``, the twin's, is not read)."""
     w = self.weights[self.key(op)]
     flat = w.reshape(w.shape[0], -1)
     flat64 = flat.detach().double()
