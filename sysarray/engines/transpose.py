@@ -19,7 +19,7 @@ _BLOCK = 16  # rows read per block: one AVX-512 register of float32 lanes per co
 
 
 @njit(cache=True)
-def _transpose_into(x, out):
+def transpose_into(x, out):
     """x (G, T, K), any strides -> out (G, K, T) C-contiguous, ``out[g, k, t] = x[g, t, k]``."""
     G, T, K = x.shape
     whole = T - T % _BLOCK
@@ -60,5 +60,5 @@ def transposed(x: torch.Tensor, scratch: bool = False) -> torch.Tensor:
     shape = (x3.shape[0], x3.shape[2], x3.shape[1])
     out = _scratch(shape, x.dtype) if scratch else torch.empty(shape, dtype=x.dtype)
     if out.numel():
-        _transpose_into(x3.numpy(), out.numpy())
+        transpose_into(x3.numpy(), out.numpy())
     return out[0] if x.dim() == 2 else out

@@ -13,27 +13,24 @@ import numpy as np
 from numba import njit
 
 from sysarray.engines.simd import LANES, transpose_block
-
-
-_TILE = 16  # transposed in tiles of 16 x 16 values: a tile's rows and columns stay in L1
+from sysarray.engines.transpose import transpose_into
 
 
 @njit(cache=True)
 def transposed_groups(x, NG, G):
     """Linear layers' phase planes: ``x`` (B, C) -> (NG, C*G), ``out[q, c*G + g] = x[q*G + g, c]``
-    (zero for images past B). By tiles: a power-of-two ``G`` would put a row's scattered
-    writes in a few cache sets."""
+    (zero for images past B). The whole groups by the blocked transpose of
+    :mod:`sysarray.engines.transpose`, a last partial one value by value."""
     B, C = x.shape
     out = np.empty((NG, C * G), dtype=x.dtype)
-    for q in range(NG):
+    full = min(NG, B // G)
+    if full:
+        transpose_into(x[:full * G].reshape((full, G, C)), out[:full].reshape((full, C, G)))
+    for q in range(full, NG):
         n = min(G, B - q * G)
-        for g0 in range(0, n, _TILE):
-            g1 = min(n, g0 + _TILE)
-            for c0 in range(0, C, _TILE):
-                for c in range(c0, min(C, c0 + _TILE)):
-                    for g in range(g0, g1):
-                        out[q, c * G + g] = x[q * G + g, c]
         for c in range(C):
+            for g in range(n):
+                out[q, c * G + g] = x[q * G + g, c]
             for g in range(n, G):
                 out[q, c * G + g] = 0
     return out
