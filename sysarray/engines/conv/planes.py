@@ -16,24 +16,30 @@ from sysarray.engines.simd import LANES, transpose_block
 from sysarray.engines.transpose import transpose_into
 
 
-@njit(cache=True)
-def transposed_groups(x, NG, G):
-    """Linear layers' phase planes: ``x`` (B, C) -> (NG, C*G), ``out[q, c*G + g] = x[q*G + g, c]``
-    (zero for images past B). The whole groups by the blocked transpose of
+def transposed_groups(x: np.ndarray, NG: int, G: int) -> np.ndarray:
+    """Linear layers' phase planes: ``x`` (B, C), any strides -> (NG, C*G), ``out[q, c*G + g] =
+    x[q*G + g, c]`` (zero for images past B). The whole groups by the blocked transpose of
     :mod:`sysarray.engines.transpose`, a last partial one value by value."""
     B, C = x.shape
     out = np.empty((NG, C * G), dtype=x.dtype)
     full = min(NG, B // G)
     if full:
-        transpose_into(x[:full * G].reshape((full, G, C)), out[:full].reshape((full, C, G)))
-    for q in range(full, NG):
-        n = min(G, B - q * G)
-        for c in range(C):
-            for g in range(n):
-                out[q, c * G + g] = x[q * G + g, c]
-            for g in range(n, G):
-                out[q, c * G + g] = 0
+        transpose_into(x[:full * G].reshape(full, G, C), out[:full].reshape(full, C, G))
+    if full < NG:
+        _partial_group(x, full, G, out)
     return out
+
+
+@njit(cache=True)
+def _partial_group(x, q, G, out):
+    """Group ``q`` of :func:`transposed_groups`, the images from ``q*G`` on (fewer than ``G``)."""
+    B, C = x.shape
+    n = B - q * G
+    for c in range(C):
+        for g in range(n):
+            out[q, c * G + g] = x[q * G + g, c]
+        for g in range(n, G):
+            out[q, c * G + g] = 0
 
 
 @njit(cache=True)

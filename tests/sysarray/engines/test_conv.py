@@ -243,7 +243,8 @@ def test_linear_layer_replay_as_one_gemm_equals_the_cycle_engine(case, parallel)
 @pytest.mark.parametrize("B, C, G", [(7, 9, 2), (40, 37, 16), (40, 37, 17), (33, 64, 64), (5, 3, 8)])
 def test_transposed_groups_lays_out_the_batch_group_by_group(B, C, G):
     """The linear layers' planes: ``out[q, c*G + g] = x[q*G + g, c]``, zero past the batch (whole
-    groups by the blocked transpose, a partial last group, blocks cut at both edges)."""
+    groups by the blocked transpose, a partial last group, blocks cut at both edges), from a
+    C-ordered batch and from a strided one (attention's products)."""
     from sysarray.engines.conv.planes import transposed_groups
 
     x = np.random.default_rng(B * C + G).integers(0, 256, size=(B, C)).astype(np.float32)
@@ -252,6 +253,7 @@ def test_transposed_groups_lays_out_the_batch_group_by_group(B, C, G):
     want[:B] = x
     want = want.reshape(NG, G, C).transpose(0, 2, 1).reshape(NG, C * G)
     np.testing.assert_array_equal(transposed_groups(x, NG, G), want)
+    np.testing.assert_array_equal(transposed_groups(np.asfortranarray(x), NG, G), want)  # any strides
 
 
 @settings(max_examples=150, **SETTINGS)
