@@ -24,7 +24,7 @@ from accel_models.pool_kernels import max_pool_2x2, max_pool_2x2_backward
 from accel_models.ppu import PPU_OPS, RunContext, floor_ste, ste
 from accel_models.program import (ADD_SHIFT, Add, AvgPool, Clamp, Clip, Gemm, MaxPool, Program, QuantizeInput,
                                   gather_input, gather_weight_inputs)
-from accel_models.quant import WEIGHT_QMAX, channels_last, requantize_clamp, rescale_add
+from accel_models.quant import WEIGHT_QMAX, requantize_clamp, rescale_add, storage_format, storage_order
 from accel_models.twin_kernels import add_grads, clamped_grad_planes, clamped_grad_rows, model_codes, model_codes_grad
 
 
@@ -58,7 +58,7 @@ class FakeQuantProgram(nn.Module):
         keys = [self.key(op) for op in gemms]
         out = _ModelCodes.apply(layers, *(self.weights[k] for k in keys), *(self.biases[k] for k in keys))
         L = len(gemms)
-        l1 = torch.stack(out[6 * L:]).tolist()
+        l1 = out[-1].tolist()
         return {id(op): (*out[i:6 * L:L], l1[i]) for i, op in enumerate(gemms)}
 
     def _gemm(self, x: torch.Tensor, op: Gemm, hook: GemmHook | None, codes: tuple) -> torch.Tensor:
@@ -182,8 +182,8 @@ class _ModelCodes(torch.autograd.Function):
       channel's weight-code sum (the input zero point folded in);
     - and, without gradients, ``acc_scale`` (N,) float64 = ``s_in * weight scale``, ``mult`` =
       ``acc_scale / out_scale`` (``acc_scale`` for the logits), its fixed point ``m0``,
-      ``shift`` (N,) int64 (as :func:`accel_models.quant.quantize_multiplier`), and ``l1``, a
-      0-d float64 tensor: the largest channel L1 norm of ``wq``.
+      ``shift`` (N,) int64 (as :func:`accel_models.quant.quantize_multiplier`); then one (L,)
+      float64 tensor: each layer's largest channel L1 norm of ``wq``.
 
     Gradients: ``d wq / d weight = 1 / scale`` and ``d bq / d bias = 1 / acc_scale`` (rounding
     passed straight through), ``d bq / d wq = -z_in``; computed on the CPU wherever the
@@ -205,21 +205,19 @@ class _ModelCodes(torch.autograd.Function):
         l1 = np.empty(L)
         model_codes(w, b, rows, cols, s_in, z_in, out_scale, float(WEIGHT_QMAX), codes, bq, acc_scale, mult, m0,
                     shift, scale, l1)
-        ends = np.cumsum(rows * cols)
-        wq = [t.view(p.shape) for t, p in zip(torch.from_numpy(codes).to(dev).tensor_split(ends[:-1].tolist()),
-                                               weights)]
-        per_channel = [torch.from_numpy(a).to(dev).tensor_split(np.cumsum(rows)[:-1].tolist())
-                       for a in (bq, acc_scale, mult, m0, shift)]
+        splits = np.cumsum(rows * cols)[:-1].tolist(), np.cumsum(rows)[:-1].tolist()  # weights', channels'
+        wq = [t.view(p.shape) for t, p in zip(torch.from_numpy(codes).to(dev).tensor_split(splits[0]), weights)]
+        per_channel = [torch.from_numpy(a).to(dev).tensor_split(splits[1]) for a in (bq, acc_scale, mult, m0, shift)]
         ctx.save_for_backward(torch.from_numpy(np.stack([scale, acc_scale]).astype(np.float32)))
-        ctx.meta = (rows, cols, z_in, [(p.shape, p.dtype) for p in params])
-        fixed = [t for kind in per_channel[1:] for t in kind] + list(torch.from_numpy(l1).unbind())
+        ctx.meta = (rows, cols, z_in, splits, [(p.shape, p.dtype) for p in params])
+        fixed = [t for kind in per_channel[1:] for t in kind] + [torch.from_numpy(l1)]
         ctx.mark_non_differentiable(*fixed)
         return (*wq, *per_channel[0], *fixed)
 
     @staticmethod
     def backward(ctx, *grads):
         (both,) = ctx.saved_tensors
-        rows, cols, z_in, specs = ctx.meta
+        rows, cols, z_in, splits, specs = ctx.meta
         L = len(rows)
         dev = grads[0].device
         g_codes = torch.cat([g.reshape(-1) for g in grads[:L]]).to("cpu", torch.float32).contiguous().numpy()
@@ -227,8 +225,8 @@ class _ModelCodes(torch.autograd.Function):
         g_w, g_b = np.empty_like(g_codes), np.empty_like(g_bq)
         scale, acc_scale = both.numpy()
         model_codes_grad(g_codes, g_bq, rows, cols, z_in, scale, acc_scale, g_w, g_b)
-        parts = [*torch.from_numpy(g_w).to(dev).tensor_split(np.cumsum(rows * cols)[:-1].tolist()),
-                 *torch.from_numpy(g_b).to(dev).tensor_split(np.cumsum(rows)[:-1].tolist())]
+        parts = [*torch.from_numpy(g_w).to(dev).tensor_split(splits[0]),
+                 *torch.from_numpy(g_b).to(dev).tensor_split(splits[1])]
         return (None, *(t.view(shape).to(dtype) for t, (shape, dtype) in zip(parts, specs)))
 
 
@@ -331,24 +329,21 @@ class _RescaledAdd(torch.autograd.Function):
     def backward(ctx, grad):
         (raw,) = ctx.saved_tensors
         op = ctx.op
-        fmt = torch.channels_last if channels_last(raw) else torch.contiguous_format
-        g = grad.to(torch.float32).contiguous(memory_format=fmt)
+        g = grad.to(torch.float32).contiguous(memory_format=storage_format(raw))
         ga, gb = torch.empty_like(raw), torch.empty_like(raw)
-        flat = (lambda t: t.permute(0, 2, 3, 1).reshape(-1)) if fmt is torch.channels_last else (lambda t: t.view(-1))
         # (g / 2**ADD_SHIFT) * ma as torch computes it: the power-of-two division is exact
         unit = 2.0 ** -ADD_SHIFT
-        add_grads(flat(g).numpy(), flat(raw).numpy(), np.float32(op.lo), np.float32(op.hi),
-                  np.float32(np.float32(op.ma) * unit), np.float32(np.float32(op.mb) * unit), flat(ga).numpy(),
-                  flat(gb).numpy(), work=raw.numel())
+        add_grads(storage_order(g).numpy(), storage_order(raw).numpy(), np.float32(op.lo), np.float32(op.hi),
+                  np.float32(np.float32(op.ma) * unit), np.float32(np.float32(op.mb) * unit),
+                  storage_order(ga).numpy(), storage_order(gb).numpy(), work=raw.numel())
         return ga, gb, None
 
 
 def _max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
     """``F.max_pool2d`` with ``op``'s geometry and gradient; a 2x2, stride-2 pool of contiguous
     CPU float32 codes by one kernel pass each way (:class:`_MaxPool2x2`)."""
-    if ((tuple(op.kernel), tuple(op.stride), tuple(op.padding), tuple(op.dilation), op.ceil_mode)
-            == ((2, 2), (2, 2), (0, 0), (1, 1), False) and x.device.type == "cpu" and x.dtype == torch.float32
-            and x.dim() == 4 and min(x.shape[2:]) >= 2 and x.is_contiguous()):
+    if (op.plain_2x2 and x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4
+            and min(x.shape[2:]) >= 2 and x.is_contiguous()):
         return _MaxPool2x2.apply(x)
     return F.max_pool2d(x, op.kernel, op.stride, op.padding, op.dilation, op.ceil_mode)
 

@@ -124,6 +124,12 @@ class MaxPool:
     def inputs(self) -> tuple[str, ...]:
         return (self.input,)
 
+    @property
+    def plain_2x2(self) -> bool:
+        """A 2x2 pool at stride 2 without padding, dilation or ceil mode (one-pass kernels)."""
+        return (tuple(self.kernel), tuple(self.stride), tuple(self.padding), tuple(self.dilation), self.ceil_mode) \
+            == ((2, 2), (2, 2), (0, 0), (1, 1), False)
+
 
 @dataclass
 class AvgPool:
@@ -485,7 +491,7 @@ def max_pool(x: torch.Tensor, op: MaxPool) -> torch.Tensor:
     (kh, kw), (sh, sw), (ph, pw) = op.kernel, op.stride, op.padding
     if tuple(op.dilation) != (1, 1) or op.ceil_mode:
         return F.max_pool2d(x, op.kernel, op.stride, op.padding, op.dilation, op.ceil_mode)
-    if (kh, kw, sh, sw, ph, pw) == (2, 2, 2, 2, 0, 0):
+    if op.plain_2x2:
         out = max_pool_2x2(x)  # one pass (None: a layout or device it does not take)
         if out is not None:
             return out

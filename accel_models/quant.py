@@ -260,6 +260,16 @@ def channels_last(t: torch.Tensor) -> bool:
     return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
+def storage_format(t: torch.Tensor) -> torch.memory_format:
+    """The memory format ``t`` is stored in: channels-last or plain contiguous."""
+    return torch.channels_last if channels_last(t) else torch.contiguous_format
+
+
+def storage_order(t: torch.Tensor) -> torch.Tensor:
+    """A 1-d view of ``t`` (contiguous in :func:`storage_format` terms) in its storage order."""
+    return t.permute(0, 2, 3, 1).reshape(-1) if channels_last(t) else t.view(-1)
+
+
 class _Params:
     """A layer's requantization parameters as int64 numpy arrays, and which accumulator bounds
     pass :func:`_float64_requantize_ok`'s check on them (found once per bound)."""
@@ -430,12 +440,12 @@ def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb:
         t = (a.to(torch.int64) - za) * ma + (b.to(torch.int64) - zb) * mb
         q = torch.bitwise_right_shift(t + (1 << (shift - 1)), shift) + zero_point
         return q.clamp(lo, hi).to(torch.float32)
-    fmt = torch.channels_last if channels_last(a) else torch.contiguous_format
+    fmt = storage_format(a)
     a, b = a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt)
     out = torch.empty_like(a, dtype=torch.float32, memory_format=fmt)
     # Elementwise: any common layout works, walked in memory order.
-    flat = (lambda t: t.permute(0, 2, 3, 1).reshape(-1)) if fmt is torch.channels_last else (lambda t: t.view(-1))
-    args = (flat(a).numpy(), flat(b).numpy(), za, ma, zb, mb, shift, zero_point, lo, hi, flat(out).numpy())
+    args = (storage_order(a).numpy(), storage_order(b).numpy(), za, ma, zb, mb, shift, zero_point, lo, hi,
+            storage_order(out).numpy())
     # Codes are 8-bit and zero points too (|a - za| < 2**9): with |ma| + |mb| < 2**42 and
     # shift <= 52 every float64 intermediate is an exact integer below 2**53.
     if a.dtype == b.dtype == torch.float32 and abs(ma) + abs(mb) < 1 << 42 and 1 <= shift <= 52 \
