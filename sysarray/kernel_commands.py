@@ -61,7 +61,7 @@ def run_kernels(args: argparse.Namespace) -> int:
             print(f"  {n} thread(s): {entry['settings']} (median ms per probe round: {times})")
     else:
         print(f"  nothing measured (`sysarray kernels --measure-layer`); processes use the numba layer "
-              f"{os.environ.get('NUMBA_THREADING_LAYER', 'workqueue')} and a short OpenMP spin")
+              f"{os.environ.get('NUMBA_THREADING_LAYER', 'numba chooses')} and libgomp's own OpenMP spin")
     print(f"kernel choices file (this process's layer, {sig['threading_layer']}): {kernel_cache.path()}")
     choices = kernel_cache.recorded()
     if not choices:

@@ -10,19 +10,20 @@ benchmarks and campaign workers do)::
 
 What it sets, and why (the figures are in docs/performance.md):
 
-- ``GOMP_SPINCOUNT=3000``, unless this machine measured libgomp's default spin faster: torch's
-  OpenMP threads (libgomp) otherwise spin for milliseconds after every parallel op, which on
-  some machines takes the cores from the engines' numba kernels that follow each convolution and
-  on others keeps the threads ready for them. libgomp reads the variable once, when torch loads
-  it, so this applies only when torch is not imported yet; a value the user set (or
+- ``GOMP_SPINCOUNT=3000`` where this machine measured a short spin faster: torch's OpenMP
+  threads (libgomp) otherwise spin for milliseconds after every parallel op, which on some
+  machines takes the cores from the engines' numba kernels that follow each convolution and on
+  others keeps the threads ready for them. libgomp reads the variable once, when torch loads it,
+  so this applies only when torch is not imported yet; a value the user set (or
   ``OMP_WAIT_POLICY``) is kept.
-- numba's threading layer: the one measured faster on this machine, else ``workqueue``: on some
+- numba's threading layer measured faster on this machine (``workqueue`` or ``omp``): on some
   machines numba's OpenMP layer keeps its threads spinning after a parallel loop and steals the
   cores from torch's GEMMs, on others it launches the engines' kernels faster. Applies until
   numba starts its threads; a ``NUMBA_THREADING_LAYER`` the user set is kept.
 
-  Both come from this machine's measurement for the thread count where one is recorded
-  (:mod:`sysarray.threading_choice`, ``sysarray kernels --measure-layer``).
+  Both come from this machine's measurement for the thread count (:mod:`sysarray.threading_choice`,
+  ``sysarray kernels --measure-layer``); where none is recorded, libgomp's spin and numba's
+  layer stay their libraries' own defaults.
 - glibc malloc thresholds (Linux): large freed blocks (a layer's activations) stay in the process
   for the next run instead of going back to the system, so a run's tensors do not start as fresh
   pages (a page fault every 4 KB). The process keeps up to 1 GB of freed memory for reuse.
@@ -47,7 +48,6 @@ from typing import Iterator
 from sysarray.validation import check_bool, check_int
 
 SPIN_COUNT = 3000  # libgomp pause loops: long enough for torch's back-to-back ops, short enough to free the core after
-NUMBA_LAYER = "workqueue"
 MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit systems
 TRIM_THRESHOLD = 1 << 30
 _M_TRIM_THRESHOLD = -1
@@ -58,12 +58,13 @@ _M_MMAP_THRESHOLD = -3
 class Tuning:
     """What :func:`configure` did. ``omp_spin``: "set", "kept" (the user's own setting), "late"
     (set, but torch had already loaded libgomp, which will not read it) or "off".
-    ``numba_layer``: the layer numba will use, or "late" (numba's threads had already started
-    with another). ``malloc``: the glibc thresholds were applied. ``threads``: torch's and
-    numba's thread count now; ``omp_spin`` is "default" where this machine measured libgomp's own
-    spin faster (nothing set). ``measured``: the spin and the layer not kept from the user's
-    environment come from this machine's measurement (:mod:`sysarray.threading_choice`), not
-    from the constants."""
+    ``numba_layer``: the layer numba will use, "default" (numba's own choice: nothing measured
+    here) or "late" (numba's threads had already started with another). ``malloc``: the glibc
+    thresholds were applied. ``threads``: torch's and numba's thread count now; ``omp_spin`` is
+    "default" where this machine measured libgomp's own spin faster or measured nothing (nothing
+    set). ``measured``: the spin and the layer not kept
+    from the user's environment come from this machine's measurement
+    (:mod:`sysarray.threading_choice`); without one, both are the libraries' own defaults."""
 
     omp_spin: str
     numba_layer: str
@@ -87,7 +88,7 @@ def configure(*, threads: int | None = None, omp_spin: bool = True, numba_layer:
         from sysarray import threading_choice
 
         measured = threading_choice.recorded(threads or usable_cores())
-    layer_wanted, spin_wanted = measured or (NUMBA_LAYER, "short")
+    layer_wanted, spin_wanted = measured or (None, "default")
     spin = _set_omp_spin(spin_wanted == "short") if omp_spin else "off"
     layer = _set_numba_layer(layer_wanted) if numba_layer else "off"
     mem = keep_freed_memory() if malloc else False
@@ -104,7 +105,9 @@ def _set_omp_spin(short: bool) -> str:
     return "late" if "torch" in sys.modules else "set"
 
 
-def _set_numba_layer(layer: str) -> str:
+def _set_numba_layer(layer: str | None) -> str:
+    if layer is None:  # nothing measured: numba's own choice, or the user's
+        return os.environ.get("NUMBA_THREADING_LAYER", "default")
     # Through the environment: numba reads it when it loads, and re-reads its whole config from
     # the environment whenever a NUMBA_* variable changes, which would undo a config-only setting.
     wanted = os.environ.setdefault("NUMBA_THREADING_LAYER", layer)

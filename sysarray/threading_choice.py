@@ -35,7 +35,7 @@ FORMAT = "sysarray-threading-layer"
 VERSION = 2
 LAYERS = ("workqueue", "omp")  # numba's layers that need no extra package (tbb does)
 SPINS = ("short", "default")  # GOMP_SPINCOUNT set by configure(), or libgomp's own
-# every "layer/spin" pair; the first is what configure() applies where nothing was measured
+# every "layer/spin" pair; where none was measured, configure() leaves both to numba and libgomp
 CANDIDATES = tuple(f"{layer}/{spin}" for spin in SPINS for layer in LAYERS)
 PROBE_TIMEOUT_S = 600
 

@@ -1,7 +1,7 @@
 """The workload :mod:`sysarray.threading_choice` times under each candidate setting, run as
 ``python -m sysarray.threading_probe '[THREADS, ROUNDS, SIZE, SHORT_SPIN]'`` with
-``NUMBA_THREADING_LAYER`` set (and ``GOMP_SPINCOUNT`` unset: SHORT_SPIN says whether
-:func:`sysarray.runtime.configure` sets its short spin or leaves libgomp's default).
+``NUMBA_THREADING_LAYER`` set (and ``GOMP_SPINCOUNT`` unset: SHORT_SPIN says whether the probe
+sets the short spin of :data:`sysarray.runtime.SPIN_COUNT` or leaves libgomp's default).
 
 One round is what an integer CNN does on a chip: a residual block in each of three ResNet-like
 stages (16, 32 and 64 channels on 32x32, 16x16 and 8x8 maps, 3x3 convolutions) on a 32x32 WS chip
@@ -15,6 +15,7 @@ kernel choices in those), as one JSON list.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -23,12 +24,20 @@ BATCH = {"full": 64, "quick": 4}
 WARMUP = 10
 
 
-def main(argv: list[str]) -> int:
-    threads, rounds, size, short_spin = json.loads(argv[0])
+def tune(threads: int, short_spin: bool):
+    """The candidate's settings, whatever this machine has recorded: the spin set here, the
+    ``NUMBA_THREADING_LAYER`` the parent set kept. Returns :func:`sysarray.runtime.configure`'s
+    :class:`~sysarray.runtime.Tuning`."""
     import sysarray.runtime
 
-    # keeps the NUMBA_THREADING_LAYER the parent set
-    sysarray.runtime.configure(threads=int(threads), omp_spin=bool(short_spin))
+    if short_spin:
+        os.environ["GOMP_SPINCOUNT"] = str(sysarray.runtime.SPIN_COUNT)
+    return sysarray.runtime.configure(threads=threads, omp_spin=False)
+
+
+def main(argv: list[str]) -> int:
+    threads, rounds, size, short_spin = json.loads(argv[0])
+    tune(int(threads), bool(short_spin))
     import torch
     import torch.nn.functional as F
 

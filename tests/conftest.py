@@ -23,9 +23,10 @@ def pytest_configure(config) -> None:
     os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="sysarray-test-cache-")
     kernel_cache.configure(False)
     runtime.configure()
-    import torch
+    import numba
 
-    torch.set_num_threads(1)
+    # numba keeps its own count; set_threads, not torch's call, which numba's OpenMP layer would undo
+    runtime.set_threads(1, numba_threads=numba.config.NUMBA_NUM_THREADS)
 
 
 def pytest_collection_modifyitems(config, items) -> None:

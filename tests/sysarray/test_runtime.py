@@ -31,16 +31,20 @@ print(json.dumps(dict(spin=t.omp_spin, layer=t.numba_layer, malloc=t.malloc, thr
 """
 
 
-def test_configure_before_torch_sets_the_spin_time_and_the_numba_layer():
+def test_configure_without_a_measurement_leaves_the_spin_and_the_layer_to_their_libraries():
     got = _child(CONFIGURE.format(before="", args=""))
-    assert got["spin"] == "set" and got["env"] == "3000"
-    assert got["layer"] == "workqueue" and got["numba"] == "workqueue"
+    assert got["spin"] == "default" and got["env"] is None
+    assert got["layer"] == "default" and got["numba"] == "default"
     assert got["malloc"] is (sys.platform.startswith("linux"))
     assert got["threads"] is None
 
 
-def test_configure_after_torch_says_the_spin_time_comes_too_late():
-    got = _child(CONFIGURE.format(before="import torch", args=""))
+def test_configure_after_torch_says_the_spin_time_comes_too_late(tmp_path):
+    short_spin = ("from sysarray import threading_choice, runtime\n"
+                  "threading_choice.record(runtime.usable_cores(), 'omp/short', {'omp/short': 0.01})\n")
+    before = _child(CONFIGURE.format(before=short_spin, args=""), XDG_CACHE_HOME=str(tmp_path))
+    assert before["spin"] == "set" and before["env"] == "3000"
+    got = _child(CONFIGURE.format(before=short_spin + "import torch", args=""), XDG_CACHE_HOME=str(tmp_path))
     assert got["spin"] == "late"
 
 

@@ -68,17 +68,21 @@ def test_measure_times_every_setting_in_child_processes_and_keeps_the_fastest(ca
     assert threading_choice.recorded(1) == tuple(res["settings"].split("/")) and res["file"] == threading_choice.path()
 
 
-def test_a_probe_sees_the_settings_it_was_given():
-    """The child applies exactly the candidate's layer and spin (else the timings mean nothing)."""
-    code = ("import json, os, sys, numba; import sysarray.runtime as rt; "
-            "t = rt.configure(threads=1, omp_spin=sys.argv[1] == 'short'); "
-            "print(json.dumps([numba.config.THREADING_LAYER, os.environ.get('GOMP_SPINCOUNT'), t.omp_spin]))")
+@pytest.mark.parametrize("recorded", [None, "omp/default", "workqueue/short"])
+def test_a_probe_sees_the_settings_it_was_given(cache, recorded):
+    """The child applies exactly the candidate's layer and spin, whatever the machine has recorded
+    (else the timings mean nothing)."""
+    if recorded:
+        threading_choice.record(1, recorded, {recorded: 0.01})
+    code = ("import json, os, sys, numba; from sysarray.threading_probe import tune; "
+            "t = tune(1, sys.argv[1] == 'short'); "
+            "print(json.dumps([numba.config.THREADING_LAYER, os.environ.get('GOMP_SPINCOUNT'), t.numba_layer]))")
     for candidate in threading_choice.CANDIDATES:
         layer, spin = threading_choice.settings(candidate)
         env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
         out = subprocess.run([sys.executable, "-c", code, spin], capture_output=True, text=True, timeout=300,
-                             env={**env, "NUMBA_THREADING_LAYER": layer})
-        want = [layer, "3000", "set"] if spin == "short" else [layer, None, "off"]
+                             env={**env, "NUMBA_THREADING_LAYER": layer, "XDG_CACHE_HOME": str(cache)})
+        want = [layer, "3000" if spin == "short" else None, layer]
         assert json.loads(out.stdout) == want, out.stderr
 
 
@@ -116,8 +120,11 @@ def _configured(tmp_path, **env) -> dict:
 
 
 def test_configure_takes_the_measured_settings_unless_the_user_set_them(cache):
-    default = {"layer": "workqueue", "spin": "set", "measured": False, "numba": "workqueue", "env": "3000"}
-    assert _configured(cache) == default
+    default = {"layer": "default", "spin": "default", "measured": False, "numba": "default", "env": None}
+    assert _configured(cache) == default  # nothing measured: the libraries' own settings
+    threading_choice.record(2, "workqueue/short", {"workqueue/short": 0.03, "omp/default": 0.036})
+    assert _configured(cache) == {"layer": "workqueue", "spin": "set", "measured": True, "numba": "workqueue",
+                                  "env": "3000"}
     threading_choice.record(2, "omp/default", {"omp/default": 0.03, "workqueue/short": 0.036})
     assert _configured(cache) == {"layer": "omp", "spin": "default", "measured": True, "numba": "omp", "env": None}
     assert _configured(cache, NUMBA_THREADING_LAYER="workqueue", GOMP_SPINCOUNT="100") == \
