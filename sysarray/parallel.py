@@ -33,6 +33,10 @@ KERNELS: list["ThreadedKernel"] = []  # every kernel made here (the tests run ea
 TRIALS = 3  # timed calls of each option per key, after one untimed warm-up call each
 RECHECK_AFTER = 16  # calls of a key with an unconfirmed decision before it is measured again
 MAX_SKIPPED = 8  # per option: calls of a measurement left untimed because other choices measured inside them
+# an option this many times slower than another loses at once: no busy moment of a machine makes a
+# kernel that much faster, and its remaining trials (an int8 GEMM where the CPU has no int8 dot
+# products, say) would cost seconds
+DOMINATED = 8.0
 _LOCAL = threading.local()  # measuring calls so far in this thread (MeasuredChoice.__call__)
 T = TypeVar("T")
 
@@ -64,7 +68,9 @@ class MeasuredChoice:
     misled by a busy moment of a shared machine (another tenant on the second core makes a
     threaded kernel look slower than its serial twin), so a decision is final only once
     ``CONFIRMATIONS`` measurements in a row agree: until then the key takes the decided option
-    and is measured again after ``RECHECK_AFTER`` calls. Keys are kept for the
+    and is measured again after ``RECHECK_AFTER`` calls. An option whose first timed call takes
+    more than ``DOMINATED`` times the median of an option already measured gets no more trials,
+    and a decision whose runner-up is that much slower is final at once. Keys are kept for the
     ``max_keys`` most recently decided. ``force``: an option's index or label that every call
     takes where it is among the options, else the first option (tests, reproducible
     benchmarks); None to measure.
@@ -111,7 +117,8 @@ class MeasuredChoice:
                 times = self._timings[key] = [[] for _ in calls]
             # each option's warm-up and timed calls back to back: the state one leaves (caches, the
             # core's vector-unit licence) is what the calls after it find once it is chosen
-            which = min(range(len(calls)), key=lambda i: (len(times[i]) > self.trials, -len(times[i])))
+            done = self._measured(times)
+            which = min(range(len(calls)), key=lambda i: (done[i], -len(times[i])))
         nested = getattr(_LOCAL, "measuring", 0)
         _LOCAL.measuring = nested + 1
         start = time.perf_counter()
@@ -127,14 +134,17 @@ class MeasuredChoice:
                 self._skipped[key] = skipped + 1
             else:
                 times[which].append(elapsed)
-            if key in self._timings and min(len(t) for t in times) > self.trials:
-                medians = [sorted(t[1:])[len(t[1:]) // 2] for t in times]
+            if key in self._timings and all(self._measured(times)):
+                medians = [_median(t) for t in times]
                 best = medians.index(min(medians))
                 option = best if labels is None else labels[best]
                 before = self._chosen.pop(key, None)
                 first = before is None
                 agreed = before is not None and before.option == option
-                decided = self._chosen[key] = _Decision(option, before.confirmations + 1 if agreed else 1)
+                runner_up = min((m for i, m in enumerate(medians) if i != best), default=float("inf"))
+                confirmations = (CONFIRMATIONS if runner_up > DOMINATED * medians[best]
+                                 else before.confirmations + 1 if agreed else 1)
+                decided = self._chosen[key] = _Decision(option, confirmations)
                 del self._timings[key]
                 self._skipped.pop(key, None)
                 while len(self._chosen) > self.max_keys:
@@ -146,6 +156,15 @@ class MeasuredChoice:
 
             kernel_cache.record(self.name, key, decided.option, dict(zip(labels, medians)), decided.confirmations)
         return out
+
+    def _measured(self, times: list[list[float]]) -> list[bool]:
+        """Per option, whether its measurement is complete: a warm-up and ``trials`` timed calls,
+        or a timed call ``DOMINATED`` times slower than a complete option's median."""
+        done = [len(t) > self.trials for t in times]
+        best = min((_median(t) for t, d in zip(times, done) if d), default=None)
+        if best is None:
+            return done
+        return [d or (len(t) > 1 and min(t[1:]) > DOMINATED * best) for t, d in zip(times, done)]
 
     def chosen(self, key: Hashable) -> int | str | None:
         """The option chosen for ``key`` (its label where the options are labelled; None while it
@@ -160,6 +179,12 @@ class MeasuredChoice:
 
     def choices(self) -> dict[Hashable, int | str]:
         return {key: decision.option for key, decision in self._chosen.items()}
+
+
+def _median(times: list[float]) -> float:
+    """The median of an option's timed calls (its first call, the warm-up, left out)."""
+    timed = sorted(times[1:])
+    return timed[len(timed) // 2]
 
 
 _WATCHES: list[set] = []  # the (choice, key) sets of the open watch_choices() blocks

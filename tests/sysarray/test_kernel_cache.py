@@ -26,7 +26,8 @@ def _decide(choice: MeasuredChoice, key, fast: str, labels=("a", "b")) -> list[s
     def option(label):
         def call():
             ran.append(label)
-            time.sleep(0 if label == fast else 0.05)  # far beyond any scheduling noise
+            # twice as long: far beyond scheduling noise, within DOMINATED (rechecks happen as usual)
+            time.sleep(0.01 if label == fast else 0.02)
             return label
         return call
     while choice.chosen(key) is None:
@@ -113,7 +114,7 @@ def _timed_options(ran: list, fast: str, labels=("a", "b")) -> dict:
     def option(label):
         def call():
             ran.append(label)
-            time.sleep(0 if label == fast else 0.02)
+            time.sleep(0.01 if label == fast else 0.02)  # within DOMINATED, as in _decide
             return label
         return call
     return {label: option(label) for label in labels}

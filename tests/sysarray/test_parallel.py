@@ -68,7 +68,7 @@ def test_watch_choices_collects_the_keys_called_and_settled_says_when_their_deci
     from sysarray.parallel import RECHECK_AFTER, settled, watch_choices
 
     choice = MeasuredChoice(trials=1)
-    options = (lambda: time.sleep(0.002), lambda: None)
+    options = (lambda: time.sleep(0.004), lambda: time.sleep(0.002))  # within DOMINATED: confirmed by a recheck
     choice("outside", options)
     with watch_choices() as seen:
         assert settled(seen)  # nothing called yet
@@ -100,3 +100,25 @@ def test_an_outer_choice_does_not_time_the_calls_in_which_an_inner_choice_measur
     while outer.chosen("o") is None:
         outer("o", (a, b))
     assert inner.chosen("k") == 1 and outer.chosen("o") == 0
+
+
+def test_an_option_far_slower_than_a_measured_one_loses_after_one_timed_call_and_at_once():
+    from sysarray.parallel import DOMINATED
+
+    choice, ran = MeasuredChoice(trials=3), []
+
+    def option(label, seconds):
+        def call():
+            ran.append(label)
+            time.sleep(seconds)
+        return call
+    fast, slow = option("fast", 0.001), option("slow", 0.001 * 4 * DOMINATED)
+    while choice.chosen("k") is None:
+        choice("k", (fast, slow))
+    assert ran == ["fast"] * (TRIALS + 1) + ["slow"] * 2  # its warm-up and one timed call
+    assert choice.chosen("k") == 0 and choice.confirmed("k")  # no second measurement needed
+    # an option measured first is measured in full: nothing complete yet to compare it with
+    ran.clear()
+    while choice.chosen("j") is None:
+        choice("j", (slow, fast))
+    assert ran == ["slow"] * (TRIALS + 1) + ["fast"] * (TRIALS + 1) and choice.confirmed("j")
