@@ -394,7 +394,7 @@ BENCHMARKS = (
           "conv-sized GEMMs, against a naive single-threaded numba clock loop; ResNet-18 clocked layer by layer with "
           "its values on a 32x32 WS array (SCALE-Sim v2 needs over 5 minutes for the timing alone); and the fast "
           "engine's cost over `torch._int_mm` and over the exact float32 GEMM, fault-free and with 1% faulty PEs, "
-          "for each dataflow. Times are medians of round-robin repeats after a warm-up call and untimed rounds until "
+          "for each dataflow; its target is against the faster of the two on the machine at hand. Times are medians of round-robin repeats after a warm-up call and untimed rounds until "
           "the kernel choices are final; every result is checked against an exact GEMM or the other engine.",
           engines_rows, {"": ENGINES_MISSES}),
     Bench("bench_inference", "Inference",
