@@ -334,7 +334,7 @@ AVX2_INFERENCE_MISSES = (
     "52% of its time in the convolutions, 21% replaying the faulty columns' outputs (the SIMD kernel: float32 "
     "axpys of 8 lanes over runs of the input's phase planes), 20% requantizing and 3% in residual adds (py-spy "
     "samples over 25 s of runs). The requantizations with the replayed outputs applied take about three times "
-    "what the same layers take without them (about 92 against 29 ms per run; a plain requantization costs about "
+    "what the same layers take without them (80-90 against about 29 ms per run; a plain requantization costs about "
     "what float32's BatchNorm and ReLU cost: 2.6 against 2.1 ms on a 256x16x32x32 layer), so the corrected "
     "tiles, not the pass itself, are the requantization's excess. Against float32 under torch's own defaults (434 ms here, against 275 ms in the "
     "tuned process, whose freed activations stay in it instead of page-faulting back) it meets the target. The "
