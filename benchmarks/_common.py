@@ -116,6 +116,14 @@ def median(values: Sequence[float]) -> float:
     return summarize_times(values)["median_s"]
 
 
+def fastest_exact_gemm(seconds: Mapping[str, float | None]) -> tuple[str, float]:
+    """``(name, seconds)`` of the machine's fastest exact GEMM in a fast-engine case of
+    bench_engines (its ``seconds``): ``"int_mm"`` (``torch._int_mm``, "a", None where it does not
+    apply) or ``"exact_matmul"`` (the float32 GEMM exact by bound, "b"), whichever is faster."""
+    return min(((name, seconds[k]) for k, name in (("a", "int_mm"), ("b", "exact_matmul"))
+                if seconds.get(k) is not None), key=lambda ns: ns[1])
+
+
 def use_fresh_numba_cache() -> str:
     """Point numba's on-disk cache at a new empty folder, so the first calls really compile.
 

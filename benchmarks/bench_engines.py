@@ -47,6 +47,7 @@ from benchmarks._common import (  # noqa: E402
     CpuMonitor,
     IdleGate,
     describe_tuning,
+    fastest_exact_gemm,
     format_table,
     load_average,
     median,
@@ -420,7 +421,7 @@ def _fast_case(ctx, M, K, N, cfg, repeats, seeds, with_int_mm, data_seed, label)
 
     sec = {"a": t["a_int_mm"]["median_s"] if int_mm_ok else None, "b": t["b_exact_matmul"]["median_s"],
            "c": t["c_fast_fault_free"]["median_s"], "d": med("d_fast_psum"), "e": med("e_fast_all")}
-    sec["fastest"] = fastest_exact(sec)
+    fastest_name, sec["fastest"] = fastest_exact_gemm(sec)
 
     def ratio(x, y):
         return None if sec[x] is None or sec[y] is None else sec[x] / sec[y]
@@ -431,18 +432,12 @@ def _fast_case(ctx, M, K, N, cfg, repeats, seeds, with_int_mm, data_seed, label)
         "faulty_pes": {"psum": [fm_psum[s].n_faulty_pes for s in seeds], "all": [fm_all[s].n_faulty_pes for s in seeds]},
         "int_mm_applicable": int_mm_ok,
         "seconds": sec,
-        "fastest_exact_gemm": "int_mm" if sec["fastest"] == sec["a"] else "exact_matmul",
+        "fastest_exact_gemm": fastest_name,
         "ratios": {"d/a": ratio("d", "a"), "d/b": ratio("d", "b"), "c/a": ratio("c", "a"), "c/b": ratio("c", "b"),
                    "e/b": ratio("e", "b"), "d/fastest": ratio("d", "fastest"), "c/fastest": ratio("c", "fastest")},
         "timings": t,
         "verify_rows": mv, "checks": checks, "verified": ok, "contention": cont,
     }, ok
-
-
-def fastest_exact(sec: dict) -> float:
-    """The machine's fastest exact GEMM of a case's operands, in seconds: ``torch._int_mm`` ("a",
-    None where it does not apply) or the float32 GEMM exact by bound ("b"), whichever is faster."""
-    return min(s for s in (sec.get("a"), sec["b"]) if s is not None)
 
 
 def bench_fast(ctx, mode: str, repeats: int, seeds: list[int], seed: int) -> tuple[list[dict[str, Any]], bool]:

@@ -24,13 +24,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 if __package__ in (None, ""):  # run as a script: make `benchmarks._common` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import describe_tuning, format_value  # noqa: E402
+from benchmarks._common import describe_tuning, fastest_exact_gemm, format_value  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_OUT = REPO / "docs" / "performance.md"
 COMMAND = ".venv/bin/python benchmarks/render_performance.py"
 MODELS = {"lenet5": "LeNet-5", "resnet20": "ResNet-20"}
+GEMM_NAMES = {"int_mm": "`torch._int_mm`", "exact_matmul": "exact float32 GEMM"}
 
 
 @dataclass(frozen=True)
@@ -106,10 +107,9 @@ def engines_rows(d: dict) -> list[Row]:
         where = f"Fast engine, WS 32x32, GEMM {r['M']}x{r['K']}x{r['N']}"
         q = r.get("ratios", {})
         sec = r.get("seconds", {})
-        fastest = min((sec[k], name) for k, name in (("a", "`torch._int_mm`"), ("b", "exact float32 GEMM"))
-                      if sec.get(k) is not None)
-        rows += [row(f"{where}, 1% psum-faulty PEs / this machine's fastest exact GEMM ({fastest[1]})",
-                     sec["d"] / fastest[0], "x", Target("<=", 3, "x")),
+        name, fastest = fastest_exact_gemm(sec)  # from the seconds: older files have no such ratio
+        rows += [row(f"{where}, 1% psum-faulty PEs / this machine's fastest exact GEMM ({GEMM_NAMES[name]})",
+                     sec["d"] / fastest, "x", Target("<=", 3, "x")),
                  row(f"{where}, 1% psum-faulty PEs / `torch._int_mm`", q.get("d/a"), "x"),
                  row(f"{where}, 1% psum-faulty PEs / exact float32 GEMM", q.get("d/b"), "x"),
                  row(f"{where}, 1% faulty PEs (any register) / exact float32 GEMM", q.get("e/b"), "x"),
@@ -336,11 +336,11 @@ AVX2_INFERENCE_MISSES = (
     "samples over 25 s of runs). The requantizations with the replayed outputs applied take about three times "
     "what the same layers take without them (80-90 against about 29 ms per run; a plain requantization costs about "
     "what float32's BatchNorm and ReLU cost: 2.6 against 2.1 ms on a 256x16x32x32 layer), so the corrected "
-    "tiles, not the pass itself, are the requantization's excess. Against float32 under torch's own defaults (434 ms here, against 275 ms in the "
-    "tuned process, whose freed activations stay in it instead of page-faulting back) it meets the target. The "
-    "runs are noisy on this machine: the same call takes up to twice its median at times, and the without/with "
-    "`configure()` ratio of LeNet-5 did not reproduce (the same two child processes, alternated outside the "
-    "benchmark, took 10-23 ms either way). What would close it "
+    "tiles, not the pass itself, are the requantization's excess. Against float32 under torch's own defaults "
+    "(434 ms here, against 275 ms in the tuned process, whose freed activations stay in it instead of "
+    "page-faulting back) it meets the target. The runs are noisy on this machine: the same call takes up to "
+    "twice its median at times, and the without/with `configure()` ratio of LeNet-5 did not reproduce (the same "
+    "two child processes, alternated outside the benchmark, took 10-23 ms either way). What would close it "
     "is what would on the Xeon: the replay sharing the convolution's pass over the input, and codes kept as 8-bit "
     "values between layers. The threading settings are this machine's measured ones (numba's OpenMP layer with "
     "libgomp's own spin).")
@@ -397,7 +397,8 @@ BENCHMARKS = (
           "conv-sized GEMMs, against a naive single-threaded numba clock loop; ResNet-18 clocked layer by layer with "
           "its values on a 32x32 WS array (SCALE-Sim v2 needs over 5 minutes for the timing alone); and the fast "
           "engine's cost over `torch._int_mm` and over the exact float32 GEMM, fault-free and with 1% faulty PEs, "
-          "for each dataflow; its target is against the faster of the two on the machine at hand. Times are medians of round-robin repeats after a warm-up call and untimed rounds until "
+          "for each dataflow; its target is against the faster of the two on the machine at hand. Times are "
+          "medians of round-robin repeats after a warm-up call and untimed rounds until "
           "the kernel choices are final; every result is checked against an exact GEMM or the other engine.",
           engines_rows, {"": ENGINES_MISSES}),
     Bench("bench_inference", "Inference",
@@ -513,7 +514,8 @@ def render(results: Path, benchmarks: Iterable[Bench] = BENCHMARKS) -> str:
         "Ratios are between measurements taken in the same run.",
         "",
     ]
-    others = sorted(p for p in results.iterdir() if p.is_dir() and any(p.glob("bench_*.json")))
+    others = (sorted(p for p in results.iterdir() if p.is_dir() and any(p.glob("bench_*.json")))
+              if results.is_dir() else [])
     if others:
         lines += ["Figures from more than one machine: those in `" + src + "` first, then each other machine's "
                   "(a subfolder of it), under a heading that names the CPU and its int8 instructions.", ""]

@@ -62,9 +62,9 @@ class Tuning:
     here) or "late" (numba's threads had already started with another). ``malloc``: the glibc
     thresholds were applied. ``threads``: torch's and numba's thread count now; ``omp_spin`` is
     "default" where this machine measured libgomp's own spin faster or measured nothing (nothing
-    set). ``measured``: the spin and the layer not kept
-    from the user's environment come from this machine's measurement
-    (:mod:`sysarray.threading_choice`); without one, both are the libraries' own defaults."""
+    set). ``measured``: the spin and the layer not kept from the user's environment come from
+    this machine's measurement (:mod:`sysarray.threading_choice`); without one, both are the
+    libraries' own defaults."""
 
     omp_spin: str
     numba_layer: str

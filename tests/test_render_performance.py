@@ -199,6 +199,8 @@ def test_missing_or_unreadable_json_is_not_measured(tmp_path):
     for name in ("bench_inference", "bench_campaign", "bench_clipping", "bench_fat"):
         assert "Not measured" in _section(page, name)
     assert "unreadable" in _section(page, "bench_fat")
+    nowhere = rp.render(tmp_path / "no-such-folder")  # a folder not made yet: every section not measured
+    assert all("Not measured" in _section(nowhere, name) for name in ALL)
 
 
 def test_older_json_without_command_or_tuning(tmp_path):
