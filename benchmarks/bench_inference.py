@@ -20,12 +20,13 @@ replay's cost depends on where the faulty PEs sit). Conv layers run on the fast 
 im2col-free path (``sysarray.engines.conv``). Writes ``OUT/bench_inference.json``.
 
 The benchmark tunes its process with :func:`sysarray.runtime.configure` (numba's threading layer
-and the spin-wait of torch's OpenMP threads measured fastest on this machine, else the workqueue
-layer and a short spin; glibc malloc thresholds that keep freed activation buffers), and the float32 model above runs with that tuning too. So that it cannot
-flatter the ratio by slowing the baseline, float32 inference is also timed in a child process
-that does not call ``configure`` and gets the environment this process had before it
-(``float32_torch_defaults``), and the faulty chip is compared with it as well
-(``faulty_over_float_torch_defaults``); the target holds only if both ratios meet it.
+and the spin-wait of torch's OpenMP threads measured fastest on this machine, else the libraries'
+defaults; glibc malloc thresholds that keep freed activation buffers), and the float32 model above
+runs with that tuning too. So that it cannot flatter the ratio by slowing the baseline, float32
+inference is also timed in a child process that does not call ``configure`` and gets the
+environment this process had before it (``float32_torch_defaults``), and the faulty chip is
+compared with it as well (``faulty_over_float_torch_defaults``); the target holds only if both
+ratios meet it.
 
 What the tuning is worth: the same faulty chips are timed in two child processes that differ only
 in whether they call ``configure`` first (same protocol in both: every chip after a warm-up run,
