@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from numba import njit, prange
 
-from sysarray.corrections import TILE, Correction, pixel_arrays, replayed
+from sysarray.corrections import TILE, Correction, pixel_arrays, replayed, task_pixels, tile_tasks
 from sysarray.parallel import ELEMENTWISE, MeasuredChoice, threaded
 from sysarray.tensor_memo import TensorMemo
 from sysarray.validation import check_float
@@ -177,57 +177,60 @@ def _requantize_corrected(acc: torch.Tensor, zero_point: int, lo: int, hi: int, 
 
 
 @njit(cache=True, inline="always")
-def _corrected_tile(ab, tb, p0, p1, n_idx, add, forced, keep, ones, v):
-    """``v[:p1 - p0]`` (TILE, N) int32 := the sums of pixels ``p0 .. p1 - 1`` of ``ab`` (L, N) with
-    the replayed outputs applied (:func:`sysarray.corrections.replayed`). A replayed channel is one
-    value of each pixel's line: updated here in a buffer in L1, so that the requantization after
-    it reads and writes whole lines in order, vectorised."""
-    N = ab.shape[1]
-    for i in range(p0, p1):
+def _corrected_tile(ab, tt, n_idx, add, forced, keep, ones, v):
+    """``v[:m]`` (TILE, N) int32 := the sums ``ab`` (m, N) of a tile's pixels with the replayed
+    outputs applied (:func:`sysarray.corrections.replayed`; ``tt`` the tile's rows of the totals).
+    A replayed channel is one value of each pixel's line: updated here in a buffer in L1, so that
+    the requantization after it reads and writes whole lines in order, vectorised."""
+    m, N = ab.shape
+    for i in range(m):
+        a = ab[i]
+        r = v[i]
         for n in range(N):
-            v[i - p0, n] = np.int32(ab[i, n])
+            r[n] = np.int32(a[n])
     for o in range(n_idx.shape[0]):
         n = n_idx[o]
         if forced:  # a constant flag per loop, which the inlined branch folds away
-            for i in range(p0, p1):
-                v[i - p0, n] = replayed(v[i - p0, n], tb, i, o, add, True, keep, ones)
+            for i in range(m):
+                v[i, n] = replayed(v[i, n], tt, i, o, add, True, keep, ones)
         else:
-            for i in range(p0, p1):
-                v[i - p0, n] = replayed(v[i - p0, n], tb, i, o, add, False, keep, ones)
+            for i in range(m):
+                v[i, n] = replayed(v[i, n], tt, i, o, add, False, keep, ones)
 
 
 @njit(cache=True, inline="always")
-def _requantize_tile(acc, out, bt, n_idx, tot, add, forced, keep, ones, bias, m0, shift, half, c, zp, lo, hi, f64):
-    """Task ``bt`` (image ``bt // tiles``, its tile ``bt % tiles`` of ``TILE`` pixels) of the
-    corrected requantization: the tile's sums corrected (:func:`_corrected_tile`), then
-    requantized by :func:`_requantize_f64` (``f64``, constants ``c`` (7, N)) or
-    :func:`_requantize_i64` (``half`` (N,) the rounding terms)."""
+def _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, bias, m0, shift, half, c, zp, lo, hi, f64):
+    """Task ``t`` (:func:`sysarray.corrections.task_pixels`) of the corrected requantization, tile
+    by tile: the tile's sums corrected (:func:`_corrected_tile`), then requantized by
+    :func:`_requantize_f64` (``f64``, constants ``c`` (7, N)) or :func:`_requantize_i64` (``half``
+    (N,) the rounding terms)."""
     B, L, N = acc.shape
-    nt = (L + TILE - 1) // TILE
-    b = bt // nt
-    p0 = (bt % nt) * TILE
-    p1 = min(L, p0 + TILE)
+    b, p0, p1 = task_pixels(t, L)
     v = np.empty((TILE, N), dtype=np.int32)
-    _corrected_tile(acc[b], tot[b], p0, p1, n_idx, add, forced, keep, ones, v)
-    ob = out[b]
-    for i in range(p1 - p0):
-        for n in range(N):
-            if f64:  # a constant flag, folded away
-                ob[p0 + i, n] = _requantize_f64(v[i, n], c[0, n], c[1, n], c[2, n], c[3, n], c[4, n], c[5, n],
-                                                c[6, n], zp, lo, hi)
-            else:
-                ob[p0 + i, n] = _requantize_i64(v[i, n], bias[n], m0[n], half[n], shift[n], zp, lo, hi)
+    for q0 in range(p0, p1, TILE):
+        q1 = min(p1, q0 + TILE)
+        _corrected_tile(acc[b, q0:q1], tot[b, q0:q1], n_idx, add, forced, keep, ones, v)
+        ot = out[b, q0:q1]
+        for i in range(q1 - q0):
+            r = v[i]
+            q = ot[i]
+            for n in range(N):
+                if f64:  # a constant flag, folded away
+                    q[n] = _requantize_f64(r[n], c[0, n], c[1, n], c[2, n], c[3, n], c[4, n], c[5, n], c[6, n], zp,
+                                           lo, hi)
+                else:
+                    q[n] = _requantize_i64(r[n], bias[n], m0[n], half[n], shift[n], zp, lo, hi)
 
 
 @threaded(ELEMENTWISE)
 def _requantize_corrected_kernel(acc, bias, m0, shift, zp, lo, hi, out, n_idx, tot, add, forced, keep, ones):
     """acc, out (B, L, N) channels-last; tot, add, forced, keep, ones as
     :func:`sysarray.corrections.pixel_arrays` gives them. By tiles of pixels: the tile's sums
-    corrected, then requantized (:func:`_requantize_tile`)."""
+    corrected, then requantized (:func:`_requantize_task`)."""
     half = np.left_shift(np.int64(1), shift - 1)
     c = np.empty((7, 0), dtype=np.float64)
-    for bt in prange(acc.shape[0] * ((acc.shape[1] + TILE - 1) // TILE)):
-        _requantize_tile(acc, out, bt, n_idx, tot, add, forced, keep, ones, bias, m0, shift, half, c, zp, lo, hi, False)
+    for t in prange(tile_tasks(acc.shape[0], acc.shape[1])):
+        _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, bias, m0, shift, half, c, zp, lo, hi, False)
 
 
 @threaded(ELEMENTWISE)
@@ -235,8 +238,8 @@ def _requantize_corrected_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out, n_id
     """:func:`_requantize_corrected_kernel` in float64 (:func:`_requantize_f64`), exact where
     :func:`_float64_requantize_ok` holds for int32 sums."""
     c = np.ascontiguousarray(_requantize_constants(bias, m0, shift).T)  # (7, N): channels contiguous
-    for bt in prange(acc.shape[0] * ((acc.shape[1] + TILE - 1) // TILE)):
-        _requantize_tile(acc, out, bt, n_idx, tot, add, forced, keep, ones, bias, m0, shift, shift, c, zp, lo, hi, True)
+    for t in prange(tile_tasks(acc.shape[0], acc.shape[1])):
+        _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, bias, m0, shift, shift, c, zp, lo, hi, True)
 
 
 def requantize_saturates(bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_point: int, lo: int,

@@ -9,7 +9,8 @@ every pixel's cache line, so that write is a pass over the whole result.
 a caller that reads the whole result once anyway (a requantization) and applies the correction in
 that same pass: :func:`pixel_arrays` gives its arrays and :func:`replayed` (a numba function,
 inlined into the caller's kernel) each replayed output's value, the caller walking tiles of
-``TILE`` pixels as the engine's own kernel does.
+``TILE`` pixels in the parallel tasks of :func:`tile_tasks` and :func:`task_pixels`, as the
+engine's own kernel does.
 
 A :class:`Correction` (the engine's own record of a replay) has:
 
@@ -22,6 +23,6 @@ A :class:`Correction` (the engine's own record of a replay) has:
   ``read_back(sum, keep[o], ones[o])`` with ``keep``, ``ones`` (O,) int32 bit patterns.
 """
 from sysarray.engines.conv.fix import ChainFix as Correction
-from sysarray.engines.conv.fix import TILE, corrected, pixel_arrays, read_back, replayed
+from sysarray.engines.conv.fix import TILE, corrected, pixel_arrays, read_back, replayed, task_pixels, tile_tasks
 
-__all__ = ["Correction", "TILE", "corrected", "pixel_arrays", "read_back", "replayed"]
+__all__ = ["Correction", "TILE", "corrected", "pixel_arrays", "read_back", "replayed", "task_pixels", "tile_tasks"]

@@ -171,13 +171,14 @@ def test_requantize_with_a_correction_equals_correcting_first(seed, as_float, mo
     """requantize_clamp(acc, ..., correction=c) on a channels-last acc equals requantizing the
     sums sysarray's apply_fix corrects, for every kind of correction (totals added or replacing,
     plane or pixel order, or the sums read back through a register), float32 or int32 sums, one
-    tile of pixels or several, on both kernels and threaded or not."""
+    tile of pixels or several (and several tasks of tiles per image), on both kernels and threaded or not."""
     from sysarray.corrections import Correction
     from sysarray.engines.conv.fix import apply_fix
 
     rng = np.random.default_rng(seed)
     B, N = int(rng.integers(1, 4)), int(rng.integers(1, 9))
-    H, W = (int(rng.integers(1, 5)), int(rng.integers(1, 5))) if seed % 2 else (9, 15)
+    # one tile of pixels, several, or several parallel tasks of tiles per image (corrections.task_pixels)
+    H, W = (int(rng.integers(1, 5)), int(rng.integers(1, 5))) if seed % 2 else (9, 15) if seed % 4 else (24, 23)
     H, W = (H, W + 1) if H * W == 1 else (H, W)  # 1x1 images are no channels-last layout of their own
     top = (1 << 24) if as_float else (1 << 31)
     y = torch.from_numpy(rng.integers(-top, top, size=(B, N, H, W), dtype=np.int64))

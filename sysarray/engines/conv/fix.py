@@ -101,8 +101,29 @@ def replayed(y, tb, p, o, add, forced, keep, ones):
     return read_back(y, keep[o], ones[o]) if forced else corrected(y, tb[p, o], add)
 
 
-TILE = 64  # pixels per task of a channels-last correction: their cache lines stay in L1 across its outputs
+TILE = 64  # pixels a channels-last correction walks at a time: their cache lines stay in L1 across its outputs
+TASK_TILES = 8  # tiles per parallel task: one scratch buffer per task serves them all
 _NO_MASKS = np.zeros(0, dtype=np.int32)
+
+
+@njit(cache=True, inline="always")
+def tile_tasks(batch, pixels):
+    """How many parallel tasks a channels-last correction of ``batch`` images of ``pixels`` pixels
+    each makes (:func:`task_pixels`)."""
+    per = TILE * TASK_TILES
+    return batch * ((pixels + per - 1) // per)
+
+
+@njit(cache=True, inline="always")
+def task_pixels(t, pixels):
+    """Task ``t`` of :func:`tile_tasks` as ``(b, p0, p1)``: image ``b``, its pixels ``p0 .. p1 - 1``
+    (at most ``TASK_TILES`` tiles of ``TILE``; the kernels walk them from index 0, as slices:
+    numba then knows every index non-negative and drops the wraparound check that stops a loop
+    from vectorising)."""
+    per = TILE * TASK_TILES
+    tasks = (pixels + per - 1) // per
+    p0 = (t % tasks) * per
+    return t // tasks, p0, min(pixels, p0 + per)
 
 
 def pixel_arrays(fix: ChainFix, batch: int) -> tuple[np.ndarray, bool, bool, np.ndarray, np.ndarray]:
@@ -148,17 +169,16 @@ def _apply_fix_pixels(y, n_idx, tot, add, forced, keep, ones, lo, hi):
     over the tile (a replayed channel is one value of a pixel's cache line; the tile's lines are
     loaded once for all its outputs)."""
     B, L = y.shape[:2]
-    O = n_idx.shape[0]
-    nt = (L + TILE - 1) // TILE
-    for bt in prange(B * nt):
-        b = bt // nt
-        p0 = (bt % nt) * TILE
-        yb = y[b]
-        tb = tot[b]
-        for o in range(O):
-            n = n_idx[o]
-            for p in range(p0, min(L, p0 + TILE)):
-                yb[p, n] = min(max(replayed(yb[p, n], tb, p, o, add, forced, keep, ones), lo), hi)
+    for t in prange(tile_tasks(B, L)):
+        b, p0, p1 = task_pixels(t, L)
+        for q0 in range(p0, p1, TILE):
+            q1 = min(p1, q0 + TILE)
+            yt = y[b, q0:q1]
+            tt = tot[b, q0:q1]
+            for o in range(n_idx.shape[0]):
+                n = n_idx[o]
+                for p in range(q1 - q0):
+                    yt[p, n] = min(max(replayed(yt[p, n], tt, p, o, add, forced, keep, ones), lo), hi)
 
 
 @threaded(ELEMENTWISE)

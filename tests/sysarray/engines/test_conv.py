@@ -547,7 +547,9 @@ def test_apply_fix_wraps_and_clamps_like_int64_arithmetic(seed, add, as_float, c
                                            apply_fix)
 
     rng = np.random.default_rng(seed)
-    B, N, oh, ow = (3, 7, 1, 1) if one_pixel else (3, 7, 4, 5) if seed % 3 else (2, 7, 9, 15)  # 135 pixels: tiles
+    # 135 pixels: tiles; 552: several parallel tasks of tiles per image (fix.task_pixels)
+    B, N, oh, ow = (3, 7, 1, 1) if one_pixel else (3, 7, 4, 5) if seed % 3 else \
+        (2, 7, 9, 15) if seed % 2 else (2, 7, 24, 23)
     if as_float:
         y0 = rng.integers(-(1 << 24), (1 << 24) + 1, size=(B, N, oh, ow)).astype(np.float32)
         saturate = min(saturate, 1 << 24)
