@@ -135,13 +135,15 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
         out = torch.empty_like(acc, dtype=torch.float32)
         last = (lambda t: t.permute(0, 2, 3, 1).reshape(B, -1, N)) if acc.dim() == 4 else (lambda t: t.view(B, 1, N))
         args = (last(acc).numpy(), bias, m0, shift, int(zero_point), int(lo), int(hi), last(out).numpy())
-        _requantize_on(exact_f64, _requantize_clamp_f64_nlast_kernel, _requantize_clamp_nlast_kernel, args, N)
+        _requantize_on(exact_f64, _requantize_clamp_f64_nlast_kernel, _requantize_clamp_nlast_kernel, args, N,
+                       _with_short(params, _requantize_clamp_short_nlast_kernel, args))
         return out
     x = acc.contiguous()
     x3 = x.view(B, N, -1)
     out = torch.empty(x3.shape, dtype=torch.float32)
     args = (x3.numpy(), bias, m0, shift, int(zero_point), int(lo), int(hi), out.numpy())
-    _requantize_on(exact_f64, _requantize_clamp_f64_kernel, _requantize_clamp_kernel, args, N)
+    _requantize_on(exact_f64, _requantize_clamp_f64_kernel, _requantize_clamp_kernel, args, N,
+                   _with_short(params, _requantize_clamp_short_kernel, args))
     out = out.view(acc.shape)
     return out.contiguous(memory_format=torch.channels_last) if channels_last(acc) else out
 
@@ -151,15 +153,30 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
 _REQUANTIZE = MeasuredChoice(name="quant.requantize")
 
 
-def _requantize_on(exact_f64: bool, f64_kernel, int64_kernel, args: tuple, channels: int) -> None:
+def _requantize_on(exact_f64: bool, f64_kernel, int64_kernel, args: tuple, channels: int, short=None) -> None:
     """Run ``int64_kernel(*args)`` or, where the float64 one is exact (``exact_f64``), whichever
-    of the two measured faster for this size class (both fill the same output)."""
+    of the two measured faster for this size class (both fill the same output). ``short``:
+    ``(kernel, args)`` of the float64 kernel with one product (:func:`_requantize_short`), which
+    stands in for ``f64_kernel`` where the layer's constants allow it (fewer operations, the same
+    codes)."""
     work = args[0].size
     if not exact_f64:
         int64_kernel(*args, work=work)
         return
+    f64_args = args
+    if short is not None:
+        f64_kernel, f64_args = short
     key = (work.bit_length(), channels.bit_length(), f64_kernel.__name__, torch.get_num_threads())
-    _REQUANTIZE(key, {"float64": lambda: f64_kernel(*args, work=work), "int64": lambda: int64_kernel(*args, work=work)})
+    _REQUANTIZE(key, {"float64": lambda: f64_kernel(*f64_args, work=work),
+                      "int64": lambda: int64_kernel(*args, work=work)})
+
+
+def _with_short(params: "_Params", kernel, args: tuple):
+    """``(kernel, args')`` for :func:`_requantize_on`'s ``short``: ``args`` (acc, bias, m0,
+    shift, zp, lo, hi, out, ...) with the short kernel's constants in place of bias, m0 and
+    shift; None where some channel's constants do not allow it."""
+    c = params.short(*args[4:7])
+    return None if c is None else (kernel, (args[0], c, *args[4:]))
 
 
 def _requantize_corrected(acc: torch.Tensor, zero_point: int, lo: int, hi: int, correction: Correction,
@@ -172,7 +189,8 @@ def _requantize_corrected(acc: torch.Tensor, zero_point: int, lo: int, hi: int, 
     exact_f64 = params.float64_ok(1 << 31)
     args = (pixels(acc).numpy(), *params.arrays, int(zero_point), int(lo), int(hi), pixels(out).numpy(),
             correction.n_idx, *pixel_arrays(correction, B))
-    _requantize_on(exact_f64, _requantize_corrected_f64_kernel, _requantize_corrected_kernel, args, N)
+    _requantize_on(exact_f64, _requantize_corrected_f64_kernel, _requantize_corrected_kernel, args, N,
+                   _with_short(params, _requantize_corrected_short_kernel, args))
     return out
 
 
@@ -199,11 +217,12 @@ def _corrected_tile(ab, tt, n_idx, add, forced, keep, ones, v):
 
 
 @njit(cache=True, inline="always")
-def _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, bias, m0, shift, half, c, zp, lo, hi, f64):
+def _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, bias, m0, shift, half, c, zp, lo, hi, mode):
     """Task ``t`` (:func:`sysarray.corrections.task_pixels`) of the corrected requantization, tile
     by tile: the tile's sums corrected (:func:`_corrected_tile`), then requantized by
-    :func:`_requantize_f64` (``f64``, constants ``c`` (7, N)) or :func:`_requantize_i64` (``half``
-    (N,) the rounding terms)."""
+    :func:`_requantize_short` (``mode`` 2, constants ``c`` (5, N)), :func:`_requantize_f64`
+    (``mode`` 1, constants ``c`` (7, N)) or :func:`_requantize_i64` (``mode`` 0, ``half`` (N,)
+    the rounding terms)."""
     B, L, N = acc.shape
     b, p0, p1 = task_pixels(t, L)
     v = np.empty((TILE, N), dtype=np.int32)
@@ -215,7 +234,9 @@ def _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, bias, m0,
             r = v[i]
             q = ot[i]
             for n in range(N):
-                if f64:  # a constant flag, folded away
+                if mode == 2:  # a constant per kernel, folded away
+                    q[n] = _requantize_short(r[n], c[0, n], c[2, n], c[3, n], c[4, n], zp, lo, hi)
+                elif mode == 1:
                     q[n] = _requantize_f64(r[n], c[0, n], c[1, n], c[2, n], c[3, n], c[4, n], c[5, n], c[6, n], zp,
                                            lo, hi)
                 else:
@@ -230,7 +251,7 @@ def _requantize_corrected_kernel(acc, bias, m0, shift, zp, lo, hi, out, n_idx, t
     half = np.left_shift(np.int64(1), shift - 1)
     c = np.empty((7, 0), dtype=np.float64)
     for t in prange(tile_tasks(acc.shape[0], acc.shape[1])):
-        _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, bias, m0, shift, half, c, zp, lo, hi, False)
+        _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, bias, m0, shift, half, c, zp, lo, hi, 0)
 
 
 @threaded(ELEMENTWISE)
@@ -239,7 +260,16 @@ def _requantize_corrected_f64_kernel(acc, bias, m0, shift, zp, lo, hi, out, n_id
     :func:`_float64_requantize_ok` holds for int32 sums."""
     c = np.ascontiguousarray(_requantize_constants(bias, m0, shift).T)  # (7, N): channels contiguous
     for t in prange(tile_tasks(acc.shape[0], acc.shape[1])):
-        _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, bias, m0, shift, shift, c, zp, lo, hi, True)
+        _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, bias, m0, shift, shift, c, zp, lo, hi, 1)
+
+
+@threaded(ELEMENTWISE)
+def _requantize_corrected_short_kernel(acc, c, zp, lo, hi, out, n_idx, tot, add, forced, keep, ones):
+    """:func:`_requantize_corrected_kernel` by :func:`_requantize_short`, constants ``c`` (5, N)
+    from :func:`_short_constants`."""
+    for t in prange(tile_tasks(acc.shape[0], acc.shape[1])):
+        _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, n_idx, n_idx, n_idx, n_idx, c, zp, lo, hi,
+                         2)
 
 
 def requantize_saturates(bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor, zero_point: int, lo: int,
@@ -280,6 +310,16 @@ class _Params:
     def __init__(self, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> None:
         self.arrays = tuple(t.to(torch.int64).contiguous().numpy() for t in (bias, m0, shift))
         self.f64_ok: dict[int, bool] = {}
+        self._short: dict[tuple[int, int, int], np.ndarray | None] = {}
+
+    def short(self, zero_point: int, lo: int, hi: int) -> np.ndarray | None:
+        """:func:`_short_constants` for this output clamp (found once per clamp), None where some
+        channel has none."""
+        key = (int(zero_point), int(lo), int(hi))
+        if key not in self._short:
+            c = _short_constants(*self.arrays, *key)
+            self._short[key] = c if c.shape[1] == len(self.arrays[0]) and c.shape[1] else None
+        return self._short[key]
 
     def float64_ok(self, bound: int) -> bool:
         if bound not in self.f64_ok:
@@ -432,6 +472,81 @@ def _requantize_clamp_nlast_kernel(acc, bias, m0, shift, zp, lo, hi, out):
             for n in range(N):
                 out[b, i, n] = _requantize_i64(acc[b, i, n], bias[n], m0[n], np.int64(1) << (shift[n] - 1), shift[n],
                                                zp, lo, hi)
+
+
+@njit(cache=True)
+def _short_constants(bias, m0, shift, zp, lo, hi):
+    """(5, N) float64 per-channel constants of :func:`_requantize_short` for output codes
+    clamped to ``[lo, hi]`` with zero point ``zp``: bias, ``Bn``, M0, ``2**(sh-1)``, ``2**-sh``;
+    (5, 0) where some channel cannot have them. ``Bn`` is the least ``v >= 0`` whose code
+    ``floor((v * M0 + 2**(sh-1)) / 2**sh) + zp`` is at least ``hi`` and whose ``-v`` gets a
+    code at most ``lo`` (the code is monotone in the sum: M0 >= 0 and the int64 product not
+    wrapping, as :func:`_float64_requantize_ok` requires); the constants exist where ``Bn * M0 +
+    2**(sh-1) < 2**53``, so that the short product is exact up to ``Bn``. Found in int64, every
+    product below 2**63."""
+    N = bias.shape[0]
+    none = np.empty((5, 0), dtype=np.float64)
+    c = np.empty((5, N), dtype=np.float64)
+    for n in range(N):
+        m, sh = m0[n], shift[n]
+        if m < 0 or sh < 1 or sh > 52:
+            return none
+        half = np.int64(1) << (sh - 1)
+        bn = np.int64(0)  # M0 = 0: one code for every sum
+        if m > 0:
+            if abs(hi - zp) >= np.int64(1) << (62 - sh) or abs(lo - zp) + 1 >= np.int64(1) << (62 - sh):
+                return none  # products past int64 (and, for any zero point within the clamp, Bn * M0 past 2**53)
+            top = (hi - zp) * (np.int64(1) << sh) - half  # code >= hi from v * M0 >= top on
+            b_hi = -((-top) // m) if top > 0 else np.int64(0)
+            low = half - (lo - zp + 1) * (np.int64(1) << sh)  # code <= lo for -v once v * M0 > low
+            bn = max(b_hi, low // m + 1, np.int64(0))
+            if bn * m + half >= np.int64(1) << 53:
+                return none
+        c[0, n] = np.float64(bias[n])
+        c[1, n] = np.float64(bn)
+        c[2, n] = np.float64(m)
+        c[3, n] = np.float64(half)
+        c[4, n] = 1.0 / np.float64(np.int64(1) << sh)
+    return c
+
+
+@njit(cache=True, inline="always")
+def _requantize_short(acc, bi, m, half, ish, zp, lo, hi):
+    """One output code of :func:`_requantize_clamp_kernel` with constants from
+    :func:`_short_constants`: one product and one floor in float64, where
+    :func:`_requantize_f64` splits the product in two. Exact for sums ``v = acc + bias`` with
+    ``|v| <= Bn`` (every step below 2**53), and the clamped code of any other sum is the code at
+    ``+-Bn``: each step is monotone in ``v`` (float64 rounding, the floor), so past ``Bn`` the
+    code is at least the exact code at ``Bn``, which is already ``hi``, and before ``-Bn`` at
+    most ``lo``."""
+    q = np.floor(((np.float64(acc) + bi) * m + half) * ish) + zp
+    return min(max(q, lo), hi)
+
+
+@threaded(ELEMENTWISE)
+def _requantize_clamp_short_kernel(acc, c, zp, lo, hi, out):
+    """:func:`_requantize_clamp_kernel` by :func:`_requantize_short`: acc, out (B, N, L),
+    constants ``c`` (5, N)."""
+    B, N, L = acc.shape
+    for b in prange(B):
+        for n in range(N):
+            bi, m, half, ish = c[0, n], c[2, n], c[3, n], c[4, n]
+            ab = acc[b, n]
+            ob = out[b, n]
+            for i in range(L):
+                ob[i] = _requantize_short(ab[i], bi, m, half, ish, zp, lo, hi)
+
+
+@threaded(ELEMENTWISE)
+def _requantize_clamp_short_nlast_kernel(acc, c, zp, lo, hi, out):
+    """:func:`_requantize_clamp_short_kernel` for channels-last data: acc, out (B, L, N)."""
+    B, L, N = acc.shape
+    for b in prange(B):
+        for i in range(L):
+            a = acc[b, i]
+            o = out[b, i]
+            for n in range(N):
+                o[n] = _requantize_short(a[n], c[0, n], c[2, n], c[3, n], c[4, n], zp, lo, hi)
 
 
 def rescale_add(a: torch.Tensor, b: torch.Tensor, za: int, ma: int, zb: int, mb: int, shift: int,

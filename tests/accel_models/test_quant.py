@@ -74,6 +74,57 @@ def test_requantize_clamp_equals_int64_formula(case, layout, kernel):
     assert torch.equal(got.to(torch.float64), want)
 
 
+def _least_saturating(m, sh, zp, lo, hi):
+    """The least v >= 0 whose code (int64 formula, Python integers) is >= hi and whose -v's is
+    <= lo, by bisection on the two monotone conditions."""
+    code = lambda v: ((v * m + (1 << (sh - 1))) >> sh) + zp  # noqa: E731
+
+    def least(ok):
+        a, b = 0, 1 << 80
+        while a < b:
+            mid = (a + b) // 2
+            a, b = (a, mid) if ok(mid) else (mid + 1, b)
+        return a
+    return 0 if m == 0 else max(least(lambda v: code(v) >= hi), least(lambda v: code(-v) <= lo))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(-128, 255), st.sampled_from([(0, 255), (-128, 127), (0, 6), INT32]),
+       st.integers(16, 52), st.booleans())
+def test_short_kernels_equal_int64_formula_around_their_bound(seed, zp, clamp, top_shift, channels_last):
+    """The one-product float64 kernels' bound is the least sum whose codes saturate both ways
+    (found here by bisection), they apply exactly where it times M0 plus the rounding term stays
+    below 2**53, and then they give the int64 formula's codes at the bound, one inside and one
+    past it, at the int32 extremes (far past it, where the product is no longer exact) and at
+    random."""
+    rng = np.random.default_rng(seed)
+    n = 5
+    bias = rng.integers(-(1 << 31), 1 << 31, size=n)
+    m0 = rng.integers(0, 1 << 31, size=n)
+    m0[0] = 0 if seed % 5 == 0 else m0[0]
+    shift = rng.integers(16, top_shift + 1, size=n)
+    lo, hi = clamp
+    c = quant._short_constants(bias, m0, shift, zp, lo, hi)
+    least = [_least_saturating(int(m), int(sh), zp, lo, hi) for m, sh in zip(m0, shift)]
+    exact = all(b * int(m) + (1 << (int(sh) - 1)) < 1 << 53 for b, m, sh in zip(least, m0, shift))
+    assert (c.shape[1] == n) == exact
+    if not exact:
+        return
+    assert c[1].astype(np.int64).tolist() == least
+    edges = np.array([[b, b - 1, b + 1, -b, 1 - b, -b - 1] for b in least])  # sums acc + bias
+    acc = np.concatenate([edges - bias[:, None], np.tile(INT32, (n, 1)), rng.integers(*INT32, size=(n, 20))], axis=1)
+    acc = np.clip(acc, *INT32)[None]
+    want = _reference_requantize(torch.from_numpy(acc), torch.from_numpy(bias), torch.from_numpy(m0),
+                                 torch.from_numpy(shift), zp, lo, hi).numpy().astype(np.float32)  # codes as float32
+    out = np.empty(acc.shape, dtype=np.float32)
+    if channels_last:
+        quant._requantize_clamp_short_nlast_kernel.serial(np.ascontiguousarray(acc.transpose(0, 2, 1)), c, zp, lo, hi,
+                                                        out.transpose(0, 2, 1))
+    else:
+        quant._requantize_clamp_short_kernel.serial(acc, c, zp, lo, hi, out)
+    np.testing.assert_array_equal(out, want)
+
+
 def test_requantize_clamp_uses_both_kernels():
     """The bounds check picks the float64 kernel for real layers and the int64 one beyond them."""
     acc = torch.zeros(1, 2, 3, dtype=torch.int32)
