@@ -247,8 +247,10 @@ class _Requantized(torch.autograd.Function):
         flat = acc.detach() if value is None else value
         flat = flat.reshape(-1, len(m0)) if linear else flat
         bias_codes = bias.detach().double().round().to(torch.int64)
-        raw = requantize_clamp(flat, bias_codes, m0, shift, zero_point, -(1 << 31), (1 << 31) - 1,
-                               memo=False).reshape(acc.shape)
+        # one code past each end keeps what the gradient's mask needs, and a clamp this narrow lets
+        # the requantization take its one-product kernel
+        bounds = (-(1 << 31), (1 << 31) - 1) if lo is None else (lo - 1, hi + 1)
+        raw = requantize_clamp(flat, bias_codes, m0, shift, zero_point, *bounds, memo=False).reshape(acc.shape)
         ctx.save_for_backward(mult, raw if lo is not None else None)
         ctx.meta = (acc.dtype, bias.dtype, acc.dim() - 1 if linear else 1, lo, hi)
         return raw if lo is None else raw.clamp(lo, hi)
