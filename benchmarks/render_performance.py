@@ -344,9 +344,8 @@ AVX2_INFERENCE_MISSES = (
     "replayed channels are corrected before the vectorised pass reads it. LeNet-5's ratios move between runs "
     "here (1.02-1.18 against the tuned float32, 0.91-1.39 against torch's defaults); its calls take about 10 "
     "ms. What would close ResNet-20's gap: more multiply-adds per input load in the replay (more outputs served "
-    "by each load than the two of one array column), the corrected channels requantized apart from the tile's "
-    "vectorised pass instead of through a copy of the tile, the replay sharing the convolution's pass over the "
-    "input, and codes kept as 8-bit values between layers. Against float32 under torch's own defaults (403 ms in "
+    "by each load than the two of one array column), the replay sharing the convolution's pass over the input, "
+    "and codes kept as 8-bit values between layers. Against float32 under torch's own defaults (403 ms in "
     "the last run, against 257 ms in the tuned process, whose freed activations stay in it instead of "
     "page-faulting back) ResNet-20 meets the target. The threading settings are this machine's measured ones "
     "(numba's OpenMP layer with libgomp's own spin).")
