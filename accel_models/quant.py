@@ -268,6 +268,7 @@ def _requantize_corrected_short_kernel(acc, c, zp, lo, hi, out, n_idx, tot, add,
     """:func:`_requantize_corrected_kernel` by :func:`_requantize_short`, constants ``c`` (5, N)
     from :func:`_short_constants`."""
     for t in prange(tile_tasks(acc.shape[0], acc.shape[1])):
+        # mode 2 reads only c: n_idx stands in for the int64 kernel's bias, m0, shift and rounding terms
         _requantize_task(acc, out, t, n_idx, tot, add, forced, keep, ones, n_idx, n_idx, n_idx, n_idx, c, zp, lo, hi,
                          2)
 
