@@ -135,15 +135,15 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
         out = torch.empty_like(acc, dtype=torch.float32)
         last = (lambda t: t.permute(0, 2, 3, 1).reshape(B, -1, N)) if acc.dim() == 4 else (lambda t: t.view(B, 1, N))
         args = (last(acc).numpy(), bias, m0, shift, int(zero_point), int(lo), int(hi), last(out).numpy())
-        _requantize_on(exact_f64, _requantize_clamp_f64_nlast_kernel, _requantize_clamp_nlast_kernel, args, N,
-                       _with_short(params, _requantize_clamp_short_nlast_kernel, args))
+        _requantize_on(exact_f64, _requantize_clamp_f64_nlast_kernel, _requantize_clamp_short_nlast_kernel,
+                       _requantize_clamp_nlast_kernel, args, params)
         return out
     x = acc.contiguous()
     x3 = x.view(B, N, -1)
     out = torch.empty(x3.shape, dtype=torch.float32)
     args = (x3.numpy(), bias, m0, shift, int(zero_point), int(lo), int(hi), out.numpy())
-    _requantize_on(exact_f64, _requantize_clamp_f64_kernel, _requantize_clamp_kernel, args, N,
-                   _with_short(params, _requantize_clamp_short_kernel, args))
+    _requantize_on(exact_f64, _requantize_clamp_f64_kernel, _requantize_clamp_short_kernel, _requantize_clamp_kernel,
+                   args, params)
     out = out.view(acc.shape)
     return out.contiguous(memory_format=torch.channels_last) if channels_last(acc) else out
 
@@ -153,30 +153,22 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
 _REQUANTIZE = MeasuredChoice(name="quant.requantize")
 
 
-def _requantize_on(exact_f64: bool, f64_kernel, int64_kernel, args: tuple, channels: int, short=None) -> None:
-    """Run ``int64_kernel(*args)`` or, where the float64 one is exact (``exact_f64``), whichever
-    of the two measured faster for this size class (both fill the same output). ``short``:
-    ``(kernel, args)`` of the float64 kernel with one product (:func:`_requantize_short`), which
-    stands in for ``f64_kernel`` where the layer's constants allow it (fewer operations, the same
+def _requantize_on(exact_f64: bool, f64_kernel, short_kernel, int64_kernel, args: tuple, params: "_Params") -> None:
+    """Run ``int64_kernel(*args)`` (args: acc, bias, m0, shift, zp, lo, hi, out, ...) or, where the
+    float64 one is exact (``exact_f64``), whichever of the two measured faster for this size class
+    (both fill the same output). The float64 kernel is ``short_kernel`` (one product:
+    :func:`_requantize_short`, its constants from ``params`` in place of bias, m0 and shift) where
+    the layer's constants allow it, else ``f64_kernel`` (fewer operations the first way, the same
     codes)."""
     work = args[0].size
     if not exact_f64:
         int64_kernel(*args, work=work)
         return
-    f64_args = args
-    if short is not None:
-        f64_kernel, f64_args = short
-    key = (work.bit_length(), channels.bit_length(), f64_kernel.__name__, torch.get_num_threads())
+    c = params.short(*args[4:7])
+    f64_kernel, f64_args = (f64_kernel, args) if c is None else (short_kernel, (args[0], c, *args[4:]))
+    key = (work.bit_length(), len(params.arrays[0]).bit_length(), f64_kernel.__name__, torch.get_num_threads())
     _REQUANTIZE(key, {"float64": lambda: f64_kernel(*f64_args, work=work),
                       "int64": lambda: int64_kernel(*args, work=work)})
-
-
-def _with_short(params: "_Params", kernel, args: tuple):
-    """``(kernel, args')`` for :func:`_requantize_on`'s ``short``: ``args`` (acc, bias, m0,
-    shift, zp, lo, hi, out, ...) with the short kernel's constants in place of bias, m0 and
-    shift; None where some channel's constants do not allow it."""
-    c = params.short(*args[4:7])
-    return None if c is None else (kernel, (args[0], c, *args[4:]))
 
 
 def _requantize_corrected(acc: torch.Tensor, zero_point: int, lo: int, hi: int, correction: Correction,
@@ -189,8 +181,8 @@ def _requantize_corrected(acc: torch.Tensor, zero_point: int, lo: int, hi: int, 
     exact_f64 = params.float64_ok(1 << 31)
     args = (pixels(acc).numpy(), *params.arrays, int(zero_point), int(lo), int(hi), pixels(out).numpy(),
             correction.n_idx, *pixel_arrays(correction, B))
-    _requantize_on(exact_f64, _requantize_corrected_f64_kernel, _requantize_corrected_kernel, args, N,
-                   _with_short(params, _requantize_corrected_short_kernel, args))
+    _requantize_on(exact_f64, _requantize_corrected_f64_kernel, _requantize_corrected_short_kernel,
+                   _requantize_corrected_kernel, args, params)
     return out
 
 
