@@ -48,18 +48,25 @@ class FakeQuantProgram(nn.Module):
     def key(op: Gemm) -> str:
         return op.name.replace(".", "_")
 
-    def layer_codes(self) -> dict[int, tuple[torch.Tensor, ...]]:
+    def layer_codes(self) -> dict[int, tuple]:
         """Every Gemm op's ``(wq, bq, acc_scale, mult, m0, shift, l1)`` from the current parameters
-        (:class:`_ModelCodes`; ``l1`` as a float), keyed by the op's ``id``."""
+        (:class:`_ModelCodes`; ``m0`` and ``shift`` as int64 numpy arrays, ``l1`` as a float),
+        keyed by the op's ``id``."""
         gemms = self.program.gemms
         if not gemms:
             return {}
-        layers = [(op.in_qp.scale, op.in_qp.zero_point, None if op.out_qp is None else op.out_qp.scale) for op in gemms]
         keys = [self.key(op) for op in gemms]
-        out = _ModelCodes.apply(layers, *(self.weights[k] for k in keys), *(self.biases[k] for k in keys))
+        params = [*(self.weights[k] for k in keys), *(self.biases[k] for k in keys)]
+        signature = tuple((p.shape, p.dtype) for p in params)
+        layout = self.__dict__.get("_codes_layout")
+        if layout is None or layout.signature != signature:
+            layers = [(op.in_qp.scale, op.in_qp.zero_point, None if op.out_qp is None else op.out_qp.scale)
+                      for op in gemms]
+            layout = self.__dict__["_codes_layout"] = _CodesLayout.of(layers, signature)
+        fixed: list = []
+        out = _ModelCodes.apply(layout, fixed, *params)
         L = len(gemms)
-        l1 = out[-1].tolist()
-        return {id(op): (*out[i:6 * L:L], l1[i]) for i, op in enumerate(gemms)}
+        return {id(op): (out[i], out[L + i], *fixed[i]) for i, op in enumerate(gemms)}
 
     def _gemm(self, x: torch.Tensor, op: Gemm, hook: GemmHook | None, codes: tuple) -> torch.Tensor:
         """The layer's forward value equals the integer program's bit for bit (integer rounding
@@ -166,68 +173,110 @@ class FakeQuantProgram(nn.Module):
         return dataclasses.replace(self.program, ops=ops, meta=dict(self.program.meta))
 
 
+@dataclasses.dataclass(frozen=True)
+class _CodesLayout:
+    """How :class:`_ModelCodes` lays a model's layers out in its flat arrays, fixed for a twin:
+    ``rows``, ``cols`` (L,) int64 each layer's output channels and weights per channel, the
+    layers' ``s_in``, ``z_in``, ``out_scale`` (L,) float64 (0: the logits), the offsets of each
+    layer's weights ``w_at`` and channels ``n_at`` (L + 1 each), and the parameters' shapes and
+    dtypes (``signature``: the weights', then the biases')."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    s_in: np.ndarray
+    z_in: np.ndarray
+    out_scale: np.ndarray
+    w_at: tuple[int, ...]
+    n_at: tuple[int, ...]
+    signature: tuple
+
+    @classmethod
+    def of(cls, layers, signature) -> "_CodesLayout":
+        shapes = [shape for shape, _ in signature[:len(layers)]]
+        rows = np.array([shape[0] for shape in shapes], dtype=np.int64)
+        cols = np.array([int(np.prod(shape[1:])) for shape in shapes], dtype=np.int64)
+        s_in, z_in, out_scale = (np.array([float(v or 0.0) for v in col]) for col in zip(*layers))
+        w_at = (0, *np.cumsum(rows * cols).tolist())
+        n_at = (0, *np.cumsum(rows).tolist())
+        return cls(rows, cols, s_in, z_in, out_scale, w_at, n_at, signature)
+
+
+def _flat(tensors, dtype) -> np.ndarray:
+    """The tensors' values one after another in a new 1-d numpy array of ``dtype``."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return np.concatenate([t.detach().numpy().reshape(-1) for t in tensors], dtype=dtype)
+    as_torch = torch.float32 if dtype == np.float32 else torch.float64
+    return torch.cat([t.detach().reshape(-1) for t in tensors]).to("cpu", as_torch).contiguous().numpy()
+
+
+def _pieces(flat: np.ndarray, at: tuple[int, ...], shapes, dev: torch.device) -> list[torch.Tensor]:
+    """Consecutive pieces ``flat[at[i]:at[i + 1]]`` of a numpy array as tensors of ``shapes`` on
+    ``dev`` (CPU: views of ``flat``)."""
+    if dev.type == "cpu":
+        return [torch.from_numpy(flat[a:b].reshape(shape)) for a, b, shape in zip(at, at[1:], shapes)]
+    whole = torch.from_numpy(flat).to(dev)
+    return [whole[a:b].view(shape) for a, b, shape in zip(at, at[1:], shapes)]
+
+
 class _ModelCodes(torch.autograd.Function):
     """Every chip layer's integer weight and bias codes and requantization from its float
     parameters, with straight-through gradients, in one autograd step and one kernel call each
     way (:func:`accel_models.twin_kernels.model_codes`; on the small parameter tensors each torch
     call costs more than its work).
 
-    ``layers``: per layer (s_in, z_in, out_scale): the input's scale and zero point and the
-    output's scale (None: the logits); ``params``: the layers' weights (N, ...) float, then their
-    biases (N,) float. Returns, for the L layers, L tensors of each kind in turn:
+    ``layout``: the layers' :class:`_CodesLayout`; ``fixed``: a list that receives, per layer,
+    the values without gradients (below); ``params``: the layers' weights (N, ...) float, then
+    their biases (N,) float. Returns, for the L layers, L tensors of each kind in turn:
 
     - ``wq`` (weight's shape, float32 codes, rounded per output channel exactly as
       :func:`accel_models.quant.quantize_weight` does);
     - ``bq`` (N,) float32: the bias codes ``round(bias / acc_scale)`` minus ``z_in`` times each
-      channel's weight-code sum (the input zero point folded in);
-    - and, without gradients, ``acc_scale`` (N,) float64 = ``s_in * weight scale``, ``mult`` =
-      ``acc_scale / out_scale`` (``acc_scale`` for the logits), its fixed point ``m0``,
-      ``shift`` (N,) int64 (as :func:`accel_models.quant.quantize_multiplier`); then one (L,)
-      float64 tensor: each layer's largest channel L1 norm of ``wq``.
+      channel's weight-code sum (the input zero point folded in).
+
+    ``fixed[i]`` is layer ``i``'s ``(acc_scale, mult, m0, shift, l1)``: ``acc_scale`` (N,)
+    float64 = ``s_in * weight scale``, ``mult`` = ``acc_scale / out_scale`` (``acc_scale`` for
+    the logits), tensors on the parameters' device; its fixed point ``m0`` and ``shift`` (N,)
+    int64 numpy arrays (as :func:`accel_models.quant.quantize_multiplier`); ``l1`` the largest
+    channel L1 norm of ``wq`` (a float). They are not outputs: autograd's cost per output is
+    what the small tensors cost.
 
     Gradients: ``d wq / d weight = 1 / scale`` and ``d bq / d bias = 1 / acc_scale`` (rounding
     passed straight through), ``d bq / d wq = -z_in``; computed on the CPU wherever the
     parameters are."""
 
     @staticmethod
-    def forward(ctx, layers, *params):
-        L = len(layers)
+    def forward(ctx, layout, fixed, *params):
+        L = len(layout.rows)
         weights, biases = params[:L], params[L:]
         dev = weights[0].device
-        rows = np.array([w.shape[0] for w in weights], dtype=np.int64)
-        cols = np.array([w[0].numel() for w in weights], dtype=np.int64)
-        s_in, z_in, out_scale = (np.array([float(v or 0.0) for v in col]) for col in zip(*layers))
-        w = torch.cat([t.detach().reshape(-1) for t in weights]).to("cpu", torch.float32).contiguous().numpy()
-        b = torch.cat([t.detach().reshape(-1) for t in biases]).to("cpu", torch.float64).contiguous().numpy()
-        n = int(rows.sum())
-        codes = np.empty(w.shape, dtype=np.float32)
-        bq, (acc_scale, mult, scale), (m0, shift) = np.empty(n, np.float32), np.empty((3, n)), np.empty((2, n), np.int64)
+        w, b = _flat(weights, np.float32), _flat(biases, np.float64)
+        n = layout.n_at[-1]
+        codes, bq = np.empty(w.shape, dtype=np.float32), np.empty(n, np.float32)
+        (acc_scale, mult, scale), (m0, shift) = np.empty((3, n)), np.empty((2, n), np.int64)
         l1 = np.empty(L)
-        model_codes(w, b, rows, cols, s_in, z_in, out_scale, float(WEIGHT_QMAX), codes, bq, acc_scale, mult, m0,
-                    shift, scale, l1)
-        splits = np.cumsum(rows * cols)[:-1].tolist(), np.cumsum(rows)[:-1].tolist()  # weights', channels'
-        wq = [t.view(p.shape) for t, p in zip(torch.from_numpy(codes).to(dev).tensor_split(splits[0]), weights)]
-        per_channel = [torch.from_numpy(a).to(dev).tensor_split(splits[1]) for a in (bq, acc_scale, mult, m0, shift)]
-        ctx.save_for_backward(torch.from_numpy(np.stack([scale, acc_scale]).astype(np.float32)))
-        ctx.meta = (rows, cols, z_in, splits, [(p.shape, p.dtype) for p in params])
-        fixed = [t for kind in per_channel[1:] for t in kind] + [torch.from_numpy(l1)]
-        ctx.mark_non_differentiable(*fixed)
-        return (*wq, *per_channel[0], *fixed)
+        model_codes(w, b, layout.rows, layout.cols, layout.s_in, layout.z_in, layout.out_scale, float(WEIGHT_QMAX),
+                    codes, bq, acc_scale, mult, m0, shift, scale, l1)
+        shapes = [shape for shape, _ in layout.signature]
+        channels = [(N,) for N in layout.rows.tolist()]
+        per_channel = [_pieces(a, layout.n_at, channels, dev) for a in (acc_scale, mult)]
+        at = layout.n_at
+        fixed[:] = [(per_channel[0][i], per_channel[1][i], m0[at[i]:at[i + 1]], shift[at[i]:at[i + 1]], top)
+                    for i, top in enumerate(l1.tolist())]
+        ctx.layout, ctx.scales = layout, np.stack([scale, acc_scale]).astype(np.float32)
+        return (*_pieces(codes, layout.w_at, shapes[:L], dev), *_pieces(bq, layout.n_at, channels, dev))
 
     @staticmethod
     def backward(ctx, *grads):
-        (both,) = ctx.saved_tensors
-        rows, cols, z_in, splits, specs = ctx.meta
-        L = len(rows)
+        layout = ctx.layout
+        L = len(layout.rows)
         dev = grads[0].device
-        g_codes = torch.cat([g.reshape(-1) for g in grads[:L]]).to("cpu", torch.float32).contiguous().numpy()
-        g_bq = torch.cat([g.reshape(-1) for g in grads[L:2 * L]]).to("cpu", torch.float32).contiguous().numpy()
+        g_codes, g_bq = _flat(grads[:L], np.float32), _flat(grads[L:], np.float32)
         g_w, g_b = np.empty_like(g_codes), np.empty_like(g_bq)
-        scale, acc_scale = both.numpy()
-        model_codes_grad(g_codes, g_bq, rows, cols, z_in, scale, acc_scale, g_w, g_b)
-        parts = [*torch.from_numpy(g_w).to(dev).tensor_split(splits[0]),
-                 *torch.from_numpy(g_b).to(dev).tensor_split(splits[1])]
-        return (None, *(t.view(shape).to(dtype) for t, (shape, dtype) in zip(parts, specs)))
+        scale, acc_scale = ctx.scales
+        model_codes_grad(g_codes, g_bq, layout.rows, layout.cols, layout.z_in, scale, acc_scale, g_w, g_b)
+        shapes = [shape for shape, _ in layout.signature]
+        parts = [*_pieces(g_w, layout.w_at, shapes[:L], dev), *_pieces(g_b, layout.n_at, shapes[L:], dev)]
+        return (None, None, *(t if t.dtype == dtype else t.to(dtype) for t, (_, dtype) in zip(parts, layout.signature)))
 
 
 class _Requantized(torch.autograd.Function):
@@ -236,7 +285,7 @@ class _Requantized(torch.autograd.Function):
     beyond any clamp), with the gradient of ``clamp((acc + bias) * multiplier, ...)``.
 
     acc: conv (B, N, oh, ow) or linear (..., N) exact integer sums (float32 or float64); bias:
-    (N,) exact integers (float); m0, shift: (N,) int64 fixed-point multipliers; mult: (N,)
+    (N,) exact integers (float); m0, shift: (N,) int64 numpy fixed-point multipliers; mult: (N,)
     float64, the real multipliers they approximate; linear: channels on the last dim, else on dim
     1; value: other sums to requantize in place of ``acc``'s (a faulty chip's; the gradient is
     still ``acc``'s), or None. One fused integer pass forward and one pass backward
@@ -246,7 +295,11 @@ class _Requantized(torch.autograd.Function):
     def forward(ctx, acc, bias, m0, shift, mult, zero_point, linear, value, lo=None, hi=None):
         flat = acc.detach() if value is None else value
         flat = flat.reshape(-1, len(m0)) if linear else flat
-        bias_codes = bias.detach().double().round().to(torch.int64)
+        if acc.device.type == "cpu":  # numpy parameters: torch's conversions cost more than a small layer's pass
+            bias_codes = np.rint(bias.detach().numpy()).astype(np.int64)
+        else:
+            bias_codes = bias.detach().double().round().to(torch.int64)
+            m0, shift = torch.from_numpy(m0), torch.from_numpy(shift)
         # one code past each end keeps what the gradient's mask needs, and a clamp this narrow lets
         # the requantization take its one-product kernel
         bounds = (-(1 << 31), (1 << 31) - 1) if lo is None else (lo - 1, hi + 1)

@@ -400,22 +400,26 @@ def gather_weight_inputs(w: torch.Tensor, op: Gemm, order: torch.Tensor) -> torc
 
 
 def layer_accumulators(x: torch.Tensor, op: Gemm, chip: Chip, *, saturate: bool = True,
-                       clean: torch.Tensor | None = None) -> tuple[torch.Tensor, list[GemmStats]]:
+                       clean: torch.Tensor | None = None,
+                       weight: torch.Tensor | None = None) -> tuple[torch.Tensor, list[GemmStats]]:
     """One Gemm op's accumulators on ``chip``: conv (B, N, oh, ow) or linear (B, N), exact int32
     values (int32 or float32 tensor), and the timing of each GEMM (one per group).
 
     ``saturate``: the chip may clamp accumulators beyond the op's :func:`saturation` bound (its
     output codes are the same); ``clean``: the op's fault-free accumulators for this same ``x``,
-    which the chip returns itself when it changes none of them (see :class:`sysarray.ConvHints`).
+    which the chip returns itself when it changes none of them (see :class:`sysarray.ConvHints`);
+    ``weight``: integer weight codes of ``op.weight``'s shape and order to run in its place (a
+    training step's).
     """
     x = gather_input(x, op)
     hints = _layer_hints(op, saturate, clean)
     signed = op.in_qp.signed
+    weight = op.weight if weight is None else weight
     if op.kind == "linear":
-        w = op.weight.reshape(op.out_channels, -1)
+        w = weight.reshape(op.out_channels, -1)
         acc, stats = chip.linear(x.reshape(-1, w.shape[1]), w, act_signed=signed, hints=hints)
         return acc, [stats]
-    return chip.conv2d(x, op.weight, **_conv_arguments(op), hints=hints)
+    return chip.conv2d(x, weight, **_conv_arguments(op), hints=hints)
 
 
 def _conv_arguments(op: Gemm) -> dict:

@@ -110,7 +110,8 @@ def requantize_clamp(acc: torch.Tensor, bias: torch.Tensor, m0: torch.Tensor, sh
     """Output codes of a layer: ``clamp(requantize(acc + bias) + zero_point, lo, hi)``, float32.
 
     acc: (M, N) or (B, N, ...) int32 accumulators (or floats holding them exactly), channels on
-    dim 1; bias, m0, shift: (N,) int64. Same integer arithmetic as :func:`requantize` (int64,
+    dim 1; bias, m0, shift: (N,) int64 (for a CPU ``acc`` and ``memo=False``, int64 numpy
+    arrays too). Same integer arithmetic as :func:`requantize` (int64,
     wrapping), fused into one pass on CPU. ``memo``: keep the parameters' conversion for the
     next call with the same tensors (a program's layers); False for parameters used once (a
     training step's). ``correction``: a faulty chip's replayed outputs to apply to a
@@ -301,7 +302,8 @@ class _Params:
     pass :func:`_float64_requantize_ok`'s check on them (found once per bound)."""
 
     def __init__(self, bias: torch.Tensor, m0: torch.Tensor, shift: torch.Tensor) -> None:
-        self.arrays = tuple(t.to(torch.int64).contiguous().numpy() for t in (bias, m0, shift))
+        self.arrays = tuple(np.ascontiguousarray(t, dtype=np.int64) if isinstance(t, np.ndarray)
+                            else t.to(torch.int64).contiguous().numpy() for t in (bias, m0, shift))
         self.f64_ok: dict[int, bool] = {}
         self._short: dict[tuple[int, int, int], np.ndarray | None] = {}
 

@@ -199,13 +199,13 @@ def chip_hook(cfg: ArrayConfig, faults: FaultMap | None):
     chip = Chip(cfg, faults)
 
     def hook(op: Gemm | MatMul, a: torch.Tensor, wq: torch.Tensor, acc: torch.Tensor) -> torch.Tensor:
-        # the weights change every step: nothing derived from them is worth keeping
-        with torch.no_grad(), transient():
+        # the weights change every step: nothing derived from them is worth keeping (no autograd
+        # either: every operand is detached)
+        with transient():
             if isinstance(op, MatMul):  # attention's activation products: the chip's zero-point-free sums
                 return chip_total(a.detach(), wq.detach(), op, chip)
             clean = acc.detach().reshape(-1, acc.shape[-1]) if op.kind == "linear" else acc.detach()
-            y, _ = layer_accumulators(a.detach(), replace(op, weight=wq.detach().round()), chip, saturate=False,
-                                      clean=clean)
+            y, _ = layer_accumulators(a.detach(), op, chip, saturate=False, clean=clean, weight=wq.detach())
         return acc if y is clean else y.reshape(acc.shape)  # the same object: the faults change no sum
 
     return hook

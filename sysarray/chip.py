@@ -252,7 +252,7 @@ class Chip:
         stride, padding = _pair(stride, "stride", "Chip.conv2d", 1), _pair(padding, "padding", "Chip.conv2d", 0)
         N = int(weight.shape[0])
         oh, ow = conv_output_size(x.shape[2], x.shape[3], tuple(weight.shape[2:]), stride, padding)
-        stats = [self.timing(x.shape[0] * oh * ow, int(weight[0].numel()), N // groups)] * groups
+        stats = [self.timing(x.shape[0] * oh * ow, weight.numel() // max(N, 1), N // groups)] * groups
         if self.engine is Engine.CYCLE:
             y = conv_by_gemms(x, weight, stride, padding, pad_value, groups,
                               lambda a, w: self.bmm(a, w, act_signed=act_signed)[0])

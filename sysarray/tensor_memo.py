@@ -13,7 +13,6 @@ with tensors never seen again. Values keyed by objects only (a chip's plans) are
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Hashable
@@ -24,16 +23,18 @@ import torch
 _LOCAL = threading.local()
 
 
-@contextlib.contextmanager
-def transient():
+class transient:  # noqa: N801  a context manager used like a function; a class: a generator's costs more per layer
     """Within the block (in this thread), :meth:`TensorMemo.get` with tensors among its keys
-    returns a kept value if there is one but keeps no new one."""
-    before = getattr(_LOCAL, "transient", False)
-    _LOCAL.transient = True
-    try:
-        yield
-    finally:
-        _LOCAL.transient = before
+    computes its value and neither looks for a kept one nor keeps it."""
+
+    __slots__ = ("_before",)
+
+    def __enter__(self) -> None:
+        self._before = getattr(_LOCAL, "transient", False)
+        _LOCAL.transient = True
+
+    def __exit__(self, *exc) -> None:
+        _LOCAL.transient = self._before
 
 
 def _identity(t: torch.Tensor) -> tuple:
@@ -71,6 +72,8 @@ class TensorMemo:
 
     def get(self, tensors: tuple[torch.Tensor, ...], key: Hashable, compute: Callable[[], Any],
             nbytes: Callable[[Any], int] = lambda value: 0) -> Any:
+        if tensors and getattr(_LOCAL, "transient", False):
+            return compute()  # tensors of one step (a training step's weights): never seen again, nor kept
         full = (tuple(_identity(t) for t in tensors), key)
         with self._lock:
             hit = self._entries.get(full)
@@ -78,8 +81,6 @@ class TensorMemo:
                 self._entries.move_to_end(full)
                 return hit[1]
         value = compute()  # outside the lock: two threads may both compute a value, one is kept
-        if tensors and getattr(_LOCAL, "transient", False):
-            return value
         size = int(nbytes(value))
         if size > self.max_bytes:
             return value

@@ -55,6 +55,8 @@ def check_int(value: object, name: str, where: str, *, lo: int | None = None, hi
               none_ok: bool = False, what: str | None = None) -> int | None:
     """``value`` as a Python int within ``lo..hi`` (either bound optional); None passes with
     ``none_ok``. ``what`` names the requirement in the message (default: from the bounds)."""
+    if type(value) is int and (lo is None or value >= lo) and (hi is None or value <= hi):
+        return value  # the common case, ahead of the general test: shape checks run on every layer call
     if value is None and none_ok:
         return None
     if is_int(value):

@@ -114,6 +114,9 @@ class ChipMasks:
         return not self.weight.any_faulty and not self.any_bypassed
 
 
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
 def latched(stationary, reg: RegisterMasks, bypassed: np.ndarray, dtype):
     """The stationary operand as every PE of every fold latches it.
 
@@ -128,7 +131,10 @@ def latched(stationary, reg: RegisterMasks, bypassed: np.ndarray, dtype):
     shape = (-(-I // R) * R, -(-J // C) * C)
     dev = stationary.device
     out = torch.zeros((*lead, *shape), dtype=dtype, device=dev)
-    out[..., :I, :J] = stationary
+    if dev.type == "cpu" and stationary.dtype in _NUMPY_DTYPES and not stationary.requires_grad:
+        out.numpy()[..., :I, :J] = stationary.numpy()  # numpy's casting copy: torch's costs more on small operands
+    else:
+        out[..., :I, :J] = stationary
     if reg.any_faulty:
         # int16 holds every 8-bit pattern and its read-back, so the masks apply exactly
         keep = torch.from_numpy(mapping.per_element(reg.keep, shape)).to(dev, torch.int16)

@@ -9,6 +9,7 @@ the TLB), which costs about as much as the copy.
 """
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -40,13 +41,13 @@ def transpose_into(x, out):
 _SCRATCH = threading.local()  # per thread: dtype -> its scratch buffer (1-D, grown as needed)
 
 
-def _scratch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+def _scratch(shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
     buffers = _SCRATCH.__dict__.setdefault("buffers", {})
-    size = int(np.prod(shape))
+    size = math.prod(shape)
     buf = buffers.get(dtype)
-    if buf is None or buf.numel() < size:
-        buf = buffers[dtype] = torch.empty(size, dtype=dtype)
-    return buf[:size].view(shape)
+    if buf is None or buf.size < size:
+        buf = buffers[dtype] = torch.empty(size, dtype=dtype).numpy()
+    return buf[:size].reshape(shape)  # numpy views: torch's cost more than a small copy
 
 
 def transposed(x: torch.Tensor, scratch: bool = False) -> torch.Tensor:
@@ -58,7 +59,7 @@ def transposed(x: torch.Tensor, scratch: bool = False) -> torch.Tensor:
         return x.transpose(-1, -2).contiguous()
     x3 = x.unsqueeze(0) if x.dim() == 2 else x
     shape = (x3.shape[0], x3.shape[2], x3.shape[1])
-    out = _scratch(shape, x.dtype) if scratch else torch.empty(shape, dtype=x.dtype)
+    out = torch.from_numpy(_scratch(shape, x.dtype)) if scratch else torch.empty(shape, dtype=x.dtype)
     if out.numel():
         transpose_into(x3.numpy(), out.numpy())
     return out[0] if x.dim() == 2 else out

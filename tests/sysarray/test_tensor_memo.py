@@ -132,12 +132,13 @@ def test_transient_keeps_no_value_derived_from_tensors():
     kept, once = torch.arange(3), torch.arange(5)
     assert memo.get((kept,), "k", compute) == 1
     with transient():
-        assert memo.get((kept,), "k", compute) == 1  # a kept value is still found
-        assert memo.get((once,), "k", compute) == 2
-        assert memo.get((once,), "k", compute) == 3  # and a new one is not kept
-        assert memo.get((), "plan", compute) == 4  # a value keyed by no tensor is kept
+        assert memo.get((kept,), "k", compute) == 2  # computed afresh: a step's tensors are new ones
+        assert memo.get((once,), "k", compute) == 3
+        assert memo.get((once,), "k", compute) == 4  # and a new value is not kept
+        assert memo.get((), "plan", compute) == 5  # a value keyed by no tensor is kept
         with transient():
             pass
-        assert memo.get((once,), "k", compute) == 5  # still transient after a nested block
-    assert memo.get((), "plan", compute) == 4
-    assert memo.get((once,), "k", compute) == 6 and memo.get((once,), "k", compute) == 6  # kept again outside
+        assert memo.get((once,), "k", compute) == 6  # still transient after a nested block
+    assert memo.get((), "plan", compute) == 5
+    assert memo.get((kept,), "k", compute) == 1  # the value kept before is still there
+    assert memo.get((once,), "k", compute) == 7 and memo.get((once,), "k", compute) == 7  # kept again outside
