@@ -203,7 +203,7 @@ class _CodesLayout:
 
 def _flat(tensors, dtype) -> np.ndarray:
     """The tensors' values one after another in a new 1-d numpy array of ``dtype``."""
-    if all(t.device.type == "cpu" for t in tensors):
+    if all(t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) for t in tensors):
         return np.concatenate([t.detach().numpy().reshape(-1) for t in tensors], dtype=dtype)
     as_torch = torch.float32 if dtype == np.float32 else torch.float64
     return torch.cat([t.detach().reshape(-1) for t in tensors]).to("cpu", as_torch).contiguous().numpy()
