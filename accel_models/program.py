@@ -416,7 +416,7 @@ def layer_accumulators(x: torch.Tensor, op: Gemm, chip: Chip, *, saturate: bool 
     signed = op.in_qp.signed
     weight = op.weight if weight is None else weight
     if op.kind == "linear":
-        w = weight.reshape(op.out_channels, -1)
+        w = weight.reshape(weight.shape[0], -1)
         acc, stats = chip.linear(x.reshape(-1, w.shape[1]), w, act_signed=signed, hints=hints)
         return acc, [stats]
     return chip.conv2d(x, weight, **_conv_arguments(op), hints=hints)

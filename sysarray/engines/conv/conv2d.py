@@ -157,20 +157,21 @@ def _conv2d_parts(x, weight, cfg, faults, stride, padding, pad_value, groups, ac
     direct = len(chain_cols) > 0 and xp.device.type == "cpu" and settings.replay is Replay.DIRECT
     if direct:
         # Before the convolution, while the input is still in cache from the layer that wrote it.
-        args = (xp, lw.gemm, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N, pb == 32)
-        direct_replay = lambda: replay_direct(*args, settings=settings)  # noqa: E731
+        # the GEMM form of the weights only where an option reads it (a linear layer's gemm replay does not)
+        args = lambda: (xp, lw.gemm, cfg, cm, chain_cols, (kh, kw), stride, conv_pad, amax, N, pb == 32)  # noqa: E731
+        direct_replay = lambda: replay_direct(*args(), settings=settings)  # noqa: E731
         options = {}
         if settings.segment_conv and K <= R:
             # single-fold layers may also replay by a segment convolution; which is faster depends on
             # the CPU, the groups and the image size (a grouped convolution with several filters per
             # group can be slow), so it is measured per layer shape
-            options["segment_conv"] = lambda: replay_by_segment_conv(*args)
+            options["segment_conv"] = lambda: replay_by_segment_conv(*args())
         if settings.kernel is Kernel.SIMD and VNNI and tuple(stride) == (1, 1) and 2 <= kw <= 4 and \
                 xp.dtype == torch.float32:
             # int8 dot products of kernel rows: fewer instructions per replayed output, a pass to
             # lay the planes out as bytes; which pays depends on how many outputs replay
             vnni = dataclasses.replace(settings, kernel=Kernel.VNNI)
-            options["vnni"] = lambda: replay_direct(*args, settings=vnni)
+            options["vnni"] = lambda: replay_direct(*args(), settings=vnni)
         if (settings.linear_gemm and xp.shape[2] == xp.shape[3] == kh == kw == 1 and groups == 1
                 and xp.dtype == torch.float32 and R * amax * wmax < F32_LIMIT):
             # a linear layer: its batch is short next to a convolution's pixels, and one GEMM's

@@ -662,10 +662,22 @@ def test_linear_layers_with_psum_and_weight_faults_equal_the_cycle_engine(seed, 
                         int(rng.integers(0, pb if reg == "psum" else 8)), int(rng.integers(0, 2)))
         except ValueError:  # the same bit drawn stuck at the other value
             pass
+    bound = max(-lo, hi)
+    saturate = int(rng.integers(1, 1 << 24))
     int8.FORCE = kernel
     try:
         fast, _ = sa.Chip(cfg, fm).linear(x, w, act_signed=signed)
+        # as a training step or a traced run calls it: the fault-free sums and the input's bound known
+        clean, _ = sa.Chip(cfg).linear(x, w, act_signed=signed)
+        hinted, _ = sa.Chip(cfg, fm).linear(x, w, act_signed=signed, hints=sa.ConvHints(x_bound=bound, clean=clean))
+        capped, _ = sa.Chip(cfg, fm).linear(x, w, act_signed=signed,
+                                            hints=sa.ConvHints(x_bound=bound, saturate=saturate, clean=clean))
     finally:
         int8.FORCE = None
     cycle, _ = sa.Chip(cfg, fm, engine="cycle").linear(x, w, act_signed=signed)
-    np.testing.assert_array_equal(fast.to(torch.int64).numpy(), cycle.to(torch.int64).numpy())
+    want = cycle.to(torch.int64)
+    np.testing.assert_array_equal(fast.to(torch.int64).numpy(), want.numpy())
+    np.testing.assert_array_equal(hinted.to(torch.int64).numpy(), want.numpy())
+    # a saturating caller may get sums at or beyond the bound back as the bound
+    np.testing.assert_array_equal(capped.to(torch.int64).clamp(-saturate, saturate).numpy(),
+                                  want.clamp(-saturate, saturate).numpy())
