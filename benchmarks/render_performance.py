@@ -376,16 +376,18 @@ FAT_MISSES = (
     "call.")
 AVX2_FAT_MISSES = (
     "On this AMD EPYC, ResNet-20's and Fashion-MNIST LeNet-5's stuck-at FAT epochs meet the target and LeNet-5 on "
-    "digits misses. Its 8x8 images make a float32 step (batch 64, one thread) about 3.3 ms, most of it the fixed "
-    "cost of each call, and the stuck-at step about 7.8 ms. Timed apart: the twin's forward pass without the chip "
-    "takes 1.8 ms against float32's 0.67 ms (its four requantizations 0.54 ms, the codes of all layers 0.23 ms, "
-    "its two convolutions the same 0.38 ms as float32's); the chip's hook adds 1.4-1.7 ms (285-395 us per "
-    "layer, of which the replay kernels are about a fifth: the rest is per call, on the step's new weights); the "
-    "twin's backward pass takes about 2.2 ms against float32's 1.45 ms. Without the chip the twin's step is "
-    "already about 1.5 times float32's, so closing the gap takes fewer calls per layer on both sides: the "
-    "replayed outputs applied inside the requantization's pass (as inference does for channels-last layers), "
-    "the replay's tables kept across steps with only their weight values refreshed (their structure depends on "
-    "the fault map), and the twin's requantizations of all small layers in one call.")
+    "digits misses. Its 8x8 images make a float32 step (batch 64, one thread) about 3.2 ms, most of it the fixed "
+    "cost of each call, and the stuck-at step about 7.3 ms. Timed apart: the twin's forward pass without the chip "
+    "takes 1.75 ms against float32's 0.69 ms (its four requantizations about 0.55 ms, the codes of all layers "
+    "0.22 ms, its two convolutions the same 0.38 ms as float32's); the chip's hook adds about 1.1-1.7 ms "
+    "(265-325 us for each convolution and 175-200 us for each linear layer timed alone, more within a step; the "
+    "replay kernels are about a third of a convolution's and less of a linear layer's: the rest is per call, on "
+    "the step's new weights); the twin's backward pass takes about 2.4 ms against float32's 1.4 ms. Without the "
+    "chip the twin's step is already about 1.6 times float32's, so closing the gap takes fewer calls per layer "
+    "on both sides: the replayed outputs applied inside the requantization's pass (as inference does for "
+    "channels-last layers), the replay's tables kept across steps with only their weight values refreshed "
+    "(their structure depends on the fault map), and the twin's requantizations of all small layers in one "
+    "call.")
 MODELS_MISSES = (
     "Where DeiT misses (and the vision transformers and ConvNeXt come close): their ratios move from run to run "
     "with the float32 baseline, the noisier side, which runs under this machine's measured threading settings "
