@@ -58,11 +58,12 @@ class FakeQuantProgram(nn.Module):
         keys = [self.key(op) for op in gemms]
         params = [*(self.weights[k] for k in keys), *(self.biases[k] for k in keys)]
         signature = tuple((p.shape, p.dtype) for p in params)
-        layout = self.__dict__.get("_codes_layout")
-        if layout is None or layout.signature != signature:
+        program, layout = self.__dict__.get("_codes_layout", (None, None))
+        if program is not self.program or layout.signature != signature:
             layers = [(op.in_qp.scale, op.in_qp.zero_point, None if op.out_qp is None else op.out_qp.scale)
                       for op in gemms]
-            layout = self.__dict__["_codes_layout"] = _CodesLayout.of(layers, signature)
+            layout = _CodesLayout.of(layers, signature)
+            self.__dict__["_codes_layout"] = (self.program, layout)  # made once per program and parameter shapes
         fixed: list = []
         out = _ModelCodes.apply(layout, fixed, *params)
         L = len(gemms)

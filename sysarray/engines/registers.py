@@ -131,7 +131,8 @@ def latched(stationary, reg: RegisterMasks, bypassed: np.ndarray, dtype):
     shape = (-(-I // R) * R, -(-J // C) * C)
     dev = stationary.device
     out = torch.zeros((*lead, *shape), dtype=dtype, device=dev)
-    if dev.type == "cpu" and stationary.dtype in _NUMPY_DTYPES and not stationary.requires_grad:
+    numpy_ok = stationary.dtype in _NUMPY_DTYPES and dtype in _NUMPY_DTYPES and not stationary.requires_grad
+    if dev.type == "cpu" and numpy_ok:
         out.numpy()[..., :I, :J] = stationary.numpy()  # numpy's casting copy: torch's costs more on small operands
     else:
         out[..., :I, :J] = stationary
