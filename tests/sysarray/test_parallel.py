@@ -64,11 +64,28 @@ def test_a_threaded_kernel_measures_above_its_floor_and_forced_runs_take_one_com
     assert _double.parallel.signatures and _double.serial.signatures
 
 
-def test_watch_choices_collects_the_keys_called_and_settled_says_when_their_decisions_are_final():
+class _Clock:
+    """Stands in for the ``time`` module of :mod:`sysarray.parallel`: its clock moves only by what
+    an option says it took, so a test of the choice's bookkeeping does not depend on the host."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def spend(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_watch_choices_collects_the_keys_called_and_settled_says_when_their_decisions_are_final(monkeypatch):
+    import sysarray.parallel
     from sysarray.parallel import RECHECK_AFTER, settled, watch_choices
 
+    clock = _Clock()
+    monkeypatch.setattr(sysarray.parallel, "time", clock)
     choice = MeasuredChoice(trials=1)
-    options = (lambda: time.sleep(0.004), lambda: time.sleep(0.002))  # within DOMINATED: confirmed by a recheck
+    options = (lambda: clock.spend(0.004), lambda: clock.spend(0.002))  # within DOMINATED: confirmed by a recheck
     choice("outside", options)
     with watch_choices() as seen:
         assert settled(seen)  # nothing called yet
