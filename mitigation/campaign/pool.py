@@ -17,6 +17,7 @@ then follows, its last writer gone. On an interrupt or error :func:`run_pool` ki
 from __future__ import annotations
 
 import contextlib
+import gc
 import itertools
 import os
 import pickle
@@ -49,6 +50,9 @@ def _init_worker(blob: bytes) -> None:
     _follow_campaign_process()
     set_threads(1)  # chips run in parallel, not GEMMs
     _WORKER_STATE = pickle.loads(blob)
+    # the program, images and fault-free trace live as long as the worker: its full collections
+    # would walk them (and the fork server's objects) every few hundred small chips for nothing
+    gc.freeze()
 
 
 def _follow_campaign_process() -> None:

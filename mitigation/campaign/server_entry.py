@@ -6,7 +6,9 @@ torch or numba start any thread pool, so that the server forks from a single-thr
 fork of a process with live thread pools can hang or run slowly), the engines' process tuning
 (:func:`sysarray.runtime.configure`), then a tiny faulty network run once on every dataflow, so
 that torch initialises and numba loads its cached kernels here and every worker forked from the
-server starts warm. It is the one module of the project that changes the process at import,
+server starts warm; what the server holds then is moved to the collector's permanent generation
+(``gc.freeze``, as Python's documentation advises before forking). It is the one module of the
+project that changes the process at import,
 because ``multiprocessing``'s fork-server preload can only import modules.
 
 The server ignores SIGINT from here on (a Ctrl-C reaches the whole process group; the campaign
@@ -16,6 +18,7 @@ loop does (its "alive" pipe reads EOF), and the thread is gone before the first 
 """
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -89,3 +92,6 @@ try:
 finally:
     _warm.set()
     _watcher.join()  # the server forks its workers from a single-threaded process
+# Everything made so far (torch's, numba's and the warm-up's objects) lives as long as the server:
+# in the permanent generation, a worker's full collections skip it and its pages stay shared.
+gc.freeze()

@@ -21,3 +21,22 @@ def test_library_imports_never_load_the_server_entry_point():
             "('NUMBA_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS')); print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=Path(__file__).parents[3])
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_pool_workers_keep_the_fork_servers_objects_and_their_own_state_out_of_full_collections():
+    """The fork server freezes what it holds before it forks, and a worker freezes the state it
+    unpickles: a worker's full collections then walk neither (gc.freeze, permanent generation)."""
+    import gc
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mitigation.campaign.spawn import worker_blob
+
+    ctx = pool._mp_context()
+    with ProcessPoolExecutor(1, mp_context=ctx) as plain:
+        server = plain.submit(gc.get_freeze_count).result()
+    state = [[i] for i in range(1000)]  # a thousand objects the collector tracks
+    with ProcessPoolExecutor(1, mp_context=ctx, initializer=pool._init_worker, initargs=(worker_blob(state),)) as ex:
+        worker = ex.submit(gc.get_freeze_count).result()
+    if ctx.get_start_method() == "forkserver":
+        assert server > 10_000  # torch's and numba's objects, and the warm-up's
+    assert worker >= server + 1000
