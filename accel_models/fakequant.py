@@ -180,7 +180,7 @@ class _CodesLayout:
     ``rows``, ``cols`` (L,) int64 each layer's output channels and weights per channel, the
     layers' ``s_in``, ``z_in``, ``out_scale`` (L,) float64 (0: the logits), the offsets of each
     layer's weights ``w_at`` and channels ``n_at`` (L + 1 each), and the parameters' shapes and
-    dtypes (``signature``: the weights', then the biases')."""
+    dtypes (``signature``: the weights', then the biases' (N,); ``shapes`` the shapes alone)."""
 
     rows: np.ndarray
     cols: np.ndarray
@@ -190,16 +190,17 @@ class _CodesLayout:
     w_at: tuple[int, ...]
     n_at: tuple[int, ...]
     signature: tuple
+    shapes: tuple
 
     @classmethod
     def of(cls, layers, signature) -> "_CodesLayout":
-        shapes = [shape for shape, _ in signature[:len(layers)]]
-        rows = np.array([shape[0] for shape in shapes], dtype=np.int64)
-        cols = np.array([int(np.prod(shape[1:])) for shape in shapes], dtype=np.int64)
+        weights = [shape for shape, _ in signature[:len(layers)]]
+        rows = np.array([shape[0] for shape in weights], dtype=np.int64)
+        cols = np.array([int(np.prod(shape[1:])) for shape in weights], dtype=np.int64)
         s_in, z_in, out_scale = (np.array([float(v or 0.0) for v in col]) for col in zip(*layers))
         w_at = (0, *np.cumsum(rows * cols).tolist())
         n_at = (0, *np.cumsum(rows).tolist())
-        return cls(rows, cols, s_in, z_in, out_scale, w_at, n_at, signature)
+        return cls(rows, cols, s_in, z_in, out_scale, w_at, n_at, signature, tuple(s for s, _ in signature))
 
 
 def _flat(tensors, dtype) -> np.ndarray:
@@ -257,14 +258,13 @@ class _ModelCodes(torch.autograd.Function):
         l1 = np.empty(L)
         model_codes(w, b, layout.rows, layout.cols, layout.s_in, layout.z_in, layout.out_scale, float(WEIGHT_QMAX),
                     codes, bq, acc_scale, mult, m0, shift, scale, l1)
-        shapes = [shape for shape, _ in layout.signature]
-        channels = [(N,) for N in layout.rows.tolist()]
-        per_channel = [_pieces(a, layout.n_at, channels, dev) for a in (acc_scale, mult)]
+        shapes = layout.shapes
+        per_channel = [_pieces(a, layout.n_at, shapes[L:], dev) for a in (acc_scale, mult)]
         at = layout.n_at
         fixed[:] = [(per_channel[0][i], per_channel[1][i], m0[at[i]:at[i + 1]], shift[at[i]:at[i + 1]], top)
                     for i, top in enumerate(l1.tolist())]
         ctx.layout, ctx.scales = layout, np.stack([scale, acc_scale]).astype(np.float32)
-        return (*_pieces(codes, layout.w_at, shapes[:L], dev), *_pieces(bq, layout.n_at, channels, dev))
+        return (*_pieces(codes, layout.w_at, shapes[:L], dev), *_pieces(bq, layout.n_at, shapes[L:], dev))
 
     @staticmethod
     def backward(ctx, *grads):
@@ -275,7 +275,7 @@ class _ModelCodes(torch.autograd.Function):
         g_w, g_b = np.empty_like(g_codes), np.empty_like(g_bq)
         scale, acc_scale = ctx.scales
         model_codes_grad(g_codes, g_bq, layout.rows, layout.cols, layout.z_in, scale, acc_scale, g_w, g_b)
-        shapes = [shape for shape, _ in layout.signature]
+        shapes = layout.shapes
         parts = [*_pieces(g_w, layout.w_at, shapes[:L], dev), *_pieces(g_b, layout.n_at, shapes[L:], dev)]
         return (None, None, *(t if t.dtype == dtype else t.to(dtype) for t, (_, dtype) in zip(parts, layout.signature)))
 
