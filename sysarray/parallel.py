@@ -61,7 +61,9 @@ class MeasuredChoice:
     each option in turn for a run of calls: the first a warm-up, then ``trials`` timed ones back to
     back (the state an option leaves, caches and the core's vector-unit licence, is what the calls
     after it find once it is chosen), after which the key keeps the option with the lowest median
-    time. A call of an option during which another choice measured (a program run whose kernels
+    time. ``sync`` (say ``torch.cuda.synchronize``): called before and after each timed call, for
+    options that only queue their work (a GPU's kernels), so that the time is the work's. A call
+    of an option during which another choice measured (a program run whose kernels
     are still being chosen, timed with their losing options) is not counted, and the option is
     called again (at most ``MAX_SKIPPED`` times per option): nested choices would otherwise bias
     the outer one against whichever option ran while they measured. One measurement can be
@@ -89,7 +91,8 @@ class MeasuredChoice:
         self._chosen: OrderedDict[Hashable, _Decision] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __call__(self, key: Hashable, options: Sequence[Callable[[], T]] | Mapping[str, Callable[[], T]]) -> T:
+    def __call__(self, key: Hashable, options: Sequence[Callable[[], T]] | Mapping[str, Callable[[], T]],
+                 sync: Callable[[], None] | None = None) -> T:
         labels = list(options) if isinstance(options, Mapping) else None
         calls = list(options.values()) if labels is not None else list(options)
         if self.force is not None:
@@ -121,8 +124,12 @@ class MeasuredChoice:
             which = min(range(len(calls)), key=lambda i: (done[i], -len(times[i])))
         nested = getattr(_LOCAL, "measuring", 0)
         _LOCAL.measuring = nested + 1
+        if sync is not None:
+            sync()  # work queued before the call is not the option's
         start = time.perf_counter()
         out = calls[which]()
+        if sync is not None:
+            sync()
         elapsed = time.perf_counter() - start
         # an option that made other choices measure (a run whose kernels are still being chosen)
         # was timed with their losing options: not its steady state, so the call is timed again

@@ -201,16 +201,16 @@ _PRODUCT = MeasuredChoice(name="fast.product")
 def _plain_product(S: torch.Tensor, Sf, S8, W: torch.Tensor, Wf: torch.Tensor, smax: int, wmax: int,
                    s_unsigned: bool, w_unsigned: bool) -> torch.Tensor:
     """``S @ W`` (G, T, K) x (G, K, N) exactly: the float product (float, or int64 when chunked)
-    or, on CPU for 8-bit codes, the int8 GEMM (int32), whichever measured faster for the shape
+    or, for 8-bit codes where the device has one, the int8 GEMM (int32), whichever measured faster for the shape
     (:mod:`sysarray.engines.int8`; ``int8.FORCE`` pins one). ``Sf()``: ``S`` as the float type
     of ``Wf``, which is ``W`` as that type; ``S8()``: ``S`` as int8 (shifted when unsigned)."""
     G, T, K = S.shape
     codes = smax <= (255 if s_unsigned else 128) and wmax <= (255 if w_unsigned else 128)
-    int8_ok = (S.device.type == "cpu" and codes and not (s_unsigned and w_unsigned) and int8.exact_in_int32(K)
-               and T > 0 and W.shape[-1] > 0)
+    int8_ok = (codes and not (s_unsigned and w_unsigned) and int8.exact_in_int32(K) and T > 0 and W.shape[-1] > 0
+               and int8.usable(S.device))
     key = (G, T.bit_length(), K, W.shape[-1], s_unsigned, w_unsigned, torch.get_num_threads())
     return int8.choose(_PRODUCT, key, lambda: exact_matmul(Sf(), Wf, smax, wmax, keep_float=True),
-                       lambda: int8.bmm_int8(S, W, s_unsigned, w_unsigned, s8=S8()), int8_ok)
+                       lambda: int8.bmm_int8(S, W, s_unsigned, w_unsigned, s8=S8()), int8_ok, S.device)
 
 
 def _columns(W: torch.Tensor, cols: np.ndarray, mask: np.ndarray) -> torch.Tensor:

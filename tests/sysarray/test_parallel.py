@@ -40,6 +40,34 @@ def test_a_measured_choice_keeps_the_faster_option_per_key_after_its_trials():
     assert choice.chosen("c") == 0 and choice.chosen("a") is None  # the oldest decided key is dropped
 
 
+def test_a_choice_with_sync_times_the_queued_work_and_stops_syncing_once_decided():
+    """Options that only queue their work (a GPU's kernels) are timed to the end of it: ``sync``
+    runs around each timed call, and not after the decision."""
+    choice = MeasuredChoice()
+    pending, syncs = [], []
+
+    def sync():
+        syncs.append(1)
+        while pending:
+            time.sleep(pending.pop())
+
+    def queues_much():  # returns at once, its work still queued
+        pending.append(0.004)
+        return 1
+
+    def works_a_little():
+        time.sleep(0.001)
+        return 1
+
+    for _ in range(2 * (TRIALS + 1)):
+        assert choice("k", {"queued": queues_much, "direct": works_a_little}, sync=sync) == 1
+    assert choice.chosen("k") == "direct"  # untimed queued work would have made "queued" win
+    assert len(syncs) == 4 * (TRIALS + 1)
+    syncs.clear()
+    choice("k", {"queued": queues_much, "direct": works_a_little}, sync=sync)
+    assert syncs == []
+
+
 @threaded(1 << 10)
 def _double(x, out):
     for i in prange(x.shape[0]):

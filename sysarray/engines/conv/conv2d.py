@@ -204,15 +204,16 @@ _CONV_PRODUCT = MeasuredChoice(name="conv.product")
 
 def _conv_product(xp: torch.Tensor, cw: ConvWeights, stride, padding, amax: int, act_signed: bool,
                   groups: int) -> torch.Tensor:
-    """The fault-free convolution of 8-bit codes ``xp`` exactly: float32 (:func:`exact_conv`) or, on
-    CPU for one group, the int8 GEMM of im2col rows (:func:`sysarray.engines.int8.conv_int8`),
-    whichever measured faster for the layer's shape (``int8.FORCE`` pins one)."""
-    int8_ok = (xp.device.type == "cpu" and groups == 1 and amax <= (128 if act_signed else 255)
-               and int8.exact_in_int32(int(cw.w[0].numel())) and xp.numel() > 0 and cw.w.numel() > 0)
+    """The fault-free convolution of 8-bit codes ``xp`` exactly: a float one (:func:`exact_conv`:
+    float32 on CPU, float64 on CUDA) or, for one group where the device has an int8 GEMM, the int8
+    GEMM of im2col rows (:func:`sysarray.engines.int8.conv_int8`), whichever measured faster for
+    the layer's shape (``int8.FORCE`` pins one)."""
+    int8_ok = (groups == 1 and amax <= (128 if act_signed else 255) and int8.exact_in_int32(int(cw.w[0].numel()))
+               and xp.numel() > 0 and cw.w.numel() > 0 and int8.usable(xp.device))
     key = (tuple(xp.shape), is_pixel_major(xp), tuple(cw.w.shape), tuple(stride), tuple(padding), act_signed,
            torch.get_num_threads())
     return int8.choose(_CONV_PRODUCT, key, lambda: exact_conv(xp, cw, stride, padding, amax),
-                       lambda: int8.conv_int8(xp, cw, stride, padding, act_signed), int8_ok)
+                       lambda: int8.conv_int8(xp, cw, stride, padding, act_signed), int8_ok, xp.device)
 
 
 def by_im2col(x, weight, cfg, faults, stride, padding, pad_value, groups, act_signed, masks=None) -> torch.Tensor:

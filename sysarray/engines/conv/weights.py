@@ -55,7 +55,8 @@ class ConvWeights:
         tap column, channel), and ``128 * sum_k w[n, k]`` (N,) int32: what
         :func:`sysarray.engines.int8.conv_int8` adds back for codes shifted from uint8 to int8."""
         N = self.w.shape[0]
-        w8 = torch.empty((self.w[0].numel(), N), dtype=torch.int8).copy_(self.w.permute(2, 3, 1, 0).reshape(-1, N))
+        w8 = torch.empty((self.w[0].numel(), N), dtype=torch.int8, device=self.w.device).copy_(
+            self.w.permute(2, 3, 1, 0).reshape(-1, N))
         return w8, (128 * self.w.reshape(N, -1).sum(1, dtype=torch.float64)).to(torch.int32)
 
     def channel_chunks(self, limit: int) -> tuple[tuple[int, int], ...]:

@@ -461,15 +461,28 @@ def test_simd_kernel_fills_channels_last_planes_by_blocks(channels, width, paddi
 
 
 @pytest.mark.gpu
-def test_cuda_conv_matches_cpu():
+@pytest.mark.parametrize("kernel", [None, "float32", "int8"])
+@pytest.mark.parametrize("pad_value", [0, 3])
+def test_cuda_conv_matches_cpu(kernel, pad_value):
+    """On CUDA, with the fault-free product measured or pinned to the float or the int8 kernel
+    (int8 tensor cores), the engine gives the CPU's values."""
+    from sysarray.engines import int8
+
     rng = np.random.default_rng(2)
     x = torch.from_numpy(rng.integers(0, 256, size=(4, 6, 9, 9)).astype(np.float32))
     w = torch.from_numpy(rng.integers(-127, 128, size=(10, 6, 3, 3)).astype(np.int8))
     cfg = sa.ArrayConfig(8, 4, "ws")
     fm = sa.FaultMap.random(cfg, pe_rate=0.2, registers=("psum", "weight"), seed=0)
-    cpu = fast_conv2d(x, w, cfg, fm, padding=(1, 1), pad_value=3)
-    gpu = fast_conv2d(x.cuda(), w.cuda(), cfg, fm, padding=(1, 1), pad_value=3)
+    cpu = fast_conv2d(x, w, cfg, fm, padding=(1, 1), pad_value=pad_value)
+    a, wk = x[:, :, 0, 0].numpy().astype(np.uint8), w[:, :, 0, 0].t().numpy()  # a GEMM of 4 rows: padded on CUDA
+    int8.FORCE = kernel
+    try:
+        gpu = fast_conv2d(x.cuda(), w.cuda(), cfg, fm, padding=(1, 1), pad_value=pad_value)
+        lin = sa.simulate_gemm(a, wk, cfg, faults=fm, engine="fast", device="cuda")[0]
+    finally:
+        int8.FORCE = None
     np.testing.assert_array_equal(gpu.cpu().numpy(), cpu.numpy())
+    np.testing.assert_array_equal(lin, sa.simulate_gemm(a, wk, cfg, faults=fm, engine="cycle")[0])
 
 
 def test_simd_width_is_the_targets_or_the_forced_one():

@@ -78,3 +78,49 @@ def test_fast_engine_on_either_product_kernel_equals_cycle(case, kernel):
         int8.FORCE = None
     cycle = sa.simulate_gemm(case.a, case.w, case.cfg, faults=case.faults, engine="cycle")[0]
     np.testing.assert_array_equal(fast, cycle)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(seed=st.integers(0, 2**32 - 1), M=st.integers(1, 40), K=st.integers(1, 40), N=st.integers(1, 40),
+       transposed_a=st.booleans())
+def test_imma_operands_take_the_cuda_gemm_shape_and_keep_the_product(seed, M, K, N, transposed_a):
+    """CUDA's int8 GEMM takes more than 16 rows and inner and output sizes that are multiples of 8:
+    the padded operands have those shapes and layouts, and their product's first M rows and N
+    columns are the product (checked on the CPU's int8 GEMM, which takes any shape)."""
+    rng = np.random.default_rng(seed)
+    a = _codes(rng, (M, K), False, False).astype(np.int8)
+    w = _codes(rng, (K, N), False, False).astype(np.int8)
+    a8 = torch.from_numpy(np.ascontiguousarray(a.T)).t() if transposed_a else torch.from_numpy(a)
+    pa, pw = int8.imma_operands(a8, torch.from_numpy(w))
+    Mp, Kp, Np = pa.shape[0], pa.shape[1], pw.shape[1]
+    assert Mp > 16 and Kp % 8 == 0 and Np % 8 == 0 and pw.shape[0] == Kp
+    assert (Mp, Kp, Np) == int8.imma_shape(M, K, N) and Mp - M < 17 and Kp - K < 8 and Np - N < 8
+    assert pa.is_contiguous() and pw.t().is_contiguous()  # row-major by column-major
+    got = torch._int_mm(pa, pw)[:M, :N]
+    np.testing.assert_array_equal(got.numpy(), a.astype(np.int64) @ w.astype(np.int64))
+
+
+def test_int8_gemm_is_usable_on_the_cpu_only_here():
+    assert int8.usable(torch.device("cpu"))
+    assert not int8.usable(torch.device("meta"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M, K, N", [(1, 3, 5), (16, 8, 8), (17, 27, 10), (300, 576, 64)])
+def test_int8_kernels_on_cuda_equal_the_cpus(M, K, N):
+    """On a GPU with int8 tensor cores the padded GEMM, the batched GEMM of unsigned codes and the
+    im2col convolution give the CPU's int32 values."""
+    if not int8.usable(torch.device("cuda")):
+        pytest.skip("this GPU has no int8 tensor cores")
+    rng = np.random.default_rng(M + K + N)
+    a = torch.from_numpy(_codes(rng, (M, K), False, False).astype(np.int8))
+    w = torch.from_numpy(_codes(rng, (K, N), False, False).astype(np.int8))
+    np.testing.assert_array_equal(int8.int_mm(a.cuda(), w.cuda()).cpu().numpy(), int8.int_mm(a, w).numpy())
+    s = torch.from_numpy(_codes(rng, (2, M, K), True, False)).float()
+    np.testing.assert_array_equal(int8.bmm_int8(s.cuda(), w.float().cuda().expand(2, K, N), True, False).cpu().numpy(),
+                                  int8.bmm_int8(s, w.float().expand(2, K, N), True, False).numpy())
+    x = torch.from_numpy(_codes(rng, (3, 5, 9, 9), True, False)).float()
+    cw = torch.from_numpy(_codes(rng, (N, 5, 3, 3), False, False)).float()
+    np.testing.assert_array_equal(
+        int8.conv_int8(x.cuda(), ConvWeights.of(cw.cuda()), (1, 1), (1, 1), False).cpu().numpy(),
+        int8.conv_int8(x, ConvWeights.of(cw), (1, 1), (1, 1), False).numpy())
