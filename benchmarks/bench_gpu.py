@@ -21,6 +21,9 @@ In one run, on the first CUDA device (``torch.cuda.synchronize()`` ends every ti
   GPU, round-robin. The twin's forward on the GPU with the chip's hook is checked equal to the
   integer program's logits.
 
+- kernels: which exact product (int8 tensor cores or float64) each shape class of the runs above
+  measured faster on this GPU.
+
 ``--device cpu`` runs the same steps on the CPU as a dry run of the script and writes nothing.
 Otherwise writes ``OUT/bench_gpu.json``, with the card's name and CUDA version.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -71,6 +75,15 @@ def gpu_info(dev: torch.device) -> dict:
     return {"name": p.name, "capability": f"{p.major}.{p.minor}", "memory_gib": round(p.total_memory / 2**30, 1),
             "multiprocessors": p.multi_processor_count, "cuda": torch.version.cuda,
             "cudnn": torch.backends.cudnn.version()}
+
+
+def cuda_product_choices() -> dict[str, dict[str, str]]:
+    """The exact products' kernel chosen on the GPU (int8 tensor cores or float64) per choice and
+    shape key (as JSON text), as this run measured them."""
+    from sysarray.engines import int8
+
+    return {name: {json.dumps(list(key)): option for key, option in chosen.items()}
+            for name, chosen in int8.cuda_decisions().items()}
 
 
 def inference(name: str, shape, batch: int, repeats: int, seed: int, n_maps: int, dev: torch.device) -> dict:
@@ -195,11 +208,16 @@ def main(argv=None) -> int:
     print(f"campaign: {camp['chips']} LeNet-5 chips, {camp['seconds_per_chip'] * 1e3:.1f} ms per chip, "
           f"{camp['cost_per_chip_over_fault_free']:.2f}x one fault-free inference; results identical to the CPU's")
     print(f"stuck-at FAT epoch / float32 epoch: {fat['stuckat_over_float']:.2f}x ({fat['images']} images, batch 64)")
+    kernels = cuda_product_choices()
+    for name, chosen in kernels.items():
+        counts = {option: list(chosen.values()).count(option) for option in sorted(set(chosen.values()))}
+        print(f"{name} on the GPU: {counts or 'no shape measured'} (shape classes per kernel)")
     if dev.type != "cuda":
         print("dry run on the CPU: nothing written")
         return 0
     write_json(Path(args.out) / "bench_gpu.json",
                {"benchmark": "bench_gpu", "gpu": card, "results": results, "campaign": camp, "fat": fat,
+                "product_kernels": kernels,
                 "target": TARGET, **provenance(TUNING, "quick" if args.quick else "full", REPO)})
     return 0
 

@@ -277,6 +277,10 @@ def gpu_rows(d: dict) -> list[Row]:
         rows += [row(f"{f['dataset']}: one stuck-at FAT epoch / one float32 epoch", f.get("stuckat_over_float"), "x"),
                  row(f"{f['dataset']}: the twin with the chip's hook equal to the integer program",
                      f.get("twin_exact"))]
+    for name, chosen in (d.get("product_kernels") or {}).items():
+        won = sum(option == "int8" for option in chosen.values())
+        rows.append(row(f"Exact products (`{name}`): shape classes won by the int8 tensor cores / measured",
+                        f"{won} / {len(chosen)}"))
     return rows
 
 
@@ -448,7 +452,8 @@ BENCHMARKS = (
           "The fast engine on a CUDA GPU: integer inference of LeNet-5 and ResNet-20 (batch 256, 32x32 WS, fault-free "
           "and with 1% psum-faulty PEs) over float32 torch inference on the same GPU, every chip's logits checked "
           "against the CPU engine's; a LeNet-5 campaign on the GPU, its results checked byte-identical to the CPU's; "
-          "one stuck-at FAT epoch over one float32 epoch, both on the GPU.", gpu_rows,
+          "one stuck-at FAT epoch over one float32 epoch, both on the GPU; and how many of the shape classes "
+          "of the exact products the int8 tensor cores won against float64.", gpu_rows,
           absent="no GPU has been available where the benchmarks ran. The CUDA paths (`device=`, `--device cuda`) "
                  "are tested by the CUDA tests, which run where a GPU is present; run "
                  "`.venv/bin/python benchmarks/bench_gpu.py` on a GPU machine to fill this section"),

@@ -77,7 +77,8 @@ def _gpu() -> dict:
     return _run("bench_gpu", gpu=gpu, results=[model("lenet5", 3.1), model("resnet20", 1.8)], target=2.0,
                 campaign={"workload": "lenet5", "chips": 32, "cost_per_chip_over_fault_free": 1.1,
                           "identical_to_cpu": True},
-                fat={"dataset": "digits", "stuckat_over_float": 2.5, "twin_exact": True})
+                fat={"dataset": "digits", "stuckat_over_float": 2.5, "twin_exact": True},
+                product_kernels={"conv.product": {"[1]": "int8", "[2]": "float", "[3]": "int8"}})
 
 
 ALL = {"bench_engines": _engines, "bench_inference": _inference, "bench_campaign": _campaign,
@@ -175,6 +176,7 @@ def test_gpu_table_names_the_card_and_its_target(page, tmp_path):
     assert rows["ResNet-20, batch 256: every chip's logits equal to the CPU engine's"][0] == "yes"
     assert rows["LeNet-5 campaign, 32 chips: results.csv identical to the CPU's"][0] == "yes"
     assert rows["digits: one stuck-at FAT epoch / one float32 epoch"][0] == "2.50x"
+    assert rows["Exact products (`conv.product`): shape classes won by the int8 tensor cores / measured"][0] == "2 / 3"
     assert "GPU: Test GPU 100, compute capability 9.0, 79.2 GiB; CUDA 12.8" in section
     # without its JSON the section says why and how to fill it
     missing = _section(rp.render(_write(tmp_path / "no-gpu", ["bench_engines"])), "bench_gpu")

@@ -28,6 +28,7 @@ INT32_LIMIT = 1 << 31
 # "int8": the int8 kernels wherever they are exact; "float32": never; None: measured (tests and
 # reproducible benchmarks pin a path)
 FORCE: str | None = None
+_CUDA_CHOICES: dict[str, "MeasuredChoice"] = {}  # by name: the choices made on a GPU (cuda_decisions)
 
 
 def usable(device: torch.device) -> bool:
@@ -51,9 +52,17 @@ def choose(choice: "MeasuredChoice", key: Hashable, float_call: Callable[[], T],
     if FORCE == "int8":
         return int8_call()
     if device is not None and device.type == "cuda":
+        _CUDA_CHOICES[str(choice.name)] = choice
         return choice((*key, "cuda", torch.cuda.get_device_name(device)), {"float": float_call, "int8": int8_call},
                       sync=torch.cuda.synchronize)
     return choice(key, {"float": float_call, "int8": int8_call})
+
+
+def cuda_decisions() -> dict[str, dict[tuple, str]]:
+    """Per choice name, the kernel ("float" or "int8") each shape key took on a GPU in this process
+    (for reports: which products the GPU's int8 tensor cores won)."""
+    return {name: {key: option for key, option in choice.choices().items() if "cuda" in key}
+            for name, choice in _CUDA_CHOICES.items()}
 
 
 def int_mm(a8: torch.Tensor, w8: torch.Tensor) -> torch.Tensor:
