@@ -124,3 +124,28 @@ def test_int8_kernels_on_cuda_equal_the_cpus(M, K, N):
     np.testing.assert_array_equal(
         int8.conv_int8(x.cuda(), ConvWeights.of(cw.cuda()), (1, 1), (1, 1), False).cpu().numpy(),
         int8.conv_int8(x, ConvWeights.of(cw), (1, 1), (1, 1), False).numpy())
+
+
+def test_a_gpu_choice_is_keyed_by_the_card_timed_to_its_end_and_reported(monkeypatch):
+    """On a CUDA device ``choose`` keys its decision by the GPU's name apart from the CPU's, times
+    each option to the end of the GPU's queued work, and ``cuda_decisions`` reports it (the CUDA
+    calls are stood in for here: this runs without a GPU)."""
+    from sysarray.parallel import TRIALS, MeasuredChoice
+
+    syncs: list = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Test GPU")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: syncs.append(1))
+    choice = MeasuredChoice(name="test.gpu_product")
+    gpu = torch.device("cuda", 0)
+    calls = 0
+    while not choice.choices() and calls < 4 * (TRIALS + 1):
+        assert int8.choose(choice, ("shape",), lambda: 1, lambda: 1, True, gpu) == 1
+        calls += 1
+    assert len(syncs) == 2 * calls  # before and after every measuring call
+    assert list(choice.choices()) == [("shape", "cuda", "Test GPU")]
+    syncs.clear()
+    int8.choose(choice, ("shape",), lambda: 1, lambda: 1, True, gpu)
+    assert syncs == []  # decided: no more waiting on the GPU
+    assert int8.cuda_decisions()["test.gpu_product"] == choice.choices()
+    int8.choose(choice, ("shape",), lambda: 1, lambda: 1, True, torch.device("cpu"))
+    assert ("shape",) not in choice.choices()  # the CPU's key is measured on its own
