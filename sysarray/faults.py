@@ -85,7 +85,7 @@ class FaultMap:
     once, and the same bit stuck at both 0 and 1 is refused.
     """
 
-    __slots__ = ("rows", "cols", "_faults", "_masks_cache")
+    __slots__ = ("rows", "cols", "_faults", "_masks_cache", "_hash")
 
     def __init__(self, rows: int, cols: int) -> None:
         _init(self, check_int(rows, "rows", "FaultMap", lo=1, hi=1 << 20),
@@ -214,7 +214,11 @@ class FaultMap:
         return self.shape == other.shape and np.array_equal(self._faults, other._faults)
 
     def __hash__(self) -> int:
-        return hash((self.shape, self._faults.tobytes()))
+        h = getattr(self, "_hash", None)
+        if h is None:  # computed once: the map never changes, and memos hash it on every lookup
+            h = hash((self.shape, self._faults.tobytes()))
+            object.__setattr__(self, "_hash", h)
+        return h
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -257,10 +261,10 @@ class FaultMap:
         ``stuck`` has a 1 at every stuck bit, ``ones`` at every bit stuck at 1, so a register
         pattern ``x`` reads ``(x & ~stuck) | ones``.
         """
-        both = self._all_masks()[as_register(register).code]
+        both = self.all_masks()[as_register(register).code]
         return both[0], both[1]
 
-    def _all_masks(self) -> np.ndarray:
+    def all_masks(self) -> np.ndarray:
         """(registers, 2, rows, cols) int64: every register's ``stuck`` and ``ones``, made in one
         pass and kept (the map never changes)."""
         f = self._faults

@@ -25,7 +25,7 @@ from numba import njit
 
 from sysarray import mapping
 from sysarray.config import ArrayConfig
-from sysarray.faults import FaultMap, Register
+from sysarray.faults import FaultMap
 from sysarray.tensor_memo import TensorMemo
 
 OPERAND_BITS = 8
@@ -146,12 +146,6 @@ def latched(stationary, reg: RegisterMasks, bypassed: np.ndarray, dtype):
     return out
 
 
-def _register(stuck: np.ndarray, ones: np.ndarray, width: int, signed: bool) -> RegisterMasks:
-    full = (1 << width) - 1
-    return RegisterMasks(keep=(~stuck) & full, ones=ones & full, sign=(1 << (width - 1)) if signed else 0,
-                         width=width)
-
-
 # The masks of the most recent chips, by value: every Chip of one (array, map) gets the same
 # object, so the per-chip plans memoised by its identity serve them all.
 _MASKS = TensorMemo(max_entries=64)
@@ -169,19 +163,26 @@ def chip_masks(cfg: ArrayConfig, faults: FaultMap | None, act_signed: bool) -> C
 
 def _chip_masks(cfg: ArrayConfig, faults: FaultMap | None, act_signed: bool) -> ChipMasks:
     R, C = cfg.rows, cfg.cols
-    zeros = np.zeros((R, C), dtype=np.int64)
-    stuck = {reg: (zeros, zeros) for reg in Register}
     bypassed = np.zeros((R, C), dtype=bool)
-    if faults is not None and not faults.is_empty:
-        if cfg.bypass:
+    widths = (OPERAND_BITS, OPERAND_BITS, cfg.psum_bits)  # weight, act, psum: the map's register codes
+    full = np.array([(1 << w) - 1 for w in widths], dtype=np.int64).reshape(3, 1, 1)
+    if faults is not None and not faults.is_empty and not cfg.bypass:
+        stuck = faults.all_masks()  # (3, 2, R, C)
+        keep, ones = ~stuck[:, 0] & full, stuck[:, 1] & full
+    else:
+        if faults is not None and not faults.is_empty:
             bypassed = faults.faulty_pes()
-        else:
-            stuck = {reg: faults.masks(reg) for reg in Register}
-    cm = ChipMasks(
-        weight=_register(*stuck[Register.WEIGHT], OPERAND_BITS, True),
-        act=_register(*stuck[Register.ACT], OPERAND_BITS, act_signed),
-        psum=_register(*stuck[Register.PSUM], cfg.psum_bits, True),
-        enable=(~bypassed).astype(np.int64),
-        bypassed=bypassed,
-    )
+        keep, ones = np.broadcast_to(full, (3, R, C)).copy(), np.zeros((3, R, C), dtype=np.int64)
+    # every register's faulty PEs at once (the masks are frozen: RegisterMasks would compute them one by one)
+    faulty = (keep != full) | (ones != 0)
+    any_faulty = faulty.any(axis=(1, 2))
+    signs = (1 << (OPERAND_BITS - 1), (1 << (OPERAND_BITS - 1)) if act_signed else 0, 1 << (cfg.psum_bits - 1))
+    regs = []
+    for i, (width, sign) in enumerate(zip(widths, signs)):
+        reg = RegisterMasks(keep=keep[i], ones=ones[i], sign=sign, width=width)
+        reg.__dict__.update(faulty=faulty[i], any_faulty=bool(any_faulty[i]))  # its cached properties
+        regs.append(reg)
+    cm = ChipMasks(weight=regs[0], act=regs[1], psum=regs[2], enable=(~bypassed).astype(np.int64), bypassed=bypassed)
+    cm.__dict__.update(psum_columns=np.flatnonzero(faulty[2].any(axis=0)).astype(np.int64),
+                       any_bypassed=bool(bypassed.any()))
     return cm
