@@ -192,10 +192,12 @@ def train(
 
     model.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
+    # foreach: the same values as the per-tensor loop torch takes on CPU by default, in fewer calls
     if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
     else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay)
+        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=weight_decay,
+                              foreach=True)
     steps_per_epoch = len(x) // batch_size + (len(x) % batch_size >= 2)  # a last batch of one is skipped
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
 

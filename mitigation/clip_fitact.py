@@ -73,7 +73,7 @@ def fitact(model: nn.Module, dataset, *, seed: int = 0, progress: bool = True, p
     maxima = profile_maxima(model, tx[:profile_images], grans)
     clipped = apply_clipping(copy.deepcopy(model), make_spec(model, maxima, policy="zero", granularity=granularity))
     params = threshold_params(clipped)
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=l2)
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=l2, foreach=True)
     steps = -(-len(tx) // batch_size)
     lr_at = warmup_cosine(lr, 0, epochs * steps)
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))

@@ -265,7 +265,9 @@ def retrain(model: nn.Module, forward: Callable[[torch.Tensor, int], torch.Tenso
             k = keep.to(w.device, w.dtype)
             handles.append(w.register_hook(lambda g, k=k: g * k))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=lr, momentum=momentum) if optimizer == "sgd" else torch.optim.Adam(params, lr=lr)
+    # foreach: the same values as the per-tensor loop torch takes on CPU by default, in fewer calls
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum, foreach=True) if optimizer == "sgd" else \
+        torch.optim.Adam(params, lr=lr, foreach=True)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, total)) if schedule == "cosine" else None
     gen = torch.Generator().manual_seed(int(seed))
     start = time.perf_counter()

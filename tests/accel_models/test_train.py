@@ -63,6 +63,23 @@ def test_same_seed_same_weights(name):
     assert any(not torch.equal(a[k], c[k]) for k in a if a[k].is_floating_point())
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_the_optimizers_multi_tensor_steps_give_the_per_tensor_loops_weights(monkeypatch, optimizer):
+    """train() steps its optimizer over all tensors at once (foreach), which must give the same
+    weights as torch's CPU default, a loop over the tensors."""
+    x, y = _blobs()
+    runs = []
+    for foreach in (True, False):
+        if not foreach:
+            for name in ("Adam", "SGD"):
+                made = getattr(torch.optim, name)
+                monkeypatch.setattr(torch.optim, name, lambda *a, _made=made, **k: _made(*a, **{**k, "foreach": False}))
+        model = _model("lenet5")
+        train(model, x, y, epochs=2, batch_size=16, seed=7, progress=False, optimizer=optimizer)
+        runs.append(model.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
 def test_train_leaves_global_rng_alone():
     x, y = _blobs()
     model = _model(dropout=0.5)
