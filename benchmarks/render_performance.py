@@ -380,8 +380,9 @@ FAT_MISSES = (
     "call.")
 AVX2_FAT_MISSES = (
     "On this AMD EPYC, ResNet-20's and Fashion-MNIST LeNet-5's stuck-at FAT epochs meet the target and LeNet-5 on "
-    "digits misses. Its 8x8 images make a float32 step (batch 64, one thread) about 3.2 ms, most of it the fixed "
-    "cost of each call, and the stuck-at step about 7.3 ms. Timed apart: the twin's forward pass without the chip "
+    "digits misses. Its 8x8 images make a float32 step (batch 64, one thread) about 2.8 ms, most of it the fixed "
+    "cost of each call, and the stuck-at step about 6.2 ms (the optimizer's step, the same in both, about 0.35 "
+    "ms). Timed apart: the twin's forward pass without the chip "
     "takes 1.75 ms against float32's 0.69 ms (its four requantizations about 0.55 ms, the codes of all layers "
     "0.22 ms, its two convolutions the same 0.38 ms as float32's); the chip's hook adds about 1.1-1.7 ms "
     "(265-325 us for each convolution and 175-200 us for each linear layer timed alone, more within a step; the "
