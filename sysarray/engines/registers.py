@@ -163,26 +163,15 @@ def chip_masks(cfg: ArrayConfig, faults: FaultMap | None, act_signed: bool) -> C
 
 def _chip_masks(cfg: ArrayConfig, faults: FaultMap | None, act_signed: bool) -> ChipMasks:
     R, C = cfg.rows, cfg.cols
-    bypassed = np.zeros((R, C), dtype=bool)
     widths = (OPERAND_BITS, OPERAND_BITS, cfg.psum_bits)  # weight, act, psum: the map's register codes
+    signs = (1 << (OPERAND_BITS - 1), (1 << (OPERAND_BITS - 1)) if act_signed else 0, 1 << (cfg.psum_bits - 1))
     full = np.array([(1 << w) - 1 for w in widths], dtype=np.int64).reshape(3, 1, 1)
-    if faults is not None and not faults.is_empty and not cfg.bypass:
-        stuck = faults.all_masks()  # (3, 2, R, C)
+    faulted = faults is not None and not faults.is_empty
+    bypassed = faults.faulty_pes() if faulted and cfg.bypass else np.zeros((R, C), dtype=bool)
+    if faulted and not cfg.bypass:
+        stuck = faults.all_masks()  # (3, 2, R, C): every register's masks in one operation each
         keep, ones = ~stuck[:, 0] & full, stuck[:, 1] & full
     else:
-        if faults is not None and not faults.is_empty:
-            bypassed = faults.faulty_pes()
         keep, ones = np.broadcast_to(full, (3, R, C)).copy(), np.zeros((3, R, C), dtype=np.int64)
-    # every register's faulty PEs at once (the masks are frozen: RegisterMasks would compute them one by one)
-    faulty = (keep != full) | (ones != 0)
-    any_faulty = faulty.any(axis=(1, 2))
-    signs = (1 << (OPERAND_BITS - 1), (1 << (OPERAND_BITS - 1)) if act_signed else 0, 1 << (cfg.psum_bits - 1))
-    regs = []
-    for i, (width, sign) in enumerate(zip(widths, signs)):
-        reg = RegisterMasks(keep=keep[i], ones=ones[i], sign=sign, width=width)
-        reg.__dict__.update(faulty=faulty[i], any_faulty=bool(any_faulty[i]))  # its cached properties
-        regs.append(reg)
-    cm = ChipMasks(weight=regs[0], act=regs[1], psum=regs[2], enable=(~bypassed).astype(np.int64), bypassed=bypassed)
-    cm.__dict__.update(psum_columns=np.flatnonzero(faulty[2].any(axis=0)).astype(np.int64),
-                       any_bypassed=bool(bypassed.any()))
-    return cm
+    regs = [RegisterMasks(keep=keep[i], ones=ones[i], sign=signs[i], width=widths[i]) for i in range(3)]
+    return ChipMasks(weight=regs[0], act=regs[1], psum=regs[2], enable=(~bypassed).astype(np.int64), bypassed=bypassed)
